@@ -1,0 +1,1 @@
+"""Generated weft.v1 stubs (scripts/genproto.py); do not edit."""

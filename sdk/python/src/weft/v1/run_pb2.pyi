@@ -1,0 +1,408 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CacheMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CACHE_MODE_UNSPECIFIED: _ClassVar[CacheMode]
+    CACHE_MODE_USE: _ClassVar[CacheMode]
+    CACHE_MODE_REFRESH: _ClassVar[CacheMode]
+    CACHE_MODE_OFF: _ClassVar[CacheMode]
+
+class RunView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_VIEW_UNSPECIFIED: _ClassVar[RunView]
+    RUN_VIEW_BASIC: _ClassVar[RunView]
+    RUN_VIEW_FULL: _ClassVar[RunView]
+CACHE_MODE_UNSPECIFIED: CacheMode
+CACHE_MODE_USE: CacheMode
+CACHE_MODE_REFRESH: CacheMode
+CACHE_MODE_OFF: CacheMode
+RUN_VIEW_UNSPECIFIED: RunView
+RUN_VIEW_BASIC: RunView
+RUN_VIEW_FULL: RunView
+
+class Run(_message.Message):
+    __slots__ = ("name", "pipeline", "pipeline_version", "parameters", "parameter_digests", "state", "options", "create_time", "start_time", "end_time", "message", "failed_step", "traceparent", "resumed_from", "steps", "step_counts", "labels", "etag")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[Run.State]
+        STATE_PENDING: _ClassVar[Run.State]
+        STATE_RUNNING: _ClassVar[Run.State]
+        STATE_SUCCEEDED: _ClassVar[Run.State]
+        STATE_FAILED: _ClassVar[Run.State]
+        STATE_CANCELLING: _ClassVar[Run.State]
+        STATE_CANCELLED: _ClassVar[Run.State]
+    STATE_UNSPECIFIED: Run.State
+    STATE_PENDING: Run.State
+    STATE_RUNNING: Run.State
+    STATE_SUCCEEDED: Run.State
+    STATE_FAILED: Run.State
+    STATE_CANCELLING: Run.State
+    STATE_CANCELLED: Run.State
+    class ParametersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ParameterDigestsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class StepCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FAILED_STEP_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FROM_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    pipeline: str
+    pipeline_version: str
+    parameters: _containers.ScalarMap[str, str]
+    parameter_digests: _containers.ScalarMap[str, str]
+    state: Run.State
+    options: RunOptions
+    create_time: _timestamp_pb2.Timestamp
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    message: str
+    failed_step: str
+    traceparent: str
+    resumed_from: str
+    steps: _containers.RepeatedCompositeFieldContainer[StepRun]
+    step_counts: _containers.ScalarMap[str, int]
+    labels: _containers.ScalarMap[str, str]
+    etag: str
+    def __init__(self, name: _Optional[str] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., parameter_digests: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[Run.State, str]] = ..., options: _Optional[_Union[RunOptions, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., failed_step: _Optional[str] = ..., traceparent: _Optional[str] = ..., resumed_from: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepRun, _Mapping]]] = ..., step_counts: _Optional[_Mapping[str, int]] = ..., labels: _Optional[_Mapping[str, str]] = ..., etag: _Optional[str] = ...) -> None: ...
+
+class RunOptions(_message.Message):
+    __slots__ = ("cache_mode",)
+    CACHE_MODE_FIELD_NUMBER: _ClassVar[int]
+    cache_mode: CacheMode
+    def __init__(self, cache_mode: _Optional[_Union[CacheMode, str]] = ...) -> None: ...
+
+class StepRun(_message.Message):
+    __slots__ = ("step", "state", "attempts", "dna", "outcome", "message", "ready_time", "end_time", "executor", "explanation", "reused_from_run")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[StepRun.State]
+        STATE_WAITING: _ClassVar[StepRun.State]
+        STATE_READY: _ClassVar[StepRun.State]
+        STATE_RUNNING: _ClassVar[StepRun.State]
+        STATE_SUCCEEDED: _ClassVar[StepRun.State]
+        STATE_CACHED: _ClassVar[StepRun.State]
+        STATE_FAILED: _ClassVar[StepRun.State]
+        STATE_SKIPPED: _ClassVar[StepRun.State]
+        STATE_CANCELLED: _ClassVar[StepRun.State]
+    STATE_UNSPECIFIED: StepRun.State
+    STATE_WAITING: StepRun.State
+    STATE_READY: StepRun.State
+    STATE_RUNNING: StepRun.State
+    STATE_SUCCEEDED: StepRun.State
+    STATE_CACHED: StepRun.State
+    STATE_FAILED: StepRun.State
+    STATE_SKIPPED: StepRun.State
+    STATE_CANCELLED: StepRun.State
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    DNA_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    READY_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    REUSED_FROM_RUN_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    state: StepRun.State
+    attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
+    dna: str
+    outcome: Outcome
+    message: str
+    ready_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    executor: str
+    explanation: StepExplanation
+    reused_from_run: str
+    def __init__(self, step: _Optional[str] = ..., state: _Optional[_Union[StepRun.State, str]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., dna: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., message: _Optional[str] = ..., ready_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., executor: _Optional[str] = ..., explanation: _Optional[_Union[StepExplanation, _Mapping]] = ..., reused_from_run: _Optional[str] = ...) -> None: ...
+
+class Attempt(_message.Message):
+    __slots__ = ("number", "state", "executor", "handle", "start_time", "end_time", "exit_code", "message", "stdout_digest", "stderr_digest", "replica", "output_digests")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[Attempt.State]
+        STATE_RUNNING: _ClassVar[Attempt.State]
+        STATE_SUCCEEDED: _ClassVar[Attempt.State]
+        STATE_FAILED: _ClassVar[Attempt.State]
+        STATE_CANCELLED: _ClassVar[Attempt.State]
+        STATE_LOST: _ClassVar[Attempt.State]
+    STATE_UNSPECIFIED: Attempt.State
+    STATE_RUNNING: Attempt.State
+    STATE_SUCCEEDED: Attempt.State
+    STATE_FAILED: Attempt.State
+    STATE_CANCELLED: Attempt.State
+    STATE_LOST: Attempt.State
+    class OutputDigestsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    STDERR_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    state: Attempt.State
+    executor: str
+    handle: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    exit_code: int
+    message: str
+    stdout_digest: str
+    stderr_digest: str
+    replica: int
+    output_digests: _containers.ScalarMap[str, str]
+    def __init__(self, number: _Optional[int] = ..., state: _Optional[_Union[Attempt.State, str]] = ..., executor: _Optional[str] = ..., handle: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., stdout_digest: _Optional[str] = ..., stderr_digest: _Optional[str] = ..., replica: _Optional[int] = ..., output_digests: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Outcome(_message.Message):
+    __slots__ = ("dna", "outputs", "run", "step", "attempt", "executor", "handle", "start_time", "end_time", "input_outcomes", "commit_time")
+    class OutputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class InputOutcomesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    DNA_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    INPUT_OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_TIME_FIELD_NUMBER: _ClassVar[int]
+    dna: str
+    outputs: _containers.ScalarMap[str, str]
+    run: str
+    step: str
+    attempt: int
+    executor: str
+    handle: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    input_outcomes: _containers.ScalarMap[str, str]
+    commit_time: _timestamp_pb2.Timestamp
+    def __init__(self, dna: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., run: _Optional[str] = ..., step: _Optional[str] = ..., attempt: _Optional[int] = ..., executor: _Optional[str] = ..., handle: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_outcomes: _Optional[_Mapping[str, str]] = ..., commit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DnaComponent(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class CreateRunRequest(_message.Message):
+    __slots__ = ("parent", "run", "run_id", "request_id")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    run: Run
+    run_id: str
+    request_id: str
+    def __init__(self, parent: _Optional[str] = ..., run: _Optional[_Union[Run, _Mapping]] = ..., run_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GetRunRequest(_message.Message):
+    __slots__ = ("name", "view")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    view: RunView
+    def __init__(self, name: _Optional[str] = ..., view: _Optional[_Union[RunView, str]] = ...) -> None: ...
+
+class ListRunsRequest(_message.Message):
+    __slots__ = ("parent", "page_size", "page_token", "filter", "view")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    page_size: int
+    page_token: str
+    filter: str
+    view: RunView
+    def __init__(self, parent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., filter: _Optional[str] = ..., view: _Optional[_Union[RunView, str]] = ...) -> None: ...
+
+class ListRunsResponse(_message.Message):
+    __slots__ = ("runs", "next_page_token")
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[Run]
+    next_page_token: str
+    def __init__(self, runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class WatchRunRequest(_message.Message):
+    __slots__ = ("name", "start_revision")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    START_REVISION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    start_revision: int
+    def __init__(self, name: _Optional[str] = ..., start_revision: _Optional[int] = ...) -> None: ...
+
+class RunEvent(_message.Message):
+    __slots__ = ("revision", "run", "step", "snapshot")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    run: Run
+    step: StepRun
+    snapshot: bool
+    def __init__(self, revision: _Optional[int] = ..., run: _Optional[_Union[Run, _Mapping]] = ..., step: _Optional[_Union[StepRun, _Mapping]] = ..., snapshot: _Optional[bool] = ...) -> None: ...
+
+class CancelRunRequest(_message.Message):
+    __slots__ = ("name", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ResumeRunRequest(_message.Message):
+    __slots__ = ("name", "latest_version", "run_id", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    latest_version: bool
+    run_id: str
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., latest_version: _Optional[bool] = ..., run_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ExplainStepRequest(_message.Message):
+    __slots__ = ("run", "step")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    step: str
+    def __init__(self, run: _Optional[str] = ..., step: _Optional[str] = ...) -> None: ...
+
+class StepExplanation(_message.Message):
+    __slots__ = ("dna", "components", "decision", "reason", "outcome")
+    class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        DECISION_UNSPECIFIED: _ClassVar[StepExplanation.Decision]
+        DECISION_HIT: _ClassVar[StepExplanation.Decision]
+        DECISION_MISS: _ClassVar[StepExplanation.Decision]
+        DECISION_RESUMED: _ClassVar[StepExplanation.Decision]
+    DECISION_UNSPECIFIED: StepExplanation.Decision
+    DECISION_HIT: StepExplanation.Decision
+    DECISION_MISS: StepExplanation.Decision
+    DECISION_RESUMED: StepExplanation.Decision
+    DNA_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    dna: str
+    components: _containers.RepeatedCompositeFieldContainer[DnaComponent]
+    decision: StepExplanation.Decision
+    reason: str
+    outcome: Outcome
+    def __init__(self, dna: _Optional[str] = ..., components: _Optional[_Iterable[_Union[DnaComponent, _Mapping]]] = ..., decision: _Optional[_Union[StepExplanation.Decision, str]] = ..., reason: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ...) -> None: ...
+
+class ReadLogsRequest(_message.Message):
+    __slots__ = ("run", "step", "attempt", "follow")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    step: str
+    attempt: int
+    follow: bool
+    def __init__(self, run: _Optional[str] = ..., step: _Optional[str] = ..., attempt: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class LogChunk(_message.Message):
+    __slots__ = ("stream", "data", "attempt")
+    class Stream(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STREAM_UNSPECIFIED: _ClassVar[LogChunk.Stream]
+        STREAM_STDOUT: _ClassVar[LogChunk.Stream]
+        STREAM_STDERR: _ClassVar[LogChunk.Stream]
+    STREAM_UNSPECIFIED: LogChunk.Stream
+    STREAM_STDOUT: LogChunk.Stream
+    STREAM_STDERR: LogChunk.Stream
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    stream: LogChunk.Stream
+    data: bytes
+    attempt: int
+    def __init__(self, stream: _Optional[_Union[LogChunk.Stream, str]] = ..., data: _Optional[bytes] = ..., attempt: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,159 @@
+"""The etcd keyspace: every key weft writes, what its value is, and who writes it.
+
+All keys live under one root (default `/weft`, so several installations can share an etcd).
+Values are serialized `weft.v1` protobuf messages unless noted. Every record is small
+(invariant 6): step records hold digests, never blob content, and specs too large for one
+value are stored in the artifact store and referenced by digest.
+
+Pipelines
+    {root}/pipelines/{ns}/{pipeline}/head              PipelineHead (JSON): latest version digest,
+                                                       version count, create time
+    {root}/pipelines/{ns}/{pipeline}/versions/{hex}    PipelineVersionRecord (JSON): the Pipeline
+                                                       message (base64) or the spec's blob digest
+                                                       when the spec is too large, plus a
+                                                       sequence number for ordering
+Runs
+    {root}/runs/{ns}/{run}/run                         Run (no step runs inside); the record
+                                                       CreateRun writes atomically
+    {root}/runs/{ns}/{run}/steps/{step}                StepRun: written on each transition of the
+                                                       step (claimed/attempt started, finished);
+                                                       absent means WAITING (or READY if a ready
+                                                       mark exists)
+    {root}/runs/{ns}/{run}/done/{step}                 StepRun, terminal: created exactly once per
+                                                       step run (create-if-absent; the first
+                                                       commit wins, invariant 2). Counting this
+                                                       prefix tells when the run is complete.
+    {root}/runindex/{ns}/{run}                         Run (BASIC view): written in the same
+                                                       transaction as every write of the run
+                                                       record, so ListRuns reads one small key per
+                                                       run instead of every step key
+    {root}/requests/{ns}/{request_id}                  resource name a request_id created (mutations
+                                                       retried with the same request_id return it)
+Scheduling
+    {root}/ready/{ns}/{run}/{step}                     empty; create-if-absent when every upstream of
+                                                       the step has a done record. Executors watch
+                                                       this prefix. Deleted only after the step's
+                                                       successors were derived, so a crash between
+                                                       commit and derivation leaves the mark for
+                                                       another executor to finish (invariant 3).
+    {root}/claims/{ns}/{run}/{step}                    executor id; bound to the executor's lease, so
+                                                       it vanishes when the executor dies
+                                                       (invariant 4)
+    {root}/executors/{executor_id}                     ExecutorRecord (JSON): address for
+                                                       ReadAttemptLogs, runtime; bound to its lease
+Outcomes (the cache)
+    {root}/outcomes/{dna_hex}                          Outcome: the latest committed outcome with
+                                                       that DNA, reused by later runs
+
+A WatchRun is one etcd watch of the prefix `{root}/runs/{ns}/{run}/`, so run and step events
+come in commit order and resume by revision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_ROOT = "/weft"
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The smallest key greater than every key starting with `prefix` (etcd range_end)."""
+    end = bytearray(prefix)
+    for i in range(len(end) - 1, -1, -1):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"
+
+
+@dataclass(frozen=True)
+class Keyspace:
+    """Builds weft's etcd keys under one root."""
+
+    root: str = DEFAULT_ROOT
+
+    def _key(self, *parts: str) -> bytes:
+        return "/".join((self.root, *parts)).encode()
+
+    # Pipelines
+    def pipeline_prefix(self, ns: str) -> bytes:
+        return self._key("pipelines", ns, "")
+
+    def pipeline_head(self, ns: str, pipeline: str) -> bytes:
+        return self._key("pipelines", ns, pipeline, "head")
+
+    def pipeline_versions(self, ns: str, pipeline: str) -> bytes:
+        return self._key("pipelines", ns, pipeline, "versions", "")
+
+    def pipeline_version(self, ns: str, pipeline: str, digest_hex: str) -> bytes:
+        return self._key("pipelines", ns, pipeline, "versions", digest_hex)
+
+    def pipeline_all(self, ns: str, pipeline: str) -> bytes:
+        return self._key("pipelines", ns, pipeline, "")
+
+    # Runs
+    def run_prefix(self, ns: str, run: str) -> bytes:
+        """Everything of one run: the run record, step records and done records."""
+        return self._key("runs", ns, run, "")
+
+    def run(self, ns: str, run: str) -> bytes:
+        return self._key("runs", ns, run, "run")
+
+    def step(self, ns: str, run: str, step: str) -> bytes:
+        return self._key("runs", ns, run, "steps", step)
+
+    def steps_prefix(self, ns: str, run: str) -> bytes:
+        return self._key("runs", ns, run, "steps", "")
+
+    def done(self, ns: str, run: str, step: str) -> bytes:
+        return self._key("runs", ns, run, "done", step)
+
+    def done_prefix(self, ns: str, run: str) -> bytes:
+        return self._key("runs", ns, run, "done", "")
+
+    def run_index(self, ns: str, run: str) -> bytes:
+        return self._key("runindex", ns, run)
+
+    def run_index_prefix(self, ns: str) -> bytes:
+        return self._key("runindex", ns, "")
+
+    def run_index_all(self) -> bytes:
+        return self._key("runindex", "")
+
+    def request(self, ns: str, request_id: str) -> bytes:
+        return self._key("requests", ns, request_id)
+
+    # Scheduling
+    def ready(self, ns: str, run: str, step: str) -> bytes:
+        return self._key("ready", ns, run, step)
+
+    def ready_run_prefix(self, ns: str, run: str) -> bytes:
+        return self._key("ready", ns, run, "")
+
+    def ready_all(self) -> bytes:
+        return self._key("ready", "")
+
+    def claim(self, ns: str, run: str, step: str) -> bytes:
+        return self._key("claims", ns, run, step)
+
+    def claims_run_prefix(self, ns: str, run: str) -> bytes:
+        return self._key("claims", ns, run, "")
+
+    def executor(self, executor_id: str) -> bytes:
+        return self._key("executors", executor_id)
+
+    def executors_prefix(self) -> bytes:
+        return self._key("executors", "")
+
+    # Outcomes
+    def outcome(self, dna_hex: str) -> bytes:
+        return self._key("outcomes", dna_hex)
+
+    def parse_ready(self, key: bytes) -> tuple[str, str, str]:
+        """(namespace, run, step) of a ready-mark key."""
+        ns, run, step = key.decode()[len(self.root) + len("/ready/") :].split("/", 2)
+        return ns, run, step
+
+    def tail(self, key: bytes, prefix: bytes) -> str:
+        """The part of `key` after `prefix`, decoded."""
+        return key[len(prefix) :].decode()

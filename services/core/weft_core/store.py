@@ -1,0 +1,418 @@
+"""weft's access to etcd: reads, transactions within etcd's limits, resumable watches, leases.
+
+Built on aetcd's generated etcd stubs over a channel we own, because weft needs what
+aetcd's high-level client does not expose (range limits and revisions, count-only ranges,
+watch resumption from a revision) and must never hide an etcd outage behind a hang:
+every call has a deadline and an unreachable etcd raises `Unavailable` with a message
+that says so. The channel reconnects by itself when etcd comes back, so callers need no
+restart logic.
+
+Never import a second etcd client library in the same process: their descriptors collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aetcd import rpc
+
+from weft_core.errors import FailedPrecondition, ResourceExhausted, Unavailable
+from weft_core.keyspace import prefix_end
+
+log = logging.getLogger(__name__)
+
+#: etcd's default `--max-txn-ops`; a transaction may hold at most this many operations
+#: (and as many compares). Batches stay below it.
+MAX_TXN_OPS = 128
+#: Keys written per batched transaction: half the limit leaves room for a compare per key.
+TXN_BATCH = 64
+#: etcd's default `--max-request-bytes` is 1.5 MiB; weft keeps each request under 1 MiB.
+MAX_REQUEST_BYTES = 1024 * 1024
+#: Deadline of one unary etcd call.
+CALL_TIMEOUT = 5.0
+#: Largest message weft accepts from etcd (a page of runs, a batch of step records).
+MAX_RECEIVE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    """One key as etcd stores it."""
+
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+
+    @classmethod
+    def from_pb(cls, kv: Any) -> KeyValue:
+        return cls(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
+
+
+@dataclass(frozen=True)
+class RangeResult:
+    """A page of keys, whether more follow, and the store revision it was read at."""
+
+    kvs: list[KeyValue]
+    more: bool
+    revision: int
+    count: int
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    """Whether the compares held, the responses of the branch taken, and the revision."""
+
+    succeeded: bool
+    responses: list[Any]
+    revision: int
+
+    def range_kvs(self, index: int) -> list[KeyValue]:
+        """The keys read by the `index`-th operation (a `get`) of the branch taken."""
+        return [KeyValue.from_pb(kv) for kv in self.responses[index].response_range.kvs]
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """A change of one key. `deleted` events carry the key and the revision only."""
+
+    key: bytes
+    value: bytes
+    revision: int
+    deleted: bool
+    create_revision: int
+
+
+class Compacted(Exception):
+    """The requested start revision was compacted; re-list and watch from the list's revision."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted below {compact_revision}")
+        self.compact_revision = compact_revision
+
+
+# Operations and compares for `Store.txn`, built as etcd's own request messages.
+
+
+def op_put(key: bytes, value: bytes, lease: int = 0) -> Any:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
+
+
+def op_delete(key: bytes, *, prefix: bool = False) -> Any:
+    request = rpc.DeleteRangeRequest(key=key, range_end=prefix_end(key) if prefix else b"")
+    return rpc.RequestOp(request_delete_range=request)
+
+
+def op_get(key: bytes, *, prefix: bool = False, count_only: bool = False) -> Any:
+    request = rpc.RangeRequest(key=key, range_end=prefix_end(key) if prefix else b"", count_only=count_only)
+    return rpc.RequestOp(request_range=request)
+
+
+def _compare(key: bytes, target: Any, result: Any, **value: Any) -> Any:
+    return rpc.Compare(key=key, target=target, result=result, **value)
+
+
+def absent(key: bytes) -> Any:
+    """Holds when `key` does not exist (create revision 0)."""
+    return _compare(key, rpc.Compare.CREATE, rpc.Compare.EQUAL, create_revision=0)
+
+
+def present(key: bytes) -> Any:
+    """Holds when `key` exists."""
+    return _compare(key, rpc.Compare.CREATE, rpc.Compare.GREATER, create_revision=0)
+
+
+def unchanged_since(key: bytes, mod_revision: int) -> Any:
+    """Holds when `key` was last modified at `mod_revision` (0: it does not exist)."""
+    return _compare(key, rpc.Compare.MOD, rpc.Compare.EQUAL, mod_revision=mod_revision)
+
+
+def value_is(key: bytes, value: bytes) -> Any:
+    """Holds when `key` holds exactly `value`."""
+    return _compare(key, rpc.Compare.VALUE, rpc.Compare.EQUAL, value=value)
+
+
+def lease_is(key: bytes, lease: int) -> Any:
+    """Holds when `key` is bound to `lease`."""
+    return _compare(key, rpc.Compare.LEASE, rpc.Compare.EQUAL, lease=lease)
+
+
+class Store:
+    """An etcd connection with weft's error handling. Cheap to share within a process."""
+
+    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = CALL_TIMEOUT) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [e for e in endpoints.split(",") if e]
+        if not endpoints:
+            raise ValueError("no etcd endpoint given (e.g. http://127.0.0.1:2379)")
+        self.endpoints = [e.strip() for e in endpoints]
+        self.timeout = timeout
+        targets = [e.removeprefix("http://").removeprefix("https://") for e in self.endpoints]
+        # One channel over all endpoints: gRPC's round_robin policy moves on when one dies.
+        target = targets[0] if len(targets) == 1 else "ipv4:" + ",".join(targets)
+        self._channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+                ("grpc.lb_policy_name", "round_robin"),
+                # Reconnect quickly after an etcd restart instead of backing off for minutes.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
+        )
+        self._kv = rpc.KVStub(self._channel)
+        self._lease = rpc.LeaseStub(self._channel)
+        self._watch = rpc.WatchStub(self._channel)
+        self._maintenance = rpc.MaintenanceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def _unavailable(self, error: grpc.aio.AioRpcError) -> Exception:
+        code = error.code()
+        details = error.details() or ""
+        if code == grpc.StatusCode.INVALID_ARGUMENT and "too many operations" in details:
+            return ResourceExhausted(f"etcd refused a transaction: {details}")
+        if code == grpc.StatusCode.INVALID_ARGUMENT and "request is too large" in details:
+            return ResourceExhausted(f"etcd refused a request as too large: {details}")
+        if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
+            return Compacted(0)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "space" in details:
+            return FailedPrecondition(f"etcd is out of space ({details}); compact and defragment it")
+        return Unavailable(
+            f"etcd at {', '.join(self.endpoints)} is unavailable ({code.name}: {details}); "
+            "the service keeps running and recovers by itself once etcd is reachable again"
+        )
+
+    async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return await method(request, timeout=timeout or self.timeout)
+        except grpc.aio.AioRpcError as error:
+            raise self._unavailable(error) from error
+
+    async def status(self) -> int:
+        """Checks that etcd answers; returns its current revision."""
+        response = await self._call(self._maintenance.Status, rpc.StatusRequest())
+        return int(response.header.revision)
+
+    async def get(self, key: bytes, *, revision: int = 0) -> KeyValue | None:
+        response = await self._call(self._kv.Range, rpc.RangeRequest(key=key, revision=revision))
+        return KeyValue.from_pb(response.kvs[0]) if response.kvs else None
+
+    async def get_many(self, keys: Sequence[bytes]) -> dict[bytes, KeyValue]:
+        """Reads several keys in as few transactions as etcd's limits allow (one snapshot each)."""
+        found: dict[bytes, KeyValue] = {}
+        for start in range(0, len(keys), MAX_TXN_OPS):
+            batch = keys[start : start + MAX_TXN_OPS]
+            result = await self.txn([], [op_get(k) for k in batch])
+            for i in range(len(batch)):
+                for kv in result.range_kvs(i):
+                    found[kv.key] = kv
+        return found
+
+    async def range(
+        self,
+        prefix: bytes,
+        *,
+        start: bytes | None = None,
+        limit: int = 0,
+        revision: int = 0,
+        keys_only: bool = False,
+        descending: bool = False,
+    ) -> RangeResult:
+        """Keys with `prefix`, from `start` (inclusive) if given, at most `limit` of them."""
+        end = prefix_end(prefix)
+        request = rpc.RangeRequest(
+            key=start or prefix,
+            range_end=end,
+            limit=limit,
+            revision=revision,
+            keys_only=keys_only,
+        )
+        if descending:
+            request = rpc.RangeRequest(
+                key=prefix,
+                range_end=(start + b"\0") if start else end,
+                limit=limit,
+                revision=revision,
+                keys_only=keys_only,
+                sort_order=rpc.RangeRequest.DESCEND,
+                sort_target=rpc.RangeRequest.KEY,
+            )
+        response = await self._call(self._kv.Range, request)
+        kvs = [KeyValue.from_pb(kv) for kv in response.kvs]
+        return RangeResult(kvs, bool(response.more), int(response.header.revision), int(response.count))
+
+    async def range_all(self, prefix: bytes, *, page: int = 1000, keys_only: bool = False) -> RangeResult:
+        """Every key with `prefix`, read in pages at one revision (a consistent snapshot)."""
+        kvs: list[KeyValue] = []
+        revision = 0
+        start: bytes | None = None
+        while True:
+            result = await self.range(prefix, start=start, limit=page, revision=revision, keys_only=keys_only)
+            revision = result.revision
+            kvs.extend(result.kvs)
+            if not result.more or not result.kvs:
+                return RangeResult(kvs, False, revision, len(kvs))
+            start = result.kvs[-1].key + b"\0"
+
+    async def count(self, prefix: bytes) -> int:
+        request = rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), count_only=True)
+        response = await self._call(self._kv.Range, request)
+        return int(response.count)
+
+    async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
+        response = await self._call(self._kv.Put, rpc.PutRequest(key=key, value=value, lease=lease))
+        return int(response.header.revision)
+
+    async def delete(self, key: bytes, *, prefix: bool = False) -> int:
+        """Deletes `key` (or every key under it); returns how many keys were deleted."""
+        request = rpc.DeleteRangeRequest(key=key, range_end=prefix_end(key) if prefix else b"")
+        response = await self._call(self._kv.DeleteRange, request)
+        return int(response.deleted)
+
+    async def txn(self, compare: Iterable[Any], success: Iterable[Any], failure: Iterable[Any] = ()) -> TxnResult:
+        request = rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
+        for branch in (request.compare, request.success, request.failure):
+            if len(branch) > MAX_TXN_OPS:
+                raise ResourceExhausted(
+                    f"a transaction of {len(branch)} operations exceeds etcd's limit of {MAX_TXN_OPS}; "
+                    "this is a weft bug: batch the writes"
+                )
+        response = await self._call(self._kv.Txn, request)
+        return TxnResult(bool(response.succeeded), list(response.responses), int(response.header.revision))
+
+    async def create_if_absent(self, key: bytes, value: bytes, *, lease: int = 0) -> bool:
+        """Creates `key` unless it exists; True if this call created it."""
+        result = await self.txn([absent(key)], [op_put(key, value, lease)])
+        return result.succeeded
+
+    async def create_many_if_absent(self, items: Sequence[tuple[bytes, bytes]], *, lease: int = 0) -> list[bytes]:
+        """Creates every absent key of `items`, in transactions within etcd's limits.
+
+        Keys that already exist are left alone, so deriving the same marks twice (two
+        executors, a restart) is harmless. Returns the keys this call created.
+        """
+        created: list[bytes] = []
+        for start in range(0, len(items), TXN_BATCH):
+            batch = list(items[start : start + TXN_BATCH])
+            while batch:
+                result = await self.txn(
+                    [absent(k) for k, _ in batch],
+                    [op_put(k, v, lease) for k, v in batch],
+                    [op_get(k, count_only=True) for k, _ in batch],
+                )
+                if result.succeeded:
+                    created.extend(k for k, _ in batch)
+                    break
+                # Someone created some of them meanwhile: keep only those still absent.
+                batch = [item for item, r in zip(batch, result.responses) if r.response_range.count == 0]
+        return created
+
+    async def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> int:
+        """Writes `items` in transactions within etcd's limits; returns the last revision."""
+        revision = 0
+        batch: list[tuple[bytes, bytes]] = []
+        size = 0
+        for key, value in list(items) + [(b"", b"")]:
+            flush = not key or len(batch) >= MAX_TXN_OPS or size + len(key) + len(value) > MAX_REQUEST_BYTES
+            if flush and batch:
+                revision = (await self.txn([], [op_put(k, v) for k, v in batch])).revision
+                batch, size = [], 0
+            if key:
+                batch.append((key, value))
+                size += len(key) + len(value)
+        return revision
+
+    # Leases
+
+    async def grant_lease(self, ttl: int) -> int:
+        response = await self._call(self._lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl))
+        if response.error:
+            raise Unavailable(f"etcd refused a lease: {response.error}")
+        return int(response.ID)
+
+    async def refresh_lease(self, lease: int) -> int:
+        """Renews `lease`; returns its remaining TTL (0 or less: it has expired)."""
+
+        async def one() -> int:
+            async for response in self._lease.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=lease)])):
+                return int(response.TTL)
+            return 0
+
+        try:
+            return await asyncio.wait_for(one(), self.timeout)
+        except grpc.aio.AioRpcError as error:
+            raise self._unavailable(error) from error
+        except TimeoutError as error:
+            raise Unavailable(f"etcd did not answer a lease keep-alive within {self.timeout}s") from error
+
+    async def revoke_lease(self, lease: int) -> None:
+        await self._call(self._lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease))
+
+    # Watches
+
+    async def watch(
+        self, prefix: bytes, start_revision: int, *, progress_notify: bool = False
+    ) -> AsyncIterator[list[WatchEvent]]:
+        """Yields batches of changes under `prefix` from `start_revision` on, forever.
+
+        A dropped connection (etcd restart, network) is resumed from the revision after the
+        last delivered event, so callers see every change exactly once and in order. A
+        compacted start revision raises `Compacted`: the caller must re-list.
+        With `progress_notify`, etcd sends empty batches now and then; they are yielded so
+        the caller can notice that the stream is alive.
+        """
+        next_revision = start_revision
+        while True:
+            requests: asyncio.Queue[Any] = asyncio.Queue()
+            create = rpc.WatchCreateRequest(
+                key=prefix,
+                range_end=prefix_end(prefix),
+                start_revision=next_revision,
+                progress_notify=progress_notify,
+            )
+            await requests.put(rpc.WatchRequest(create_request=create))
+
+            async def request_stream(queue: asyncio.Queue[Any] = requests) -> AsyncIterator[Any]:
+                while True:
+                    yield await queue.get()
+
+            call = self._watch.Watch(request_stream())
+            try:
+                async for response in call:
+                    if response.compact_revision:
+                        raise Compacted(int(response.compact_revision))
+                    if response.canceled:
+                        raise Unavailable(f"etcd cancelled the watch of {prefix!r}: {response.cancel_reason}")
+                    if response.created and not response.events:
+                        continue
+                    batch = [
+                        WatchEvent(
+                            key=e.kv.key,
+                            value=e.kv.value,
+                            revision=int(e.kv.mod_revision),
+                            deleted=e.type == rpc.Event.DELETE,
+                            create_revision=int(e.kv.create_revision),
+                        )
+                        for e in response.events
+                    ]
+                    if batch:
+                        next_revision = batch[-1].revision + 1
+                    elif response.header.revision >= next_revision:
+                        next_revision = int(response.header.revision) + 1
+                    yield batch
+                # The server ended the stream without an error: reconnect.
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.CANCELLED and call.cancelled():
+                    raise
+                log.warning("etcd watch of %r dropped (%s); resuming from revision %d", prefix, error.code(), next_revision)
+                await asyncio.sleep(0.2)
+            finally:
+                call.cancel()
