@@ -143,6 +143,8 @@ APT_OPTS=(
   -o "Dir::Etc::SourceParts=${WORK}/apt/sources"
   -o "Dir::State::Lists=${WORK}/apt/lists"
   -o "Dir::Cache=${WORK}/apt/cache"
+  # The scratch dir may sit in a home the _apt sandbox user cannot read.
+  -o "APT::Sandbox::User=root"
 )
 log "fetching the package index"
 apt-get "${APT_OPTS[@]}" update >&2

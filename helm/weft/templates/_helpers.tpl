@@ -1,0 +1,229 @@
+{{/*
+Names, labels and — in one place — the command lines of weft's services, so a change of a
+service's flags is a change here only.
+
+Every port in this chart spells out `protocol: TCP`: Helm 4 installs with server-side apply,
+and a 1.20 apiserver rejects an applied port list whose entries omit it ("associative list
+with keys has an element that omits key field protocol").
+*/}}
+
+{{- define "weft.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The release's base name; component names append "-etcd", "-api"... so keep it short. */}}
+{{- define "weft.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "weft.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every object; call with (dict "root" $ "component" "api"). */}}
+{{- define "weft.labels" -}}
+helm.sh/chart: {{ include "weft.chart" .root }}
+{{ include "weft.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: weft
+{{- end }}
+
+{{/* Labels that select one component's pods; never change them after a release exists. */}}
+{{- define "weft.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "weft.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "weft.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "weft.etcd.fullname" -}}
+{{- printf "%s-etcd" (include "weft.fullname" .) }}
+{{- end }}
+
+{{/* The headless Service that gives each etcd member a stable DNS name for peering. */}}
+{{- define "weft.etcd.peerService" -}}
+{{- printf "%s-etcd-peer" (include "weft.fullname" .) }}
+{{- end }}
+
+{{/* What weft's services dial: the etcd client Service. */}}
+{{- define "weft.etcd.endpoints" -}}
+{{- printf "http://%s:%d" (include "weft.etcd.fullname" .) (int .Values.etcd.clientPort) }}
+{{- end }}
+
+{{/* --initial-cluster for a fresh etcd cluster of .Values.etcd.replicas members. */}}
+{{- define "weft.etcd.initialCluster" -}}
+{{- $fullname := include "weft.etcd.fullname" . }}
+{{- $peers := include "weft.etcd.peerService" . }}
+{{- $members := list }}
+{{- range $i := until (int .Values.etcd.replicas) }}
+{{- $members = append $members (printf "%s-%d=http://%s-%d.%s.%s.svc.%s:%d" $fullname $i $fullname $i $peers $.Release.Namespace $.Values.clusterDomain (int $.Values.etcd.peerPort)) }}
+{{- end }}
+{{- join "," $members }}
+{{- end }}
+
+{{- define "weft.api.fullname" -}}
+{{- printf "%s-api" (include "weft.fullname" .) }}
+{{- end }}
+
+{{- define "weft.api.address" -}}
+{{- printf "%s:%d" (include "weft.api.fullname" .) (int .Values.api.service.port) }}
+{{- end }}
+
+{{- define "weft.executor.fullname" -}}
+{{- printf "%s-executor" (include "weft.fullname" .) }}
+{{- end }}
+
+{{- define "weft.executor.serviceAccountName" -}}
+{{- if .Values.executor.serviceAccount.create }}
+{{- default (include "weft.executor.fullname" .) .Values.executor.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.executor.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "weft.stepsNamespace" -}}
+{{- default .Release.Namespace .Values.executor.stepsNamespace }}
+{{- end }}
+
+{{- define "weft.tracer.fullname" -}}
+{{- printf "%s-tracer" (include "weft.fullname" .) }}
+{{- end }}
+
+{{- define "weft.blobs.claimName" -}}
+{{- default (printf "%s-blobs" (include "weft.fullname" .)) .Values.blobStore.persistence.existingClaim }}
+{{- end }}
+
+{{/* OTLP endpoint of every service: the explicit one, else the chart's tracer, else none. */}}
+{{- define "weft.otlpEndpoint" -}}
+{{- if .Values.otlp.endpoint }}
+{{- .Values.otlp.endpoint }}
+{{- else if .Values.tracer.enabled }}
+{{- printf "http://%s:%d" (include "weft.tracer.fullname" .) (int .Values.tracer.otlpPort) }}
+{{- end }}
+{{- end }}
+
+{{/* Environment shared by every weft service; call with (dict "root" $ "service" "weft-api"). */}}
+{{- define "weft.commonEnv" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+- name: OTEL_SERVICE_NAME
+  value: {{ .service | quote }}
+# Semantic-convention resource attributes; $(POD_NAME) is expanded by Kubernetes.
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "k8s.namespace.name=%s,k8s.pod.name=$(POD_NAME)" .root.Release.Namespace | quote }}
+{{- with include "weft.otlpEndpoint" .root }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The command lines. Flags and WEFT_* variables are documented by each service's --help. */}}
+{{- define "weft.api.command" -}}
+- weft-api
+- --etcd-endpoints={{ include "weft.etcd.endpoints" . }}
+- --listen=0.0.0.0:{{ .Values.api.port }}
+- --blob-dir={{ .Values.blobStore.mountPath }}
+{{- range .Values.api.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "weft.executor.command" -}}
+- weft-executor
+- --etcd-endpoints={{ include "weft.etcd.endpoints" . }}
+- --runtime=kubernetes
+- --namespace={{ include "weft.stepsNamespace" . }}
+- --api={{ include "weft.api.address" . }}
+- --listen=0.0.0.0:{{ .Values.executor.port }}
+{{- range .Values.executor.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "weft.tracer.command" -}}
+- weft-tracer
+- --etcd-endpoints={{ include "weft.etcd.endpoints" . }}
+- --listen=0.0.0.0:{{ .Values.tracer.otlpPort }}
+{{- range .Values.tracer.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+A gRPC health probe of a weft service on .port. Kubernetes >= 1.24 probes gRPC natively;
+older clusters (1.20 is supported) run the image's own checker instead.
+Call with (dict "root" $ "port" 50051).
+*/}}
+{{- define "weft.grpcProbe" -}}
+{{- $mode := .root.Values.probes.grpc }}
+{{- if not (has $mode (list "auto" "native" "exec")) }}
+{{- fail (printf "probes.grpc must be auto, native or exec, not %q" $mode) }}
+{{- end }}
+{{- if or (eq $mode "native") (and (eq $mode "auto") (semverCompare ">=1.24.0-0" .root.Capabilities.KubeVersion.Version)) }}
+grpc:
+  port: {{ .port }}
+{{- else }}
+exec:
+  command:
+    - python
+    - -m
+    - weft_core.healthcheck
+    - --addr
+    - localhost:{{ .port }}
+{{- end }}
+{{- end }}
+
+{{/* Readiness and liveness probes of a gRPC service; call like weft.grpcProbe. */}}
+{{- define "weft.grpcProbes" -}}
+readinessProbe:
+  {{- include "weft.grpcProbe" . | trim | nindent 2 }}
+  periodSeconds: 5
+  timeoutSeconds: 5
+  failureThreshold: 3
+livenessProbe:
+  {{- include "weft.grpcProbe" . | trim | nindent 2 }}
+  initialDelaySeconds: 15
+  periodSeconds: 15
+  timeoutSeconds: 5
+  failureThreshold: 4
+{{- end }}
+
+{{/* The pod-level settings every weft pod shares. */}}
+{{- define "weft.podCommon" -}}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* The blob store volume, shared by weft-api and weft-executor. */}}
+{{- define "weft.blobs.volume" -}}
+- name: blobs
+{{- if .Values.blobStore.persistence.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ include "weft.blobs.claimName" . }}
+{{- else }}
+  emptyDir: {}
+{{- end }}
+{{- end }}
