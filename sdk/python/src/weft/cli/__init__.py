@@ -1,0 +1,211 @@
+"""The `weft` command line: a local stack (`weft up`), pipelines, runs, logs, explanations, outputs.
+
+    weft up                                   start etcd + weft-api + weft-executor here
+    weft apply -f pipeline.yaml               store a pipeline (a new version if it changed)
+    weft pipelines list|get|versions|delete
+    weft run PIPELINE -p k=v --watch          start a run and follow it
+    weft runs list|get|watch|cancel|resume
+    weft logs RUN STEP [-f]                   an attempt's output
+    weft explain RUN STEP                     why a step was (not) reused
+    weft outputs RUN [STEP] [--dir D]         what the steps produced
+
+Global options (before or after the command): `-s/--server` (env WEFT_SERVER, default
+127.0.0.1:50051), `-n/--namespace` (env WEFT_NAMESPACE, default "default"), `-o
+table|json|yaml`; WEFT_RETRY_SECONDS (default 5) bounds how long an unreachable server
+is retried. Exit codes: 0 success, 1 failure (an API error, a run that did not
+succeed), 2 bad usage, 130 interrupted. API errors are printed as one message, never a
+traceback. The CLI is a client of the SDK only: it never reads etcd or imports server code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+from rich.text import Text
+
+from weft._client import DEFAULT_TARGET, AsyncClient, RetrySettings
+from weft.errors import InvalidArgument, Unavailable, WeftError
+
+__all__ = ["main"]
+
+Command = Callable[[argparse.Namespace, AsyncClient], Awaitable[int]]
+
+# The CLI is interactive: give up on an unreachable server after seconds, not half a minute.
+_DEFAULT_RETRY_SECONDS = 5.0
+
+
+def _retry_settings() -> RetrySettings:
+    raw = os.environ.get("WEFT_RETRY_SECONDS", "")
+    try:
+        deadline = float(raw) if raw else _DEFAULT_RETRY_SECONDS
+    except ValueError:
+        raise InvalidArgument(f"WEFT_RETRY_SECONDS={raw!r} is not a number of seconds") from None
+    return RetrySettings(deadline=deadline, call_timeout=30.0)
+
+
+def _common_options(defaults: bool) -> argparse.ArgumentParser:
+    # Defined on the top parser (with defaults) and on every subcommand (without, so a
+    # value given before the command is not reset by the subcommand's parser).
+    parser = argparse.ArgumentParser(add_help=False)
+    suppress = argparse.SUPPRESS
+    parser.add_argument(
+        "-s",
+        "--server",
+        default=os.environ.get("WEFT_SERVER", DEFAULT_TARGET) if defaults else suppress,
+        help="weft-api host:port (env WEFT_SERVER; default %(default)s)",
+    )
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        default=os.environ.get("WEFT_NAMESPACE", "default") if defaults else suppress,
+        help="namespace (env WEFT_NAMESPACE; default %(default)s)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json", "yaml"),
+        default="table" if defaults else suppress,
+        help="output format (default %(default)s)",
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `weft` (exposed for tests and documentation)."""
+    from weft.cli import _commands as c
+
+    common = _common_options(defaults=False)
+    parser = argparse.ArgumentParser(
+        prog="weft",
+        description="weft: data pipelines that never forget the work they have done.",
+        parents=[_common_options(defaults=True)],
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(
+        parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, handler: Command | None, help: str
+    ) -> argparse.ArgumentParser:
+        sub = parent.add_parser(name, help=help, description=help, parents=[common])
+        sub.set_defaults(handler=handler)
+        return sub
+
+    up = commands.add_parser(
+        "up",
+        help="run a local stack (etcd, weft-api, weft-executor) in the foreground",
+        description="Start etcd, weft-api and weft-executor (local runtime) here, with data and logs under "
+        "--state-dir, and keep them running until Ctrl-C or SIGTERM, which stops them all.",
+    )
+    up.add_argument("--state-dir", default=".weft", help="where data and logs go (default %(default)s)")
+    up.add_argument("--port", type=int, default=50051, help="weft-api port on 127.0.0.1; 0 picks one")
+    up.add_argument("--executors", type=int, default=1, help="how many weft-executors (default %(default)s)")
+    up.add_argument("--max-parallel", type=int, default=None, help="attempts per executor at once (default: CPUs)")
+    up.add_argument("--no-executor", action="store_true", help="start no executor (runs stay PENDING)")
+    up.set_defaults(handler=None, up=True)
+
+    apply = command(commands, "apply", c.apply, "store pipelines from files (a new version when a spec changed)")
+    apply.add_argument("-f", "--file", action="append", required=True, help="pipeline file (YAML/JSON); repeatable")
+
+    pipelines = commands.add_parser("pipelines", help="list, show and delete pipelines")
+    pipeline_commands = pipelines.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    listing = command(pipeline_commands, "list", c.pipelines_list, "list pipelines at their latest version")
+    listing.add_argument("--filter", help="`label.KEY=VALUE ...` or `name=PREFIX*`")
+    get = command(pipeline_commands, "get", c.pipelines_get, "show a pipeline version and its DAG")
+    get.add_argument("name")
+    get.add_argument("--version", help="a version digest or unique hex prefix (default: latest)")
+    versions = command(pipeline_commands, "versions", c.pipelines_versions, "list a pipeline's versions")
+    versions.add_argument("name")
+    delete = command(pipeline_commands, "delete", c.pipelines_delete, "delete a pipeline (its runs are kept)")
+    delete.add_argument("name")
+
+    run = command(commands, "run", c.run, "start a run of a pipeline")
+    run.add_argument("pipeline")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="parameter; repeatable")
+    run.add_argument("--watch", "-w", action="store_true", help="follow the run; exit 0 only if it succeeds")
+    run.add_argument("--cache", choices=("use", "refresh", "off"), default="use", help="outcome reuse (default use)")
+    run.add_argument("--version", help="pipeline version digest or prefix (default: latest)")
+    run.add_argument("--run-id", help="the run's id (default: generated)")
+
+    runs = commands.add_parser("runs", help="list, show, follow, cancel and resume runs")
+    run_commands = runs.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    runs_list = command(run_commands, "list", c.runs_list, "list runs, newest first")
+    runs_list.add_argument("--pipeline", help="only runs of this pipeline")
+    runs_list.add_argument("--state", action="append", help="only runs in this state (repeatable)")
+    runs_list.add_argument("--limit", type=int, default=50, help="at most this many (0: all; default %(default)s)")
+    runs_get = command(run_commands, "get", c.runs_get, "show a run and its steps")
+    runs_get.add_argument("run")
+    runs_watch = command(run_commands, "watch", c.runs_watch, "follow a run until it ends")
+    runs_watch.add_argument("run")
+    runs_cancel = command(run_commands, "cancel", c.runs_cancel, "stop a run")
+    runs_cancel.add_argument("run")
+    runs_cancel.add_argument("--reason", help="why (recorded on the run)")
+    resume = command(run_commands, "resume", c.runs_resume, "start a run that reuses a run's matching outcomes")
+    resume.add_argument("run")
+    resume.add_argument("--watch", "-w", action="store_true", help="follow the new run")
+    resume.add_argument("--latest-version", action="store_true", help="run the pipeline's latest version")
+    resume.add_argument("--run-id", help="the new run's id (default: generated)")
+
+    logs = command(commands, "logs", c.logs, "print a step attempt's stdout and stderr")
+    logs.add_argument("run")
+    logs.add_argument("step")
+    logs.add_argument("--attempt", type=int, default=0, help="attempt number (default: the latest)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing while the attempt runs")
+
+    explain = command(commands, "explain", c.explain, "show a step's DNA and why it was (not) reused")
+    explain.add_argument("run")
+    explain.add_argument("step")
+
+    outputs = command(commands, "outputs", c.outputs, "print (or save) the outputs of a run's steps")
+    outputs.add_argument("run")
+    outputs.add_argument("step", nargs="?")
+    outputs.add_argument("--dir", help="save each output as DIR/STEP/OUTPUT instead of printing")
+    outputs.add_argument("--full", action="store_true", help="print long outputs whole (default: first 40 lines)")
+    return parser
+
+
+async def _run_command(handler: Command, args: argparse.Namespace) -> int:
+    async with await AsyncClient.connect(args.server, namespace=args.namespace, retry=_retry_settings()) as client:
+        return await handler(args, client)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `weft` console script; returns the exit code.
+
+    Args:
+        argv: Arguments without the program name; None reads sys.argv.
+    """
+    from weft.cli import _output as out
+
+    args = build_parser().parse_args(argv)
+    try:
+        if getattr(args, "up", False):
+            from weft.cli._up import up
+
+            return up(args)
+        handler: Command = args.handler
+        return asyncio.run(_run_command(handler, args))
+    except Unavailable as error:
+        out.err_console.print(
+            Text(
+                f"error: cannot reach weft-api at {args.server}: {error.message}\n"
+                "start a local stack with `weft up`, or point -s/--server (env WEFT_SERVER) at one",
+                style="red",
+            )
+        )
+        return 1
+    except WeftError as error:
+        out.err_console.print(Text(f"error: {error.message}", style="red"))
+        return 1
+    except KeyboardInterrupt:
+        out.err_console.print(Text("interrupted", style="yellow"))
+        return 130
+    except BrokenPipeError:
+        # `weft ... | head`: the reader left; not an error worth a traceback.
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""How the `weft` CLI shows things: state colours, durations, tables, the DAG drawing, -o json|yaml.
+
+Everything printed by the CLI goes through these functions so that the same state looks
+the same everywhere. They only format what they are given; they never call the API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from weft._results import Explanation, PipelineVersion, RunRecord, StepRun
+from weft.v1 import pipeline_pb2
+
+
+def _width(stream: Any) -> int | None:
+    # Piped output (CI logs, tests, `| grep`) gets wide lines instead of rich's 80 columns,
+    # so tables are not squeezed and messages are not wrapped mid-sentence.
+    is_tty = getattr(stream, "isatty", lambda: False)()
+    return None if is_tty or "COLUMNS" in os.environ else 200
+
+
+#: stdout, with colours when it is a terminal (and NO_COLOR unset).
+console = Console(highlight=False, width=_width(sys.stdout))
+#: stderr, for errors and warnings; messages are never wrapped.
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
+
+STATE_STYLES = {
+    "PENDING": "grey50",
+    "WAITING": "grey50",
+    "READY": "cyan",
+    "RUNNING": "bold blue",
+    "SUCCEEDED": "green",
+    "CACHED": "bold magenta",
+    "FAILED": "bold red",
+    "SKIPPED": "yellow",
+    "CANCELLING": "yellow",
+    "CANCELLED": "yellow",
+    "LOST": "red",
+}
+
+OUTPUT_FORMATS = ("table", "json", "yaml")
+
+
+def state_text(state: str) -> Text:
+    """A state name in its colour."""
+    return Text(state, style=STATE_STYLES.get(state, ""))
+
+
+def duration_text(seconds: float | None) -> str:
+    """`0.4s`, `12.3s`, `3m04s`, `1h02m`; `-` when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def time_text(moment: datetime | None) -> str:
+    """Local wall-clock time with how long ago, e.g. `14:03:07 (5m ago)`; `-` when unset."""
+    if moment is None:
+        return "-"
+    ago = (datetime.now(UTC) - moment).total_seconds()
+    local = moment.astimezone()
+    stamp = local.strftime("%H:%M:%S") if ago < 86400 else local.strftime("%Y-%m-%d %H:%M")
+    return f"{stamp} ({duration_text(max(ago, 0))} ago)"
+
+
+def short_digest(digest: str, length: int = 12) -> str:
+    """The first hex digits of a `sha256:` digest."""
+    return digest.removeprefix("sha256:")[:length]
+
+
+def emit_messages(messages: Sequence[Message] | Message, output: str) -> None:
+    """Prints messages as JSON or YAML (proto-JSON field names); one message or a list."""
+    if isinstance(messages, Message):
+        document: Any = json_format.MessageToDict(messages)
+    else:
+        document = [json_format.MessageToDict(m) for m in messages]
+    emit_document(document, output)
+
+
+def emit_document(document: Any, output: str) -> None:
+    """Prints a plain document as JSON or YAML."""
+    if output == "json":
+        sys.stdout.write(json.dumps(document, indent=2, sort_keys=False) + "\n")
+    else:
+        sys.stdout.write(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
+    sys.stdout.flush()
+
+
+# Pipelines ----------------------------------------------------------------------------------
+
+
+def pipelines_table(pipelines: Iterable[PipelineVersion]) -> Table:
+    """One row per pipeline at its latest version."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("NAME", "VERSION", "VERSIONS", "UPDATED", "DESCRIPTION"):
+        table.add_column(column)
+    for p in pipelines:
+        table.add_row(
+            p.name, short_digest(p.version), str(p.version_count), time_text(p.version_create_time), p.description
+        )
+    return table
+
+
+def versions_table(versions: Iterable[PipelineVersion], latest: str) -> Table:
+    """One row per version, newest first; `latest` (the head's digest) is marked."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("VERSION", "STORED", ""):
+        table.add_column(column)
+    for v in versions:
+        # The newest version is not always the latest: applying an older spec again makes it the head.
+        table.add_row(
+            v.version, time_text(v.version_create_time), Text("latest", style="bold") if v.version == latest else ""
+        )
+    return table
+
+
+def upstream_of(step: pipeline_pb2.Step) -> list[str]:
+    """Steps this step waits for: producers of its inputs, then `depends_on`, without repeats."""
+    upstream: list[str] = []
+    for item in step.inputs:
+        if item.WhichOneof("source") == "step_output" and item.step_output.step not in upstream:
+            upstream.append(item.step_output.step)
+    for name in step.depends_on:
+        if name not in upstream:
+            upstream.append(name)
+    return upstream
+
+
+def dag_layers(spec: pipeline_pb2.PipelineSpec) -> list[list[pipeline_pb2.Step]]:
+    """Steps grouped by depth: layer 0 has no upstream; each later step sits one below its deepest upstream."""
+    by_name = {s.name: s for s in spec.steps}
+    depth: dict[str, int] = {}
+
+    def depth_of(name: str, visiting: frozenset[str]) -> int:
+        if name in depth:
+            return depth[name]
+        if name in visiting or name not in by_name:
+            # A cycle or a dangling reference: the server rejects both; draw it flat.
+            return 0
+        ups = upstream_of(by_name[name])
+        value = 1 + max((depth_of(u, visiting | {name}) for u in ups), default=-1)
+        depth[name] = value
+        return value
+
+    layers: list[list[pipeline_pb2.Step]] = []
+    for step in spec.steps:
+        d = depth_of(step.name, frozenset())
+        while len(layers) <= d:
+            layers.append([])
+        layers[d].append(step)
+    return layers
+
+
+def _input_text(item: pipeline_pb2.Input) -> str:
+    source = item.WhichOneof("source")
+    if source == "step_output":
+        return f"{item.name} ← {item.step_output.step}.{item.step_output.output}"
+    if source == "parameter":
+        return f"{item.name} ← param {item.parameter}"
+    if source == "literal":
+        value = item.literal if len(item.literal) <= 20 else item.literal[:17] + "..."
+        return f"{item.name} = {value!r}"
+    return item.name
+
+
+def pipeline_view(p: PipelineVersion) -> RenderableType:
+    """The header of a pipeline version, its parameters, and its DAG drawn layer by layer."""
+    header = Table.grid(padding=(0, 2))
+    header.add_column(style="bold")
+    header.add_column()
+    header.add_row("Pipeline", p.full_name)
+    header.add_row("Version", p.version)
+    header.add_row("Versions", str(p.version_count))
+    header.add_row("Stored", time_text(p.version_create_time))
+    if p.description:
+        header.add_row("Description", p.description)
+    if p.labels:
+        header.add_row("Labels", ", ".join(f"{k}={v}" for k, v in sorted(p.labels.items())))
+    parts: list[RenderableType] = [header, Text("")]
+    if p.pb.spec.parameters:
+        params = Table(title="Parameters", title_justify="left", box=None, header_style="bold", pad_edge=False)
+        for column in ("NAME", "DEFAULT", "DESCRIPTION"):
+            params.add_column(column)
+        for param in p.pb.spec.parameters:
+            default = param.default_value if param.HasField("default_value") else Text("(required)", style="yellow")
+            params.add_row(param.name, default, param.description)
+        parts += [params, Text("")]
+    parts.append(dag_view(p.pb.spec))
+    return Group(*parts)
+
+
+def dag_view(spec: pipeline_pb2.PipelineSpec) -> RenderableType:
+    """The DAG as layers: every step under the layer of its deepest upstream, with what feeds it."""
+    layers = dag_layers(spec)
+    table = Table(
+        title=f"DAG: {len(spec.steps)} steps in {len(layers)} layers",
+        title_justify="left",
+        box=None,
+        header_style="bold",
+        pad_edge=False,
+    )
+    for column in ("LAYER", "STEP", "AFTER", "INPUTS", "OUTPUTS", "IMAGE"):
+        table.add_column(column)
+    for index, layer in enumerate(layers):
+        for position, step in enumerate(layer):
+            table.add_row(
+                ("│ " if index else "● ") + str(index + 1) if position == 0 else "│",
+                Text(step.name, style="bold"),
+                ", ".join(upstream_of(step)) or "-",
+                "\n".join(_input_text(i) for i in step.inputs) or "-",
+                ", ".join(o.name for o in step.outputs) or "-",
+                step.container.image,
+            )
+    return table
+
+
+# Runs ---------------------------------------------------------------------------------------
+
+
+def step_counts_text(counts: dict[str, int]) -> Text:
+    """`3 SUCCEEDED 1 RUNNING`, each in its colour."""
+    text = Text()
+    for state, count in sorted(counts.items()):
+        if count:
+            if text:
+                text.append(" ")
+            text.append(f"{count} ", style="bold")
+            text.append(state, style=STATE_STYLES.get(state, ""))
+    return text or Text("-")
+
+
+def runs_table(runs: Iterable[RunRecord]) -> Table:
+    """One row per run."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("RUN", "PIPELINE", "VERSION", "STATE", "STEPS", "CREATED", "DURATION"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(
+            run.name,
+            run.pipeline,
+            short_digest(run.pipeline_version),
+            state_text(run.state),
+            step_counts_text(run.step_counts),
+            time_text(run.create_time),
+            duration_text(run.duration),
+        )
+    return table
+
+
+def step_detail(step: StepRun) -> str:
+    """The most useful short fact about a step: its failure, where a cached outcome came from..."""
+    if step.message:
+        return step.message.splitlines()[0][:120]
+    if step.state == "CACHED":
+        origin = step.reused_from_run.rsplit("/", 1)[-1]
+        return f"outcome of run {origin}" if origin else "outcome reused"
+    if step.state == "RUNNING" and step.executor:
+        return f"on {step.executor}"
+    return ""
+
+
+def steps_table(steps: Iterable[StepRun]) -> Table:
+    """One row per step: state, attempts, duration and a detail."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("STEP", "STATE", "ATTEMPTS", "DURATION", "DNA", "DETAIL"):
+        table.add_column(column)
+    for step in steps:
+        table.add_row(
+            step.name,
+            state_text(step.state),
+            str(len(step.pb.attempts)) if step.pb.attempts else "-",
+            duration_text(step.duration),
+            short_digest(step.dna, 10) if step.dna else "-",
+            step_detail(step),
+        )
+    return table
+
+
+def run_header(run: RunRecord) -> Table:
+    """The run's identity and state as a two-column grid."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("Run", run.full_name)
+    grid.add_row("Pipeline", f"{run.pipeline} @ {short_digest(run.pipeline_version)}")
+    grid.add_row("State", state_text(run.state))
+    if run.parameters:
+        grid.add_row("Parameters", ", ".join(f"{k}={v}" for k, v in sorted(run.parameters.items())))
+    if run.cache_mode != "USE":
+        grid.add_row("Cache", run.cache_mode)
+    grid.add_row("Created", time_text(run.create_time))
+    grid.add_row("Duration", duration_text(run.duration))
+    if run.resumed_from:
+        grid.add_row("Resumes", run.resumed_from)
+    if run.message:
+        grid.add_row("Message", Text(run.message, style="red" if run.state == "FAILED" else ""))
+    if run.failed_step:
+        grid.add_row("Failed step", run.failed_step)
+    return grid
+
+
+def run_view(run: RunRecord) -> RenderableType:
+    """The run's header and its steps."""
+    return Group(run_header(run), Text(""), steps_table(run.steps))
+
+
+def explanation_view(run: str, step: str, explanation: Explanation) -> RenderableType:
+    """A step's DNA components, the decision and the reason."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("Run", run)
+    grid.add_row("Step", step)
+    grid.add_row("DNA", explanation.dna or "(not computed yet)")
+    decision_style = {"HIT": "bold magenta", "RESUMED": "bold magenta", "MISS": "bold blue"}
+    grid.add_row("Decision", Text(explanation.decision, style=decision_style.get(explanation.decision, "")))
+    grid.add_row("Reason", explanation.reason or "-")
+    outcome = explanation.outcome
+    if outcome is not None:
+        grid.add_row("Outcome", f"run {outcome.run.rsplit('/', 1)[-1]} step {outcome.step} attempt {outcome.attempt}")
+    table = Table(title="DNA components (in hashing order)", title_justify="left", box=None, header_style="bold")
+    table.add_column("COMPONENT")
+    table.add_column("VALUE", overflow="fold")
+    for name, value in explanation.components:
+        table.add_row(name, value)
+    return Group(grid, Text(""), table)
