@@ -27,9 +27,17 @@ def assert_eventually(check: Callable[[], T], *, timeout: float = 10.0, interval
 
 
 async def assert_eventually_async(
-    check: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.05, what: str = ""
+    check: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str = "",
+    retry_on: tuple[type[BaseException], ...] = (AssertionError,),
 ) -> T:
-    """Awaits `check` until it returns a truthy value without raising; fails after `timeout`."""
+    """Awaits `check` until it returns a truthy value without raising; fails after `timeout`.
+
+    Exceptions of the `retry_on` types count as "not yet"; any other propagates at once.
+    """
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
     while True:
@@ -37,7 +45,7 @@ async def assert_eventually_async(
             value = await check()
             if value:
                 return value
-        except AssertionError as error:
+        except retry_on as error:
             last = error
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout}s: {what or check}") from last

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from tests.support import assert_eventually_async
 from weft.localstack import EtcdProcess
 from weft_core.errors import Unavailable
 from weft_core.keyspace import Keyspace
@@ -58,7 +59,10 @@ async def test_watch_resumes_after_etcd_restarts(private_etcd: EtcdProcess, keys
         with pytest.raises(Unavailable, match="unavailable"):
             await store.put(keyspace.step("ns", "r", "b"), b"lost")
         private_etcd.start()
-        await store.put(keyspace.step("ns", "r", "b"), b"2")
+        # The channel reconnects with a short backoff: the first write may still find it down.
+        await assert_eventually_async(
+            lambda: store.put(keyspace.step("ns", "r", "b"), b"2"), timeout=10, retry_on=(Unavailable,)
+        )
         await store.put(keyspace.step("ns", "r", "c"), b"3")
         await asyncio.wait_for(task, 15)
         assert seen == [b"1", b"2", b"3"]

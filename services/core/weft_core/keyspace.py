@@ -12,6 +12,9 @@ Pipelines
                                                        message (base64) or the spec's blob digest
                                                        when the spec is too large, plus a
                                                        sequence number for ordering
+    {root}/pipelines/{ns}/{pipeline}/seq/{sequence:010d}  PipelineVersionOrder (JSON): digest and
+                                                       create time of the sequence-th version, so
+                                                       versions list newest first in pages
 Runs
     {root}/runs/{ns}/{run}/run                         Run (no step runs inside); the record
                                                        CreateRun writes atomically
@@ -91,6 +94,13 @@ class Keyspace:
     def pipeline_all(self, ns: str, pipeline: str) -> bytes:
         return self._key("pipelines", ns, pipeline, "")
 
+    def pipeline_version_order(self, ns: str, pipeline: str, sequence: int) -> bytes:
+        """The key ordering versions by creation: sequence 1 is the first version."""
+        return self._key("pipelines", ns, pipeline, "seq", f"{sequence:010d}")
+
+    def pipeline_version_orders(self, ns: str, pipeline: str) -> bytes:
+        return self._key("pipelines", ns, pipeline, "seq", "")
+
     # Runs
     def run_prefix(self, ns: str, run: str) -> bytes:
         """Everything of one run: the run record, step records and done records."""
@@ -138,6 +148,15 @@ class Keyspace:
 
     def claims_run_prefix(self, ns: str, run: str) -> bytes:
         return self._key("claims", ns, run, "")
+
+    def claims_all(self) -> bytes:
+        """Every claim of every run (executors watch it to re-claim a dead executor's steps)."""
+        return self._key("claims", "")
+
+    def parse_claim(self, key: bytes) -> tuple[str, str, str]:
+        """(namespace, run, step) of a claim key."""
+        ns, run, step = key.decode()[len(self.root) + len("/claims/") :].split("/", 2)
+        return ns, run, step
 
     def executor(self, executor_id: str) -> bytes:
         return self._key("executors", executor_id)

@@ -172,7 +172,7 @@ class Store:
         self._maintenance = rpc.MaintenanceStub(self._channel)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
     def _unavailable(self, error: grpc.aio.AioRpcError) -> Exception:
         code = error.code()

@@ -1,0 +1,54 @@
+"""Wiring of weft-api: one etcd store, one blob store, three services, one gRPC server.
+
+`create_api_server(config)` is what `weft-api` runs and what the tests start on port 0.
+The api holds no state of its own beyond caches of immutable data (specs by digest), so
+any number of replicas can serve the same etcd and blob directory (invariant 5).
+"""
+
+from __future__ import annotations
+
+from weft.v1 import artifact_pb2, artifact_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc, run_pb2, run_pb2_grpc
+from weft_api.artifacts import ArtifactService
+from weft_api.pipelines import PipelineService
+from weft_api.runs import RunService
+from weft_core.blobs import DirectoryBlobStore
+from weft_core.config import ApiConfig
+from weft_core.keyspace import Keyspace
+from weft_core.pipelines import PipelineReader
+from weft_core.server import ServiceBinding, WeftServer, create_server
+from weft_core.store import Store
+
+PIPELINE_SERVICE = pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name
+RUN_SERVICE = run_pb2.DESCRIPTOR.services_by_name["RunService"].full_name
+ARTIFACT_SERVICE = artifact_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name
+
+
+def create_api_server(config: ApiConfig) -> tuple[WeftServer, int]:
+    """Builds weft-api bound to `config.listen` (call from a running event loop).
+
+    The server is bound, not started: `await server.start()`. Stopping it closes the
+    etcd connection.
+
+    Returns:
+        The server and the port it is bound to.
+    """
+    store = Store(config.etcd_endpoints)
+    keyspace = Keyspace(config.etcd_root)
+    blobs = DirectoryBlobStore(config.blob_dir)
+    reader = PipelineReader(store, keyspace, blobs)
+    services = [
+        ServiceBinding(
+            PIPELINE_SERVICE,
+            PipelineService(store, keyspace, blobs, reader),
+            pipeline_pb2_grpc.add_PipelineServiceServicer_to_server,
+        ),
+        ServiceBinding(
+            RUN_SERVICE, RunService(store, keyspace, blobs, reader), run_pb2_grpc.add_RunServiceServicer_to_server
+        ),
+        ServiceBinding(
+            ARTIFACT_SERVICE, ArtifactService(blobs), artifact_pb2_grpc.add_ArtifactServiceServicer_to_server
+        ),
+    ]
+    server, port = create_server(config.listen, services)
+    server.on_stop(store.close)
+    return server, port

@@ -1,0 +1,709 @@
+"""RunService: creates runs, reports and streams their progress, cancels, resumes, explains.
+
+The api only ever writes the run record (CreateRun, CancelRun, ResumeRun); executors
+write everything else under the run (step and done records, ready marks, outcomes). What
+a client sees of a run is synthesized from those committed records on every read, so the
+api keeps no state and can be killed at any moment (invariant 5):
+
+- CreateRun writes the run key, its runindex key and the request key in ONE transaction:
+  a run is wholly visible or not at all (DESIGN.md, data flow step 1).
+- A step's state is its done record if present, else its step record, else READY if a
+  ready mark exists, else WAITING; steps of a CANCELLED run without a done record show
+  CANCELLED. GetRun reads these with a few paged range reads at one revision, never one
+  read per step.
+- WatchRun is a snapshot at revision R followed by one etcd watch of the run's prefix
+  from R + 1, so events come in commit order and a client resumes by revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import string
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from weft.v1 import executor_pb2, executor_pb2_grpc, pipeline_pb2, run_pb2, run_pb2_grpc
+from weft_api.listing import check_request_id, decode_token, encode_token, page_size
+from weft_core.blobs import BlobStore
+from weft_core.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    Unavailable,
+)
+from weft_core.keyspace import Keyspace
+from weft_core.pipelines import PipelineReader
+from weft_core.spec import (
+    check_dns_label,
+    label_problems,
+    parse_namespace,
+    parse_pipeline_name,
+    parse_run_name,
+    pipeline_name,
+    raise_problems,
+    run_name,
+)
+from weft_core.store import Compacted, KeyValue, Store, absent, op_get, op_put, unchanged_since
+from weft_core.telemetry import ATTR_RUN, run_root_span
+
+log = logging.getLogger(__name__)
+
+Run = run_pb2.Run
+StepRun = run_pb2.StepRun
+
+TERMINAL_RUN_STATES = frozenset({Run.STATE_SUCCEEDED, Run.STATE_FAILED, Run.STATE_CANCELLED})
+#: Largest parameter value kept in the run record (larger data belongs in step outputs).
+MAX_PARAMETER_BYTES = 64 * 1024
+#: Largest run record (run + runindex are written together, both under etcd's request limit).
+MAX_RUN_RECORD_BYTES = 256 * 1024
+#: Keys read per page while reading a run's records.
+READ_PAGE = 1000
+#: Attempts at a guarded write of the run record before giving up with ABORTED.
+WRITE_ATTEMPTS = 16
+#: Tries at picking an unused generated run id.
+RUN_ID_ATTEMPTS = 8
+#: Chunk size of log streams read from the artifact store.
+LOG_CHUNK_BYTES = 1024 * 1024
+
+_RUN_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+class OutOfRange(ServiceError):
+    """A requested revision is outside what etcd still has (compacted)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+def state_name(state: int) -> str:
+    """`SUCCEEDED` for StepRun.STATE_SUCCEEDED (the keys of Run.step_counts)."""
+    return StepRun.State.Name(state).removeprefix("STATE_")
+
+
+def generate_run_id(pipeline: str) -> str:
+    """`<pipeline>-<5 random lower-case letters and digits>`, at most 63 characters."""
+    suffix = "".join(secrets.choice(_RUN_ID_ALPHABET) for _ in range(5))
+    return f"{pipeline[: 63 - 6].rstrip('-')}-{suffix}"
+
+
+def resolve_parameters(
+    spec: pipeline_pb2.PipelineSpec, given: Mapping[str, str], pipeline: str, field: str = "run.parameters"
+) -> dict[str, str]:
+    """Every declared parameter's value: given, else its default.
+
+    Raises:
+        InvalidArgument: Naming each unknown, missing (required) or too large parameter.
+    """
+    declared = {p.name: p for p in spec.parameters}
+    known = ", ".join(declared) or "none"
+    problems: list[tuple[str, str]] = []
+    for name in given:
+        if name not in declared:
+            problems.append(
+                (f'{field}["{name}"]', f'pipeline "{pipeline}" has no parameter "{name}" (its parameters: {known})')
+            )
+    values: dict[str, str] = {}
+    for parameter in spec.parameters:
+        if parameter.name in given:
+            values[parameter.name] = given[parameter.name]
+        elif parameter.HasField("default_value"):
+            values[parameter.name] = parameter.default_value
+        else:
+            problems.append(
+                (
+                    f'{field}["{parameter.name}"]',
+                    f'parameter "{parameter.name}" is required (it has no default); pass it, '
+                    f"e.g. `weft run {pipeline} -p {parameter.name}=VALUE`",
+                )
+            )
+    for name, value in values.items():
+        size = len(value.encode())
+        if size > MAX_PARAMETER_BYTES:
+            problems.append(
+                (
+                    f'{field}["{name}"]',
+                    f"the value has {size} bytes, over the limit of {MAX_PARAMETER_BYTES}; pass large data "
+                    "as a step output or a file a step downloads",
+                )
+            )
+    raise_problems(problems)
+    return values
+
+
+def _decode(message: type, kv_value: bytes, key: bytes) -> object:
+    record = message()
+    try:
+        record.ParseFromString(kv_value)
+    except Exception as error:  # protobuf raises DecodeError (or others) on garbage
+        raise Internal(f"the record at {key.decode()} does not parse as {message.__name__}; it is corrupt") from error
+    return record
+
+
+def decode_run(kv_value: bytes, key: bytes, mod_revision: int) -> run_pb2.Run:
+    """A stored run record, with its etag (the mod revision)."""
+    run = _decode(Run, kv_value, key)
+    assert isinstance(run, Run)
+    run.etag = str(mod_revision)
+    return run
+
+
+def decode_step(kv_value: bytes, key: bytes) -> run_pb2.StepRun:
+    step = _decode(StepRun, kv_value, key)
+    assert isinstance(step, StepRun)
+    return step
+
+
+@dataclass
+class RunSnapshot:
+    """A run and every step of it, synthesized from the records at one revision."""
+
+    run: run_pb2.Run
+    steps: list[run_pb2.StepRun]
+    revision: int
+    done: set[str]
+
+
+class RunService(run_pb2_grpc.RunServiceServicer):
+    """The RunService of weft-api (see the module docstring)."""
+
+    def __init__(self, store: Store, keyspace: Keyspace, blobs: BlobStore, reader: PipelineReader) -> None:
+        self.store = store
+        self.keyspace = keyspace
+        self.blobs = blobs
+        self.reader = reader
+
+    # Reading ------------------------------------------------------------------------
+
+    async def _read_prefix(
+        self, prefix: bytes, revision: int, *, keys_only: bool = False
+    ) -> tuple[list[KeyValue], int]:
+        """Every key under `prefix` at `revision` (0: now), in pages; and the revision read."""
+        kvs: list[KeyValue] = []
+        start: bytes | None = None
+        while True:
+            page = await self.store.range(prefix, start=start, limit=READ_PAGE, revision=revision, keys_only=keys_only)
+            revision = page.revision
+            kvs.extend(page.kvs)
+            if not page.more or not page.kvs:
+                return kvs, revision
+            start = page.kvs[-1].key + b"\0"
+
+    async def read_run(self, ns: str, run: str) -> tuple[run_pb2.Run, KeyValue]:
+        """The run record (without steps) and its etcd entry; NOT_FOUND if absent."""
+        kv = await self.store.get(self.keyspace.run(ns, run))
+        if kv is None:
+            raise NotFound(f'run "{run_name(ns, run)}" does not exist; see `weft runs list`')
+        return decode_run(kv.value, kv.key, kv.mod_revision), kv
+
+    async def _spec_of(self, run: run_pb2.Run) -> pipeline_pb2.PipelineSpec | None:
+        """The spec of the run's pipeline version, or None if it was deleted."""
+        p_ns, p = parse_pipeline_name(run.pipeline, "run.pipeline")
+        try:
+            spec, _ = await self.reader.spec(p_ns, p, run.pipeline_version)
+        except NotFound:
+            return None
+        return spec
+
+    async def snapshot(self, ns: str, run_id: str) -> RunSnapshot:
+        """The run with every step, read at one revision (two paged range reads)."""
+        for _ in range(3):
+            try:
+                return await self._snapshot_once(ns, run_id)
+            except Compacted:
+                continue  # the revision we read at was compacted meanwhile: read again
+        raise Unavailable("etcd compacted the run's records while they were read three times; retry")
+
+    async def _snapshot_once(self, ns: str, run_id: str) -> RunSnapshot:
+        keyspace = self.keyspace
+        kvs, revision = await self._read_prefix(keyspace.run_prefix(ns, run_id), 0)
+        run_key = keyspace.run(ns, run_id)
+        steps_prefix, done_prefix = keyspace.steps_prefix(ns, run_id), keyspace.done_prefix(ns, run_id)
+        run: run_pb2.Run | None = None
+        records: dict[str, run_pb2.StepRun] = {}
+        done: dict[str, run_pb2.StepRun] = {}
+        for kv in kvs:
+            if kv.key == run_key:
+                run = decode_run(kv.value, kv.key, kv.mod_revision)
+            elif kv.key.startswith(done_prefix):
+                done[keyspace.tail(kv.key, done_prefix)] = decode_step(kv.value, kv.key)
+            elif kv.key.startswith(steps_prefix):
+                records[keyspace.tail(kv.key, steps_prefix)] = decode_step(kv.value, kv.key)
+        if run is None:
+            raise NotFound(f'run "{run_name(ns, run_id)}" does not exist; see `weft runs list`')
+        ready_prefix = keyspace.ready_run_prefix(ns, run_id)
+        ready_kvs, _ = await self._read_prefix(ready_prefix, revision, keys_only=True)
+        ready = {keyspace.tail(kv.key, ready_prefix) for kv in ready_kvs}
+
+        spec = await self._spec_of(run)
+        # A deleted pipeline leaves no spec: show the steps that have records, by name.
+        names = [s.name for s in spec.steps] if spec is not None else sorted(set(records) | set(done) | ready)
+        steps = [self._step_state(name, run, done, records, ready) for name in names]
+        run.step_counts.update(Counter(state_name(s.state) for s in steps))
+        return RunSnapshot(run, steps, revision, set(done))
+
+    @staticmethod
+    def _step_state(
+        name: str,
+        run: run_pb2.Run,
+        done: Mapping[str, run_pb2.StepRun],
+        records: Mapping[str, run_pb2.StepRun],
+        ready: set[str],
+    ) -> run_pb2.StepRun:
+        if name in done:
+            step = done[name]
+        elif name in records:
+            step = records[name]
+        elif name in ready:
+            step = StepRun(state=StepRun.STATE_READY)
+        else:
+            step = StepRun(state=StepRun.STATE_WAITING)
+        step.step = name
+        if run.state == Run.STATE_CANCELLED and name not in done:
+            step.state = StepRun.STATE_CANCELLED
+        return step
+
+    async def GetRun(self, request: run_pb2.GetRunRequest, context: grpc.aio.ServicerContext[Any, Any]) -> run_pb2.Run:
+        ns, run_id = parse_run_name(request.name)
+        if request.view == run_pb2.RUN_VIEW_BASIC:
+            run, _ = await self.read_run(ns, run_id)
+            return run
+        snap = await self.snapshot(ns, run_id)
+        snap.run.steps.extend(snap.steps)
+        return snap.run
+
+    async def ListRuns(
+        self, request: run_pb2.ListRunsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> run_pb2.ListRunsResponse:
+        """Runs newest first (by create time, then name), read from the small runindex keys."""
+        ns = parse_namespace(request.parent)
+        size = page_size(request.page_size)
+        pipeline_filter, states = self._parse_run_filter(request.filter, ns)
+        prefix = self.keyspace.run_index_prefix(ns)
+        position = decode_token(request.page_token, b"runs:")
+        after = _decode_run_position(position) if position else None
+
+        kvs, _ = await self._read_prefix(prefix, 0)
+        entries: list[tuple[tuple[int, str], run_pb2.Run]] = []
+        for kv in kvs:
+            run = decode_run(kv.value, kv.key, kv.mod_revision)
+            if pipeline_filter and run.pipeline != pipeline_filter:
+                continue
+            if states and run.state not in states:
+                continue
+            order = (run.create_time.seconds * 1_000_000_000 + run.create_time.nanos, run.name)
+            if after is not None and order >= after:
+                continue
+            entries.append((order, run))
+        entries.sort(key=lambda entry: entry[0], reverse=True)
+        page = entries[:size]
+        token = encode_token(_encode_run_position(page[-1][0])) if len(entries) > size else ""
+        runs = [run for _, run in page]
+        if request.view == run_pb2.RUN_VIEW_FULL:
+            for run in runs:
+                snap = await self.snapshot(*parse_run_name(run.name))
+                run.CopyFrom(snap.run)
+                run.steps.extend(snap.steps)
+        return run_pb2.ListRunsResponse(runs=runs, next_page_token=token)
+
+    @staticmethod
+    def _parse_run_filter(text: str, ns: str) -> tuple[str, set[int]]:
+        pipeline = ""
+        states: set[int] = set()
+        for term in text.split():
+            key, sep, value = term.partition("=")
+            if key == "pipeline" and sep and value:
+                p_ns, p = parse_pipeline_name(value, "filter (pipeline)", default_ns=ns)
+                pipeline = pipeline_name(p_ns, p)
+            elif key == "state" and sep and value:
+                for name in value.split(","):
+                    full = "STATE_" + name.upper().removeprefix("STATE_")
+                    if full not in Run.State.keys() or full == "STATE_UNSPECIFIED":  # noqa: SIM118  (an enum wrapper, not a dict)
+                        choices = ", ".join(n.removeprefix("STATE_") for n in Run.State.keys()[1:])
+                        raise InvalidArgument(
+                            f'filter: "{name}" is not a run state; use one or more of {choices}', field="filter"
+                        )
+                    states.add(Run.State.Value(full))
+            else:
+                raise InvalidArgument(
+                    f'filter: cannot understand "{term}"; use space-separated terms like "pipeline=etl" and '
+                    '"state=RUNNING,FAILED"',
+                    field="filter",
+                )
+        return pipeline, states
+
+    # Creating -----------------------------------------------------------------------
+
+    async def CreateRun(
+        self, request: run_pb2.CreateRunRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> run_pb2.Run:
+        ns = parse_namespace(request.parent)
+        return await self.create_run(ns, request.run, request.run_id, check_request_id(request.request_id))
+
+    async def _run_of_request(self, ns: str, request_id: str) -> run_pb2.Run | None:
+        """The run an earlier request with this id created, if any."""
+        kv = await self.store.get(self.keyspace.request(ns, request_id))
+        if kv is None:
+            return None
+        return await self._run_named_by_request(ns, request_id, kv.value.decode())
+
+    async def _run_named_by_request(self, ns: str, request_id: str, created: str) -> run_pb2.Run:
+        try:
+            run_ns, run_id = parse_run_name(created)
+        except InvalidArgument:
+            raise InvalidArgument(
+                f'request_id: "{request_id}" was already used for another kind of request ({created}); '
+                "use a fresh request id for each new request",
+                field="request_id",
+            ) from None
+        run, _ = await self.read_run(run_ns, run_id)
+        return run
+
+    async def create_run(
+        self, ns: str, wanted: run_pb2.Run, run_id: str, request_id: str, resumed_from: str = ""
+    ) -> run_pb2.Run:
+        """Validates and writes a new PENDING run in one transaction (see the module docstring)."""
+        if request_id:
+            earlier = await self._run_of_request(ns, request_id)
+            if earlier is not None:
+                return earlier
+        if not wanted.pipeline:
+            raise InvalidArgument(
+                'run.pipeline: is required; name the pipeline to run (e.g. "etl")', field="run.pipeline"
+            )
+        p_ns, p = parse_pipeline_name(wanted.pipeline, "run.pipeline", default_ns=ns)
+        if p_ns != ns:
+            raise InvalidArgument(
+                f'run.pipeline: the pipeline is in namespace "{p_ns}" but the run would be in "{ns}"; '
+                "runs use pipelines of their own namespace",
+                field="run.pipeline",
+            )
+        if run_id:
+            check_dns_label(run_id, "run_id")
+        problems = label_problems(wanted.labels, "run.labels")
+        if wanted.options.cache_mode not in run_pb2.CacheMode.values():
+            problems.append(("run.options.cache_mode", "unknown cache mode; use USE, REFRESH or OFF"))
+        raise_problems(problems)
+
+        head, _ = await self.reader.require_head(ns, p)
+        digest = (
+            await self.reader.resolve_version(ns, p, wanted.pipeline_version, "run.pipeline_version")
+            if wanted.pipeline_version
+            else head.version
+        )
+        spec, _ = await self.reader.spec(ns, p, digest)
+        parameters = resolve_parameters(spec, wanted.parameters, p)
+        names = list(parameters)
+        stored = await asyncio.gather(*(self.blobs.put(parameters[n].encode()) for n in names))
+
+        record = Run(
+            pipeline=pipeline_name(ns, p),
+            pipeline_version=digest,
+            parameters=parameters,
+            parameter_digests={n: info.digest for n, info in zip(names, stored, strict=True)},
+            state=Run.STATE_PENDING,
+            labels=wanted.labels,
+            resumed_from=resumed_from,
+        )
+        record.options.CopyFrom(wanted.options)
+        with run_root_span("weft.CreateRun", "", {"weft.pipeline": record.pipeline}) as (span, traceparent):
+            record.traceparent = traceparent
+            for _ in range(1 if run_id else RUN_ID_ATTEMPTS):
+                chosen = run_id or generate_run_id(p)
+                record.name = run_name(ns, chosen)
+                span.set_attribute(ATTR_RUN, record.name)
+                record.create_time.GetCurrentTime()
+                written = await self._write_new_run(ns, chosen, record, request_id)
+                if written is not None:
+                    return written
+            if run_id:
+                raise AlreadyExists(
+                    f'run_id: run "{run_name(ns, run_id)}" already exists; choose another run_id or leave it empty '
+                    "to have one generated"
+                )
+            raise Internal(f"could not find an unused run id for pipeline {p} in {RUN_ID_ATTEMPTS} tries")
+
+    async def _write_new_run(self, ns: str, run_id: str, record: run_pb2.Run, request_id: str) -> run_pb2.Run | None:
+        """The one transaction that makes a run exist; None if the run id is taken."""
+        data = record.SerializeToString()
+        if len(data) > MAX_RUN_RECORD_BYTES:
+            raise InvalidArgument(
+                f"run: the run record would have {len(data)} bytes, over the limit of {MAX_RUN_RECORD_BYTES}; "
+                "use fewer or smaller parameters and labels",
+                field="run",
+            )
+        keyspace = self.keyspace
+        run_key = keyspace.run(ns, run_id)
+        compares = [absent(run_key)]
+        success = [op_put(run_key, data), op_put(keyspace.run_index(ns, run_id), data)]
+        failure = []
+        if request_id:
+            request_key = keyspace.request(ns, request_id)
+            compares.append(absent(request_key))
+            success.append(op_put(request_key, record.name.encode()))
+            failure.append(op_get(request_key))
+        result = await self.store.txn(compares, success, failure)
+        if result.succeeded:
+            log.info("created run %s of %s@%s", record.name, record.pipeline, record.pipeline_version[:19])
+            created = Run()
+            created.CopyFrom(record)
+            created.etag = str(result.revision)
+            return created
+        if request_id:
+            earlier = result.range_kvs(0)
+            if earlier:
+                # A concurrent retry of the same request won: answer with its run.
+                return await self._run_named_by_request(ns, request_id, earlier[0].value.decode())
+        return None
+
+    async def ResumeRun(
+        self, request: run_pb2.ResumeRunRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> run_pb2.Run:
+        ns, source_id = parse_run_name(request.name)
+        request_id = check_request_id(request.request_id)
+        if request_id:
+            earlier = await self._run_of_request(ns, request_id)
+            if earlier is not None:
+                return earlier
+        source, _ = await self.read_run(ns, source_id)
+        if source.state not in TERMINAL_RUN_STATES:
+            raise FailedPrecondition(
+                f'run "{source.name}" is {Run.State.Name(source.state).removeprefix("STATE_")}; only a finished run '
+                "(SUCCEEDED, FAILED or CANCELLED) can be resumed: wait for it or cancel it first"
+            )
+        wanted = Run(pipeline=source.pipeline, labels=source.labels)
+        wanted.options.CopyFrom(source.options)
+        parameters = dict(source.parameters)
+        if request.latest_version:
+            # The latest version may have dropped parameters: keep only those it declares.
+            p_ns, p = parse_pipeline_name(source.pipeline, "run.pipeline")
+            head, _ = await self.reader.require_head(p_ns, p)
+            spec, _ = await self.reader.spec(p_ns, p, head.version)
+            declared = {parameter.name for parameter in spec.parameters}
+            parameters = {k: v for k, v in parameters.items() if k in declared}
+            wanted.pipeline_version = head.version
+        else:
+            wanted.pipeline_version = source.pipeline_version
+        wanted.parameters.update(parameters)
+        return await self.create_run(ns, wanted, request.run_id, request_id, resumed_from=source.name)
+
+    # Changing -----------------------------------------------------------------------
+
+    async def CancelRun(
+        self, request: run_pb2.CancelRunRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> run_pb2.Run:
+        ns, run_id = parse_run_name(request.name)
+        if len(request.reason) > 1024:
+            raise InvalidArgument("reason: keep it under 1024 characters", field="reason")
+        for _ in range(WRITE_ATTEMPTS):
+            run, kv = await self.read_run(ns, run_id)
+            if run.state in TERMINAL_RUN_STATES:
+                raise FailedPrecondition(
+                    f'run "{run.name}" already finished ({Run.State.Name(run.state).removeprefix("STATE_")}); '
+                    "only PENDING or RUNNING runs can be cancelled"
+                )
+            if run.state == Run.STATE_CANCELLING:
+                return run
+            if run.state == Run.STATE_PENDING:
+                # No executor has started it: nothing to stop, so it is cancelled at once.
+                run.state = Run.STATE_CANCELLED
+                run.end_time.GetCurrentTime()
+            else:
+                run.state = Run.STATE_CANCELLING
+            run.message = request.reason or "cancelled by request"
+            run.ClearField("etag")
+            data = run.SerializeToString()
+            result = await self.store.txn(
+                [unchanged_since(kv.key, kv.mod_revision)],
+                [op_put(kv.key, data), op_put(self.keyspace.run_index(ns, run_id), data)],
+            )
+            if result.succeeded:
+                log.info("run %s is %s", run.name, Run.State.Name(run.state))
+                run.etag = str(result.revision)
+                return run
+        raise Aborted(f'run "{run_name(ns, run_id)}" kept changing while it was cancelled; retry')
+
+    # Streaming ----------------------------------------------------------------------
+
+    async def WatchRun(
+        self, request: run_pb2.WatchRunRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[run_pb2.RunEvent]:
+        ns, run_id = parse_run_name(request.name)
+        if request.start_revision < 0:
+            raise InvalidArgument(
+                "start_revision: must be 0 (snapshot first) or a revision seen earlier + 1", field="start_revision"
+            )
+        done: set[str] = set()
+        if request.start_revision == 0:
+            snap = await self.snapshot(ns, run_id)
+            yield run_pb2.RunEvent(revision=snap.revision, run=snap.run, snapshot=True)
+            for step in snap.steps:
+                yield run_pb2.RunEvent(revision=snap.revision, step=step, snapshot=True)
+            if snap.run.state in TERMINAL_RUN_STATES:
+                return
+            start = snap.revision + 1
+            done = snap.done
+        else:
+            run, kv = await self.read_run(ns, run_id)
+            if run.state in TERMINAL_RUN_STATES and kv.mod_revision < request.start_revision:
+                return  # the client has seen the end already; nothing will ever follow
+            start = request.start_revision
+
+        keyspace = self.keyspace
+        prefix = keyspace.run_prefix(ns, run_id)
+        run_key = keyspace.run(ns, run_id)
+        steps_prefix, done_prefix = keyspace.steps_prefix(ns, run_id), keyspace.done_prefix(ns, run_id)
+        try:
+            async for batch in self.store.watch(prefix, start):
+                for event in batch:
+                    if event.deleted:
+                        continue
+                    if event.key == run_key:
+                        run = decode_run(event.value, event.key, event.revision)
+                        yield run_pb2.RunEvent(revision=event.revision, run=run)
+                        if run.state in TERMINAL_RUN_STATES:
+                            return
+                    elif event.key.startswith(done_prefix):
+                        step = decode_step(event.value, event.key)
+                        step.step = keyspace.tail(event.key, done_prefix)
+                        done.add(step.step)
+                        yield run_pb2.RunEvent(revision=event.revision, step=step)
+                    elif event.key.startswith(steps_prefix):
+                        step = decode_step(event.value, event.key)
+                        step.step = keyspace.tail(event.key, steps_prefix)
+                        if step.step not in done:  # a late record must not undo the terminal state
+                            yield run_pb2.RunEvent(revision=event.revision, step=step)
+        except Compacted as error:
+            raise OutOfRange(
+                f"start_revision: revision {start} of run {run_name(ns, run_id)} was compacted by etcd"
+                f"{f' (oldest kept: {error.compact_revision})' if error.compact_revision else ''}; "
+                "restart the watch with start_revision 0 to get a fresh snapshot"
+            ) from error
+
+    # Explaining and logs ------------------------------------------------------------
+
+    async def _step_record(self, ns: str, run_id: str, step: str) -> tuple[run_pb2.Run, run_pb2.StepRun | None]:
+        """The run and the step's latest record (done, else step record), checking the step
+        exists in the run's pipeline."""
+        if not step:
+            raise InvalidArgument("step: is required; name a step of the run", field="step")
+        run, _ = await self.read_run(ns, run_id)
+        spec = await self._spec_of(run)
+        done_key, step_key = self.keyspace.done(ns, run_id, step), self.keyspace.step(ns, run_id, step)
+        found = await self.store.get_many([done_key, step_key])
+        if spec is not None and step not in {s.name for s in spec.steps}:
+            shown = ", ".join(s.name for s in spec.steps[:10]) + (", …" if len(spec.steps) > 10 else "")
+            raise NotFound(f'run "{run.name}" has no step "{step}"; its steps are: {shown}')
+        kv = found.get(done_key) or found.get(step_key)
+        if kv is None and spec is None:
+            raise NotFound(f'run "{run.name}" has no record of step "{step}"')
+        return run, (decode_step(kv.value, kv.key) if kv is not None else None)
+
+    async def ExplainStep(
+        self, request: run_pb2.ExplainStepRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> run_pb2.StepExplanation:
+        ns, run_id = parse_run_name(request.run, "run")
+        _, record = await self._step_record(ns, run_id, request.step)
+        if record is None or not record.HasField("explanation"):
+            return run_pb2.StepExplanation(
+                decision=run_pb2.StepExplanation.DECISION_UNSPECIFIED, reason="not claimed yet"
+            )
+        return record.explanation
+
+    async def ReadLogs(
+        self, request: run_pb2.ReadLogsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[run_pb2.LogChunk]:
+        ns, run_id = parse_run_name(request.run, "run")
+        if request.attempt < 0:
+            raise InvalidArgument("attempt: must be 0 (the latest) or an attempt number ≥ 1", field="attempt")
+        run, record = await self._step_record(ns, run_id, request.step)
+        attempts: Sequence[run_pb2.Attempt] = record.attempts if record is not None else []
+        if not attempts:
+            state = state_name(record.state) if record is not None else "WAITING"
+            raise NotFound(f'step "{request.step}" of run "{run.name}" has no attempt yet (it is {state})')
+        if request.attempt == 0:
+            attempt = attempts[-1]
+        else:
+            matching = [a for a in attempts if a.number == request.attempt]
+            if not matching:
+                numbers = ", ".join(str(a.number) for a in attempts)
+                raise NotFound(
+                    f'step "{request.step}" of run "{run.name}" has no attempt {request.attempt} '
+                    f"(its attempts: {numbers})"
+                )
+            attempt = matching[-1]
+
+        if attempt.state == run_pb2.Attempt.STATE_RUNNING:
+            async for chunk in self._live_logs(run.name, request.step, attempt, request.follow):
+                yield chunk
+            return
+        streams = (
+            (run_pb2.LogChunk.STREAM_STDOUT, attempt.stdout_digest),
+            (run_pb2.LogChunk.STREAM_STDERR, attempt.stderr_digest),
+        )
+        for stream, digest in streams:
+            if not digest:
+                continue
+            async for data in self.blobs.read(digest, chunk_size=LOG_CHUNK_BYTES):
+                yield run_pb2.LogChunk(stream=stream, data=data, attempt=attempt.number)
+
+    async def _live_logs(
+        self, run: str, step: str, attempt: run_pb2.Attempt, follow: bool
+    ) -> AsyncIterator[run_pb2.LogChunk]:
+        """Proxies ExecutorService.ReadAttemptLogs of the executor running the attempt."""
+        executor = attempt.executor
+        kv = await self.store.get(self.keyspace.executor(executor)) if executor else None
+        if kv is None:
+            raise Unavailable(
+                f'executor "{executor}" that runs attempt {attempt.number} of step "{step}" is not registered '
+                "(it may have died; another executor takes the step over shortly); retry in a moment"
+            )
+        try:
+            address = str(json.loads(kv.value)["address"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise Internal(f"the registration of executor {executor} has no address; it is corrupt") from error
+        request = executor_pb2.ReadAttemptLogsRequest(run=run, step=step, attempt=attempt.number, follow=follow)
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub: Any = executor_pb2_grpc.ExecutorServiceStub(channel)  # type: ignore[no-untyped-call]
+            call = stub.ReadAttemptLogs(request)
+            try:
+                async for chunk in call:
+                    yield chunk
+            except grpc.aio.AioRpcError as error:
+                if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise Unavailable(
+                        f'executor "{executor}" at {address} cannot be reached ({error.details()}); retry in a moment'
+                    ) from error
+                raise _service_error_of(error) from error
+            finally:
+                call.cancel()
+
+
+def _service_error_of(error: grpc.aio.AioRpcError) -> ServiceError:
+    """An executor's error status, passed on to our caller unchanged."""
+    passed = ServiceError(error.details() or error.code().name)
+    passed.code = error.code()
+    return passed
+
+
+def _encode_run_position(order: tuple[int, str]) -> bytes:
+    return f"runs:{order[0]}:{order[1]}".encode()
+
+
+def _decode_run_position(position: bytes) -> tuple[int, str]:
+    try:
+        _, nanos, name = position.decode().split(":", 2)
+        return int(nanos), name
+    except ValueError:
+        raise InvalidArgument(
+            "page_token: not a token of this listing; leave it empty to start over", field="page_token"
+        ) from None

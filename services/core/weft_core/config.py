@@ -1,0 +1,196 @@
+"""Typed configuration of weft's services, read from flags and `WEFT_*` environment variables.
+
+Each service has one frozen dataclass (`ApiConfig` here; the executor defines its
+`ExecutorConfig` with the same helpers). A flag wins over its environment variable, which
+wins over the default. `describe_config` renders a config for the start-up log with
+secrets masked: fields marked `secret=True` and passwords inside URLs. This module must
+never log or print a secret in clear, and never reads files or contacts anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from weft_core.keyspace import DEFAULT_ROOT
+
+_MASK = "*****"
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]*)@")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag with the environment variable that also sets it.
+
+    Attributes:
+        name: The flag, e.g. `--etcd-endpoints`; its dest is the name without dashes,
+            with `-` turned into `_` (`etcd_endpoints`), matching the config field.
+        env: The environment variable read when the flag is absent, e.g. `WEFT_ETCD_ENDPOINTS`.
+        help: One line for `--help`.
+        default: Used when neither flag nor variable is given; None makes the flag required.
+        convert: Turns the string into the field's type (e.g. `int`, `Path`).
+        secret: Masked by `describe_config`.
+    """
+
+    name: str
+    env: str
+    help: str
+    default: str | None = None
+    convert: Callable[[str], Any] = str
+    secret: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.name.lstrip("-").replace("-", "_")
+
+
+class ConfigError(ValueError):
+    """A missing or malformed setting; the message names the flag and its variable."""
+
+
+def parse_flags(
+    prog: str,
+    description: str,
+    flags: Sequence[Flag],
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Parses `argv` (default: sys.argv) with `environ` (default: os.environ) as fallback.
+
+    Args:
+        prog: Program name shown in `--help`.
+        description: One paragraph for `--help`.
+        flags: The accepted flags.
+        argv: Arguments without the program name.
+        environ: Environment variables.
+
+    Returns:
+        The converted value of every flag, by dest.
+
+    Raises:
+        SystemExit: On `--help`, or (exit code 2, with a message on stderr) when a required
+            setting is missing or a value does not convert.
+    """
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for flag in flags:
+        shown_default = "required" if flag.default is None else f"default {flag.default!r}"
+        parser.add_argument(
+            flag.name, dest=flag.dest, default=None, help=f"{flag.help} (env {flag.env}; {shown_default})"
+        )
+    namespace = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for flag in flags:
+        raw = getattr(namespace, flag.dest)
+        if raw is None:
+            raw = environ.get(flag.env) or flag.default
+        if raw is None:
+            parser.error(f"{flag.name} is required: pass {flag.name} VALUE or set {flag.env}")
+        try:
+            values[flag.dest] = flag.convert(raw)
+        except (ValueError, TypeError) as error:
+            parser.error(f"{flag.name} (or {flag.env}) has the invalid value {raw!r}: {error}")
+    return values
+
+
+def mask_url_passwords(text: str) -> str:
+    """`https://user:pw@host` → `https://user:*****@host` anywhere in `text`."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{_MASK}@", text)
+
+
+def describe_config(config: Any) -> str:
+    """`name=value` pairs of a config dataclass for the start-up log, with secrets masked.
+
+    A field whose metadata has `secret: True` is shown as `*****` (or `<unset>` when
+    empty); every other value has URL passwords masked.
+    """
+    parts = []
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        secret = bool(item.metadata.get("secret"))
+        shown = (_MASK if value else "<unset>") if secret else mask_url_passwords(str(value))
+        parts.append(f"{item.name}={shown}")
+    return " ".join(parts)
+
+
+def listen_address(value: str) -> str:
+    """Validates `HOST:PORT` (port 0 picks a free port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:50051 (port 0 picks a free port)")
+    return value
+
+
+def etcd_root(value: str) -> str:
+    """Validates an etcd key root: starts with '/', no trailing '/'."""
+    if not value.startswith("/") or value.endswith("/") or len(value) < 2:
+        raise ValueError("expected a key prefix like /weft (leading '/', no trailing '/')")
+    return value
+
+
+def etcd_endpoints(value: str) -> str:
+    """Validates a comma-separated list of `http://host:port` etcd endpoints."""
+    endpoints = [e.strip() for e in value.split(",") if e.strip()]
+    if not endpoints:
+        raise ValueError("expected at least one endpoint, e.g. http://127.0.0.1:2379")
+    for endpoint in endpoints:
+        if not re.fullmatch(r"(https?://)?[^\s/]+:\d+", endpoint):
+            raise ValueError(f"{endpoint!r} is not an etcd endpoint like http://127.0.0.1:2379")
+    return ",".join(endpoints)
+
+
+#: Flags shared by every service that talks to etcd.
+ETCD_FLAGS = (
+    Flag("--etcd-endpoints", "WEFT_ETCD_ENDPOINTS", "etcd client URLs, comma-separated", convert=etcd_endpoints),
+    Flag("--etcd-root", "WEFT_ETCD_ROOT", "root of weft's keys in etcd", default=DEFAULT_ROOT, convert=etcd_root),
+)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """Settings of weft-api.
+
+    Attributes:
+        etcd_endpoints: Comma-separated etcd client URLs.
+        listen: `HOST:PORT` the gRPC server binds; port 0 picks a free one.
+        blob_dir: Directory of the artifact store's default backend.
+        etcd_root: Root of weft's keys in etcd (several installations may share an etcd).
+    """
+
+    etcd_endpoints: str
+    listen: str
+    blob_dir: Path
+    etcd_root: str = DEFAULT_ROOT
+
+    FLAGS = (
+        ETCD_FLAGS[0],
+        Flag(
+            "--listen", "WEFT_LISTEN", "HOST:PORT to serve gRPC on", default="127.0.0.1:50051", convert=listen_address
+        ),
+        Flag("--blob-dir", "WEFT_BLOB_DIR", "directory of the artifact store", convert=Path),
+        ETCD_FLAGS[1],
+    )
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ApiConfig:
+        """Reads the config from flags, then WEFT_* variables, then defaults."""
+        values = parse_flags(
+            "weft-api",
+            "weft-api: PipelineService, RunService and ArtifactService over etcd.",
+            cls.FLAGS,
+            argv,
+            environ,
+        )
+        return cls(**values)
+
+
+# Fields may be marked secret like this; ApiConfig has none yet, but the executor's may.
+def secret_field(default: Any = "") -> Any:
+    """A dataclass field that `describe_config` masks."""
+    return field(default=default, metadata={"secret": True})

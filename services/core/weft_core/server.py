@@ -1,0 +1,360 @@
+"""The gRPC server every weft service runs: binding, health, reflection, interceptors, stop.
+
+    server, port = create_server("127.0.0.1:0", [
+        ServiceBinding("weft.v1.RunService", RunServicer(...), add_RunServiceServicer_to_server),
+    ])
+    server.on_stop(store.close)
+    await server.start()
+    await serve_until_signal(server)      # SIGTERM/SIGINT → graceful stop
+
+Every server gets the standard health service (`grpc.health.v1.Health`, SERVING for ""
+and for each service name) and server reflection listing every service, so grpcurl and
+Kubernetes probes work against any weft service. Interceptors run in one fixed order:
+logging/tracing (outermost: it sees the final status), then errors.
+
+The error interceptor is the only place where exceptions become gRPC statuses:
+`weft_core.errors.ServiceError` keeps its code and message unchanged; anything else is
+logged with its traceback and answered INTERNAL, and the server keeps serving. Service
+code must therefore never call `context.abort` for domain errors, and this module must
+never swallow `asyncio.CancelledError` (a client that goes away cancels its handler).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+# The asyncio health servicer; public as grpc_health.v1.health.aio, which the type stubs lack.
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from weft_core.errors import ServiceError
+from weft_core.store import Compacted
+from weft_core.telemetry import tracer
+
+log = logging.getLogger(__name__)
+
+#: Largest request and response message (a 10,000-step pipeline spec is a few MiB).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Seconds in-flight calls get to finish on SIGTERM before they are cancelled.
+DEFAULT_GRACE = 10.0
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+_propagator = TraceContextTextMapPropagator()
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """One gRPC service to serve.
+
+    Attributes:
+        name: Full service name, e.g. "weft.v1.RunService" (health and reflection use it).
+        servicer: The implementation.
+        add_to_server: The generated `add_<Service>Servicer_to_server` function.
+    """
+
+    name: str
+    servicer: Any
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+
+
+class WeftServer:
+    """A grpc.aio server with weft's health, reflection, interceptors and clean-up hooks.
+
+    Built by `create_server`; call `start()`, then `stop()` or `serve_until_signal()`.
+    """
+
+    def __init__(self, server: grpc.aio.Server, port: int, health: HealthServicer, services: Sequence[str]) -> None:
+        self.grpc_server = server
+        self.port = port
+        self.health = health
+        self.services = list(services)
+        self._cleanups: list[Callable[[], Awaitable[None]]] = []
+        self._stopped = False
+
+    def on_stop(self, cleanup: Callable[[], Awaitable[None]]) -> None:
+        """Runs `cleanup` (e.g. closing the etcd store) after the server stopped serving."""
+        self._cleanups.append(cleanup)
+
+    async def start(self) -> None:
+        """Starts serving and marks every service SERVING."""
+        await self.grpc_server.start()
+        for name in ["", *self.services]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None = DEFAULT_GRACE) -> None:
+        """Marks every service NOT_SERVING, lets in-flight calls finish for up to `grace`
+        seconds, cancels the rest, then runs the `on_stop` clean-ups. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(grace)
+        for cleanup in reversed(self._cleanups):
+            try:
+                await cleanup()
+            except Exception:
+                log.exception("clean-up %r failed while stopping", cleanup)
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+
+def create_server(
+    listen: str,
+    services: Sequence[ServiceBinding],
+    *,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+) -> tuple[WeftServer, int]:
+    """Builds a server bound to `listen` with health, reflection and weft's interceptors.
+
+    Call it from a running event loop; the server is bound but not started.
+
+    Args:
+        listen: `HOST:PORT`; port 0 binds a free port.
+        services: The services to serve.
+        max_message_bytes: Largest message received or sent.
+
+    Returns:
+        The server and the port it is bound to.
+
+    Raises:
+        RuntimeError: If the address cannot be bound (in use, bad host).
+    """
+    server = grpc.aio.server(
+        interceptors=[LoggingTracingInterceptor(), ErrorInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            # Two processes must never share a port silently (a restarted api would
+            # split traffic with a zombie); binding a used port must fail.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    for binding in services:
+        binding.add_to_server(binding.servicer, server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    names = [b.name for b in services]
+    reflection.enable_server_reflection([*names, HEALTH_SERVICE, reflection.SERVICE_NAME], server)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as error:
+        raise RuntimeError(f"cannot listen on {listen}: {error}; pick a free port or use port 0") from error
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {listen}: the address is in use or invalid; use port 0 for a free one")
+    return WeftServer(server, port, health, names), port
+
+
+async def serve_until_signal(server: WeftServer, grace: float = DEFAULT_GRACE) -> None:
+    """Serves until SIGTERM or SIGINT, then stops gracefully (see `WeftServer.stop`)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        waiter = asyncio.create_task(server.wait_for_termination())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        log.info("stopping (grace %.0fs)", grace)
+        await server.stop(grace)
+        for task in (waiter, stopper):
+            task.cancel()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+# Interceptors. grpc.aio hands an interceptor the method handler; each wraps the handler's
+# behaviour (unary or streaming) in a function of the same shape.
+
+Behaviour = Callable[..., Any]
+
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:  # not subscriptable at run time
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    wrap_unary: Callable[[Behaviour], Behaviour],
+    wrap_stream: Callable[[Behaviour], Behaviour],
+) -> grpc.RpcMethodHandler[Any, Any]:
+    serde = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(wrap_unary(handler.unary_unary), **serde)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(wrap_unary(handler.stream_unary), **serde)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(wrap_stream(handler.unary_stream), **serde)
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream), **serde)
+    return handler
+
+
+async def _iterate(
+    behaviour: Behaviour, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[Any]:
+    """Responses of a streaming behaviour, whether an async generator or a coroutine."""
+    result = behaviour(request, context)
+    if hasattr(result, "__aiter__"):
+        async for response in result:
+            yield response
+    else:
+        await result
+
+
+class ErrorInterceptor(_ServerInterceptor):
+    """Turns exceptions into gRPC statuses in one place (see the module docstring)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+
+        def wrap_unary(behaviour: Behaviour) -> Behaviour:
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    return await behaviour(request, context)
+                except Exception as error:
+                    await _abort(context, method, error)
+
+            return unary
+
+        def wrap_stream(behaviour: Behaviour) -> Behaviour:
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                try:
+                    async for response in _iterate(behaviour, request, context):
+                        yield response
+                except Exception as error:
+                    await _abort(context, method, error)
+
+            return stream
+
+        return _wrap_handler(handler, wrap_unary, wrap_stream)
+
+
+def status_of(error: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    """The gRPC status a domain exception maps to, or None for an unexpected exception."""
+    if isinstance(error, ServiceError):
+        return error.code, error.message
+    if isinstance(error, Compacted):
+        return (
+            grpc.StatusCode.OUT_OF_RANGE,
+            f"the requested revision was compacted (oldest kept: {error.compact_revision}); restart from revision 0",
+        )
+    return None
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], method: str, error: Exception) -> None:
+    # An abort raised deeper (a servicer that called context.abort) carries its status: pass it on.
+    if isinstance(error, grpc.aio.AbortError):
+        raise error
+    status = status_of(error)
+    if status is None:
+        log.error("%s failed unexpectedly", method, exc_info=error)
+        status = (
+            grpc.StatusCode.INTERNAL,
+            f"internal error in {method}: {type(error).__name__}: {error}; "
+            "this is a weft bug, the service log has the traceback",
+        )
+    await context.abort(status[0], status[1])
+
+
+class LoggingTracingInterceptor(_ServerInterceptor):
+    """One server span and one log line per call, with the final status code.
+
+    The span continues a W3C `traceparent` sent in the call's metadata. Successful calls
+    log at DEBUG (a busy api serves thousands per second); failures at INFO (the caller's
+    fault) or WARNING (ours or a dependency's).
+    """
+
+    _SERVER_FAULTS = frozenset(
+        {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
+    )
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        metadata = {k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)}
+
+        def wrap_unary(behaviour: Behaviour) -> Behaviour:
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                with self._span(method, metadata) as span:
+                    started = time.monotonic()
+                    try:
+                        return await behaviour(request, context)
+                    finally:
+                        self._finish(span, method, context, started)
+
+            return unary
+
+        def wrap_stream(behaviour: Behaviour) -> Behaviour:
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                with self._span(method, metadata) as span:
+                    started = time.monotonic()
+                    try:
+                        async for response in _iterate(behaviour, request, context):
+                            yield response
+                    finally:
+                        self._finish(span, method, context, started)
+
+            return stream
+
+        return _wrap_handler(handler, wrap_unary, wrap_stream)
+
+    def _span(self, method: str, metadata: dict[str, str]) -> Any:
+        service, _, name = method.lstrip("/").partition("/")
+        return tracer().start_as_current_span(
+            method.lstrip("/"),
+            context=_propagator.extract(metadata) if "traceparent" in metadata else None,
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+
+    def _finish(
+        self, span: trace.Span, method: str, context: grpc.aio.ServicerContext[Any, Any], started: float
+    ) -> None:
+        code = context.code()
+        # grpc.aio reports the code set by abort() as a StatusCode or as its int value.
+        if isinstance(code, int):
+            code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+        code = code or grpc.StatusCode.OK
+        details = context.details() or ""
+        elapsed_ms = (time.monotonic() - started) * 1000
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code in self._SERVER_FAULTS:
+            span.set_status(Status(StatusCode.ERROR, details))
+        if code == grpc.StatusCode.OK:
+            log.debug("%s OK %.1fms", method, elapsed_ms)
+        else:
+            level = logging.WARNING if code in self._SERVER_FAULTS else logging.INFO
+            log.log(level, "%s %s %.1fms: %s", method, code.name, elapsed_ms, details)

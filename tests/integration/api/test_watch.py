@@ -1,0 +1,161 @@
+"""WatchRun against a real etcd: snapshot then live events in commit order, the end at a
+terminal state, resumption by revision across an api crash, and compaction."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tests.integration.api.support import Clients, ExecutorWrites, create_pipeline, create_run, simple
+from tests.integration.conftest import ApiProcess, InProcessApi, running_api
+from weft.localstack import EtcdProcess
+from weft.v1 import run_pb2
+from weft_core.keyspace import Keyspace
+from weft_core.store import Store
+
+Run = run_pb2.Run
+StepRun = run_pb2.StepRun
+
+
+async def next_event(stream: Any, timeout: float = 10.0) -> run_pb2.RunEvent | None:
+    """The next event, or None when the stream ended."""
+    event = await asyncio.wait_for(stream.read(), timeout)
+    return None if event is grpc.aio.EOF else event  # type: ignore[attr-defined]  # missing from grpc-stubs
+
+
+async def drain(stream: Any) -> list[run_pb2.RunEvent]:
+    events = []
+    while (event := await next_event(stream)) is not None:
+        events.append(event)
+    return events
+
+
+def describe(event: run_pb2.RunEvent) -> str:
+    if event.HasField("run"):
+        return f"run:{Run.State.Name(event.run.state)}"
+    return f"{event.step.step}:{StepRun.State.Name(event.step.state)}"
+
+
+async def test_a_watch_sends_a_snapshot_then_changes_and_ends_at_a_terminal_state(
+    api: InProcessApi, channel: grpc.aio.Channel, store: Store
+) -> None:
+    clients = Clients.of(channel)
+    await create_pipeline(clients, "etl", simple(2))
+    run = await create_run(clients, "etl")
+    executor = ExecutorWrites(store, api.keyspace, run.name)
+    await executor.set_run_state(Run.STATE_RUNNING)
+    await executor.mark_ready("s0")
+
+    stream = clients.runs.WatchRun(run_pb2.WatchRunRequest(name=run.name))
+    snapshot = [await next_event(stream) for _ in range(3)]
+    assert [describe(e) for e in snapshot if e] == ["run:STATE_RUNNING", "s0:STATE_READY", "s1:STATE_WAITING"]
+    assert all(e is not None and e.snapshot for e in snapshot)
+    assert len({e.revision for e in snapshot if e}) == 1
+
+    revisions = [
+        await executor.step_record("s0", StepRun.STATE_RUNNING),
+        await executor.done_record("s0", StepRun.STATE_SUCCEEDED),
+        await executor.step_record("s0", StepRun.STATE_RUNNING),  # late: must not undo the done record
+        await executor.done_record("s1", StepRun.STATE_SUCCEEDED),
+        await executor.set_run_state(Run.STATE_SUCCEEDED),
+    ]
+    await executor.step_record("s1", StepRun.STATE_RUNNING)  # after the end: never sent
+    live = await drain(stream)
+    assert [describe(e) for e in live] == [
+        "s0:STATE_RUNNING",
+        "s0:STATE_SUCCEEDED",
+        "s1:STATE_SUCCEEDED",
+        "run:STATE_SUCCEEDED",
+    ]
+    assert [e.revision for e in live] == [revisions[0], revisions[1], revisions[3], revisions[4]]
+    assert not any(e.snapshot for e in live)
+
+    # A watch of a finished run is its snapshot alone; resuming after its end sends nothing.
+    again = await drain(clients.runs.WatchRun(run_pb2.WatchRunRequest(name=run.name)))
+    assert [describe(e) for e in again] == ["run:STATE_SUCCEEDED", "s0:STATE_SUCCEEDED", "s1:STATE_SUCCEEDED"]
+    after_end = clients.runs.WatchRun(run_pb2.WatchRunRequest(name=run.name, start_revision=revisions[4] + 1))
+    assert await drain(after_end) == []
+
+
+async def test_a_watch_resumes_after_the_api_is_killed_with_no_gap_and_no_duplicate(
+    api_process: ApiProcess, store: Store
+) -> None:
+    keyspace = api_process.keyspace
+    async with grpc.aio.insecure_channel(api_process.address) as channel:
+        clients = Clients.of(channel)
+        await create_pipeline(clients, "etl", simple(6))
+        run = await create_run(clients, "etl")
+        executor = ExecutorWrites(store, keyspace, run.name)
+        stream = clients.runs.WatchRun(run_pb2.WatchRunRequest(name=run.name))
+        snapshot = [await next_event(stream) for _ in range(7)]
+        assert all(e is not None and e.snapshot for e in snapshot)
+
+        written = [await executor.set_run_state(Run.STATE_RUNNING)]
+        for name in ("s0", "s1"):
+            written.append(await executor.step_record(name, StepRun.STATE_RUNNING))
+            written.append(await executor.done_record(name, StepRun.STATE_SUCCEEDED))
+        received = [await next_event(stream) for _ in written]
+
+        api_process.kill()
+        for name in ("s2", "s3"):  # committed while no api runs
+            written.append(await executor.step_record(name, StepRun.STATE_RUNNING))
+            written.append(await executor.done_record(name, StepRun.STATE_SUCCEEDED))
+        with pytest.raises(grpc.aio.AioRpcError) as broken:
+            await next_event(stream)
+        assert broken.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    api_process.start()  # same port: the client dials the same address
+    async with grpc.aio.insecure_channel(api_process.address) as channel:
+        clients = Clients.of(channel)
+        last = received[-1]
+        assert last is not None
+        resumed = clients.runs.WatchRun(run_pb2.WatchRunRequest(name=run.name, start_revision=last.revision + 1))
+        for name in ("s4", "s5"):
+            written.append(await executor.step_record(name, StepRun.STATE_RUNNING))
+            written.append(await executor.done_record(name, StepRun.STATE_SUCCEEDED))
+        written.append(await executor.set_run_state(Run.STATE_SUCCEEDED))
+        received += await drain(resumed)
+
+    assert [e.revision for e in received if e] == written
+    assert describe(received[-1]) == "run:STATE_SUCCEEDED"  # type: ignore[arg-type]
+    assert [describe(e) for e in received if e and e.HasField("step") and e.step.state == StepRun.STATE_SUCCEEDED] == [
+        f"s{i}:STATE_SUCCEEDED" for i in range(6)
+    ]
+
+
+async def test_a_compacted_start_revision_is_out_of_range_with_the_way_out(
+    private_etcd: EtcdProcess, keyspace: Keyspace, tmp_path: Path
+) -> None:
+    store = Store(private_etcd.endpoint)
+    try:
+        async with (
+            running_api(private_etcd.endpoint, keyspace, tmp_path / "blobs") as api,
+            grpc.aio.insecure_channel(api.address) as channel,
+        ):
+            clients = Clients.of(channel)
+            await create_pipeline(clients, "etl", simple(1))
+            run = await create_run(clients, "etl")
+            executor = ExecutorWrites(store, keyspace, run.name)
+            first = await executor.step_record("s0", StepRun.STATE_RUNNING)
+            latest = await executor.done_record("s0", StepRun.STATE_SUCCEEDED)
+            compaction = await asyncio.create_subprocess_exec(
+                "etcdctl", "--endpoints", private_etcd.endpoint, "compaction", str(latest),
+                stdout=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            assert await compaction.wait() == 0
+            stream = clients.runs.WatchRun(run_pb2.WatchRunRequest(name=run.name, start_revision=first))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await drain(stream)
+            assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
+            assert "was compacted by etcd" in (caught.value.details() or "")
+            assert "restart the watch with start_revision 0" in (caught.value.details() or "")
+            # Starting over from 0 works.
+            fresh = clients.runs.WatchRun(run_pb2.WatchRunRequest(name=run.name))
+            assert describe(await next_event(fresh)) == "run:STATE_PENDING"  # type: ignore[arg-type]
+            fresh.cancel()
+    finally:
+        await store.close()

@@ -1,0 +1,175 @@
+"""Fixtures that start a real weft-api: in-process on port 0, or as a subprocess to kill.
+
+`api` runs the api inside the test's event loop (fast, and the test can read the same
+etcd keyspace); `api_process` runs the `weft-api` console script exactly as a user or the
+Helm chart would, so a test can SIGKILL it and start it again on the same port.
+Both use the session etcd, a keyspace root of their own and a temporary blob directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from weft.localstack import ChildProcess, EtcdProcess
+from weft_api.app import create_api_server
+from weft_core.config import ApiConfig
+from weft_core.keyspace import Keyspace
+from weft_core.server import WeftServer
+
+_LISTENING = re.compile(rb"weft-api listening on (\S+):(\d+)")
+
+
+@dataclass
+class InProcessApi:
+    """A weft-api served from the test's own event loop."""
+
+    config: ApiConfig
+    keyspace: Keyspace
+    blob_dir: Path
+    server: WeftServer
+    port: int
+
+    @property
+    def address(self) -> str:
+        """`host:port` to dial."""
+        return f"127.0.0.1:{self.port}"
+
+
+@contextlib.asynccontextmanager
+async def running_api(etcd_endpoint: str, keyspace: Keyspace, blob_dir: Path) -> AsyncIterator[InProcessApi]:
+    """Serves a weft-api on a free port for the duration of the `async with` block.
+
+    Use it directly for an api against another etcd than the session's (e.g. `private_etcd`).
+    """
+    config = ApiConfig(
+        etcd_endpoints=etcd_endpoint,
+        listen="127.0.0.1:0",
+        blob_dir=blob_dir,
+        etcd_root=keyspace.root,
+    )
+    server, port = create_api_server(config)
+    await server.start()
+    try:
+        yield InProcessApi(config=config, keyspace=keyspace, blob_dir=blob_dir, server=server, port=port)
+    finally:
+        await server.stop(grace=1.0)
+
+
+@pytest.fixture
+async def api(etcd: EtcdProcess, keyspace: Keyspace, tmp_path: Path) -> AsyncIterator[InProcessApi]:
+    """An in-process weft-api on port 0 against the session etcd, with its own keyspace root."""
+    async with running_api(etcd.endpoint, keyspace, tmp_path / "blobs") as server:
+        yield server
+
+
+@pytest.fixture
+async def channel(api: InProcessApi) -> AsyncIterator[grpc.aio.Channel]:
+    """A gRPC channel to the `api` fixture."""
+    async with grpc.aio.insecure_channel(api.address) as ch:
+        yield ch
+
+
+def weft_api_command() -> str:
+    """Path of the `weft-api` console script of the running virtualenv."""
+    beside = Path(sys.executable).parent / "weft-api"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("weft-api")
+    if not found:
+        raise FileNotFoundError("the weft-api console script is not installed (pip install -e services/api)")
+    return found
+
+
+class ApiProcess:
+    """The `weft-api` console script as a child process that a test may kill and restart.
+
+    The first `start()` binds a free port (`--listen 127.0.0.1:0`) and reads it from the
+    `weft-api listening on HOST:PORT` line; later starts reuse that port, so clients
+    reconnect to the same address.
+    """
+
+    def __init__(
+        self,
+        etcd_endpoint: str,
+        keyspace: Keyspace,
+        blob_dir: Path,
+        log_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.etcd_endpoint = etcd_endpoint
+        self.keyspace = keyspace
+        self.blob_dir = blob_dir
+        self.log_path = log_path
+        self.env = {**os.environ, **(env or {})}
+        self.port = 0
+        self.child: ChildProcess | None = None
+
+    @property
+    def address(self) -> str:
+        """`host:port` to dial (known after the first `start()`)."""
+        assert self.port, "not started"
+        return f"127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [
+            weft_api_command(),
+            "--etcd-endpoints", self.etcd_endpoint,
+            "--listen", f"127.0.0.1:{self.port}",
+            "--blob-dir", str(self.blob_dir),
+            "--etcd-root", self.keyspace.root,
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Starts the process and waits until it says it listens."""
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.child = ChildProcess(self.argv(), self.log_path, env=self.env)
+        self.child.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError):
+                match = _LISTENING.search(self.log_path.read_bytes()[offset:])
+                if match:
+                    self.port = int(match.group(2))
+                    return
+            if not self.child.alive():
+                raise RuntimeError(f"weft-api exited at start:\n{self.child.tail(40)}")
+            time.sleep(0.05)
+        self.child.stop()
+        raise TimeoutError(f"weft-api did not listen within {timeout}s:\n{self.child.tail(40)}")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.child is not None:
+            self.child.kill()
+
+    def stop(self) -> None:
+        """SIGTERM (graceful stop), then SIGKILL if it lingers."""
+        if self.child is not None:
+            self.child.stop()
+
+    def alive(self) -> bool:
+        return self.child is not None and self.child.alive()
+
+    def tail(self, lines: int = 40) -> str:
+        return self.child.tail(lines) if self.child else ""
+
+
+@pytest.fixture
+def api_process(etcd: EtcdProcess, keyspace: Keyspace, tmp_path: Path) -> Iterator[ApiProcess]:
+    """A started `weft-api` subprocess against the session etcd; kill and restart it at will."""
+    process = ApiProcess(etcd.endpoint, keyspace, tmp_path / "blobs", tmp_path / "weft-api.log")
+    process.start()
+    yield process
+    process.stop()
