@@ -545,9 +545,11 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         done: set[str] = set()
         if request.start_revision == 0:
             snap = await self.snapshot(ns, run_id)
-            yield run_pb2.RunEvent(revision=snap.revision, run=snap.run, snapshot=True)
-            for step in snap.steps:
-                yield run_pb2.RunEvent(revision=snap.revision, step=step, snapshot=True)
+            snapshot = [run_pb2.RunEvent(revision=snap.revision, run=snap.run, snapshot=True)]
+            snapshot += [run_pb2.RunEvent(revision=snap.revision, step=step, snapshot=True) for step in snap.steps]
+            snapshot[-1].last_in_revision = True
+            for snapshot_event in snapshot:
+                yield snapshot_event
             if snap.run.state in TERMINAL_RUN_STATES:
                 return
             start = snap.revision + 1
@@ -564,24 +566,30 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         steps_prefix, done_prefix = keyspace.steps_prefix(ns, run_id), keyspace.done_prefix(ns, run_id)
         try:
             async for batch in self.store.watch(prefix, start):
+                # etcd delivers a revision's changes in one response: mark the last event of
+                # each revision so a client knows from where it may resume without a gap.
+                events: list[run_pb2.RunEvent] = []
                 for event in batch:
                     if event.deleted:
                         continue
                     if event.key == run_key:
                         run = decode_run(event.value, event.key, event.revision)
-                        yield run_pb2.RunEvent(revision=event.revision, run=run)
-                        if run.state in TERMINAL_RUN_STATES:
-                            return
+                        events.append(run_pb2.RunEvent(revision=event.revision, run=run))
                     elif event.key.startswith(done_prefix):
                         step = decode_step(event.value, event.key)
                         step.step = keyspace.tail(event.key, done_prefix)
                         done.add(step.step)
-                        yield run_pb2.RunEvent(revision=event.revision, step=step)
+                        events.append(run_pb2.RunEvent(revision=event.revision, step=step))
                     elif event.key.startswith(steps_prefix):
                         step = decode_step(event.value, event.key)
                         step.step = keyspace.tail(event.key, steps_prefix)
                         if step.step not in done:  # a late record must not undo the terminal state
-                            yield run_pb2.RunEvent(revision=event.revision, step=step)
+                            events.append(run_pb2.RunEvent(revision=event.revision, step=step))
+                for i, out in enumerate(events):
+                    out.last_in_revision = i + 1 == len(events) or events[i + 1].revision != out.revision
+                    yield out
+                    if out.HasField("run") and out.run.state in TERMINAL_RUN_STATES:
+                        return
         except Compacted as error:
             raise OutOfRange(
                 f"start_revision: revision {start} of run {run_name(ns, run_id)} was compacted by etcd"

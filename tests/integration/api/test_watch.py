@@ -15,7 +15,7 @@ from tests.integration.conftest import ApiProcess, InProcessApi, running_api
 from weft.localstack import EtcdProcess
 from weft.v1 import run_pb2
 from weft_core.keyspace import Keyspace
-from weft_core.store import Store
+from weft_core.store import Store, op_put
 
 Run = run_pb2.Run
 StepRun = run_pb2.StepRun
@@ -159,3 +159,30 @@ async def test_a_compacted_start_revision_is_out_of_range_with_the_way_out(
             fresh.cancel()
     finally:
         await store.close()
+
+
+async def test_changes_committed_together_mark_only_the_last_event_of_their_revision(
+    api: InProcessApi, channel: grpc.aio.Channel, store: Store
+) -> None:
+    clients = Clients.of(channel)
+    await create_pipeline(clients, "etl", simple(3))
+    run = await create_run(clients, "etl")
+    ns, run_id = run.name.split("/")[1], run.name.split("/")[3]
+    stream = clients.runs.WatchRun(run_pb2.WatchRunRequest(name=run.name))
+    snapshot = [await next_event(stream) for _ in range(4)]
+    assert [e.last_in_revision for e in snapshot if e] == [False, False, False, True]
+
+    # One transaction finishing two steps (as an executor's SKIPPED batch does): one revision.
+    records = [
+        op_put(api.keyspace.done(ns, run_id, name), StepRun(step=name, state=StepRun.STATE_SKIPPED).SerializeToString())
+        for name in ("s1", "s2")
+    ]
+    together = (await store.txn([], records)).revision
+    alone = await ExecutorWrites(store, api.keyspace, run.name).done_record("s0", StepRun.STATE_FAILED)
+    live = [await next_event(stream) for _ in range(3)]
+    assert [(e.revision, e.step.step, e.last_in_revision) for e in live if e] == [
+        (together, "s1", False),
+        (together, "s2", True),
+        (alone, "s0", True),
+    ]
+    stream.cancel()

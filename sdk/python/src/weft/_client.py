@@ -512,13 +512,15 @@ class AsyncClient:
         """The run's changes and its steps' changes, in commit order, until it is terminal.
 
         Starting at revision 0 gives a snapshot of the run and every step first. When the
-        stream breaks (weft-api restarted, network), the watch is reopened from the revision
-        after the last event delivered, so no change is missed or repeated; it gives up
-        after `retry.deadline` seconds without progress.
+        stream breaks (weft-api restarted, network), the watch is reopened after the last
+        revision received whole, and the events of a revision received in part are not
+        delivered twice, so no change is missed or repeated; it gives up after
+        `retry.deadline` seconds without progress.
 
         Args:
             name: The run.
-            start_revision: Resume after an event: pass its revision + 1. 0 starts with a snapshot.
+            start_revision: Resume after an event that had `last_in_revision`: pass its
+                revision + 1. 0 starts with a snapshot.
 
         Raises:
             NotFound: No such run.
@@ -526,12 +528,27 @@ class AsyncClient:
         """
         request = run_pb2.WatchRunRequest(name=self._run(name), start_revision=start_revision)
         backoff = _Backoff(self.retry)
+        # Events already delivered of a revision whose last event has not arrived yet: the
+        # server sends that revision again from its start after a reconnect.
+        partial_revision, partial_count = 0, 0
         while True:
             call = self._stream_call(_WATCH_RUN, request, run_pb2.RunEvent)
+            # A reconnected stream starts with the partial revision's events we already gave.
+            to_skip = partial_count
             try:
                 async for event in call:
                     backoff.reset()
-                    request.start_revision = max(request.start_revision, event.revision + 1)
+                    if to_skip and event.revision == partial_revision:
+                        to_skip -= 1
+                        continue
+                    to_skip = 0
+                    if event.last_in_revision:
+                        request.start_revision = max(request.start_revision, event.revision + 1)
+                        partial_revision, partial_count = 0, 0
+                    elif event.revision == partial_revision:
+                        partial_count += 1
+                    else:
+                        partial_revision, partial_count = event.revision, 1
                     yield RunEvent(event)
                 return
             except grpc.aio.AioRpcError as error:

@@ -314,16 +314,18 @@ class WatchRunRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., start_revision: _Optional[int] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("revision", "run", "step", "snapshot")
+    __slots__ = ("revision", "run", "step", "snapshot", "last_in_revision")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    LAST_IN_REVISION_FIELD_NUMBER: _ClassVar[int]
     revision: int
     run: Run
     step: StepRun
     snapshot: bool
-    def __init__(self, revision: _Optional[int] = ..., run: _Optional[_Union[Run, _Mapping]] = ..., step: _Optional[_Union[StepRun, _Mapping]] = ..., snapshot: _Optional[bool] = ...) -> None: ...
+    last_in_revision: bool
+    def __init__(self, revision: _Optional[int] = ..., run: _Optional[_Union[Run, _Mapping]] = ..., step: _Optional[_Union[StepRun, _Mapping]] = ..., snapshot: _Optional[bool] = ..., last_in_revision: _Optional[bool] = ...) -> None: ...
 
 class CancelRunRequest(_message.Message):
     __slots__ = ("name", "reason")
