@@ -15,13 +15,15 @@ GENERATED = ROOT / "sdk" / "python" / "src" / "weft" / "v1"
 
 
 def test_generated_stubs_match_the_protos(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "genproto.py"), str(tmp_path)], check=True, capture_output=True)
+    generator = ROOT / "scripts" / "genproto.py"
+    subprocess.run([sys.executable, str(generator), str(tmp_path)], check=True, capture_output=True)
     fresh = tmp_path / "weft" / "v1"
     committed = sorted(p.name for p in GENERATED.iterdir() if p.is_file() and p.suffix in (".py", ".pyi"))
     regenerated = sorted(p.name for p in fresh.iterdir() if p.is_file())
     assert committed == regenerated, "generated files differ in name: run ./dev protos and commit"
     _, mismatch, errors = filecmp.cmpfiles(GENERATED, fresh, regenerated, shallow=False)
-    assert not mismatch and not errors, f"stale generated code {mismatch or errors}: run ./dev protos and commit"
+    assert not errors, f"unreadable generated files {errors}"
+    assert not mismatch, f"stale generated code {mismatch}: run ./dev protos and commit"
 
 
 def test_buf_lint_passes() -> None:

@@ -408,6 +408,16 @@ def _step_problems(
     if redundancy.select not in pipeline_pb2.Redundancy.Select.values():
         problems.append((f"{path}.redundancy.select", "must be SELECT_FIRST or SELECT_MAJORITY"))
     problems.extend(_duration_problem(redundancy.hedge_after, f"{path}.redundancy.hedge_after"))
+    # The contract models redundancy, but no executor runs replicas or hedges yet: accepting
+    # it would silently run one replica, so it is refused until executors implement it.
+    if 1 < redundancy.replicas <= MAX_REPLICAS or redundancy.HasField("hedge_after"):
+        problems.append(
+            (
+                f"{path}.redundancy",
+                "replicas and hedging are not supported by this weft version's executors yet; "
+                "remove `redundancy` (or set replicas to 1 without hedge_after)",
+            )
+        )
     return problems
 
 

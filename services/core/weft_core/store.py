@@ -312,7 +312,7 @@ class Store:
                     created.extend(k for k, _ in batch)
                     break
                 # Someone created some of them meanwhile: keep only those still absent.
-                batch = [item for item, r in zip(batch, result.responses) if r.response_range.count == 0]
+                batch = [item for item, r in zip(batch, result.responses, strict=True) if r.response_range.count == 0]
         return created
 
     async def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> int:
@@ -320,7 +320,7 @@ class Store:
         revision = 0
         batch: list[tuple[bytes, bytes]] = []
         size = 0
-        for key, value in list(items) + [(b"", b"")]:
+        for key, value in [*items, (b"", b"")]:
             flush = not key or len(batch) >= MAX_TXN_OPS or size + len(key) + len(value) > MAX_REQUEST_BYTES
             if flush and batch:
                 revision = (await self.txn([], [op_put(k, v) for k, v in batch])).revision
@@ -412,7 +412,9 @@ class Store:
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.CANCELLED and call.cancelled():
                     raise
-                log.warning("etcd watch of %r dropped (%s); resuming from revision %d", prefix, error.code(), next_revision)
+                log.warning(
+                    "etcd watch of %r dropped (%s); resuming from revision %d", prefix, error.code(), next_revision
+                )
                 await asyncio.sleep(0.2)
             finally:
                 call.cancel()

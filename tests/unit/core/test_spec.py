@@ -303,3 +303,14 @@ def test_dag_of_a_wide_fan_out() -> None:
     assert len(dag.successors("src")) == 2000
     assert len(dag.upstream_of("sink")) == 2000
     assert dag.topological_order()[-1] == "sink"
+
+
+def test_redundancy_is_refused_until_executors_run_replicas() -> None:
+    spec = pipeline_pb2.PipelineSpec(
+        steps=[pipeline_pb2.Step(name="a", container=pipeline_pb2.Container(image="busybox", command=["true"]))]
+    )
+    spec.steps[0].redundancy.replicas = 3
+    with pytest.raises(InvalidArgument, match=r"steps\[0\]\.redundancy: replicas and hedging are not supported"):
+        validate_spec(spec)
+    spec.steps[0].redundancy.replicas = 1
+    validate_spec(spec)

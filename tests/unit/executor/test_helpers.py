@@ -92,3 +92,20 @@ def test_bad_settings_name_the_flag(argv: list[str], message: str, capsys: pytes
     with pytest.raises(SystemExit):
         ExecutorConfig.from_args(base + argv, {})
     assert message in capsys.readouterr().err
+
+
+def test_kubernetes_settings_parse() -> None:
+    config = ExecutorConfig.from_args(
+        [
+            "--etcd-endpoints", "http://127.0.0.1:2379", "--api", "weft-api:50051", "--runtime", "kubernetes",
+            "--namespace", "steps", "--pod-node-selector", "disk=ssd,zone=a",
+            "--pod-tolerations", '[{"key": "gpu", "operator": "Exists"}]',
+        ],
+        {},
+    )  # fmt: skip
+    assert config.runtime == "kubernetes"
+    assert config.namespace == "steps"
+    assert dict(config.pod_node_selector) == {"disk": "ssd", "zone": "a"}
+    assert config.pod_tolerations == ({"key": "gpu", "operator": "Exists"},)
+    assert config.kubeconfig is None
+    assert config.work_dir.name == "weft-attempts"  # not needed by pods, so it has a default

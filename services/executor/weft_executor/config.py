@@ -1,0 +1,265 @@
+"""Settings of weft-executor, from flags and `WEFT_*` environment variables.
+
+The command line is a contract other components build against (`weft up`, the Helm
+chart): `--etcd-endpoints`, `--api`, `--runtime`, `--max-parallel`, `--work-dir`,
+`--listen`, `--etcd-root`, `--executor-id`, `--lease-ttl`, plus the executor's limits and
+the settings of the kubernetes runtime (`--namespace`, `--pod-image`, ...; their defaults
+mirror `weft_executor.runtime.kubernetes.KubeSettings`). Nothing here contacts anything
+or prints a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from weft_core.config import ETCD_FLAGS, Flag, listen_address, parse_flags
+from weft_core.keyspace import DEFAULT_ROOT
+
+RUNTIMES = ("local", "kubernetes")
+_EXECUTOR_ID = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?$")
+
+
+def runtime_name(value: str) -> str:
+    if value not in RUNTIMES:
+        raise ValueError(f"expected one of {', '.join(RUNTIMES)}")
+    return value
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
+def lease_ttl_value(value: str) -> int:
+    seconds = int(value)
+    if seconds < 2:
+        raise ValueError("must be at least 2 seconds (etcd leases are refreshed every TTL/3)")
+    return seconds
+
+
+def non_negative_float(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def executor_id_value(value: str) -> str:
+    if value and not _EXECUTOR_ID.match(value):
+        raise ValueError("use at most 63 lower-case letters, digits, '-', '_' and '.' (e.g. \"node-1\")")
+    return value
+
+
+def optional_path(value: str) -> Path | None:
+    return Path(value) if value else None
+
+
+def key_values(value: str) -> dict[str, str]:
+    """`disk=ssd,zone=a` → {"disk": "ssd", "zone": "a"}."""
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE pairs separated by commas, got {item!r}")
+        pairs[key] = val
+    return pairs
+
+
+def json_objects(value: str) -> tuple[dict[str, Any], ...]:
+    """A JSON list of objects (e.g. Kubernetes tolerations); "" is none."""
+    if not value:
+        return ()
+    parsed = json.loads(value)
+    if not isinstance(parsed, list) or not all(isinstance(item, dict) for item in parsed):
+        raise ValueError('expected a JSON list of objects, e.g. [{"key": "gpu", "operator": "Exists"}]')
+    return tuple(parsed)
+
+
+def non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def default_executor_id() -> str:
+    """`<host>-<pid>-<4 hex>`: unique among live executors, readable in records."""
+    host = re.sub(r"[^a-z0-9-]", "-", socket.gethostname().lower()).strip("-")[:40] or "executor"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Settings of weft-executor.
+
+    Attributes:
+        etcd_endpoints: Comma-separated etcd client URLs.
+        api: `host:port` of weft-api (its ArtifactService stores inputs, outputs, logs).
+        work_dir: Where the local runtime creates attempt directories.
+        runtime: "local" or "kubernetes".
+        max_parallel: Most steps this executor holds claims on at once.
+        listen: `HOST:PORT` of the ExecutorService (live logs); port 0 picks a free one.
+        etcd_root: Root of weft's keys in etcd.
+        executor_id: This executor's id ("" generates `<host>-<pid>-<rand>`).
+        lease_ttl: Seconds the executor's claims outlive it (refreshed every TTL/3).
+        max_output_bytes: Largest output file a step may write.
+        kill_grace: Seconds between SIGTERM and SIGKILL when stopping an attempt.
+        advertise_host: Host other processes dial for ExecutorService ("" means the listen
+            host, or for a wildcard listen host $POD_IP or this host's address).
+        namespace: Kubernetes namespace of the step pods (kubernetes runtime).
+        pod_image: weft's own image for the pods' input and output containers (kubernetes).
+        kubeconfig: Kubernetes credentials file; None uses the in-cluster service account.
+        kube_qps: Client-side limit of Kubernetes API requests per second.
+        kube_burst: Kubernetes API requests allowed at once above `kube_qps`.
+        keep_failed_pods: Seconds a failed step pod is kept for inspection.
+        unschedulable_timeout: Seconds a step pod may stay unschedulable before its attempt fails.
+        image_pull_grace: Seconds an image may fail to pull before the attempt fails.
+        pod_service_account: Service account of the step pods ("" for the namespace default).
+        pod_node_selector: Node labels the step pods require.
+        pod_tolerations: Taints the step pods tolerate (Kubernetes JSON objects).
+    """
+
+    etcd_endpoints: str
+    api: str
+    work_dir: Path
+    runtime: str = "local"
+    max_parallel: int = 4
+    listen: str = "127.0.0.1:0"
+    etcd_root: str = DEFAULT_ROOT
+    executor_id: str = ""
+    lease_ttl: int = 10
+    max_output_bytes: int = 1024**3
+    kill_grace: float = 5.0
+    advertise_host: str = ""
+    namespace: str = "default"
+    pod_image: str = ""
+    kubeconfig: Path | None = None
+    kube_qps: float = 20.0
+    kube_burst: int = 40
+    keep_failed_pods: float = 3600.0
+    unschedulable_timeout: float = 300.0
+    image_pull_grace: float = 120.0
+    pod_service_account: str = ""
+    pod_node_selector: Mapping[str, str] = field(default_factory=dict)
+    pod_tolerations: tuple[dict[str, Any], ...] = ()
+
+    FLAGS = (
+        ETCD_FLAGS[0],
+        Flag("--api", "WEFT_API", "host:port of weft-api (artifact store)", convert=listen_address),
+        Flag(
+            "--work-dir",
+            "WEFT_WORK_DIR",
+            "directory for attempts' working files (local runtime)",
+            default=str(Path(tempfile.gettempdir()) / "weft-attempts"),
+            convert=Path,
+        ),
+        Flag(
+            "--runtime",
+            "WEFT_RUNTIME",
+            "where attempts run: local or kubernetes",
+            default="local",
+            convert=runtime_name,
+        ),
+        Flag("--max-parallel", "WEFT_MAX_PARALLEL", "most steps run at once", default="4", convert=positive_int),
+        Flag(
+            "--listen",
+            "WEFT_EXECUTOR_LISTEN",
+            "HOST:PORT of the ExecutorService",
+            default="127.0.0.1:0",
+            convert=listen_address,
+        ),
+        ETCD_FLAGS[1],
+        Flag("--executor-id", "WEFT_EXECUTOR_ID", "this executor's id", default="", convert=executor_id_value),
+        Flag(
+            "--lease-ttl",
+            "WEFT_LEASE_TTL",
+            "seconds claims outlive a dead executor",
+            default="10",
+            convert=lease_ttl_value,
+        ),
+        Flag(
+            "--max-output-bytes",
+            "WEFT_MAX_OUTPUT_BYTES",
+            "largest output file a step may write",
+            default=str(1024**3),
+            convert=positive_int,
+        ),
+        Flag(
+            "--kill-grace",
+            "WEFT_KILL_GRACE",
+            "seconds between SIGTERM and SIGKILL when stopping an attempt",
+            default="5",
+            convert=non_negative_float,
+        ),
+        Flag("--advertise-host", "WEFT_ADVERTISE_HOST", "host other processes dial for live logs", default=""),
+        Flag("--namespace", "WEFT_KUBE_NAMESPACE", "Kubernetes namespace of step pods", default="default"),
+        Flag("--pod-image", "WEFT_POD_IMAGE", "weft image for the pods' helper containers", default=""),
+        Flag("--kubeconfig", "WEFT_KUBECONFIG", "Kubernetes credentials file", default="", convert=optional_path),
+        Flag(
+            "--kube-qps",
+            "WEFT_KUBE_QPS",
+            "Kubernetes API requests per second",
+            default="20",
+            convert=non_negative_float,
+        ),
+        Flag("--kube-burst", "WEFT_KUBE_BURST", "Kubernetes API burst", default="40", convert=non_negative_int),
+        Flag(
+            "--keep-failed-pods",
+            "WEFT_KEEP_FAILED_PODS",
+            "seconds failed step pods are kept",
+            default="3600",
+            convert=non_negative_float,
+        ),
+        Flag(
+            "--unschedulable-timeout",
+            "WEFT_UNSCHEDULABLE_TIMEOUT",
+            "seconds a step pod may stay unschedulable",
+            default="300",
+            convert=non_negative_float,
+        ),
+        Flag(
+            "--image-pull-grace",
+            "WEFT_IMAGE_PULL_GRACE",
+            "seconds an image may fail to pull",
+            default="120",
+            convert=non_negative_float,
+        ),
+        Flag("--pod-service-account", "WEFT_POD_SERVICE_ACCOUNT", "service account of step pods", default=""),
+        Flag(
+            "--pod-node-selector",
+            "WEFT_POD_NODE_SELECTOR",
+            "node labels step pods require, KEY=VALUE,...",
+            default="",
+            convert=key_values,
+        ),
+        Flag(
+            "--pod-tolerations",
+            "WEFT_POD_TOLERATIONS",
+            "tolerations of step pods, a JSON list",
+            default="",
+            convert=json_objects,
+        ),
+    )
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ExecutorConfig:
+        """Reads the config from flags, then WEFT_* variables, then defaults."""
+        values = parse_flags(
+            "weft-executor",
+            "weft-executor: claims ready steps from etcd and runs them (local processes or Kubernetes pods).",
+            cls.FLAGS,
+            argv,
+            environ,
+        )
+        return cls(**values)

@@ -1,0 +1,462 @@
+"""weft-executor: one process that registers in etcd, claims ready steps and runs them.
+
+`Executor` wires the parts together and runs five loops:
+
+- lease keep-alive (`registration`): on loss, abandon every attempt, then register again;
+- runs (`runindex` prefix, all namespaces): start PENDING runs (derive root readiness,
+  then RUNNING) and stop CANCELLING runs (kill this executor's attempts of the run,
+  then finalize it once no claims remain);
+- ready marks and claims (`scheduler.ReadyQueue`): the candidates to claim;
+- dispatch: while below `--max-parallel`, claim a candidate with a transaction bound to
+  the lease and start a `StepRunner` task for it.
+
+It also serves ExecutorService (live logs) with health and reflection. Everything an
+executor knows is re-derived from etcd at start, so killing and restarting one loses
+nothing (invariant 5). Tests run it in-process (`start()`/`stop()`); `__main__` runs it
+as the `weft-executor` command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import socket
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+from weft.v1 import executor_pb2_grpc, run_pb2
+from weft_core.blobs import RemoteBlobStore
+from weft_core.errors import NotFound, ServiceError
+from weft_core.keyspace import Keyspace
+from weft_core.pipelines import PipelineReader
+from weft_core.server import ServiceBinding, WeftServer, create_server
+from weft_core.store import KeyValue, Store, WatchEvent, absent, op_get, op_put, present
+from weft_executor.config import ExecutorConfig, default_executor_id
+from weft_executor.progress import TERMINAL_RUN_STATES, RunProgress, RunRef, RunRefs
+from weft_executor.registration import Registration, registration_record
+from weft_executor.runtime import Runtime
+from weft_executor.runtime.local import LocalRuntime
+from weft_executor.scheduler import ReadyQueue, StepKey, follow_prefix
+from weft_executor.service import ExecutorServicer, LiveAttempts
+from weft_executor.steps import Claim, ClaimLost, StepRunner, StepTask
+
+log = logging.getLogger(__name__)
+
+Run = run_pb2.Run
+
+#: Seconds between retries of a run transition that failed because etcd was unreachable.
+RETRY_SECONDS = 1.0
+#: Longest wait between retries of a step whose processing failed unexpectedly.
+MAX_STEP_RETRY_SECONDS = 10.0
+
+
+def advertised_address(listen: str, port: int, advertise_host: str = "") -> str:
+    """`host:port` other processes can dial: a wildcard listen host becomes $POD_IP (set by
+    the Helm chart) or this host's address, unless `advertise_host` says otherwise."""
+    host = advertise_host or listen.rpartition(":")[0].strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = os.environ.get("POD_IP", "")
+    if not host:
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+class Executor:
+    """A weft executor (see the module docstring).
+
+    Args:
+        config: Its settings.
+        environ: Environment the local runtime reads PATH/HOME/LANG and secrets from
+            (default: os.environ).
+    """
+
+    def __init__(self, config: ExecutorConfig, *, environ: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.executor_id = config.executor_id or default_executor_id()
+        self.keyspace = Keyspace(config.etcd_root)
+        self.environ = os.environ if environ is None else environ
+        self.address = ""
+        self.queue = ReadyQueue()
+        self.live_attempts: LiveAttempts = {}
+        #: Runs seen CANCELLING, with the reason recorded on the run.
+        self.cancelling: dict[tuple[str, str], str] = {}
+        self._tasks: dict[StepKey, tuple[StepTask, asyncio.Task[None]]] = {}
+        self._loops: set[asyncio.Task[Any]] = set()
+        self._jobs: set[asyncio.Task[Any]] = set()
+        self._starting: set[tuple[str, str]] = set()
+        self._finalizing: dict[tuple[str, str], bool] = {}
+        self._store: Store | None = None
+        self._blobs: RemoteBlobStore | None = None
+        self._server: WeftServer | None = None
+        self._registration: Registration | None = None
+        self._runtime: Runtime | None = None
+        self._runner: StepRunner | None = None
+        self._progress: RunProgress | None = None
+        self._pipelines: PipelineReader | None = None
+        self._run_refs: RunRefs | None = None
+
+    # Parts, available after start() ---------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "executor not started"
+        return self._store
+
+    @property
+    def runner(self) -> StepRunner:
+        assert self._runner is not None, "executor not started"
+        return self._runner
+
+    @property
+    def runtime(self) -> Runtime:
+        assert self._runtime is not None, "executor not started"
+        return self._runtime
+
+    @property
+    def registration(self) -> Registration:
+        assert self._registration is not None, "executor not started"
+        return self._registration
+
+    @property
+    def progress(self) -> RunProgress:
+        assert self._progress is not None, "executor not started"
+        return self._progress
+
+    @property
+    def launches(self) -> int:
+        """Processes or pods this executor launched since it started."""
+        return self._runner.launches if self._runner is not None else 0
+
+    def running_steps(self) -> list[StepKey]:
+        """Steps this executor holds claims on right now."""
+        return list(self._tasks)
+
+    # Start and stop -------------------------------------------------------------------
+
+    def _make_runtime(self, blobs: RemoteBlobStore) -> Runtime:
+        if self.config.runtime == "local":
+            return LocalRuntime(
+                self.config.work_dir,
+                blobs,
+                max_output_bytes=self.config.max_output_bytes,
+                kill_grace=self.config.kill_grace,
+                environ=self.environ,
+            )
+        # Imported by name: the Kubernetes runtime (and its client) loads only when asked for.
+        try:
+            module = importlib.import_module("weft_executor.runtime.kubernetes")
+        except ImportError as error:
+            raise RuntimeError(f"the kubernetes runtime cannot be loaded ({error}); use --runtime local") from error
+        create_runtime = getattr(module, "create_runtime", None)
+        if create_runtime is None:
+            raise RuntimeError("weft_executor.runtime.kubernetes has no create_runtime(config, blobs)")
+        runtime: Runtime = create_runtime(self.config, blobs)
+        return runtime
+
+    async def start(self) -> None:
+        """Serves ExecutorService, registers in etcd and starts scheduling."""
+        self._store = Store(self.config.etcd_endpoints)
+        self._blobs = RemoteBlobStore(self.config.api)
+        self._pipelines = PipelineReader(self._store, self.keyspace, self._blobs, cache_size=64)
+        self._run_refs = RunRefs(self._pipelines)
+        self._runtime = self._make_runtime(self._blobs)
+        self._progress = RunProgress(self._store, self.keyspace)
+        self._runner = StepRunner(
+            executor_id=self.executor_id,
+            store=self._store,
+            keyspace=self.keyspace,
+            blobs=self._blobs,
+            run_refs=self._run_refs,
+            progress=self._progress,
+            runtime=self._runtime,
+            is_cancelling=lambda ns, run: (ns, run) in self.cancelling,
+            live_attempts=self.live_attempts,
+        )
+        servicer = ExecutorServicer(self.executor_id, self.live_attempts)
+        binding = ServiceBinding(
+            "weft.v1.ExecutorService", servicer, executor_pb2_grpc.add_ExecutorServiceServicer_to_server
+        )
+        self._server, port = create_server(self.config.listen, [binding])
+        await self._server.start()
+        self.address = advertised_address(self.config.listen, port, self.config.advertise_host)
+        record = registration_record(self.executor_id, self.address, self._runtime.name)
+        self._registration = Registration(self._store, self.keyspace, self.executor_id, self.config.lease_ttl, record)
+        while True:
+            try:
+                await self._registration.register()
+                break
+            except ServiceError as error:
+                log.warning("cannot register in etcd yet (%s); retrying", error.message)
+                await asyncio.sleep(RETRY_SECONDS)
+        ks = self.keyspace
+        self._loop(self._registration.keep_alive(self._on_lease_lost), "lease keep-alive")
+        self._loop(follow_prefix(self._store, ks.run_index_all(), self._runs_listed, self._runs_changed), "runs")
+        self._loop(
+            follow_prefix(self._store, ks.ready_all(), self._ready_listed, self._ready_changed, keys_only=True), "ready"
+        )
+        self._loop(follow_prefix(self._store, ks.claims_all(), self._claims_listed, self._claims_changed), "claims")
+        self._loop(self._dispatch(), "dispatch")
+        log.info(
+            "executor %s started: runtime %s, max %d parallel, services at %s",
+            self.executor_id,
+            self._runtime.name,
+            self.config.max_parallel,
+            self.address,
+        )
+
+    async def stop(self) -> None:
+        """Stops scheduling, abandons running attempts, revokes the lease (so other
+        executors take the steps over at once) and closes everything."""
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self._abandon_all()
+        for job in self._jobs:
+            job.cancel()
+        await asyncio.gather(*self._jobs, return_exceptions=True)
+        if self._registration is not None:
+            await self._registration.unregister()
+        if self._server is not None:
+            await self._server.stop(grace=1.0)
+        if self._runtime is not None:
+            await self._runtime.close()
+        if self._blobs is not None:
+            await self._blobs.close()
+        if self._store is not None:
+            await self._store.close()
+
+    def _loop(self, coroutine: Coroutine[Any, Any, Any], what: str) -> None:
+        task = asyncio.create_task(coroutine, name=f"executor {what}")
+        self._loops.add(task)
+        task.add_done_callback(lambda t: self._loop_ended(t, what))
+
+    def _loop_ended(self, task: asyncio.Task[Any], what: str) -> None:
+        self._loops.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("executor loop %r died", what, exc_info=task.exception())
+
+    def _job(self, coroutine: Coroutine[Any, Any, Any], what: str) -> None:
+        task = asyncio.create_task(coroutine, name=what)
+        self._jobs.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._jobs.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("%s failed", what, exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    async def _abandon_all(self) -> None:
+        tasks = [task for _, task in self._tasks.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _on_lease_lost(self) -> None:
+        # Others may be running our steps already: stop ours before claiming anything again.
+        await self._abandon_all()
+
+    # Runs -----------------------------------------------------------------------------
+
+    def _run_of(self, key: bytes) -> tuple[str, str]:
+        ns, _, run_id = self.keyspace.tail(key, self.keyspace.run_index_all()).partition("/")
+        return ns, run_id
+
+    async def _runs_listed(self, kvs: list[KeyValue]) -> None:
+        for kv in kvs:
+            self._run_changed(kv.key, kv.value)
+
+    async def _runs_changed(self, events: list[WatchEvent]) -> None:
+        for event in events:
+            if not event.deleted:
+                self._run_changed(event.key, event.value)
+
+    def _run_changed(self, key: bytes, value: bytes) -> None:
+        ns, run_id = self._run_of(key)
+        run = Run()
+        try:
+            run.ParseFromString(value)
+        except Exception:  # a corrupt index entry must not stop the loop
+            log.error("runindex entry %s does not parse; ignoring it", key.decode())
+            return
+        if run.state == Run.STATE_PENDING and (ns, run_id) not in self._starting:
+            self._starting.add((ns, run_id))
+            self._job(self._start_run(ns, run_id), f"start run {ns}/{run_id}")
+        elif run.state == Run.STATE_CANCELLING and (ns, run_id) not in self.cancelling:
+            self.cancelling[(ns, run_id)] = run.message
+            self._stop_attempts_of(ns, run_id, run.message)
+            self._request_finalize(ns, run_id)
+        elif run.state in TERMINAL_RUN_STATES:
+            self.cancelling.pop((ns, run_id), None)
+            self.progress.forget(ns, run_id)
+
+    async def _run_ref(self, ns: str, run_id: str, run: Run) -> RunRef | None:
+        assert self._run_refs is not None
+        try:
+            return await self._run_refs.of(ns, run_id, run)
+        except NotFound as error:
+            await self.progress.fail_run(ns, run_id, f"cannot run: {error.message}")
+            return None
+
+    async def _start_run(self, ns: str, run_id: str) -> None:
+        try:
+            while True:
+                try:
+                    found = await self.progress.read_run(ns, run_id)
+                    if found is None or found[0].state != Run.STATE_PENDING:
+                        return
+                    ref = await self._run_ref(ns, run_id, found[0])
+                    if ref is not None:
+                        await self.progress.start_run(ref)
+                    return
+                except ServiceError as error:
+                    log.warning("cannot start run %s/%s yet: %s", ns, run_id, error.message)
+                    await asyncio.sleep(RETRY_SECONDS)
+        finally:
+            self._starting.discard((ns, run_id))
+
+    def _stop_attempts_of(self, ns: str, run_id: str, reason: str) -> None:
+        message = f"run cancelled{': ' + reason if reason else ''}"
+        for (task_ns, task_run, _), (task, _) in self._tasks.items():
+            if (task_ns, task_run) != (ns, run_id):
+                continue
+            task.cancel_reason = reason or "cancelled"
+            task.cancelled.set()
+            if task.attempt is not None:
+                self._job(self.runtime.kill(task.attempt, message), f"kill {task.attempt.handle}")
+
+    def _request_finalize(self, ns: str, run_id: str) -> None:
+        key = (ns, run_id)
+        if key in self._finalizing:
+            self._finalizing[key] = True  # run it once more after the current pass
+            return
+        self._finalizing[key] = False
+        self._job(self._finalize(ns, run_id), f"finalize cancel of {ns}/{run_id}")
+
+    async def _finalize(self, ns: str, run_id: str) -> None:
+        key = (ns, run_id)
+        try:
+            while True:
+                self._finalizing[key] = False
+                try:
+                    found = await self.progress.read_run(ns, run_id)
+                    if found is None:
+                        return
+                    ref = await self._run_ref(ns, run_id, found[0])
+                    if ref is not None:
+                        await self.progress.finalize_cancel(ref)
+                except ServiceError as error:
+                    log.warning("cannot finalize the cancel of %s/%s yet: %s", ns, run_id, error.message)
+                    await asyncio.sleep(RETRY_SECONDS)
+                    continue
+                if not self._finalizing[key]:
+                    return
+        finally:
+            self._finalizing.pop(key, None)
+
+    # Ready marks and claims -----------------------------------------------------------
+
+    async def _ready_listed(self, kvs: list[KeyValue]) -> None:
+        self.queue.reset_ready([self.keyspace.parse_ready(kv.key) for kv in kvs])
+
+    async def _ready_changed(self, events: list[WatchEvent]) -> None:
+        for event in events:
+            key = self.keyspace.parse_ready(event.key)
+            if event.deleted:
+                self.queue.ready_removed(key)
+            else:
+                self.queue.ready_added(key)
+
+    async def _claims_listed(self, kvs: list[KeyValue]) -> None:
+        self.queue.reset_claims([(self.keyspace.parse_claim(kv.key), kv.value.decode()) for kv in kvs])
+
+    async def _claims_changed(self, events: list[WatchEvent]) -> None:
+        for event in events:
+            key = self.keyspace.parse_claim(event.key)
+            if event.deleted:
+                self.queue.unclaimed(key)
+                if key[:2] in self.cancelling:
+                    # Possibly the last claim of a cancelled run (its executor may have died).
+                    self._request_finalize(key[0], key[1])
+            else:
+                self.queue.claimed(key, event.value.decode())
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self.queue.changed.wait()
+            self.queue.changed.clear()
+            while len(self._tasks) < self.config.max_parallel:
+                await self.registration.valid.wait()
+                key = self.queue.pick(self._tasks)
+                if key is None:
+                    break
+                self._start_step(key)
+
+    def _start_step(self, key: StepKey) -> None:
+        # The slot is taken before the claim, so claims for several free slots are in
+        # flight at once instead of one round trip after the other.
+        ns, run_id, step = key
+        task = StepTask(Claim(ns, run_id, step, self.registration.lease))
+        if (ns, run_id) in self.cancelling:
+            task.cancel_reason = self.cancelling[(ns, run_id)] or "cancelled"
+            task.cancelled.set()
+        runner = asyncio.create_task(self._claim_and_work(key, task), name=f"step {'/'.join(key)}")
+        self._tasks[key] = (task, runner)
+
+    async def _claim_and_work(self, key: StepKey, task: StepTask) -> None:
+        try:
+            try:
+                claimed = await self._claim(task)
+            except ServiceError as error:
+                log.warning("cannot claim %s: %s; retrying", "/".join(key), error.message)
+                await asyncio.sleep(RETRY_SECONDS)  # keeps the slot: no busy loop while etcd is away
+                return
+            if claimed:
+                await self._work_on(key, task)
+        finally:
+            self._tasks.pop(key, None)
+            self.queue.changed.set()
+
+    async def _claim(self, task: StepTask) -> bool:
+        """Claims a step: creates its claim bound to our lease if it has a ready mark and no
+        claim. The same transaction reads the step's records into `task.snapshot`."""
+        claim = task.claim
+        key = (claim.namespace, claim.run_id, claim.step)
+        claim_key = self.keyspace.claim(*key)
+        ready_key = self.keyspace.ready(*key)
+        result = await self.store.txn(
+            [absent(claim_key), present(ready_key)],
+            [op_put(claim_key, self.executor_id.encode(), claim.lease), *self.runner.snapshot_reads(claim)],
+            [op_get(claim_key), op_get(ready_key, count_only=True)],
+        )
+        if result.succeeded:
+            self.queue.claimed(key, self.executor_id)
+            task.snapshot = self.runner.snapshot_of(result, 1)
+            return True
+        holder = result.range_kvs(0)
+        if holder:
+            self.queue.claimed(key, holder[0].value.decode())
+        if result.responses[1].response_range.count == 0:
+            self.queue.ready_removed(key)
+        return False
+
+    async def _work_on(self, key: StepKey, task: StepTask) -> None:
+        delay = RETRY_SECONDS
+        while True:
+            try:
+                await self.runner.run(task)
+                return
+            except ClaimLost as lost:
+                log.info("%s; leaving the step to its new holder", lost)
+                return
+            except Exception:
+                log.exception("working on step %s failed; retrying in %.0fs", "/".join(key), delay)
+            if task.claim.lease != self.registration.lease:
+                return  # our lease changed: the claim is gone, someone else has the step
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_STEP_RETRY_SECONDS)

@@ -1,0 +1,397 @@
+"""How a run moves forward in etcd: readiness, failure, skipping, completion, cancellation.
+
+Every function here derives the next state from *committed* records and writes it so
+that doing it twice, concurrently on several executors, or again after a crash is
+harmless (DESIGN.md, data flow 2 and invariant 3):
+
+- ready marks and terminal (`done`) records are created with create-if-absent, in
+  batches within etcd's limits, so a 2,000-wide fan-out or skip costs a few dozen
+  transactions;
+- run records change only in transactions guarded on the run key's mod revision, and
+  the run key and its runindex key are always written together;
+- a step's failure and the run's `failed_step` are written in one transaction, so a run
+  whose steps are all done is FAILED exactly when some step failed.
+
+This module never launches anything and never holds state that another executor would
+need: what it caches (steps known to be committed) are immutable facts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from weft.v1 import pipeline_pb2, run_pb2
+from weft_core.errors import Internal
+from weft_core.keyspace import Keyspace
+from weft_core.pipelines import PipelineReader
+from weft_core.spec import Dag, parse_pipeline_name, run_name
+from weft_core.store import MAX_TXN_OPS, KeyValue, Store, absent, lease_is, op_delete, op_get, op_put, unchanged_since
+
+log = logging.getLogger(__name__)
+
+Run = run_pb2.Run
+StepRun = run_pb2.StepRun
+
+#: Run states after which nothing changes any more.
+TERMINAL_RUN_STATES = frozenset({Run.STATE_SUCCEEDED, Run.STATE_FAILED, Run.STATE_CANCELLED})
+#: Run states in which steps are scheduled and may complete the run.
+ACTIVE_RUN_STATES = frozenset({Run.STATE_PENDING, Run.STATE_RUNNING})
+#: Step states whose outcome downstream steps may consume.
+COMMITTED_STEP_STATES = frozenset({StepRun.STATE_SUCCEEDED, StepRun.STATE_CACHED})
+
+
+def now() -> Timestamp:
+    """The current time as a protobuf Timestamp."""
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+def summary(message: str) -> str:
+    """The first line of a step's failure message, without the log lines that follow it."""
+    first = message.split("\n", 1)[0] if message else "failed"
+    return first.removesuffix(";").removesuffix("; last stderr lines:")
+
+
+def parse_run(kv: KeyValue) -> Run:
+    run = Run()
+    try:
+        run.ParseFromString(kv.value)
+    except Exception as error:  # protobuf raises several kinds on garbage
+        raise Internal(f"the run record at {kv.key.decode()} does not parse ({error}); it is corrupt") from error
+    return run
+
+
+def parse_step_run(kv: KeyValue) -> StepRun:
+    record = StepRun()
+    try:
+        record.ParseFromString(kv.value)
+    except Exception as error:
+        raise Internal(f"the step record at {kv.key.decode()} does not parse ({error}); it is corrupt") from error
+    return record
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A run as executors address it, with the spec of its pipeline version."""
+
+    namespace: str
+    run_id: str
+    spec: pipeline_pb2.PipelineSpec
+    dag: Dag
+    steps: Mapping[str, pipeline_pb2.Step]
+
+    @property
+    def name(self) -> str:
+        """The run's resource name, `namespaces/{ns}/runs/{run}`."""
+        return run_name(self.namespace, self.run_id)
+
+    def step(self, name: str) -> pipeline_pb2.Step:
+        return self.steps[name]
+
+
+class RunRefs:
+    """Builds RunRefs, indexing each pipeline version's steps by name once.
+
+    Specs are immutable and named by their version digest, so the index never goes stale.
+    """
+
+    def __init__(self, pipelines: PipelineReader, *, cache_size: int = 64) -> None:
+        self.pipelines = pipelines
+        self._indexes: OrderedDict[str, Mapping[str, pipeline_pb2.Step]] = OrderedDict()
+        self._cache_size = cache_size
+
+    async def of(self, namespace: str, run_id: str, run: Run) -> RunRef:
+        """The RunRef of a run record.
+
+        Raises:
+            NotFound: The run's pipeline version no longer exists.
+        """
+        pipeline_ns, pipeline = parse_pipeline_name(run.pipeline, "run.pipeline")
+        spec, dag = await self.pipelines.spec(pipeline_ns, pipeline, run.pipeline_version)
+        index = self._indexes.get(run.pipeline_version)
+        if index is None:
+            index = {step.name: step for step in spec.steps}
+            self._indexes[run.pipeline_version] = index
+            while len(self._indexes) > self._cache_size:
+                self._indexes.popitem(last=False)
+        return RunRef(namespace, run_id, spec, dag, index)
+
+
+class RunProgress:
+    """The etcd transitions of runs and steps that every executor may perform."""
+
+    def __init__(self, store: Store, keyspace: Keyspace) -> None:
+        self.store = store
+        self.keyspace = keyspace
+        # Steps known to have a committed outcome, per run: done records never change, so
+        # this can only be incomplete, never wrong. It saves re-reading joins' upstreams.
+        self._committed: dict[tuple[str, str], set[str]] = {}
+
+    def forget(self, namespace: str, run_id: str) -> None:
+        """Drops what is cached about a run (call when it reached a terminal state)."""
+        self._committed.pop((namespace, run_id), None)
+
+    # Run records ----------------------------------------------------------------------
+
+    async def read_run(self, namespace: str, run_id: str) -> tuple[Run, KeyValue] | None:
+        kv = await self.store.get(self.keyspace.run(namespace, run_id))
+        return None if kv is None else (parse_run(kv), kv)
+
+    def _run_writes(self, namespace: str, run_id: str, run: Run) -> list[object]:
+        data = run.SerializeToString()
+        return [
+            op_put(self.keyspace.run(namespace, run_id), data),
+            op_put(self.keyspace.run_index(namespace, run_id), data),
+        ]
+
+    async def _update_run(self, namespace: str, run_id: str, change: Callable[[Run], Run | None]) -> Run | None:
+        """Applies `change` to the run record until the guarded write wins.
+
+        `change` returns the new run, or None when nothing is to be written (e.g. the run
+        is no longer in the state the caller expected). Returns what was written, or None.
+        """
+        while True:
+            found = await self.read_run(namespace, run_id)
+            if found is None:
+                return None
+            run, kv = found
+            updated = change(run)
+            if updated is None:
+                return None
+            result = await self.store.txn(
+                [unchanged_since(kv.key, kv.mod_revision)], self._run_writes(namespace, run_id, updated)
+            )
+            if result.succeeded:
+                return updated
+
+    async def start_run(self, ref: RunRef) -> bool:
+        """Derives a PENDING run's root readiness, then sets it RUNNING.
+
+        Returns True if this call (or an earlier one) left the run RUNNING.
+        """
+        roots = ref.dag.roots()
+        await self.store.create_many_if_absent(
+            [(self.keyspace.ready(ref.namespace, ref.run_id, step), b"") for step in roots]
+        )
+
+        def to_running(run: Run) -> Run | None:
+            if run.state != Run.STATE_PENDING:
+                return None
+            started = Run()
+            started.CopyFrom(run)
+            started.state = Run.STATE_RUNNING
+            started.start_time.CopyFrom(now())
+            return started
+
+        written = await self._update_run(ref.namespace, ref.run_id, to_running)
+        if written is not None:
+            log.info("run %s started: %d root step(s) ready", ref.name, len(roots))
+            return True
+        found = await self.read_run(ref.namespace, ref.run_id)
+        if found is not None and found[0].state in TERMINAL_RUN_STATES:
+            # Cancelled (or finished) while we derived its roots: those marks are stale.
+            await self.store.delete(self.keyspace.ready_run_prefix(ref.namespace, ref.run_id), prefix=True)
+        return found is not None and found[0].state == Run.STATE_RUNNING
+
+    async def fail_run(self, namespace: str, run_id: str, message: str) -> None:
+        """Ends a run that cannot proceed at all (e.g. its pipeline version is gone)."""
+
+        def to_failed(run: Run) -> Run | None:
+            if run.state in TERMINAL_RUN_STATES:
+                return None
+            failed = Run()
+            failed.CopyFrom(run)
+            failed.state = Run.STATE_FAILED
+            failed.message = message
+            failed.end_time.CopyFrom(now())
+            return failed
+
+        await self._update_run(namespace, run_id, to_failed)
+        await self.store.delete(self.keyspace.ready_run_prefix(namespace, run_id), prefix=True)
+
+    # Readiness ------------------------------------------------------------------------
+
+    async def derive_successors(self, ref: RunRef, step: str) -> list[str]:
+        """Creates the ready marks of `step`'s successors whose upstreams are all committed.
+
+        `step` itself must be committed (SUCCEEDED or CACHED). Reading the upstreams of
+        a join stops at the first one that is not committed, so a 2,000-wide join costs
+        about one read per finishing upstream, not 2,000.
+
+        Returns the successors found ready (their marks may have existed already).
+        """
+        committed = self._committed.setdefault((ref.namespace, ref.run_id), set())
+        committed.add(step)
+        ready = [s for s in ref.dag.successors(step) if await self._upstreams_committed(ref, s, committed)]
+        if ready:
+            await self.store.create_many_if_absent(
+                [(self.keyspace.ready(ref.namespace, ref.run_id, s), b"") for s in ready]
+            )
+        return ready
+
+    async def _upstreams_committed(self, ref: RunRef, step: str, committed: set[str]) -> bool:
+        unknown = [u for u in ref.dag.upstream_of(step) if u not in committed]
+        for start in range(0, len(unknown), MAX_TXN_OPS):
+            batch = unknown[start : start + MAX_TXN_OPS]
+            keys = [self.keyspace.done(ref.namespace, ref.run_id, u) for u in batch]
+            found = await self.store.get_many(keys)
+            for upstream, key in zip(batch, keys, strict=True):
+                kv = found.get(key)
+                if kv is None or parse_step_run(kv).state not in COMMITTED_STEP_STATES:
+                    return False
+                committed.add(upstream)
+        return True
+
+    # Terminal step records ------------------------------------------------------------
+
+    async def commit_failure(self, ref: RunRef, record: StepRun) -> StepRun | None:
+        """Commits a step's final failure and, if it is the run's first, the run's reason.
+
+        One transaction writes the done record (only if absent), the step record and, when
+        the run is active and has no failed step yet, the run's `failed_step` and
+        `message`: so whoever later finds every step done knows whether the run failed.
+
+        Returns None if this call committed, or the done record that was there first.
+        """
+        done_key = self.keyspace.done(ref.namespace, ref.run_id, record.step)
+        data = record.SerializeToString()
+        while True:
+            found = await self.read_run(ref.namespace, ref.run_id)
+            compares: list[object] = [absent(done_key)]
+            writes: list[object] = [
+                op_put(done_key, data),
+                op_put(self.keyspace.step(ref.namespace, ref.run_id, record.step), data),
+            ]
+            if found is not None and found[0].state in ACTIVE_RUN_STATES and not found[0].failed_step:
+                run, kv = found
+                failed = Run()
+                failed.CopyFrom(run)
+                failed.failed_step = record.step
+                failed.message = f"step {record.step} failed: {summary(record.message)}"
+                compares.append(unchanged_since(kv.key, kv.mod_revision))
+                writes.extend(self._run_writes(ref.namespace, ref.run_id, failed))
+            result = await self.store.txn(compares, writes, [op_get(done_key)])
+            if result.succeeded:
+                return None
+            existing = result.range_kvs(0)
+            if existing:
+                return parse_step_run(existing[0])
+            # The run record changed under us (another step failed, a cancel): read it again.
+
+    async def skip_downstream(self, ref: RunRef, failed_step: str) -> int:
+        """Marks every transitive downstream step of a failed step SKIPPED (create-if-absent).
+
+        Returns how many done records this call created.
+        """
+        descendants: list[str] = []
+        seen = {failed_step}
+        queue = deque([failed_step])
+        while queue:
+            for child in ref.dag.successors(queue.popleft()):
+                if child not in seen:
+                    seen.add(child)
+                    descendants.append(child)
+                    queue.append(child)
+        if not descendants:
+            return 0
+        end = now()
+        items = []
+        for name in descendants:
+            skipped = StepRun(step=name, state=StepRun.STATE_SKIPPED, message=f"upstream step {failed_step} failed")
+            skipped.end_time.CopyFrom(end)
+            items.append((self.keyspace.done(ref.namespace, ref.run_id, name), skipped.SerializeToString()))
+        created = await self.store.create_many_if_absent(items)
+        return len(created)
+
+    async def check_completion(self, ref: RunRef, done_count: int | None = None) -> bool:
+        """Ends the run when every step has a done record: FAILED if a step failed, else SUCCEEDED.
+
+        Every writer of a done record calls this after its write, so whoever wrote the last
+        one sees them all. `done_count` is the count read in the writer's own commit
+        transaction, when it read one (it saves a round trip).
+
+        Returns True if the run is terminal or was made terminal by this call.
+        """
+        if done_count is None:
+            done_count = await self.store.count(self.keyspace.done_prefix(ref.namespace, ref.run_id))
+        if done_count < len(ref.dag.steps):
+            return False
+
+        def to_terminal(run: Run) -> Run | None:
+            if run.state not in ACTIVE_RUN_STATES:
+                return None
+            ended = Run()
+            ended.CopyFrom(run)
+            stamp = now()
+            ended.state = Run.STATE_FAILED if run.failed_step else Run.STATE_SUCCEEDED
+            ended.end_time.CopyFrom(stamp)
+            if not ended.HasField("start_time"):
+                ended.start_time.CopyFrom(stamp)
+            return ended
+
+        written = await self._update_run(ref.namespace, ref.run_id, to_terminal)
+        if written is not None:
+            log.info("run %s %s", ref.name, Run.State.Name(written.state).removeprefix("STATE_"))
+        return True
+
+    # Cancellation ---------------------------------------------------------------------
+
+    async def finalize_cancel(self, ref: RunRef) -> bool:
+        """Finishes cancelling a run once no step of it is claimed any more.
+
+        Writes done CANCELLED for every unfinished step, deletes its ready marks and sets
+        the run CANCELLED. Several executors may do this at once. Returns True if the run
+        is CANCELLED afterwards.
+        """
+        found = await self.read_run(ref.namespace, ref.run_id)
+        if found is None or found[0].state != Run.STATE_CANCELLING:
+            return found is not None and found[0].state == Run.STATE_CANCELLED
+        if await self.store.count(self.keyspace.claims_run_prefix(ref.namespace, ref.run_id)):
+            return False  # whoever holds a claim finalizes when it lets go (or its lease expires)
+        reason = found[0].message
+        done_prefix = self.keyspace.done_prefix(ref.namespace, ref.run_id)
+        listed = await self.store.range_all(done_prefix, keys_only=True)
+        done = {self.keyspace.tail(kv.key, done_prefix) for kv in listed.kvs}
+        end = now()
+        items = []
+        for name in ref.dag.steps:
+            if name not in done:
+                cancelled = StepRun(
+                    step=name, state=StepRun.STATE_CANCELLED, message=f"run cancelled{': ' + reason if reason else ''}"
+                )
+                cancelled.end_time.CopyFrom(end)
+                items.append((self.keyspace.done(ref.namespace, ref.run_id, name), cancelled.SerializeToString()))
+        await self.store.create_many_if_absent(items)
+        await self.store.delete(self.keyspace.ready_run_prefix(ref.namespace, ref.run_id), prefix=True)
+
+        def to_cancelled(run: Run) -> Run | None:
+            if run.state != Run.STATE_CANCELLING:
+                return None
+            ended = Run()
+            ended.CopyFrom(run)
+            ended.state = Run.STATE_CANCELLED
+            ended.end_time.CopyFrom(now())
+            return ended
+
+        written = await self._update_run(ref.namespace, ref.run_id, to_cancelled)
+        if written is not None:
+            log.info("run %s cancelled", ref.name)
+        return True
+
+    # Claims ---------------------------------------------------------------------------
+
+    async def release(self, namespace: str, run_id: str, step: str, lease: int) -> bool:
+        """Deletes a step's ready mark and claim in one transaction, if `lease` still holds
+        the claim. Returns False when the claim was no longer ours (left to its holder)."""
+        claim = self.keyspace.claim(namespace, run_id, step)
+        result = await self.store.txn(
+            [lease_is(claim, lease)],
+            [op_delete(self.keyspace.ready(namespace, run_id, step)), op_delete(claim)],
+        )
+        return result.succeeded

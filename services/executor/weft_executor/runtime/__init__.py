@@ -1,0 +1,172 @@
+"""The runtime contract: how the executor launches, watches, stops and re-attaches attempts.
+
+A runtime turns one step attempt into running work (a local process, a Kubernetes pod)
+and reports how it ended. The scheduling side of the executor (claims, DNA, cache,
+retries, commits) is the same for every runtime and lives outside this package; a
+runtime owns only what differs: where inputs are materialised, how the process is
+started and stopped, where logs live, and how outputs reach the artifact store.
+
+Contract every runtime keeps:
+
+- `launch` starts exactly one process/pod for the attempt it is given, named
+  deterministically by (namespace, run, step, attempt), and returns once it runs (or
+  raises `AttemptSetupError` with a message for the attempt when it cannot start).
+- `wait` returns when the attempt ended, with its outputs uploaded and its logs stored
+  as blobs; it enforces the attempt's timeout. Cancelling the task that awaits `wait`
+  abandons the attempt (as `abandon` does).
+- `abandon` is called when the executor gives up on an attempt without an end (its lease
+  was lost, it is stopping): a local process is killed at once, since nothing may
+  outlive its executor; a pod is left running for the executor that takes the step
+  over to adopt.
+- `kill` stops a running attempt (e.g. its run was cancelled); the pending `wait` then
+  returns a CANCELLED result carrying the reason.
+- `adopt` re-attaches to an attempt another executor launched, or returns None when the
+  attempt cannot be continued (a local process dies with its executor).
+- `read_logs` streams what a running attempt wrote, for ExecutorService.ReadAttemptLogs.
+- Secret values reach only the attempt's environment: never a record, span, log line or
+  exception message (invariant 8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from weft.v1 import pipeline_pb2, run_pb2
+
+#: Stream identifiers of `read_logs`, as in `weft.v1.LogChunk.Stream`.
+STDOUT = run_pb2.LogChunk.STREAM_STDOUT
+STDERR = run_pb2.LogChunk.STREAM_STDERR
+
+
+class AttemptSetupError(Exception):
+    """The attempt could not start (missing command, missing secret, unreadable input).
+
+    The message is shown to users as the attempt's failure; it must name what is missing
+    and how to fix it, and never contain a secret value.
+    """
+
+
+@dataclass(frozen=True)
+class AttemptSpec:
+    """Everything a runtime needs to run one attempt of a step.
+
+    Attributes:
+        namespace: The run's namespace.
+        run: The run id (last segment of its resource name).
+        step: The step's name.
+        attempt: Attempt number, 1 for the first.
+        image: Container image reference (recorded; the local runtime does not pull it).
+        command: The full argv: the container's command followed by its args.
+        working_dir: The container's working directory ("" for the runtime's default).
+        env: Plain environment variables: the step's own and weft's (`WEFT_RUN`,
+            `WEFT_STEP`, `WEFT_ATTEMPT`, `WEFT_PARAM_*`, `TRACEPARENT`). The runtime adds
+            `WEFT_INPUTS` and `WEFT_OUTPUTS`.
+        secret_env: Variables whose values come from secrets: name → (secret, key). The
+            runtime resolves them where the attempt runs.
+        inputs: Content digest of every input, by input name (file name under
+            `$WEFT_INPUTS`).
+        outputs: Declared output names (file names under `$WEFT_OUTPUTS`).
+        timeout: Wall-clock limit in seconds, or None.
+        dna: The step's DNA (`sha256:<hex>`), for labels and annotations.
+        resources: The container's resources, for runtimes that schedule by them.
+    """
+
+    namespace: str
+    run: str
+    step: str
+    attempt: int
+    image: str
+    command: tuple[str, ...]
+    working_dir: str
+    env: Mapping[str, str]
+    secret_env: Mapping[str, tuple[str, str]]
+    inputs: Mapping[str, str]
+    outputs: tuple[str, ...]
+    timeout: float | None
+    dna: str
+    resources: pipeline_pb2.Resources = field(default_factory=pipeline_pb2.Resources)
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        """(namespace, run, step, attempt): what names the attempt everywhere."""
+        return (self.namespace, self.run, self.step, self.attempt)
+
+
+@dataclass
+class LaunchedAttempt:
+    """A running attempt as a runtime tracks it. Runtimes subclass it with their state.
+
+    Attributes:
+        spec: What was launched.
+        handle: The runtime's name for it: a process id (local) or a pod name.
+        start_time: When it was launched.
+    """
+
+    spec: AttemptSpec
+    handle: str
+    start_time: datetime
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """How an attempt ended.
+
+    Attributes:
+        state: SUCCEEDED (exited 0 and every output stored), FAILED or CANCELLED.
+        message: Why it failed or was stopped, for people ("" on success).
+        exit_code: The process's exit code (negative: killed by that signal).
+        output_digests: Stored outputs by name (complete only on success).
+        stdout_digest: Digest of the stdout log blob ("" when the log is empty).
+        stderr_digest: Digest of the stderr log blob ("" when the log is empty).
+        end_time: When it ended.
+    """
+
+    state: run_pb2.Attempt.State
+    message: str
+    exit_code: int
+    output_digests: Mapping[str, str]
+    stdout_digest: str
+    stderr_digest: str
+    end_time: datetime
+
+
+class Runtime(Protocol):
+    """Launches and watches attempts (see the module docstring for the contract)."""
+
+    #: "local" or "kubernetes", as in the executor's registration record.
+    name: str
+
+    async def launch(self, spec: AttemptSpec) -> LaunchedAttempt:
+        """Starts the attempt; raises AttemptSetupError if it cannot start."""
+        ...
+
+    async def adopt(self, spec: AttemptSpec, handle: str) -> LaunchedAttempt | None:
+        """Re-attaches to an attempt launched by another executor, or returns None."""
+        ...
+
+    async def wait(self, attempt: LaunchedAttempt) -> AttemptResult:
+        """Waits for the attempt to end, enforcing its timeout; stores outputs and logs."""
+        ...
+
+    async def kill(self, attempt: LaunchedAttempt, reason: str) -> None:
+        """Stops the attempt; the pending `wait` returns CANCELLED with `reason`."""
+        ...
+
+    def abandon(self, attempt: LaunchedAttempt) -> None:
+        """Gives up on the attempt without waiting for its end (see the module docstring)."""
+        ...
+
+    def read_logs(self, attempt: LaunchedAttempt, *, follow: bool) -> AsyncIterator[tuple[int, bytes]]:
+        """(stream, bytes) the attempt wrote so far and, with `follow`, until it ends."""
+        ...
+
+    async def release(self, attempt: LaunchedAttempt) -> None:
+        """Frees what the ended attempt still holds (working files, a finished pod)."""
+        ...
+
+    async def close(self) -> None:
+        """Stops every attempt still running and frees the runtime's resources."""
+        ...

@@ -1,0 +1,55 @@
+"""ExecutorService: live logs of the attempts this executor is running.
+
+weft-api proxies `ReadLogs` here while an attempt runs (it finds this executor's address
+in its registration record); once the attempt ended its logs are blobs in the artifact
+store and the api reads those instead. This service only reads: it never changes a
+step, an attempt or etcd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from weft.v1 import executor_pb2, executor_pb2_grpc, run_pb2
+from weft_core.errors import InvalidArgument, NotFound
+from weft_executor.runtime import LaunchedAttempt, Runtime
+
+#: Live attempts by (run resource name, step, attempt number).
+LiveAttempts = dict[tuple[str, str, int], tuple[Runtime, LaunchedAttempt]]
+
+
+class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
+    """Serves `weft.v1.ExecutorService` from the executor's table of live attempts."""
+
+    def __init__(self, executor_id: str, live_attempts: LiveAttempts) -> None:
+        self.executor_id = executor_id
+        self.live_attempts = live_attempts
+
+    def _find(self, run: str, step: str, number: int) -> tuple[int, Runtime, LaunchedAttempt]:
+        if not run or not step:
+            raise InvalidArgument("run and step are required, e.g. run=namespaces/default/runs/r1 step=train")
+        if number > 0:
+            found = self.live_attempts.get((run, step, number))
+            if found is not None:
+                return number, found[0], found[1]
+        else:
+            numbers = [n for (r, s, n) in self.live_attempts if r == run and s == step]
+            if numbers:
+                latest = max(numbers)
+                runtime, attempt = self.live_attempts[(run, step, latest)]
+                return latest, runtime, attempt
+        which = f"attempt {number}" if number > 0 else "no attempt"
+        raise NotFound(
+            f"{which} of step {step} of {run} is running on executor {self.executor_id}; "
+            "a finished attempt's logs are in the artifact store (read them through weft-api ReadLogs)"
+        )
+
+    async def ReadAttemptLogs(
+        self, request: executor_pb2.ReadAttemptLogsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[run_pb2.LogChunk]:
+        number, runtime, attempt = self._find(request.run, request.step, request.attempt)
+        async for stream, data in runtime.read_logs(attempt, follow=request.follow):
+            yield run_pb2.LogChunk(stream=stream, data=data, attempt=number)  # type: ignore[arg-type]
