@@ -114,7 +114,9 @@ ensure_tools() {
   command -v dpkg-source >/dev/null || missing+=(dpkg-dev)
   if ((${#missing[@]})); then
     log "installing ${missing[*]}"
-    apt-get install -y "${missing[@]}" >&2
+    # A fresh machine's package lists may be empty or stale.
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
   fi
 }
 
