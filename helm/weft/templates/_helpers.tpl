@@ -153,6 +153,10 @@ app.kubernetes.io/component: {{ .component }}
 - --runtime=kubernetes
 - --namespace={{ include "weft.stepsNamespace" . }}
 - --api={{ include "weft.api.address" . }}
+{{- /* Step pods may run in another namespace: they dial the api by its full name. */}}
+- --pod-api={{ printf "%s.%s.svc.%s:%d" (include "weft.api.fullname" .) .Release.Namespace .Values.clusterDomain (int .Values.api.service.port) }}
+{{- /* weft's own image runs the input and output containers of every step pod. */}}
+- --pod-image={{ include "weft.image" . }}
 - --listen=0.0.0.0:{{ .Values.executor.port }}
 {{- range .Values.executor.extraArgs }}
 - {{ . | quote }}

@@ -128,6 +128,8 @@ class ExecutorConfig:
         pod_service_account: Service account of the step pods ("" for the namespace default).
         pod_node_selector: Node labels the step pods require.
         pod_tolerations: Taints the step pods tolerate (Kubernetes JSON objects).
+        pod_api: `host:port` of weft-api as step pods reach it ("" means `api`), e.g. a
+            fully qualified Service name when the pods run in another namespace.
     """
 
     etcd_endpoints: str
@@ -153,6 +155,7 @@ class ExecutorConfig:
     pod_service_account: str = ""
     pod_node_selector: Mapping[str, str] = field(default_factory=dict)
     pod_tolerations: tuple[dict[str, Any], ...] = ()
+    pod_api: str = ""
 
     FLAGS = (
         ETCD_FLAGS[0],
@@ -250,6 +253,7 @@ class ExecutorConfig:
             default="",
             convert=json_objects,
         ),
+        Flag("--pod-api", "WEFT_POD_API", "host:port of weft-api as step pods reach it (default: --api)", default=""),
     )
 
     @classmethod

@@ -321,6 +321,9 @@ class StepRunner:
             return
         dna = step_dna(step, inputs.digests)
         span.set_attribute(ATTR_DNA, dna.digest)
+        # A pod outlives its executor: the attempt it runs may be re-attached (adopted)
+        # below instead of being lost; `_run_attempts` tries before launching anew.
+        orphan = next((a for a in reversed(record.attempts) if a.state == Attempt.STATE_RUNNING), None)
         self._abandon_running_attempts(record)
         with tracer().start_as_current_span("weft.cache_lookup", attributes={ATTR_DNA: dna.digest}) as lookup:
             decision = await self._decide(ref, run, step, dna)
@@ -328,7 +331,7 @@ class StepRunner:
         if decision.outcome is not None:
             await self._commit_reuse(ref, record, claim, dna, decision)
             return
-        await self._run_attempts(task, ref, run, step, record, dna, inputs, decision.explanation)
+        await self._run_attempts(task, ref, run, step, record, dna, inputs, decision.explanation, orphan)
 
     # Inputs and DNA -------------------------------------------------------------------
 
@@ -606,6 +609,7 @@ class StepRunner:
         dna: StepDNA,
         inputs: ResolvedInputs,
         explanation: Explanation,
+        orphan: Attempt | None = None,
     ) -> None:
         claim = task.claim
         record.dna = dna.digest
@@ -622,7 +626,10 @@ class StepRunner:
                 await self._commit_cancelled(ref, record, claim, task.cancel_reason)
                 return
             number = len(record.attempts) + 1
-            attempt, result, launched = await self._run_attempt(task, ref, run, step, record, number, dna, inputs)
+            attempt, result, launched = await self._run_attempt(
+                task, ref, run, step, record, number, dna, inputs, orphan
+            )
+            orphan = None  # only the attempt found running when the step was taken over
             if result.state == Attempt.STATE_SUCCEEDED:
                 await self._commit_success(ref, run, record, attempt, dna, inputs, claim)
                 await self._forget_attempt(ref, step.name, number, launched)
@@ -664,8 +671,14 @@ class StepRunner:
         number: int,
         dna: StepDNA,
         inputs: ResolvedInputs,
+        orphan: Attempt | None = None,
     ) -> tuple[Attempt, AttemptResult, LaunchedAttempt | None]:
-        """Launches attempt `number`, records it, waits for it; returns it with its result."""
+        """Launches attempt `number`, records it, waits for it; returns it with its result.
+
+        With `orphan` (an attempt a dead executor left RUNNING), first asks the runtime to
+        re-attach to it (a pod keeps running without its executor, invariant 4); the attempt
+        keeps its number and is waited on as if launched here. Otherwise `number` is launched.
+        """
         attributes: dict[str, str | int] = {
             ATTR_RUN: ref.name,
             ATTR_STEP: step.name,
@@ -674,19 +687,32 @@ class StepRunner:
         }
         with tracer().start_as_current_span("weft.attempt", attributes=attributes) as span:
             traceparent = traceparent_of(span) if span.is_recording() else child_traceparent(run.traceparent)
-            spec = self._attempt_spec(ref, run, step, number, dna, inputs, traceparent)
-            attempt = record.attempts.add(number=number, executor=self.executor_id)
-            attempt.start_time.CopyFrom(now())
-            try:
-                launched = await self.runtime.launch(spec)
-            except AttemptSetupError as error:
-                attempt.state = Attempt.STATE_FAILED
-                attempt.message = str(error)
-                attempt.end_time.CopyFrom(now())
-                span.set_status(Status(StatusCode.ERROR, attempt.message))
-                result = AttemptResult(Attempt.STATE_FAILED, str(error), 0, {}, "", "", datetime.now(UTC))
-                return attempt, result, None
-            self.launches += 1
+            launched: LaunchedAttempt | None = None
+            if orphan is not None:
+                spec = self._attempt_spec(ref, run, step, orphan.number, dna, inputs, traceparent)
+                launched = await self.runtime.adopt(spec, orphan.handle)
+            if orphan is not None and launched is not None:
+                number, attempt = orphan.number, orphan
+                span.set_attribute(ATTR_ATTEMPT, number)
+                span.set_attribute("weft.adopted", True)
+                attempt.ClearField("message")
+                attempt.ClearField("end_time")
+                attempt.executor = self.executor_id  # its live logs are served here now
+                log.info("step %s of %s: re-attached to attempt %d (%s)", step.name, ref.name, number, orphan.handle)
+            else:
+                spec = self._attempt_spec(ref, run, step, number, dna, inputs, traceparent)
+                attempt = record.attempts.add(number=number, executor=self.executor_id)
+                attempt.start_time.CopyFrom(now())
+                try:
+                    launched = await self.runtime.launch(spec)
+                except AttemptSetupError as error:
+                    attempt.state = Attempt.STATE_FAILED
+                    attempt.message = str(error)
+                    attempt.end_time.CopyFrom(now())
+                    span.set_status(Status(StatusCode.ERROR, attempt.message))
+                    result = AttemptResult(Attempt.STATE_FAILED, str(error), 0, {}, "", "", datetime.now(UTC))
+                    return attempt, result, None
+                self.launches += 1
             task.attempt = launched
             self.live_attempts[(ref.name, step.name, number)] = (self.runtime, launched)
             attempt.state = Attempt.STATE_RUNNING

@@ -99,7 +99,6 @@ class PodWatcher:
         namespace: The Kubernetes namespace of the step pods.
         selector: The label selector of the pods to watch.
         loop: The event loop that owns the cache and the subscriptions.
-        on_change: Called on the loop with every pod added or changed (not deleted).
     """
 
     def __init__(
@@ -108,13 +107,11 @@ class PodWatcher:
         namespace: str,
         selector: str,
         loop: asyncio.AbstractEventLoop,
-        on_change: Callable[[JSON], None] | None = None,
     ) -> None:
         self.api = api
         self.namespace = namespace
         self.selector = selector
         self.loop = loop
-        self.on_change = on_change
         #: Pods by name, as of the newest event (owned by the loop's thread).
         self.pods: dict[str, JSON] = {}
         #: Set once the first list is applied.
@@ -145,14 +142,6 @@ class PodWatcher:
                 stream.shutdown()
         if self._thread.is_alive():
             self._thread.join(timeout)
-
-    def interrupt(self) -> None:
-        """Breaks the open watch stream as a network failure would (the loop resumes)."""
-        with self._stream_lock:
-            stream = self._stream
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.shutdown()
 
     # Subscriptions (loop thread) ------------------------------------------------------
 
@@ -186,8 +175,6 @@ class PodWatcher:
             self.pods[name] = pod
         for subscription in list(self._subscriptions.get(name, ())):
             subscription.offer(pod)
-        if self.on_change is not None:
-            self.on_change(pod)
 
     def _apply_list(self, items: list[JSON], version: int) -> None:
         listed = {str(pod["metadata"]["name"]): pod for pod in items}

@@ -1,0 +1,390 @@
+"""The data handover inside a step pod: fetch inputs before the step, upload outputs after it.
+
+The Kubernetes runtime (`weft_executor.runtime.kubernetes`) runs every attempt as one pod
+whose user container may be ANY image with `/bin/sh`; this program is what weft's own image
+runs beside it, so the user's image needs no weft code at all. The pod shares one emptyDir
+volume, mounted at `SHARED_DIR` in every container:
+
+    /weft/inputs/<name>      `$WEFT_INPUTS`: written by `fetch` (the init container)
+    /weft/outputs/<name>     `$WEFT_OUTPUTS`: written by the user's step
+    /weft/status/exit-code   the step's exit code, written by the shell wrapper when it ends
+
+- ``python -m weft_executor.podio fetch --api HOST:PORT --dir /weft NAME=DIGEST ...`` runs as
+  the init container: it downloads each input from weft-api's ArtifactService, verifies its
+  sha256 against the digest it was asked for, and creates the three directories
+  world-writable (the user's container may run as any uid).
+- ``python -m weft_executor.podio upload --api HOST:PORT --dir /weft --max-bytes N NAME ...``
+  runs as a second container (Kubernetes 1.20 has no native sidecars): it waits for the
+  exit-code marker, then checks every declared output (present, a regular file, within the
+  size limit), uploads them by digest and uploads ONE manifest blob (output name → digest,
+  sizes, and its verdict). It writes the manifest's digest to its termination message, so
+  the executor learns the outputs from the pod status alone; the manifest exists because a
+  termination message holds at most 4 KiB.
+
+Both write one JSON line to the termination message (`TerminationMessage`): the manifest
+digest, a note that nothing was uploaded because the step failed, or the error that stopped
+them (also printed to stderr, i.e. the container's log). Exit codes: 0 when the handover
+worked (or there was nothing to hand over), 1 when it failed.
+
+This program must stay small and self-contained: no etcd, no Kubernetes API, no secrets
+(it never sees the step's environment), and it never prints file contents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from weft_core.blobs import BlobStore
+
+#: Where the shared volume is mounted in every container of a step pod.
+SHARED_DIR = "/weft"
+#: Sub-directories of the shared volume.
+INPUTS = "inputs"
+OUTPUTS = "outputs"
+STATUS = "status"
+#: The marker the step's shell wrapper writes (its content: the exit code) when the step ends.
+EXIT_CODE_FILE = "exit-code"
+#: Kubernetes' default terminationMessagePath; the kubelet reads at most 4096 bytes of it.
+TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LIMIT = 4096
+#: Marks weft's own JSON in a termination message.
+MESSAGE_VERSION = 1
+MANIFEST_VERSION = 1
+#: How often `upload` looks for the exit-code marker.
+MARKER_POLL_SECONDS = 0.1
+#: Tries of each artifact-store call before giving up: the api may be restarting (about a
+#: minute of backoff in all), but a pod that cannot deliver must end with a clear failure.
+STORE_TRIES = 8
+STORE_FIRST_BACKOFF = 0.5
+STORE_MAX_BACKOFF = 15.0
+
+T = TypeVar("T")
+
+
+class HandoverError(Exception):
+    """The handover cannot complete; the message is shown as the attempt's failure."""
+
+
+@dataclass(frozen=True)
+class TerminationMessage:
+    """What `fetch`/`upload` report through their termination message (one JSON line).
+
+    Attributes:
+        manifest: Digest of the manifest blob (`upload`, whatever its verdict).
+        skipped: Why nothing was uploaded (the step exited non-zero).
+        error: What stopped the program (no manifest could be stored, an input is missing).
+    """
+
+    manifest: str = ""
+    skipped: str = ""
+    error: str = ""
+
+    def encode(self) -> str:
+        body = {"weft": MESSAGE_VERSION}
+        for key in ("manifest", "skipped", "error"):
+            value = getattr(self, key)
+            if value:
+                body[key] = value
+        text = json.dumps(body, sort_keys=True)
+        if len(text.encode()) > TERMINATION_LIMIT and self.error:
+            # Keep the JSON valid under the kubelet's 4 KiB cut: shorten the error itself.
+            room = TERMINATION_LIMIT - (len(text.encode()) - len(self.error.encode())) - 64
+            return TerminationMessage(self.manifest, self.skipped, self.error[: max(0, room)] + "…").encode()
+        return text
+
+    @classmethod
+    def decode(cls, text: str | None) -> TerminationMessage | None:
+        """The message in a container's termination message, or None if it is not weft's."""
+        if not text:
+            return None
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(body, dict) or body.get("weft") != MESSAGE_VERSION:
+            return None
+        return cls(str(body.get("manifest", "")), str(body.get("skipped", "")), str(body.get("error", "")))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What `upload` stored: the outputs by name, and whether the handover succeeded.
+
+    Attributes:
+        succeeded: Every declared output was present, within the limit and stored.
+        message: Why it failed ("" on success), for people.
+        outputs: Output digests by name (complete only on success).
+        sizes: Output sizes in bytes by name.
+    """
+
+    succeeded: bool
+    message: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        body = {
+            "weft_manifest": MANIFEST_VERSION,
+            "verdict": "succeeded" if self.succeeded else "failed",
+            "message": self.message,
+            "outputs": self.outputs,
+            "sizes": self.sizes,
+        }
+        return json.dumps(body, sort_keys=True, indent=1).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Manifest:
+        """Parses a manifest blob; raises ValueError if it is not one."""
+        body = json.loads(data)
+        if not isinstance(body, dict) or body.get("weft_manifest") != MANIFEST_VERSION:
+            raise ValueError("not a weft output manifest")
+        outputs = body.get("outputs") or {}
+        sizes = body.get("sizes") or {}
+        return cls(
+            succeeded=body.get("verdict") == "succeeded",
+            message=str(body.get("message", "")),
+            outputs={str(k): str(v) for k, v in outputs.items()},
+            sizes={str(k): int(v) for k, v in sizes.items()},
+        )
+
+
+def human_bytes(size: int) -> str:
+    """`1536` → "1.5 KiB"."""
+    value = float(size)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def write_termination_message(path: Path, message: TerminationMessage) -> None:
+    """Writes the termination message; a missing path (outside Kubernetes) is not an error."""
+    try:
+        path.write_text(message.encode())
+    except OSError as error:
+        print(f"weft: could not write the termination message to {path}: {error.strerror}", file=sys.stderr)
+
+
+#: Tries of each artifact-store call in this process (the `--tries` flag).
+_tries = STORE_TRIES
+
+
+async def _with_retries(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Retries `call` while the artifact store is unavailable (not on NotFound/InvalidArgument)."""
+    from weft_core.errors import Unavailable
+
+    delay = STORE_FIRST_BACKOFF
+    for attempt in range(1, _tries + 1):
+        try:
+            return await call()
+        except Unavailable as error:
+            if attempt >= _tries:
+                raise HandoverError(f"{what}: {error.message}") from None
+            print(f"weft: {what}: {error.message}; retrying in {delay:g}s", file=sys.stderr, flush=True)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_MAX_BACKOFF)
+    raise AssertionError("unreachable")
+
+
+# fetch ------------------------------------------------------------------------------------
+
+
+def prepare_dirs(root: Path) -> None:
+    """Creates inputs/, outputs/ and status/ writable by any uid (the step's user is unknown)."""
+    for name in (INPUTS, OUTPUTS, STATUS):
+        directory = root / name
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o777)  # mkdir's mode is cut by the umask
+
+
+async def fetch_input(store: BlobStore, name: str, digest: str, target: Path) -> int:
+    """Downloads one blob to `target`, verifying its digest; returns its size."""
+    from weft_core.errors import NotFound, ServiceError
+
+    spool = target.with_name(f".{target.name}.partial")
+
+    async def download() -> int:
+        hasher = hashlib.sha256()
+        size = 0
+        with open(spool, "wb") as out:  # noqa: ASYNC230  (small sequential writes)
+            async for chunk in store.read(digest):
+                hasher.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+        actual = "sha256:" + hasher.hexdigest()
+        if actual != digest:
+            raise HandoverError(f"input '{name}': the artifact store returned {actual}, not {digest}")
+        return size
+
+    try:
+        size = await _with_retries(f"fetching input '{name}' ({digest})", download)
+    except NotFound:
+        raise HandoverError(
+            f"input '{name}' ({digest}) is not in the artifact store; "
+            "re-run the step that produced it (e.g. a run with cache mode REFRESH)"
+        ) from None
+    except ServiceError as error:
+        raise HandoverError(f"could not fetch input '{name}' ({digest}): {error.message}") from None
+    os.replace(spool, target)
+    os.chmod(target, 0o644)
+    return size
+
+
+async def fetch(api: str, root: Path, inputs: Sequence[tuple[str, str]]) -> None:
+    """The init container: prepares the shared directories and downloads every input."""
+    from weft_core.blobs import RemoteBlobStore
+
+    prepare_dirs(root)
+    store = RemoteBlobStore(api)
+    try:
+        for name, digest in inputs:
+            size = await fetch_input(store, name, digest, root / INPUTS / name)
+            print(f"weft: fetched input {name} ({human_bytes(size)})", flush=True)
+    finally:
+        await store.close()
+
+
+# upload -----------------------------------------------------------------------------------
+
+
+async def wait_for_exit_code(marker: Path) -> int:
+    """Waits until the step's wrapper wrote its exit code and returns it."""
+    while True:
+        try:
+            text = (await asyncio.to_thread(marker.read_text)).strip()
+        except FileNotFoundError:
+            await asyncio.sleep(MARKER_POLL_SECONDS)
+            continue
+        try:
+            return int(text)
+        except ValueError:
+            # The wrapper writes a temp file and renames it, so this is not a partial
+            # write: something else wrote there.
+            raise HandoverError(f"the step's exit-code marker {marker} holds {text[:40]!r}, not a number") from None
+
+
+def check_outputs(outputs_dir: Path, names: Sequence[str], max_bytes: int) -> str:
+    """Why the declared outputs cannot be stored, or "" when they can (as the local runtime says it)."""
+    for name in names:
+        path = outputs_dir / name
+        if not path.exists():
+            return f"step wrote no output '{name}': write it to $WEFT_OUTPUTS/{name}"
+        if not path.is_file():
+            return f"output '{name}' is not a regular file: write a file to $WEFT_OUTPUTS/{name} (e.g. a tar archive)"
+        size = path.stat().st_size
+        if size > max_bytes:
+            return (
+                f"output '{name}' is {human_bytes(size)}, over the limit of {human_bytes(max_bytes)} "
+                "(executor flag --max-output-bytes); write less or raise the limit"
+            )
+    return ""
+
+
+async def upload(api: str, root: Path, names: Sequence[str], max_bytes: int) -> tuple[TerminationMessage, bool]:
+    """The output container: waits for the step, stores its outputs and the manifest.
+
+    Returns:
+        The termination message to write and whether the handover succeeded.
+    """
+    from weft_core.blobs import RemoteBlobStore
+
+    exit_code = await wait_for_exit_code(root / STATUS / EXIT_CODE_FILE)
+    if exit_code != 0:
+        print(f"weft: the step exited with code {exit_code}; no outputs uploaded", flush=True)
+        return TerminationMessage(skipped=f"step exited with code {exit_code}"), True
+    store = RemoteBlobStore(api)
+    try:
+        problem = check_outputs(root / OUTPUTS, names, max_bytes)
+        manifest = Manifest(succeeded=False, message=problem)
+        if not problem:
+            outputs: dict[str, str] = {}
+            sizes: dict[str, int] = {}
+            for name in names:
+                path = root / OUTPUTS / name
+                info = await _with_retries(f"uploading output '{name}'", partial(store.put_file, path))
+                outputs[name], sizes[name] = info.digest, info.size
+                print(f"weft: stored output {name} ({human_bytes(info.size)}) as {info.digest}", flush=True)
+            manifest = Manifest(succeeded=True, outputs=outputs, sizes=sizes)
+        else:
+            print(f"weft: {problem}", file=sys.stderr, flush=True)
+        data = manifest.encode()
+        stored = await _with_retries("storing the output manifest", lambda: store.put(data))
+        return TerminationMessage(manifest=stored.digest), manifest.succeeded
+    finally:
+        await store.close()
+
+
+# command line -----------------------------------------------------------------------------
+
+
+def _input_pair(text: str) -> tuple[str, str]:
+    name, sep, digest = text.partition("=")
+    if not sep or not name or not digest.startswith("sha256:"):
+        raise argparse.ArgumentTypeError(f"expected NAME=sha256:<hex>, got {text!r}")
+    if "/" in name or name in (".", ".."):
+        raise argparse.ArgumentTypeError(f"input name {name!r} is not a file name")
+    return name, digest
+
+
+def _output_name(text: str) -> str:
+    if not text or "/" in text or text in (".", ".."):
+        raise argparse.ArgumentTypeError(f"output name {text!r} is not a file name")
+    return text
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m weft_executor.podio", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("fetch", "download inputs (init container)"), ("upload", "store outputs (helper)")):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--api", required=True, help="host:port of weft-api's ArtifactService")
+        command.add_argument("--dir", type=Path, default=Path(SHARED_DIR), help="the shared volume")
+        command.add_argument("--termination-log", type=Path, default=Path(TERMINATION_LOG))
+        command.add_argument("--tries", type=int, default=STORE_TRIES, help="tries of each artifact-store call")
+        if name == "fetch":
+            command.add_argument("inputs", nargs="*", type=_input_pair, metavar="NAME=DIGEST")
+        else:
+            command.add_argument("--max-bytes", type=int, required=True, help="largest output accepted")
+            command.add_argument("outputs", nargs="*", type=_output_name, metavar="NAME")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `fetch` or `upload`; returns the exit code."""
+    global _tries
+    args = parse_args(argv)
+    _tries = max(1, args.tries)
+    started = time.monotonic()
+    try:
+        if args.command == "fetch":
+            asyncio.run(fetch(args.api, args.dir, args.inputs))
+            message, ok = TerminationMessage(), True
+        else:
+            message, ok = asyncio.run(upload(args.api, args.dir, args.outputs, args.max_bytes))
+    except HandoverError as error:
+        print(f"weft: {error}", file=sys.stderr, flush=True)
+        message, ok = TerminationMessage(error=str(error)), False
+    except OSError as error:
+        text = f"{args.command}: {error.strerror or error} ({error.filename or args.dir})"
+        print(f"weft: {text}", file=sys.stderr, flush=True)
+        message, ok = TerminationMessage(error=text), False
+    write_termination_message(args.termination_log, message)
+    print(f"weft: {args.command} {'done' if ok else 'failed'} in {time.monotonic() - started:.2f}s", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

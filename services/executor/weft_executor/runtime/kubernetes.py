@@ -1,0 +1,854 @@
+"""The kubernetes runtime: every step attempt is one pod, watched through one list+watch.
+
+weft's production runtime. The executor claims steps exactly as with the local runtime;
+this module turns an attempt into a pod and the pod's fate into an `AttemptResult`.
+
+The pod (`kube_pods.build_pod`)
+    Named deterministically from (namespace, run, step, attempt): a readable prefix plus a
+    hash of the exact key, a DNS-1123 label of at most 63 characters. Labelled
+    `app.kubernetes.io/managed-by=weft` and `weft.dev/{namespace,run,step,attempt}`,
+    annotated with the DNA and the exact attempt key; `restartPolicy: Never`; the step's
+    resources; the executor's service account, node selector and tolerations. Creating a
+    pod whose name exists (409) adopts that pod instead of launching a second one
+    (invariant 1), and `adopt` re-attaches to a pod after its executor died (invariant 4).
+
+Data handover with ANY image that has /bin/sh
+    The pod has an emptyDir volume mounted at `/weft` in all its containers:
+
+    1. init container `weft-inputs` (weft's own image) runs
+       `python -m weft_executor.podio fetch`, which downloads every input by digest from
+       weft-api's ArtifactService into `/weft/inputs` (`$WEFT_INPUTS`), verifying each
+       digest;
+    2. container `main` (the step's image) runs `/bin/sh -c <wrapper> weft-step ARGV...`:
+       the wrapper runs the step's argv unchanged, with `$WEFT_INPUTS`/`$WEFT_OUTPUTS`
+       set exactly as the local runtime sets them, then writes the exit code to
+       `/weft/status/exit-code` and exits with it;
+    3. container `weft-outputs` (weft's image; Kubernetes 1.20 has no native sidecars)
+       runs `python -m weft_executor.podio upload`: it waits for that marker, checks and
+       uploads every declared output, stores ONE manifest blob (output → digest, plus its
+       verdict) and writes the manifest's digest to its termination message.
+
+    The executor learns the outputs from the pod status alone: the termination message of
+    `weft-outputs` names the manifest, which it reads from the artifact store. No other
+    channel from the pod to the executor exists. Command, args and env values are escaped
+    so that Kubernetes' `$(VAR)` expansion leaves them as declared.
+
+Watching (`kube_watch.PodWatcher`)
+    One list+watch per executor of the pods labelled managed-by=weft in its namespace,
+    from the list's resourceVersion; a dropped stream resumes from the last version, 410
+    Gone lists again. Each waiting attempt is woken by the events of its pod; nothing polls
+    pods one by one. What Kubernetes says becomes a clear attempt failure: image pull errors
+    (after `image_pull_grace`; the pod is then deleted), OOMKilled, Evicted, a pod deleted
+    by someone else, unschedulable beyond `unschedulable_timeout`, and a non-zero exit code
+    with the container's last log lines (log API, `tailLines`).
+
+Logs and clean-up
+    `read_logs` streams the step container's log through the pod log API (following it
+    while the pod runs). When the attempt ends, that log is stored as the attempt's stdout
+    blob (Kubernetes interleaves stdout and stderr in one log, so there is no separate
+    stderr blob). A succeeded pod is deleted once the executor recorded its result
+    (`release`); a failed pod is kept for `keep_failed_pods` seconds for `kubectl`
+    inspection, after which a periodic sweep, shared by all executors and surviving their
+    restarts, deletes it (along with any finished pod nobody collected).
+
+Secret values never pass through weft: secret env becomes `valueFrom.secretKeyRef`, which
+the kubelet resolves. Unlike the local runtime, weft therefore cannot redact a secret that
+a step prints itself into its log. Every API call goes through a client-side QPS/burst
+limit (`kube_client`), in threads: the event loop never blocks on the API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from weft.v1 import run_pb2
+from weft_core.blobs import BlobStore
+from weft_core.errors import ServiceError, Unavailable
+from weft_core.telemetry import tracer
+from weft_executor import podio
+from weft_executor.config import ExecutorConfig
+from weft_executor.runtime import STDOUT, AttemptResult, AttemptSetupError, AttemptSpec, LaunchedAttempt
+from weft_executor.runtime.kube_client import (
+    DEFAULT_BURST,
+    DEFAULT_QPS,
+    JSON,
+    KubeApi,
+    KubeError,
+    KubeUnavailable,
+    load_configuration,
+)
+from weft_executor.runtime.kube_pods import (
+    CONFIG_REASONS,
+    FETCH_CONTAINER,
+    HOPELESS_REASONS,
+    IMAGE_PULL_REASONS,
+    MAIN_CONTAINER,
+    POD_SELECTOR,
+    UPLOAD_CONTAINER,
+    PodReading,
+    PodSettings,
+    attempt_key_of,
+    build_pod,
+    container_image,
+    finished_at,
+    memory_limit,
+    parse_time,
+    pod_name,
+    read_pod,
+)
+from weft_executor.runtime.kube_watch import PodSubscription, PodWatcher
+from weft_executor.runtime.local import human_seconds
+
+log = logging.getLogger(__name__)
+
+Attempt = run_pb2.Attempt
+
+#: Defaults of the executor's flags.
+DEFAULT_KEEP_FAILED_PODS = 3600.0
+DEFAULT_UNSCHEDULABLE_TIMEOUT = 300.0
+DEFAULT_IMAGE_PULL_GRACE = 120.0
+#: Lines of the step's log quoted in a failed attempt's message.
+FAILURE_LOG_LINES = 10
+#: Tries (with backoff) of a pod create/get/delete that failed with 5xx, 429 or no answer.
+API_TRIES = 5
+FIRST_BACKOFF = 0.5
+#: Largest chunk of a followed log.
+LOG_CHUNK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    """Settings of the kubernetes runtime (the executor's `--namespace`, `--pod-image`... flags).
+
+    Attributes:
+        namespace: Kubernetes namespace of the step pods.
+        pod_image: weft's own image, run by the input and output containers of every pod.
+        api_address: `host:port` of weft-api as the pods reach it.
+        kubeconfig: Credentials file; None uses the in-cluster service account.
+        qps: Client-side limit of API requests per second (0: none).
+        burst: Requests allowed at once above `qps`.
+        keep_failed_pods: Seconds a failed pod is kept for inspection before it is deleted.
+        unschedulable_timeout: Seconds a pod may stay unschedulable before the attempt fails.
+        image_pull_grace: Seconds an image may fail to pull before the attempt fails.
+        kill_grace: Seconds between SIGTERM and SIGKILL when a pod is deleted.
+        max_output_bytes: Largest output a step may write.
+        service_account: Service account of the step pods ("" for the namespace default).
+        node_selector: Node labels the step pods require.
+        tolerations: Taints the step pods tolerate (Kubernetes JSON).
+        python: The interpreter inside `pod_image`.
+    """
+
+    namespace: str
+    pod_image: str
+    api_address: str
+    kubeconfig: Path | None = None
+    qps: float = DEFAULT_QPS
+    burst: int = DEFAULT_BURST
+    keep_failed_pods: float = DEFAULT_KEEP_FAILED_PODS
+    unschedulable_timeout: float = DEFAULT_UNSCHEDULABLE_TIMEOUT
+    image_pull_grace: float = DEFAULT_IMAGE_PULL_GRACE
+    kill_grace: float = 5.0
+    max_output_bytes: int = 1024**3
+    service_account: str = ""
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: Sequence[Mapping[str, Any]] = ()
+    python: str = "python"
+
+    def pod_settings(self) -> PodSettings:
+        return PodSettings(
+            helper_image=self.pod_image,
+            api_address=self.api_address,
+            max_output_bytes=self.max_output_bytes,
+            service_account=self.service_account,
+            node_selector=self.node_selector,
+            tolerations=self.tolerations,
+            termination_grace=max(0, round(self.kill_grace)),
+            python=self.python,
+        )
+
+
+@dataclass
+class KubeAttempt(LaunchedAttempt):
+    """A pod this runtime launched or adopted, and what the runtime knows about it."""
+
+    uid: str = ""
+    subscription: PodSubscription | None = None
+    adopted: bool = False
+    #: `start_time` on the monotonic clock: the timeout is measured from it.
+    started: float = 0.0
+    kill_reason: str = ""
+    deleted_by_us: bool = False
+    pull_problem_since: float | None = None
+    config_problem_since: float | None = None
+    unschedulable_since: float | None = None
+    ended: bool = False
+    succeeded: bool = False
+
+    @property
+    def pod_name(self) -> str:
+        return self.handle
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How an attempt ended, before its logs and outputs are collected.
+
+    Attributes:
+        state: FAILED or CANCELLED; SUCCEEDED only once the manifest is read.
+        message: Why, for people (a log tail is added for exit codes).
+        delete: Delete the pod now (it is stuck or still running).
+        collect_outputs: The output container reported: read its manifest.
+        quote_log: Append the last log lines of this container to the message ("": none).
+        exit_code: The step's exit code, when it exited.
+    """
+
+    state: run_pb2.Attempt.State
+    message: str = ""
+    delete: bool = False
+    collect_outputs: bool = False
+    quote_log: str = ""
+    exit_code: int = 0
+
+
+class KubernetesRuntime:
+    """Runs attempts as pods (see the module docstring).
+
+    Args:
+        api: The rate-limited API client (owned by the runtime from now on).
+        blobs: The artifact store (manifests in, logs out).
+        settings: The runtime's settings.
+    """
+
+    name = "kubernetes"
+
+    def __init__(self, api: KubeApi, blobs: BlobStore, settings: KubeSettings) -> None:
+        self.api = api
+        self.blobs = blobs
+        self.settings = settings
+        self.pod_settings = settings.pod_settings()
+        self.namespace = settings.namespace
+        self._watcher: PodWatcher | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._attempts: dict[str, KubeAttempt] = {}
+        #: Pods this runtime created (not adopted), for tests and the benchmark.
+        self.created = 0
+
+    # Plumbing -------------------------------------------------------------------------
+
+    @property
+    def watcher(self) -> PodWatcher:
+        """The pod watch, started on first use (it needs the running event loop)."""
+        if self._watcher is None:
+            loop = asyncio.get_running_loop()
+            self._watcher = PodWatcher(self.api, self.namespace, POD_SELECTOR, loop)
+            self._watcher.start()
+            self._sweeper = loop.create_task(self._sweep_forever(), name="weft kube pod sweep")
+        return self._watcher
+
+    def _pod_path(self, name: str = "") -> str:
+        base = f"/api/v1/namespaces/{self.namespace}/pods"
+        return f"{base}/{name}" if name else base
+
+    async def _call(self, what: str, method: str, path: str, **kwargs: Any) -> JSON:
+        """An API request retried (with backoff) on 5xx, 429 and no answer; raises the last error."""
+        delay = FIRST_BACKOFF
+        for attempt in range(1, API_TRIES + 1):
+            try:
+                return await self.api.request(method, path, **kwargs)
+            except KubeError as error:
+                if not error.retryable or attempt == API_TRIES:
+                    raise
+                log.warning("%s: %s; retrying in %.1fs", what, error, delay)
+            except KubeUnavailable as error:
+                if attempt == API_TRIES:
+                    raise
+                log.warning("%s: %s; retrying in %.1fs", what, error, delay)
+            await asyncio.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _get_pod(self, name: str) -> JSON | None:
+        try:
+            return await self._call(f"reading pod {name}", "GET", self._pod_path(name))
+        except KubeError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def _delete_pod(self, name: str, uid: str, grace: float | None = None) -> None:
+        """Deletes the pod if it is still the one with `uid`; gone already is fine."""
+        options: JSON = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        if grace is not None:
+            options["gracePeriodSeconds"] = max(0, round(grace))
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        try:
+            await self._call(f"deleting pod {name}", "DELETE", self._pod_path(name), body=options)
+        except KubeError as error:
+            # 404: gone already; 409: the name belongs to another pod now (uid precondition).
+            if error.status not in (404, 409):
+                log.warning("could not delete pod %s/%s: %s", self.namespace, name, error)
+        except KubeUnavailable as error:
+            log.warning("could not delete pod %s/%s: %s", self.namespace, name, error)
+
+    # Launch and adopt -----------------------------------------------------------------
+
+    async def launch(self, spec: AttemptSpec) -> KubeAttempt:
+        watcher = self.watcher
+        manifest = build_pod(spec, self.pod_settings, self.namespace)
+        name = manifest["metadata"]["name"]
+        attributes = {
+            "k8s.namespace.name": self.namespace,
+            "k8s.pod.name": name,
+            "container.image.name": spec.image,
+        }
+        with tracer().start_as_current_span("weft.launch", attributes=attributes) as span:
+            pod, adopted = await self._create_or_adopt(spec, manifest)
+            span.set_attribute("weft.adopted", adopted)
+        attempt = self._attempt(spec, pod, watcher, adopted=adopted)
+        self._attempts[name] = attempt
+        return attempt
+
+    def _attempt(self, spec: AttemptSpec, pod: JSON, watcher: PodWatcher, *, adopted: bool) -> KubeAttempt:
+        name, uid = str(pod["metadata"]["name"]), str(pod["metadata"].get("uid") or "")
+        now = datetime.now(UTC)
+        created = parse_time(str(pod["metadata"].get("creationTimestamp") or "")) or now
+        # The API's timestamps have whole seconds: a pod created just now started now; an
+        # adopted one as long ago as the API says (the timeout continues, it does not restart).
+        age = 0.0 if not adopted else max(0.0, (now - created).total_seconds())
+        return KubeAttempt(
+            spec=spec,
+            handle=name,
+            start_time=created if adopted else now,
+            uid=uid,
+            subscription=watcher.subscribe(name, uid, pod),
+            adopted=adopted,
+            started=time.monotonic() - age,
+        )
+
+    async def _create_or_adopt(self, spec: AttemptSpec, manifest: JSON) -> tuple[JSON, bool]:
+        name = manifest["metadata"]["name"]
+        for _ in range(3):
+            try:
+                created = await self._call(f"creating pod {name}", "POST", self._pod_path(), body=manifest)
+                self.created += 1
+                log.info("launched pod %s/%s for %s", self.namespace, name, "/".join(map(str, spec.key)))
+                return created, False
+            except KubeError as error:
+                if error.status != 409:
+                    raise AttemptSetupError(self._refusal(name, error)) from None
+            except KubeUnavailable as error:
+                raise AttemptSetupError(
+                    f"could not create pod {name}: the Kubernetes API at {self.api.host} did not answer ({error})"
+                ) from None
+            # 409: the pod exists. It is this attempt's (an earlier create that timed out,
+            # or an executor that died after creating it): adopt it, never launch twice.
+            try:
+                existing = await self._get_pod(name)
+            except (KubeError, KubeUnavailable) as error:
+                raise AttemptSetupError(f"pod {name} exists but cannot be read: {error}") from None
+            if existing is None:
+                continue  # deleted in between: create it again
+            if attempt_key_of(existing) != spec.key:
+                raise AttemptSetupError(
+                    f"pod {name} exists but runs another attempt ({attempt_key_of(existing)}); "
+                    f"delete it (kubectl -n {self.namespace} delete pod {name}) to run this one"
+                )
+            log.info("pod %s/%s already existed: adopted it", self.namespace, name)
+            return existing, True
+        raise AttemptSetupError(f"pod {name} kept vanishing while it was being created; try again")
+
+    def _refusal(self, name: str, error: KubeError) -> str:
+        if error.status == 403:
+            return (
+                f"Kubernetes refused to create pod {name} in namespace {self.namespace}: {error.message} "
+                "(RBAC: the executor's service account needs create/get/list/watch/delete on pods; or a quota)"
+            )
+        if error.status == 404:
+            return f"cannot create pod {name}: namespace {self.namespace} does not exist ({error.message})"
+        if error.status == 422:
+            return f"Kubernetes rejected pod {name} as invalid: {error.message}"
+        return f"could not create pod {name}: {error}"
+
+    async def adopt(self, spec: AttemptSpec, handle: str) -> KubeAttempt | None:
+        if handle != pod_name(*spec.key):
+            return None  # not a pod of ours (e.g. a process id of the local runtime)
+        watcher = self.watcher
+        try:
+            pod = await self._get_pod(handle)
+        except (KubeError, KubeUnavailable) as error:
+            raise Unavailable(f"cannot read pod {handle} to adopt it: {error}; retrying later") from None
+        if pod is None or attempt_key_of(pod) != spec.key:
+            return None
+        attempt = self._attempt(spec, pod, watcher, adopted=True)
+        self._attempts[handle] = attempt
+        log.info("re-attached to pod %s/%s (%s)", self.namespace, handle, read_pod(pod).phase)
+        return attempt
+
+    # Wait -----------------------------------------------------------------------------
+
+    async def wait(self, attempt: LaunchedAttempt) -> AttemptResult:
+        assert isinstance(attempt, KubeAttempt)
+        subscription = attempt.subscription
+        assert subscription is not None, "wait on a released attempt"
+        try:
+            while True:
+                subscription.changed.clear()
+                verdict, wake_at = self._judge(attempt, subscription)
+                if verdict is not None:
+                    break
+                timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(subscription.changed.wait(), timeout)
+            return await self._conclude(attempt, subscription, verdict)
+        except asyncio.CancelledError:
+            self.abandon(attempt)
+            raise
+
+    def _judge(self, attempt: KubeAttempt, subscription: PodSubscription) -> tuple[Verdict | None, float | None]:
+        """The attempt's verdict if it ended, else None and when to look again (monotonic)."""
+        spec = attempt.spec
+        if attempt.kill_reason:
+            return Verdict(Attempt.STATE_CANCELLED, attempt.kill_reason, delete=True), None
+        pod = subscription.pod
+        reading = read_pod(pod) if pod is not None else None
+        if reading is not None:
+            verdict = self._ended(attempt, reading)
+            if verdict is not None:
+                return verdict, None  # even if someone deleted the pod since: its status tells how
+        if subscription.gone or (reading is not None and reading.deleting and not attempt.deleted_by_us):
+            gone = "was deleted" if subscription.gone else "is being deleted"
+            message = f"pod {attempt.pod_name} {gone} by someone else (not by weft) while the step ran"
+            return Verdict(Attempt.STATE_FAILED, message, delete=True), None
+        wakes: list[float] = []
+        now = time.monotonic()
+        if spec.timeout:
+            elapsed = now - attempt.started
+            if elapsed >= spec.timeout:
+                message = f"timed out after {human_seconds(spec.timeout)}"
+                return Verdict(Attempt.STATE_FAILED, message, delete=True), None
+            wakes.append(now + spec.timeout - elapsed)
+        if reading is None:
+            return None, min(wakes, default=None)
+        return self._stuck(attempt, reading, now, wakes)
+
+    def _ended(self, attempt: KubeAttempt, reading: PodReading) -> Verdict | None:
+        """The verdict of a pod whose containers ended (or were ended by Kubernetes)."""
+        pod = attempt.subscription.pod if attempt.subscription else None
+        if reading.reason == "Evicted":
+            why = reading.message.strip() or "no reason given"
+            return Verdict(Attempt.STATE_FAILED, f"evicted by Kubernetes: {why}")
+        if reading.reason == "DeadlineExceeded":
+            timeout = human_seconds(attempt.spec.timeout or 0)
+            return Verdict(Attempt.STATE_FAILED, f"timed out after {timeout} (Kubernetes ended the pod)")
+        init = reading.init
+        if init is not None and init.terminated and init.exit_code != 0:
+            report = podio.TerminationMessage.decode(init.message)
+            if report is not None and report.error:
+                return Verdict(Attempt.STATE_FAILED, f"could not fetch the inputs: {report.error}")
+            message = f"could not fetch the inputs (container {FETCH_CONTAINER} exited with code {init.exit_code})"
+            return Verdict(Attempt.STATE_FAILED, message, quote_log=FETCH_CONTAINER)
+        main = reading.main
+        upload = reading.upload
+        if main is not None and main.terminated:
+            if main.reason == "OOMKilled":
+                limit = memory_limit(pod or {})
+                shown = f"its memory limit of {limit}" if limit else "the memory available (no limit set)"
+                return Verdict(
+                    Attempt.STATE_FAILED,
+                    f"OOMKilled: the step used more than {shown}; raise container.resources.limits.memory",
+                    exit_code=main.exit_code,
+                )
+            if main.exit_code != 0:
+                return Verdict(
+                    Attempt.STATE_FAILED, _exit_text(main.exit_code), quote_log=MAIN_CONTAINER, exit_code=main.exit_code
+                )
+            if upload is not None and upload.terminated:
+                return Verdict(Attempt.STATE_SUCCEEDED, collect_outputs=True)
+            if reading.phase in ("Succeeded", "Failed"):
+                return Verdict(Attempt.STATE_FAILED, f"container {UPLOAD_CONTAINER} ended without reporting")
+            return None  # the outputs are being uploaded
+        if upload is not None and upload.terminated and upload.exit_code != 0:
+            report = podio.TerminationMessage.decode(upload.message)
+            detail = report.error if report and report.error else f"exit code {upload.exit_code}"
+            return Verdict(Attempt.STATE_FAILED, f"container {UPLOAD_CONTAINER} failed: {detail}", delete=True)
+        if reading.phase == "Failed":
+            why = " ".join(part for part in (reading.reason, reading.message) if part) or "no reason given"
+            return Verdict(Attempt.STATE_FAILED, f"pod {attempt.pod_name} failed: {why}")
+        return None
+
+    def _stuck(
+        self, attempt: KubeAttempt, reading: PodReading, now: float, wakes: list[float]
+    ) -> tuple[Verdict | None, float | None]:
+        """Fails a pod that cannot start (hopeless image, pull or config errors past their grace,
+        unschedulable past its timeout); else None and when the next grace period ends."""
+        pod = attempt.subscription.pod if attempt.subscription else None
+        hopeless = reading.stuck_waiting(HOPELESS_REASONS)
+        if hopeless is not None:
+            image = container_image(pod or {}, hopeless.name)
+            message = f"image {image!r} of container {hopeless.name} cannot be used: {hopeless.reason}"
+            return Verdict(Attempt.STATE_FAILED, _with(message, hopeless.message), delete=True), None
+        grace = self.settings.image_pull_grace
+        pulling = reading.stuck_waiting(IMAGE_PULL_REASONS)
+        if pulling is None:
+            attempt.pull_problem_since = None
+        else:
+            since = attempt.pull_problem_since = attempt.pull_problem_since or now
+            if now - since >= grace:
+                image = container_image(pod or {}, pulling.name)
+                message = (
+                    f"image {image!r} of container {pulling.name} could not be pulled for {human_seconds(grace)} "
+                    f"({pulling.reason})"
+                )
+                return Verdict(Attempt.STATE_FAILED, _with(message, pulling.message), delete=True), None
+            wakes.append(since + grace)
+        configuring = reading.stuck_waiting(CONFIG_REASONS)
+        if configuring is None:
+            attempt.config_problem_since = None
+        else:
+            since = attempt.config_problem_since = attempt.config_problem_since or now
+            if now - since >= grace:
+                message = (
+                    f"container {configuring.name} could not be created for {human_seconds(grace)} "
+                    f"({configuring.reason}; a missing secret or config map?)"
+                )
+                return Verdict(Attempt.STATE_FAILED, _with(message, configuring.message), delete=True), None
+            wakes.append(since + grace)
+        timeout = self.settings.unschedulable_timeout
+        if not reading.unschedulable:
+            attempt.unschedulable_since = None
+        else:
+            since = attempt.unschedulable_since = attempt.unschedulable_since or now
+            if now - since >= timeout:
+                message = f"pod {attempt.pod_name} could not be scheduled for {human_seconds(timeout)}"
+                return Verdict(Attempt.STATE_FAILED, _with(message, reading.unschedulable), delete=True), None
+            wakes.append(since + timeout)
+        return None, min(wakes, default=None)
+
+    async def _conclude(self, attempt: KubeAttempt, subscription: PodSubscription, verdict: Verdict) -> AttemptResult:
+        """Collects the logs (and outputs), applies the clean-up policy, returns the result."""
+        reading = read_pod(subscription.pod) if subscription.pod is not None else None
+        main = reading.main if reading is not None else None
+        end_time = (parse_time(main.finished_at) if main is not None and main.terminated else None) or datetime.now(UTC)
+        stdout_digest = ""
+        if main is not None and main.started and not subscription.gone:
+            stdout_digest = await self._store_log(attempt.pod_name)
+        message = verdict.message
+        if verdict.quote_log and not subscription.gone:
+            message = _with_log_tail(message, await self._log_tail(attempt.pod_name, verdict.quote_log))
+        state = verdict.state
+        outputs: dict[str, str] = {}
+        if verdict.collect_outputs:
+            assert reading is not None
+            state, message, outputs = await self._collect_outputs(attempt, reading)
+        if verdict.delete or state == Attempt.STATE_CANCELLED:
+            attempt.deleted_by_us = True
+            await self._delete_pod(attempt.pod_name, attempt.uid, self.settings.kill_grace)
+        attempt.ended = True
+        attempt.succeeded = state == Attempt.STATE_SUCCEEDED
+        if state != Attempt.STATE_SUCCEEDED:
+            log.info("pod %s/%s: %s", self.namespace, attempt.pod_name, message.splitlines()[0] if message else "")
+        return AttemptResult(
+            state=state,
+            message=message,
+            exit_code=verdict.exit_code,
+            output_digests=outputs,
+            stdout_digest=stdout_digest,
+            stderr_digest="",
+            end_time=end_time,
+        )
+
+    async def _collect_outputs(
+        self, attempt: KubeAttempt, reading: PodReading
+    ) -> tuple[run_pb2.Attempt.State, str, dict[str, str]]:
+        """Reads the manifest named by the output container's termination message."""
+        upload = reading.upload
+        assert upload is not None
+        report = podio.TerminationMessage.decode(upload.message)
+        failed = Attempt.STATE_FAILED
+        if report is None or not (report.manifest or report.error):
+            tail = await self._log_tail(attempt.pod_name, UPLOAD_CONTAINER)
+            message = f"container {UPLOAD_CONTAINER} exited with code {upload.exit_code} without naming a manifest"
+            return failed, _with_log_tail(message, tail), {}
+        if not report.manifest:
+            return failed, f"could not store the outputs: {report.error}", {}
+        try:
+            manifest = podio.Manifest.decode(await self.blobs.get(report.manifest))
+        except (ServiceError, ValueError) as error:
+            detail = error.message if isinstance(error, ServiceError) else str(error)
+            return failed, f"could not read the output manifest {report.manifest}: {detail}", {}
+        if not manifest.succeeded:
+            return failed, manifest.message or "the outputs could not be stored", {}
+        missing = [name for name in attempt.spec.outputs if name not in manifest.outputs]
+        if missing:
+            return failed, f"the output manifest {report.manifest} lacks output(s) {', '.join(missing)}", {}
+        return Attempt.STATE_SUCCEEDED, "", {name: manifest.outputs[name] for name in attempt.spec.outputs}
+
+    # Logs -----------------------------------------------------------------------------
+
+    def _log_path(self, name: str) -> str:
+        return f"{self._pod_path(name)}/log"
+
+    async def _log_tail(self, name: str, container: str) -> str:
+        """The container's last lines (log API `tailLines`), or "" if there is no log."""
+        query = [("container", container), ("tailLines", FAILURE_LOG_LINES)]
+        path = self._log_path(name)
+
+        def read() -> bytes:
+            stream = self.api.open_stream(path, query=query, read_timeout=30, take_token=False)
+            try:
+                return bytes(stream.read())
+            finally:
+                stream.release_conn()
+
+        try:
+            await self.api.limiter.wait()
+            data = await self.api.run(read)
+        except (KubeError, KubeUnavailable, OSError) as error:
+            log.info("no log tail of %s/%s: %s", name, container, error)
+            return ""
+        return data.decode("utf-8", "replace").rstrip("\n")
+
+    async def _store_log(self, name: str) -> str:
+        """Stores the step container's whole log as a blob; returns its digest ("" if none)."""
+        path = self._log_path(name)
+
+        def download(target: Path) -> None:
+            stream = self.api.open_stream(
+                path, query=[("container", MAIN_CONTAINER)], read_timeout=60, take_token=False
+            )
+            try:
+                with open(target, "wb") as out:
+                    for chunk in stream.stream(LOG_CHUNK_BYTES):
+                        out.write(chunk)
+            finally:
+                stream.release_conn()
+
+        handle, spool = tempfile.mkstemp(prefix="weft-pod-log-")
+        os.close(handle)
+        try:
+            await self.api.limiter.wait()
+            await self.api.run(lambda: download(Path(spool)))
+            return (await self.blobs.put_file(Path(spool))).digest
+        except (KubeError, KubeUnavailable, OSError) as error:
+            log.warning("could not read the log of pod %s/%s: %s", self.namespace, name, error)
+            return ""
+        except ServiceError as error:
+            log.warning("could not store the log of pod %s/%s: %s", self.namespace, name, error.message)
+            return ""
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(spool)
+
+    async def read_logs(self, attempt: LaunchedAttempt, *, follow: bool) -> AsyncIterator[tuple[int, bytes]]:
+        assert isinstance(attempt, KubeAttempt)
+        if attempt.subscription is None:
+            return  # released: the logs are in the artifact store
+        # A subscription of our own: sharing the attempt's would steal its wake-ups.
+        subscription = self.watcher.subscribe(attempt.pod_name, attempt.uid, attempt.subscription.pod)
+        try:
+            while True:
+                subscription.changed.clear()
+                reading = read_pod(subscription.pod) if subscription.pod is not None else None
+                started = reading is not None and reading.main is not None and reading.main.started
+                if started:
+                    break
+                if not follow or subscription.gone or attempt.ended or (reading is not None and reading.finished):
+                    return
+                await subscription.changed.wait()
+            query: list[tuple[str, Any]] = [("container", MAIN_CONTAINER)]
+            if follow:
+                query.append(("follow", "true"))
+            async for chunk in self._relay(self._log_path(attempt.pod_name), query):
+                yield STDOUT, chunk
+        finally:
+            self.watcher.unsubscribe(subscription)
+
+    async def _relay(self, path: str, query: Sequence[tuple[str, Any]]) -> AsyncIterator[bytes]:
+        """Streams a (followed) log from a thread of its own; closing the iterator stops it."""
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        stopped = threading.Event()
+        opened: list[Any] = []
+
+        def put(item: bytes | BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(chunks.put_nowait, item)
+
+        def pump() -> None:
+            import urllib3
+
+            try:
+                stream = self.api.open_stream(path, query=query)
+                opened.append(stream)
+                try:
+                    while not stopped.is_set():
+                        chunk = stream.read1(LOG_CHUNK_BYTES)
+                        if not chunk:
+                            break
+                        put(bytes(chunk))
+                finally:
+                    stream.close()
+                put(None)
+            except KubeError as error:
+                # 400: the container has not started or its log is gone; nothing to show.
+                put(None if error.status in (400, 404) else error)
+            except (KubeUnavailable, urllib3.exceptions.HTTPError, OSError) as error:
+                put(None if stopped.is_set() else KubeUnavailable(f"the log stream broke off: {error}"))
+
+        threading.Thread(target=pump, name="weft-kube-log", daemon=True).start()
+        try:
+            while True:
+                item = await chunks.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    log.warning("log of %s: %s", path, item)
+                    return
+                yield item
+        finally:
+            stopped.set()
+            for stream in opened:
+                with contextlib.suppress(Exception):
+                    stream.shutdown()
+
+    # Kill, abandon, release, close -----------------------------------------------------
+
+    async def kill(self, attempt: LaunchedAttempt, reason: str) -> None:
+        assert isinstance(attempt, KubeAttempt)
+        if attempt.ended or attempt.kill_reason:
+            return
+        attempt.kill_reason = reason or "cancelled"
+        if attempt.subscription is not None:
+            attempt.subscription.changed.set()  # the pending `wait` stores the log, then deletes
+
+    def abandon(self, attempt: LaunchedAttempt) -> None:
+        assert isinstance(attempt, KubeAttempt)
+        # The pod keeps running: the executor that takes the step over adopts it.
+        self._forget(attempt)
+
+    def _forget(self, attempt: KubeAttempt) -> None:
+        self._attempts.pop(attempt.pod_name, None)
+        if attempt.subscription is not None and self._watcher is not None:
+            self._watcher.unsubscribe(attempt.subscription)
+        attempt.subscription = None
+
+    async def release(self, attempt: LaunchedAttempt) -> None:
+        assert isinstance(attempt, KubeAttempt)
+        self._forget(attempt)
+        if attempt.succeeded and not attempt.deleted_by_us:
+            # Only now: until the executor recorded the result, the pod is what an executor
+            # taking the step over would re-attach to.
+            attempt.deleted_by_us = True
+            await self._delete_pod(attempt.pod_name, attempt.uid)
+
+    async def close(self) -> None:
+        """Stops watching; running pods are left for the executor that takes their steps over."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for attempt in list(self._attempts.values()):
+            self._forget(attempt)
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.stop)
+        self.api.close()
+
+    def running(self) -> list[KubeAttempt]:
+        """Attempts launched or adopted and not yet released or abandoned."""
+        return list(self._attempts.values())
+
+    # The sweep --------------------------------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        interval = min(60.0, max(0.5, self.settings.keep_failed_pods / 4))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except Exception:  # the sweep is housekeeping: never let it die
+                log.exception("sweeping finished pods failed")
+
+    async def sweep(self) -> int:
+        """Deletes pods that finished more than `keep_failed_pods` ago; returns how many.
+
+        Each executor sweeps its namespace, so a kept pod is deleted even when the executor
+        that kept it is gone. Pods of attempts in progress here are skipped.
+        """
+        watcher = self.watcher
+        if not watcher.synced.is_set():
+            return 0
+        cutoff = datetime.now(UTC).timestamp() - self.settings.keep_failed_pods
+        doomed = []
+        for name, pod in list(watcher.pods.items()):
+            if name in self._attempts or (pod.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            ended = finished_at(pod)
+            if ended is not None and ended.timestamp() <= cutoff:
+                doomed.append((name, str(pod["metadata"].get("uid") or "")))
+        kept = human_seconds(self.settings.keep_failed_pods)
+        for name, uid in doomed:
+            log.info("deleting finished pod %s/%s (kept for %s)", self.namespace, name, kept)
+            await self._delete_pod(name, uid)
+        return len(doomed)
+
+
+def _with(message: str, detail: str) -> str:
+    detail = detail.strip()
+    return f"{message}: {detail}" if detail else message
+
+
+def _exit_text(code: int) -> str:
+    if 128 < code < 128 + 65:
+        try:
+            return f"exit code {code} (killed by {signal.Signals(code - 128).name})"
+        except ValueError:
+            pass
+    return f"exit code {code}"
+
+
+def _with_log_tail(message: str, tail: str) -> str:
+    return f"{message}; last log lines:\n{tail}" if tail else message
+
+
+def create_runtime(config: ExecutorConfig, blobs: BlobStore) -> KubernetesRuntime:
+    """The kubernetes runtime for an `ExecutorConfig` (flags `--namespace`, `--pod-image`...).
+
+    Raises:
+        RuntimeError: A setting the runtime cannot do without is missing.
+    """
+    if not config.pod_image:
+        raise RuntimeError(
+            "--pod-image is required with --runtime kubernetes: weft's own image, which runs the input and "
+            "output containers of every step pod (e.g. --pod-image weft:0.1.0)"
+        )
+    settings = KubeSettings(
+        namespace=config.namespace,
+        pod_image=config.pod_image,
+        api_address=config.pod_api or config.api,
+        kubeconfig=config.kubeconfig,
+        qps=config.kube_qps,
+        burst=config.kube_burst,
+        keep_failed_pods=config.keep_failed_pods,
+        unschedulable_timeout=config.unschedulable_timeout,
+        image_pull_grace=config.image_pull_grace,
+        kill_grace=config.kill_grace,
+        max_output_bytes=config.max_output_bytes,
+        service_account=config.pod_service_account,
+        node_selector=dict(config.pod_node_selector),
+        tolerations=tuple(config.pod_tolerations),
+    )
+    api = KubeApi(load_configuration(settings.kubeconfig), qps=settings.qps, burst=settings.burst)
+    return KubernetesRuntime(api, blobs, settings)

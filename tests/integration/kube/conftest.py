@@ -1,0 +1,322 @@
+"""Fixtures of the kubernetes-runtime tests: a real control plane, a kubelet that runs step
+pods for real, a real weft-api, and the runtime under test.
+
+Step pods run through the simulated kubelet's `run_locally` (tests.kube.kubelet): the
+init container and the output container run `python -m weft_executor.podio` with this
+virtualenv's python (the "image" `POD_IMAGE` maps to it), the step container runs its
+`/bin/sh` wrapper on this machine. Volumes are not simulated, so `prepare` maps the pod's
+shared volume (`/weft`) to a directory of its own and each container's termination-message
+file to a file beside it, which the behaviour reports back as the container's termination
+message, as a kubelet would. A pod whose step name starts with `oom`, `evict`, `pull` or
+`pending` gets the matching canned behaviour instead (OOMKilled, evicted, image pull
+failure, unschedulable), since a local process cannot produce those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import re
+import ssl
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tests.integration.conftest import InProcessApi
+from tests.integration.executor.support import ExecutorProcess, Harness, executor_command
+from tests.kube.cluster import KubeCluster, require_kube, start_cluster
+from tests.kube.kubelet import (
+    Exited,
+    LocalProcess,
+    PodOutcome,
+    PodRun,
+    SimulatedKubelet,
+    evicted,
+    image_pull_failure,
+    oom_killed,
+    run_locally,
+    start_kubelet,
+    unschedulable,
+)
+from weft.localstack import EtcdProcess
+from weft_core.blobs import RemoteBlobStore
+from weft_core.store import Store
+from weft_executor import podio
+from weft_executor.runtime.kube_client import KubeApi
+from weft_executor.runtime.kube_pods import LABEL_STEP, POD_SELECTOR
+from weft_executor.runtime.kubernetes import KubernetesRuntime, KubeSettings
+
+#: The "image" of weft's helper containers in these tests: this virtualenv's python.
+POD_IMAGE = "weft.test/weft:dev"
+
+_namespaces = itertools.count()
+
+
+def _map_paths(text: str, shared: Path) -> str:
+    return text.replace(podio.SHARED_DIR, str(shared))
+
+
+def pod_dir(root: Path, run: PodRun) -> Path:
+    """Where a pod's shared volume and termination messages live on this machine."""
+    return root / f"{run.namespace}.{run.name}.{run.uid[:8]}"
+
+
+def weft_pods(root: Path) -> Callable[[PodRun], PodOutcome | None]:
+    """The kubelet behaviour that runs weft's step pods for real (see the module docstring)."""
+
+    def prepare(run: PodRun, container: dict[str, Any], process: LocalProcess) -> LocalProcess:
+        directory = pod_dir(root, run)
+        shared = directory / "volume"
+        (directory / "work").mkdir(parents=True, exist_ok=True)
+        argv = [_map_paths(arg, shared) for arg in process.argv]
+        if container.get("image") == POD_IMAGE:
+            if argv and argv[0] == "python":
+                argv[0] = sys.executable
+            # podio's subcommand is argv[3]; its termination message goes to a file here.
+            argv[4:4] = ["--termination-log", str(directory / f"{container['name']}.termination-log")]
+        env = {key: _map_paths(value, shared) for key, value in process.env.items()}
+        cwd = process.cwd or str(directory / "work")
+        return LocalProcess(argv=argv, env=env, cwd=cwd)
+
+    local = run_locally(prepare=prepare, kill_grace=1.0)
+
+    def termination_message(run: PodRun, container: str) -> str | None:
+        path = pod_dir(root, run) / f"{container}.termination-log"
+        try:
+            return path.read_text()[: podio.TERMINATION_LIMIT] or None
+        except FileNotFoundError:
+            return None
+
+    def behaviour(run: PodRun) -> PodOutcome | None:
+        step = (run.pod["metadata"].get("labels") or {}).get(LABEL_STEP, "")
+        for prefix, canned in (
+            ("oom", oom_killed(after=0.2, logs=["allocating"])),
+            ("evict", evicted(after=0.2)),
+            ("pull", image_pull_failure(backoff_after=0.2)),
+            ("pending", unschedulable("0/1 nodes are available: 1 Insufficient memory.")),
+        ):
+            if step.startswith(prefix):
+                return canned(run)
+        init_exited = run.init_exited
+
+        def init_exited_with_message(
+            name: str, exit_code: int = 0, reason: str | None = None, message: str | None = None
+        ) -> None:
+            init_exited(name, exit_code, reason, message or termination_message(run, name))
+
+        run.init_exited = init_exited_with_message  # type: ignore[method-assign]
+        outcome = local(run)
+        if isinstance(outcome, Exited) and outcome.containers:
+            containers = {
+                name: replace(exited, message=exited.message or termination_message(run, name))
+                for name, exited in outcome.containers.items()
+            }
+            return replace(outcome, containers=containers)
+        return outcome
+
+    return behaviour
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[KubeCluster]:
+    """etcd + kube-apiserver for the module (skipped when the binaries are not built)."""
+    require_kube()
+    with start_cluster() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def pods_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pods")
+
+
+@pytest.fixture(scope="module")
+def kubelet(cluster: KubeCluster, pods_root: Path) -> Iterator[SimulatedKubelet]:
+    """A simulated node that runs weft's step pods for real."""
+    with start_kubelet(cluster, weft_pods(pods_root), heartbeat_interval=2.0) as running:
+        yield running
+    assert running.errors == []
+
+
+@pytest.fixture(scope="module")
+def core(cluster: KubeCluster) -> Iterator[Any]:
+    """The official client's CoreV1Api, for the tests' own checks (Any: untyped models)."""
+    from kubernetes import client
+
+    with cluster.api_client() as api_client:
+        yield client.CoreV1Api(api_client)
+
+
+@pytest.fixture
+def namespace(core: Any, request: pytest.FixtureRequest) -> str:
+    """A Kubernetes namespace of this test alone, so pods can be counted."""
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    name = f"t{next(_namespaces)}-{name}".strip("-")[:63].rstrip("-")
+    core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    return name
+
+
+def settings_for(namespace: str, api: InProcessApi, **overrides: Any) -> KubeSettings:
+    """Runtime settings for tests: short grace periods, the test "image" for helpers."""
+    values: dict[str, Any] = {
+        "namespace": namespace,
+        "pod_image": POD_IMAGE,
+        "api_address": api.address,
+        "image_pull_grace": 1.0,
+        "unschedulable_timeout": 1.0,
+        "keep_failed_pods": 3600.0,
+        "kill_grace": 1.0,
+        "qps": 50.0,
+        "burst": 100,
+    }
+    values.update(overrides)
+    return KubeSettings(**values)
+
+
+@contextlib.asynccontextmanager
+async def kube_runtime(cluster: KubeCluster, settings: KubeSettings) -> AsyncIterator[KubernetesRuntime]:
+    """A KubernetesRuntime against the cluster with its own artifact-store client."""
+    blobs = RemoteBlobStore(settings.api_address)
+    api = KubeApi(cluster.configuration(), qps=settings.qps, burst=settings.burst)
+    runtime = KubernetesRuntime(api, blobs, settings)
+    try:
+        yield runtime
+    finally:
+        await runtime.close()
+        await blobs.close()
+
+
+@pytest.fixture
+async def runtime(
+    cluster: KubeCluster, kubelet: SimulatedKubelet, namespace: str, api: InProcessApi
+) -> AsyncIterator[KubernetesRuntime]:
+    """The runtime under test, in the test's namespace, with the in-process api's store."""
+    async with kube_runtime(cluster, settings_for(namespace, api)) as running:
+        yield running
+
+
+def list_pods(core: Any, namespace: str) -> list[Any]:
+    """weft's step pods in `namespace` (one API list, as the tests count them)."""
+    return list(core.list_namespaced_pod(namespace, label_selector=POD_SELECTOR).items)
+
+
+def restart_apiserver(cluster: KubeCluster) -> Callable[[], None]:
+    """Stops kube-apiserver and starts it again with the same flags (same port and data).
+
+    Must be called from the main thread (the new process dies with the thread that started
+    it). Returns a blocking function that waits until the new server answers /readyz; run
+    it in a thread.
+    """
+    from tests.kube import cluster as cluster_module
+
+    processes = cluster._processes
+    index = next(i for i, p in enumerate(processes) if p.name == "kube-apiserver")
+    old = processes[index]
+    argv = [str(arg) for arg in old.popen.args]  # type: ignore[union-attr]
+    old.stop()
+    new = cluster_module._ControlPlaneProcess("kube-apiserver", argv, old.log_path)
+    processes[index] = new
+    context = ssl.create_default_context(cafile=str(cluster.ca_cert_path))
+
+    def wait_ready(timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not new.alive():
+                raise RuntimeError(f"kube-apiserver did not restart:\n{new.log_tail()}")
+            request = urllib.request.Request(f"{cluster.host}/readyz")
+            request.add_header("Authorization", f"Bearer {cluster.token}")
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(request, timeout=2, context=context) as response,
+            ):
+                if response.status == 200:
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"kube-apiserver not ready {timeout}s after a restart:\n{new.log_tail()}")
+
+    return wait_ready
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
+    """Polls a blocking predicate in a thread (the client is synchronous) until it is truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(predicate)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout}s: {what or predicate}")
+        await asyncio.sleep(0.1)
+
+
+# Whole pipelines through weft-executor -------------------------------------------------------
+
+
+@pytest.fixture
+async def harness(etcd: EtcdProcess, api: InProcessApi, tmp_path: Path) -> AsyncIterator[Harness]:
+    """The executor tests' harness (api, etcd, pipelines, runs) for executors of either runtime."""
+    store = Store(etcd.endpoint)
+    async with grpc.aio.insecure_channel(api.address) as channel:
+        harness = Harness(
+            etcd_endpoint=etcd.endpoint,
+            api_address=api.address,
+            keyspace=api.keyspace,
+            blob_dir=api.blob_dir,
+            tmp=tmp_path,
+            channel=channel,
+            store=store,
+        )
+        try:
+            yield harness
+        finally:
+            await harness.close()
+            await store.close()
+
+
+def kube_executor_settings(cluster: KubeCluster, namespace: str, **overrides: Any) -> dict[str, Any]:
+    """ExecutorConfig fields of a kubernetes-runtime executor on the test cluster."""
+    settings: dict[str, Any] = {
+        "runtime": "kubernetes",
+        "namespace": namespace,
+        "kubeconfig": cluster.kubeconfig_path,
+        "pod_image": POD_IMAGE,
+        "image_pull_grace": 1.0,
+        "unschedulable_timeout": 1.0,
+        "kube_qps": 50.0,
+        "kube_burst": 100,
+    }
+    settings.update(overrides)
+    return settings
+
+
+def start_kube_executor_process(
+    harness: Harness, cluster: KubeCluster, namespace: str, *, lease_ttl: int = 2
+) -> ExecutorProcess:
+    """`weft-executor --runtime kubernetes ...` as a child process a test may SIGKILL."""
+    config = harness.executor_config(lease_ttl=lease_ttl)
+    argv = [
+        executor_command(),
+        "--etcd-endpoints", config.etcd_endpoints,
+        "--api", config.api,
+        "--runtime", "kubernetes",
+        "--namespace", namespace,
+        "--kubeconfig", str(cluster.kubeconfig_path),
+        "--pod-image", POD_IMAGE,
+        "--max-parallel", "4",
+        "--listen", "127.0.0.1:0",
+        "--etcd-root", config.etcd_root,
+        "--executor-id", config.executor_id,
+        "--lease-ttl", str(config.lease_ttl),
+    ]  # fmt: skip
+    process = ExecutorProcess(argv, harness.tmp / f"{config.executor_id}.log")
+    process.start()
+    harness.processes.append(process)
+    return process
