@@ -650,10 +650,23 @@ class RunService(run_pb2_grpc.RunServiceServicer):
                 )
             attempt = matching[-1]
 
+        sent = {run_pb2.LogChunk.STREAM_STDOUT: 0, run_pb2.LogChunk.STREAM_STDERR: 0}
         if attempt.state == run_pb2.Attempt.STATE_RUNNING:
-            async for chunk in self._live_logs(run.name, request.step, attempt, request.follow):
-                yield chunk
-            return
+            try:
+                async for chunk in self._live_logs(run.name, request.step, attempt, request.follow):
+                    sent[chunk.stream] += len(chunk.data)
+                    yield chunk
+                return
+            except _AttemptNotLive:
+                # It ended between our read of its record and the executor's answer: its logs
+                # are blobs now. Go on from where the live stream stopped.
+                _, record = await self._step_record(ns, run_id, request.step)
+                ended = [a for a in (record.attempts if record else []) if a.number == attempt.number]
+                if not ended or ended[-1].state == run_pb2.Attempt.STATE_RUNNING:
+                    raise Unavailable(
+                        f'attempt {attempt.number} of step "{request.step}" is between executors; retry in a moment'
+                    ) from None
+                attempt = ended[-1]
         streams = (
             (run_pb2.LogChunk.STREAM_STDOUT, attempt.stdout_digest),
             (run_pb2.LogChunk.STREAM_STDERR, attempt.stderr_digest),
@@ -661,7 +674,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         for stream, digest in streams:
             if not digest:
                 continue
-            async for data in self.blobs.read(digest, chunk_size=LOG_CHUNK_BYTES):
+            async for data in self.blobs.read(digest, offset=sent[stream], chunk_size=LOG_CHUNK_BYTES):
                 yield run_pb2.LogChunk(stream=stream, data=data, attempt=attempt.number)
 
     async def _live_logs(
@@ -687,6 +700,8 @@ class RunService(run_pb2_grpc.RunServiceServicer):
                 async for chunk in call:
                     yield chunk
             except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    raise _AttemptNotLive() from error
                 if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise Unavailable(
                         f'executor "{executor}" at {address} cannot be reached ({error.details()}); retry in a moment'
@@ -694,6 +709,10 @@ class RunService(run_pb2_grpc.RunServiceServicer):
                 raise _service_error_of(error) from error
             finally:
                 call.cancel()
+
+
+class _AttemptNotLive(Exception):
+    """The executor no longer runs the attempt (it ended, and its logs are blobs now)."""
 
 
 def _service_error_of(error: grpc.aio.AioRpcError) -> ServiceError:

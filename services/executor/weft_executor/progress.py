@@ -322,6 +322,7 @@ class RunProgress:
             done_count = await self.store.count(self.keyspace.done_prefix(ref.namespace, ref.run_id))
         if done_count < len(ref.dag.steps):
             return False
+        counts = await self.step_counts(ref)
 
         def to_terminal(run: Run) -> Run | None:
             if run.state not in ACTIVE_RUN_STATES:
@@ -329,6 +330,8 @@ class RunProgress:
             ended = Run()
             ended.CopyFrom(run)
             stamp = now()
+            ended.step_counts.clear()
+            ended.step_counts.update(counts)
             ended.state = Run.STATE_FAILED if run.failed_step else Run.STATE_SUCCEEDED
             ended.end_time.CopyFrom(stamp)
             if not ended.HasField("start_time"):
@@ -339,6 +342,16 @@ class RunProgress:
         if written is not None:
             log.info("run %s %s", ref.name, Run.State.Name(written.state).removeprefix("STATE_"))
         return True
+
+    async def step_counts(self, ref: RunRef) -> dict[str, int]:
+        """Steps by terminal state name (`SUCCEEDED`, `CACHED`...), read once as the run ends,
+        so that listings of finished runs can show them without reading every step."""
+        done = await self.store.range_all(self.keyspace.done_prefix(ref.namespace, ref.run_id))
+        counts: dict[str, int] = {}
+        for kv in done.kvs:
+            name = StepRun.State.Name(parse_step_run(kv).state).removeprefix("STATE_")
+            counts[name] = counts.get(name, 0) + 1
+        return counts
 
     # Cancellation ---------------------------------------------------------------------
 
@@ -369,12 +382,15 @@ class RunProgress:
                 items.append((self.keyspace.done(ref.namespace, ref.run_id, name), cancelled.SerializeToString()))
         await self.store.create_many_if_absent(items)
         await self.store.delete(self.keyspace.ready_run_prefix(ref.namespace, ref.run_id), prefix=True)
+        counts = await self.step_counts(ref)
 
         def to_cancelled(run: Run) -> Run | None:
             if run.state != Run.STATE_CANCELLING:
                 return None
             ended = Run()
             ended.CopyFrom(run)
+            ended.step_counts.clear()
+            ended.step_counts.update(counts)
             ended.state = Run.STATE_CANCELLED
             ended.end_time.CopyFrom(now())
             return ended

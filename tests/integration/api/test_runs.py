@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -313,3 +314,54 @@ async def test_logs_of_a_running_attempt_are_read_from_its_executor(
         await read_logs(clients, run.name, "s0")
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert f'executor "exec-a" at 127.0.0.1:{port} cannot be reached' in (caught.value.details() or "")
+
+
+class EndsMidStream(executor_pb2_grpc.ExecutorServiceServicer):
+    """An executor whose attempt ends while the api reads its live logs: it sends the first
+    line, then (as a real executor does once it forgot the attempt) answers NOT_FOUND."""
+
+    def __init__(self, on_end: Callable[[], Awaitable[None]]) -> None:
+        self.on_end = on_end
+
+    async def ReadAttemptLogs(
+        self, request: executor_pb2.ReadAttemptLogsRequest, context: Any
+    ) -> AsyncIterator[run_pb2.LogChunk]:
+        yield run_pb2.LogChunk(stream=run_pb2.LogChunk.STREAM_STDOUT, data=b"line 1\n", attempt=request.attempt)
+        await self.on_end()
+        await context.abort(grpc.StatusCode.NOT_FOUND, "attempt 1 is no longer running here")
+
+
+async def test_logs_of_an_attempt_that_ends_while_read_continue_from_its_blobs(
+    clients: Clients, api: InProcessApi, store: Store
+) -> None:
+    await create_pipeline(clients, "etl", simple(1))
+    run = await create_run(clients, "etl")
+    executor = ExecutorWrites(store, api.keyspace, run.name)
+    await executor.step_record(
+        "s0", StepRun.STATE_RUNNING, attempts=[Attempt(number=1, state=Attempt.STATE_RUNNING, executor="exec-a")]
+    )
+    blobs = DirectoryBlobStore(api.blob_dir)
+    stdout, stderr = await blobs.put(b"line 1\nline 2\n"), await blobs.put(b"oops\n")
+
+    async def end_attempt() -> None:
+        ended = Attempt(
+            number=1, state=Attempt.STATE_SUCCEEDED, stdout_digest=stdout.digest, stderr_digest=stderr.digest
+        )
+        await executor.done_record("s0", StepRun.STATE_SUCCEEDED, attempts=[ended])
+
+    name = executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name
+    binding = ServiceBinding(name, EndsMidStream(end_attempt), executor_pb2_grpc.add_ExecutorServiceServicer_to_server)
+    server, port = create_server("127.0.0.1:0", [binding])
+    await server.start()
+    record = {"id": "exec-a", "address": f"127.0.0.1:{port}", "runtime": "local", "host": "h", "pid": 1}
+    await store.put(api.keyspace.executor("exec-a"), json.dumps(record).encode())
+    try:
+        logs = await read_logs(clients, run.name, "s0")
+    finally:
+        await server.stop(0)
+    # Nothing lost at the handover from the live stream to the stored logs, nothing twice.
+    assert logs == [
+        (run_pb2.LogChunk.STREAM_STDOUT, b"line 1\n"),
+        (run_pb2.LogChunk.STREAM_STDOUT, b"line 2\n"),
+        (run_pb2.LogChunk.STREAM_STDERR, b"oops\n"),
+    ]

@@ -53,6 +53,9 @@ async def test_diamond_runs_every_step_once_and_hands_outputs_downstream(harness
     assert steps["join"].outcome.executor == "exec-0"
     assert run.HasField("start_time")
     assert run.HasField("end_time")
+    # Listings read one small record per run: the executor stored the counts as it ended.
+    listed = await h.clients.runs.ListRuns(run_pb2.ListRunsRequest(parent="namespaces/default"))
+    assert [dict(r.step_counts) for r in listed.runs if r.name == run.name] == [{"SUCCEEDED": 4}]
 
 
 async def test_hundred_wide_fan_out_and_join(harness: Harness) -> None:
