@@ -8,9 +8,9 @@ import pytest
 
 from tests.support import assert_eventually_async
 from weft.localstack import EtcdProcess
-from weft_core.errors import Unavailable
+from weft_core.errors import Internal, Unavailable
 from weft_core.keyspace import Keyspace
-from weft_core.store import MAX_TXN_OPS, Store, op_put
+from weft_core.store import MAX_TXN_OPS, ResponseTooLarge, Store, op_put
 
 
 async def test_create_many_if_absent_batches_past_the_txn_limit(store: Store, keyspace: Keyspace) -> None:
@@ -68,3 +68,22 @@ async def test_watch_resumes_after_etcd_restarts(private_etcd: EtcdProcess, keys
         assert seen == [b"1", b"2", b"3"]
     finally:
         await store.close()
+
+
+async def test_an_answer_too_large_for_the_client_is_internal_and_range_all_reads_it_in_smaller_pages(
+    etcd: EtcdProcess, store: Store, keyspace: Keyspace
+) -> None:
+    items = [(keyspace.step("ns", "r", f"s{i:03d}"), bytes([65 + i % 26]) * 4096) for i in range(40)]
+    await store.put_many(items)
+    small = Store(etcd.endpoint, max_receive_bytes=64 * 1024)  # 40 values of 4 KiB do not fit one answer
+    try:
+        with pytest.raises(ResponseTooLarge) as caught:
+            await small.range(keyspace.steps_prefix("ns", "r"))
+        # Retrying the same read fails the same way: it must not look like an outage.
+        assert isinstance(caught.value, Internal)
+        assert not isinstance(caught.value, Unavailable)
+        assert "smaller pages" in caught.value.message
+        result = await small.range_all(keyspace.steps_prefix("ns", "r"))
+        assert [(kv.key, kv.value) for kv in result.kvs] == items
+    finally:
+        await small.close()

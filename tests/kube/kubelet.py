@@ -21,6 +21,7 @@ and returns how the pod ends:
 - ``run.waiting(container, reason, message)``: e.g. ``ErrImagePull`` / ``ImagePullBackOff``.
 - ``run.init_running(name)``, ``run.init_exited(name, exit_code)``: init containers.
 - ``run.start(ready=True)``: init containers completed, all containers running, phase Running.
+- ``run.exited(container, exit_code, reason)``: one main container ends while the others run.
 - ``run.set_ready(ready, container=None)``: flip readiness (Deployments wait for it).
 - ``run.log(container, *lines)``: append to the container's log, served at
   ``/containerLogs/{ns}/{pod}/{container}`` to the apiserver's log API.
@@ -443,6 +444,23 @@ class PodRun:
             self._publish()
             for name in started:
                 self.event("Started", f"Started container {name}", container=name)
+
+    def exited(self, container: str, exit_code: int = 0, reason: str | None = None, message: str | None = None) -> None:
+        """Terminates one main container while the pod's others keep running (phase stays Running).
+
+        A real node reports each container's end on its own: e.g. a step container killed as
+        a whole (a cgroup OOM group kill) while a helper container of the pod still runs.
+        `finish` later ends the containers still running and leaves this one as it is.
+        """
+        with self._lock:
+            if self._phase != "Running":
+                self.start()
+            state = self._main[container]
+            state.state = {"terminated": self._terminated(state, Exited(exit_code, reason, message))}
+            state.ready = False
+            state.started = False
+            self.logs[container].close()
+            self._publish()
 
     def set_ready(self, ready: bool = True, container: str | None = None) -> None:
         """Sets the readiness of one running container, or of all of them."""

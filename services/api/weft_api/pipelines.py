@@ -10,6 +10,7 @@ written, so a rejected request writes nothing. The service keeps no state of its
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -28,7 +29,17 @@ from weft_core.pipelines import (
     version_record,
 )
 from weft_core.spec import parse_namespace, parse_pipeline_name, pipeline_name, spec_digest, validate_pipeline
-from weft_core.store import KeyValue, Store, absent, op_delete, op_put, present, unchanged_since
+from weft_core.store import (
+    KeyValue,
+    Store,
+    TxnResult,
+    absent,
+    op_delete,
+    op_get,
+    op_put,
+    present,
+    unchanged_since,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +83,13 @@ class PipelineFilter:
         return all(head.labels.get(k) == v for k, v in self.labels.items())
 
 
+@dataclass(frozen=True)
+class _RequestTaken:
+    """A CreatePipeline's request id was recorded by another request: `created` is its result."""
+
+    created: str
+
+
 class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
     """The PipelineService of weft-api (see the module docstring)."""
 
@@ -111,6 +129,10 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
 
         for _ in range(WRITE_ATTEMPTS):
             written = await self._write_version(ns, pipeline, digest, request_id)
+            if isinstance(written, _RequestTaken):
+                # A concurrent request with the same request id got there first: its result
+                # is the answer, and the head stays where that request left it.
+                return await self._replay(ns, request_id, written.created)
             if written is not None:
                 head, head_revision, record = written
                 result = pipeline_message(ns, name, head, _revision_only(head_revision), record)
@@ -137,8 +159,14 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
 
     async def _write_version(
         self, ns: str, pipeline: pipeline_pb2.Pipeline, digest: str, request_id: str
-    ) -> tuple[PipelineHead, int, PipelineVersionOrder] | None:
-        """One attempt at making `digest` the head; None when a concurrent write won."""
+    ) -> tuple[PipelineHead, int, PipelineVersionOrder] | _RequestTaken | None:
+        """One attempt at making `digest` the head.
+
+        Returns:
+            What was written (or found already the latest); `_RequestTaken` when the
+            request id was recorded by a concurrent request meanwhile; None when a
+            concurrent change of the pipeline won (try again).
+        """
         name = pipeline.name
         keyspace = self.keyspace
         head_key = keyspace.pipeline_head(ns, name)
@@ -147,11 +175,22 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
         head, head_kv = found if found is not None else (None, None)
         head_revision = head_kv.mod_revision if head_kv is not None else 0
         labels = dict(pipeline.labels)
+        # The request key is created in the same transaction as the change it names, and only
+        # if absent: of two requests with one id, exactly one changes anything, and a retry
+        # replays its result instead of writing the head again (which could move it back).
+        request_key = keyspace.request(ns, request_id) if request_id else b""
+        request_compares = [absent(request_key)] if request_id else []
         request_ops = (
-            [op_put(keyspace.request(ns, request_id), f"{pipeline_name(ns, name)}/versions/{digest[7:]}".encode())]
-            if request_id
-            else []
+            [op_put(request_key, f"{pipeline_name(ns, name)}/versions/{digest[7:]}".encode())] if request_id else []
         )
+        request_reads = [op_get(request_key)] if request_id else []
+
+        def taken(result: TxnResult) -> _RequestTaken | None:
+            if request_id:
+                kvs = result.range_kvs(0)
+                if kvs:
+                    return _RequestTaken(kvs[0].value.decode())
+            return None
 
         existing = await self.reader.version_record(ns, name, digest)
         if existing is not None and head is not None:
@@ -165,13 +204,21 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
                 version_create_time=existing.create_time,
             )
             if new_head == head:
-                # The same spec and metadata are already the latest: nothing to write.
-                return head, head_revision, order
+                # The same spec and metadata are already the latest: nothing to change, but
+                # the request id is recorded, so a retry after someone else moved the head on
+                # answers this result instead of making this version the head again.
+                if not request_id:
+                    return head, head_revision, order
+                result = await self.store.txn(
+                    [unchanged_since(head_key, head_revision), *request_compares], request_ops, request_reads
+                )
+                return (head, head_revision, order) if result.succeeded else taken(result)
             result = await self.store.txn(
-                [unchanged_since(head_key, head_revision), present(version_key)],
+                [unchanged_since(head_key, head_revision), present(version_key), *request_compares],
                 [op_put(head_key, new_head.encode()), *request_ops],
+                request_reads,
             )
-            return (new_head, result.revision, order) if result.succeeded else None
+            return (new_head, result.revision, order) if result.succeeded else taken(result)
 
         now = now_rfc3339()
         sequence = (head.version_count if head is not None else 0) + 1
@@ -189,18 +236,19 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
         )
         order = PipelineVersionOrder(digest, now)
         result = await self.store.txn(
-            [unchanged_since(head_key, head_revision), absent(version_key)],
+            [unchanged_since(head_key, head_revision), absent(version_key), *request_compares],
             [
                 op_put(version_key, record.encode()),
                 op_put(keyspace.pipeline_version_order(ns, name, sequence), order.encode()),
                 op_put(head_key, new_head.encode()),
                 *request_ops,
             ],
+            request_reads,
         )
         if result.succeeded:
             log.info("pipeline %s version %d is %s", pipeline_name(ns, name), sequence, digest)
             return new_head, result.revision, order
-        return None
+        return taken(result)
 
     async def GetPipeline(
         self, request: pipeline_pb2.GetPipelineRequest, context: grpc.aio.ServicerContext[Any, Any]

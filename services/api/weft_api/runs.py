@@ -5,8 +5,10 @@ write everything else under the run (step and done records, ready marks, outcome
 a client sees of a run is synthesized from those committed records on every read, so the
 api keeps no state and can be killed at any moment (invariant 5):
 
-- CreateRun writes the run key, its runindex key and the request key in ONE transaction:
-  a run is wholly visible or not at all (DESIGN.md, data flow step 1).
+- CreateRun writes the run key, its runindex summary, its runorder key and the request key
+  in ONE transaction: a run is wholly visible or not at all (DESIGN.md, data flow step 1).
+- ListRuns pages through the runorder keys (newest first) and reads only the small
+  runindex summaries (no parameters): a page never reads the namespace's whole index.
 - A step's state is its done record if present, else its step record, else READY if a
   ready mark exists, else WAITING; steps of a CANCELLED run without a done record show
   CANCELLED. GetRun reads these with a few paged range reads at one revision, never one
@@ -44,6 +46,7 @@ from weft_core.errors import (
 )
 from weft_core.keyspace import Keyspace
 from weft_core.pipelines import PipelineReader
+from weft_core.runs import run_summary
 from weft_core.spec import (
     check_dns_label,
     label_problems,
@@ -69,6 +72,8 @@ MAX_PARAMETER_BYTES = 64 * 1024
 MAX_RUN_RECORD_BYTES = 256 * 1024
 #: Keys read per page while reading a run's records.
 READ_PAGE = 1000
+#: Most runs one filtered ListRuns call looks at before it answers a partial page.
+LIST_SCAN_LIMIT = 10_000
 #: Attempts at a guarded write of the run record before giving up with ABORTED.
 WRITE_ATTEMPTS = 16
 #: Tries at picking an unused generated run id.
@@ -284,30 +289,49 @@ class RunService(run_pb2_grpc.RunServiceServicer):
     async def ListRuns(
         self, request: run_pb2.ListRunsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> run_pb2.ListRunsResponse:
-        """Runs newest first (by create time, then name), read from the small runindex keys."""
+        """Runs newest first: a range of the runorder keys, then their small runindex summaries.
+
+        Without a filter a page costs one limited range read plus a few batched gets. With a
+        filter the order keys are scanned forward in batches until the page is full or
+        `LIST_SCAN_LIMIT` runs were looked at; then the page may hold fewer runs than asked
+        (even none) and its token goes on from where the scan stopped.
+        """
         ns = parse_namespace(request.parent)
         size = page_size(request.page_size)
         pipeline_filter, states = self._parse_run_filter(request.filter, ns)
-        prefix = self.keyspace.run_index_prefix(ns)
+        keyspace = self.keyspace
+        order_prefix = keyspace.run_order_prefix(ns)
         position = decode_token(request.page_token, b"runs:")
-        after = _decode_run_position(position) if position else None
+        start = order_prefix + _decode_run_position(position) + b"\0" if position else None
 
-        kvs, _ = await self._read_prefix(prefix, 0)
-        entries: list[tuple[tuple[int, str], run_pb2.Run]] = []
-        for kv in kvs:
-            run = decode_run(kv.value, kv.key, kv.mod_revision)
-            if pipeline_filter and run.pipeline != pipeline_filter:
-                continue
-            if states and run.state not in states:
-                continue
-            order = (run.create_time.seconds * 1_000_000_000 + run.create_time.nanos, run.name)
-            if after is not None and order >= after:
-                continue
-            entries.append((order, run))
-        entries.sort(key=lambda entry: entry[0], reverse=True)
-        page = entries[:size]
-        token = encode_token(_encode_run_position(page[-1][0])) if len(entries) > size else ""
-        runs = [run for _, run in page]
+        runs: list[run_pb2.Run] = []
+        token = ""
+        scanned = 0
+        while True:
+            batch = await self.store.range(order_prefix, start=start, limit=size, keys_only=True)
+            ids = [keyspace.parse_run_order(kv.key, ns)[1] for kv in batch.kvs]
+            found = await self.store.get_many([keyspace.run_index(ns, run_id) for run_id in ids])
+            for i, (kv, run_id) in enumerate(zip(batch.kvs, ids, strict=True)):
+                index_kv = found.get(keyspace.run_index(ns, run_id))
+                if index_kv is None:
+                    continue  # an order key is written with its run: none lacks one unless deleted by hand
+                run = decode_run(index_kv.value, index_kv.key, index_kv.mod_revision)
+                if (pipeline_filter and run.pipeline != pipeline_filter) or (states and run.state not in states):
+                    continue
+                runs.append(run)
+                if len(runs) == size:
+                    if i + 1 < len(batch.kvs) or batch.more:
+                        token = encode_token(b"runs:" + keyspace.tail(kv.key, order_prefix).encode())
+                    break
+            scanned += len(batch.kvs)
+            if len(runs) == size or not batch.more or not batch.kvs:
+                break
+            start = batch.kvs[-1].key + b"\0"
+            if scanned >= LIST_SCAN_LIMIT:
+                # A filter that matches few runs must not make one call read the namespace:
+                # answer what was found, and let the next page go on from here.
+                token = encode_token(b"runs:" + keyspace.tail(batch.kvs[-1].key, order_prefix).encode())
+                break
         if request.view == run_pb2.RUN_VIEW_FULL:
             for run in runs:
                 snap = await self.snapshot(*parse_run_name(run.name))
@@ -444,7 +468,12 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         keyspace = self.keyspace
         run_key = keyspace.run(ns, run_id)
         compares = [absent(run_key)]
-        success = [op_put(run_key, data), op_put(keyspace.run_index(ns, run_id), data)]
+        created_nanos = record.create_time.seconds * 1_000_000_000 + record.create_time.nanos
+        success = [
+            op_put(run_key, data),
+            op_put(keyspace.run_index(ns, run_id), run_summary(record).SerializeToString()),
+            op_put(keyspace.run_order(ns, created_nanos, run_id), b""),
+        ]
         failure = []
         if request_id:
             request_key = keyspace.request(ns, request_id)
@@ -524,7 +553,10 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             data = run.SerializeToString()
             result = await self.store.txn(
                 [unchanged_since(kv.key, kv.mod_revision)],
-                [op_put(kv.key, data), op_put(self.keyspace.run_index(ns, run_id), data)],
+                [
+                    op_put(kv.key, data),
+                    op_put(self.keyspace.run_index(ns, run_id), run_summary(run).SerializeToString()),
+                ],
             )
             if result.succeeded:
                 log.info("run %s is %s", run.name, Run.State.Name(run.state))
@@ -722,15 +754,12 @@ def _service_error_of(error: grpc.aio.AioRpcError) -> ServiceError:
     return passed
 
 
-def _encode_run_position(order: tuple[int, str]) -> bytes:
-    return f"runs:{order[0]}:{order[1]}".encode()
-
-
-def _decode_run_position(position: bytes) -> tuple[int, str]:
-    try:
-        _, nanos, name = position.decode().split(":", 2)
-        return int(nanos), name
-    except ValueError:
+def _decode_run_position(position: bytes) -> bytes:
+    """The run order key tail (`{inverted time}/{run}`) a ListRuns page token stands for."""
+    tail = position.removeprefix(b"runs:")
+    inverted, slash, run = tail.partition(b"/")
+    if len(inverted) != 19 or not inverted.isdigit() or not slash or not run or b"/" in run:
         raise InvalidArgument(
             "page_token: not a token of this listing; leave it empty to start over", field="page_token"
-        ) from None
+        )
+    return tail

@@ -26,10 +26,18 @@ Runs
                                                        step run (create-if-absent; the first
                                                        commit wins, invariant 2). Counting this
                                                        prefix tells when the run is complete.
-    {root}/runindex/{ns}/{run}                         Run (BASIC view): written in the same
+    {root}/runindex/{ns}/{run}                         Run summary (`weft_core.runs.run_summary`:
+                                                       no parameters, parameter digests or
+                                                       traceparent): written in the same
                                                        transaction as every write of the run
-                                                       record, so ListRuns reads one small key per
-                                                       run instead of every step key
+                                                       record, so ListRuns and executors read one
+                                                       small key per run instead of every step key;
+                                                       whoever needs parameters reads the run key
+    {root}/runorder/{ns}/{inverted create time}/{run}  empty; written once, in CreateRun's
+                                                       transaction. The key sorts newest first
+                                                       (19 digits of 10^19 - 1 - create time in
+                                                       ns), so ListRuns pages are range reads with
+                                                       a limit, never a read of the whole index
     {root}/requests/{ns}/{request_id}                  resource name a request_id created (mutations
                                                        retried with the same request_id return it)
 Scheduling
@@ -45,8 +53,11 @@ Scheduling
     {root}/executors/{executor_id}                     ExecutorRecord (JSON): address for
                                                        ReadAttemptLogs, runtime; bound to its lease
 Outcomes (the cache)
-    {root}/outcomes/{dna_hex}                          Outcome: the latest committed outcome with
-                                                       that DNA, reused by later runs
+    {root}/outcomes/{ns}/{dna_hex}                     Outcome: the latest committed outcome with
+                                                       that DNA in namespace ns, reused by later
+                                                       runs of that namespace only (the DNA has no
+                                                       namespace; an outcome computed with one
+                                                       namespace's secrets must not serve another)
 
 A WatchRun is one etcd watch of the prefix `{root}/runs/{ns}/{run}/`, so run and step events
 come in commit order and resume by revision.
@@ -57,6 +68,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_ROOT = "/weft"
+#: Run order keys hold this minus the create time (ns since the epoch; 19 digits until 2286).
+RUN_ORDER_LATEST = 10**19 - 1
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -130,6 +143,18 @@ class Keyspace:
     def run_index_all(self) -> bytes:
         return self._key("runindex", "")
 
+    def run_order(self, ns: str, create_time_nanos: int, run: str) -> bytes:
+        """The key that orders run `run` (created at `create_time_nanos`) newest first."""
+        return self._key("runorder", ns, f"{RUN_ORDER_LATEST - create_time_nanos:019d}", run)
+
+    def run_order_prefix(self, ns: str) -> bytes:
+        return self._key("runorder", ns, "")
+
+    def parse_run_order(self, key: bytes, ns: str) -> tuple[int, str]:
+        """(create time in ns, run id) of a run order key of namespace `ns`."""
+        inverted, _, run = self.tail(key, self.run_order_prefix(ns)).partition("/")
+        return RUN_ORDER_LATEST - int(inverted), run
+
     def request(self, ns: str, request_id: str) -> bytes:
         return self._key("requests", ns, request_id)
 
@@ -165,8 +190,8 @@ class Keyspace:
         return self._key("executors", "")
 
     # Outcomes
-    def outcome(self, dna_hex: str) -> bytes:
-        return self._key("outcomes", dna_hex)
+    def outcome(self, namespace: str, dna_hex: str) -> bytes:
+        return self._key("outcomes", namespace, dna_hex)
 
     def parse_ready(self, key: bytes) -> tuple[str, str, str]:
         """(namespace, run, step) of a ready-mark key."""

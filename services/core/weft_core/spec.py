@@ -91,6 +91,15 @@ def parameter_name_problem(value: str) -> str:
     return _identifier_problem(value, _PARAMETER, PARAMETER_RULE)
 
 
+def parameter_variable(name: str) -> str:
+    """The environment variable through which steps read parameter `name`.
+
+    `input-path` becomes `WEFT_PARAM_INPUT_PATH`: upper-cased, every character other than
+    a letter or digit turned into '_' (the executor's rule for the variable's tail).
+    """
+    return "WEFT_PARAM_" + re.sub(r"[^A-Z0-9]", "_", name.upper())
+
+
 def file_name_problem(value: str) -> str:
     """Why `value` is not an input or output name, or ""."""
     return _identifier_problem(value, _FILE_NAME, FILE_NAME_RULE)
@@ -241,14 +250,27 @@ def validate_spec(spec: pipeline_pb2.PipelineSpec, field: str = "pipeline.spec")
 
     problems: list[tuple[str, str]] = []
     parameters: set[str] = set()
+    # Steps see parameter `p` as $WEFT_PARAM_<P>: two names with the same variable would
+    # silently hand one parameter's value to a step that reads the other.
+    by_variable: dict[str, str] = {}
     for i, parameter in enumerate(spec.parameters):
         path = f"{field}.parameters[{i}].name"
         problem = parameter_name_problem(parameter.name)
+        variable = parameter_variable(parameter.name)
         if problem:
             problems.append((path, problem))
         elif parameter.name in parameters:
             problems.append((path, f'parameter "{parameter.name}" is declared twice; rename or remove one'))
+        elif variable in by_variable:
+            problems.append(
+                (
+                    path,
+                    f'parameter "{parameter.name}" and parameter "{by_variable[variable]}" both reach steps as '
+                    f"${variable} (names are upper-cased and '-' becomes '_'); rename one of them",
+                )
+            )
         parameters.add(parameter.name)
+        by_variable.setdefault(variable, parameter.name)
 
     outputs_of: dict[str, set[str]] = {}
     index_of: dict[str, int] = {}

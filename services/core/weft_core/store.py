@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
-from weft_core.errors import FailedPrecondition, ResourceExhausted, Unavailable
+from weft_core.errors import FailedPrecondition, Internal, ResourceExhausted, Unavailable
 from weft_core.keyspace import prefix_end
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,13 @@ class WatchEvent:
     create_revision: int
 
 
+class ResponseTooLarge(Internal):
+    """etcd's answer exceeded the client's receive limit: ask for fewer keys at a time.
+
+    Not `Unavailable`: the same read fails the same way on every retry.
+    """
+
+
 class Compacted(Exception):
     """The requested start revision was compacted; re-list and watch from the list's revision."""
 
@@ -146,7 +153,21 @@ def lease_is(key: bytes, lease: int) -> Any:
 class Store:
     """An etcd connection with weft's error handling. Cheap to share within a process."""
 
-    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = CALL_TIMEOUT) -> None:
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        timeout: float = CALL_TIMEOUT,
+        max_receive_bytes: int = MAX_RECEIVE_BYTES,
+    ) -> None:
+        """Opens a channel to etcd (connecting lazily).
+
+        Args:
+            endpoints: `http://host:port` URLs, a list or one comma-separated string.
+            timeout: Deadline of each unary call, in seconds.
+            max_receive_bytes: Largest etcd response accepted; a larger one raises
+                `ResponseTooLarge`.
+        """
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e]
         if not endpoints:
@@ -159,7 +180,7 @@ class Store:
         self._channel = grpc.aio.insecure_channel(
             target,
             options=[
-                ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+                ("grpc.max_receive_message_length", max_receive_bytes),
                 ("grpc.lb_policy_name", "round_robin"),
                 # Reconnect quickly after an etcd restart instead of backing off for minutes.
                 ("grpc.initial_reconnect_backoff_ms", 100),
@@ -183,6 +204,13 @@ class Store:
             return ResourceExhausted(f"etcd refused a request as too large: {details}")
         if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
             return Compacted(0)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+            # Our own client refused etcd's answer: retrying reads the same keys again, so this
+            # is no outage that passes by itself but a read that must ask for less at a time.
+            return ResponseTooLarge(
+                f"an etcd response was larger than this client accepts ({details}); this is a weft bug: "
+                "the read must use smaller pages (or the records it reads are larger than they should be)"
+            )
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "space" in details:
             return FailedPrecondition(f"etcd is out of space ({details}); compact and defragment it")
         return Unavailable(
@@ -250,12 +278,24 @@ class Store:
         return RangeResult(kvs, bool(response.more), int(response.header.revision), int(response.count))
 
     async def range_all(self, prefix: bytes, *, page: int = 1000, keys_only: bool = False) -> RangeResult:
-        """Every key with `prefix`, read in pages at one revision (a consistent snapshot)."""
+        """Every key with `prefix`, read in pages at one revision (a consistent snapshot).
+
+        A page whose answer is too large for the client (large values) is read again in
+        halves, down to one key per read, so large records slow the listing down instead of
+        making it fail forever.
+        """
         kvs: list[KeyValue] = []
         revision = 0
         start: bytes | None = None
         while True:
-            result = await self.range(prefix, start=start, limit=page, revision=revision, keys_only=keys_only)
+            try:
+                result = await self.range(prefix, start=start, limit=page, revision=revision, keys_only=keys_only)
+            except ResponseTooLarge:
+                if page <= 1:
+                    raise
+                page = max(1, page // 2)
+                log.warning("a page of %r was too large for one etcd response; reading %d keys at a time", prefix, page)
+                continue
             revision = result.revision
             kvs.extend(result.kvs)
             if not result.more or not result.kvs:

@@ -261,7 +261,11 @@ class ExecutorConfig:
         """Reads the config from flags, then WEFT_* variables, then defaults."""
         values = parse_flags(
             "weft-executor",
-            "weft-executor: claims ready steps from etcd and runs them (local processes or Kubernetes pods).",
+            "weft-executor: claims ready steps from etcd and runs them (local processes or Kubernetes pods). "
+            "Secrets of the local runtime come from WEFT_SECRET_<NAME>_<KEY> variables; each reaches only the "
+            "steps granted it, and the executor makes its own memory and environment unreadable to them "
+            "(PR_SET_DUMPABLE). But local steps run as the executor's user: a step can read any file that user "
+            "can read. The local runtime is for trusted code only.",
             cls.FLAGS,
             argv,
             environ,

@@ -40,7 +40,7 @@ from weft_executor.runtime import Runtime
 from weft_executor.runtime.local import LocalRuntime
 from weft_executor.scheduler import ReadyQueue, StepKey, follow_prefix
 from weft_executor.service import ExecutorServicer, LiveAttempts
-from weft_executor.steps import Claim, ClaimLost, StepRunner, StepTask
+from weft_executor.steps import Claim, ClaimLost, StepRunner, StepTask, claim_parts
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ Run = run_pb2.Run
 RETRY_SECONDS = 1.0
 #: Longest wait between retries of a step whose processing failed unexpectedly.
 MAX_STEP_RETRY_SECONDS = 10.0
+#: Seconds between looks for claims of ours that no task works on.
+CLAIM_SWEEP_SECONDS = 2.0
 
 
 def advertised_address(listen: str, port: int, advertise_host: str = "") -> str:
@@ -154,8 +156,8 @@ class Executor:
             raise RuntimeError(f"the kubernetes runtime cannot be loaded ({error}); use --runtime local") from error
         create_runtime = getattr(module, "create_runtime", None)
         if create_runtime is None:
-            raise RuntimeError("weft_executor.runtime.kubernetes has no create_runtime(config, blobs)")
-        runtime: Runtime = create_runtime(self.config, blobs)
+            raise RuntimeError("weft_executor.runtime.kubernetes has no create_runtime(config, blobs, store)")
+        runtime: Runtime = create_runtime(self.config, blobs, self.store)
         return runtime
 
     async def start(self) -> None:
@@ -201,6 +203,7 @@ class Executor:
         )
         self._loop(follow_prefix(self._store, ks.claims_all(), self._claims_listed, self._claims_changed), "claims")
         self._loop(self._dispatch(), "dispatch")
+        self._loop(self._sweep_claims(), "claim sweep")
         log.info(
             "executor %s started: runtime %s, max %d parallel, services at %s",
             self.executor_id,
@@ -294,6 +297,9 @@ class Executor:
         elif run.state in TERMINAL_RUN_STATES:
             self.cancelling.pop((ns, run_id), None)
             self.progress.forget(ns, run_id)
+            # A PENDING run is cancelled straight to CANCELLED (there may be no executor at
+            # all): any attempt of ours that slipped in must stop too; its commit is refused.
+            self._stop_attempts_of(ns, run_id, run.message or Run.State.Name(run.state).removeprefix("STATE_"))
 
     async def _run_ref(self, ns: str, run_id: str, run: Run) -> RunRef | None:
         assert self._run_refs is not None
@@ -413,11 +419,71 @@ class Executor:
             try:
                 claimed = await self._claim(task)
             except ServiceError as error:
-                log.warning("cannot claim %s: %s; retrying", "/".join(key), error.message)
+                # etcd may have applied the claim and only its answer was lost: a claim of
+                # ours that nobody works on would hold the step for as long as we live.
+                log.warning("cannot claim %s: %s; checking whether it was applied", "/".join(key), error.message)
                 await asyncio.sleep(RETRY_SECONDS)  # keeps the slot: no busy loop while etcd is away
-                return
+                claimed = await self._holds_claim(task)
             if claimed:
                 await self._work_on(key, task)
+        finally:
+            self._tasks.pop(key, None)
+            self.queue.changed.set()
+
+    async def _holds_claim(self, task: StepTask) -> bool:
+        """Whether the step's claim is ours (our id, bound to the task's lease), asking etcd
+        until it answers or the lease changes (then the claim, if any, is gone with it)."""
+        claim = task.claim
+        claim_key = self.keyspace.claim(claim.namespace, claim.run_id, claim.step)
+        while claim.lease == self.registration.lease:
+            try:
+                kv = await self.store.get(claim_key)
+            except ServiceError as error:
+                log.warning("cannot read the claim of %s/%s/%s: %s", *claim_parts(claim), error.message)
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            ours = kv is not None and kv.value == self.executor_id.encode() and kv.lease == claim.lease
+            if kv is not None:
+                self.queue.claimed(claim_parts(claim), kv.value.decode())
+            return ours
+        return False
+
+    async def _sweep_claims(self) -> None:
+        """Finds claims of ours that no task works on (a lost answer, a bug) and works on
+        them or gives them back, so no step is held by a live executor doing nothing.
+
+        A claim must look orphaned in two sweeps in a row: the mirror lags etcd, and a claim
+        a task has just released may still show as ours for a moment.
+        """
+        suspects: set[StepKey] = set()
+        while True:
+            await asyncio.sleep(CLAIM_SWEEP_SECONDS)
+            orphans = {key for key in self.queue.claimed_by(self.executor_id) if key not in self._tasks}
+            for key in orphans & suspects:
+                if not self.registration.valid.is_set():
+                    break
+                task = StepTask(Claim(*key, self.registration.lease))
+                runner = asyncio.create_task(self._adopt(key, task), name=f"adopt {'/'.join(key)}")
+                self._tasks[key] = (task, runner)
+            suspects = orphans - suspects
+
+    async def _adopt(self, key: StepKey, task: StepTask) -> None:
+        try:
+            if not await self._holds_claim(task):
+                return
+            if len(self._tasks) > self.config.max_parallel:
+                log.info("giving back the claim of %s found unattended: no free slot", "/".join(key))
+                await self.progress.release_claim(*key, task.claim.lease)
+                return
+            log.warning(
+                "claim of %s was held by this executor with nothing working on it; working on it", "/".join(key)
+            )
+            if key[:2] in self.cancelling:
+                task.cancel_reason = self.cancelling[key[:2]] or "cancelled"
+                task.cancelled.set()
+            await self._work_on(key, task)
+        except ServiceError as error:
+            log.warning("cannot take up the unattended claim of %s: %s", "/".join(key), error.message)
         finally:
             self._tasks.pop(key, None)
             self.queue.changed.set()

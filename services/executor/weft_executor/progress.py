@@ -29,6 +29,7 @@ from weft.v1 import pipeline_pb2, run_pb2
 from weft_core.errors import Internal
 from weft_core.keyspace import Keyspace
 from weft_core.pipelines import PipelineReader
+from weft_core.runs import run_summary
 from weft_core.spec import Dag, parse_pipeline_name, run_name
 from weft_core.store import MAX_TXN_OPS, KeyValue, Store, absent, lease_is, op_delete, op_get, op_put, unchanged_since
 
@@ -43,6 +44,11 @@ TERMINAL_RUN_STATES = frozenset({Run.STATE_SUCCEEDED, Run.STATE_FAILED, Run.STAT
 ACTIVE_RUN_STATES = frozenset({Run.STATE_PENDING, Run.STATE_RUNNING})
 #: Step states whose outcome downstream steps may consume.
 COMMITTED_STEP_STATES = frozenset({StepRun.STATE_SUCCEEDED, StepRun.STATE_CACHED})
+
+
+class RunEnded(Exception):
+    """The step's run is already terminal (e.g. cancelled while PENDING): nothing more may
+    be committed into it; the caller drops the step's ready mark and claim."""
 
 
 def now() -> Timestamp:
@@ -144,10 +150,11 @@ class RunProgress:
         return None if kv is None else (parse_run(kv), kv)
 
     def _run_writes(self, namespace: str, run_id: str, run: Run) -> list[object]:
-        data = run.SerializeToString()
+        # The index holds only the small summary (no parameters): executors and ListRuns
+        # read it 1,000 entries at a time.
         return [
-            op_put(self.keyspace.run(namespace, run_id), data),
-            op_put(self.keyspace.run_index(namespace, run_id), data),
+            op_put(self.keyspace.run(namespace, run_id), run.SerializeToString()),
+            op_put(self.keyspace.run_index(namespace, run_id), run_summary(run).SerializeToString()),
         ]
 
     async def _update_run(self, namespace: str, run_id: str, change: Callable[[Run], Run | None]) -> Run | None:
@@ -258,23 +265,28 @@ class RunProgress:
         `message`: so whoever later finds every step done knows whether the run failed.
 
         Returns None if this call committed, or the done record that was there first.
+
+        Raises:
+            RunEnded: The run is terminal already; nothing was written.
         """
         done_key = self.keyspace.done(ref.namespace, ref.run_id, record.step)
         data = record.SerializeToString()
         while True:
             found = await self.read_run(ref.namespace, ref.run_id)
-            compares: list[object] = [absent(done_key)]
+            if found is None or found[0].state in TERMINAL_RUN_STATES:
+                raise RunEnded(f"run {ref.name} ended before step {record.step} could commit its failure")
+            run, kv = found
+            # Guarded on the run record, so a run that turns terminal meanwhile gets nothing.
+            compares: list[object] = [absent(done_key), unchanged_since(kv.key, kv.mod_revision)]
             writes: list[object] = [
                 op_put(done_key, data),
                 op_put(self.keyspace.step(ref.namespace, ref.run_id, record.step), data),
             ]
-            if found is not None and found[0].state in ACTIVE_RUN_STATES and not found[0].failed_step:
-                run, kv = found
+            if run.state in ACTIVE_RUN_STATES and not run.failed_step:
                 failed = Run()
                 failed.CopyFrom(run)
                 failed.failed_step = record.step
                 failed.message = f"step {record.step} failed: {summary(record.message)}"
-                compares.append(unchanged_since(kv.key, kv.mod_revision))
                 writes.extend(self._run_writes(ref.namespace, ref.run_id, failed))
             result = await self.store.txn(compares, writes, [op_get(done_key)])
             if result.succeeded:
@@ -401,6 +413,13 @@ class RunProgress:
         return True
 
     # Claims ---------------------------------------------------------------------------
+
+    async def release_claim(self, namespace: str, run_id: str, step: str, lease: int) -> bool:
+        """Deletes only a step's claim, if `lease` still holds it, keeping its ready mark so
+        that the step is claimed again later. Returns False when the claim was not ours."""
+        claim = self.keyspace.claim(namespace, run_id, step)
+        result = await self.store.txn([lease_is(claim, lease)], [op_delete(claim)])
+        return result.succeeded
 
     async def release(self, namespace: str, run_id: str, step: str, lease: int) -> bool:
         """Deletes a step's ready mark and claim in one transaction, if `lease` still holds

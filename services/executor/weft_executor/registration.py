@@ -5,10 +5,13 @@ alive by a task of our own every TTL/3 (aetcd has no background keep-alive). Whe
 executor dies the lease expires and every claim vanishes with it, which is how other
 executors learn to take its steps over (invariant 4).
 
-If a refresh finds the lease gone, or etcd stays unreachable for longer than the TTL,
-other executors may already run this executor's steps: `on_lost` must stop every
-attempt of ours *before* we register again with a new lease. Nothing here decides
-anything about steps.
+Etcd may expire the lease TTL seconds after the last refresh it applied, and from then
+on another executor may run our steps. So the lease counts as lost, and `on_lost` stops
+every attempt of ours, at (send time of the last successful refresh) + TTL - margin,
+*before* etcd can have given the steps away, even when etcd is silently unreachable and
+no call fails; each refresh call is bounded well below TTL/3 so a hung call cannot push
+the decision past that moment; a refresh finding the lease gone is a loss at once. Only
+then do we register again with a new lease. Nothing here decides anything about steps.
 """
 
 from __future__ import annotations
@@ -23,11 +26,16 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from weft_core.errors import ServiceError, Unavailable
+from weft_core.errors import ServiceError
 from weft_core.keyspace import Keyspace
 from weft_core.store import Store
 
 log = logging.getLogger(__name__)
+
+#: The lease counts as lost this long (at least) before etcd could expire it: covers the
+#: time `on_lost` needs to kill attempts and clock-rate differences between hosts.
+LOSS_MARGIN_SECONDS = 0.3
+LOSS_MARGIN_FRACTION = 0.2
 
 
 def registration_record(executor_id: str, address: str, runtime: str) -> bytes:
@@ -65,6 +73,10 @@ class Registration:
         self.lease = 0
         #: Set while the lease is known to be alive; claims are made only then.
         self.valid = asyncio.Event()
+        #: time.monotonic() at which the last successful refresh was sent.
+        self.last_ok = time.monotonic()
+        #: time.monotonic() at which the lease was last declared lost (0: never).
+        self.lost_at = 0.0
 
     async def register(self) -> int:
         """Grants a new lease and writes the record bound to it; returns the lease id."""
@@ -75,28 +87,43 @@ class Registration:
         log.info("executor %s registered with lease %x (ttl %ds)", self.executor_id, lease, self.ttl)
         return lease
 
+    @property
+    def margin(self) -> float:
+        """Seconds before the lease could expire at which our attempts stop."""
+        return max(LOSS_MARGIN_SECONDS, self.ttl * LOSS_MARGIN_FRACTION)
+
     async def keep_alive(self, on_lost: Callable[[], Awaitable[None]]) -> None:
         """Refreshes the lease every TTL/3 forever; on loss, calls `on_lost` then re-registers."""
-        last_ok = time.monotonic()
+        interval = self.ttl / 3
+        self.last_ok = time.monotonic()
         while True:
-            await asyncio.sleep(self.ttl / 3)
-            try:
-                remaining = await self.store.refresh_lease(self.lease)
+            deadline = self.last_ok + self.ttl - self.margin
+            await asyncio.sleep(max(0.0, min(interval, deadline - time.monotonic())))
+            left = deadline - time.monotonic()
+            reason = ""
+            if left <= 0:
+                reason = f"no refresh succeeded for {self.ttl - self.margin:.1f}s; etcd may expire it any moment"
+            else:
+                sent = time.monotonic()
+                try:
+                    remaining = await asyncio.wait_for(self.store.refresh_lease(self.lease), min(interval, left))
+                except (ServiceError, TimeoutError) as error:
+                    # Any error, not only Unavailable: the loop must never die (a zombie
+                    # executor whose claims expire while it keeps running their attempts).
+                    log.warning("executor %s could not refresh its lease: %s", self.executor_id, error)
+                    continue
                 if remaining > 0:
-                    last_ok = time.monotonic()
+                    self.last_ok = sent  # etcd's clock started no earlier than our send
                     continue
                 reason = "the lease expired"
-            except Unavailable as error:
-                if time.monotonic() - last_ok < self.ttl:
-                    continue
-                reason = f"etcd was unreachable for more than the lease TTL ({error.message})"
             log.warning(
                 "executor %s lost its lease: %s; stopping its attempts and registering again", self.executor_id, reason
             )
+            self.lost_at = time.monotonic()
             self.valid.clear()
             await on_lost()
             await self._register_again()
-            last_ok = time.monotonic()
+            self.last_ok = time.monotonic()
 
     async def _register_again(self) -> None:
         old = self.lease

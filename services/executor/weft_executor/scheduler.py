@@ -22,7 +22,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
-from weft_core.errors import Unavailable
+from weft_core.errors import ServiceError
 from weft_core.store import Compacted, KeyValue, Store, WatchEvent
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,9 @@ async def follow_prefix(
                     await on_events(batch)
         except Compacted:
             log.info("watch of %r fell behind a compaction; listing again", prefix)
-        except Unavailable as error:
+        except ServiceError as error:
+            # Not only Unavailable: any error (an answer too large, a corrupt record) must
+            # leave the loop alive, or this executor stops seeing runs or steps for good.
             log.warning("cannot follow %r: %s; retrying", prefix, error.message)
             await asyncio.sleep(RETRY_SECONDS)
 
@@ -122,6 +124,10 @@ class ReadyQueue:
     def unclaimed(self, key: StepKey) -> None:
         self._claims.pop(key, None)
         self._update(key, freed=True)
+
+    def claimed_by(self, owner: str) -> list[StepKey]:
+        """Steps the mirror last saw claimed by `owner`."""
+        return [key for key, holder in self._claims.items() if holder == owner]
 
     def owner(self, key: StepKey) -> str | None:
         """The executor the mirror last saw holding the claim, if any."""

@@ -12,7 +12,8 @@ After this executor claims a step (`weft_executor.scheduler`), `StepRunner.run` 
    DNA components and the reason, goes into the step's records (ExplainStep reads it).
 4. Launch attempts through the runtime, recording each in the step record before
    waiting on it; retry failed attempts with backoff up to RetryPolicy.max_attempts
-   (attempts LOST with a dead executor do not count).
+   (attempts LOST with a dead executor do not count, but after MAX_LOST_ATTEMPTS of
+   them the step fails: a step that kills its executor is not retried forever).
 5. Commit: the done record is created only if absent, with the outcome (and the cache
    entry), in one transaction: the first commit wins and a later finisher is recorded as
    a loser, never overwriting (invariant 2). A final failure commits FAILED and marks
@@ -29,8 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,7 +48,7 @@ from weft_core.dna import StepDNA, content_digest, step_dna
 from weft_core.errors import NotFound, ServiceError, Unavailable
 from weft_core.keyspace import Keyspace
 from weft_core.spec import parse_run_name
-from weft_core.store import KeyValue, Store, TxnResult, absent, lease_is, op_get, op_put
+from weft_core.store import KeyValue, Store, TxnResult, absent, lease_is, op_get, op_put, unchanged_since
 from weft_core.telemetry import (
     ATTR_ATTEMPT,
     ATTR_DNA,
@@ -59,6 +62,7 @@ from weft_core.telemetry import (
 from weft_executor.progress import (
     COMMITTED_STEP_STATES,
     TERMINAL_RUN_STATES,
+    RunEnded,
     RunProgress,
     RunRef,
     RunRefs,
@@ -80,6 +84,21 @@ Explanation = run_pb2.StepExplanation
 DEFAULT_BACKOFF = 1.0
 DEFAULT_BACKOFF_FACTOR = 2.0
 DEFAULT_MAX_BACKOFF = 300.0
+#: How long a step claimed while its run is still PENDING (an executor is deriving the
+#: run's root readiness) waits for RUNNING before giving its claim back, and how often it
+#: looks. Waiting a little spares a claim/release round trip per step of a wide fan-out.
+PENDING_WAIT_SECONDS = 2.0
+#: Attempts LOST with their executor (it died or lost its lease while they ran) do not
+#: count against RetryPolicy.max_attempts, but a step that kills every executor running
+#: it must not be retried forever: after this many the step fails.
+MAX_LOST_ATTEMPTS = 3
+PENDING_POLL_SECONDS = 0.2
+#: Runs whose record revision a runner remembers (a cache; see `StepRunner._saw_run`).
+RUN_REVISIONS_KEPT = 1024
+
+
+class _NotAdopted(Exception):
+    """The orphaned attempt could not be re-attached and no new attempt may be launched."""
 
 
 class ClaimLost(Exception):
@@ -247,6 +266,10 @@ class StepRunner:
         self.live_attempts = live_attempts
         #: Processes launched by this runner, for tests and the benchmark.
         self.launches = 0
+        # The run record's last mod revision seen, per run: commits are guarded on it so
+        # that nothing is committed into a run that turned terminal. A stale value costs
+        # one more round trip, never a wrong commit.
+        self._run_revisions: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     # Entry point ----------------------------------------------------------------------
 
@@ -258,6 +281,16 @@ class StepRunner:
         """
         claim = task.claim
         snapshot, task.snapshot = task.snapshot or await self.read_snapshot(claim), None
+        waited = 0.0
+        while snapshot.run is not None and parse_run(snapshot.run).state == Run.STATE_PENDING:
+            # Its roots are being marked ready and it may still be cancelled straight to
+            # CANCELLED: nothing may run before it is RUNNING. Keep the ready mark.
+            if waited >= PENDING_WAIT_SECONDS:
+                await self.progress.release_claim(claim.namespace, claim.run_id, claim.step, claim.lease)
+                return
+            await asyncio.sleep(PENDING_POLL_SECONDS)
+            waited += PENDING_POLL_SECONDS
+            snapshot = await self.read_snapshot(claim)
         if snapshot.run is None:
             log.warning("ready mark of %s/%s/%s has no run record; dropping it", *claim_parts(claim))
             await self._drop_mark(claim)
@@ -267,6 +300,26 @@ class StepRunner:
             await self._drop_mark(claim)
             self.progress.forget(claim.namespace, claim.run_id)
             return
+        self._saw_run(claim.namespace, claim.run_id, snapshot.run.mod_revision)
+        try:
+            await self._run_claimed(task, snapshot, run)
+        except RunEnded as ended:
+            # A cancel of a PENDING run (or a failure) ended the run meanwhile: launch and
+            # derive nothing more, and let go of the step.
+            log.info("%s; dropping the step", ended)
+            await self._drop_mark(claim)
+            self.progress.forget(claim.namespace, claim.run_id)
+
+    def _saw_run(self, namespace: str, run_id: str, revision: int) -> None:
+        key = (namespace, run_id)
+        if revision > self._run_revisions.get(key, 0):
+            self._run_revisions[key] = revision
+        self._run_revisions.move_to_end(key)
+        while len(self._run_revisions) > RUN_REVISIONS_KEPT:
+            self._run_revisions.popitem(last=False)
+
+    async def _run_claimed(self, task: StepTask, snapshot: StepSnapshot, run: Run) -> None:
+        claim = task.claim
         try:
             ref = await self.run_refs.of(claim.namespace, claim.run_id, run)
         except NotFound as error:
@@ -406,7 +459,7 @@ class StepRunner:
             return CacheDecision(explanation(Explanation.DECISION_MISS, "miss: cache mode OFF" + resume_note))
         if not enabled:
             return CacheDecision(explanation(Explanation.DECISION_MISS, "miss: cache disabled for step" + resume_note))
-        kv = await self.store.get(self.keyspace.outcome(dna.hex))
+        kv = await self.store.get(self.keyspace.outcome(ref.namespace, dna.hex))
         if kv is None:
             return CacheDecision(explanation(Explanation.DECISION_MISS, "miss: no outcome with this DNA" + resume_note))
         outcome = run_pb2.Outcome()
@@ -456,21 +509,33 @@ class StepRunner:
         """
         ks = self.keyspace
         done_key = ks.done(ref.namespace, ref.run_id, record.step)
+        run_key = ks.run(ref.namespace, ref.run_id)
         data = record.SerializeToString()
         writes = [op_put(done_key, data), op_put(ks.step(ref.namespace, ref.run_id, record.step), data), *(extra or [])]
         counted = len(writes)
         writes.append(op_get(ks.done_prefix(ref.namespace, ref.run_id), prefix=True, count_only=True))
-        result = await until_written(
-            lambda: self.store.txn([absent(done_key)], writes, [op_get(done_key)]),
-            f"committing step {record.step} of {ref.name}",
-        )
-        if not result.succeeded:
-            winner = parse_step_run(result.range_kvs(0)[0])
-            if winner == record:
-                # Our own commit, applied by an earlier try whose answer was lost.
-                return Commit()
-            return Commit(winner=winner)
-        return Commit(done_count=int(result.responses[counted].response_range.count))
+        while True:
+            revision = self._run_revisions.get((ref.namespace, ref.run_id), 0)
+            compares = [absent(done_key), unchanged_since(run_key, revision)]
+            result = await until_written(
+                functools.partial(self.store.txn, compares, writes, [op_get(done_key), op_get(run_key)]),
+                f"committing step {record.step} of {ref.name}",
+            )
+            if result.succeeded:
+                return Commit(done_count=int(result.responses[counted].response_range.count))
+            found = result.range_kvs(0)
+            if found:
+                winner = parse_step_run(found[0])
+                if winner == record:
+                    # Our own commit, applied by an earlier try whose answer was lost.
+                    return Commit()
+                return Commit(winner=winner)
+            # The run record changed since we read it (a failed step, a cancel): commit into
+            # it only while it is not terminal.
+            runs = result.range_kvs(1)
+            if not runs or parse_run(runs[0]).state in TERMINAL_RUN_STATES:
+                raise RunEnded(f"run {ref.name} ended before step {record.step} could commit")
+            self._saw_run(ref.namespace, ref.run_id, runs[0].mod_revision)
 
     async def _commit_reuse(
         self, ref: RunRef, record: StepRun, claim: Claim, dna: StepDNA, decision: CacheDecision
@@ -617,6 +682,12 @@ class StepRunner:
         record.executor = self.executor_id
         max_attempts = max(1, step.retry.max_attempts)
         failed = sum(1 for a in record.attempts if a.state == Attempt.STATE_FAILED)
+        lost = sum(1 for a in record.attempts if a.state == Attempt.STATE_LOST)
+        # Past the cap only re-attaching to the orphan (a pod outlives its executor) is allowed.
+        adopt_only = lost >= MAX_LOST_ATTEMPTS
+        if adopt_only and orphan is None:
+            await self._commit_lost_too_often(ref, record, claim, failed, max_attempts, lost)
+            return
         if inputs.values:
             for value in inputs.values.values():
                 await self.blobs.put(value)
@@ -626,9 +697,14 @@ class StepRunner:
                 await self._commit_cancelled(ref, record, claim, task.cancel_reason)
                 return
             number = len(record.attempts) + 1
-            attempt, result, launched = await self._run_attempt(
-                task, ref, run, step, record, number, dna, inputs, orphan
-            )
+            try:
+                attempt, result, launched = await self._run_attempt(
+                    task, ref, run, step, record, number, dna, inputs, orphan, adopt_only=adopt_only
+                )
+            except _NotAdopted:
+                await self._commit_lost_too_often(ref, record, claim, failed, max_attempts, lost)
+                return
+            adopt_only = False
             orphan = None  # only the attempt found running when the step was taken over
             if result.state == Attempt.STATE_SUCCEEDED:
                 await self._commit_success(ref, run, record, attempt, dna, inputs, claim)
@@ -672,6 +748,8 @@ class StepRunner:
         dna: StepDNA,
         inputs: ResolvedInputs,
         orphan: Attempt | None = None,
+        *,
+        adopt_only: bool = False,
     ) -> tuple[Attempt, AttemptResult, LaunchedAttempt | None]:
         """Launches attempt `number`, records it, waits for it; returns it with its result.
 
@@ -700,6 +778,8 @@ class StepRunner:
                 attempt.executor = self.executor_id  # its live logs are served here now
                 log.info("step %s of %s: re-attached to attempt %d (%s)", step.name, ref.name, number, orphan.handle)
             else:
+                if adopt_only:
+                    raise _NotAdopted
                 spec = self._attempt_spec(ref, run, step, number, dna, inputs, traceparent)
                 attempt = record.attempts.add(number=number, executor=self.executor_id)
                 attempt.start_time.CopyFrom(now())
@@ -779,7 +859,7 @@ class StepRunner:
         done.end_time.CopyFrom(attempt.end_time)
         extra: list[object] = []
         if run.options.cache_mode != run_pb2.CACHE_MODE_OFF:
-            extra.append(op_put(self.keyspace.outcome(dna.hex), outcome.SerializeToString()))
+            extra.append(op_put(self.keyspace.outcome(ref.namespace, dna.hex), outcome.SerializeToString()))
         with tracer().start_as_current_span("weft.commit", attributes={"weft.state": "SUCCEEDED"}):
             commit = await self._commit_done(ref, done, extra)
         if commit.winner is not None:
@@ -800,13 +880,22 @@ class StepRunner:
         await self.store.put(self.keyspace.step(ref.namespace, ref.run_id, winner.step), loser.SerializeToString())
         log.info("step %s of %s: %s", winner.step, ref.name, attempt.message)
 
-    async def _commit_failure(self, ref: RunRef, record: StepRun, claim: Claim, failed: int, max_attempts: int) -> None:
+    async def _commit_lost_too_often(
+        self, ref: RunRef, record: StepRun, claim: Claim, failed: int, max_attempts: int, lost: int
+    ) -> None:
+        message = f"executor died {lost} times running this step (its attempts were lost with their executor)"
+        log.warning("step %s of %s: %s; failing it", record.step, ref.name, message)
+        await self._commit_failure(ref, record, claim, failed, max_attempts, message=message)
+
+    async def _commit_failure(
+        self, ref: RunRef, record: StepRun, claim: Claim, failed: int, max_attempts: int, *, message: str = ""
+    ) -> None:
         last = next((a for a in reversed(record.attempts) if a.state == Attempt.STATE_FAILED), None)
         reason = last.message if last is not None else "failed"
         done = StepRun()
         done.CopyFrom(record)
         done.state = StepRun.STATE_FAILED
-        done.message = (
+        done.message = message or (
             reason if max_attempts == 1 else f"failed {failed} of {max_attempts} attempts, the last with: {reason}"
         )
         done.end_time.CopyFrom(now())

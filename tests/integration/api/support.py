@@ -10,6 +10,7 @@ import grpc
 
 from weft.v1 import artifact_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc, run_pb2, run_pb2_grpc
 from weft_core.keyspace import Keyspace
+from weft_core.runs import run_summary
 from weft_core.spec import parse_run_name
 from weft_core.store import Store, op_put
 
@@ -131,7 +132,7 @@ class ExecutorWrites:
             [],
             [
                 op_put(self.keyspace.run(self.ns, self.run), data),
-                op_put(self.keyspace.run_index(self.ns, self.run), data),
+                op_put(self.keyspace.run_index(self.ns, self.run), run_summary(record).SerializeToString()),
             ],
         )
         return result.revision

@@ -11,6 +11,7 @@ from tests.integration.api.support import Clients, create_pipeline, diamond
 from tests.integration.conftest import ApiProcess
 from weft.v1 import run_pb2
 from weft_core.blobs import DirectoryBlobStore
+from weft_core.runs import run_summary
 from weft_core.store import Store
 
 REQUESTS = 400
@@ -55,18 +56,21 @@ async def test_runs_are_whole_or_absent_after_a_sigkill_mid_create(api_process: 
     everything = {kv.key: kv for kv in (await store.range_all(root + b"/")).kvs}
     run_keys = {k: kv for k, kv in everything.items() if k.startswith(root + b"/runs/") and k.endswith(b"/run")}
     index_keys = {k: kv for k, kv in everything.items() if k.startswith(root + b"/runindex/")}
+    order_keys = {k: kv for k, kv in everything.items() if k.startswith(root + b"/runorder/")}
     request_keys = {k: kv for k, kv in everything.items() if k.startswith(root + b"/requests/")}
     # Every run that exists exists whole: run key, identical index key, request key, all
     # from the same transaction; and nothing of a run exists without its run key.
-    assert len(run_keys) == len(index_keys) == len(request_keys) >= len(succeeded)
+    assert len(run_keys) == len(index_keys) == len(order_keys) == len(request_keys) >= len(succeeded)
     blobs = DirectoryBlobStore(api_process.blob_dir)
     for key, kv in run_keys.items():
         run_id = key.decode().split("/")[-2]
         index = index_keys[keyspace.run_index("default", run_id)]
-        assert index.value == kv.value
-        assert index.mod_revision == kv.mod_revision
         record = run_pb2.Run()
         record.ParseFromString(kv.value)
+        assert index.value == run_summary(record).SerializeToString()
+        assert index.mod_revision == kv.mod_revision
+        created = record.create_time.seconds * 1_000_000_000 + record.create_time.nanos
+        assert order_keys[keyspace.run_order("default", created, run_id)].mod_revision == kv.mod_revision
         request_id = "req-" + record.parameters["label"][1:].zfill(4)
         assert request_keys[keyspace.request("default", request_id)].value == record.name.encode()
         assert await blobs.exists(record.parameter_digests["label"])  # stored before the commit

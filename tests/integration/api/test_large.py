@@ -10,9 +10,13 @@ import pytest
 
 from tests.integration.api.support import Clients, ExecutorWrites, create_pipeline, create_run, keyspace_snapshot, step
 from tests.integration.conftest import InProcessApi
+from weft.localstack import EtcdProcess
 from weft.v1 import pipeline_pb2, run_pb2
 from weft_core.pipelines import INLINE_SPEC_BYTES, PipelineVersionRecord
-from weft_core.store import MAX_REQUEST_BYTES, Store
+from weft_core.store import MAX_RECEIVE_BYTES, MAX_REQUEST_BYTES, Store
+
+#: Runs whose three parameters of 65,000 bytes each would make ~200 KB index entries.
+RUNS_WITH_LARGE_PARAMETERS = 24
 
 
 @pytest.fixture
@@ -85,3 +89,49 @@ async def test_a_2000_root_fan_out_is_stored_and_run(clients: Clients, api: InPr
     await ExecutorWrites(store, api.keyspace, run.name).mark_ready(*(f"root-{i}" for i in range(2000)))
     full = await clients.runs.GetRun(run_pb2.GetRunRequest(name=run.name))
     assert dict(full.step_counts) == {"READY": 2000, "WAITING": 1}
+
+
+async def test_runs_with_large_parameters_keep_the_run_index_small_and_listable(
+    clients: Clients, api: InProcessApi, store: Store, etcd: EtcdProcess
+) -> None:
+    spec = pipeline_pb2.PipelineSpec(
+        parameters=[pipeline_pb2.Parameter(name=p, default_value="") for p in ("a", "b", "c")], steps=[step("s")]
+    )
+    await create_pipeline(clients, "big", spec)
+    large = "x" * 65_000  # just under the per-value limit: CreateRun accepts it
+
+    async def one(i: int) -> run_pb2.Run:
+        parameters = {p: f"{large}{p}{i}" for p in ("a", "b", "c")}
+        run = run_pb2.Run(pipeline="big", parameters=parameters)
+        created: run_pb2.Run = await clients.runs.CreateRun(run_pb2.CreateRunRequest(run=run))
+        return created
+
+    created = [await one(i) for i in range(RUNS_WITH_LARGE_PARAMETERS)]
+    await clients.runs.CancelRun(run_pb2.CancelRunRequest(name=created[0].name))  # the index follows changes
+
+    index = await store.range_all(api.keyspace.run_index_prefix("default"))
+    assert len(index.kvs) == RUNS_WITH_LARGE_PARAMETERS
+    largest = max(len(kv.value) for kv in index.kvs)
+    assert largest < 1024, f"a run index entry has {largest} bytes: it carries the parameters"
+    # So 1,000 of them (the page executors and ListRuns read) stay far below the receive limit.
+    assert 1000 * largest < MAX_RECEIVE_BYTES // 16
+
+    # A client that accepts only 256 KiB per answer reads every entry in one page: before
+    # the fix, each entry held ~195 KB of parameters and a page of 1,000 exceeded 64 MiB.
+    small = Store(etcd.endpoint, max_receive_bytes=256 * 1024)
+    try:
+        page = await small.range(api.keyspace.run_index_prefix("default"), limit=1000)
+        assert len(page.kvs) == RUNS_WITH_LARGE_PARAMETERS
+    finally:
+        await small.close()
+
+    listed = await clients.runs.ListRuns(run_pb2.ListRunsRequest(page_size=1000))
+    assert [r.name for r in listed.runs] == [r.name for r in reversed(created)]
+    assert all(not r.parameters and not r.parameter_digests and not r.traceparent for r in listed.runs)
+    assert listed.runs[-1].state == run_pb2.Run.STATE_CANCELLED
+    assert listed.runs[0].pipeline == "namespaces/default/pipelines/big"
+    assert listed.runs[0].HasField("create_time")
+    # The run itself still has everything.
+    got = await clients.runs.GetRun(run_pb2.GetRunRequest(name=created[0].name, view=run_pb2.RUN_VIEW_BASIC))
+    assert got.parameters["a"] == f"{large}a0"
+    assert got.traceparent == created[0].traceparent

@@ -92,6 +92,39 @@ async def test_request_id_makes_a_retry_return_the_first_result(clients: Clients
     assert (await get(clients, "etl")).version_count == 2
 
 
+async def test_a_request_id_used_when_the_spec_was_already_the_latest_never_moves_the_head_back(
+    clients: Clients,
+) -> None:
+    first = await create_pipeline(clients, "etl", simple(1))
+    request = pipeline_pb2.CreatePipelineRequest(
+        pipeline=pipeline_pb2.Pipeline(name="etl", spec=simple(1)), request_id="req-latest"
+    )
+    answered = await clients.pipelines.CreatePipeline(request)  # already the latest: nothing changes
+    assert answered.version == first.version
+    newer = await create_pipeline(clients, "etl", simple(2))  # someone else moves the head on
+    retried = await clients.pipelines.CreatePipeline(request)  # e.g. the first answer was lost
+    assert retried.version == first.version
+    head = await get(clients, "etl")
+    assert head.version == newer.version, "a retry moved the head back to the version it first answered"
+    assert head.version_count == 2
+
+
+async def test_concurrent_requests_with_one_request_id_change_the_pipeline_once(clients: Clients) -> None:
+    for attempt in range(5):
+        name = f"etl-{attempt}"
+        requests = [
+            pipeline_pb2.CreatePipelineRequest(
+                pipeline=pipeline_pb2.Pipeline(name=name, spec=simple(n)), request_id=f"req-race-{attempt}"
+            )
+            for n in (1, 2)
+        ]
+        answers = await asyncio.gather(*(clients.pipelines.CreatePipeline(r) for r in requests))
+        assert answers[0].version == answers[1].version, "one request id answered two different versions"
+        head = await get(clients, name)
+        assert head.version_count == 1, f"one request id created {head.version_count} versions"
+        assert head.version == answers[0].version
+
+
 async def test_pipelines_list_in_pages_with_filters(clients: Clients) -> None:
     for i in range(7):
         labels = {"team": "data" if i % 2 == 0 else "web"}

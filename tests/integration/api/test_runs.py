@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
+import weft_api.runs
 from tests.integration.api.support import Clients, ExecutorWrites, create_pipeline, create_run, diamond, simple
 from tests.integration.conftest import InProcessApi
 from weft.v1 import executor_pb2, executor_pb2_grpc, run_pb2
@@ -150,6 +151,32 @@ async def test_runs_list_newest_first_in_pages_with_filters(clients: Clients, ap
     assert [r.name for r in failed_or_running.runs] == [created[2].name, created[1].name]
     both = await clients.runs.ListRuns(run_pb2.ListRunsRequest(filter="pipeline=other state=FAILED"))
     assert [r.name for r in both.runs] == [created[1].name]
+
+
+async def test_a_filtered_list_scans_a_bounded_number_of_runs_per_page(
+    clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(weft_api.runs, "LIST_SCAN_LIMIT", 4)
+    await create_pipeline(clients, "etl", simple(1))
+    await create_pipeline(clients, "other", simple(1))
+    oldest = await create_run(clients, "other")
+    for _ in range(9):
+        await create_run(clients, "etl")
+
+    found: list[str] = []
+    sizes: list[int] = []
+    token = ""
+    while True:
+        request = run_pb2.ListRunsRequest(filter="pipeline=other", page_size=2, page_token=token)
+        page = await clients.runs.ListRuns(request)
+        found += [r.name for r in page.runs]
+        sizes.append(len(page.runs))
+        token = page.next_page_token
+        if not token:
+            break
+    assert found == [oldest.name]
+    # Each call looked at no more than 4 runs: the first calls answer empty pages with a token.
+    assert sizes == [0, 0, 1]
 
 
 async def test_cancel_of_a_pending_run_is_immediate_and_of_a_running_run_asks_executors(

@@ -16,6 +16,8 @@ from tests.integration.executor.support import (
 )
 from tests.support import assert_eventually_async
 from weft.v1 import pipeline_pb2, run_pb2
+from weft_core.spec import parse_run_name
+from weft_executor.progress import RunRef
 
 Attempt = run_pb2.Attempt
 Run = run_pb2.Run
@@ -94,6 +96,44 @@ async def test_a_run_cancelled_before_it_started_launches_nothing(harness: Harne
     await asyncio.sleep(0.5)
     assert (await h.get(run.name)).state == Run.STATE_CANCELLED
     assert h.launches() == {}
+
+
+async def test_a_step_claimed_while_its_run_is_pending_waits_and_a_cancel_launches_nothing(harness: Harness) -> None:
+    # The window between an executor creating a run's root ready marks and setting it
+    # RUNNING (dozens of transactions for a wide fan-out) is held open here; CancelRun of
+    # the still-PENDING run goes straight to CANCELLED, so the claimed root must not run.
+    h = harness
+    executor = await h.start_executor()
+    pipeline = await h.apply("window", [h.step("a", "sleep 3"), h.step("b", reads={"in": ("a", "out")})])
+    release = asyncio.Event()
+    real_start = executor.progress.start_run
+
+    async def start_run_held_open(ref: RunRef) -> bool:
+        roots = [(h.keyspace.ready(ref.namespace, ref.run_id, step), b"") for step in ref.dag.roots()]
+        await h.store.create_many_if_absent(roots)  # what start_run writes first
+        await release.wait()
+        return await real_start(ref)
+
+    executor.progress.start_run = start_run_held_open  # type: ignore[method-assign]
+    run = await h.run(pipeline.name)
+    ns, run_id = parse_run_name(run.name)
+    claims = h.keyspace.claims_run_prefix(ns, run_id)
+    await assert_eventually_async(lambda: h.store.count(claims), what="root claimed while PENDING")
+    await asyncio.sleep(0.5)  # long enough for an unguarded executor to launch it
+
+    assert (await h.cancel(run.name)).state == Run.STATE_CANCELLED
+    release.set()
+
+    async def let_go() -> bool:
+        ready = await h.store.count(h.keyspace.ready_run_prefix(ns, run_id))
+        return ready == 0 and await h.store.count(claims) == 0
+
+    await assert_eventually_async(let_go, what="ready marks and claims dropped")
+    await asyncio.sleep(0.3)
+    assert h.launches() == {}
+    assert executor.launches == 0
+    assert await h.done_records(run.name) == {}
+    assert (await h.get(run.name)).state == Run.STATE_CANCELLED
 
 
 def resumable_steps(h: Harness, fixed: str, d_script: str = "") -> list[pipeline_pb2.Step]:

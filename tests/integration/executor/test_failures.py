@@ -174,3 +174,19 @@ async def test_a_failure_skips_a_two_thousand_wide_downstream(harness: Harness) 
     skipped = [record for name, (record, _) in done.items() if name != "root"]
     assert {record.state for record in skipped} == {run_pb2.StepRun.STATE_SKIPPED}
     assert h.launches() == {"root": 1}
+
+
+async def test_a_step_that_kills_its_executor_fails_after_three_lost_attempts(harness: Harness) -> None:
+    # Attempts lost with their executor do not count against max_attempts; without a cap
+    # of their own such a step would take down every executor that runs it, forever.
+    h = harness
+    processes = [h.start_process(lease_ttl=2, executor_id=f"victim-{i}") for i in range(4)]
+    pipeline = await h.apply("killer", [h.step("killer", 'sleep 0.5; kill -9 "$PPID"; sleep 5')])
+
+    run = await h.wait((await h.run(pipeline.name)).name, timeout=45)
+
+    assert run.state == Run.STATE_FAILED
+    killer = steps_by_name(run)["killer"]
+    assert killer.message == "executor died 3 times running this step (its attempts were lost with their executor)"
+    assert [state_name(a.state, Attempt.State) for a in killer.attempts] == ["LOST"] * 3
+    assert sum(not p.child.alive() for p in processes) == 3

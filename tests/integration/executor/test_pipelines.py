@@ -287,3 +287,29 @@ async def test_steps_see_their_environment_and_working_directory(harness: Harnes
     ]
     assert (await h.output(run, "show", "pwd")).decode().strip().endswith(f"default/{run_id}/show/1/work/sub/dir")
     assert await h.output(run, "show", "greeting") == b"hi"
+
+
+async def test_a_second_namespace_does_not_reuse_the_first_namespaces_outcomes(harness: Harness) -> None:
+    # The DNA has no namespace, so the same spec in two namespaces has the same DNA; an
+    # outcome (possibly computed with one namespace's secret) must serve only its own.
+    h = harness
+    executor = await h.start_executor()
+    spec = pipeline_pb2.PipelineSpec(steps=[h.step("only")])
+
+    async def run_in(ns: str) -> run_pb2.Run:
+        pipeline = pipeline_pb2.Pipeline(name="p", spec=spec)
+        request = pipeline_pb2.CreatePipelineRequest(parent=f"namespaces/{ns}", pipeline=pipeline)
+        created = await h.clients.pipelines.CreatePipeline(request)
+        run = run_pb2.Run(pipeline=created.name)
+        started = await h.clients.runs.CreateRun(run_pb2.CreateRunRequest(parent=f"namespaces/{ns}", run=run))
+        return await h.wait(started.name)
+
+    first = await run_in("team-a")
+    second = await run_in("team-b")
+    again = await run_in("team-a")
+
+    assert states(first) == states(second) == {"only": "SUCCEEDED"}
+    assert (await h.explain(second.name, "only")).reason == "miss: no outcome with this DNA"
+    assert steps_by_name(second)["only"].dna == steps_by_name(first)["only"].dna
+    assert states(again) == {"only": "CACHED"}
+    assert executor.launches == 2

@@ -10,11 +10,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from tests.integration.executor.support import Harness, states, steps_by_name
-from weft.v1 import run_pb2
+from tests.integration.executor.support import ExecutorProcess, Harness, executor_command, states, steps_by_name
+from weft.v1 import pipeline_pb2, run_pb2
+
+Run = run_pb2.Run
 
 SECRET = "hunter2-very-s3cret-value"
 
@@ -87,3 +92,51 @@ async def test_a_missing_secret_fails_the_attempt_naming_the_variable(harness: H
         "start the executor with the environment variable WEFT_SECRET_API_TOKEN_VALUE set"
     )
     assert h.launches() == {}
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+async def test_a_step_of_a_real_executor_cannot_read_the_executors_environment(harness: Harness) -> None:
+    # A real weft-executor process running as an unprivileged user, as in production; its
+    # step runs as that same user and was granted no secret.
+    h = harness
+    secret = "s3cr3t-from-the-executor-env"
+    home = Path(tempfile.mkdtemp(prefix="weft-unpriv-"))
+    os.chmod(home, 0o777)  # the unprivileged executor writes its work dir here
+    config = h.executor_config(work_dir=home / "work", executor_id="unprivileged")
+    argv = [
+        "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+        executor_command(),
+        "--etcd-endpoints", config.etcd_endpoints,
+        "--api", config.api,
+        "--runtime", "local",
+        "--work-dir", str(config.work_dir),
+        "--listen", "127.0.0.1:0",
+        "--etcd-root", config.etcd_root,
+        "--executor-id", config.executor_id,
+    ]  # fmt: skip
+    process = ExecutorProcess(argv, home / "executor.log", {"WEFT_SECRET_DB_PASSWORD": secret})
+    process.start()
+    h.processes.append(process)
+    try:
+        peek = pipeline_pb2.Step(
+            name="peek",
+            container=pipeline_pb2.Container(
+                image="busybox:1.36",
+                command=[
+                    "sh",
+                    "-c",
+                    'cat "/proc/$PPID/environ" > "$WEFT_OUTPUTS/out" 2>&1; id -u >> "$WEFT_OUTPUTS/out"',
+                ],
+            ),
+            outputs=[pipeline_pb2.Output(name="out")],
+        )
+        pipeline = await h.apply("peek", [peek])
+        run = await h.wait((await h.run(pipeline.name)).name, timeout=30)
+        assert run.state == Run.STATE_SUCCEEDED, run.message + process.tail()
+        seen = await h.output(run, "peek")
+        assert seen.endswith(b"65534\n")  # the step really ran as the executor's unprivileged user
+        assert secret.encode() not in seen
+        assert b"WEFT_SECRET" not in seen
+    finally:
+        process.stop()
+        shutil.rmtree(home, ignore_errors=True)

@@ -9,7 +9,9 @@ shared volume (`/weft`) to a directory of its own and each container's terminati
 file to a file beside it, which the behaviour reports back as the container's termination
 message, as a kubelet would. A pod whose step name starts with `oom`, `evict`, `pull` or
 `pending` gets the matching canned behaviour instead (OOMKilled, evicted, image pull
-failure, unschedulable), since a local process cannot produce those.
+failure, unschedulable), since a local process cannot produce those; `groupkilled` and
+`uploading` end the step container alone (OOMKilled without an exit-code marker; exit 0
+with the outputs still "uploading") and leave the output container running.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from tests.integration.executor.support import ExecutorProcess, Harness, executo
 from tests.kube.cluster import KubeCluster, require_kube, start_cluster
 from tests.kube.kubelet import (
     Exited,
+    Hold,
     LocalProcess,
     PodOutcome,
     PodRun,
@@ -51,8 +54,8 @@ from weft_core.blobs import RemoteBlobStore
 from weft_core.store import Store
 from weft_executor import podio
 from weft_executor.runtime.kube_client import KubeApi
-from weft_executor.runtime.kube_pods import LABEL_STEP, POD_SELECTOR
-from weft_executor.runtime.kubernetes import KubernetesRuntime, KubeSettings
+from weft_executor.runtime.kube_pods import LABEL_STEP, MAIN_CONTAINER, POD_SELECTOR
+from weft_executor.runtime.kubernetes import KubernetesRuntime, KubeSettings, claims_in_etcd
 
 #: The "image" of weft's helper containers in these tests: this virtualenv's python.
 POD_IMAGE = "weft.test/weft:dev"
@@ -67,6 +70,20 @@ def _map_paths(text: str, shared: Path) -> str:
 def pod_dir(root: Path, run: PodRun) -> Path:
     """Where a pod's shared volume and termination messages live on this machine."""
     return root / f"{run.namespace}.{run.name}.{run.uid[:8]}"
+
+
+def step_container_ends_alone(exit_code: int, reason: str | None = None) -> Callable[[PodRun], PodOutcome | None]:
+    """The step container ends without recording its exit code (as when a cgroup OOM group
+    kill takes the wrapper with it) while the output container keeps waiting for it."""
+
+    def behaviour(run: PodRun) -> PodOutcome | None:
+        run.start()
+        run.log(MAIN_CONTAINER, "allocating")
+        run.sleep(0.2)
+        run.exited(MAIN_CONTAINER, exit_code, reason)
+        return Hold()
+
+    return behaviour
 
 
 def weft_pods(root: Path) -> Callable[[PodRun], PodOutcome | None]:
@@ -102,6 +119,8 @@ def weft_pods(root: Path) -> Callable[[PodRun], PodOutcome | None]:
             ("evict", evicted(after=0.2)),
             ("pull", image_pull_failure(backoff_after=0.2)),
             ("pending", unschedulable("0/1 nodes are available: 1 Insufficient memory.")),
+            ("groupkilled", step_container_ends_alone(137, "OOMKilled")),
+            ("uploading", step_container_ends_alone(0)),
         ):
             if step.startswith(prefix):
                 return canned(run)
@@ -182,16 +201,23 @@ def settings_for(namespace: str, api: InProcessApi, **overrides: Any) -> KubeSet
 
 
 @contextlib.asynccontextmanager
-async def kube_runtime(cluster: KubeCluster, settings: KubeSettings) -> AsyncIterator[KubernetesRuntime]:
-    """A KubernetesRuntime against the cluster with its own artifact-store client."""
+async def kube_runtime(
+    cluster: KubeCluster, settings: KubeSettings, weft_api: InProcessApi
+) -> AsyncIterator[KubernetesRuntime]:
+    """A KubernetesRuntime against the cluster with its own artifact-store and etcd clients.
+
+    Its sweep reads the steps' claims under `weft_api`'s keyspace, in `weft_api`'s etcd.
+    """
     blobs = RemoteBlobStore(settings.api_address)
+    store = Store(weft_api.config.etcd_endpoints)
     api = KubeApi(cluster.configuration(), qps=settings.qps, burst=settings.burst)
-    runtime = KubernetesRuntime(api, blobs, settings)
+    runtime = KubernetesRuntime(api, blobs, settings, claims_in_etcd(store, weft_api.keyspace))
     try:
         yield runtime
     finally:
         await runtime.close()
         await blobs.close()
+        await store.close()
 
 
 @pytest.fixture
@@ -199,7 +225,7 @@ async def runtime(
     cluster: KubeCluster, kubelet: SimulatedKubelet, namespace: str, api: InProcessApi
 ) -> AsyncIterator[KubernetesRuntime]:
     """The runtime under test, in the test's namespace, with the in-process api's store."""
-    async with kube_runtime(cluster, settings_for(namespace, api)) as running:
+    async with kube_runtime(cluster, settings_for(namespace, api), api) as running:
         yield running
 
 

@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +37,7 @@ import pytest
 from tests.integration.conftest import InProcessApi
 from weft.v1 import run_pb2
 from weft_core.blobs import DirectoryBlobStore, RemoteBlobStore
+from weft_core.errors import Unavailable
 from weft_executor import podio
 from weft_executor.runtime import AttemptSetupError, AttemptSpec
 from weft_executor.runtime import kubernetes as kube_runtime_module
@@ -51,7 +52,7 @@ from weft_executor.runtime.kube_pods import (
     pod_name,
     step_wrapper,
 )
-from weft_executor.runtime.kubernetes import KubernetesRuntime, KubeSettings
+from weft_executor.runtime.kubernetes import KubernetesRuntime, KubeSettings, StepRef
 
 Attempt = run_pb2.Attempt
 JSON = dict[str, Any]
@@ -355,6 +356,11 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kube_runtime_module, "FIRST_BACKOFF", 0.01)
 
 
+async def claims_unknown(steps: Sequence[StepRef]) -> set[StepRef]:
+    """The claims as the runtime sees them with no etcd at hand: unknown, so nothing is swept."""
+    raise Unavailable("these fault-stub tests run without etcd")
+
+
 @contextlib.asynccontextmanager
 async def stub_runtime(url: str, blob_dir: Path, **overrides: Any) -> AsyncIterator[KubernetesRuntime]:
     from kubernetes.client import Configuration
@@ -364,6 +370,7 @@ async def stub_runtime(url: str, blob_dir: Path, **overrides: Any) -> AsyncItera
         KubeApi(Configuration(host=url), qps=settings.qps, burst=settings.burst),
         DirectoryBlobStore(blob_dir),
         settings,
+        claims_unknown,
     )
     try:
         yield runtime

@@ -200,7 +200,7 @@ async def test_a_non_zero_exit_fails_with_the_last_log_lines_and_the_pod_is_kept
     cluster: KubeCluster, api: InProcessApi, core: Any, namespace: str, kubelet: SimulatedKubelet
 ) -> None:
     script = 'for i in $(seq 1 15); do echo "line $i"; done; echo "Traceback: boom" >&2; exit 3'
-    async with kube_runtime(cluster, settings_for(namespace, api, keep_failed_pods=2.0)) as runtime:
+    async with kube_runtime(cluster, settings_for(namespace, api, keep_failed_pods=2.0), api) as runtime:
         attempt, result = await run_attempt(runtime, attempt_spec("fails", script))
 
         assert result.state == Attempt.STATE_FAILED
@@ -219,7 +219,7 @@ async def test_a_non_zero_exit_fails_with_the_last_log_lines_and_the_pod_is_kept
 async def test_a_missing_or_oversized_output_fails_the_attempt(
     cluster: KubeCluster, api: InProcessApi, namespace: str, kubelet: SimulatedKubelet
 ) -> None:
-    async with kube_runtime(cluster, settings_for(namespace, api, max_output_bytes=10)) as runtime:
+    async with kube_runtime(cluster, settings_for(namespace, api, max_output_bytes=10), api) as runtime:
         missing = attempt_spec("forgetful", 'echo "done"', outputs=("report",))
         large = attempt_spec("verbose", 'seq 1 100 > "$WEFT_OUTPUTS/out"')
         (_, no_output), (_, too_big) = await asyncio.gather(run_attempt(runtime, missing), run_attempt(runtime, large))
@@ -374,8 +374,8 @@ async def test_creating_an_existing_pod_adopts_it(
     launches = tmp_path / "launches"
     spec = attempt_spec("twice", f'echo run >> {launches}; sleep 1; echo 1 > "$WEFT_OUTPUTS/out"')
     async with (
-        kube_runtime(cluster, settings_for(namespace, api)) as first,
-        kube_runtime(cluster, settings_for(namespace, api)) as second,
+        kube_runtime(cluster, settings_for(namespace, api), api) as first,
+        kube_runtime(cluster, settings_for(namespace, api), api) as second,
     ):
         one = await first.launch(spec)
         two = await second.launch(spec)  # 409: the pod exists
@@ -397,7 +397,7 @@ async def test_an_executor_that_takes_over_re_attaches_to_the_running_pod(
     launches, gate = tmp_path / "launches", tmp_path / "gate"
     script = f'echo run >> {launches}; while [ ! -e {gate} ]; do sleep 0.1; done; echo 2 > "$WEFT_OUTPUTS/out"'
     spec = attempt_spec("survivor", script)
-    async with kube_runtime(cluster, settings_for(namespace, api)) as dying:
+    async with kube_runtime(cluster, settings_for(namespace, api), api) as dying:
         launched = await dying.launch(spec)
         waiting = asyncio.create_task(dying.wait(launched))
         await wait_until(lambda: _main_running(core, namespace, launched.handle), what="step running")
@@ -405,7 +405,7 @@ async def test_an_executor_that_takes_over_re_attaches_to_the_running_pod(
         with pytest.raises(asyncio.CancelledError):
             await waiting
 
-    async with kube_runtime(cluster, settings_for(namespace, api)) as successor:
+    async with kube_runtime(cluster, settings_for(namespace, api), api) as successor:
         assert await successor.adopt(spec, "12345") is None  # a local runtime's pid: not ours
         assert await successor.adopt(attempt_spec("other", "true"), launched.handle) is None
         adopted = await successor.adopt(spec, launched.handle)

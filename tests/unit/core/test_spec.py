@@ -16,6 +16,7 @@ from weft_core.spec import (
     Dag,
     canonical_spec,
     check_dns_label,
+    parameter_variable,
     parse_namespace,
     parse_pipeline_name,
     parse_run_name,
@@ -23,6 +24,7 @@ from weft_core.spec import (
     validate_pipeline,
     validate_spec,
 )
+from weft_executor.steps import env_suffix
 
 DIAMOND_YAML = """
 parameters:
@@ -196,6 +198,33 @@ def test_duplicates_and_bad_names_are_reported_with_their_paths() -> None:
     assert 'pipeline.spec.parameters[2].name: "1x" is not a valid name' in message
     assert 'pipeline.spec.steps[1].name: step "a" is declared twice (also steps[0]); rename one' in message
     assert 'pipeline.spec.steps[2].name: "Bad_Name" is not a valid name' in message
+
+
+@pytest.mark.parametrize(("first", "second"), [("a-b", "a_b"), ("x", "X"), ("in-Path", "IN_path")])
+def test_parameter_names_that_reach_steps_as_the_same_variable_are_rejected(first: str, second: str) -> None:
+    spec = pipeline_pb2.PipelineSpec(
+        parameters=[pipeline_pb2.Parameter(name=first), pipeline_pb2.Parameter(name=second)], steps=[step("a")]
+    )
+    message = problem(spec)
+    variable = parameter_variable(first)
+    assert (
+        f'pipeline.spec.parameters[1].name: parameter "{second}" and parameter "{first}" both reach steps as '
+        f"${variable}"
+    ) in message
+
+
+def test_parameter_variables_are_what_the_executor_sets() -> None:
+    # The check is only sound if it predicts the executor's variable names exactly.
+    for name in ("a", "a-b", "a_b", "X", "_in-put_2"):
+        assert parameter_variable(name) == f"WEFT_PARAM_{env_suffix(name)}"
+    assert parameter_variable("input-path") == "WEFT_PARAM_INPUT_PATH"
+
+
+def test_parameter_names_with_distinct_variables_are_accepted() -> None:
+    spec = pipeline_pb2.PipelineSpec(
+        parameters=[pipeline_pb2.Parameter(name="a-b"), pipeline_pb2.Parameter(name="ab")], steps=[step("a")]
+    )
+    validate_spec(spec)
 
 
 def test_missing_image_and_command_are_reported() -> None:

@@ -62,6 +62,8 @@ IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImag
 CONFIG_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
 #: Waiting reasons that will never resolve by waiting.
 HOPELESS_REASONS = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+#: Pod phases after which no container of the pod runs any more.
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 
 # Names and labels -------------------------------------------------------------------------
@@ -350,9 +352,18 @@ class PodReading:
         return next((c for c in self.containers() if c.state == "waiting" and c.reason in reasons), None)
 
     @property
+    def terminal(self) -> bool:
+        """Every container of the pod has ended (phase Succeeded or Failed)."""
+        return self.phase in TERMINAL_PHASES
+
+    @property
     def finished(self) -> bool:
-        """Nothing more will happen in the pod (a terminal phase, or the step ended)."""
-        return self.phase in ("Succeeded", "Failed") or (self.main is not None and self.main.terminated)
+        """The step ended (a terminal phase, or the step container ended).
+
+        Not the same as `terminal`: once the step container ended, the output container
+        may still be uploading.
+        """
+        return self.terminal or (self.main is not None and self.main.terminated)
 
 
 def _container(statuses: Sequence[JSON] | None, name: str) -> ContainerReading | None:

@@ -47,9 +47,18 @@ Logs and clean-up
     while the pod runs). When the attempt ends, that log is stored as the attempt's stdout
     blob (Kubernetes interleaves stdout and stderr in one log, so there is no separate
     stderr blob). A succeeded pod is deleted once the executor recorded its result
-    (`release`); a failed pod is kept for `keep_failed_pods` seconds for `kubectl`
-    inspection, after which a periodic sweep, shared by all executors and surviving their
-    restarts, deletes it (along with any finished pod nobody collected).
+    (`release`); a failed pod is kept for `keep_failed_pods` seconds (at least
+    `MIN_KEEP_FAILED_PODS`) for `kubectl` inspection, after which a periodic sweep, shared
+    by all executors and surviving their restarts, deletes it (along with any finished pod
+    nobody collected). The sweep deletes only pods whose every container ended (phase
+    Succeeded or Failed) and whose step holds no claim in etcd: a pod whose output
+    container still uploads, or whose step an executor works on (or is re-attaching to after
+    a failover), belongs to that executor, not to the sweep.
+
+    A step container that ends without recording its exit code (killed as a whole, e.g. a
+    cgroup OOM group kill takes the wrapper with it) leaves the output container waiting
+    for a marker that never comes, so the pod would never end: once the step container
+    ended, the pod gets `helper_grace` seconds to end by itself, and is then deleted.
 
 Secret values never pass through weft: secret env becomes `valueFrom.secretKeyRef`, which
 the kubelet resolves. Unlike the local runtime, weft therefore cannot redact a secret that
@@ -67,7 +76,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,6 +85,8 @@ from typing import Any
 from weft.v1 import run_pb2
 from weft_core.blobs import BlobStore
 from weft_core.errors import ServiceError, Unavailable
+from weft_core.keyspace import Keyspace
+from weft_core.store import Store
 from weft_core.telemetry import tracer
 from weft_executor import podio
 from weft_executor.config import ExecutorConfig
@@ -117,6 +128,14 @@ Attempt = run_pb2.Attempt
 
 #: Defaults of the executor's flags.
 DEFAULT_KEEP_FAILED_PODS = 3600.0
+#: The least `--keep-failed-pods` accepted. Below it a pod could be swept in the window
+#: where no claim protects it: its executor died, the lease expired and no executor has
+#: re-attached yet (invariant 4 allows two lease TTLs for that; see `min_keep_failed_pods`).
+MIN_KEEP_FAILED_PODS = 60.0
+#: Seconds a pod gets to end by itself once its step container ended (the output container
+#: polls the exit-code marker every `podio.MARKER_POLL_SECONDS` and skips the upload of a
+#: failed step): longer means the exit-code marker will never come.
+DEFAULT_HELPER_GRACE = 10.0
 DEFAULT_UNSCHEDULABLE_TIMEOUT = 300.0
 DEFAULT_IMAGE_PULL_GRACE = 120.0
 #: Lines of the step's log quoted in a failed attempt's message.
@@ -143,6 +162,8 @@ class KubeSettings:
         unschedulable_timeout: Seconds a pod may stay unschedulable before the attempt fails.
         image_pull_grace: Seconds an image may fail to pull before the attempt fails.
         kill_grace: Seconds between SIGTERM and SIGKILL when a pod is deleted.
+        helper_grace: Seconds a pod may keep running after its step container ended and
+            the attempt failed, before it is deleted (its exit code was never recorded).
         max_output_bytes: Largest output a step may write.
         service_account: Service account of the step pods ("" for the namespace default).
         node_selector: Node labels the step pods require.
@@ -160,6 +181,7 @@ class KubeSettings:
     unschedulable_timeout: float = DEFAULT_UNSCHEDULABLE_TIMEOUT
     image_pull_grace: float = DEFAULT_IMAGE_PULL_GRACE
     kill_grace: float = 5.0
+    helper_grace: float = DEFAULT_HELPER_GRACE
     max_output_bytes: int = 1024**3
     service_account: str = ""
     node_selector: Mapping[str, str] = field(default_factory=dict)
@@ -177,6 +199,42 @@ class KubeSettings:
             termination_grace=max(0, round(self.kill_grace)),
             python=self.python,
         )
+
+
+#: A step as etcd names it: (namespace, run, step).
+StepRef = tuple[str, str, str]
+#: Given steps, returns those that hold a claim in etcd right now. A claim is bound to its
+#: executor's lease, so a claim that exists is a live one.
+ClaimedSteps = Callable[[Sequence[StepRef]], Awaitable[set[StepRef]]]
+
+
+def claims_in_etcd(store: Store, keyspace: Keyspace) -> ClaimedSteps:
+    """The `ClaimedSteps` of an etcd keyspace: reads the steps' claim keys (batched).
+
+    Args:
+        store: The executor's etcd client.
+        keyspace: weft's keys in that etcd.
+
+    Returns:
+        An async function; it raises `ServiceError` when etcd cannot answer.
+    """
+
+    async def claimed(steps: Sequence[StepRef]) -> set[StepRef]:
+        keys = {keyspace.claim(*step): step for step in steps}
+        found = await store.get_many(list(keys))
+        return {keys[key] for key in found}
+
+    return claimed
+
+
+def min_keep_failed_pods(lease_ttl: float) -> float:
+    """The least `--keep-failed-pods` an executor with this lease TTL accepts.
+
+    A finished pod whose executor died is protected by no claim from the moment the lease
+    expires until another executor claims the step and re-attaches, which invariant 4
+    bounds by two lease TTLs; the pod must outlive that window.
+    """
+    return max(MIN_KEEP_FAILED_PODS, 2 * lease_ttl)
 
 
 @dataclass
@@ -229,14 +287,16 @@ class KubernetesRuntime:
         api: The rate-limited API client (owned by the runtime from now on).
         blobs: The artifact store (manifests in, logs out).
         settings: The runtime's settings.
+        claimed_steps: Which steps hold a claim in etcd (the sweep spares their pods).
     """
 
     name = "kubernetes"
 
-    def __init__(self, api: KubeApi, blobs: BlobStore, settings: KubeSettings) -> None:
+    def __init__(self, api: KubeApi, blobs: BlobStore, settings: KubeSettings, claimed_steps: ClaimedSteps) -> None:
         self.api = api
         self.blobs = blobs
         self.settings = settings
+        self.claimed_steps = claimed_steps
         self.pod_settings = settings.pod_settings()
         self.namespace = settings.namespace
         self._watcher: PodWatcher | None = None
@@ -553,7 +613,17 @@ class KubernetesRuntime:
         if verdict.collect_outputs:
             assert reading is not None
             state, message, outputs = await self._collect_outputs(attempt, reading)
-        if verdict.delete or state == Attempt.STATE_CANCELLED:
+        delete = verdict.delete or state == Attempt.STATE_CANCELLED
+        if not delete and state == Attempt.STATE_FAILED and await self._outlives_its_step(attempt, subscription):
+            log.info(
+                "pod %s/%s: the step container ended %s ago but the pod still runs (its exit code was never "
+                "recorded, so the output container would wait forever): deleting it",
+                self.namespace,
+                attempt.pod_name,
+                human_seconds(self.settings.helper_grace),
+            )
+            delete = True
+        if delete:
             attempt.deleted_by_us = True
             await self._delete_pod(attempt.pod_name, attempt.uid, self.settings.kill_grace)
         attempt.ended = True
@@ -569,6 +639,31 @@ class KubernetesRuntime:
             stderr_digest="",
             end_time=end_time,
         )
+
+    async def _outlives_its_step(self, attempt: KubeAttempt, subscription: PodSubscription) -> bool:
+        """True when the step container ended but the pod does not end within `helper_grace`.
+
+        After a failed step the output container normally ends within a poll of the
+        exit-code marker; if the step container was killed before its wrapper wrote the
+        marker, the output container waits forever and the pod would hold its node's
+        resources until the sweep (and the sweep spares pods that have not ended).
+        """
+        deadline = time.monotonic() + self.settings.helper_grace
+        while True:
+            subscription.changed.clear()
+            if attempt.kill_reason:
+                return True  # cancelled meanwhile: nothing in the pod is wanted any more
+            pod = subscription.pod
+            if pod is None or subscription.gone:
+                return False
+            reading = read_pod(pod)
+            if reading.terminal or reading.deleting or reading.main is None or not reading.main.terminated:
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(subscription.changed.wait(), left)
 
     async def _collect_outputs(
         self, attempt: KubeAttempt, reading: PodReading
@@ -781,23 +876,44 @@ class KubernetesRuntime:
             except Exception:  # the sweep is housekeeping: never let it die
                 log.exception("sweeping finished pods failed")
 
-    async def sweep(self) -> int:
+    async def sweep(self, now: datetime | None = None) -> int:
         """Deletes pods that finished more than `keep_failed_pods` ago; returns how many.
 
         Each executor sweeps its namespace, so a kept pod is deleted even when the executor
-        that kept it is gone. Pods of attempts in progress here are skipped.
+        that kept it is gone. A pod is deleted only when every container of it ended (phase
+        Succeeded or Failed: an output container may still be uploading after the step
+        ended) and its step holds no claim in etcd (an executor works on the step or has
+        taken it over and re-attaches to the pod; a claim covers every attempt of its step,
+        so the pods of a step's earlier attempts are kept until the step is done). When
+        etcd cannot say, nothing is deleted. Pods of attempts in progress here, and pods
+        that carry no weft attempt key, are never deleted.
+
+        Args:
+            now: The time to measure the pods' age against (default: the clock's).
         """
         watcher = self.watcher
         if not watcher.synced.is_set():
             return 0
-        cutoff = datetime.now(UTC).timestamp() - self.settings.keep_failed_pods
-        doomed = []
+        cutoff = (now or datetime.now(UTC)).timestamp() - self.settings.keep_failed_pods
+        candidates: list[tuple[str, str, StepRef]] = []
         for name, pod in list(watcher.pods.items()):
-            if name in self._attempts or (pod.get("metadata") or {}).get("deletionTimestamp"):
+            reading = read_pod(pod)
+            key = attempt_key_of(pod)
+            if name in self._attempts or reading.deleting or not reading.terminal or key is None:
                 continue
             ended = finished_at(pod)
             if ended is not None and ended.timestamp() <= cutoff:
-                doomed.append((name, str(pod["metadata"].get("uid") or "")))
+                candidates.append((name, str(pod["metadata"].get("uid") or ""), key[:3]))
+        if not candidates:
+            return 0
+        try:
+            claimed = await self.claimed_steps([step for _, _, step in candidates])
+        except ServiceError as error:
+            log.warning("not sweeping finished pods: cannot read their steps' claims (%s)", error.message)
+            return 0
+        # A claim taken after this read (an executor re-attaching right now) can still lose
+        # its pod; the uid precondition and the pod's final status keep that to a lost log.
+        doomed = [(name, uid) for name, uid, step in candidates if step not in claimed]
         kept = human_seconds(self.settings.keep_failed_pods)
         for name, uid in doomed:
             log.info("deleting finished pod %s/%s (kept for %s)", self.namespace, name, kept)
@@ -823,12 +939,24 @@ def _with_log_tail(message: str, tail: str) -> str:
     return f"{message}; last log lines:\n{tail}" if tail else message
 
 
-def create_runtime(config: ExecutorConfig, blobs: BlobStore) -> KubernetesRuntime:
+def create_runtime(config: ExecutorConfig, blobs: BlobStore, store: Store) -> KubernetesRuntime:
     """The kubernetes runtime for an `ExecutorConfig` (flags `--namespace`, `--pod-image`...).
 
+    Args:
+        config: The executor's settings.
+        blobs: The artifact store.
+        store: The executor's etcd client: the sweep reads the steps' claims through it.
+
     Raises:
-        RuntimeError: A setting the runtime cannot do without is missing.
+        RuntimeError: A setting the runtime cannot do without is missing or out of range.
     """
+    least = min_keep_failed_pods(config.lease_ttl)
+    if config.keep_failed_pods < least:
+        raise RuntimeError(
+            f"--keep-failed-pods {config.keep_failed_pods:g} is too short: failed pods must be kept at least "
+            f"{least:g} seconds (and at least twice --lease-ttl), or the sweep could delete a pod before the "
+            "executor taking over a dead executor's step re-attaches to it"
+        )
     if not config.pod_image:
         raise RuntimeError(
             "--pod-image is required with --runtime kubernetes: weft's own image, which runs the input and "
@@ -851,4 +979,4 @@ def create_runtime(config: ExecutorConfig, blobs: BlobStore) -> KubernetesRuntim
         tolerations=tuple(config.pod_tolerations),
     )
     api = KubeApi(load_configuration(settings.kubeconfig), qps=settings.qps, burst=settings.burst)
-    return KubernetesRuntime(api, blobs, settings)
+    return KubernetesRuntime(api, blobs, settings, claims_in_etcd(store, Keyspace(config.etcd_root)))

@@ -26,6 +26,13 @@ setpriv (not Linux) there is no such protection and a warning says so at start.
 PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, so attempts are
 launched from the event loop's thread, never from a thread pool.
 
+Trust: local steps run as the executor's user, so a step can read every file that user
+can read (the work dir of other attempts, a kubeconfig, ...). The local runtime is for
+trusted code. What is protected: a step gets only the secrets it was granted, and
+`weft-executor` makes itself non-dumpable (prctl PR_SET_DUMPABLE 0) and drops the
+WEFT_SECRET_* variables from its os.environ at start, so a step cannot read the
+executor's environment through /proc/<ppid>/environ.
+
 Secret environment variables are read from the executor's own environment
 (`WEFT_SECRET_<NAME>_<KEY>`, upper-cased, other characters as '_') and reach only the
 child's environment; stored logs and live log streams have every secret value replaced
