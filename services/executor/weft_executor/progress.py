@@ -244,8 +244,12 @@ class RunProgress:
 
     async def _upstreams_committed(self, ref: RunRef, step: str, committed: set[str]) -> bool:
         unknown = [u for u in ref.dag.upstream_of(step) if u not in committed]
-        for start in range(0, len(unknown), MAX_TXN_OPS):
-            batch = unknown[start : start + MAX_TXN_OPS]
+        # Small batches first: while a wide join is filling up, an uncommitted upstream is
+        # usually among the first few read, so most finishers read a handful of records.
+        start, size = 0, 8
+        while start < len(unknown):
+            batch = unknown[start : start + size]
+            start, size = start + len(batch), min(size * 4, MAX_TXN_OPS)
             keys = [self.keyspace.done(ref.namespace, ref.run_id, u) for u in batch]
             found = await self.store.get_many(keys)
             for upstream, key in zip(batch, keys, strict=True):
