@@ -8,8 +8,9 @@
 # What it does, and what it must never do:
 #   * fetches the source through a *private* apt configuration (own sources dir, lists and
 #     cache) pointing at the Debian mirror this machine already uses; the system's apt state
-#     is never modified (apart from installing golang-1.19-go/rsync when they are missing);
-#   * builds both binaries once (~7 min on 2 cores, ~1.4 GB RAM, ~2.2 GB scratch disk) and
+#     is never modified (apart from installing golang-1.19-go, rsync, make and dpkg-dev when they
+#     are missing, with sudo when not root);
+#   * builds both binaries once (4 to 7 min on 2 cores, ~1.4 GB RAM, ~2.2 GB scratch disk) and
 #     caches them in ${WEFT_KUBE_CACHE:-$HOME/.cache/weft/kube-$WEFT_KUBE_VERSION}/;
 #   * when the binaries are already cached it prints the cache dir and exits at once.
 #
@@ -114,9 +115,23 @@ ensure_tools() {
   command -v dpkg-source >/dev/null || missing+=(dpkg-dev)
   if ((${#missing[@]})); then
     log "installing ${missing[*]}"
-    # A fresh machine's package lists may be empty or stale.
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+    local sudo=()
+    if [[ "$(id -u)" != 0 ]]; then
+      command -v sudo >/dev/null || { log "not root and no sudo: install ${missing[*]} first"; exit 1; }
+      sudo=(sudo)
+    fi
+    # A fresh machine's package lists may be empty or stale. dpkg's unpack chatter goes to a
+    # log that is shown only if the install fails.
+    local apt_log
+    apt_log="$(mktemp)"
+    # `env VAR=...` rather than a prefix assignment: sudo would drop the variable.
+    if ! { "${sudo[@]}" apt-get update -qq &&
+      "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >"${apt_log}" 2>&1; then
+      cat "${apt_log}" >&2
+      rm -f "${apt_log}"
+      exit 1
+    fi
+    rm -f "${apt_log}"
   fi
 }
 
@@ -169,7 +184,7 @@ log "unpacking kubernetes ${deb_version}"
 # `make` (not plain `go build`): it generates code the build needs. GOPROXY=off keeps it
 # offline (vendor/ has everything); CGO_ENABLED=0 makes static binaries; GOCACHE lives in the
 # scratch dir so a ~1 GB Go build cache is not left behind in $HOME.
-log "building ${BINARIES[*]} (about 7 minutes on 2 cores)"
+log "building ${BINARIES[*]} (4 to 7 minutes on 2 cores)"
 start=${SECONDS}
 (
   cd "${WORK}/src/tree"
