@@ -21,11 +21,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.integration.executor.support import Harness
 from weft.localstack import ChildProcess, EtcdProcess
 from weft_api.app import create_api_server
 from weft_core.config import ApiConfig
 from weft_core.keyspace import Keyspace
 from weft_core.server import WeftServer
+from weft_core.store import Store
 
 _LISTENING = re.compile(rb"weft-api listening on (\S+):(\d+)")
 
@@ -173,3 +175,25 @@ def api_process(etcd: EtcdProcess, keyspace: Keyspace, tmp_path: Path) -> Iterat
     process.start()
     yield process
     process.stop()
+
+
+@pytest.fixture
+async def harness(etcd: EtcdProcess, api: InProcessApi, tmp_path: Path) -> AsyncIterator[Harness]:
+    """An api on port 0 with its own keyspace, and no executor yet (start them in the test):
+    the executor tests' harness, for executors of either runtime."""
+    store = Store(etcd.endpoint)
+    async with grpc.aio.insecure_channel(api.address) as channel:
+        harness = Harness(
+            etcd_endpoint=etcd.endpoint,
+            api_address=api.address,
+            keyspace=api.keyspace,
+            blob_dir=api.blob_dir,
+            tmp=tmp_path,
+            channel=channel,
+            store=store,
+        )
+        try:
+            yield harness
+        finally:
+            await harness.close()
+            await store.close()

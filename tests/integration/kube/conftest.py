@@ -29,7 +29,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from tests.integration.conftest import InProcessApi
@@ -49,7 +48,6 @@ from tests.kube.kubelet import (
     start_kubelet,
     unschedulable,
 )
-from weft.localstack import EtcdProcess
 from weft_core.blobs import RemoteBlobStore
 from weft_core.store import Store
 from weft_executor import podio
@@ -284,27 +282,6 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: 
 
 
 # Whole pipelines through weft-executor -------------------------------------------------------
-
-
-@pytest.fixture
-async def harness(etcd: EtcdProcess, api: InProcessApi, tmp_path: Path) -> AsyncIterator[Harness]:
-    """The executor tests' harness (api, etcd, pipelines, runs) for executors of either runtime."""
-    store = Store(etcd.endpoint)
-    async with grpc.aio.insecure_channel(api.address) as channel:
-        harness = Harness(
-            etcd_endpoint=etcd.endpoint,
-            api_address=api.address,
-            keyspace=api.keyspace,
-            blob_dir=api.blob_dir,
-            tmp=tmp_path,
-            channel=channel,
-            store=store,
-        )
-        try:
-            yield harness
-        finally:
-            await harness.close()
-            await store.close()
 
 
 def kube_executor_settings(cluster: KubeCluster, namespace: str, **overrides: Any) -> dict[str, Any]:
