@@ -15,6 +15,7 @@ from weft_core.blobs import DirectoryBlobStore
 from weft_core.config import ApiConfig
 from weft_core.keyspace import Keyspace
 from weft_core.pipelines import PipelineReader
+from weft_core.requests import RequestIdLeases
 from weft_core.server import ServiceBinding, WeftServer, create_server
 from weft_core.store import Store
 
@@ -36,14 +37,17 @@ def create_api_server(config: ApiConfig) -> tuple[WeftServer, int]:
     keyspace = Keyspace(config.etcd_root)
     blobs = DirectoryBlobStore(config.blob_dir)
     reader = PipelineReader(store, keyspace, blobs)
+    request_ids = RequestIdLeases(store)  # one lease grant an hour serves both services
     services = [
         ServiceBinding(
             PIPELINE_SERVICE,
-            PipelineService(store, keyspace, blobs, reader),
+            PipelineService(store, keyspace, blobs, reader, request_ids),
             pipeline_pb2_grpc.add_PipelineServiceServicer_to_server,
         ),
         ServiceBinding(
-            RUN_SERVICE, RunService(store, keyspace, blobs, reader), run_pb2_grpc.add_RunServiceServicer_to_server
+            RUN_SERVICE,
+            RunService(store, keyspace, blobs, reader, request_ids),
+            run_pb2_grpc.add_RunServiceServicer_to_server,
         ),
         ServiceBinding(
             ARTIFACT_SERVICE, ArtifactService(blobs), artifact_pb2_grpc.add_ArtifactServiceServicer_to_server

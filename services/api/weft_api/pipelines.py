@@ -28,9 +28,11 @@ from weft_core.pipelines import (
     pipeline_message,
     version_record,
 )
+from weft_core.requests import RequestIdLeases
 from weft_core.spec import parse_namespace, parse_pipeline_name, pipeline_name, spec_digest, validate_pipeline
 from weft_core.store import (
     KeyValue,
+    LeaseNotFound,
     Store,
     TxnResult,
     absent,
@@ -93,11 +95,19 @@ class _RequestTaken:
 class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
     """The PipelineService of weft-api (see the module docstring)."""
 
-    def __init__(self, store: Store, keyspace: Keyspace, blobs: BlobStore, reader: PipelineReader) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keyspace: Keyspace,
+        blobs: BlobStore,
+        reader: PipelineReader,
+        request_ids: RequestIdLeases | None = None,
+    ) -> None:
         self.store = store
         self.keyspace = keyspace
         self.blobs = blobs
         self.reader = reader
+        self.request_ids = request_ids or RequestIdLeases(store)
 
     async def CreatePipeline(
         self, request: pipeline_pb2.CreatePipelineRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -128,7 +138,11 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
         self.reader.remember(digest, pipeline.spec, dag)
 
         for _ in range(WRITE_ATTEMPTS):
-            written = await self._write_version(ns, pipeline, digest, request_id)
+            try:
+                written = await self._write_version(ns, pipeline, digest, request_id)
+            except LeaseNotFound:
+                self.request_ids.forget()  # the request-id lease is gone: the next try gets a new one
+                continue
             if isinstance(written, _RequestTaken):
                 # A concurrent request with the same request id got there first: its result
                 # is the answer, and the head stays where that request left it.
@@ -181,7 +195,15 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
         request_key = keyspace.request(ns, request_id) if request_id else b""
         request_compares = [absent(request_key)] if request_id else []
         request_ops = (
-            [op_put(request_key, f"{pipeline_name(ns, name)}/versions/{digest[7:]}".encode())] if request_id else []
+            [
+                op_put(
+                    request_key,
+                    f"{pipeline_name(ns, name)}/versions/{digest[7:]}".encode(),
+                    await self.request_ids.lease(),
+                )
+            ]
+            if request_id
+            else []
         )
         request_reads = [op_get(request_key)] if request_id else []
 

@@ -46,6 +46,7 @@ from weft_core.errors import (
 )
 from weft_core.keyspace import Keyspace
 from weft_core.pipelines import PipelineReader
+from weft_core.requests import RequestIdLeases
 from weft_core.runs import run_summary
 from weft_core.spec import (
     check_dns_label,
@@ -57,7 +58,7 @@ from weft_core.spec import (
     raise_problems,
     run_name,
 )
-from weft_core.store import Compacted, KeyValue, Store, absent, op_get, op_put, unchanged_since
+from weft_core.store import Compacted, KeyValue, LeaseNotFound, Store, absent, op_get, op_put, unchanged_since
 from weft_core.telemetry import ATTR_RUN, run_root_span
 
 log = logging.getLogger(__name__)
@@ -181,11 +182,19 @@ class RunSnapshot:
 class RunService(run_pb2_grpc.RunServiceServicer):
     """The RunService of weft-api (see the module docstring)."""
 
-    def __init__(self, store: Store, keyspace: Keyspace, blobs: BlobStore, reader: PipelineReader) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keyspace: Keyspace,
+        blobs: BlobStore,
+        reader: PipelineReader,
+        request_ids: RequestIdLeases | None = None,
+    ) -> None:
         self.store = store
         self.keyspace = keyspace
         self.blobs = blobs
         self.reader = reader
+        self.request_ids = request_ids or RequestIdLeases(store)
 
     # Reading ------------------------------------------------------------------------
 
@@ -446,7 +455,13 @@ class RunService(run_pb2_grpc.RunServiceServicer):
                 record.name = run_name(ns, chosen)
                 span.set_attribute(ATTR_RUN, record.name)
                 record.create_time.GetCurrentTime()
-                written = await self._write_new_run(ns, chosen, record, request_id)
+                try:
+                    written = await self._write_new_run(ns, chosen, record, request_id)
+                except LeaseNotFound:
+                    # The request-id lease is gone (revoked, etcd restored): one more try
+                    # with a new lease; nothing was written.
+                    self.request_ids.forget()
+                    written = await self._write_new_run(ns, chosen, record, request_id)
                 if written is not None:
                     return written
             if run_id:
@@ -478,7 +493,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         if request_id:
             request_key = keyspace.request(ns, request_id)
             compares.append(absent(request_key))
-            success.append(op_put(request_key, record.name.encode()))
+            success.append(op_put(request_key, record.name.encode(), await self.request_ids.lease()))
             failure.append(op_get(request_key))
         result = await self.store.txn(compares, success, failure)
         if result.succeeded:

@@ -39,7 +39,9 @@ Runs
                                                        ns), so ListRuns pages are range reads with
                                                        a limit, never a read of the whole index
     {root}/requests/{ns}/{request_id}                  resource name a request_id created (mutations
-                                                       retried with the same request_id return it)
+                                                       retried with the same request_id return it);
+                                                       bound to a lease, so etcd forgets it after
+                                                       24-25 h (weft_core/requests.py)
 Scheduling
     {root}/ready/{ns}/{run}/{step}                     empty; create-if-absent when every upstream of
                                                        the step has a done record. Executors watch

@@ -96,6 +96,10 @@ class ResponseTooLarge(Internal):
     """
 
 
+class LeaseNotFound(Internal):
+    """A write named a lease etcd no longer has (expired, revoked, or etcd was restored)."""
+
+
 class Compacted(Exception):
     """The requested start revision was compacted; re-list and watch from the list's revision."""
 
@@ -204,6 +208,8 @@ class Store:
             return ResourceExhausted(f"etcd refused a request as too large: {details}")
         if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
             return Compacted(0)
+        if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
+            return LeaseNotFound(f"etcd does not know the lease of this write ({details})")
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
             # Our own client refused etcd's answer: retrying reads the same keys again, so this
             # is no outage that passes by itself but a read that must ask for less at a time.
@@ -392,6 +398,11 @@ class Store:
             raise self._unavailable(error) from error
         except TimeoutError as error:
             raise Unavailable(f"etcd did not answer a lease keep-alive within {self.timeout}s") from error
+
+    async def lease_time_to_live(self, lease: int) -> int:
+        """Seconds `lease` has left (-1: etcd does not know it)."""
+        response = await self._call(self._lease.LeaseTimeToLive, rpc.LeaseTimeToLiveRequest(ID=lease))
+        return int(response.TTL)
 
     async def revoke_lease(self, lease: int) -> None:
         await self._call(self._lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease))

@@ -14,8 +14,9 @@ import pytest
 import weft_api.runs
 from tests.integration.api.support import Clients, ExecutorWrites, create_pipeline, create_run, diamond, simple
 from tests.integration.conftest import InProcessApi
-from weft.v1 import executor_pb2, executor_pb2_grpc, run_pb2
+from weft.v1 import executor_pb2, executor_pb2_grpc, pipeline_pb2, run_pb2
 from weft_core.blobs import DirectoryBlobStore
+from weft_core.requests import RETENTION, ROTATION
 from weft_core.server import ServiceBinding, create_server
 from weft_core.store import Store
 from weft_core.telemetry import parse_traceparent
@@ -392,3 +393,37 @@ async def test_logs_of_an_attempt_that_ends_while_read_continue_from_its_blobs(
         (run_pb2.LogChunk.STREAM_STDOUT, b"line 2\n"),
         (run_pb2.LogChunk.STREAM_STDERR, b"oops\n"),
     ]
+
+
+async def test_request_ids_are_kept_a_day_and_a_lost_lease_does_not_block_requests(
+    clients: Clients, api: InProcessApi, store: Store
+) -> None:
+    spec = simple(1)
+    request = pipeline_pb2.CreatePipelineRequest(
+        pipeline=pipeline_pb2.Pipeline(name="etl", spec=spec), request_id="p-1"
+    )
+    await clients.pipelines.CreatePipeline(request)
+    first = await clients.runs.CreateRun(run_pb2.CreateRunRequest(run=run_pb2.Run(pipeline="etl"), request_id="r-1"))
+    keys = [api.keyspace.request("default", "p-1"), api.keyspace.request("default", "r-1")]
+    records = await store.get_many(keys)
+    leases = {records[key].lease for key in keys}
+    assert len(leases) == 1, "request ids must share one lease"
+    assert 0 not in leases, "request ids must be bound to a lease"
+    (lease,) = leases
+    # etcd deletes them by itself, after at least a day (not never: they would pile up).
+    assert RETENTION <= await store.lease_time_to_live(lease) <= RETENTION + ROTATION
+
+    # etcd forgets the lease (revoked by an operator, or restored from a backup): the
+    # remembered ids go with it, and new requests still succeed under a new lease.
+    await store.revoke_lease(lease)
+    assert await store.get_many(keys) == {}
+    second = await clients.runs.CreateRun(run_pb2.CreateRunRequest(run=run_pb2.Run(pipeline="etl"), request_id="r-2"))
+    again = await clients.runs.CreateRun(run_pb2.CreateRunRequest(run=run_pb2.Run(pipeline="etl"), request_id="r-2"))
+    assert again.name == second.name != first.name
+    renewed = await store.get(api.keyspace.request("default", "r-2"))
+    assert renewed is not None
+    assert renewed.lease not in (0, lease)
+    spec.steps[0].container.args.append("changed")
+    await clients.pipelines.CreatePipeline(
+        pipeline_pb2.CreatePipelineRequest(pipeline=pipeline_pb2.Pipeline(name="etl", spec=spec), request_id="p-2")
+    )
