@@ -25,12 +25,10 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -44,6 +42,8 @@ from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
+
+from weft.localstack import die_with_parent_prefix
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient, Configuration
@@ -137,16 +137,6 @@ def _free_port() -> int:
 
 
 # Loaded once in the parent so the child does not dlopen anything between fork and exec.
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask the kernel to SIGKILL it when the thread
-    # that started it dies, so a killed test run never leaves an apiserver behind.
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 class _ControlPlaneProcess:
     """One child process whose output goes to a log file in the cluster's directory."""
 
@@ -154,12 +144,13 @@ class _ControlPlaneProcess:
         self.name = name
         self.log_path = log_path
         self._log = log_path.open("wb")
+        # SIGKILLed by the kernel when the thread that started it dies, so a killed test run
+        # never leaves an apiserver behind (setpriv, not a preexec_fn: see the function).
         self.popen = subprocess.Popen(
-            argv,
+            [*die_with_parent_prefix("KILL"), *argv],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
         )
 
     def alive(self) -> bool:

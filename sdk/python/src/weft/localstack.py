@@ -12,7 +12,7 @@ scripts instead).
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import functools
 import importlib.util
 import os
 import re
@@ -54,26 +54,26 @@ def find_etcd() -> str:
     )
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """A preexec function asking Linux to SIGTERM the child when its parent dies.
+@functools.cache
+def die_with_parent_prefix(signal_name: str = "TERM") -> tuple[str, ...]:
+    """An argv prefix that has Linux send SIG`signal_name` to the child when its parent dies.
 
-    This is what keeps a SIGKILLed `weft up` from leaving etcd and the services behind.
-    The signal is tied to the thread that forked, so only owners that start and keep
-    children from one long-lived thread (the main thread of `weft up`) should ask for it.
+    This is what keeps a SIGKILLed `weft up` from leaving etcd and the services behind. It is
+    made by util-linux `setpriv --pdeathsig`, which then execs the command (same pid), and
+    not by a Python `preexec_fn`: running Python in a child forked from a process with gRPC's
+    threads can abort it (seen: SIGABRT from gRPC's epoll poller before exec). The signal is
+    tied to the thread that forked, so only owners that start and keep children from one
+    long-lived thread should ask for it. Empty where setpriv cannot do it (not Linux, or an
+    old util-linux): the child then simply outlives a killed parent.
     """
-
-    # Resolved before fork: the child should do as little as possible between fork and exec.
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    pr_set_pdeathsig = 1
-    sigterm = int(signal.SIGTERM)
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, sigterm)
-        # The parent may have died between fork and prctl: then nobody would signal us.
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return preexec
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or sys.platform != "linux":
+        return ()
+    try:
+        usage = subprocess.run([setpriv, "--help"], capture_output=True, text=True, timeout=5, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    return (setpriv, f"--pdeathsig={signal_name}", "--") if "--pdeathsig" in usage else ()
 
 
 @dataclass
@@ -85,7 +85,8 @@ class ChildProcess:
         log_path: Where stdout and stderr go (appended).
         env: The environment; None inherits ours.
         die_with_parent: On Linux, have the kernel SIGTERM the child if this process dies
-            (even by SIGKILL). Ties the child to the starting thread: see `_die_with_parent`.
+            (even by SIGKILL). Ties the child to the starting thread: see
+            `die_with_parent_prefix`.
     """
 
     argv: Sequence[str]
@@ -96,16 +97,15 @@ class ChildProcess:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        preexec = _die_with_parent(os.getpid()) if self.die_with_parent and sys.platform == "linux" else None
+        prefix = die_with_parent_prefix() if self.die_with_parent else ()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                list(self.argv),
+                [*prefix, *self.argv],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=preexec,
             )
 
     @property
