@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from weft.v1 import executor_pb2, executor_pb2_grpc, pipeline_pb2, run_pb2, run_pb2_grpc
 from weft_api.listing import check_request_id, decode_token, encode_token, page_size
@@ -44,7 +45,7 @@ from weft_core.errors import (
     ServiceError,
     Unavailable,
 )
-from weft_core.keyspace import Keyspace
+from weft_core.keyspace import Keyspace, ready_time_of
 from weft_core.pipelines import PipelineReader
 from weft_core.requests import RequestIdLeases
 from weft_core.runs import run_summary
@@ -255,12 +256,12 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         if run is None:
             raise NotFound(f'run "{run_name(ns, run_id)}" does not exist; see `weft runs list`')
         ready_prefix = keyspace.ready_run_prefix(ns, run_id)
-        ready_kvs, _ = await self._read_prefix(ready_prefix, revision, keys_only=True)
-        ready = {keyspace.tail(kv.key, ready_prefix) for kv in ready_kvs}
+        ready_kvs, _ = await self._read_prefix(ready_prefix, revision)
+        ready = {keyspace.tail(kv.key, ready_prefix): ready_time_of(kv.value) for kv in ready_kvs}
 
         spec = await self._spec_of(run)
         # A deleted pipeline leaves no spec: show the steps that have records, by name.
-        names = [s.name for s in spec.steps] if spec is not None else sorted(set(records) | set(done) | ready)
+        names = [s.name for s in spec.steps] if spec is not None else sorted(set(records) | set(done) | set(ready))
         steps = [self._step_state(name, run, done, records, ready) for name in names]
         run.step_counts.update(Counter(state_name(s.state) for s in steps))
         return RunSnapshot(run, steps, revision, set(done))
@@ -271,14 +272,14 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         run: run_pb2.Run,
         done: Mapping[str, run_pb2.StepRun],
         records: Mapping[str, run_pb2.StepRun],
-        ready: set[str],
+        ready: Mapping[str, Timestamp],
     ) -> run_pb2.StepRun:
         if name in done:
             step = done[name]
         elif name in records:
             step = records[name]
         elif name in ready:
-            step = StepRun(state=StepRun.STATE_READY)
+            step = StepRun(state=StepRun.STATE_READY, ready_time=ready[name])
         else:
             step = StepRun(state=StepRun.STATE_WAITING)
         step.step = name

@@ -43,7 +43,8 @@ Runs
                                                        bound to a lease, so etcd forgets it after
                                                        24-25 h (weft_core/requests.py)
 Scheduling
-    {root}/ready/{ns}/{run}/{step}                     empty; create-if-absent when every upstream of
+    {root}/ready/{ns}/{run}/{step}                     Timestamp of readiness (`ready_mark`); created
+                                                       if absent when every upstream of
                                                        the step has a done record. Executors watch
                                                        this prefix. Deleted only after the step's
                                                        successors were derived, so a crash between
@@ -67,7 +68,11 @@ come in commit order and resume by revision.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
 
 DEFAULT_ROOT = "/weft"
 #: Run order keys hold this minus the create time (ns since the epoch; 19 digits until 2286).
@@ -82,6 +87,21 @@ def prefix_end(prefix: bytes) -> bytes:
             end[i] += 1
             return bytes(end[: i + 1])
     return b"\0"
+
+
+def ready_mark() -> bytes:
+    """The value of a ready mark created now: when the step became ready (StepRun.ready_time)."""
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp.SerializeToString()
+
+
+def ready_time_of(value: bytes) -> Timestamp:
+    """When a ready mark says its step became ready (unset for a mark without a time)."""
+    stamp = Timestamp()
+    with contextlib.suppress(DecodeError):
+        stamp.ParseFromString(value)
+    return stamp
 
 
 @dataclass(frozen=True)

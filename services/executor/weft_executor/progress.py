@@ -27,7 +27,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from weft.v1 import pipeline_pb2, run_pb2
 from weft_core.errors import Internal
-from weft_core.keyspace import Keyspace
+from weft_core.keyspace import Keyspace, ready_mark
 from weft_core.pipelines import PipelineReader
 from weft_core.runs import run_summary
 from weft_core.spec import Dag, parse_pipeline_name, run_name
@@ -184,7 +184,7 @@ class RunProgress:
         """
         roots = ref.dag.roots()
         await self.store.create_many_if_absent(
-            [(self.keyspace.ready(ref.namespace, ref.run_id, step), b"") for step in roots]
+            [(self.keyspace.ready(ref.namespace, ref.run_id, step), ready_mark()) for step in roots]
         )
 
         def to_running(run: Run) -> Run | None:
@@ -238,7 +238,7 @@ class RunProgress:
         ready = [s for s in ref.dag.successors(step) if await self._upstreams_committed(ref, s, committed)]
         if ready:
             await self.store.create_many_if_absent(
-                [(self.keyspace.ready(ref.namespace, ref.run_id, s), b"") for s in ready]
+                [(self.keyspace.ready(ref.namespace, ref.run_id, s), ready_mark()) for s in ready]
             )
         return ready
 

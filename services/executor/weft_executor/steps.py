@@ -46,7 +46,7 @@ from weft.v1 import pipeline_pb2, run_pb2
 from weft_core.blobs import BlobStore
 from weft_core.dna import StepDNA, content_digest, step_dna
 from weft_core.errors import NotFound, ServiceError, Unavailable
-from weft_core.keyspace import Keyspace
+from weft_core.keyspace import Keyspace, ready_time_of
 from weft_core.spec import parse_run_name
 from weft_core.store import KeyValue, Store, TxnResult, absent, lease_is, op_get, op_put, unchanged_since
 from weft_core.telemetry import (
@@ -142,6 +142,7 @@ class StepSnapshot:
     run: KeyValue | None
     done: KeyValue | None
     step: KeyValue | None
+    ready: KeyValue | None = None  # its value is when the step became ready
 
 
 @dataclass(frozen=True)
@@ -334,6 +335,8 @@ class StepRunner:
             await self.after_done(ref, parse_step_run(snapshot.done), claim)
             return
         record = parse_step_run(snapshot.step) if snapshot.step is not None else StepRun(step=claim.step)
+        if not record.HasField("ready_time") and snapshot.ready is not None:
+            record.ready_time.CopyFrom(ready_time_of(snapshot.ready.value))
         if run.state == Run.STATE_CANCELLING:
             await self._commit_cancelled(ref, record, claim, run.message)
             return
@@ -349,14 +352,15 @@ class StepRunner:
             op_get(ks.run(claim.namespace, claim.run_id)),
             op_get(ks.done(claim.namespace, claim.run_id, claim.step)),
             op_get(ks.step(claim.namespace, claim.run_id, claim.step)),
+            op_get(ks.ready(claim.namespace, claim.run_id, claim.step)),
         ]
 
     @staticmethod
     def snapshot_of(result: TxnResult, first: int) -> StepSnapshot:
         """The StepSnapshot read by `snapshot_reads` placed at index `first` of a transaction."""
-        found = [result.range_kvs(first + i) for i in range(3)]
-        run, done, step = (kvs[0] if kvs else None for kvs in found)
-        return StepSnapshot(run, done, step)
+        found = [result.range_kvs(first + i) for i in range(4)]
+        run, done, step, ready = (kvs[0] if kvs else None for kvs in found)
+        return StepSnapshot(run, done, step, ready)
 
     async def read_snapshot(self, claim: Claim) -> StepSnapshot:
         return self.snapshot_of(await self.store.txn([], self.snapshot_reads(claim)), 0)

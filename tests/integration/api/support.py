@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from weft.v1 import artifact_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc, run_pb2, run_pb2_grpc
-from weft_core.keyspace import Keyspace
+from weft_core.keyspace import Keyspace, ready_mark
 from weft_core.runs import run_summary
 from weft_core.spec import parse_run_name
 from weft_core.store import Store, op_put
@@ -138,7 +138,9 @@ class ExecutorWrites:
         return result.revision
 
     async def mark_ready(self, *steps: str) -> None:
-        await self.store.create_many_if_absent([(self.keyspace.ready(self.ns, self.run, s), b"") for s in steps])
+        await self.store.create_many_if_absent(
+            [(self.keyspace.ready(self.ns, self.run, s), ready_mark()) for s in steps]
+        )
 
     async def step_record(self, step: str, state: Any, **fields: Any) -> int:
         record = StepRun(step=step, state=state, **fields)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -105,8 +106,11 @@ async def test_get_run_synthesizes_every_step_from_executor_records(
 
     executor = ExecutorWrites(store, api.keyspace, run.name)
     await executor.set_run_state(Run.STATE_RUNNING)
+    before = time.time_ns()
     await executor.mark_ready("generate")
     assert (await states(clients, run.name))["generate"] == "STATE_READY"
+    ready = (await clients.runs.GetRun(run_pb2.GetRunRequest(name=run.name))).steps[0]
+    assert before <= ready.ready_time.ToNanoseconds() <= time.time_ns()  # when it became ready
     await executor.step_record("generate", StepRun.STATE_RUNNING, attempts=[Attempt(number=1, executor="e1")])
     await executor.done_record("generate", StepRun.STATE_SUCCEEDED, dna="sha256:" + "d" * 64)
     await executor.mark_ready("left", "right")

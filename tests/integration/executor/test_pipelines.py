@@ -53,6 +53,11 @@ async def test_diamond_runs_every_step_once_and_hands_outputs_downstream(harness
     assert steps["join"].outcome.executor == "exec-0"
     assert run.HasField("start_time")
     assert run.HasField("end_time")
+    # Each step knows when it became ready, which is before its attempt started.
+    for record in run.steps:
+        assert record.HasField("ready_time"), record.step
+        assert record.ready_time.ToNanoseconds() <= record.attempts[0].start_time.ToNanoseconds()
+    assert steps["join"].ready_time.ToNanoseconds() >= steps["left"].end_time.ToNanoseconds()
     # Listings read one small record per run: the executor stored the counts as it ended.
     listed = await h.clients.runs.ListRuns(run_pb2.ListRunsRequest(parent="namespaces/default"))
     assert [dict(r.step_counts) for r in listed.runs if r.name == run.name] == [{"SUCCEEDED": 4}]
