@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import grpc
 
-from weft.localstack import ChildProcess, EtcdProcess
+from weft.localstack import EtcdProcess, api_process
 from weft.v1 import pipeline_pb2, pipeline_pb2_grpc, run_pb2, run_pb2_grpc
 from weft_core.keyspace import Keyspace
 from weft_core.store import Store, absent, op_put
@@ -59,32 +57,6 @@ def median_of(rounds: list[tuple[float, float, float]]) -> tuple[float, float, f
         statistics.median(r[1] for r in rounds),
         statistics.median(r[2] for r in rounds),
     )
-
-
-def start_api(etcd: EtcdProcess, work: Path) -> tuple[ChildProcess, str]:
-    command = Path(sys.executable).parent / "weft-api"
-    log = work / "weft-api.log"
-    argv = [
-        str(command),
-        "--etcd-endpoints",
-        etcd.endpoint,
-        "--listen",
-        "127.0.0.1:0",
-        "--blob-dir",
-        str(work / "blobs"),
-    ]
-    child = ChildProcess([*argv, "--etcd-root", "/bench"], log)
-    child.start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = re.search(r"weft-api listening on (\S+:\d+)", log.read_text() if log.exists() else "")
-        if found:
-            return child, found.group(1)
-        if not child.alive():
-            raise RuntimeError(f"weft-api exited:\n{child.tail()}")
-        time.sleep(0.05)
-    child.stop()
-    raise TimeoutError("weft-api did not start")
 
 
 async def bench(args: argparse.Namespace, etcd: EtcdProcess, address: str) -> None:
@@ -156,7 +128,8 @@ def main() -> None:
         etcd.start()
         api = None
         try:
-            api, address = start_api(etcd, work)
+            api = api_process(etcd.endpoint, work / "blobs", work / "weft-api.log", etcd_root="/bench")
+            address = api.start()
             asyncio.run(bench(args, etcd, address))
         finally:
             if api is not None:

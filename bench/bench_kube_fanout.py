@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ if str(ROOT) not in sys.path:
 import grpc  # noqa: E402
 
 from tests.kube.cluster import KubeCluster, missing_binaries_reason, start_cluster  # noqa: E402
-from weft.localstack import ChildProcess, EtcdProcess  # noqa: E402
+from weft.localstack import EtcdProcess, api_process  # noqa: E402
 from weft.v1 import pipeline_pb2, pipeline_pb2_grpc, run_pb2, run_pb2_grpc  # noqa: E402
 from weft_core.blobs import RemoteBlobStore  # noqa: E402
 from weft_core.keyspace import Keyspace  # noqa: E402
@@ -57,7 +56,6 @@ from weft_executor.config import ExecutorConfig  # noqa: E402
 from weft_executor.executor import Executor  # noqa: E402
 from weft_executor.runtime.kube_pods import POD_SELECTOR, UPLOAD_CONTAINER  # noqa: E402
 
-_LISTENING = re.compile(rb"weft-api listening on (\S+)")
 POD_IMAGE = "weft.bench/weft:dev"
 
 
@@ -179,24 +177,8 @@ async def weft_api(work: Path) -> AsyncIterator[tuple[EtcdProcess, str, Keyspace
     etcd = EtcdProcess(work / "etcd")
     etcd.start()
     keyspace = Keyspace("/bench")
-    api = ChildProcess(
-        [
-            str(Path(sys.executable).parent / "weft-api"), "--etcd-endpoints", etcd.endpoint,
-            "--listen", "127.0.0.1:0", "--blob-dir", str(work / "blobs"), "--etcd-root", keyspace.root,
-        ],
-        work / "api.log",
-    )  # fmt: skip
-    api.start()
-    address = ""
-    deadline = time.monotonic() + 20
-    while not address:
-        with contextlib.suppress(FileNotFoundError):
-            match = _LISTENING.search((work / "api.log").read_bytes())
-            if match:
-                address = match.group(1).decode()
-        if time.monotonic() > deadline or not api.alive():
-            raise RuntimeError(f"weft-api did not start:\n{api.tail()}")
-        await asyncio.sleep(0.05)
+    api = api_process(etcd.endpoint, work / "blobs", work / "api.log", etcd_root=keyspace.root)
+    address = api.start()
     try:
         yield etcd, address, keyspace
     finally:

@@ -22,9 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import os
-import re
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -34,15 +32,13 @@ from typing import Any
 
 import grpc
 
-from weft.localstack import ChildProcess, EtcdProcess
+from weft.localstack import EtcdProcess, api_process
 from weft.v1 import pipeline_pb2, pipeline_pb2_grpc, run_pb2, run_pb2_grpc
 from weft_core.keyspace import Keyspace
 from weft_core.store import Store, absent, op_put
 from weft_executor.config import ExecutorConfig
 from weft_executor.executor import Executor
 from weft_executor.runtime.local import pdeathsig_wrapper
-
-_LISTENING = re.compile(rb"weft-api listening on (\S+)")
 
 
 @dataclass
@@ -102,25 +98,8 @@ async def stack(work: Path, max_parallel: int) -> AsyncIterator[tuple[str, Execu
     etcd = EtcdProcess(work / "etcd")
     etcd.start()
     keyspace = Keyspace("/bench")
-    api_bin = Path(sys.executable).parent / "weft-api"
-    api = ChildProcess(
-        [
-            str(api_bin), "--etcd-endpoints", etcd.endpoint, "--listen", "127.0.0.1:0",
-            "--blob-dir", str(work / "blobs"), "--etcd-root", keyspace.root,
-        ],
-        work / "api.log",
-    )  # fmt: skip
-    api.start()
-    address = ""
-    deadline = time.monotonic() + 20
-    while not address:
-        with contextlib.suppress(FileNotFoundError):
-            match = _LISTENING.search((work / "api.log").read_bytes())
-            if match:
-                address = match.group(1).decode()
-        if time.monotonic() > deadline or not api.alive():
-            raise RuntimeError(f"weft-api did not start:\n{api.tail()}")
-        await asyncio.sleep(0.05)
+    api = api_process(etcd.endpoint, work / "blobs", work / "api.log", etcd_root=keyspace.root)
+    address = api.start()
     config = ExecutorConfig(
         etcd_endpoints=etcd.endpoint,
         api=address,

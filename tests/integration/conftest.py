@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import shutil
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +18,13 @@ import grpc
 import pytest
 
 from tests.integration.executor.support import Harness
+from weft import localstack
 from weft.localstack import ChildProcess, EtcdProcess
 from weft_api.app import create_api_server
 from weft_core.config import ApiConfig
 from weft_core.keyspace import Keyspace
 from weft_core.server import WeftServer
 from weft_core.store import Store
-
-_LISTENING = re.compile(rb"weft-api listening on (\S+):(\d+)")
 
 
 @dataclass
@@ -82,17 +77,6 @@ async def channel(api: InProcessApi) -> AsyncIterator[grpc.aio.Channel]:
         yield ch
 
 
-def weft_api_command() -> str:
-    """Path of the `weft-api` console script of the running virtualenv."""
-    beside = Path(sys.executable).parent / "weft-api"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("weft-api")
-    if not found:
-        raise FileNotFoundError("the weft-api console script is not installed (pip install -e services/api)")
-    return found
-
-
 class ApiProcess:
     """The `weft-api` console script as a child process that a test may kill and restart.
 
@@ -124,32 +108,18 @@ class ApiProcess:
         assert self.port, "not started"
         return f"127.0.0.1:{self.port}"
 
-    def argv(self) -> list[str]:
-        return [
-            weft_api_command(),
-            "--etcd-endpoints", self.etcd_endpoint,
-            "--listen", f"127.0.0.1:{self.port}",
-            "--blob-dir", str(self.blob_dir),
-            "--etcd-root", self.keyspace.root,
-        ]  # fmt: skip
-
     def start(self, timeout: float = 20.0) -> None:
         """Starts the process and waits until it says it listens."""
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self.child = ChildProcess(self.argv(), self.log_path, env=self.env)
-        self.child.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(FileNotFoundError):
-                match = _LISTENING.search(self.log_path.read_bytes()[offset:])
-                if match:
-                    self.port = int(match.group(2))
-                    return
-            if not self.child.alive():
-                raise RuntimeError(f"weft-api exited at start:\n{self.child.tail(40)}")
-            time.sleep(0.05)
-        self.child.stop()
-        raise TimeoutError(f"weft-api did not listen within {timeout}s:\n{self.child.tail(40)}")
+        service = localstack.api_process(
+            self.etcd_endpoint,
+            self.blob_dir,
+            self.log_path,
+            listen=f"127.0.0.1:{self.port}",
+            etcd_root=self.keyspace.root,
+            env=self.env,
+        )
+        self.child = service.child
+        self.port = int(service.start(timeout).rsplit(":", 1)[1])
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""

@@ -311,6 +311,39 @@ class ServiceProcess:
         return self.child.tail(lines)
 
 
+#: What weft-api prints once it listens; the group is the announced `host:port`.
+API_ANNOUNCE = r"weft-api listening on (\S+:\d+)"
+#: What weft-executor prints once its ExecutorService listens.
+EXECUTOR_ANNOUNCE = r"weft-executor \S+ listening on (\S+:\d+)"
+
+
+def api_process(
+    etcd_endpoint: str,
+    blob_dir: Path,
+    log_path: Path,
+    *,
+    listen: str = "127.0.0.1:0",
+    etcd_root: str = "",
+    health: bool = False,
+    env: dict[str, str] | None = None,
+    die_with_parent: bool = False,
+) -> ServiceProcess:
+    """A `weft-api` child process (not started): what `weft up`, the benches and the tests run.
+
+    Raises:
+        FileNotFoundError: The weft-api console script is not installed.
+    """
+    command = find_service("weft-api")
+    if command is None:
+        raise FileNotFoundError("the weft-api console script is not installed: pip install -e services/api")
+    argv = [command, "--etcd-endpoints", etcd_endpoint, "--listen", listen, "--blob-dir", str(blob_dir)]
+    if etcd_root:
+        argv += ["--etcd-root", etcd_root]
+    return ServiceProcess(
+        "weft-api", argv, log_path, announce=API_ANNOUNCE, health=health, env=env, die_with_parent=die_with_parent
+    )
+
+
 @dataclass
 class StackWarning:
     """Something `LocalStack.start` skipped, and why."""
@@ -411,25 +444,17 @@ class LocalStack:
         )
         self.etcd.start()
 
-        api_command = find_service("weft-api")
-        if api_command is None:
-            raise FileNotFoundError("the weft-api console script is not installed: pip install -e services/api")
         progress("weft-api")
-        self.api = ServiceProcess(
-            "weft-api",
-            [
-                api_command,
-                "--etcd-endpoints", self.etcd.endpoint,
-                "--listen", f"127.0.0.1:{self.port}",
-                "--blob-dir", str(self.state_dir / "blobs"),
-                *self._root_args(),
-            ],
+        self.api = api_process(
+            self.etcd.endpoint,
+            self.state_dir / "blobs",
             self.logs_dir / "weft-api.log",
-            announce=r"weft-api listening on (\S+:\d+)",
+            listen=f"127.0.0.1:{self.port}",
+            etcd_root=self.etcd_root or "",
             health=True,
             env=self._env(),
             die_with_parent=self.die_with_parent,
-        )  # fmt: skip
+        )
         self.api.start()
 
         if self.executor_count <= 0:
@@ -458,7 +483,7 @@ class LocalStack:
                     *self._root_args(),
                 ],
                 self.logs_dir / f"{name}.log",
-                announce=r"weft-executor \S+ listening on (\S+:\d+)",
+                announce=EXECUTOR_ANNOUNCE,
                 env=self._env(),
                 die_with_parent=self.die_with_parent,
             )  # fmt: skip
