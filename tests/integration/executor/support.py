@@ -25,9 +25,10 @@ from typing import Any
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
+from tests.integration.api.support import Clients
 from tests.support import assert_eventually_async
 from weft.localstack import ChildProcess
-from weft.v1 import artifact_pb2, artifact_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc, run_pb2, run_pb2_grpc
+from weft.v1 import artifact_pb2, pipeline_pb2, run_pb2
 from weft_core.keyspace import Keyspace
 from weft_core.spec import parse_run_name
 from weft_core.store import Store
@@ -67,23 +68,6 @@ def process_alive(pid: int) -> bool:
 
 def state_name(state: int, enum: Any = StepRun.State) -> str:
     return str(enum.Name(state)).removeprefix("STATE_")
-
-
-@dataclass
-class Clients:
-    """Stubs of the api's services on one channel."""
-
-    pipelines: Any
-    runs: Any
-    artifacts: Any
-
-    @classmethod
-    def of(cls, channel: grpc.aio.Channel) -> Clients:
-        return cls(
-            pipeline_pb2_grpc.PipelineServiceStub(channel),  # type: ignore[no-untyped-call]
-            run_pb2_grpc.RunServiceStub(channel),  # type: ignore[no-untyped-call]
-            artifact_pb2_grpc.ArtifactServiceStub(channel),  # type: ignore[no-untyped-call]
-        )
 
 
 def executor_command() -> str:
