@@ -22,7 +22,8 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +68,16 @@ class BlobInfo:
     create_time: datetime
 
 
+@dataclass(frozen=True)
+class StoredBlob:
+    """A blob as the sweep (`weft_core.gc`) sees it: its size and when it was last written
+    or relied on (`touch`)."""
+
+    digest: str
+    size: int
+    last_used: datetime
+
+
 class BlobStore(Protocol):
     """Content-addressed storage. Every method may raise `weft_core.errors.ServiceError`."""
 
@@ -102,7 +113,10 @@ class BlobStore(Protocol):
         ...
 
 
-def _mismatch(declared_digest: str | None, declared_size: int | None, actual_digest: str, actual_size: int) -> str:
+def mismatch_message(
+    declared_digest: str | None, declared_size: int | None, actual_digest: str, actual_size: int
+) -> str:
+    """What PutBlob answers when the content is not what its header declared."""
     declared = " ".join(
         part
         for part in (declared_digest or "", f"({declared_size} bytes)" if declared_size is not None else "")
@@ -112,6 +126,27 @@ def _mismatch(declared_digest: str | None, declared_size: int | None, actual_dig
         f"the uploaded content is {actual_digest} ({actual_size} bytes) but the header declared {declared}; "
         "nothing was stored: compute the digest and size of the exact bytes you send and upload again"
     )
+
+
+_mismatch = mismatch_message
+
+
+async def missing_blobs(store: BlobStore, digests: Iterable[str]) -> list[str]:
+    """The digests among `digests` that `store` does not hold, sorted, in ONE batched check.
+
+    This is the cache-hit verification of invariant 7: backends with `stat_many` (the
+    directory: one thread hop; object storage: concurrent HEADs) answer all at once, others
+    (the api's ArtifactService) get concurrent StatBlobs on one channel.
+    """
+    unique = sorted(set(digests))
+    if not unique:
+        return []
+    stat_many = getattr(store, "stat_many", None)
+    if stat_many is not None:
+        found: dict[str, BlobInfo | None] = await stat_many(unique)
+        return [d for d in unique if found.get(d) is None]
+    infos = await asyncio.gather(*(store.stat(d) for d in unique))
+    return [d for d, info in zip(unique, infos, strict=True) if info is None]
 
 
 class DirectoryBlobStore:
@@ -195,6 +230,100 @@ class DirectoryBlobStore:
     async def exists(self, digest: str) -> bool:
         return await self.stat(digest) is not None
 
+    async def stat_many(self, digests: Iterable[str]) -> dict[str, BlobInfo | None]:
+        """Each blob's description (None when it is not stored), in one thread hop."""
+        return await asyncio.to_thread(lambda: {d: self._stat_now(d) for d in sorted(set(digests))})
+
+    async def touch(self, digest: str) -> BlobInfo | None:
+        """Records that the blob is wanted now (its mtime, which the sweep reads) and returns
+        its description, or None if it is not stored."""
+        return await asyncio.to_thread(self._touch_now, digest)
+
+    def _stat_now(self, digest: str) -> BlobInfo | None:
+        try:
+            info = self.path_of(digest).stat()
+        except FileNotFoundError:
+            return None
+        return BlobInfo(digest, info.st_size, datetime.fromtimestamp(info.st_mtime, UTC))
+
+    def _touch_now(self, digest: str) -> BlobInfo | None:
+        try:
+            os.utime(self.path_of(digest))
+        except FileNotFoundError:
+            return None
+        return self._stat_now(digest)
+
+    # Retention (see weft_core.gc) -----------------------------------------------------
+
+    async def list_blobs(self) -> AsyncIterator[StoredBlob]:
+        """Every stored blob with its last write or touch time."""
+        for entry in await asyncio.to_thread(self._list_now):
+            yield entry
+
+    def _list_now(self) -> list[StoredBlob]:
+        found: list[StoredBlob] = []
+        for shard in sorted(self._blobs.iterdir()):
+            if not shard.is_dir():
+                continue
+            for path in sorted(shard.iterdir()):
+                with contextlib.suppress(FileNotFoundError):
+                    info = path.stat()
+                    if len(path.name) == 64:
+                        when = datetime.fromtimestamp(info.st_mtime, UTC)
+                        found.append(StoredBlob("sha256:" + path.name, info.st_size, when))
+        return found
+
+    async def delete_unused(self, digest: str, cutoff: datetime) -> bool:
+        """Deletes the blob unless it was written or touched after `cutoff`; returns whether
+        it was deleted.
+
+        The file is renamed into `trash/` first and its mtime read again: a writer that
+        touched it before the rename (it found the blob and relies on it) changed the
+        mtime, and the file is put back; a writer after the rename finds no file and
+        stores it again.
+        """
+        return await asyncio.to_thread(self._delete_unused_now, digest, cutoff)
+
+    def _delete_unused_now(self, digest: str, cutoff: datetime) -> bool:
+        final = self.path_of(digest)
+        try:
+            before = final.stat().st_mtime_ns
+        except FileNotFoundError:
+            return False
+        if before > cutoff.timestamp() * 1e9:
+            return False
+        trash = self.root / "trash"
+        trash.mkdir(exist_ok=True)
+        doomed = trash / f"{final.name}.{uuid.uuid4().hex}"
+        try:
+            os.rename(final, doomed)
+        except FileNotFoundError:
+            return False
+        if doomed.stat().st_mtime_ns != before:
+            with contextlib.suppress(FileExistsError):
+                os.link(doomed, final)  # back where it was, unless it was stored anew meanwhile
+            doomed.unlink()
+            return False
+        doomed.unlink()
+        return True
+
+    async def remove_stale_uploads(self, cutoff: datetime) -> int:
+        """Deletes temporary files of uploads (and of deletions) older than `cutoff`."""
+
+        def remove() -> int:
+            removed = 0
+            for directory in (self._temp, self.root / "trash"):
+                if not directory.is_dir():
+                    continue
+                for leftover in directory.iterdir():
+                    with contextlib.suppress(OSError):
+                        if leftover.stat().st_mtime < cutoff.timestamp():
+                            leftover.unlink()
+                            removed += 1
+            return removed
+
+        return await asyncio.to_thread(remove)
+
     async def read(self, digest: str, *, offset: int = 0, chunk_size: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
         path = self.path_of(digest)
         if offset < 0:
@@ -221,11 +350,10 @@ class DirectoryBlobStore:
 
     def _put_bytes(self, data: bytes) -> BlobInfo:
         digest = digest_of(data)
-        try:
-            info = self.path_of(digest).stat()
-        except FileNotFoundError:
+        existing = self._touch_now(digest)
+        if existing is None:
             return self._write_verified(digest, len(data), [data])
-        return BlobInfo(digest, info.st_size, datetime.fromtimestamp(info.st_mtime, UTC))
+        return existing
 
     def _write_verified(self, digest: str, size: int, parts: list[bytes]) -> BlobInfo:
         handle, temp_name = self._open_temp()
@@ -243,8 +371,9 @@ class DirectoryBlobStore:
     def _publish(self, temp_name: str, digest: str, size: int) -> BlobInfo:
         final = self.path_of(digest)
         final.parent.mkdir(exist_ok=True)
-        if final.exists():
-            # Same content already stored (a concurrent upload won): keep that file.
+        if self._touch_now(digest) is not None:
+            # Same content already stored (a concurrent upload won): keep that file, and
+            # tell the sweep it is wanted again.
             os.unlink(temp_name)
         else:
             os.replace(temp_name, final)
