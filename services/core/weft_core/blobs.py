@@ -112,6 +112,10 @@ class BlobStore(Protocol):
         """The whole content (for small blobs); NotFound if it is not stored."""
         ...
 
+    async def close(self) -> None:
+        """Releases connections (the store is not used afterwards)."""
+        ...
+
 
 def mismatch_message(
     declared_digest: str | None, declared_size: int | None, actual_digest: str, actual_size: int
@@ -170,6 +174,9 @@ class DirectoryBlobStore:
             with contextlib.suppress(OSError):
                 if leftover.stat().st_mtime < cutoff:
                     leftover.unlink()
+
+    async def close(self) -> None:
+        """Nothing to release."""
 
     def path_of(self, digest: str) -> Path:
         """Where the blob's file is (whether or not it exists)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weft_core.config import ETCD_FLAGS, Flag, listen_address, parse_flags
+from weft_core.config import ETCD_FLAGS, Flag, listen_address, optional_blob_store_url, parse_flags
 from weft_core.keyspace import DEFAULT_ROOT
 
 RUNTIMES = ("local", "kubernetes")
@@ -130,6 +130,13 @@ class ExecutorConfig:
         pod_tolerations: Taints the step pods tolerate (Kubernetes JSON objects).
         pod_api: `host:port` of weft-api as step pods reach it ("" means `api`), e.g. a
             fully qualified Service name when the pods run in another namespace.
+        blob_store: URL of the artifact store (`s3://bucket/prefix`, `gs://…`, `az://…`,
+            `file:///dir`) that this executor and its step pods read and write directly;
+            "" sends every blob through weft-api's ArtifactService (`api`).
+        pod_blob_store_secret: Kubernetes Secret whose keys become environment variables
+            of the pods' input and output containers only (e.g. `AWS_ACCESS_KEY_ID`,
+            `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`); "" relies on workload identity
+            (IRSA, GKE/Azure workload identity) through `pod_service_account`.
     """
 
     etcd_endpoints: str
@@ -156,6 +163,8 @@ class ExecutorConfig:
     pod_node_selector: Mapping[str, str] = field(default_factory=dict)
     pod_tolerations: tuple[dict[str, Any], ...] = ()
     pod_api: str = ""
+    blob_store: str = ""
+    pod_blob_store_secret: str = ""
 
     FLAGS = (
         ETCD_FLAGS[0],
@@ -254,6 +263,20 @@ class ExecutorConfig:
             convert=json_objects,
         ),
         Flag("--pod-api", "WEFT_POD_API", "host:port of weft-api as step pods reach it (default: --api)", default=""),
+        Flag(
+            "--blob-store",
+            "WEFT_BLOB_STORE",
+            "artifact store URL the executor and step pods use directly: s3://BUCKET/PREFIX, gs://..., az://..., "
+            'file:///DIR ("": through weft-api; credentials from the environment or workload identity)',
+            default="",
+            convert=optional_blob_store_url,
+        ),
+        Flag(
+            "--pod-blob-store-secret",
+            "WEFT_POD_BLOB_STORE_SECRET",
+            "Secret whose keys are the store credentials of the pods' helper containers (never the step's)",
+            default="",
+        ),
     )
 
     @classmethod

@@ -3,14 +3,20 @@ and `blob_store`, parametrized over the directory backend and the S3 backend."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.integration.blobs.s3server import S3Server
+from tests.integration.conftest import running_api
+from tests.integration.executor.support import Harness
+from weft.localstack import EtcdProcess
 from weft_core.blobs import DirectoryBlobStore
+from weft_core.keyspace import Keyspace
 from weft_core.objectstore import ObjectBlobStore
+from weft_core.store import Store
 
 BlobBackend = DirectoryBlobStore | ObjectBlobStore
 
@@ -55,3 +61,30 @@ def blob_store(backend_url: str) -> BlobBackend:
     store = open_blob_store(backend_url)
     assert isinstance(store, DirectoryBlobStore | ObjectBlobStore)
     return store
+
+
+@pytest.fixture
+async def s3_harness(
+    etcd: EtcdProcess, keyspace: Keyspace, tmp_path: Path, s3_url: str
+) -> AsyncIterator[tuple[Harness, str]]:
+    """The executor tests' harness with weft-api backed by a fresh S3 bucket, and its URL.
+    Executors started in it are told the same URL (`blob_store=url`) by the test."""
+    store = Store(etcd.endpoint)
+    async with (
+        running_api(etcd.endpoint, keyspace, tmp_path / "no-blob-dir", blob_store=s3_url) as api,
+        grpc.aio.insecure_channel(api.address) as channel,
+    ):
+        harness = Harness(
+            etcd_endpoint=etcd.endpoint,
+            api_address=api.address,
+            keyspace=keyspace,
+            blob_dir=tmp_path / "no-blob-dir",
+            tmp=tmp_path,
+            channel=channel,
+            store=store,
+        )
+        try:
+            yield harness, s3_url
+        finally:
+            await harness.close()
+            await store.close()

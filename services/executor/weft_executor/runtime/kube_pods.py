@@ -145,6 +145,10 @@ class PodSettings:
         tolerations: Taints the pods tolerate (Kubernetes JSON).
         termination_grace: Seconds between SIGTERM and SIGKILL when a pod is deleted.
         python: The interpreter of `helper_image`.
+        blob_store: Object store URL the helper containers use directly ("" means
+            through `api_address`).
+        blob_store_secret: Secret whose keys become the helper containers' environment
+            (the store's credentials); never given to the step's container.
     """
 
     helper_image: str
@@ -155,6 +159,18 @@ class PodSettings:
     tolerations: Sequence[Mapping[str, Any]] = ()
     termination_grace: int = 5
     python: str = "python"
+    blob_store: str = ""
+    blob_store_secret: str = ""
+
+    def store_args(self) -> list[str]:
+        """How a helper container reaches the artifact store: directly, or through weft-api."""
+        return ["--blob-store", self.blob_store] if self.blob_store else ["--api", self.api_address]
+
+    def helper_extras(self) -> JSON:
+        """What the helper containers (and only they) get for the store: its credentials."""
+        if self.blob_store and self.blob_store_secret:
+            return {"envFrom": [{"secretRef": {"name": self.blob_store_secret}}]}
+        return {}
 
 
 def step_wrapper(working_dir: str) -> str:
@@ -235,14 +251,14 @@ def build_pod(spec: AttemptSpec, settings: PodSettings, kube_namespace: str) -> 
             "-m",
             "weft_executor.podio",
             "fetch",
-            "--api",
-            settings.api_address,
+            *settings.store_args(),
             "--dir",
             podio.SHARED_DIR,
             *(f"{input_name}={digest}" for input_name, digest in sorted(spec.inputs.items())),
         ],
         "volumeMounts": mount,
         "resources": HELPER_RESOURCES,
+        **settings.helper_extras(),
     }
     upload: JSON = {
         "name": UPLOAD_CONTAINER,
@@ -252,8 +268,7 @@ def build_pod(spec: AttemptSpec, settings: PodSettings, kube_namespace: str) -> 
             "-m",
             "weft_executor.podio",
             "upload",
-            "--api",
-            settings.api_address,
+            *settings.store_args(),
             "--dir",
             podio.SHARED_DIR,
             "--max-bytes",
@@ -262,6 +277,7 @@ def build_pod(spec: AttemptSpec, settings: PodSettings, kube_namespace: str) -> 
         ],
         "volumeMounts": mount,
         "resources": HELPER_RESOURCES,
+        **settings.helper_extras(),
     }
     pod_spec: JSON = {
         "restartPolicy": "Never",

@@ -86,6 +86,7 @@ from weft.v1 import run_pb2
 from weft_core.blobs import BlobStore
 from weft_core.errors import ServiceError, Unavailable
 from weft_core.keyspace import Keyspace
+from weft_core.objectstore import is_object_store_url
 from weft_core.store import Store
 from weft_core.telemetry import tracer
 from weft_executor import podio
@@ -169,6 +170,8 @@ class KubeSettings:
         node_selector: Node labels the step pods require.
         tolerations: Taints the step pods tolerate (Kubernetes JSON).
         python: The interpreter inside `pod_image`.
+        blob_store: Object store URL the pods' helper containers use directly ("": the api).
+        blob_store_secret: Secret with the store credentials of the helper containers.
     """
 
     namespace: str
@@ -187,6 +190,8 @@ class KubeSettings:
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: Sequence[Mapping[str, Any]] = ()
     python: str = "python"
+    blob_store: str = ""
+    blob_store_secret: str = ""
 
     def pod_settings(self) -> PodSettings:
         return PodSettings(
@@ -198,6 +203,8 @@ class KubeSettings:
             tolerations=self.tolerations,
             termination_grace=max(0, round(self.kill_grace)),
             python=self.python,
+            blob_store=self.blob_store if is_object_store_url(self.blob_store) else "",
+            blob_store_secret=self.blob_store_secret,
         )
 
 
@@ -977,6 +984,8 @@ def create_runtime(config: ExecutorConfig, blobs: BlobStore, store: Store) -> Ku
         service_account=config.pod_service_account,
         node_selector=dict(config.pod_node_selector),
         tolerations=tuple(config.pod_tolerations),
+        blob_store=config.blob_store,
+        blob_store_secret=config.pod_blob_store_secret,
     )
     api = KubeApi(load_configuration(settings.kubeconfig), qps=settings.qps, burst=settings.burst)
     return KubernetesRuntime(api, blobs, settings, claims_in_etcd(store, Keyspace(config.etcd_root)))

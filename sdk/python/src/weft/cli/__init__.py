@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--executors", type=int, default=1, help="how many weft-executors (default %(default)s)")
     up.add_argument("--max-parallel", type=int, default=None, help="attempts per executor at once (default: CPUs)")
     up.add_argument("--no-executor", action="store_true", help="start no executor (runs stay PENDING)")
+    up.add_argument(
+        "--blob-store",
+        default="",
+        metavar="URL",
+        help="artifact store: s3://BUCKET/PREFIX, gs://..., az://... (credentials from the environment, "
+        "e.g. AWS_ACCESS_KEY_ID and AWS_ENDPOINT_URL); default: blobs/ in the state dir",
+    )
     up.set_defaults(handler=None, up=True)
 
     apply = command(commands, "apply", c.apply, "store pipelines from files (a new version when a spec changed)")
