@@ -29,7 +29,7 @@ How a blob becomes visible only once verified:
   upload is copied server-side to its final key (a copy is atomic; two writers of the same
   digest copy the same bytes) and the temporary key is deleted. A writer killed mid-upload
   leaves an incomplete multipart upload (invisible; expired by the bucket's
-  `AbortIncompleteMultipartUpload` lifecycle rule, see the chart's README) or an
+  `AbortIncompleteMultipartUpload` lifecycle rule, see `blobStore` in the chart's values.yaml) or an
   `uploads/` key that the sweep removes (`weft_core.gc.STALE_UPLOAD_SECONDS`). S3 copies objects of
   at most 5 GiB in one request, so this backend stores blobs up to 5 GiB (the executor's
   default `--max-output-bytes` is 1 GiB).
@@ -48,7 +48,7 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -182,11 +182,7 @@ class ObjectBlobStore:
     # Writes ---------------------------------------------------------------------------
 
     async def put(self, data: bytes) -> BlobInfo:
-        digest = digest_of(data)
-        existing = await self.touch(digest)
-        if existing is not None:
-            return existing
-        return await self._put_small(digest, bytes(data))
+        return await self._put_small(digest_of(data), bytes(data))
 
     async def put_stream(
         self, chunks: AsyncIterable[bytes], *, digest: str | None = None, size: int | None = None
@@ -195,7 +191,8 @@ class ObjectBlobStore:
             check_digest(digest)
         if size is not None and size < 0:
             raise InvalidArgument(f"size_bytes: {size} is negative; send the content's size in bytes")
-        if digest is not None and await self.touch(digest) is not None:
+        large = size is None or size > SMALL_BLOB_BYTES
+        if digest is not None and large and await self.touch(digest) is not None:
             # Already stored: the content must still be the declared one (a wrong upload is
             # always refused), but it need not travel to the store again.
             actual, written = await _drain(chunks, size)
@@ -205,7 +202,6 @@ class ObjectBlobStore:
             if info is None:
                 raise Unavailable(f"object store: {digest} was deleted while it was uploaded again; retry")
             return info
-        known_absent = digest is not None
         stream = aiter(chunks)
         head: list[bytes] = []
         buffered = 0
@@ -223,16 +219,10 @@ class ObjectBlobStore:
         actual = digest_of(data)
         if (digest is not None and actual != digest) or (size is not None and len(data) != size):
             raise InvalidArgument(mismatch_message(digest, size, actual, len(data)))
-        existing = None if known_absent else await self.touch(actual)
-        if existing is not None:
-            return existing
         return await self._put_small(actual, data)
 
     async def put_file(self, path: Path) -> BlobInfo:
         digest, size = await asyncio.to_thread(_file_digest, path)
-        existing = await self.touch(digest)
-        if existing is not None:
-            return existing
 
         async def chunks() -> AsyncIterator[bytes]:
             with open(path, "rb") as source:  # noqa: ASYNC230  (chunks are read in a thread below)
@@ -246,16 +236,21 @@ class ObjectBlobStore:
         import obstore
         from obstore.exceptions import AlreadyExistsError
 
-        try:
-            await obstore.put_async(self._store, self.key_of(digest), data, mode="create")
-        except AlreadyExistsError:
-            pass  # a concurrent writer stored the same content: its object is whole
-        except Exception as error:
-            raise _blob_error(f"storing {digest}", error) from error
-        info = await self.stat(digest)
-        if info is None:
-            raise Unavailable(f"object store: {digest} vanished right after it was stored; retry")
-        return info
+        # One conditional put when the content is new (the usual case: one request). When it
+        # is stored already, the touch marks it wanted and checks it is still there: a sweep
+        # may have taken it between the refused put and the marker, then it is put again.
+        for _ in range(3):
+            try:
+                await obstore.put_async(self._store, self.key_of(digest), data, mode="create")
+            except AlreadyExistsError:
+                existing = await self.touch(digest)
+                if existing is not None:
+                    return existing
+                continue
+            except Exception as error:
+                raise _blob_error(f"storing {digest}", error) from error
+            return BlobInfo(digest, len(data), datetime.now(UTC))
+        raise Unavailable(f"object store: {digest} keeps vanishing while it is stored (a sweep?); retry")
 
     async def _put_large(
         self, head: list[bytes], rest: AsyncIterator[bytes], digest: str | None, size: int | None
@@ -309,10 +304,7 @@ class ObjectBlobStore:
             raise _blob_error(f"publishing {actual}", error) from error
         finally:
             await self._delete_quietly([temporary])
-        info = await self.stat(actual)
-        if info is None:
-            raise Unavailable(f"object store: {actual} vanished right after it was stored; retry")
-        return info
+        return BlobInfo(actual, written, datetime.now(UTC))
 
     # Reads ----------------------------------------------------------------------------
 
@@ -449,16 +441,24 @@ class ObjectBlobStore:
         return True
 
     async def remove_stale_uploads(self, cutoff: datetime) -> int:
-        """Deletes temporary upload keys (and trash copies) older than `cutoff`."""
+        """Deletes temporary upload keys, trash copies, and markers of blobs that do not
+        exist (a StatBlob of an absent digest leaves one), all older than `cutoff`."""
         import obstore
 
         stale: list[str] = []
+        stored: set[str] = set()
+        markers: list[tuple[str, datetime]] = []
         try:
             for area in (UPLOADS, TRASH):
                 async for batch in obstore.list(self._store, prefix=area + "/", chunk_size=1000):
                     stale += [m["path"] for m in batch if m["last_modified"] < cutoff]
+            async for batch in obstore.list(self._store, prefix=TOUCHED + "/", chunk_size=1000):
+                markers += [(m["path"], m["last_modified"]) for m in batch]
+            async for batch in obstore.list(self._store, prefix=BLOBS + "/", chunk_size=1000):
+                stored.update(m["path"].rsplit("/", 1)[-1] for m in batch)
         except Exception as error:
             raise _blob_error("listing temporary uploads", error) from error
+        stale += [key for key, when in markers if when < cutoff and key.rsplit("/", 1)[-1] not in stored]
         await self._delete_quietly(stale)
         return len(stale)
 

@@ -2,7 +2,7 @@
 
 The command line is a contract other components build against (`weft up`, the Helm
 chart): `--etcd-endpoints`, `--api`, `--runtime`, `--max-parallel`, `--work-dir`,
-`--listen`, `--etcd-root`, `--executor-id`, `--lease-ttl`, plus the executor's limits and
+`--listen`, `--etcd-root`, `--executor-id`, `--lease-ttl`, `--blob-store`, plus the executor's limits and
 the settings of the kubernetes runtime (`--namespace`, `--pod-image`, ...; their defaults
 mirror `weft_executor.runtime.kubernetes.KubeSettings`). Nothing here contacts anything
 or prints a secret.

@@ -219,6 +219,17 @@ async def test_a_writer_killed_mid_upload_leaves_no_visible_blob(
     assert await blob_store.get(info.digest) == b"after the crash"
 
 
+async def test_the_sweep_removes_markers_of_blobs_that_do_not_exist(blob_store: BlobBackend) -> None:
+    kept = await blob_store.put(b"stored")
+    await blob_store.touch(kept.digest)
+    assert await blob_store.touch(digest_of(b"asked about, never stored")) is None
+    later = datetime.now(UTC) + timedelta(days=1)
+    removed = await blob_store.remove_stale_uploads(later)
+    assert removed == (1 if isinstance(blob_store, ObjectBlobStore) else 0)
+    assert await blob_store.remove_stale_uploads(later) == 0
+    assert await blob_store.get(kept.digest) == b"stored"
+
+
 async def test_touch_marks_a_stored_blob_as_wanted(blob_store: BlobBackend) -> None:
     info = await blob_store.put(b"old output")
     await asyncio.sleep(1.1)  # S3's modification times have a resolution of a second
