@@ -36,6 +36,8 @@ from weft_core.errors import Internal, InvalidArgument, NotFound, ServiceError, 
 
 #: Size of the chunks blobs are read and streamed in.
 CHUNK_BYTES = 1024 * 1024
+#: Existence checks in flight at once in `missing_blobs` for stores without `stat_many`.
+MISSING_CHECK_CONCURRENCY = 64
 #: Temporary files older than this are leftovers of a crash and are removed at start.
 STALE_TEMP_SECONDS = 3600.0
 
@@ -149,7 +151,14 @@ async def missing_blobs(store: BlobStore, digests: Iterable[str]) -> list[str]:
     if stat_many is not None:
         found: dict[str, BlobInfo | None] = await stat_many(unique)
         return [d for d in unique if found.get(d) is None]
-    infos = await asyncio.gather(*(store.stat(d) for d in unique))
+    # Concurrent, but bounded: 2,000 StatBlobs at once only queue up in the api's threads.
+    slots = asyncio.Semaphore(MISSING_CHECK_CONCURRENCY)
+
+    async def stat(digest: str) -> BlobInfo | None:
+        async with slots:
+            return await store.stat(digest)
+
+    infos = await asyncio.gather(*(stat(d) for d in unique))
     return [d for d, info in zip(unique, infos, strict=True) if info is None]
 
 
