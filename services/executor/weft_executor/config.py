@@ -44,7 +44,7 @@ def positive_int(value: str) -> int:
 def lease_ttl_value(value: str) -> int:
     seconds = int(value)
     if seconds < 2:
-        raise ValueError("must be at least 2 seconds (etcd leases are refreshed every TTL/3)")
+        raise ValueError("must be at least 2 seconds (etcd leases are refreshed every TTL/6)")
     return seconds
 
 
@@ -112,7 +112,7 @@ class ExecutorConfig:
         listen: `HOST:PORT` of the ExecutorService (live logs); port 0 picks a free one.
         etcd_root: Root of weft's keys in etcd.
         executor_id: This executor's id ("" generates `<host>-<pid>-<rand>`).
-        lease_ttl: Seconds the executor's claims outlive it (refreshed every TTL/3).
+        lease_ttl: Seconds the executor's claims outlive it (refreshed every TTL/6).
         max_output_bytes: Largest output file a step may write.
         kill_grace: Seconds between SIGTERM and SIGKILL when stopping an attempt.
         advertise_host: Host other processes dial for ExecutorService ("" means the listen

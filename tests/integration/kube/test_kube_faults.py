@@ -759,11 +759,15 @@ def test_podio_reports_an_unreachable_artifact_store(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
 
     done = run_podio("upload", "--api", f"127.0.0.1:{port}", "--dir", str(shared), "--termination-log", str(log),
-                     "--max-bytes", "100", "--tries", "2", "out")  # fmt: skip
+                     "--max-bytes", "100", "--patience", "1", "out")  # fmt: skip
 
     assert done.returncode == 1
-    assert b"retrying in 0.5s" in done.stderr
+    # One warning for the outage, naming what is retried and for how long; no traceback.
+    assert done.stderr.count(b"is unreachable") == 1, done.stderr
+    assert b"while looking up blob sha256:" in done.stderr
+    assert b"retrying for up to 1s" in done.stderr
+    assert b"Traceback" not in done.stderr
     report = podio.TerminationMessage.decode(log.read_text())
     assert report is not None
     assert report.error.startswith("uploading output 'out': artifact store at 127.0.0.1:")
-    assert "failed (UNAVAILABLE" in report.error
+    assert "failed for 1s (UNAVAILABLE" in report.error
