@@ -163,7 +163,7 @@ class Executor:
     async def start(self) -> None:
         """Serves ExecutorService, registers in etcd and starts scheduling."""
         self._store = Store(self.config.etcd_endpoints)
-        self._blobs = RemoteBlobStore(self.config.api)
+        self._blobs = RemoteBlobStore(self.config.api, patience=self.config.api_patience)
         self._pipelines = PipelineReader(self._store, self.keyspace, self._blobs, cache_size=64)
         self._run_refs = RunRefs(self._pipelines)
         self._runtime = self._make_runtime(self._blobs)

@@ -39,20 +39,20 @@ from weft.v1 import run_pb2
 from weft_core.blobs import DirectoryBlobStore, RemoteBlobStore
 from weft_core.errors import Unavailable
 from weft_executor import podio
+from weft_executor.config import ExecutorConfig, KubeSettings
 from weft_executor.runtime import AttemptSetupError, AttemptSpec
 from weft_executor.runtime import kubernetes as kube_runtime_module
 from weft_executor.runtime.kube_client import KubeApi, RateLimiter
 from weft_executor.runtime.kube_pods import (
     MAIN_CONTAINER,
     UPLOAD_CONTAINER,
-    PodSettings,
     build_pod,
     escape_expansion,
     label_value,
     pod_name,
     step_wrapper,
 )
-from weft_executor.runtime.kubernetes import KubernetesRuntime, KubeSettings, StepRef
+from weft_executor.runtime.kubernetes import KubernetesRuntime, StepRef
 
 Attempt = run_pb2.Attempt
 JSON = dict[str, Any]
@@ -361,15 +361,23 @@ async def claims_unknown(steps: Sequence[StepRef]) -> set[StepRef]:
     raise Unavailable("these fault-stub tests run without etcd")
 
 
+def stub_config(**kube: Any) -> ExecutorConfig:
+    """The settings of a runtime against the API stub (no etcd, no artifact service)."""
+    settings = KubeSettings(namespace=NAMESPACE, pod_image="weft.test/weft:dev", **kube)
+    return ExecutorConfig(
+        etcd_endpoints="http://127.0.0.1:1", api="127.0.0.1:1", work_dir=Path("/nonexistent"), kube=settings
+    )
+
+
 @contextlib.asynccontextmanager
 async def stub_runtime(url: str, blob_dir: Path, **overrides: Any) -> AsyncIterator[KubernetesRuntime]:
     from kubernetes.client import Configuration
 
-    settings = KubeSettings(namespace=NAMESPACE, pod_image="weft.test/weft:dev", api_address="127.0.0.1:1", **overrides)
+    config = stub_config(**overrides)
     runtime = KubernetesRuntime(
-        KubeApi(Configuration(host=url), qps=settings.qps, burst=settings.burst),
+        KubeApi(Configuration(host=url), qps=config.kube.kube_qps, burst=config.kube.kube_burst),
         DirectoryBlobStore(blob_dir),
-        settings,
+        config,
         claims_unknown,
     )
     try:
@@ -556,7 +564,7 @@ async def test_a_create_whose_answer_was_lost_adopts_the_pod_it_made(
 async def test_409_on_create_adopts_the_existing_pod(stub: tuple[PodApiStub, str], tmp_path: Path) -> None:
     api, url = stub
     spec = spec_for("existing")
-    existing = api.put(build_pod(spec, PodSettings("weft.test/weft:dev", "127.0.0.1:1"), NAMESPACE))
+    existing = api.put(build_pod(spec, stub_config()))
     async with stub_runtime(url, tmp_path) as runtime:
         attempt = await runtime.launch(spec)
 
@@ -569,7 +577,7 @@ async def test_409_on_create_adopts_the_existing_pod(stub: tuple[PodApiStub, str
 async def test_409_for_a_pod_of_another_attempt_is_refused(stub: tuple[PodApiStub, str], tmp_path: Path) -> None:
     api, url = stub
     spec = spec_for("clash")
-    impostor = build_pod(spec_for("someone-else"), PodSettings("x", "y"), NAMESPACE)
+    impostor = build_pod(spec_for("someone-else"), stub_config())
     impostor["metadata"]["name"] = pod_name(*spec.key)
     api.put(impostor)
     async with stub_runtime(url, tmp_path) as runtime:
@@ -603,7 +611,7 @@ async def test_an_unreachable_api_server_fails_the_launch_clearly(tmp_path: Path
 
 async def test_pod_creation_keeps_to_the_client_qps_limit(stub: tuple[PodApiStub, str], tmp_path: Path) -> None:
     api, url = stub
-    async with stub_runtime(url, tmp_path, qps=20.0, burst=5) as runtime:
+    async with stub_runtime(url, tmp_path, kube_qps=20.0, kube_burst=5) as runtime:
         await asyncio.gather(*(runtime.launch(spec_for(f"wide-{i}")) for i in range(25)))
 
     creates = api.of_kind("create")

@@ -104,8 +104,10 @@ def test_kubernetes_settings_parse() -> None:
         {},
     )  # fmt: skip
     assert config.runtime == "kubernetes"
-    assert config.namespace == "steps"
-    assert dict(config.pod_node_selector) == {"disk": "ssd", "zone": "a"}
-    assert config.pod_tolerations == ({"key": "gpu", "operator": "Exists"},)
-    assert config.kubeconfig is None
+    assert config.kube.namespace == "steps"
+    assert dict(config.kube.pod_node_selector) == {"disk": "ssd", "zone": "a"}
+    assert config.kube.pod_tolerations == ({"key": "gpu", "operator": "Exists"},)
+    assert config.kube.kubeconfig is None
+    assert config.kube.keep_failed_pods == 3600.0  # the flag's default is KubeSettings'
+    assert config.pod_api == "weft-api:50051"
     assert config.work_dir.name == "weft-attempts"  # not needed by pods, so it has a default
