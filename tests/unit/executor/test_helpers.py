@@ -60,6 +60,8 @@ def test_backoff_defaults_and_growth() -> None:
 
 def test_failure_summary_keeps_the_first_line_only() -> None:
     assert summary("exit code 3; last stderr lines:\ndisk full") == "exit code 3"
+    # The kubernetes runtime's wording (its log interleaves stdout and stderr): the same.
+    assert summary("exit code 4; last log lines:\nreading\nbad row 17") == "exit code 4"
     assert summary("timed out after 2s") == "timed out after 2s"
     assert summary("") == "failed"
 

@@ -78,7 +78,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,7 @@ from weft_executor.runtime.kube_pods import (
     MAIN_CONTAINER,
     POD_SELECTOR,
     UPLOAD_CONTAINER,
+    ContainerReading,
     PodReading,
     attempt_key_of,
     build_pod,
@@ -452,10 +453,11 @@ class KubernetesRuntime:
         pod = attempt.subscription.pod if attempt.subscription else None
         if reading.reason == "Evicted":
             why = reading.message.strip() or "no reason given"
-            return Verdict(Attempt.STATE_FAILED, f"evicted by Kubernetes: {why}")
+            return Verdict(Attempt.STATE_FAILED, f"evicted by Kubernetes: {why}", exit_code=_killed_code(reading))
         if reading.reason == "DeadlineExceeded":
             timeout = human_seconds(attempt.spec.timeout or 0)
-            return Verdict(Attempt.STATE_FAILED, f"timed out after {timeout} (Kubernetes ended the pod)")
+            message = f"timed out after {timeout} (Kubernetes ended the pod)"
+            return Verdict(Attempt.STATE_FAILED, message, exit_code=_killed_code(reading))
         init = reading.init
         if init is not None and init.terminated and init.exit_code != 0:
             report = podio.TerminationMessage.decode(init.message)
@@ -544,7 +546,7 @@ class KubernetesRuntime:
         """Collects the logs (and outputs), applies the clean-up policy, returns the result."""
         reading = read_pod(subscription.pod) if subscription.pod is not None else None
         main = reading.main if reading is not None else None
-        end_time = (parse_time(main.finished_at) if main is not None and main.terminated else None) or datetime.now(UTC)
+        end_time = _end_time(attempt, main)
         stdout_digest = ""
         if main is not None and main.started and not subscription.gone:
             stdout_digest = await self._store_log(attempt.pod_name)
@@ -868,6 +870,29 @@ class KubernetesRuntime:
             log.info("deleting finished pod %s/%s (kept for %s)", self.namespace, name, kept)
             await self._delete_pod(name, uid)
         return len(doomed)
+
+
+def _killed_code(reading: PodReading) -> int:
+    """The exit code of a step Kubernetes ended: the container's own if it reports one,
+    else -9 (killed by SIGKILL, as the local runtime records a signal), never 0."""
+    main = reading.main
+    if main is not None and main.terminated and main.exit_code != 0:
+        return main.exit_code
+    return -int(signal.SIGKILL)
+
+
+def _end_time(attempt: KubeAttempt, main: ContainerReading | None) -> datetime:
+    """When the attempt ended, never before its recorded start.
+
+    The API's `finishedAt` has whole seconds (cut, not rounded) and the node's clock,
+    while the start is this executor's clock: the end is the moment the executor saw the
+    pod end when that lies within finishedAt's second, else finishedAt, and in any case
+    no earlier than the start, so a duration is never negative.
+    """
+    seen = datetime.now(UTC)
+    finished = parse_time(main.finished_at) if main is not None and main.terminated else None
+    end = seen if finished is None or finished <= seen < finished + timedelta(seconds=1) else finished
+    return max(end, attempt.start_time)
 
 
 def _with(message: str, detail: str) -> str:
