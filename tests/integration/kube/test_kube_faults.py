@@ -779,3 +779,25 @@ def test_podio_reports_an_unreachable_artifact_store(tmp_path: Path) -> None:
     assert report is not None
     assert report.error.startswith("uploading output 'out': artifact store at 127.0.0.1:")
     assert "failed for 1s (UNAVAILABLE" in report.error
+
+
+def test_an_attempt_never_ends_before_it_started() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from weft_executor.runtime.kube_pods import ContainerReading
+    from weft_executor.runtime.kubernetes import KubeAttempt, _end_time
+
+    started = datetime.now(UTC) - timedelta(seconds=0.3)
+    attempt = KubeAttempt(spec=spec_for("quick"), handle="quick-pod", start_time=started)
+    # The node reports whole seconds, cut: a step that ran 0.2 s "finished" before it started.
+    cut = started.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ended = ContainerReading(name="main", state="terminated", finished_at=cut)
+    assert _end_time(attempt, ended) >= started
+    # A node clock behind the executor's: clamped to the start, not negative.
+    behind = (started - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert _end_time(attempt, ContainerReading(name="main", state="terminated", finished_at=behind)) == started
+    # Seen long after it ended: the node's finishedAt, not the moment it was seen.
+    old = KubeAttempt(spec=spec_for("old"), handle="old-pod", start_time=started - timedelta(hours=1))
+    assert _end_time(old, ContainerReading(name="main", state="terminated", finished_at=behind)) == started.replace(
+        microsecond=0
+    ) - timedelta(seconds=5)

@@ -269,6 +269,10 @@ async def test_kubernetes_failures_become_clear_attempt_failures(
     assert oom.exit_code == 137
     evicted = results["evict-step"][1]
     assert evicted.message == "evicted by Kubernetes: The node was low on resource: memory."
+    assert evicted.exit_code not in (0, None)  # killed by the node: never recorded as a clean exit
+    for attempt, result in results.values():
+        # Never negative: the end (whole seconds from the node) is clamped to the start.
+        assert result.end_time >= attempt.start_time, (attempt.handle, attempt.start_time, result.end_time)
     pulled = results["pull-step"][1]
     assert pulled.message.startswith("image 'busybox:1.36' of container main could not be pulled for 1s (")
     assert "failed to pull and unpack image" in pulled.message or "Back-off pulling image" in pulled.message
