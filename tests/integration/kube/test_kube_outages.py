@@ -23,7 +23,14 @@ import pytest
 
 from tests.integration.conftest import ApiProcess, InProcessApi, running_api
 from tests.integration.executor.support import Harness, steps_by_name
-from tests.integration.kube.conftest import kube_executor_settings, kube_runtime, list_pods, settings_for, wait_until
+from tests.integration.kube.conftest import (
+    kube_executor_settings,
+    kube_runtime,
+    list_pods,
+    settings_for,
+    start_kube_executor_process,
+    wait_until,
+)
 from tests.integration.kube.test_kubernetes_runtime import attempt_spec, pod_exists, run_attempt
 from tests.kube.cluster import KubeCluster
 from tests.kube.kubelet import SimulatedKubelet
@@ -190,6 +197,16 @@ async def test_etcd_away_longer_than_the_lease_re_attaches_every_running_pod(
     assert _weft_errors(caplog) == []
 
 
+async def _running_attempt_recorded(h: Harness, run_name: str, step: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        found = steps_by_name(await h.get(run_name)).get(step)
+        if found is not None and any(a.state == Attempt.STATE_RUNNING and a.handle for a in found.attempts):
+            return
+        assert time.monotonic() < deadline, f"no RUNNING attempt of {step} recorded"
+        await asyncio.sleep(0.1)
+
+
 async def until_pods_run(core: Any, namespace: str, count: int) -> None:
     def running() -> bool:
         pods = list_pods(core, namespace)
@@ -220,3 +237,31 @@ async def test_weft_logs_of_a_step_whose_pod_never_started_says_why_and_fails(
     assert done.stdout == ""
     assert "attempt 1 of step pull-forever is FAILED and left no log: image 'busybox:1.36'" in done.stderr
     assert "could not be pulled" in done.stderr
+
+
+async def test_a_step_cancelled_after_its_executor_died_keeps_no_running_attempt_and_its_log(
+    harness: Harness, cluster: KubeCluster, kubelet: SimulatedKubelet, core: Any, namespace: str
+) -> None:
+    h = harness
+    gate = h.tmp / "gate"
+    script = f'echo "started"; while [ ! -e {gate} ]; do sleep 0.05; done; printf late > "$WEFT_OUTPUTS/out"'
+    pipeline = await h.apply("cancel-orphan", [h.step("long", script)])
+    dying = start_kube_executor_process(h, cluster, namespace, lease_ttl=2)
+    run_name = (await h.run(pipeline.name)).name
+    await until_pods_run(core, namespace, 1)
+    await _running_attempt_recorded(h, run_name, "long")
+    dying.kill()  # its pod keeps running
+    await h.cancel(run_name, "not needed any more")
+    survivor = await h.start_executor(**kube_executor_settings(cluster, namespace, lease_ttl=2))
+
+    run = await h.wait(run_name, timeout=30)
+
+    assert run.state == Run.STATE_CANCELLED
+    long = steps_by_name(run)["long"]
+    assert long.state == StepRun.STATE_CANCELLED
+    assert [a.state for a in long.attempts] == [Attempt.STATE_CANCELLED], long.attempts
+    assert await h.blob(long.attempts[0].stdout_digest) == b"started\n"  # the log was stored
+    stored = h.clients.runs.ReadLogs(run_pb2.ReadLogsRequest(run=run_name, step="long"))
+    assert b"".join([chunk.data async for chunk in stored]) == b"started\n"
+    await wait_until(lambda: list_pods(core, namespace) == [], what="the orphaned pod deleted")
+    assert survivor.launches == 0

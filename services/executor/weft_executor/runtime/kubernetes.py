@@ -48,8 +48,8 @@ Logs and clean-up
     blob (Kubernetes interleaves stdout and stderr in one log, so there is no separate
     stderr blob). A succeeded pod is deleted once the executor recorded its result
     (`release`); a failed pod is kept for `keep_failed_pods` seconds (at least
-    `MIN_KEEP_FAILED_PODS`) for `kubectl` inspection, after which a periodic sweep, shared
-    by all executors and surviving their restarts, deletes it (along with any finished pod
+    `MIN_KEEP_FAILED_PODS`) for `kubectl` inspection, after which a periodic sweep, run by
+    every executor from its start and surviving their restarts, deletes it (along with any finished pod
     nobody collected). The sweep deletes only pods whose every container ended (phase
     Succeeded or Failed) and whose step holds no claim in etcd: a pod whose output
     container still uploads, or whose step an executor works on (or is re-attaching to after
@@ -59,6 +59,13 @@ Logs and clean-up
     cgroup OOM group kill takes the wrapper with it) leaves the output container waiting
     for a marker that never comes, so the pod would never end: once the step container
     ended, the pod gets `helper_grace` seconds to end by itself, and is then deleted.
+
+Outages
+    Every artifact-store call (the manifest read, the log upload, and the pods' own
+    fetches and uploads) rides out a weft-api restart: `RemoteBlobStore` retries it for
+    `--api-patience` seconds. When the executor's lease is lost, its pods keep running
+    and are re-attached once the step is claimed again (by this executor after it
+    registered anew, or by another), never deleted and launched a second time.
 
 Secret values never pass through weft: secret env becomes `valueFrom.secretKeyRef`, which
 the kubelet resolves. Unlike the local runtime, weft therefore cannot redact a secret that
