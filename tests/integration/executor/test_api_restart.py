@@ -33,13 +33,10 @@ INPUT_BYTES = 8 * 1024 * 1024
 
 def _fetch_in_flight(work_dir: Path) -> bool:
     """An input file of a local attempt exists but is not complete yet."""
-    for path in work_dir.rglob("inputs/*"):
-        try:
-            if 0 < path.stat().st_size < INPUT_BYTES:
-                return True
-        except FileNotFoundError:
-            continue
-    return False
+    try:
+        return any(0 < path.stat().st_size < INPUT_BYTES for path in work_dir.rglob("inputs/*"))
+    except FileNotFoundError:
+        return False  # an attempt directory vanished (released) while it was walked
 
 
 async def test_runs_succeed_through_ten_sigkills_of_the_api(
