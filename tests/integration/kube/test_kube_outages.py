@@ -265,3 +265,46 @@ async def test_a_step_cancelled_after_its_executor_died_keeps_no_running_attempt
     assert b"".join([chunk.data async for chunk in stored]) == b"started\n"
     await wait_until(lambda: list_pods(core, namespace) == [], what="the orphaned pod deleted")
     assert survivor.launches == 0
+
+
+async def test_an_api_away_longer_than_the_patience_costs_no_attempt_the_pod_is_re_attached(
+    etcd: EtcdProcess,
+    api_process: ApiProcess,
+    keyspace: Keyspace,
+    tmp_path: Path,
+    cluster: KubeCluster,
+    kubelet: SimulatedKubelet,
+    pods_root: Path,
+    namespace: str,
+) -> None:
+    store = Store(etcd.endpoint)
+    async with grpc.aio.insecure_channel(api_process.address) as channel:
+        h = Harness(etcd.endpoint, api_process.address, keyspace, api_process.blob_dir, tmp_path, channel, store)
+        try:
+            gate = tmp_path / "gate"
+            script = f'echo "working"; while [ ! -e {gate} ]; do sleep 0.05; done; printf done > "$WEFT_OUTPUTS/out"'
+            pipeline = await h.apply("api-past-patience", [h.step("finish", script)])
+            executor = await h.start_executor(**kube_executor_settings(cluster, namespace, api_patience=1.0))
+            run_name = (await h.run(pipeline.name)).name
+            await wait_until(lambda: list_pods(h_core(cluster), namespace), what="pod created")
+            gate.touch()
+            deadline = time.monotonic() + 30
+            while not _outputs_reported(pods_root, namespace):
+                assert time.monotonic() < deadline, "the output container never reported"
+                await asyncio.sleep(0.002)
+            api_process.kill()
+            await asyncio.sleep(3.0)  # three times the patience
+            await asyncio.to_thread(api_process.start)
+
+            run = await h.wait(run_name, timeout=60)
+            assert run.state == Run.STATE_SUCCEEDED, run.message
+            step = steps_by_name(run)["finish"]
+            # The same attempt, re-attached: no attempt was spent on the outage.
+            assert [(a.number, a.state) for a in step.attempts] == [(1, Attempt.STATE_SUCCEEDED)]
+            assert await h.blob(step.attempts[0].stdout_digest) == b"working\n"
+            runtime = executor.runtime
+            assert isinstance(runtime, KubernetesRuntime)
+            assert runtime.created == 1
+        finally:
+            await h.close()
+            await store.close()

@@ -633,6 +633,10 @@ class KubernetesRuntime:
             return failed, f"could not store the outputs: {report.error}", {}
         try:
             manifest = podio.Manifest.decode(await self.blobs.get(report.manifest))
+        except Unavailable:
+            # The api stayed away longer than the store's patience: not the step's failure.
+            # `wait` raises, the finished pod stays, and the step's next try re-attaches it.
+            raise
         except (ServiceError, ValueError) as error:
             detail = error.message if isinstance(error, ServiceError) else str(error)
             return failed, f"could not read the output manifest {report.manifest}: {detail}", {}
@@ -692,6 +696,8 @@ class KubernetesRuntime:
         except (KubeError, KubeUnavailable, OSError) as error:
             log.warning("could not read the log of pod %s/%s: %s", self.namespace, name, error)
             return ""
+        except Unavailable:
+            raise  # as for the manifest: the pod is re-attached and its log stored later
         except ServiceError as error:
             log.warning("could not store the log of pod %s/%s: %s", self.namespace, name, error.message)
             return ""
