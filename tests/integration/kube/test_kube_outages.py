@@ -276,7 +276,9 @@ async def test_an_api_away_longer_than_the_patience_costs_no_attempt_the_pod_is_
     kubelet: SimulatedKubelet,
     pods_root: Path,
     namespace: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     store = Store(etcd.endpoint)
     async with grpc.aio.insecure_channel(api_process.address) as channel:
         h = Harness(etcd.endpoint, api_process.address, keyspace, api_process.blob_dir, tmp_path, channel, store)
@@ -308,3 +310,4 @@ async def test_an_api_away_longer_than_the_patience_costs_no_attempt_the_pod_is_
         finally:
             await h.close()
             await store.close()
+    assert _weft_errors(caplog) == []
