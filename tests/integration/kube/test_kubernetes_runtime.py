@@ -341,6 +341,11 @@ async def test_kill_cancels_the_attempt_and_deletes_its_pod(
     attempt = await runtime.launch(attempt_spec("endless", "echo working; sleep 30"))
     waiting = asyncio.create_task(runtime.wait(attempt))
     await wait_until(lambda: _main_running(core, namespace, attempt.handle), what="step running")
+    # The log stored at the kill is what the step wrote by then: wait until it wrote its line.
+    await wait_until(
+        lambda: "working" in core.read_namespaced_pod_log(attempt.handle, namespace, container="main"),
+        what="the step's first line in its log",
+    )
 
     await runtime.kill(attempt, "run cancelled: test")
     result = await asyncio.wait_for(waiting, 20)
