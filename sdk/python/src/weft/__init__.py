@@ -1,14 +1,18 @@
 """weft: data pipelines on Kubernetes that never forget the work they have done.
 
 The SDK: `Client` / `AsyncClient` talk to weft-api, `Pipeline` builds pipelines (or
-`load_pipeline` reads them from files), and the calls return thin views such as `Run`
-that keep the raw message as `.pb`. Every failure is a `weft.errors.WeftError`.
+`load_pipeline` reads them from files), `@weft.function` turns Python functions into
+steps, and the calls return thin views such as `Run` that keep the raw message as `.pb`.
+Every failure is a `weft.errors.WeftError`.
 
     import weft
 
-    p = weft.Pipeline("hello")
-    p.step("say", image="python:3.11-slim", command=["sh", "-c", "echo hi > $WEFT_OUTPUTS/greeting"],
-           outputs=["greeting"])
+    @weft.function(outputs="greeting")
+    def say(name: str) -> str:
+        return f"hi {name}"
+
+    with weft.Pipeline("hello") as p:
+        say(name=p.parameter("name", default="you"))
     with weft.Client.connect("127.0.0.1:50051") as client:
         client.apply(p)
         run = client.create_run("hello").wait()
@@ -32,6 +36,7 @@ from weft._results import (
     RunRecord,
     StepRun,
 )
+from weft.functions import Function, FunctionOutputs, function
 from weft.pipeline import (
     Cache,
     OutputRef,
@@ -41,6 +46,7 @@ from weft.pipeline import (
     Retry,
     SecretRef,
     StepHandle,
+    SubPipeline,
     literal,
     load_pipeline,
     loads_pipeline,
@@ -59,6 +65,8 @@ __all__ = [
     "Cache",
     "Client",
     "Explanation",
+    "Function",
+    "FunctionOutputs",
     "LogChunk",
     "OutputRef",
     "ParamRef",
@@ -73,8 +81,10 @@ __all__ = [
     "SecretRef",
     "StepHandle",
     "StepRun",
+    "SubPipeline",
     "__version__",
     "errors",
+    "function",
     "literal",
     "load_pipeline",
     "loads_pipeline",
