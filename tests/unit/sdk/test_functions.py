@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -261,3 +262,10 @@ def test_the_runner_is_shipped_compact_and_still_compiles() -> None:
     namespace: dict[str, Any] = {"__name__": "weft.runner"}
     exec(compile(source, "weft.runner", "exec"), namespace)
     assert namespace["PROTOCOL"] == _runner.PROTOCOL == 1
+
+
+def test_import_weft_does_not_load_the_function_machinery() -> None:
+    # `import weft` must stay fast: weft.functions (ast, the runner, tarfile) loads on first use.
+    code = "import sys, weft; assert 'weft.functions' not in sys.modules; weft.function; print('ok')"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "ok"

@@ -23,6 +23,9 @@ The generated stubs of the API are in `weft.v1`. This package never imports serv
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from weft import errors
 from weft._client import DEFAULT_TARGET, AsyncClient, AsyncRun, Client, RetrySettings, Run
 from weft._results import (
@@ -36,7 +39,6 @@ from weft._results import (
     RunRecord,
     StepRun,
 )
-from weft.functions import Function, FunctionOutputs, function
 from weft.pipeline import (
     Cache,
     OutputRef,
@@ -53,7 +55,24 @@ from weft.pipeline import (
     secret,
 )
 
+if TYPE_CHECKING:
+    from weft.functions import Function, FunctionOutputs, function
+
 __version__ = "0.1.0"
+
+#: Imported on first use, so `import weft` does not pay for the function-step machinery
+#: (the AST, the runner and its archive support) in programs that never use it.
+_LAZY = {"Function": "weft.functions", "FunctionOutputs": "weft.functions", "function": "weft.functions"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'weft' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_TARGET",
