@@ -68,3 +68,32 @@ def test_the_other_views_print_one_line() -> None:
     assert repr(Explanation(explanation)) == "Explanation(HIT, sha256:08ce4a…: same)"
     assert repr(Blob(artifact_pb2.Blob(digest=DIGEST, size_bytes=1))) == "Blob(sha256:08ce4a…, 1 byte)"
     assert repr(LogChunk("stderr", b"abc", 1)) == "LogChunk(stderr, attempt 1, 3 bytes)"
+
+
+def test_pipelines_get_shows_the_composition_and_function_steps_by_name() -> None:
+    import io
+
+    from rich.console import Console
+
+    import weft
+    from weft.cli._output import pipeline_view
+    from weft.functions import Function
+
+    add_one: Function[..., int] = weft.function(_add_one)
+    with weft.Pipeline("etl") as p:
+        add_one(x=1)
+    message = p.to_proto()
+    message.name = "namespaces/default/pipelines/etl"
+    message.version = DIGEST
+    message.spec.uses.add(step="normalise", pipeline=pipeline_pb2.PipelineRef(name="normalise", version=DIGEST))
+    console = Console(file=io.StringIO(), width=250)
+    console.print(pipeline_view(PipelineVersion(message)))
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert f"Uses      normalise @ {DIGEST} as normalise.*" in shown
+    assert "weft.function.json = python function _add_one()" not in shown
+    assert "python function _add_one()" in shown
+    assert "(weft function runner)" in shown
+
+
+def _add_one(x: int) -> int:
+    return x + 1
