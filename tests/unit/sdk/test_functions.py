@@ -269,3 +269,24 @@ def test_import_weft_does_not_load_the_function_machinery() -> None:
     code = "import sys, weft; assert 'weft.functions' not in sys.modules; weft.function; print('ok')"
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == "ok"
+
+
+def test_requirements_already_installed_are_used_as_they_are(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEFT_FUNCTION_CACHE", str(tmp_path))
+    from importlib import metadata
+
+    pinned = f"PyYAML=={metadata.version('PyYAML')}"
+    assert _runner.ensure_requirements([pinned, "grpcio"]) == sys.executable
+    assert not (tmp_path / "venvs").exists()  # nothing was installed
+
+
+def test_missing_requirements_on_kubernetes_fail_clearly_instead_of_installing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every pod has KUBERNETES_SERVICE_HOST (the kubelet sets it): there, requirements
+    # belong in the image and the runner never reaches for PyPI.
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("WEFT_FUNCTION_CACHE", str(tmp_path))
+    with pytest.raises(_runner.ProtocolError, match=r"requirements not installed in the image: weft-absent==1\.0;"):
+        _runner.ensure_requirements(["weft-absent==1.0", "grpcio"])
+    assert not (tmp_path / "venvs").exists()
