@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zlib
@@ -118,6 +119,10 @@ def test_paths_round_trip_as_files_and_directories(tmp_path: Path) -> None:
     assert tree.is_dir()
     assert sorted(p.name for p in tree.rglob("*.txt")) == ["f0.txt", "f1.txt", "f2.txt"]
     assert count_files.local(tree) == 3
+    # A file result is <dir>/outputs/<name>, a directory result <dir>/<name>.
+    for result in (copied.parent.parent, tree.parent):
+        assert result.name.startswith("weft-local-"), result  # never remove anything else
+        shutil.rmtree(result)
 
 
 def test_a_directory_archive_depends_only_on_names_and_contents(tmp_path: Path) -> None:
@@ -290,3 +295,38 @@ def test_missing_requirements_on_kubernetes_fail_clearly_instead_of_installing(
     with pytest.raises(_runner.ProtocolError, match=r"requirements not installed in the image: weft-absent==1\.0;"):
         _runner.ensure_requirements(["weft-absent==1.0", "grpcio"])
     assert not (tmp_path / "venvs").exists()
+
+
+def test_local_leaves_a_directory_only_for_path_results() -> None:
+    import tempfile
+
+    def leftovers() -> set[str]:
+        return {p.name for p in Path(tempfile.gettempdir()).glob("weft-local-*")}
+
+    before = leftovers()
+    assert echo_text.local("x") == "X"
+    assert leftovers() == before
+    copied = copy_file.local(Path(__file__))
+    assert copied.exists()
+    assert leftovers() - before
+    owned = copied.parent.parent  # <dir>/outputs/<name>: the caller owns <dir>
+    assert owned.name.startswith("weft-local-"), owned  # never remove anything else
+    shutil.rmtree(owned)
+
+
+def test_use_adds_a_step_whose_used_steps_can_be_read() -> None:
+    version = "sha256:" + "a" * 64
+    with weft.Pipeline("parent") as p:
+        sub = p.use("normalise", version=version, inputs={"raw": p.parameter("raw", default="x")})
+        add(a=1, b=sub.output("clean", "out"))
+    spec = p.spec()
+    assert spec.steps[0].pipeline.name == "normalise"
+    assert spec.steps[0].pipeline.version == version
+    assert spec.steps[0].inputs[0].parameter == "raw"
+    read = {i.name: i for i in spec.steps[1].inputs}["b"]
+    assert (read.step_output.step, read.step_output.output) == ("normalise.clean", "out")
+    assert repr(sub) == "SubPipeline('normalise': normalise @ sha256:aaaaaaaaaaaa…)"
+    with pytest.raises(ValueError, match="pin a version"):
+        p.use("other", version="")
+    with pytest.raises(ValueError, match="defined twice"):
+        p.use("normalise", version=version)

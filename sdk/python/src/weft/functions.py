@@ -467,8 +467,9 @@ class Function(Generic[P, R]):
             }
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        if not any(kind.kind == "path" for kind in self._outputs.values()):
+            shutil.rmtree(keep, ignore_errors=True)  # nothing returned lives in it
         if not self._outputs:
-            shutil.rmtree(keep, ignore_errors=True)
             return typing.cast(R, None)
         if self._fields:
             return typing.cast(R, self._return_type(**values))
