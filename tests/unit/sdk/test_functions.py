@@ -330,3 +330,22 @@ def test_use_adds_a_step_whose_used_steps_can_be_read() -> None:
         p.use("other", version="")
     with pytest.raises(ValueError, match="defined twice"):
         p.use("normalise", version=version)
+
+
+def test_an_expanded_pipeline_file_with_its_uses_loads_back() -> None:
+    # What `weft pipelines get -o yaml` prints for a pipeline that uses another one.
+    version = "sha256:" + "b" * 64
+    text = f"""
+name: parent
+spec:
+  steps:
+    - name: normalise.clean
+      container: {{image: busybox, command: [sh, -c, "true"]}}
+      outputs: [{{name: out}}]
+  uses:
+    - {{step: normalise, pipeline: {{name: normalise, version: "{version}"}}}}
+"""
+    spec = weft.loads_pipeline(text).spec()
+    assert [u.pipeline.version for u in spec.uses] == [version]
+    bare = weft.loads_pipeline(text.replace("spec:\n", "").replace("\n  ", "\n"), name="parent").spec()
+    assert bare == spec

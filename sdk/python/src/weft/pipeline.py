@@ -559,7 +559,7 @@ class Pipeline:
 # Pipeline files -----------------------------------------------------------------------------
 
 _WRAPPER_KEYS = ("name", "description", "labels", "spec")
-_SPEC_KEYS = ("parameters", "steps")
+_SPEC_KEYS = ("parameters", "steps", "uses")
 _DURATION = re.compile(r"^-?\d+(\.\d{1,9})?s$")
 
 
