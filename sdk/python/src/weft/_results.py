@@ -11,7 +11,6 @@ as its message (`.pb` has that); in a notebook a run renders as a small table of
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -442,6 +441,8 @@ class RunRecord:
 
     def _repr_html_(self) -> str:
         """The run as a small table of its steps, for notebooks."""
+        import html  # only notebooks need it: `import weft` stays lean
+
         title = html.escape(f"{self.name} · {self.pipeline} @ {short_digest(self.pipeline_version)} · {self.state}")
         rows = []
         for step in self.steps:
