@@ -465,6 +465,9 @@ class Function(Generic[P, R]):
                 name: _runner.read_value(kind.kind, outputs / name, keep, name, nullable=kind.nullable)
                 for name, kind in self._outputs.items()
             }
+        except BaseException:
+            shutil.rmtree(keep, ignore_errors=True)  # no result will point into it
+            raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
         if not any(kind.kind == "path" for kind in self._outputs.values()):
