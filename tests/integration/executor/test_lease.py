@@ -46,7 +46,7 @@ async def test_a_failed_refresh_is_retried_at_once_so_a_short_etcd_restart_loses
     private_etcd: EtcdProcess, keyspace: Keyspace
 ) -> None:
     store = Store(private_etcd.endpoint)
-    ttl = 4  # margin 0.8 s: the lease counts as lost 3.2 s after the last refresh
+    ttl = 8  # margin 1.6 s: the lease counts as lost 6.4 s after the last refresh
     registration = Registration(store, keyspace, "blip", ttl, b"{}")
     await registration.register()
     lease = registration.lease
@@ -60,12 +60,13 @@ async def test_a_failed_refresh_is_retried_at_once_so_a_short_etcd_restart_loses
         await _refreshed_after(registration, time.monotonic())
         # The outage starts right after a refresh: the next ones fail until etcd is back.
         private_etcd.stop()
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(3.0)
         private_etcd.start()
         back = time.monotonic()
-        # Refreshed again soon after etcd is back (not a whole refresh interval later).
-        await asyncio.wait_for(_refreshed_after(registration, back), 0.8)
-        await asyncio.sleep(ttl)
+        # Refreshed again soon after etcd is back, not a whole refresh interval after the
+        # failed one (TTL/3 = 2.7 s: the next try would come about 2 s after etcd is back).
+        await asyncio.wait_for(_refreshed_after(registration, back), 1.0)
+        await asyncio.sleep(2.0)
         assert not lost.is_set()
         assert registration.lease == lease
         assert registration.lost_at == 0.0
