@@ -39,6 +39,7 @@ def _fetch_in_flight(work_dir: Path) -> bool:
         return False  # an attempt directory vanished (released) while it was walked
 
 
+@pytest.mark.slow  # ten api restarts: about 40 s
 async def test_runs_succeed_through_ten_sigkills_of_the_api(
     etcd: EtcdProcess, api_process: ApiProcess, keyspace: Keyspace, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
