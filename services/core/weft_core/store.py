@@ -188,7 +188,8 @@ class Store:
                 ("grpc.lb_policy_name", "round_robin"),
                 # Reconnect quickly after an etcd restart instead of backing off for minutes.
                 ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
+                # (a lease must be refreshed within a fraction of its TTL once etcd is back).
+                ("grpc.max_reconnect_backoff_ms", 250),
             ],
         )
         self._kv = rpc.KVStub(self._channel)

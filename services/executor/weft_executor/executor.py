@@ -28,7 +28,7 @@ from typing import Any
 
 from weft.v1 import executor_pb2_grpc, run_pb2
 from weft_core.blobs import BlobStore, RemoteBlobStore
-from weft_core.errors import NotFound, ServiceError
+from weft_core.errors import NotFound, ServiceError, Unavailable
 from weft_core.keyspace import Keyspace
 from weft_core.objectstore import open_blob_store
 from weft_core.pipelines import PipelineReader
@@ -166,7 +166,9 @@ class Executor:
         self._store = Store(self.config.etcd_endpoints)
         # With object storage, step data goes straight to the store, not through weft-api.
         self._blobs = (
-            open_blob_store(self.config.blob_store) if self.config.blob_store else RemoteBlobStore(self.config.api)
+            open_blob_store(self.config.blob_store)
+            if self.config.blob_store
+            else RemoteBlobStore(self.config.api, patience=self.config.api_patience)
         )
         self._pipelines = PipelineReader(self._store, self.keyspace, self._blobs, cache_size=64)
         self._run_refs = RunRefs(self._pipelines)
@@ -524,6 +526,9 @@ class Executor:
             except ClaimLost as lost:
                 log.info("%s; leaving the step to its new holder", lost)
                 return
+            except Unavailable as error:
+                # etcd or weft-api away (a restart): expected, retried, no traceback.
+                log.warning("working on step %s: %s; retrying in %.0fs", "/".join(key), error.message, delay)
             except Exception:
                 log.exception("working on step %s failed; retrying in %.0fs", "/".join(key), delay)
             if task.claim.lease != self.registration.lease:

@@ -108,8 +108,8 @@ async def test_the_example_on_kubernetes_with_s3_moves_no_step_data_through_the_
     spec = load_pipeline(EXAMPLE).spec()
     request = pipeline_pb2.CreatePipelineRequest(pipeline=pipeline_pb2.Pipeline(name="etl", spec=spec))
     await h.clients.pipelines.CreatePipeline(request)
-    settings = kube_executor_settings(cluster, namespace, max_parallel=8)
-    executor = await h.start_executor(blob_store=url, pod_blob_store_secret=SECRET, **settings)
+    settings = kube_executor_settings(cluster, namespace, max_parallel=8, blob_store=url, pod_blob_store_secret=SECRET)
+    executor = await h.start_executor(**settings)
     through_api = (TRAFFIC.bytes_received, TRAFFIC.bytes_sent, TRAFFIC.blobs_received, TRAFFIC.blobs_sent)
 
     async with recorded_pods(core, namespace) as pods:
