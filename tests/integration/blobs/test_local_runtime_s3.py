@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.test_cli import EXAMPLE, start_up, stop_up
 from tests.integration.blobs.s3server import SECRET_ACCESS_KEY, S3Server
 from tests.integration.executor.support import Harness, steps_by_name
@@ -52,6 +54,7 @@ async def test_the_example_runs_on_the_local_runtime_with_its_data_in_s3(s3_harn
     assert executor.launches == len(spec.steps)
 
 
+@pytest.mark.slow
 def test_weft_up_with_blob_store_runs_the_example_from_the_cli(
     tmp_path: Path, s3_server: S3Server, s3_url: str
 ) -> None:
