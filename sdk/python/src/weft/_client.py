@@ -315,11 +315,11 @@ class AsyncClient:
             seen_tokens.add(token)
             request.page_token = token
 
-    def _pipeline(self, name: str) -> str:
-        return _names.pipeline_name(self.namespace, name)
+    def _pipeline(self, name: str, argument: str = "name") -> str:
+        return _names.pipeline_name(self.namespace, name, argument)
 
-    def _run(self, name: str) -> str:
-        return _names.run_name(self.namespace, name)
+    def _run(self, name: str, argument: str = "name") -> str:
+        return _names.run_name(self.namespace, name, argument)
 
     # Pipelines ----------------------------------------------------------------------------
 
@@ -448,7 +448,7 @@ class AsyncClient:
         if isinstance(pipeline, PipelineVersion):
             pipeline_full, version = pipeline.full_name, version or pipeline.version
         else:
-            pipeline_full = self._pipeline(pipeline)
+            pipeline_full = self._pipeline(pipeline, "pipeline")
         for key, value in (parameters or {}).items():
             if not isinstance(value, str):
                 raise InvalidArgument(f"parameter {key!r}: values are strings, got {type(value).__name__}")
@@ -596,7 +596,7 @@ class AsyncClient:
 
     async def explain_step(self, run: str, step: str) -> Explanation:
         """A step run's DNA components and why it was a cache hit or miss."""
-        request = run_pb2.ExplainStepRequest(run=self._run(run), step=step)
+        request = run_pb2.ExplainStepRequest(run=self._run(run, "run"), step=step)
         return Explanation(await self._unary(_EXPLAIN_STEP, request, run_pb2.StepExplanation, retry=True))
 
     async def read_logs(
@@ -613,7 +613,7 @@ class AsyncClient:
             attempt: Attempt number; 0 means the latest.
             follow: Keep streaming while the attempt runs.
         """
-        request = run_pb2.ReadLogsRequest(run=self._run(run), step=step, attempt=attempt, follow=follow)
+        request = run_pb2.ReadLogsRequest(run=self._run(run, "run"), step=step, attempt=attempt, follow=follow)
         delivered: dict[tuple[int, int], int] = {}
         backoff = _Backoff(self.retry)
         while True:
