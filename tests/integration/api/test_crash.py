@@ -11,6 +11,7 @@ from tests.integration.api.support import Clients, create_pipeline, diamond
 from tests.integration.conftest import ApiProcess
 from weft.v1 import run_pb2
 from weft_core.blobs import DirectoryBlobStore
+from weft_core.requests import RequestRecord
 from weft_core.runs import run_summary
 from weft_core.store import Store
 
@@ -72,7 +73,7 @@ async def test_runs_are_whole_or_absent_after_a_sigkill_mid_create(api_process: 
         created = record.create_time.seconds * 1_000_000_000 + record.create_time.nanos
         assert order_keys[keyspace.run_order("default", created, run_id)].mod_revision == kv.mod_revision
         request_id = "req-" + record.parameters["label"][1:].zfill(4)
-        assert request_keys[keyspace.request("default", request_id)].value == record.name.encode()
+        assert RequestRecord.decode(request_keys[keyspace.request("default", request_id)].value).created == record.name
         assert await blobs.exists(record.parameter_digests["label"])  # stored before the commit
     for name in succeeded.values():
         assert keyspace.run("default", name.rsplit("/", 1)[1]) in run_keys

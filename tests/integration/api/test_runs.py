@@ -88,6 +88,49 @@ async def test_request_id_returns_the_same_run_even_for_concurrent_retries(
     assert await store.count(api.keyspace.run_index_prefix("default")) == 1
 
 
+async def test_a_run_uses_the_pipeline_as_it_is_now_whatever_the_api_read_before(clients: Clients) -> None:
+    # CreateRun trusts what it read of a pipeline's head only as far as its transaction can
+    # check it: each change of the pipeline below must be seen by the very next run.
+    first = await create_pipeline(clients, "etl", simple(1))
+    assert (await create_run(clients, "etl")).pipeline_version == first.version
+    second = await create_pipeline(clients, "etl", simple(2))
+    assert (await create_run(clients, "etl")).pipeline_version == second.version
+    by_prefix = run_pb2.CreateRunRequest(run=run_pb2.Run(pipeline="etl", pipeline_version=first.version[7:15]))
+    assert (await clients.runs.CreateRun(by_prefix)).pipeline_version == first.version
+    await clients.pipelines.DeletePipeline(pipeline_pb2.DeletePipelineRequest(name=first.name))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await create_run(clients, "etl")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await clients.runs.CreateRun(by_prefix)  # the version went with the pipeline
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    again = await create_pipeline(clients, "etl", simple(3))
+    assert (await create_run(clients, "etl")).pipeline_version == again.version
+
+
+async def test_a_request_id_reused_with_another_body_is_refused_and_the_same_body_is_a_retry(
+    clients: Clients, api: InProcessApi, store: Store
+) -> None:
+    await create_pipeline(clients, "etl", diamond())
+    await create_pipeline(clients, "other", diamond())
+
+    def request(pipeline: str, label: str) -> run_pb2.CreateRunRequest:
+        return run_pb2.CreateRunRequest(
+            run=run_pb2.Run(pipeline=pipeline, parameters={"label": label}), request_id="nightly"
+        )
+
+    first = await clients.runs.CreateRun(request("etl", "a"))
+    assert (await clients.runs.CreateRun(request("etl", "a"))).name == first.name
+    for different in (request("other", "a"), request("etl", "b")):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await clients.runs.CreateRun(different)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (caught.value.details() or "").startswith(
+            f'request_id: "nightly" was already used for a different request (the one that created {first.name})'
+        )
+    assert await store.count(api.keyspace.run_index_prefix("default")) == 1
+
+
 async def test_a_long_pipeline_name_gives_a_63_character_run_id(clients: Clients) -> None:
     name = "p" * 60 + "-x"
     await create_pipeline(clients, name, simple(1))
