@@ -6,7 +6,10 @@ a client sees of a run is synthesized from those committed records on every read
 api keeps no state and can be killed at any moment (invariant 5):
 
 - CreateRun writes the run key, its runindex summary, its runorder key and the request key
-  in ONE transaction: a run is wholly visible or not at all (DESIGN.md, data flow step 1).
+  in ONE transaction, and nothing else: a run is wholly visible or not at all (DESIGN.md,
+  data flow step 1). Parameter values are inline in the run record; their blobs are
+  written by the executor before an attempt reads them, so CreateRun does no file I/O
+  and a refused call leaves nothing behind.
 - ListRuns pages through the runorder keys (newest first) and reads only the small
   runindex summaries (no parameters): a page never reads the namespace's whole index.
 - A step's state is its done record if present, else its step record, else READY if a
@@ -19,7 +22,6 @@ api keeps no state and can be killed at any moment (invariant 5):
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -114,7 +116,12 @@ def state_name(state: int) -> str:
 
 def generate_run_id(pipeline: str) -> str:
     """`<pipeline>-<5 random lower-case letters and digits>`, at most 63 characters."""
-    suffix = "".join(secrets.choice(_RUN_ID_ALPHABET) for _ in range(5))
+    # One draw from the system's randomness (not one per character: each is a syscall).
+    number = secrets.randbelow(len(_RUN_ID_ALPHABET) ** 5)
+    suffix = ""
+    for _ in range(5):
+        number, index = divmod(number, len(_RUN_ID_ALPHABET))
+        suffix += _RUN_ID_ALPHABET[index]
     return f"{pipeline[: 63 - 6].rstrip('-')}-{suffix}"
 
 
@@ -478,15 +485,13 @@ class RunService(run_pb2_grpc.RunServiceServicer):
     ) -> run_pb2.Run:
         """Validates and writes a new PENDING run in one transaction (see the module docstring).
 
-        In the usual case this is ONE etcd round trip: the pipeline's head is known from an
-        earlier call and the transaction's compares check it is still the same (a changed or
-        deleted pipeline fails the compare, and the call reads the head and tries again), that
-        the run id is free and that the request id is unused. Parameter values are stored as
-        blobs before that transaction, so a run never names a missing blob. A call that could
-        be refused after storing a blob no one else references (an explicit run id, or a
-        request id, with a parameter value not stored yet) checks the run and request keys
-        first, so a refusal leaves nothing behind; only a concurrent race for the same new run
-        id can leave such a blob, unreferenced (blobs are content-addressed, so it harms no one).
+        In the usual case this is ONE etcd round trip and nothing else: the pipeline's head is
+        known from an earlier call and the transaction's compares check it is still the same
+        (a changed or deleted pipeline fails the compare, and the call reads the head and
+        tries again), that the run id is free and that the request id is unused. Parameter
+        values travel inline in the run record with their digests; no blob is written here
+        (the executor stores a value's blob before the first attempt that reads it), so a
+        refused call leaves nothing behind.
         """
         if not wanted.pipeline:
             raise InvalidArgument(
@@ -509,7 +514,6 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         keyspace = self.keyspace
         request_key = keyspace.request(ns, request_id) if request_id else b""
         head_key = keyspace.pipeline_head(ns, p)
-        stored: set[str] = set()  # parameter blobs this call has stored already
         fresh = False  # read the pipeline's head now instead of trusting what was read before
         generated_ids = 0
         with run_root_span("weft.CreateRun", "", {"weft.pipeline": pipeline_name(ns, p)}) as (span, traceparent):
@@ -534,11 +538,6 @@ class RunService(run_pb2_grpc.RunServiceServicer):
                         f"{MAX_RUN_RECORD_BYTES}; use fewer or smaller parameters and labels",
                         field="run",
                     )
-                earlier = await self._store_parameters(
-                    ns, record, stored, run_key if run_id else b"", request_id, digest_of_request
-                )
-                if earlier is not None:
-                    return earlier
                 created_nanos = record.create_time.seconds * 1_000_000_000 + record.create_time.nanos
                 compares = [absent(run_key), unchanged_since(head_key, at.head_revision)]
                 success = [
@@ -608,48 +607,6 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         record.options.CopyFrom(wanted.options)
         record.create_time.GetCurrentTime()
         return record
-
-    async def _store_parameters(
-        self,
-        ns: str,
-        record: run_pb2.Run,
-        stored: set[str],
-        run_key: bytes,
-        request_id: str,
-        digest_of_request: str,
-    ) -> run_pb2.Run | None:
-        """Stores the run's parameter values as blobs, unless the run is sure to be refused.
-
-        `run_key` (an explicit run id) and `request_id` are what could refuse the run after
-        its blobs were stored; when either is given and a value is not stored yet, those keys
-        are read first. Returns the run an earlier request with the same id created, if any.
-
-        Raises:
-            AlreadyExists: The explicit run id is taken.
-            InvalidArgument: The request id was used for a different request.
-        """
-        wanted = {d: record.parameters[n] for n, d in record.parameter_digests.items() if d not in stored}
-        if not wanted:
-            return None
-        if run_key or request_id:
-            present_already = await asyncio.gather(*(self.blobs.exists(d) for d in wanted))
-            stored.update(d for d, there in zip(wanted, present_already, strict=True) if there)
-            wanted = {d: v for d, v in wanted.items() if d not in stored}
-            if not wanted:
-                return None
-            request_key = self.keyspace.request(ns, request_id) if request_id else b""
-            found = await self.store.get_many([k for k in (request_key, run_key) if k])
-            if request_key in found:
-                earlier = RequestRecord.decode(found[request_key].value)
-                return await self._run_named_by_request(ns, request_id, earlier, digest_of_request)
-            if run_key in found:
-                raise AlreadyExists(
-                    f'run_id: run "{record.name}" already exists; choose another run_id or leave it empty to '
-                    "have one generated"
-                )
-        infos = await asyncio.gather(*(self.blobs.put(value.encode()) for value in wanted.values()))
-        stored.update(info.digest for info in infos)
-        return None
 
     async def ResumeRun(
         self, request: run_pb2.ResumeRunRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -13,10 +13,18 @@ import grpc
 import pytest
 
 import weft_api.runs
-from tests.integration.api.support import Clients, ExecutorWrites, create_pipeline, create_run, diamond, simple
+from tests.integration.api.support import (
+    Clients,
+    ExecutorWrites,
+    create_pipeline,
+    create_run,
+    diamond,
+    files_under,
+    simple,
+)
 from tests.integration.conftest import InProcessApi
 from weft.v1 import executor_pb2, executor_pb2_grpc, pipeline_pb2, run_pb2
-from weft_core.blobs import DirectoryBlobStore
+from weft_core.blobs import DirectoryBlobStore, digest_of
 from weft_core.requests import RETENTION, ROTATION
 from weft_core.server import ServiceBinding, create_server
 from weft_core.store import Store
@@ -37,7 +45,7 @@ async def states(clients: Clients, run: str) -> dict[str, str]:
     return {s.step: StepRun.State.Name(s.state) for s in got.steps}
 
 
-async def test_create_run_fills_defaults_stores_parameter_blobs_and_starts_a_trace(
+async def test_create_run_fills_defaults_keeps_parameters_inline_and_starts_a_trace(
     clients: Clients, api: InProcessApi, store: Store
 ) -> None:
     pipeline = await create_pipeline(clients, "etl", diamond())
@@ -48,9 +56,11 @@ async def test_create_run_fills_defaults_stores_parameter_blobs_and_starts_a_tra
     assert run.pipeline == "namespaces/default/pipelines/etl"
     assert run.pipeline_version == pipeline.version
     assert dict(run.parameters) == {"size": "10", "label": "nightly"}
-    blobs = DirectoryBlobStore(api.blob_dir)
-    assert await blobs.get(run.parameter_digests["size"]) == b"10"
-    assert await blobs.get(run.parameter_digests["label"]) == b"nightly"
+    assert run.parameter_digests["size"] == digest_of(b"10")
+    assert run.parameter_digests["label"] == digest_of(b"nightly")
+    # One etcd transaction and no file I/O: the executor stores a value's blob before an
+    # attempt reads it, so a refused or abandoned CreateRun leaves nothing behind.
+    assert files_under(api.blob_dir) == []
     assert parse_traceparent(run.traceparent) is not None
     # The run key, its index and nothing else of the run exist, all from one transaction.
     ns, run_id = "default", run.name.rsplit("/", 1)[1]
