@@ -22,6 +22,7 @@ api keeps no state and can be killed at any moment (invariant 5):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -732,33 +733,35 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         prefix = run_key if run_only else keyspace.run_prefix(ns, run_id)
         steps_prefix, done_prefix = keyspace.steps_prefix(ns, run_id), keyspace.done_prefix(ns, run_id)
         try:
-            async for batch in self.store.watch(prefix, start):
-                # etcd delivers a revision's changes in one response: mark the last event of
-                # each revision so a client knows from where it may resume without a gap.
-                events: list[run_pb2.RunEvent] = []
-                for event in batch:
-                    if event.deleted:
-                        continue
-                    if event.key == run_key:
-                        changed = decode_run(event.value, event.key, event.revision)
-                        events.append(run_pb2.RunEvent(revision=event.revision, run=changed))
-                    elif run_only:
-                        continue  # a key that merely starts like the run key's
-                    elif event.key.startswith(done_prefix):
-                        step = decode_step(event.value, event.key)
-                        step.step = keyspace.tail(event.key, done_prefix)
-                        done.add(step.step)
-                        events.append(run_pb2.RunEvent(revision=event.revision, step=step))
-                    elif event.key.startswith(steps_prefix):
-                        step = decode_step(event.value, event.key)
-                        step.step = keyspace.tail(event.key, steps_prefix)
-                        if step.step not in done:  # a late record must not undo the terminal state
+            # Closed with the stream (a client that leaves), so the etcd watch ends at once.
+            async with contextlib.aclosing(self.store.watch(prefix, start)) as batches:
+                async for batch in batches:
+                    # etcd delivers a revision's changes in one response: mark the last event of
+                    # each revision so a client knows from where it may resume without a gap.
+                    events: list[run_pb2.RunEvent] = []
+                    for event in batch:
+                        if event.deleted:
+                            continue
+                        if event.key == run_key:
+                            changed = decode_run(event.value, event.key, event.revision)
+                            events.append(run_pb2.RunEvent(revision=event.revision, run=changed))
+                        elif run_only:
+                            continue  # a key that merely starts like the run key's
+                        elif event.key.startswith(done_prefix):
+                            step = decode_step(event.value, event.key)
+                            step.step = keyspace.tail(event.key, done_prefix)
+                            done.add(step.step)
                             events.append(run_pb2.RunEvent(revision=event.revision, step=step))
-                for i, out in enumerate(events):
-                    out.last_in_revision = i + 1 == len(events) or events[i + 1].revision != out.revision
-                    yield out
-                    if out.HasField("run") and out.run.state in TERMINAL_RUN_STATES:
-                        return
+                        elif event.key.startswith(steps_prefix):
+                            step = decode_step(event.value, event.key)
+                            step.step = keyspace.tail(event.key, steps_prefix)
+                            if step.step not in done:  # a late record must not undo the terminal state
+                                events.append(run_pb2.RunEvent(revision=event.revision, step=step))
+                    for i, out in enumerate(events):
+                        out.last_in_revision = i + 1 == len(events) or events[i + 1].revision != out.revision
+                        yield out
+                        if out.HasField("run") and out.run.state in TERMINAL_RUN_STATES:
+                            return
         except Compacted as error:
             raise OutOfRange(
                 f"start_revision: revision {start} of run {run_name(ns, run_id)} was compacted by etcd"
