@@ -36,6 +36,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from weft.v1 import executor_pb2, executor_pb2_grpc, pipeline_pb2, run_pb2, run_pb2_grpc
+from weft_api.group_commit import GroupCommit
 from weft_api.listing import check_request_id, decode_token, encode_token, page_size
 from weft_core.blobs import BlobStore, digest_of
 from weft_core.errors import (
@@ -232,6 +233,8 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         self.reader = reader
         self.request_ids = request_ids or RequestIdLeases(store)
         self._heads: OrderedDict[tuple[str, str], _PipelineAt] = OrderedDict()
+        #: CreateRun's transactions, grouped with the concurrent ones (weft_api/group_commit.py).
+        self.run_writes = GroupCommit(store)
 
     # Reading ------------------------------------------------------------------------
 
@@ -553,7 +556,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
                     success.append(op_put(request_key, RequestRecord(record.name, digest_of_request).encode(), lease))
                     failure.append(op_get(request_key))
                 try:
-                    result = await self.store.txn(compares, success, failure)
+                    result = await self.run_writes.txn(compares, success, failure)
                 except LeaseNotFound:
                     # The request-id lease is gone (revoked, etcd restored): nothing was
                     # written; the next try gets a new lease.
