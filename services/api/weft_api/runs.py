@@ -526,13 +526,19 @@ class RunService(run_pb2_grpc.RunServiceServicer):
                     at = await self._pipeline_at(ns, p, fresh=fresh)
                     digest = await self._version_of(ns, p, at, wanted.pipeline_version)
                     spec, _ = await self.reader.spec(ns, p, digest)
-                except NotFound:
-                    if fresh:
-                        raise
-                    fresh = True  # what was known of the pipeline may be stale: look again
-                    continue
-                chosen = run_id or generate_run_id(p)
-                record = self._new_run_record(ns, chosen, p, digest, spec, wanted, resumed_from, traceparent)
+                    chosen = run_id or generate_run_id(p)
+                    record = self._new_run_record(ns, chosen, p, digest, spec, wanted, resumed_from, traceparent)
+                except ServiceError as error:
+                    if isinstance(error, NotFound) and not fresh:
+                        fresh = True  # what was known of the pipeline may be stale: look again
+                        continue
+                    # A retry answers what the first request did, even if the pipeline has
+                    # changed or gone since (the request id is checked only now to spare
+                    # every first request a read).
+                    earlier = await self._run_of_request(ns, request_id, digest_of_request) if request_id else None
+                    if earlier is not None:
+                        return earlier
+                    raise
                 span.set_attribute(ATTR_RUN, record.name)
                 run_key = keyspace.run(ns, chosen)
                 data = record.SerializeToString()

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,7 +23,7 @@ from tests.integration.api.support import (
     files_under,
     simple,
 )
-from tests.integration.conftest import InProcessApi
+from tests.integration.conftest import InProcessApi, running_api
 from weft.v1 import executor_pb2, executor_pb2_grpc, pipeline_pb2, run_pb2
 from weft_core.blobs import DirectoryBlobStore, digest_of
 from weft_core.requests import RETENTION, ROTATION
@@ -119,7 +120,7 @@ async def test_a_run_uses_the_pipeline_as_it_is_now_whatever_the_api_read_before
 
 
 async def test_a_request_id_reused_with_another_body_is_refused_and_the_same_body_is_a_retry(
-    clients: Clients, api: InProcessApi, store: Store
+    clients: Clients, api: InProcessApi, store: Store, tmp_path: Path
 ) -> None:
     await create_pipeline(clients, "etl", diamond())
     await create_pipeline(clients, "other", diamond())
@@ -139,6 +140,15 @@ async def test_a_request_id_reused_with_another_body_is_refused_and_the_same_bod
             f'request_id: "nightly" was already used for a different request (the one that created {first.name})'
         )
     assert await store.count(api.keyspace.run_index_prefix("default")) == 1
+    # A retry answers the first result even once the pipeline has gone, also from an api
+    # replica that never read the pipeline.
+    await clients.pipelines.DeletePipeline(pipeline_pb2.DeletePipelineRequest(name="namespaces/default/pipelines/etl"))
+    assert (await clients.runs.CreateRun(request("etl", "a"))).name == first.name
+    async with (
+        running_api(api.config.etcd_endpoints, api.keyspace, tmp_path / "replica") as replica,
+        grpc.aio.insecure_channel(replica.address) as channel,
+    ):
+        assert (await Clients.of(channel).runs.CreateRun(request("etl", "a"))).name == first.name
 
 
 async def test_concurrent_creates_share_transactions_and_each_keeps_its_own_outcome(
