@@ -9,6 +9,7 @@ test with `traced.executor_env` so they export to the same tracer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,31 +41,34 @@ class Traced:
     """A harness whose api and executors export to `tracer`."""
 
     harness: Harness
-    tracer: Tracer
+    tracer: Tracer | None  # None when the tracer is a process of the test's own
     client: TraceClient
     api: ApiProcess
-
-    @property
-    def tracer_address(self) -> str:
-        return f"127.0.0.1:{self.tracer.port}"
+    tracer_address: str
 
     @property
     def executor_env(self) -> dict[str, str]:
         return {**otlp_env(self.tracer_address), **FAST_EXPORT}
 
 
-@pytest.fixture
-async def traced(etcd: EtcdProcess, keyspace: Keyspace, tracer: Tracer, tmp_path: Path) -> AsyncIterator[Traced]:
-    address = f"127.0.0.1:{tracer.port}"
+@contextlib.asynccontextmanager
+async def traced_stack(
+    etcd: EtcdProcess, keyspace: Keyspace, tmp_path: Path, tracer: Tracer | None, tracer_address: str
+) -> AsyncIterator[Traced]:
+    """A weft-api process exporting to `tracer_address`, and a harness around it."""
     api = ApiProcess(
-        etcd.endpoint, keyspace, tmp_path / "blobs", tmp_path / "weft-api.log", env={**otlp_env(address), **FAST_EXPORT}
+        etcd.endpoint,
+        keyspace,
+        tmp_path / "blobs",
+        tmp_path / "weft-api.log",
+        env={**otlp_env(tracer_address), **FAST_EXPORT},
     )
     api.start()
     store = Store(etcd.endpoint)
     try:
         async with (
             grpc.aio.insecure_channel(api.address) as channel,
-            grpc.aio.insecure_channel(address) as tracer_channel,
+            grpc.aio.insecure_channel(tracer_address) as tracer_channel,
         ):
             harness = Harness(
                 etcd_endpoint=etcd.endpoint,
@@ -76,13 +80,20 @@ async def traced(etcd: EtcdProcess, keyspace: Keyspace, tracer: Tracer, tmp_path
                 store=store,
             )
             try:
-                yield Traced(harness, tracer, TraceClient(tracer_channel), api)
+                yield Traced(harness, tracer, TraceClient(tracer_channel), api, tracer_address)
             finally:
                 # Stopped from threads: on SIGTERM they flush their spans to the tracer,
-                # which serves from this event loop.
+                # which may serve from this event loop.
                 for process in harness.processes:
                     await asyncio.to_thread(process.stop)
                 await harness.close()
     finally:
         await asyncio.to_thread(api.stop)
         await store.close()
+
+
+@pytest.fixture
+async def traced(etcd: EtcdProcess, keyspace: Keyspace, tracer: Tracer, tmp_path: Path) -> AsyncIterator[Traced]:
+    """A harness whose api and executors export to the in-process `tracer`."""
+    async with traced_stack(etcd, keyspace, tmp_path, tracer, f"127.0.0.1:{tracer.port}") as stack:
+        yield stack

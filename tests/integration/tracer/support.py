@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from tests.integration.executor.support import Harness
+from weft.localstack import ServiceProcess, tracer_process
 from weft.v1 import pipeline_pb2, trace_pb2, trace_pb2_grpc
 from weft_core.keyspace import DEFAULT_ROOT
 from weft_tracer.app import Tracer, create_tracer
@@ -75,6 +76,39 @@ async def running_tracer(config: TracerConfig) -> AsyncIterator[Tracer]:
         yield tracer
     finally:
         await tracer.server.stop(grace=1.0)
+
+
+class TracerProcess:
+    """The `weft-tracer` console script as a child process, restartable on the same port."""
+
+    def __init__(self, tmp: Path, etcd_endpoint: str = "", etcd_root: str = "", extra_args: Sequence[str] = ()) -> None:
+        self.tmp = tmp
+        self.etcd_endpoint = etcd_endpoint
+        self.etcd_root = etcd_root
+        self.extra_args = list(extra_args)
+        self.port = 0
+        self.service: ServiceProcess | None = None
+
+    @property
+    def address(self) -> str:
+        assert self.port, "not started"
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.service = tracer_process(
+            self.tmp / "spans.db",
+            self.tmp / "weft-tracer.log",
+            listen=f"127.0.0.1:{self.port}",
+            etcd_endpoint=self.etcd_endpoint,
+            etcd_root=self.etcd_root,
+            extra_args=self.extra_args,
+            health=True,
+        )
+        self.port = int(self.service.start().rsplit(":", 1)[1])
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop()
 
 
 @dataclass

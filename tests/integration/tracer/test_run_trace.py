@@ -7,14 +7,19 @@ the TRACEPARENT the executor gave it.
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import grpc
 import pytest
 
 from tests.integration.executor.support import until
-from tests.integration.tracer.conftest import Traced
-from tests.integration.tracer.support import ancestry, assert_connected, by_name, user_step
+from tests.integration.tracer.conftest import Traced, traced_stack
+from tests.integration.tracer.support import TracerProcess, ancestry, assert_connected, by_name, user_step
 from tests.support import assert_eventually_async
+from weft.localstack import EtcdProcess
 from weft.v1 import run_pb2, trace_pb2
+from weft_core.keyspace import Keyspace
 from weft_core.telemetry import parse_traceparent
 
 Run = run_pb2.Run
@@ -81,7 +86,8 @@ async def test_after_an_executor_sigkill_the_tree_stays_connected(traced: Traced
     async def complete() -> trace_pb2.RunTrace:
         trace = await traced.client.trace(run.name)
         attempt_two = [s for s in by_name(trace).get("weft.attempt", []) if s.attributes["weft.attempt"] == "2"]
-        assert attempt_two and "user.inner" in by_name(trace), sorted(by_name(trace))
+        assert attempt_two, sorted(by_name(trace))
+        assert "user.inner" in by_name(trace), sorted(by_name(trace))
         return trace
 
     trace = await assert_eventually_async(complete, timeout=15, what="the second executor's spans are stored")
@@ -107,3 +113,48 @@ async def test_bad_run_names_and_unknown_runs_are_refused(traced: Traced) -> Non
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await traced.client.trace("namespaces/default/runs/nope")
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_tracer_restarted_mid_run_keeps_what_it_stored_and_gets_what_exporters_held(
+    etcd: EtcdProcess, keyspace: Keyspace, tmp_path: Path
+) -> None:
+    process = TracerProcess(tmp_path, etcd.endpoint, keyspace.root)
+    process.start()
+    try:
+        async with traced_stack(etcd, keyspace, tmp_path, None, process.address) as traced:
+            h = traced.harness
+            release = h.tmp / "release"
+            h.start_process(env=traced.executor_env)
+            first = user_step(h, "first", traced.tracer_address)
+            second = user_step(h, "second", traced.tracer_address, wait_for=release, depends_on=["first"])
+            pipeline = await h.apply("restart", [first, second])
+            run = await h.run(pipeline.name)
+            await until(lambda: (h.tmp / "started-second-1").exists(), timeout=30, what="the second step runs")
+
+            async def first_stored() -> trace_pb2.RunTrace:
+                trace = await traced.client.trace(run.name)
+                users = [s for s in by_name(trace).get("user.work", []) if ancestry(trace, s)[-1] == "weft.CreateRun"]
+                assert len(users) == 1, sorted(by_name(trace))
+                return trace
+
+            before = await assert_eventually_async(first_stored, timeout=15, what="the first step's spans")
+            await asyncio.to_thread(process.stop)  # SIGTERM: drains its queue, then exits
+            release.touch()  # the second step ends, and its spans are exported, while the tracer is away
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(process.start)
+            ended = await h.wait(run.name, timeout=60)
+            assert ended.state == Run.STATE_SUCCEEDED, ended.message
+
+            async def complete() -> trace_pb2.RunTrace:
+                trace = await traced.client.trace(run.name)
+                assert len(by_name(trace).get("user.work", [])) == 2, sorted(by_name(trace))
+                assert len(by_name(trace).get("weft.commit", [])) == 2, sorted(by_name(trace))
+                return trace
+
+            after = await assert_eventually_async(complete, timeout=30, what="spans held by exporters arrive")
+            assert_connected(after)
+            assert {s.span_id for s in before.spans} <= {s.span_id for s in after.spans}, "a stored span was lost"
+            steps = {s.attributes.get("weft.step") for s in by_name(after)["weft.attempt"]}
+            assert steps == {"first", "second"}
+    finally:
+        await asyncio.to_thread(process.stop)
