@@ -172,4 +172,6 @@ class SpanStore:
                 ).rowcount
         if removed:
             connection.execute("PRAGMA incremental_vacuum")
+            # Copy the WAL back and cut it: otherwise the file on disk keeps what was removed.
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return removed

@@ -8,6 +8,8 @@
     weft logs RUN STEP [-f]                   an attempt's output
     weft explain RUN STEP                     why a step was (not) reused
     weft outputs RUN [STEP] [--dir D]         what the steps produced
+    weft trace RUN [--follow] [--html FILE]   the run's timeline (Gantt) in the terminal or a page
+    weft events RUN [--replay --speed N]      the forensic timeline, from weft-tracer
 
 Global options (before or after the command): `-s/--server` (env WEFT_SERVER, default
 127.0.0.1:50051), `-n/--namespace` (env WEFT_NAMESPACE, default "default"), `-o
@@ -27,7 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from rich.text import Text
 
-from weft._client import DEFAULT_TARGET, AsyncClient, RetrySettings
+from weft._client import DEFAULT_TARGET, DEFAULT_TRACER_TARGET, AsyncClient, RetrySettings
 from weft.errors import InvalidArgument, Unavailable, WeftError
 
 __all__ = ["main"]
@@ -163,6 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
     outputs.add_argument("step", nargs="?")
     outputs.add_argument("--dir", help="save each output as DIR/STEP/OUTPUT instead of printing")
     outputs.add_argument("--full", action="store_true", help="print long outputs whole (default: first 40 lines)")
+
+    from weft.cli import _trace as t
+
+    tracer_help = f"weft-tracer host:port (env WEFT_TRACER; default {DEFAULT_TRACER_TARGET})"
+    trace = command(commands, "trace", t.trace, "draw a run's timeline: steps and attempts on a time axis")
+    trace.add_argument("run")
+    trace.add_argument("--follow", "-f", action="store_true", help="redraw until the run ends")
+    trace.add_argument("--html", metavar="FILE", help="write one self-contained page (timeline, DAG, step details)")
+    trace.add_argument("--tracer", default=os.environ.get("WEFT_TRACER", DEFAULT_TRACER_TARGET), help=tracer_help)
+    events = command(commands, "events", t.events, "list a run's forensic timeline (or replay it)")
+    events.add_argument("run")
+    events.add_argument("--step", help="only this step's events (and the run's own)")
+    events.add_argument("--replay", action="store_true", help="play the events back with their recorded timing")
+    events.add_argument("--speed", type=float, default=None, help="replay this many times faster (default 1)")
+    events.add_argument("--tracer", default=os.environ.get("WEFT_TRACER", DEFAULT_TRACER_TARGET), help=tracer_help)
     return parser
 
 
