@@ -47,7 +47,7 @@ MARKS = {
     "▒": "attempt running",
     "✗": "attempt that failed (a retry follows, or the step failed)",
     "░": "attempt lost with its executor",
-    "╳": "loser: finished after the step was committed",
+    "⊘": "loser: finished after the step was committed",
     "◆": "cache hit (nothing launched)",
     "·": "ready, waiting for an executor",
 }
@@ -141,7 +141,7 @@ def gantt(run: Run, width: int, now_ns: int | None = None) -> list[Text]:
             first_col, last_col = column(a_start), column(a_end)
             for i in range(first_col, last_col + 1):
                 if loser:
-                    cells[i] = ("╳", "magenta")
+                    cells[i] = ("⊘", "magenta")
                 elif attempt.state in (Attempt.STATE_FAILED, Attempt.STATE_CANCELLED) and i < last_col:
                     cells[i] = ("█", style)  # the failed attempt ran; its end is marked ✗
                 else:
@@ -357,7 +357,7 @@ async def page_data(client: AsyncClient, run: Run) -> dict[str, Any]:
 
 async def _write_page(client: AsyncClient, run: Run, path: Path) -> int:
     data = await page_data(client, run)
-    path.write_text(html_page(data), encoding="utf-8")
+    await asyncio.to_thread(path.write_text, html_page(data), encoding="utf-8")
     out.console.print(
         Text.assemble(
             ("wrote ", "dim"), str(path), (f"  ({len(data['steps'])} steps, {len(data['events'])} events)", "dim")
