@@ -3,8 +3,9 @@
 `weft up`, `scripts/demo.py` and the test fixtures all start their etcd and services
 through this module, so what the tests exercise is what a user runs. Every child runs in
 its own process group and is stopped with SIGTERM then SIGKILL, so nothing outlives its
-owner; `LocalStack` starts the whole stack (etcd, weft-api, weft-executors) and stops it
-in reverse order. This module starts and watches processes only: it never reads or
+owner; `LocalStack` starts the whole stack (etcd, weft-tracer, weft-api, weft-executors)
+and stops it in reverse order, the tracer just before etcd so it stores what the others
+flush on their way out. This module starts and watches processes only: it never reads or
 writes weft's records, and never imports server code (it finds the services' console
 scripts instead).
 """
@@ -406,10 +407,12 @@ class StackWarning:
 
 
 class LocalStack:
-    """A complete local weft: etcd, weft-api and weft-executors (local runtime), under one state dir.
+    """A complete local weft: etcd, weft-tracer, weft-api and weft-executors (local runtime),
+    under one state dir.
 
-    Layout of the state dir: `etcd/` (etcd's data), `blobs/` (the artifact store),
-    `work/` (the executors' attempt directories) and `logs/*.log` (every process's output).
+    Layout of the state dir: `etcd/` (etcd's data), `spans.db` (weft-tracer's store),
+    `blobs/` (the artifact store), `work/` (the executors' attempt directories) and
+    `logs/*.log` (every process's output).
 
     Args:
         state_dir: Where all data and logs go; reused across starts.

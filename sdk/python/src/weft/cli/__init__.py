@@ -1,6 +1,6 @@
 """The `weft` command line: a local stack (`weft up`), pipelines, runs, logs, explanations, outputs.
 
-    weft up                                   start etcd + weft-api + weft-executor here
+    weft up                                   start etcd + weft-tracer + weft-api + weft-executor here
     weft apply -f pipeline.yaml               store a pipeline (a new version if it changed)
     weft pipelines list|get|versions|delete
     weft run PIPELINE -p k=v --watch          start a run and follow it
@@ -115,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--executors", type=int, default=1, help="how many weft-executors (default %(default)s)")
     up.add_argument("--max-parallel", type=int, default=None, help="attempts per executor at once (default: CPUs)")
     up.add_argument("--no-executor", action="store_true", help="start no executor (runs stay PENDING)")
+    up.add_argument(
+        "--tracer-port",
+        type=int,
+        default=None,
+        help="weft-tracer port on 127.0.0.1 (OTLP and TraceService); default: the api port + 1, 0 picks one",
+    )
+    up.add_argument("--no-tracer", action="store_true", help="start no weft-tracer (runs are not traced)")
+    up.add_argument(
+        "--jaeger",
+        metavar="HOST:PORT",
+        default=os.environ.get("WEFT_JAEGER", ""),
+        help="forward every span to this OTLP/gRPC endpoint, e.g. Jaeger's 127.0.0.1:4317 (env WEFT_JAEGER)",
+    )
     up.set_defaults(handler=None, up=True)
 
     apply = command(commands, "apply", c.apply, "store pipelines from files (a new version when a spec changed)")
