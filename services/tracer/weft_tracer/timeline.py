@@ -430,10 +430,19 @@ def _step_events(step: str, history: RunHistory, spans: _SpanIndex) -> list[Even
         message = record.message or state
         if record.reused_from_run:
             message = f"{state}, reused from {record.reused_from_run}"
+        # The commit's own span says when the transaction happened (the record's end time
+        # is when the attempt ended).
+        commits = [
+            commit
+            for span in spans.step_spans.get(step, [])
+            if (commit := spans.child(span, "weft.commit")) is not None and commit.attributes.get("weft.state") == state
+        ]
+        commit_span = commits[-1] if commits else None
         out.add(
             end_kind,
-            _nanos(record.end_time),
-            Source.SOURCE_ETCD,
+            _nanos(commit_span.end_time) if commit_span is not None else _nanos(record.end_time),
+            Source.SOURCE_BOTH if commit_span is not None else Source.SOURCE_ETCD,
+            span=commit_span,
             executor=record.outcome.executor if record.state == StepRun.STATE_SUCCEEDED else record.executor,
             message=message,
         )

@@ -41,15 +41,15 @@ StepRun = run_pb2.StepRun
 Attempt = run_pb2.Attempt
 TERMINAL_RUN = (Run.STATE_SUCCEEDED, Run.STATE_FAILED, Run.STATE_CANCELLED)
 
-#: What each mark in a Gantt row means (printed as the legend).
+#: What each mark in a Gantt row means (the legend lists those the drawing uses).
 MARKS = {
-    "█": "attempt that succeeded",
-    "▒": "attempt running",
-    "✗": "attempt that failed (a retry follows, or the step failed)",
-    "░": "attempt lost with its executor",
-    "⊘": "loser: finished after the step was committed",
-    "◆": "cache hit (nothing launched)",
-    "·": "ready, waiting for an executor",
+    "█": "ran",
+    "▒": "running",
+    "✗": "attempt failed",
+    "░": "lost with its executor",
+    "⊘": "loser (finished after the commit)",
+    "◆": "cache hit",
+    "·": "waiting for an executor",
 }
 _ATTEMPT_STYLE = {
     Attempt.STATE_SUCCEEDED: ("█", "green"),
@@ -162,8 +162,16 @@ def gantt(run: Run, width: int, now_ns: int | None = None) -> list[Text]:
     end_label = out.duration_text(total)
     ticks.append(" " * max(bar - 2 - len(end_label), 1) + end_label)
     lines.append(Text(ticks.plain, style="dim"))
-    legend = Text("  ".join(f"{mark} {meaning.split(' (')[0]}" for mark, meaning in MARKS.items()), style="dim")
-    lines.append(legend)
+    used = {char for line in lines[1:-2] for char in line.plain}
+    legend = [f"{mark} {meaning}" for mark, meaning in MARKS.items() if mark in used]
+    current = ""
+    for item in legend:
+        if current and len(current) + 2 + len(item) > width:
+            lines.append(Text(current, style="dim"))
+            current = ""
+        current = f"{current}  {item}" if current else item
+    if current:
+        lines.append(Text(current, style="dim"))
     return lines
 
 
@@ -221,12 +229,12 @@ def event_row(event: trace_pb2.TimelineEvent, origin_ns: int) -> list[Text]:
     }.get(kind, "")
     offset = (event.time.ToNanoseconds() - origin_ns) / 1e9
     return [
-        Text(f"+{offset:8.3f}s", style="dim"),
+        Text(f"+{offset:.3f}s", style="dim"),
         Text(kind, style=style),
         Text(event.step + (f" #{event.attempt}" if event.attempt else "")),
         Text(event.executor),
         Text(event.where, style="dim"),
-        Text(event.message.splitlines()[0] if event.message else ""),
+        Text(" ".join(line.strip() for line in event.message.splitlines() if line.strip())),
     ]
 
 
@@ -488,8 +496,10 @@ function showStep(step) {
   });
   const axisY = data.steps.length * rowH + 4;
   el("line", {x1: nameW, x2: nameW + barW, y1: axisY, y2: axisY, stroke: "#889"}, svg);
-  for (let k = 0; k <= 4; k++) el("text", {x: nameW + (barW * k) / 4 - 10, y: axisY + 18, fill: "#556"}, svg,
-    fmt((total * k) / 4));
+  for (let k = 0; k <= 4; k++) {
+    const anchor = k === 0 ? "start" : (k === 4 ? "end" : "middle");
+    el("text", {x: nameW + (barW * k) / 4, y: axisY + 18, fill: "#556", "text-anchor": anchor}, svg, fmt((total * k) / 4));
+  }
 })();
 // DAG: steps in layers by their upstream steps, nodes coloured by state.
 (function drawDag() {
