@@ -498,7 +498,8 @@ function showStep(step) {
   el("line", {x1: nameW, x2: nameW + barW, y1: axisY, y2: axisY, stroke: "#889"}, svg);
   for (let k = 0; k <= 4; k++) {
     const anchor = k === 0 ? "start" : (k === 4 ? "end" : "middle");
-    el("text", {x: nameW + (barW * k) / 4, y: axisY + 18, fill: "#556", "text-anchor": anchor}, svg, fmt((total * k) / 4));
+    const tick = {x: nameW + (barW * k) / 4, y: axisY + 18, fill: "#556", "text-anchor": anchor};
+    el("text", tick, svg, fmt((total * k) / 4));
   }
 })();
 // DAG: steps in layers by their upstream steps, nodes coloured by state.
