@@ -230,3 +230,41 @@ def test_a_page_script_error_would_be_caught(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert any("undefinedFunction" in line for line in dumped.stderr.splitlines()), dumped.stderr
+
+
+def test_weft_up_jaeger_forwards_every_span_to_the_given_otlp_endpoint(tmp_path: Path) -> None:
+    """`weft up --jaeger HOST:PORT`, with a second weft-tracer standing in for Jaeger."""
+    from tests.integration.tracer.support import TracerProcess
+
+    jaeger = TracerProcess(tmp_path / "jaeger")
+    (tmp_path / "jaeger").mkdir()
+    jaeger.start()
+    up = start_up(tmp_path / "state", "--no-executor", "--jaeger", jaeger.address)
+    try:
+        match = _TRACER.search(up.output.read_text())
+        assert match, up.output.read_text()
+        assert f"forwarding to {jaeger.address}" in up.output.read_text()
+        with weft.Client.connect(up.api, tracer=match.group(1)) as client:
+            pipeline = tmp_path / "one.yaml"
+            pipeline.write_text(pipeline_yaml("one", tmp_path / "mark", ["prep"]))
+            subprocess.run([WEFT, "-s", up.api, "apply", "-f", str(pipeline)], check=True, timeout=60)
+            run = client.create_run("one")  # no executor: CreateRun's span is all there is
+
+            deadline = time.monotonic() + 30
+            while True:
+                status = client.tracer_status()
+                with weft.Client.connect(up.api, tracer=jaeger.address) as target:
+                    forwarded = target.tracer_status()
+                if status.forwarded >= 1 and forwarded.stored == status.forwarded:
+                    break
+                assert time.monotonic() < deadline, (status, forwarded)
+                time.sleep(0.3)
+            assert status.forward_endpoint == jaeger.address
+            assert status.forward_dropped == 0
+            assert status.received == status.stored + status.duplicates + status.dropped + status.queued
+            with weft.Client.connect(up.api, tracer=jaeger.address) as target:
+                names = {s.name for s in target.get_run_trace(run.full_name).spans}
+            assert "weft.CreateRun" in names
+    finally:
+        stop_up(up)
+        jaeger.stop()

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.proto.common.v1 import common_pb2
@@ -24,9 +23,9 @@ from weft_core.telemetry import ATTR_ATTEMPT, ATTR_RUN, ATTR_STEP
 _SERVICE_NAME = "service.name"
 
 
-@dataclass(frozen=True)
-class SpanRow:
-    """One span as the store keeps it: index columns plus the OTLP bytes."""
+class SpanRow(NamedTuple):
+    """One span as the store keeps it: index columns plus the OTLP bytes. A tuple, in the
+    store's column order, so batches go to SQLite without another copy."""
 
     trace_id: bytes
     span_id: bytes
@@ -39,21 +38,6 @@ class SpanRow:
     step: str
     attempt: int
     body: bytes
-
-    def as_tuple(self) -> tuple[Any, ...]:
-        return (
-            self.trace_id,
-            self.span_id,
-            self.parent_span_id,
-            self.name,
-            self.service,
-            self.start_ns,
-            self.end_ns,
-            self.run,
-            self.step,
-            self.attempt,
-            self.body,
-        )
 
 
 def count_spans(resource_spans: Iterable[Any]) -> int:
@@ -89,17 +73,17 @@ def rows_of_request(resource_spans: Iterable[Any]) -> list[SpanRow]:
                 # reader of a run's trace needs; the resource's service.name is kept.
                 rows.append(
                     SpanRow(
-                        trace_id=span.trace_id,
-                        span_id=span.span_id,
-                        parent_span_id=span.parent_span_id,
-                        name=span.name,
-                        service=service,
-                        start_ns=int(span.start_time_unix_nano),
-                        end_ns=int(span.end_time_unix_nano),
-                        run=run,
-                        step=step,
-                        attempt=attempt,
-                        body=span.SerializeToString(),
+                        span.trace_id,
+                        span.span_id,
+                        span.parent_span_id,
+                        span.name,
+                        service,
+                        span.start_time_unix_nano,
+                        span.end_time_unix_nano,
+                        run,
+                        step,
+                        attempt,
+                        span.SerializeToString(),
                     )
                 )
     return rows

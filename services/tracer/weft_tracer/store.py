@@ -109,7 +109,7 @@ class SpanStore:
         before = connection.total_changes
         connection.execute("BEGIN")
         try:
-            connection.executemany(_INSERT, [row.as_tuple() for row in rows])
+            connection.executemany(_INSERT, rows)
         except BaseException:
             connection.execute("ROLLBACK")
             raise
