@@ -268,3 +268,23 @@ def test_weft_up_jaeger_forwards_every_span_to_the_given_otlp_endpoint(tmp_path:
     finally:
         stop_up(up)
         jaeger.stop()
+
+
+def test_weft_trace_follow_redraws_until_the_run_ends(story: Story, tmp_path: Path) -> None:
+    pipeline = tmp_path / "slow.yaml"
+    pipeline.write_text(
+        "name: slowpoke\nspec:\n  steps:\n    - name: nap\n"
+        "      container: {image: busybox, command: [sh, -c, 'sleep 2']}\n"
+    )
+    story.ok("apply", "-f", str(pipeline))
+    with weft.Client.connect(story.up.api) as client:
+        run = client.create_run("slowpoke", cache_mode="off")
+        started = time.monotonic()
+        followed = story.weft("trace", run.full_name, "--follow", timeout=120)
+        assert followed.returncode == 0, followed.stderr
+        assert time.monotonic() - started >= 1.0  # it waited for the run instead of drawing once
+        assert client.get_run(run.full_name).state == "SUCCEEDED"
+    rows = [line for line in followed.stdout.splitlines() if line.startswith("nap")]
+    assert rows
+    assert "█" in rows[-1]
+    assert "SUCCEEDED" in rows[-1]
