@@ -25,6 +25,8 @@ import weft
 from tests.e2e.test_cli import WEFT, Up, _executor_works, start_up, stop_up
 from tests.kube.cluster import require_kube
 
+pytestmark = pytest.mark.slow  # each test drives a real `weft up` with an executor
+
 ROOT = Path(__file__).resolve().parents[2]
 _TRACER = re.compile(r"weft up: ready, api \S+:\d+, tracer (\S+:\d+)")
 STEPS = ["prep", "flaky", "doomed", "after"]

@@ -337,10 +337,11 @@ def _step_events(step: str, history: RunHistory, spans: _SpanIndex) -> list[Even
     }
     final_kind = decision_kind.get(explanation.decision, 0)
     for lookup in unique_lookups:
-        name = lookup.attributes.get("weft.cache.decision", "")
-        kind = {"DECISION_HIT": Event.KIND_CACHE_HIT, "DECISION_RESUMED": Event.KIND_CACHE_HIT}.get(
-            name, Event.KIND_CACHE_MISS
-        )
+        # `weft.cache` (hit/miss/resumed) is the attribute the design names; today's
+        # executors write `weft.cache.decision` (DECISION_HIT...): either is understood.
+        name = lookup.attributes.get("weft.cache", "") or lookup.attributes.get("weft.cache.decision", "")
+        hits = {"DECISION_HIT", "DECISION_RESUMED", "hit", "resumed"}
+        kind = Event.KIND_CACHE_HIT if name in hits else Event.KIND_CACHE_MISS
         same = kind == final_kind
         out.add(
             kind,
