@@ -310,6 +310,11 @@ def _step_events(step: str, history: RunHistory, spans: _SpanIndex) -> list[Even
         nanos = _nanos(span.start_time) if span is not None else 0
         if not nanos and first_attempt is not None:
             nanos = _nanos(first_attempt.start_time)
+            # Without its span, a takeover's claim is placed no later than the moment the
+            # new claimer marked the previous attempt LOST (it claims, then marks).
+            before = [a for a in record.attempts if a.number < first_attempt.number]
+            if before and before[-1].state == Attempt.STATE_LOST and _nanos(before[-1].end_time):
+                nanos = min(nanos, _nanos(before[-1].end_time))
         if not nanos:
             nanos = _nanos(record.end_time) or _nanos(record.ready_time)
         out.add(
