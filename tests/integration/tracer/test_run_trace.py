@@ -77,9 +77,10 @@ async def test_after_an_executor_sigkill_the_tree_stays_connected(traced: Traced
     await until(lambda: (h.tmp / "started-slow-1").exists(), timeout=30, what="attempt 1 runs on the victim")
     victim.kill()
     release.touch()
-    h.start_process(env=traced.executor_env, lease_ttl=2)
+    survivor = h.start_process(env=traced.executor_env, lease_ttl=2)
     ended = await h.wait(run.name, timeout=60)
     assert ended.state == Run.STATE_SUCCEEDED, ended.message
+    await asyncio.to_thread(survivor.stop)  # flushes its exporter: its weft.step span too
     attempts = ended.steps[0].attempts
     assert [a.state for a in attempts] == [run_pb2.Attempt.STATE_LOST, run_pb2.Attempt.STATE_SUCCEEDED]
 
@@ -149,6 +150,7 @@ async def test_a_tracer_restarted_mid_run_keeps_what_it_stored_and_gets_what_exp
                 trace = await traced.client.trace(run.name)
                 assert len(by_name(trace).get("user.work", [])) == 2, sorted(by_name(trace))
                 assert len(by_name(trace).get("weft.commit", [])) == 2, sorted(by_name(trace))
+                assert not any(s.placeholder for s in trace.spans), "a parent span never arrived"
                 return trace
 
             after = await assert_eventually_async(complete, timeout=30, what="spans held by exporters arrive")
