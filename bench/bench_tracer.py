@@ -211,9 +211,8 @@ def overhead(work: Path, etcd: str, api: str, tracer: str, width: int, repeats: 
     print(f"  tracing on (OTLP to weft-tracer) {on / width * 1000:>8.2f} ms/step   ({on:.2f} s per run)")
     print(f"  cost of tracing                  {(on / off - 1) * 100:>+8.1f} %        (target < 10 %)")
     fastest_off, fastest_on = min(seconds["off"]), min(seconds["on"])
-    print(
-        f"  fastest runs (least disturbed)   {fastest_off:.2f} s off, {fastest_on:.2f} s on: {(fastest_on / fastest_off - 1) * 100:+.1f} %"
-    )
+    fastest = (fastest_on / fastest_off - 1) * 100
+    print(f"  fastest runs (least disturbed)   {fastest_off:.2f} s off, {fastest_on:.2f} s on: {fastest:+.1f} %")
     for mode in ("off", "on"):
         print(f"  every run, tracing {mode:<3}          {' '.join(f'{s:.2f}' for s in seconds[mode])} s")
 
