@@ -172,6 +172,8 @@ def gantt(run: Run, width: int, now_ns: int | None = None) -> list[Text]:
         current = f"{current}  {item}" if current else item
     if current:
         lines.append(Text(current, style="dim"))
+    for line in lines:
+        line.truncate(width)  # a long run name must not wrap the drawing
     return lines
 
 
