@@ -21,9 +21,8 @@ This module only reads: it never writes etcd or the span store.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -32,7 +31,7 @@ from weft.v1 import run_pb2, trace_pb2
 from weft_core.errors import Internal, NotFound
 from weft_core.keyspace import Keyspace
 from weft_core.spec import run_name
-from weft_core.store import Compacted, Store, WatchEvent
+from weft_core.store import Compacted, Store
 from weft_core.telemetry import ATTR_ATTEMPT, ATTR_STEP
 
 Event = trace_pb2.TimelineEvent
@@ -129,7 +128,7 @@ async def read_run_history(store: Store, keyspace: Keyspace, ns: str, run_id: st
     newest = max((kv.mod_revision for kv in listed.kvs if kv.key.startswith(steps_prefix)), default=0)
     if newest:
         try:
-            watch = cast(AsyncGenerator[list[WatchEvent]], store.watch(steps_prefix, run_kv.create_revision))
+            watch = store.watch(steps_prefix, run_kv.create_revision)
             async with contextlib.aclosing(watch) as batches:
                 async for batch in batches:
                     for event in batch:
