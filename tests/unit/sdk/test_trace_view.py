@@ -81,3 +81,13 @@ def test_the_page_holds_its_data_inline_and_cannot_be_closed_by_a_log_line() -> 
     payload = page.split('<script id="weft-data" type="application/json">')[1].split("</script>")[0]
     assert json.loads(payload)["steps"][0]["log"] == "</script><script>alert(1)</script>"
     assert "src=" not in page  # no external script or image
+
+
+def test_weft_up_forwards_to_jaeger_or_else_to_the_standard_otlp_variables() -> None:
+    from weft.cli._up import forward_target
+
+    assert forward_target("jaeger:4317", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://other:4317"}) == "jaeger:4317"
+    assert forward_target("", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://other:4317"}) == "http://other:4317"
+    both = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://other:4317", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:4317"}
+    assert forward_target("", both) == "http://t:4317"
+    assert forward_target("", {}) == ""

@@ -483,6 +483,10 @@ class LocalStack:
         # Unbuffered so a service's log shows what it did right up to a crash.
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.tracer is not None and self.tracer.address:
+            # The traces-specific variable wins over the general one in every exporter:
+            # drop it, or a user's setting would route the services around the tracer
+            # (which forwards there instead: see `weft up --jaeger`).
+            env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
             env.update(otlp_env(self.tracer.address))
         return env
 

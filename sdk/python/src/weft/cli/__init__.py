@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--jaeger",
         metavar="HOST:PORT",
         default=os.environ.get("WEFT_JAEGER", ""),
-        help="forward every span to this OTLP/gRPC endpoint, e.g. Jaeger's 127.0.0.1:4317 (env WEFT_JAEGER)",
+        help="forward every span to this OTLP/gRPC endpoint, e.g. Jaeger's 127.0.0.1:4317 (env WEFT_JAEGER; "
+        "without either, OTEL_EXPORTER_OTLP_ENDPOINT if set)",
     )
     up.set_defaults(handler=None, up=True)
 

@@ -1,7 +1,8 @@
 """`weft up`: a complete local weft in the foreground, stopped cleanly by Ctrl-C or SIGTERM.
 
 It starts etcd (data under the state dir), weft-tracer (spans under the state dir; every
-service exports to it, and it forwards to `--jaeger` when given), weft-api and the
+service exports to it, and it forwards to `--jaeger`, or to the OTEL_EXPORTER_OTLP_*ENDPOINT
+this shell had set, when given), weft-api and the
 weft-executors through
 `weft.localstack.LocalStack` (the same code the demo and the tests use), prints where
 everything is, watches the children, and on Ctrl-C/SIGTERM stops them in reverse order.
@@ -19,7 +20,7 @@ import fcntl
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import FrameType
 
@@ -95,6 +96,15 @@ def _endpoints(stack: LocalStack) -> Table:
     return grid
 
 
+def forward_target(jaeger: str, environ: Mapping[str, str]) -> str:
+    """Where weft-tracer forwards spans: `--jaeger`, else the standard OpenTelemetry
+    endpoint variables of this environment. `weft up` points the services' own
+    variables at its tracer, so a user's endpoint would otherwise be dropped silently."""
+    if jaeger:
+        return jaeger
+    return environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or ""
+
+
 def up(args: argparse.Namespace) -> int:
     """Runs the local stack until interrupted; returns the exit code."""
     try:
@@ -113,7 +123,7 @@ def up(args: argparse.Namespace) -> int:
         die_with_parent=True,
         tracer=not args.no_tracer,
         tracer_port=tracer_port,
-        jaeger=args.jaeger,
+        jaeger=forward_target(args.jaeger, os.environ),
     )
     code = 0
     try:
