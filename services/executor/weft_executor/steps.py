@@ -44,11 +44,28 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from weft.v1 import pipeline_pb2, run_pb2
 from weft_core.blobs import BlobStore
-from weft_core.dna import StepDNA, content_digest, step_dna
-from weft_core.errors import NotFound, ServiceError, Unavailable
+from weft_core.dna import (
+    StepDNA,
+    content_digest,
+    image_for_dna,
+    spill_components,
+    spill_input_outcomes,
+    step_dna,
+)
+from weft_core.errors import NotFound, ResourceExhausted, ServiceError, Unavailable
 from weft_core.keyspace import Keyspace, ready_time_of
 from weft_core.spec import parse_run_name
-from weft_core.store import KeyValue, Store, TxnResult, absent, lease_is, op_get, op_put, unchanged_since
+from weft_core.store import (
+    KeyValue,
+    Store,
+    TxnResult,
+    absent,
+    lease_is,
+    op_delete,
+    op_get,
+    op_put,
+    unchanged_since,
+)
 from weft_core.telemetry import (
     ATTR_ATTEMPT,
     ATTR_DNA,
@@ -93,6 +110,9 @@ PENDING_WAIT_SECONDS = 2.0
 #: it must not be retried forever: after this many the step fails.
 MAX_LOST_ATTEMPTS = 3
 PENDING_POLL_SECONDS = 0.2
+#: Largest commit a step may write: below etcd's default 1.5 MiB request limit, with room
+#: for the transaction's other operations.
+MAX_RECORD_BYTES = 1024 * 1024
 #: Runs whose record revision a runner remembers (a cache; see `StepRunner._saw_run`).
 RUN_REVISIONS_KEPT = 1024
 
@@ -103,6 +123,19 @@ class _NotAdopted(Exception):
 
 class ClaimLost(Exception):
     """This executor no longer holds the step's claim: stop without writing anything."""
+
+
+class RecordTooLarge(Exception):
+    """A step's commit would be larger than etcd accepts: a final error of the step."""
+
+    def __init__(self, step: str, size: int) -> None:
+        super().__init__(
+            f"step {step}: its commit is {size / 1024:.0f} KiB, over the {MAX_RECORD_BYTES // 1024} KiB "
+            "etcd accepts in one request (too many declared outputs or too large a message); "
+            "declare fewer outputs, or write one output that bundles them"
+        )
+        self.step = step
+        self.size = size
 
 
 @dataclass(frozen=True)
@@ -338,6 +371,8 @@ class StepRunner:
         if not record.HasField("ready_time") and snapshot.ready is not None:
             record.ready_time.CopyFrom(ready_time_of(snapshot.ready.value))
         if run.state == Run.STATE_CANCELLING:
+            orphan = next((a for a in reversed(record.attempts) if a.state == Attempt.STATE_RUNNING), None)
+            await self._stop_orphan(ref, ref.step(claim.step), orphan, f"run cancelled: {run.message or 'cancelled'}")
             await self._commit_cancelled(ref, record, claim, run.message)
             return
         step = ref.step(claim.step)
@@ -372,27 +407,65 @@ class StepRunner:
         self, task: StepTask, ref: RunRef, run: Run, step: pipeline_pb2.Step, record: StepRun, span: Span
     ) -> None:
         claim = task.claim
-        inputs = await self._resolve_inputs(ref, run, step)
-        if inputs is None:
-            await self._drop_mark(claim)
-            return
-        dna = step_dna(step, inputs.digests)
-        span.set_attribute(ATTR_DNA, dna.digest)
         # A pod outlives its executor: the attempt it runs may be re-attached (adopted)
         # below instead of being lost; `_run_attempts` tries before launching anew.
         orphan = next((a for a in reversed(record.attempts) if a.state == Attempt.STATE_RUNNING), None)
         self._abandon_running_attempts(record)
+        inputs = await self._resolve_inputs(ref, run, step)
+        if isinstance(inputs, str):
+            # Dropping the mark would leave the run RUNNING forever: the step fails instead.
+            log.error("step %s of %s: %s; failing it", step.name, ref.name, inputs)
+            await self._stop_orphan(ref, step, orphan, "its step failed")
+            await self._commit_failure(ref, record, claim, 0, 1, message=inputs)
+            return
+        dna = step_dna(step, inputs.digests)
+        span.set_attribute(ATTR_DNA, dna.digest)
         with tracer().start_as_current_span("weft.cache_lookup", attributes={ATTR_DNA: dna.digest}) as lookup:
             decision = await self._decide(ref, run, step, dna)
             lookup.set_attribute("weft.cache.decision", Explanation.Decision.Name(decision.explanation.decision))
+        spilled = spill_components(decision.explanation)
+        if spilled is not None:
+            await self.blobs.put(spilled)
         if decision.outcome is not None:
+            # The orphan's work is not needed: a pod left by a dead executor must not run on.
+            await self._stop_orphan(ref, step, orphan, f"step reused ({decision.explanation.reason})")
             await self._commit_reuse(ref, record, claim, dna, decision)
             return
         await self._run_attempts(task, ref, run, step, record, dna, inputs, decision.explanation, orphan)
 
+    async def stop_orphan(self, ref: RunRef, step: str, orphan: Attempt, reason: str) -> None:
+        """Asks the runtime to stop an attempt another executor left running (a pod whose
+        executor died): its run was cancelled or its step is done without it."""
+        await self._stop_orphan(ref, ref.step(step), orphan, reason)
+
+    async def _stop_orphan(self, ref: RunRef, step: pipeline_pb2.Step, orphan: Attempt | None, reason: str) -> None:
+        if orphan is None or not orphan.handle or orphan.executor == self.executor_id:
+            return  # our own attempts are stopped through the task that runs them
+        spec = AttemptSpec(
+            namespace=ref.namespace,
+            run=ref.run_id,
+            step=step.name,
+            attempt=orphan.number,
+            image=step.container.image,
+            command=(),
+            working_dir="",
+            env={},
+            secret_env={},
+            inputs={},
+            outputs=(),
+            timeout=None,
+            dna="",
+        )
+        try:
+            if await self.runtime.stop_orphan(spec, orphan.handle, reason):
+                orphan.message = f"stopped: {reason}"
+        except ServiceError as error:
+            log.warning("cannot stop attempt %d of %s (%s): %s", orphan.number, step.name, orphan.handle, error.message)
+
     # Inputs and DNA -------------------------------------------------------------------
 
-    async def _resolve_inputs(self, ref: RunRef, run: Run, step: pipeline_pb2.Step) -> ResolvedInputs | None:
+    async def _resolve_inputs(self, ref: RunRef, run: Run, step: pipeline_pb2.Step) -> ResolvedInputs | str:
+        """Every input's digest, or why an input cannot be resolved (the step then fails)."""
         upstream = sorted({i.step_output.step for i in step.inputs if i.WhichOneof("source") == "step_output"})
         keys = {name: self.keyspace.done(ref.namespace, ref.run_id, name) for name in upstream}
         found = await self.store.get_many(list(keys.values())) if keys else {}
@@ -414,17 +487,17 @@ class StepRunner:
                 ref_out = item.step_output
                 upstream_record = done.get(ref_out.step)
                 if upstream_record is None or upstream_record.state not in COMMITTED_STEP_STATES:
-                    log.error(
-                        "step %s of %s is ready but upstream %s has no committed outcome; dropping the mark",
-                        step.name,
-                        ref.name,
-                        ref_out.step,
+                    seen = "no record" if upstream_record is None else StepRun.State.Name(upstream_record.state)
+                    return (
+                        f"input {item.name}: upstream step {ref_out.step} has no committed outcome "
+                        f"({seen.removeprefix('STATE_')}) although step {step.name} was marked ready"
                     )
-                    return None
                 digest = upstream_record.outcome.outputs.get(ref_out.output)
                 if not digest:
-                    log.error("upstream %s of %s committed no output %r", ref_out.step, ref.name, ref_out.output)
-                    return None
+                    return (
+                        f"input {item.name}: upstream step {ref_out.step} committed no output "
+                        f"{ref_out.output!r} (it has: {', '.join(sorted(upstream_record.outcome.outputs)) or 'none'})"
+                    )
                 digests[item.name] = digest
                 input_outcomes[item.name] = upstream_record.outcome.dna
         return ResolvedInputs(digests, input_outcomes, values)
@@ -441,7 +514,13 @@ class StepRunner:
         def explanation(
             decision: Explanation.Decision, reason: str, outcome: run_pb2.Outcome | None = None
         ) -> Explanation:
-            result = Explanation(dna=dna.digest, components=dna.as_pb(), decision=decision, reason=reason)
+            result = Explanation(
+                dna=dna.digest,
+                components=dna.as_pb(),
+                decision=decision,
+                reason=reason,
+                image_hashed_as=image_for_dna(step.container.image)[1],
+            )
             if outcome is not None:
                 result.outcome.CopyFrom(outcome)
             return result
@@ -515,16 +594,26 @@ class StepRunner:
         done_key = ks.done(ref.namespace, ref.run_id, record.step)
         run_key = ks.run(ref.namespace, ref.run_id)
         data = record.SerializeToString()
-        writes = [op_put(done_key, data), op_put(ks.step(ref.namespace, ref.run_id, record.step), data), *(extra or [])]
+        # The done record replaces the step record: each record is written once, and readers
+        # (GetRun, WatchRun, ExplainStep) prefer the done record anyway.
+        writes = [op_put(done_key, data), op_delete(ks.step(ref.namespace, ref.run_id, record.step)), *(extra or [])]
+        size = sum(op.ByteSize() for op in writes)
+        if size > MAX_RECORD_BYTES:
+            raise RecordTooLarge(record.step, size)
         counted = len(writes)
         writes.append(op_get(ks.done_prefix(ref.namespace, ref.run_id), prefix=True, count_only=True))
         while True:
             revision = self._run_revisions.get((ref.namespace, ref.run_id), 0)
             compares = [absent(done_key), unchanged_since(run_key, revision)]
-            result = await until_written(
-                functools.partial(self.store.txn, compares, writes, [op_get(done_key), op_get(run_key)]),
-                f"committing step {record.step} of {ref.name}",
-            )
+            try:
+                result = await until_written(
+                    functools.partial(self.store.txn, compares, writes, [op_get(done_key), op_get(run_key)]),
+                    f"committing step {record.step} of {ref.name}",
+                )
+            except ResourceExhausted as error:
+                # Refused as too large: the same commit fails the same way on every retry.
+                log.error("step %s of %s: etcd refused its commit: %s", record.step, ref.name, error.message)
+                raise RecordTooLarge(record.step, size) from error
             if result.succeeded:
                 return Commit(done_count=int(result.responses[counted].response_range.count))
             found = result.range_kvs(0)
@@ -555,7 +644,11 @@ class StepRunner:
         done.executor = self.executor_id
         done.end_time.CopyFrom(now())
         with tracer().start_as_current_span("weft.commit", attributes={"weft.state": "CACHED"}):
-            commit = await self._commit_done(ref, done)
+            try:
+                commit = await self._commit_done(ref, done)
+            except RecordTooLarge as error:
+                await self._commit_too_large(ref, record, claim, error)
+                return
         await self.after_commit(ref, done, claim, commit)
 
     async def _commit_cancelled(self, ref: RunRef, record: StepRun, claim: Claim, reason: str) -> None:
@@ -710,6 +803,7 @@ class StepRunner:
                 return
             adopt_only = False
             orphan = None  # only the attempt found running when the step was taken over
+            number = attempt.number  # an adopted attempt keeps the number it was launched with
             if result.state == Attempt.STATE_SUCCEEDED:
                 await self._commit_success(ref, run, record, attempt, dna, inputs, claim)
                 await self._forget_attempt(ref, step.name, number, launched)
@@ -787,6 +881,14 @@ class StepRunner:
                 spec = self._attempt_spec(ref, run, step, number, dna, inputs, traceparent)
                 attempt = record.attempts.add(number=number, executor=self.executor_id)
                 attempt.start_time.CopyFrom(now())
+                attempt.state = Attempt.STATE_RUNNING
+                attempt.handle = self.runtime.planned_handle(spec)
+                record.state = StepRun.STATE_RUNNING
+                # Recorded before the launch: whatever happens next (etcd away, the lease
+                # lost, this executor killed), the attempt is in the step's history, so a
+                # launched process or pod never goes unaccounted for. Whoever takes the step
+                # over finds it RUNNING and adopts it or marks it LOST.
+                await self._put_step_record(ref, record, task.claim)
                 try:
                     launched = await self.runtime.launch(spec)
                 except AttemptSetupError as error:
@@ -799,6 +901,9 @@ class StepRunner:
                 self.launches += 1
             task.attempt = launched
             self.live_attempts[(ref.name, step.name, number)] = (self.runtime, launched)
+            # An adopted attempt runs under this executor now, and a process id is known only
+            # after the launch: the record says so while the attempt runs.
+            rerecord = orphan is not None or attempt.handle != launched.handle
             attempt.state = Attempt.STATE_RUNNING
             attempt.handle = launched.handle
             attempt.start_time.CopyFrom(_timestamp(launched.start_time))
@@ -806,8 +911,10 @@ class StepRunner:
             try:
                 if task.cancel_reason:
                     await self.runtime.kill(launched, task.cancel_reason)
-                await self._put_step_record(ref, record, task.claim)
-                result = await self.runtime.wait(launched)
+                if rerecord:
+                    result = await self._record_while_waiting(ref, record, task.claim, launched)
+                else:
+                    result = await self.runtime.wait(launched)
             except BaseException:
                 # Lost claim, cancelled task, etcd error: the attempt has no recorded end, and
                 # whoever works on the step next marks it LOST and starts another.
@@ -826,6 +933,26 @@ class StepRunner:
             if result.state != Attempt.STATE_SUCCEEDED:
                 span.set_status(Status(StatusCode.ERROR, result.message.splitlines()[0] if result.message else ""))
             return attempt, result, launched
+
+    async def _record_while_waiting(
+        self, ref: RunRef, record: StepRun, claim: Claim, launched: LaunchedAttempt
+    ) -> AttemptResult:
+        """Writes the step record while the attempt runs (a short step may end before the
+        write is answered); the result is returned only once the record is written."""
+        recording = asyncio.ensure_future(self._put_step_record(ref, record, claim))
+        waiting = asyncio.ensure_future(self.runtime.wait(launched))
+        try:
+            await asyncio.wait({recording, waiting}, return_when=asyncio.FIRST_EXCEPTION)
+            await recording  # ClaimLost or an etcd error ends the wait below (abandoned)
+            return await waiting
+        finally:
+            for pending in (recording, waiting):
+                if not pending.done():
+                    pending.cancel()
+            # Retrieve a second exception so asyncio does not report it as never retrieved.
+            for ended in (recording, waiting):
+                if ended.done() and not ended.cancelled():
+                    ended.exception()
 
     async def _forget_attempt(self, ref: RunRef, step: str, number: int, launched: LaunchedAttempt | None) -> None:
         # Only once the step record holds the log digests: until then ReadLogs needs us.
@@ -856,6 +983,9 @@ class StepRunner:
         outcome.start_time.CopyFrom(attempt.start_time)
         outcome.end_time.CopyFrom(attempt.end_time)
         outcome.commit_time.CopyFrom(now())
+        spilled = spill_input_outcomes(outcome)
+        if spilled is not None:
+            await self.blobs.put(spilled)
         done = StepRun()
         done.CopyFrom(record)
         done.state = StepRun.STATE_SUCCEEDED
@@ -865,7 +995,11 @@ class StepRunner:
         if run.options.cache_mode != run_pb2.CACHE_MODE_OFF:
             extra.append(op_put(self.keyspace.outcome(ref.namespace, dna.hex), outcome.SerializeToString()))
         with tracer().start_as_current_span("weft.commit", attributes={"weft.state": "SUCCEEDED"}):
-            commit = await self._commit_done(ref, done, extra)
+            try:
+                commit = await self._commit_done(ref, done, extra)
+            except RecordTooLarge as error:
+                await self._commit_too_large(ref, record, claim, error)
+                return
         if commit.winner is not None:
             await self._record_loser(ref, commit.winner, attempt)
         await self.after_commit(ref, done, claim, commit)
@@ -878,11 +1012,35 @@ class StepRunner:
             f"lost the commit: step {winner.step} was already committed ({state}{by}); "
             "this attempt's outputs were not used"
         )
-        loser = StepRun()
-        loser.CopyFrom(winner)
-        loser.attempts.append(attempt)
-        await self.store.put(self.keyspace.step(ref.namespace, ref.run_id, winner.step), loser.SerializeToString())
+        key = self.keyspace.step(ref.namespace, ref.run_id, winner.step)
+        while True:
+            # Guarded read-modify-write: two losers (replicas, zombies) keep each other's records.
+            kv = await self.store.get(key)
+            loser = StepRun()
+            loser.CopyFrom(winner)
+            if kv is not None:
+                earlier = [a for a in parse_step_run(kv).attempts if a.message.startswith("lost the commit")]
+                if any(a.number == attempt.number and a.executor == attempt.executor for a in earlier):
+                    break  # recorded by an earlier try whose answer was lost
+                loser.attempts.extend(earlier)
+            loser.attempts.append(attempt)
+            guard = unchanged_since(key, kv.mod_revision) if kv is not None else absent(key)
+            result = await self.store.txn([guard], [op_put(key, loser.SerializeToString())])
+            if result.succeeded:
+                break
         log.info("step %s of %s: %s", winner.step, ref.name, attempt.message)
+
+    async def _commit_too_large(self, ref: RunRef, record: StepRun, claim: Claim, error: RecordTooLarge) -> None:
+        """Fails a step whose commit etcd cannot take, with a record small enough to commit:
+        the attempts without their output digests (what made it large)."""
+        slim = StepRun(step=record.step, dna=record.dna, executor=record.executor)
+        if record.HasField("ready_time"):
+            slim.ready_time.CopyFrom(record.ready_time)
+        for attempt in record.attempts:
+            kept = slim.attempts.add()
+            kept.CopyFrom(attempt)
+            kept.ClearField("output_digests")
+        await self._commit_failure(ref, slim, claim, 0, 1, message=str(error))
 
     async def _commit_lost_too_often(
         self, ref: RunRef, record: StepRun, claim: Claim, failed: int, max_attempts: int, lost: int
