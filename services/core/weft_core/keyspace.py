@@ -26,6 +26,11 @@ Runs
                                                        step run (create-if-absent; the first
                                                        commit wins, invariant 2). Counting this
                                                        prefix tells when the run is complete.
+    {root}/runs/{ns}/{run}/ok/{step}                   empty; created in the transaction that commits
+                                                       the step SUCCEEDED or CACHED, so another
+                                                       step's commit can check "this upstream is
+                                                       committed" with one compare (done records
+                                                       exist for failed and skipped steps too)
     {root}/runindex/{ns}/{run}                         Run summary (`weft_core.runs.run_summary`:
                                                        no parameters, parameter digests or
                                                        traceparent): written in the same
@@ -157,6 +162,9 @@ class Keyspace:
 
     def done_prefix(self, ns: str, run: str) -> bytes:
         return self._key("runs", ns, run, "done", "")
+
+    def committed(self, ns: str, run: str, step: str) -> bytes:
+        return self._key("runs", ns, run, "ok", step)
 
     def run_index(self, ns: str, run: str) -> bytes:
         return self._key("runindex", ns, run)

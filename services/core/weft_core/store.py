@@ -132,6 +132,13 @@ def op_get(key: bytes, *, prefix: bool = False, count_only: bool = False) -> Any
     return rpc.RequestOp(request_range=request)
 
 
+def op_txn(compare: Iterable[Any], success: Iterable[Any], failure: Iterable[Any] = ()) -> Any:
+    """A transaction nested in another one: its compares are evaluated when the enclosing
+    transaction reaches it, so it sees the enclosing transaction's earlier writes."""
+    request = rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
+    return rpc.RequestOp(request_txn=request)
+
+
 def _compare(key: bytes, target: Any, result: Any, **value: Any) -> Any:
     return rpc.Compare(key=key, target=target, result=result, **value)
 
@@ -509,7 +516,8 @@ class Store:
 
 
 def _written_keys(request: Any) -> set[bytes] | None:
-    """The keys a transaction may write, or None when it writes a range (never grouped)."""
+    """The keys a transaction may write (nested ones included), or None when it writes a
+    range (never grouped)."""
     keys: set[bytes] = set()
     for op in (*request.success, *request.failure):
         kind = op.WhichOneof("request")
@@ -520,7 +528,10 @@ def _written_keys(request: Any) -> set[bytes] | None:
                 return None
             keys.add(op.request_delete_range.key)
         elif kind == "request_txn":
-            return None
+            nested = _written_keys(op.request_txn)
+            if nested is None:
+                return None
+            keys |= nested
     return keys
 
 

@@ -101,6 +101,9 @@ class Executor:
         self._progress: RunProgress | None = None
         self._pipelines: PipelineReader | None = None
         self._run_refs: RunRefs | None = None
+        #: Claim transactions etcd refused (another executor was first): each one is a
+        #: wasted round trip, so the scheduler tries to keep this low.
+        self.claims_refused = 0
 
     # Parts, available after start() ---------------------------------------------------
 
@@ -219,6 +222,8 @@ class Executor:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         await self._abandon_all()
+        if self._runner is not None:
+            await self._runner.close()
         for job in self._jobs:
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)
@@ -513,6 +518,7 @@ class Executor:
             self.queue.claimed(key, self.executor_id)
             task.snapshot = self.runner.snapshot_of(result, 1)
             return True
+        self.claims_refused += 1
         holder = result.range_kvs(0)
         if holder:
             self.queue.claimed(key, holder[0].value.decode())

@@ -161,6 +161,10 @@ class RunProgress:
         # this can only be incomplete, never wrong. It saves re-reading joins' upstreams.
         self._committed: dict[tuple[str, str], set[str]] = {}
 
+    def committed_in(self, namespace: str, run_id: str) -> set[str]:
+        """Steps of the run known to be committed (SUCCEEDED or CACHED): immutable facts."""
+        return self._committed.setdefault((namespace, run_id), set())
+
     def forget(self, namespace: str, run_id: str) -> None:
         """Drops what is cached about a run (call when it reached a terminal state)."""
         self._committed.pop((namespace, run_id), None)

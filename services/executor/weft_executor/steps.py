@@ -53,7 +53,7 @@ from weft_core.dna import (
     step_dna,
 )
 from weft_core.errors import NotFound, ResourceExhausted, ServiceError, Unavailable
-from weft_core.keyspace import Keyspace, ready_time_of
+from weft_core.keyspace import Keyspace, ready_mark, ready_time_of
 from weft_core.spec import parse_run_name
 from weft_core.store import (
     KeyValue,
@@ -64,6 +64,8 @@ from weft_core.store import (
     op_delete,
     op_get,
     op_put,
+    op_txn,
+    present,
     unchanged_since,
 )
 from weft_core.telemetry import (
@@ -113,6 +115,11 @@ PENDING_POLL_SECONDS = 0.2
 #: Largest commit a step may write: below etcd's default 1.5 MiB request limit, with room
 #: for the transaction's other operations.
 MAX_RECORD_BYTES = 1024 * 1024
+#: Successors whose readiness a commit derives in its own transaction: at most this many
+#: (one operation each), each with at most NESTED_UPSTREAMS other upstreams not known to be
+#: committed (one compare each). Wider steps derive readiness after the commit.
+NESTED_SUCCESSORS = 64
+NESTED_UPSTREAMS = 32
 #: Runs whose record revision a runner remembers (a cache; see `StepRunner._saw_run`).
 RUN_REVISIONS_KEPT = 1024
 
@@ -190,10 +197,14 @@ class CacheDecision:
 @dataclass(frozen=True)
 class Commit:
     """What a commit transaction found: the done record that won if it was not ours, else
-    the run's done count at our commit (None when unknown)."""
+    the run's done count at our commit (None when unknown), whether the successors'
+    readiness was derived in it (but for `underived`) and whether it released the step."""
 
     winner: StepRun | None = None
     done_count: int | None = None
+    derived: bool = False
+    released: bool = False
+    underived: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -303,7 +314,16 @@ class StepRunner:
         # The run record's last mod revision seen, per run: commits are guarded on it so
         # that nothing is committed into a run that turned terminal. A stale value costs
         # one more round trip, never a wrong commit.
-        self._run_revisions: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._run_revisions: OrderedDict[tuple[str, str], tuple[int, bool]] = OrderedDict()
+        # Post-commit work (derivation, completion, release) of steps whose slot is free
+        # already; asyncio keeps only weak references to tasks.
+        self._finishing: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """Stops the post-commit work still running (the next holder of each step redoes it)."""
+        for task in self._finishing:
+            task.cancel()
+        await asyncio.gather(*self._finishing, return_exceptions=True)
 
     # Entry point ----------------------------------------------------------------------
 
@@ -334,7 +354,7 @@ class StepRunner:
             await self._drop_mark(claim)
             self.progress.forget(claim.namespace, claim.run_id)
             return
-        self._saw_run(claim.namespace, claim.run_id, snapshot.run.mod_revision)
+        self._saw_run(claim.namespace, claim.run_id, snapshot.run, run)
         try:
             await self._run_claimed(task, snapshot, run)
         except RunEnded as ended:
@@ -344,10 +364,13 @@ class StepRunner:
             await self._drop_mark(claim)
             self.progress.forget(claim.namespace, claim.run_id)
 
-    def _saw_run(self, namespace: str, run_id: str, revision: int) -> None:
+    def _saw_run(self, namespace: str, run_id: str, kv: KeyValue, run: Run) -> None:
         key = (namespace, run_id)
-        if revision > self._run_revisions.get(key, 0):
-            self._run_revisions[key] = revision
+        if kv.mod_revision > self._run_revisions.get(key, (0, False))[0]:
+            # "Quiet": RUNNING with no failed step. Then no step of the run is skipped or
+            # cancelled, so a step with successors cannot be the run's last one to finish.
+            quiet = run.state == Run.STATE_RUNNING and not run.failed_step
+            self._run_revisions[key] = (kv.mod_revision, quiet)
         self._run_revisions.move_to_end(key)
         while len(self._run_revisions) > RUN_REVISIONS_KEPT:
             self._run_revisions.popitem(last=False)
@@ -582,28 +605,78 @@ class StepRunner:
 
     # Commits --------------------------------------------------------------------------
 
-    async def _commit_done(self, ref: RunRef, record: StepRun, extra: list[object] | None = None) -> Commit:
-        """Creates the done record (and writes the step record and `extra`) if absent.
+    def _derivation_ops(self, ref: RunRef, step: str) -> tuple[list[object], list[tuple[str, list[str]]]] | None:
+        """Nested transactions that create the ready marks of `step`'s successors inside its
+        commit, or None when they do not fit (then readiness is derived after the commit).
 
-        The same transaction counts the run's done records, so the completion check needs
-        no read of its own. (The ready mark and claim are not deleted here even for a step
-        without successors: a crash before the completion check must leave the mark for
-        another executor to finish the run.)
+        A successor is marked if, when etcd applies the commit, each of its other upstreams
+        not known to be committed has its `ok` marker, and it has neither a ready mark nor a
+        done record. etcd applies transactions one at a time, so of two upstreams of a join
+        committing at once the second always sees the first (invariant 3), and the commit,
+        the marks and the release are one atomic step: no crash can fall between them.
         """
         ks = self.keyspace
-        done_key = ks.done(ref.namespace, ref.run_id, record.step)
-        run_key = ks.run(ref.namespace, ref.run_id)
+        ns, run_id = ref.namespace, ref.run_id
+        successors = ref.dag.successors(step)
+        if len(successors) > NESTED_SUCCESSORS:
+            return None
+        committed = self.progress.committed_in(ns, run_id)
+        ops: list[object] = []
+        checked: list[tuple[str, list[str]]] = []
+        for successor in successors:
+            unknown = [u for u in ref.dag.upstream_of(successor) if u != step and u not in committed]
+            if len(unknown) > NESTED_UPSTREAMS:
+                return None
+            ready, done = ks.ready(ns, run_id, successor), ks.done(ns, run_id, successor)
+            compares = [present(ks.committed(ns, run_id, u)) for u in unknown] + [absent(ready), absent(done)]
+            # Answered when the mark was not created: which upstreams have done records.
+            failure = [op_get(ks.done(ns, run_id, u), count_only=True) for u in unknown]
+            ops.append(op_txn(compares, [op_put(ready, ready_mark())], failure))
+            checked.append((successor, unknown))
+        return ops, checked
+
+    async def _commit_done(
+        self, ref: RunRef, record: StepRun, extra: list[object] | None = None, claim: Claim | None = None
+    ) -> Commit:
+        """Creates the done record (and deletes the step record, writes `extra`) if absent.
+
+        The same transaction counts the run's done records, so the completion check needs
+        no read of its own. A committed step (SUCCEEDED, CACHED) also gets its `ok` marker
+        and, when they fit, its successors' ready marks; and when the run is quiet and the
+        step has successors (so it cannot be the run's last step), the commit also releases
+        the step (`claim`). Otherwise the ready mark and claim stay until the successors are
+        derived and the completion is checked: a crash before that must leave the mark for
+        another executor to finish the job.
+        """
+        ks = self.keyspace
+        ns, run_id = ref.namespace, ref.run_id
+        done_key = ks.done(ns, run_id, record.step)
+        run_key = ks.run(ns, run_id)
         data = record.SerializeToString()
         # The done record replaces the step record: each record is written once, and readers
         # (GetRun, WatchRun, ExplainStep) prefer the done record anyway.
-        writes = [op_put(done_key, data), op_delete(ks.step(ref.namespace, ref.run_id, record.step)), *(extra or [])]
-        size = sum(op.ByteSize() for op in writes)
+        base = [op_put(done_key, data), op_delete(ks.step(ns, run_id, record.step)), *(extra or [])]
+        size = sum(op.ByteSize() for op in base)
         if size > MAX_RECORD_BYTES:
             raise RecordTooLarge(record.step, size)
-        counted = len(writes)
-        writes.append(op_get(ks.done_prefix(ref.namespace, ref.run_id), prefix=True, count_only=True))
+        derivation = None
+        if record.state in COMMITTED_STEP_STATES:
+            base.append(op_put(ks.committed(ns, run_id, record.step), b""))
+            derivation = self._derivation_ops(ref, record.step)
         while True:
-            revision = self._run_revisions.get((ref.namespace, ref.run_id), 0)
+            revision, quiet = self._run_revisions.get((ns, run_id), (0, False))
+            writes = list(base)
+            derived_at = len(writes)
+            if derivation is not None:
+                writes.extend(derivation[0])
+            releases = derivation is not None and quiet and bool(derivation[1]) and claim is not None
+            if releases:
+                assert claim is not None
+                claim_key = ks.claim(ns, run_id, record.step)
+                release = [op_delete(ks.ready(ns, run_id, record.step)), op_delete(claim_key)]
+                writes.append(op_txn([lease_is(claim_key, claim.lease)], release))
+            counted = len(writes)
+            writes.append(op_get(ks.done_prefix(ns, run_id), prefix=True, count_only=True))
             compares = [absent(done_key), unchanged_since(run_key, revision)]
             try:
                 result = await until_written(
@@ -615,7 +688,23 @@ class StepRunner:
                 log.error("step %s of %s: etcd refused its commit: %s", record.step, ref.name, error.message)
                 raise RecordTooLarge(record.step, size) from error
             if result.succeeded:
-                return Commit(done_count=int(result.responses[counted].response_range.count))
+                if record.state in COMMITTED_STEP_STATES:
+                    self.progress.committed_in(ns, run_id).add(record.step)
+                underived: list[str] = []
+                if derivation is not None:
+                    for i, (successor, unknown) in enumerate(derivation[1]):
+                        nested = result.responses[derived_at + i].response_txn
+                        counts = [r.response_range.count for r in nested.responses]
+                        if not nested.succeeded and unknown and all(counts):
+                            # Every upstream is done but one has no `ok` marker (committed
+                            # before markers existed, or failed): derive it by reading.
+                            underived.append(successor)
+                return Commit(
+                    done_count=int(result.responses[counted].response_range.count),
+                    derived=derivation is not None,
+                    released=releases,
+                    underived=tuple(underived),
+                )
             found = result.range_kvs(0)
             if found:
                 winner = parse_step_run(found[0])
@@ -628,7 +717,7 @@ class StepRunner:
             runs = result.range_kvs(1)
             if not runs or parse_run(runs[0]).state in TERMINAL_RUN_STATES:
                 raise RunEnded(f"run {ref.name} ended before step {record.step} could commit")
-            self._saw_run(ref.namespace, ref.run_id, runs[0].mod_revision)
+            self._saw_run(ns, run_id, runs[0], parse_run(runs[0]))
 
     async def _commit_reuse(
         self, ref: RunRef, record: StepRun, claim: Claim, dna: StepDNA, decision: CacheDecision
@@ -645,7 +734,7 @@ class StepRunner:
         done.end_time.CopyFrom(now())
         with tracer().start_as_current_span("weft.commit", attributes={"weft.state": "CACHED"}):
             try:
-                commit = await self._commit_done(ref, done)
+                commit = await self._commit_done(ref, done, claim=claim)
             except RecordTooLarge as error:
                 await self._commit_too_large(ref, record, claim, error)
                 return
@@ -674,16 +763,45 @@ class StepRunner:
             raise ClaimLost(f"lost the claim of step {record.step} of {ref.name}")
 
     async def after_commit(self, ref: RunRef, done: StepRun, claim: Claim, commit: Commit) -> None:
-        """What follows a commit attempt, with the done count the commit read if it won."""
+        """What follows a commit attempt, with the done count the commit read if it won.
+
+        The step's slot is free once its outcome is committed: what follows (readiness,
+        completion, release) runs on in the background, and its etcd writes join the next
+        steps' transactions. A crash meanwhile leaves the ready mark and the claim, and
+        whoever holds the step next (another executor, or the claim sweep) finishes it.
+        """
         if commit.winner is not None:
             await self.after_done(ref, commit.winner, claim)
-        else:
-            await self.after_done(ref, done, claim, done_count=commit.done_count)
+            return
+        finishing = asyncio.ensure_future(self._after_own_commit(ref, done, claim, commit))
+        self._finishing.add(finishing)
+        finishing.add_done_callback(self._finished)
 
-    async def after_done(self, ref: RunRef, done: StepRun, claim: Claim, *, done_count: int | None = None) -> None:
-        """What follows a step's terminal record: successors or skips, completion, release."""
-        if done.state in COMMITTED_STEP_STATES:
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._finishing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The claim stays ours and unattended: the claim sweep takes the step up again.
+            log.warning("finishing a committed step failed: %s", task.exception())
+
+    async def _after_own_commit(self, ref: RunRef, done: StepRun, claim: Claim, commit: Commit) -> None:
+        if not commit.released:
+            await self.after_done(ref, done, claim, done_count=commit.done_count, derived=commit.derived)
+            return
+        if commit.underived:
             await self.progress.derive_successors(ref, done.step)
+        if self.is_cancelling(ref.namespace, ref.run_id):
+            await self.progress.finalize_cancel(ref)
+
+    async def after_done(
+        self, ref: RunRef, done: StepRun, claim: Claim, *, done_count: int | None = None, derived: bool = False
+    ) -> None:
+        """What follows a step's terminal record: successors or skips, completion, release.
+
+        `derived`: the commit created the successors' ready marks already.
+        """
+        if done.state in COMMITTED_STEP_STATES:
+            if not derived:
+                await self.progress.derive_successors(ref, done.step)
         elif done.state == StepRun.STATE_FAILED:
             await self.progress.skip_downstream(ref, done.step)
             done_count = None  # the skips added done records after the count
@@ -996,7 +1114,7 @@ class StepRunner:
             extra.append(op_put(self.keyspace.outcome(ref.namespace, dna.hex), outcome.SerializeToString()))
         with tracer().start_as_current_span("weft.commit", attributes={"weft.state": "SUCCEEDED"}):
             try:
-                commit = await self._commit_done(ref, done, extra)
+                commit = await self._commit_done(ref, done, extra, claim)
             except RecordTooLarge as error:
                 await self._commit_too_large(ref, record, claim, error)
                 return
