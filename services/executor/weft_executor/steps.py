@@ -176,8 +176,8 @@ class StepTask:
 
 @dataclass(frozen=True)
 class StepSnapshot:
-    """The run record, the step's done record and its step record, read in one revision
-    (by the claim transaction itself, which saves a round trip per step)."""
+    """The run's runindex summary, the step's done record and its step record, read in one
+    revision (by the claim transaction itself, which saves a round trip per step)."""
 
     run: KeyValue | None
     done: KeyValue | None
@@ -315,6 +315,8 @@ class StepRunner:
         # that nothing is committed into a run that turned terminal. A stale value costs
         # one more round trip, never a wrong commit.
         self._run_revisions: OrderedDict[tuple[str, str], tuple[int, bool]] = OrderedDict()
+        # What never changes in a run record after CreateRun, per run (see `_full_run`).
+        self._run_inputs: OrderedDict[tuple[str, str], Run] = OrderedDict()
         # Post-commit work (derivation, completion, release) of steps whose slot is free
         # already; asyncio keeps only weak references to tasks.
         self._finishing: set[asyncio.Task[None]] = set()
@@ -349,7 +351,12 @@ class StepRunner:
             log.warning("ready mark of %s/%s/%s has no run record; dropping it", *claim_parts(claim))
             await self._drop_mark(claim)
             return
-        run = parse_run(snapshot.run)
+        found = await self._full_run(claim.namespace, claim.run_id, parse_run(snapshot.run))
+        if found is None:
+            log.warning("ready mark of %s/%s/%s has no run record; dropping it", *claim_parts(claim))
+            await self._drop_mark(claim)
+            return
+        run = found
         if run.state in TERMINAL_RUN_STATES:
             await self._drop_mark(claim)
             self.progress.forget(claim.namespace, claim.run_id)
@@ -364,9 +371,34 @@ class StepRunner:
             await self._drop_mark(claim)
             self.progress.forget(claim.namespace, claim.run_id)
 
-    def _saw_run(self, namespace: str, run_id: str, kv: KeyValue, run: Run) -> None:
+    async def _full_run(self, namespace: str, run_id: str, summary: Run) -> Run | None:
+        """The run record: the claim read the small runindex summary (its state is current),
+        and what the summary leaves out never changes after CreateRun (parameters, their
+        digests, the trace context), so it is read once per run, not once per step (a run
+        may carry 256 KiB of parameters)."""
         key = (namespace, run_id)
-        if kv.mod_revision > self._run_revisions.get(key, (0, False))[0]:
+        fixed = self._run_inputs.get(key)
+        if fixed is None:
+            kv = await self.store.get(self.keyspace.run(namespace, run_id))
+            if kv is None:
+                return None
+            fixed = parse_run(kv)
+            self._run_inputs[key] = fixed
+            while len(self._run_inputs) > RUN_REVISIONS_KEPT:
+                self._run_inputs.popitem(last=False)
+        self._run_inputs.move_to_end(key)
+        run = Run()
+        run.CopyFrom(summary)
+        run.parameters.update(fixed.parameters)
+        run.parameter_digests.update(fixed.parameter_digests)
+        run.traceparent = fixed.traceparent
+        return run
+
+    def _saw_run(self, namespace: str, run_id: str, kv: KeyValue, run: Run, *, current: bool = False) -> None:
+        """Remembers the run record's revision (`current`: `kv` is the run key itself, just
+        read; else the runindex summary, written in the same transaction as the run key)."""
+        key = (namespace, run_id)
+        if current or kv.mod_revision > self._run_revisions.get(key, (0, False))[0]:
             # "Quiet": RUNNING with no failed step. Then no step of the run is skipped or
             # cancelled, so a step with successors cannot be the run's last one to finish.
             quiet = run.state == Run.STATE_RUNNING and not run.failed_step
@@ -407,7 +439,8 @@ class StepRunner:
         """The reads of a StepSnapshot, to put into a transaction (the claim's)."""
         ks = self.keyspace
         return [
-            op_get(ks.run(claim.namespace, claim.run_id)),
+            # The small summary, not the run record: see `_full_run`.
+            op_get(ks.run_index(claim.namespace, claim.run_id)),
             op_get(ks.done(claim.namespace, claim.run_id, claim.step)),
             op_get(ks.step(claim.namespace, claim.run_id, claim.step)),
             op_get(ks.ready(claim.namespace, claim.run_id, claim.step)),
@@ -717,7 +750,7 @@ class StepRunner:
             runs = result.range_kvs(1)
             if not runs or parse_run(runs[0]).state in TERMINAL_RUN_STATES:
                 raise RunEnded(f"run {ref.name} ended before step {record.step} could commit")
-            self._saw_run(ns, run_id, runs[0], parse_run(runs[0]))
+            self._saw_run(ns, run_id, runs[0], parse_run(runs[0]), current=True)
 
     async def _commit_reuse(
         self, ref: RunRef, record: StepRun, claim: Claim, dna: StepDNA, decision: CacheDecision
