@@ -40,21 +40,19 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode, get_current_span
 
 from weft.v1 import pipeline_pb2, run_pb2
 from weft_core.blobs import BlobStore
 from weft_core.dna import (
     StepDNA,
     content_digest,
-    image_for_dna,
     spill_components,
     spill_input_outcomes,
     step_dna,
 )
 from weft_core.errors import NotFound, ResourceExhausted, ServiceError, Unavailable
 from weft_core.keyspace import Keyspace, ready_mark, ready_time_of
-from weft_core.spec import parse_run_name
 from weft_core.store import (
     KeyValue,
     Store,
@@ -78,6 +76,7 @@ from weft_core.telemetry import (
     traceparent_of,
     tracer,
 )
+from weft_executor.cache import CacheDecider, CacheDecision, duration_seconds
 from weft_executor.progress import (
     COMMITTED_STEP_STATES,
     TERMINAL_RUN_STATES,
@@ -186,15 +185,6 @@ class StepSnapshot:
 
 
 @dataclass(frozen=True)
-class CacheDecision:
-    """What to do with a step whose DNA is known: reuse `outcome`, or launch (None)."""
-
-    explanation: Explanation
-    outcome: run_pb2.Outcome | None = None
-    reused_from_run: str = ""
-
-
-@dataclass(frozen=True)
 class Commit:
     """What a commit transaction found: the done record that won if it was not ours, else
     the run's done count at our commit (None when unknown), whether the successors'
@@ -222,18 +212,13 @@ def env_suffix(name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
-def _duration_seconds(duration: object, default: float) -> float:
-    seconds = getattr(duration, "seconds", 0) + getattr(duration, "nanos", 0) / 1e9
-    return seconds if seconds > 0 else default
-
-
 def backoff_seconds(retry: pipeline_pb2.RetryPolicy, failed_attempts: int) -> float:
     """The wait before the attempt after `failed_attempts` failures (RetryPolicy defaults)."""
-    base = _duration_seconds(retry.backoff, DEFAULT_BACKOFF) if retry.HasField("backoff") else DEFAULT_BACKOFF
+    base = duration_seconds(retry.backoff, DEFAULT_BACKOFF) if retry.HasField("backoff") else DEFAULT_BACKOFF
     factor = retry.backoff_factor or DEFAULT_BACKOFF_FACTOR
     ceiling = DEFAULT_MAX_BACKOFF
     if retry.HasField("max_backoff"):
-        ceiling = _duration_seconds(retry.max_backoff, DEFAULT_MAX_BACKOFF)
+        ceiling = duration_seconds(retry.max_backoff, DEFAULT_MAX_BACKOFF)
     return float(min(ceiling, base * factor ** max(0, failed_attempts - 1)))
 
 
@@ -254,18 +239,18 @@ async def until_written(write: Callable[[], Awaitable[T]], what: str) -> T:
             delay = min(delay * 2, 5.0)
 
 
-def _describe_duration(seconds: float) -> str:
-    if seconds % 3600 == 0:
-        return f"{int(seconds // 3600)}h"
-    if seconds % 60 == 0:
-        return f"{int(seconds // 60)}m"
-    return f"{seconds:g}s"
-
-
 def _timestamp(moment: datetime) -> Timestamp:
     stamp = now()
     stamp.FromDatetime(moment)
     return stamp
+
+
+def _child_span(name: str, attributes: Mapping[str, str]) -> contextlib.AbstractContextManager[Span]:
+    """A child span of the current one, or nothing when that one is not recorded (export
+    off): a step's hot path must not pay for spans nobody receives."""
+    if not get_current_span().is_recording():
+        return contextlib.nullcontext(INVALID_SPAN)
+    return tracer().start_as_current_span(name, attributes=dict(attributes))
 
 
 def claim_parts(claim: Claim) -> tuple[str, str, str]:
@@ -309,6 +294,7 @@ class StepRunner:
         self.runtime = runtime
         self.is_cancelling = is_cancelling
         self.live_attempts = live_attempts
+        self.cache = CacheDecider(store, keyspace, blobs)
         #: Processes launched by this runner, for tests and the benchmark.
         self.launches = 0
         # The run record's last mod revision seen, per run: commits are guarded on it so
@@ -476,8 +462,8 @@ class StepRunner:
             return
         dna = step_dna(step, inputs.digests)
         span.set_attribute(ATTR_DNA, dna.digest)
-        with tracer().start_as_current_span("weft.cache_lookup", attributes={ATTR_DNA: dna.digest}) as lookup:
-            decision = await self._decide(ref, run, step, dna)
+        with _child_span("weft.cache_lookup", {ATTR_DNA: dna.digest}) as lookup:
+            decision = await self.cache.decide(ref, run, step, dna)
             lookup.set_attribute("weft.cache.decision", Explanation.Decision.Name(decision.explanation.decision))
         spilled = spill_components(decision.explanation)
         if spilled is not None:
@@ -557,84 +543,6 @@ class StepRunner:
                 digests[item.name] = digest
                 input_outcomes[item.name] = upstream_record.outcome.dna
         return ResolvedInputs(digests, input_outcomes, values)
-
-    # The cache decision ---------------------------------------------------------------
-
-    async def _missing_blob(self, outputs: Mapping[str, str]) -> str:
-        """The first output digest that the artifact store no longer has, or ""."""
-        digests = sorted(set(outputs.values()))
-        found = await asyncio.gather(*(self.blobs.stat(d) for d in digests))
-        return next((d for d, info in zip(digests, found, strict=True) if info is None), "")
-
-    async def _decide(self, ref: RunRef, run: Run, step: pipeline_pb2.Step, dna: StepDNA) -> CacheDecision:
-        def explanation(
-            decision: Explanation.Decision, reason: str, outcome: run_pb2.Outcome | None = None
-        ) -> Explanation:
-            result = Explanation(
-                dna=dna.digest,
-                components=dna.as_pb(),
-                decision=decision,
-                reason=reason,
-                image_hashed_as=image_for_dna(step.container.image)[1],
-            )
-            if outcome is not None:
-                result.outcome.CopyFrom(outcome)
-            return result
-
-        resume_note = ""
-        if run.resumed_from:
-            reused = await self._resumable_outcome(run.resumed_from, step.name, dna)
-            if isinstance(reused, run_pb2.Outcome):
-                reason = f"resumed: outcome of {run.resumed_from} step {step.name} has the same DNA"
-                resumed = explanation(Explanation.DECISION_RESUMED, reason, reused)
-                return CacheDecision(resumed, reused, run.resumed_from)
-            resume_note = f" (not resumed: {reused})"
-
-        mode = run.options.cache_mode
-        enabled = not step.cache.HasField("enabled") or step.cache.enabled
-        if mode == run_pb2.CACHE_MODE_REFRESH:
-            return CacheDecision(explanation(Explanation.DECISION_MISS, "miss: cache mode REFRESH" + resume_note))
-        if mode == run_pb2.CACHE_MODE_OFF:
-            return CacheDecision(explanation(Explanation.DECISION_MISS, "miss: cache mode OFF" + resume_note))
-        if not enabled:
-            return CacheDecision(explanation(Explanation.DECISION_MISS, "miss: cache disabled for step" + resume_note))
-        kv = await self.store.get(self.keyspace.outcome(ref.namespace, dna.hex))
-        if kv is None:
-            return CacheDecision(explanation(Explanation.DECISION_MISS, "miss: no outcome with this DNA" + resume_note))
-        outcome = run_pb2.Outcome()
-        outcome.ParseFromString(kv.value)
-        if step.cache.HasField("max_age"):
-            max_age = _duration_seconds(step.cache.max_age, 0.0)
-            age = (datetime.now(UTC) - outcome.commit_time.ToDatetime(tzinfo=UTC)).total_seconds()
-            if max_age > 0 and age > max_age:
-                reason = f"miss: outcome older than max_age {_describe_duration(max_age)}"
-                return CacheDecision(explanation(Explanation.DECISION_MISS, reason + resume_note, outcome))
-        missing = await self._missing_blob(outcome.outputs)
-        if missing:
-            reason = f"miss: outcome blob {missing} is gone"
-            return CacheDecision(explanation(Explanation.DECISION_MISS, reason + resume_note, outcome))
-        reason = f"hit: outcome of {outcome.run} step {outcome.step}"
-        return CacheDecision(explanation(Explanation.DECISION_HIT, reason, outcome), outcome, outcome.run)
-
-    async def _resumable_outcome(self, resumed_from: str, step: str, dna: StepDNA) -> run_pb2.Outcome | str:
-        """The resumed run's committed outcome of `step` if its DNA matches and its blobs
-        exist, else why not."""
-        try:
-            old_ns, old_run = parse_run_name(resumed_from, "run.resumed_from")
-        except ServiceError as error:
-            return error.message
-        kv = await self.store.get(self.keyspace.done(old_ns, old_run, step))
-        if kv is None:
-            return f"{resumed_from} has no outcome of step {step}"
-        old = parse_step_run(kv)
-        if old.state not in COMMITTED_STEP_STATES:
-            return f"step {step} was {StepRun.State.Name(old.state).removeprefix('STATE_')} in {resumed_from}"
-        if old.outcome.dna != dna.digest:
-            return f"the DNA of step {step} changed since {resumed_from}"
-        missing = await self._missing_blob(old.outcome.outputs)
-        if missing:
-            return f"outcome blob {missing} is gone"
-        return old.outcome
 
     # Commits --------------------------------------------------------------------------
 
@@ -765,7 +673,7 @@ class StepRunner:
         done.reused_from_run = decision.reused_from_run
         done.executor = self.executor_id
         done.end_time.CopyFrom(now())
-        with tracer().start_as_current_span("weft.commit", attributes={"weft.state": "CACHED"}):
+        with _child_span("weft.commit", {"weft.state": "CACHED"}):
             try:
                 commit = await self._commit_done(ref, done, claim=claim)
             except RecordTooLarge as error:
@@ -894,7 +802,7 @@ class StepRunner:
                 "TRACEPARENT": traceparent,
             }
         )
-        timeout = _duration_seconds(step.timeout, 0.0) if step.HasField("timeout") else 0.0
+        timeout = duration_seconds(step.timeout, 0.0) if step.HasField("timeout") else 0.0
         return AttemptSpec(
             namespace=ref.namespace,
             run=ref.run_id,
@@ -1145,7 +1053,7 @@ class StepRunner:
         extra: list[object] = []
         if run.options.cache_mode != run_pb2.CACHE_MODE_OFF:
             extra.append(op_put(self.keyspace.outcome(ref.namespace, dna.hex), outcome.SerializeToString()))
-        with tracer().start_as_current_span("weft.commit", attributes={"weft.state": "SUCCEEDED"}):
+        with _child_span("weft.commit", {"weft.state": "SUCCEEDED"}):
             try:
                 commit = await self._commit_done(ref, done, extra, claim)
             except RecordTooLarge as error:
@@ -1212,7 +1120,7 @@ class StepRunner:
             reason if max_attempts == 1 else f"failed {failed} of {max_attempts} attempts, the last with: {reason}"
         )
         done.end_time.CopyFrom(now())
-        with tracer().start_as_current_span("weft.commit", attributes={"weft.state": "FAILED"}):
+        with _child_span("weft.commit", {"weft.state": "FAILED"}):
             winner = await until_written(
                 lambda: self.progress.commit_failure(ref, done), f"committing the failure of {record.step}"
             )

@@ -6,15 +6,16 @@ other's records, and no record grows with the number of a step's inputs."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import grpc
 import pytest
 
 from tests.integration.executor.support import Harness, state_name, states, steps_by_name, until
-from weft.v1 import pipeline_pb2, run_pb2
-from weft_core.dna import INLINE_RECORD_BYTES
-from weft_core.spec import Dag, parse_run_name
+from weft.v1 import artifact_pb2, pipeline_pb2, run_pb2
+from weft_core.dna import INLINE_RECORD_BYTES, content_digest, step_dna
+from weft_core.spec import MAX_STEPS, Dag, parse_run_name
 from weft_core.store import TxnResult, op_delete, op_put
 from weft_executor.progress import RunProgress, RunRef
 from weft_executor.runtime import AttemptSpec, LaunchedAttempt
@@ -22,6 +23,23 @@ from weft_executor.runtime import AttemptSpec, LaunchedAttempt
 Run = run_pb2.Run
 StepRun = run_pb2.StepRun
 Attempt = run_pb2.Attempt
+
+
+async def iter_put(data: bytes) -> AsyncIterator[artifact_pb2.PutBlobRequest]:
+    yield artifact_pb2.PutBlobRequest(header=artifact_pb2.BlobHeader(digest=content_digest(data), size_bytes=len(data)))
+    yield artifact_pb2.PutBlobRequest(data=data)
+
+
+async def finished(h: Harness, name: str, timeout: float) -> Run:
+    """The run once terminal, without its steps (10,000 steps would not fit one response)."""
+    request = run_pb2.GetRunRequest(name=name, view=run_pb2.RUN_VIEW_BASIC)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        run: Run = await h.clients.runs.GetRun(request)
+        if run.state in (Run.STATE_SUCCEEDED, Run.STATE_FAILED, Run.STATE_CANCELLED):
+            return run
+        assert asyncio.get_running_loop().time() < deadline, f"run {name} is {state_name(run.state, Run.State)}"
+        await asyncio.sleep(0.2)
 
 
 def run_ref(run: Run, pipeline: pipeline_pb2.Pipeline) -> RunRef:
@@ -259,3 +277,68 @@ async def test_a_step_whose_commit_is_too_large_fails_with_a_clear_error(harness
     assert [state_name(a.state, Attempt.State) for a in many.attempts] == ["SUCCEEDED"]
     assert state_name(steps_by_name(ended)["after"].state) == "SKIPPED"
     assert h.launches() == {"many": 1}
+
+
+@pytest.mark.slow
+async def test_a_50000_step_pipeline_is_stored_read_back_and_run_created(harness: Harness) -> None:
+    """The step limit is 50,000 (Argo users hit their wall near 50k nodes): such a spec is
+    validated, stored by digest outside etcd, read back whole, and a run of it is created
+    with one small record; one more step is refused, naming the limit."""
+    h = harness
+    steps = [
+        pipeline_pb2.Step(name=f"s{i}", container=pipeline_pb2.Container(image="busybox", command=["true"]))
+        for i in range(MAX_STEPS)
+    ]
+    created = await h.apply("fifty-thousand", steps)
+    got = await h.clients.pipelines.GetPipeline(pipeline_pb2.GetPipelineRequest(name=created.name))
+    run = await h.run(created.name)
+
+    assert len(got.spec.steps) == MAX_STEPS == 50_000
+    ns, run_id = parse_run_name(run.name)
+    kv = await h.store.get(h.keyspace.run(ns, run_id))
+    assert kv is not None
+    assert len(kv.value) < 4096
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await h.apply("one-too-many", [*steps, pipeline_pb2.Step(name="one-more", container=steps[0].container)])
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "50001 steps exceed the limit of 50000; split the pipeline" in (refused.value.details() or "")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+async def test_a_10000_wide_join_runs_and_reruns_cached(harness: Harness) -> None:
+    """A join reading 10,000 outputs commits (it used to fail with "executor died 3 times":
+    its commit passed etcd's request limit), and the fully cached re-run of all 10,001
+    steps succeeds. To keep the test quick the mappers' outcomes are seeded in the cache,
+    as an earlier run would have left them, so the first run runs only the join (10,000
+    cache hits and one process); bench/bench_local_runtime.py --wide runs real processes."""
+    h = harness
+    executor = await h.start_executor(max_parallel=16)
+    width = 10_000
+    mappers = [h.step(f"m{i}") for i in range(width)]
+    join = h.step(
+        "join",
+        'ls "$WEFT_INPUTS" | wc -l > "$WEFT_OUTPUTS/out"',
+        reads={f"i{i}": (f"m{i}", "out") for i in range(width)},
+    )
+    pipeline = await h.apply("ten-thousand-join", [*mappers, join])
+    blob = await h.clients.artifacts.PutBlob(iter_put(b"mapped"))
+    seeded = []
+    for step in mappers:
+        dna = step_dna(step, {})
+        outcome = run_pb2.Outcome(dna=dna.digest, outputs={"out": blob.digest}, run="seeded", step=step.name)
+        seeded.append((h.keyspace.outcome("default", dna.hex), outcome.SerializeToString()))
+    await h.store.put_many(seeded)
+
+    first = await finished(h, (await h.run(pipeline.name)).name, timeout=220)
+    assert first.state == Run.STATE_SUCCEEDED, first.message
+    record, version = (await h.done_records(first.name))["join"]
+    assert (await h.blob(record.outcome.outputs["out"])).strip() == str(width).encode()
+    again = await finished(h, (await h.run(pipeline.name)).name, timeout=220)
+
+    assert again.state == Run.STATE_SUCCEEDED, again.message
+    assert dict(again.step_counts) == {"CACHED": width + 1}
+    assert h.launches() == {"join": 1}
+    assert version == 1
+    assert len(record.SerializeToString()) < 2 * INLINE_RECORD_BYTES
+    assert executor.claims_refused == 0
