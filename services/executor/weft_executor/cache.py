@@ -68,6 +68,7 @@ class CacheDecider:
 
     async def decide(self, ref: RunRef, run: Run, step: pipeline_pb2.Step, dna: StepDNA) -> CacheDecision:
         """RESUMED, HIT or MISS for `step` of `run`, with its explanation."""
+
         def explanation(
             decision: Explanation.Decision, reason: str, outcome: run_pb2.Outcome | None = None
         ) -> Explanation:
