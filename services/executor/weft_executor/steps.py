@@ -2,24 +2,29 @@
 
 After this executor claims a step (`weft_executor.scheduler`), `StepRunner.run` does:
 
-1. Read the run, the step's done record and its step record in one snapshot. A done
-   record means the step was committed but its successors may not have been derived
-   (a crash between commit and derivation): finish that and let go (invariant 3).
+1. Take the run's summary, the step's done record and its step record from the claim's
+   own snapshot (the run's parameters are read once per run). A done record means the
+   step was committed but its successors may not have been derived (a crash between
+   commit and derivation): finish that and let go (invariant 3).
 2. Resolve every input's content digest (parameters, literals, upstream outputs) and
-   compute the DNA (`weft_core.dna`).
-3. Decide: reuse the resumed run's outcome (RESUMED), reuse a verified cached outcome
-   (HIT, nothing launched; invariant 7), or launch (MISS). The explanation, with the
-   DNA components and the reason, goes into the step's records (ExplainStep reads it).
-4. Launch attempts through the runtime, recording each in the step record before
-   waiting on it; retry failed attempts with backoff up to RetryPolicy.max_attempts
-   (attempts LOST with a dead executor do not count, but after MAX_LOST_ATTEMPTS of
-   them the step fails: a step that kills its executor is not retried forever).
-5. Commit: the done record is created only if absent, with the outcome (and the cache
-   entry), in one transaction: the first commit wins and a later finisher is recorded as
-   a loser, never overwriting (invariant 2). A final failure commits FAILED and marks
-   the downstream steps SKIPPED.
-6. Derive successors' readiness, check whether the run is complete, and only then delete
-   the ready mark and claim together (`weft_executor.progress`).
+   compute the DNA (`weft_core.dna`); an input that cannot be resolved fails the step.
+   From here a `StepWork` carries the step through the rest.
+3. Decide (`weft_executor.cache`): reuse the resumed run's outcome (RESUMED), reuse a
+   verified cached outcome (HIT, nothing launched; invariant 7), or launch (MISS). The
+   explanation goes into the step's records (its components in a blob when large).
+4. Record each attempt in the step record, then launch it through the runtime, and wait;
+   retry failed attempts with backoff up to RetryPolicy.max_attempts (attempts LOST with
+   a dead executor do not count, but after MAX_LOST_ATTEMPTS of them the step fails: a
+   step that kills its executor is not retried forever).
+5. Commit: the done record is created only if absent, in one transaction with the
+   outcome (and the cache entry), the step's `ok` marker, its successors' ready marks
+   and, when the step cannot be the run's last, its release: the first commit wins and a
+   later finisher is recorded as a loser, never overwriting (invariant 2). A commit too
+   large for etcd is a final failure. A final failure commits FAILED and marks the
+   downstream steps SKIPPED.
+6. Otherwise derive successors' readiness, check whether the run is complete, and only
+   then delete the ready mark and claim together (`weft_executor.progress`), after the
+   step's slot was freed.
 
 Every write that is not create-if-absent is guarded by this executor still holding the
 claim (its lease), so an executor that lost its lease never overwrites the executor that
@@ -171,6 +176,33 @@ class StepTask:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     attempt: LaunchedAttempt | None = None
     snapshot: StepSnapshot | None = None
+
+
+@dataclass(frozen=True)
+class StepWork:
+    """A claimed step whose DNA is known: what its cache decision, attempts and commit need.
+
+    Attributes:
+        task: The claim and its cancellation state.
+        ref: The run with its pipeline version.
+        run: The run record.
+        step: The step as the pipeline version specifies it.
+        record: The step record being built (attempts, explanation); mutable.
+        dna: The step's DNA.
+        inputs: Its resolved inputs.
+    """
+
+    task: StepTask
+    ref: RunRef
+    run: Run
+    step: pipeline_pb2.Step
+    record: StepRun
+    dna: StepDNA
+    inputs: ResolvedInputs
+
+    @property
+    def claim(self) -> Claim:
+        return self.task.claim
 
 
 @dataclass(frozen=True)
@@ -461,6 +493,7 @@ class StepRunner:
             await self._commit_failure(ref, record, claim, 0, 1, message=inputs)
             return
         dna = step_dna(step, inputs.digests)
+        work = StepWork(task, ref, run, step, record, dna, inputs)
         span.set_attribute(ATTR_DNA, dna.digest)
         with _child_span("weft.cache_lookup", {ATTR_DNA: dna.digest}) as lookup:
             decision = await self.cache.decide(ref, run, step, dna)
@@ -471,9 +504,9 @@ class StepRunner:
         if decision.outcome is not None:
             # The orphan's work is not needed: a pod left by a dead executor must not run on.
             await self._stop_orphan(ref, step, orphan, f"step reused ({decision.explanation.reason})")
-            await self._commit_reuse(ref, record, claim, dna, decision)
+            await self._commit_reuse(work, decision)
             return
-        await self._run_attempts(task, ref, run, step, record, dna, inputs, decision.explanation, orphan)
+        await self._run_attempts(work, decision.explanation, orphan)
 
     async def stop_orphan(self, ref: RunRef, step: str, orphan: Attempt, reason: str) -> None:
         """Asks the runtime to stop an attempt another executor left running (a pod whose
@@ -660,9 +693,8 @@ class StepRunner:
                 raise RunEnded(f"run {ref.name} ended before step {record.step} could commit")
             self._saw_run(ns, run_id, runs[0], parse_run(runs[0]), current=True)
 
-    async def _commit_reuse(
-        self, ref: RunRef, record: StepRun, claim: Claim, dna: StepDNA, decision: CacheDecision
-    ) -> None:
+    async def _commit_reuse(self, work: StepWork, decision: CacheDecision) -> None:
+        ref, record, claim, dna = work.ref, work.record, work.claim, work.dna
         assert decision.outcome is not None
         done = StepRun()
         done.CopyFrom(record)
@@ -761,6 +793,12 @@ class StepRunner:
         # process died with its executor (local) or was not re-attached. It does not
         # count against the retry budget.
         for attempt in record.attempts:
+            if attempt.state == Attempt.STATE_UNCONFIRMED and not attempt.HasField("end_time"):
+                attempt.message = (
+                    f"launch not confirmed: executor {attempt.executor or '?'} died or lost its claim as it "
+                    "launched this attempt; a process it may have started was stopped with it"
+                )
+                attempt.end_time.CopyFrom(now())
             if attempt.state == Attempt.STATE_RUNNING:
                 attempt.state = Attempt.STATE_LOST
                 attempt.message = (
@@ -769,16 +807,8 @@ class StepRunner:
                 )
                 attempt.end_time.CopyFrom(now())
 
-    def _attempt_spec(
-        self,
-        ref: RunRef,
-        run: Run,
-        step: pipeline_pb2.Step,
-        number: int,
-        dna: StepDNA,
-        inputs: ResolvedInputs,
-        traceparent: str,
-    ) -> AttemptSpec:
+    def _attempt_spec(self, work: StepWork, number: int, traceparent: str) -> AttemptSpec:
+        ref, run, step = work.ref, work.run, work.step
         container = step.container
         env: dict[str, str] = {}
         secret_env: dict[str, tuple[str, str]] = {}
@@ -813,36 +843,28 @@ class StepRunner:
             working_dir=container.working_dir,
             env=env,
             secret_env=secret_env,
-            inputs=dict(inputs.digests),
+            inputs=dict(work.inputs.digests),
             outputs=tuple(o.name for o in step.outputs),
             timeout=timeout or None,
-            dna=dna.digest,
+            dna=work.dna.digest,
             resources=container.resources,
         )
 
-    async def _run_attempts(
-        self,
-        task: StepTask,
-        ref: RunRef,
-        run: Run,
-        step: pipeline_pb2.Step,
-        record: StepRun,
-        dna: StepDNA,
-        inputs: ResolvedInputs,
-        explanation: Explanation,
-        orphan: Attempt | None = None,
-    ) -> None:
-        claim = task.claim
+    async def _run_attempts(self, work: StepWork, explanation: Explanation, orphan: Attempt | None = None) -> None:
+        """Runs attempts until one succeeds, the retry budget is spent, or the run is
+        cancelled, and commits the outcome."""
+        task, ref, step, record, claim = work.task, work.ref, work.step, work.record, work.claim
+        dna, inputs = work.dna, work.inputs
         record.dna = dna.digest
         record.explanation.CopyFrom(explanation)
         record.executor = self.executor_id
         max_attempts = max(1, step.retry.max_attempts)
         failed = sum(1 for a in record.attempts if a.state == Attempt.STATE_FAILED)
-        lost = sum(1 for a in record.attempts if a.state == Attempt.STATE_LOST)
+        lost = sum(1 for a in record.attempts if a.state in (Attempt.STATE_LOST, Attempt.STATE_UNCONFIRMED))
         # Past the cap only re-attaching to the orphan (a pod outlives its executor) is allowed.
         adopt_only = lost >= MAX_LOST_ATTEMPTS
         if adopt_only and orphan is None:
-            await self._commit_lost_too_often(ref, record, claim, failed, max_attempts, lost)
+            await self._commit_lost_too_often(work, failed, max_attempts, lost)
             return
         if inputs.values:
             for value in inputs.values.values():
@@ -854,17 +876,15 @@ class StepRunner:
                 return
             number = len(record.attempts) + 1
             try:
-                attempt, result, launched = await self._run_attempt(
-                    task, ref, run, step, record, number, dna, inputs, orphan, adopt_only=adopt_only
-                )
+                attempt, result, launched = await self._run_attempt(work, number, orphan, adopt_only=adopt_only)
             except _NotAdopted:
-                await self._commit_lost_too_often(ref, record, claim, failed, max_attempts, lost)
+                await self._commit_lost_too_often(work, failed, max_attempts, lost)
                 return
             adopt_only = False
             orphan = None  # only the attempt found running when the step was taken over
             number = attempt.number  # an adopted attempt keeps the number it was launched with
             if result.state == Attempt.STATE_SUCCEEDED:
-                await self._commit_success(ref, run, record, attempt, dna, inputs, claim)
+                await self._commit_success(work, attempt)
                 await self._forget_attempt(ref, step.name, number, launched)
                 return
             if result.state == Attempt.STATE_CANCELLED:
@@ -895,18 +915,7 @@ class StepRunner:
             await self._forget_attempt(ref, step.name, launched.spec.attempt, launched)
 
     async def _run_attempt(
-        self,
-        task: StepTask,
-        ref: RunRef,
-        run: Run,
-        step: pipeline_pb2.Step,
-        record: StepRun,
-        number: int,
-        dna: StepDNA,
-        inputs: ResolvedInputs,
-        orphan: Attempt | None = None,
-        *,
-        adopt_only: bool = False,
+        self, work: StepWork, number: int, orphan: Attempt | None = None, *, adopt_only: bool = False
     ) -> tuple[Attempt, AttemptResult, LaunchedAttempt | None]:
         """Launches attempt `number`, records it, waits for it; returns it with its result.
 
@@ -914,6 +923,7 @@ class StepRunner:
         re-attach to it (a pod keeps running without its executor, invariant 4); the attempt
         keeps its number and is waited on as if launched here. Otherwise `number` is launched.
         """
+        task, ref, run, step, record, dna = work.task, work.ref, work.run, work.step, work.record, work.dna
         attributes: dict[str, str | int] = {
             ATTR_RUN: ref.name,
             ATTR_STEP: step.name,
@@ -924,7 +934,7 @@ class StepRunner:
             traceparent = traceparent_of(span) if span.is_recording() else child_traceparent(run.traceparent)
             launched: LaunchedAttempt | None = None
             if orphan is not None:
-                spec = self._attempt_spec(ref, run, step, orphan.number, dna, inputs, traceparent)
+                spec = self._attempt_spec(work, orphan.number, traceparent)
                 launched = await self.runtime.adopt(spec, orphan.handle)
             if orphan is not None and launched is not None:
                 number, attempt = orphan.number, orphan
@@ -937,16 +947,22 @@ class StepRunner:
             else:
                 if adopt_only:
                     raise _NotAdopted
-                spec = self._attempt_spec(ref, run, step, number, dna, inputs, traceparent)
+                spec = self._attempt_spec(work, number, traceparent)
                 attempt = record.attempts.add(number=number, executor=self.executor_id)
                 attempt.start_time.CopyFrom(now())
-                attempt.state = Attempt.STATE_RUNNING
                 attempt.handle = self.runtime.planned_handle(spec)
-                record.state = StepRun.STATE_RUNNING
                 # Recorded before the launch: whatever happens next (etcd away, the lease
                 # lost, this executor killed), the attempt is in the step's history, so a
-                # launched process or pod never goes unaccounted for. Whoever takes the step
-                # over finds it RUNNING and adopts it or marks it LOST.
+                # launched process or pod never goes unaccounted for. With a planned handle
+                # (a pod's name) it is RUNNING at once, and whoever takes the step over
+                # adopts or loses it; a process id is known only after the launch, so until
+                # that is recorded the attempt is UNCONFIRMED (and stays so if this executor
+                # dies first: its process died with it).
+                if attempt.handle:
+                    attempt.state = Attempt.STATE_RUNNING
+                    record.state = StepRun.STATE_RUNNING
+                else:
+                    attempt.state = Attempt.STATE_UNCONFIRMED
                 await self._put_step_record(ref, record, task.claim)
                 try:
                     launched = await self.runtime.launch(spec)
@@ -1019,16 +1035,8 @@ class StepRunner:
         if launched is not None:
             await self.runtime.release(launched)
 
-    async def _commit_success(
-        self,
-        ref: RunRef,
-        run: Run,
-        record: StepRun,
-        attempt: Attempt,
-        dna: StepDNA,
-        inputs: ResolvedInputs,
-        claim: Claim,
-    ) -> None:
+    async def _commit_success(self, work: StepWork, attempt: Attempt) -> None:
+        ref, run, record, dna, claim = work.ref, work.run, work.record, work.dna, work.claim
         outcome = run_pb2.Outcome(
             dna=dna.digest,
             outputs=dict(attempt.output_digests),
@@ -1037,7 +1045,7 @@ class StepRunner:
             attempt=attempt.number,
             executor=self.executor_id,
             handle=attempt.handle,
-            input_outcomes=dict(inputs.input_outcomes),
+            input_outcomes=dict(work.inputs.input_outcomes),
         )
         outcome.start_time.CopyFrom(attempt.start_time)
         outcome.end_time.CopyFrom(attempt.end_time)
@@ -1101,12 +1109,10 @@ class StepRunner:
             kept.ClearField("output_digests")
         await self._commit_failure(ref, slim, claim, 0, 1, message=str(error))
 
-    async def _commit_lost_too_often(
-        self, ref: RunRef, record: StepRun, claim: Claim, failed: int, max_attempts: int, lost: int
-    ) -> None:
+    async def _commit_lost_too_often(self, work: StepWork, failed: int, max_attempts: int, lost: int) -> None:
         message = f"executor died {lost} times running this step (its attempts were lost with their executor)"
-        log.warning("step %s of %s: %s; failing it", record.step, ref.name, message)
-        await self._commit_failure(ref, record, claim, failed, max_attempts, message=message)
+        log.warning("step %s of %s: %s; failing it", work.step.name, work.ref.name, message)
+        await self._commit_failure(work.ref, work.record, work.claim, failed, max_attempts, message=message)
 
     async def _commit_failure(
         self, ref: RunRef, record: StepRun, claim: Claim, failed: int, max_attempts: int, *, message: str = ""

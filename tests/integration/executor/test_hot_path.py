@@ -84,8 +84,11 @@ async def test_a_process_launched_as_the_lease_is_lost_is_in_the_attempt_history
     assert lost_at_launch == [1]
     assert ended.state == Run.STATE_SUCCEEDED, ended.message
     attempts = steps_by_name(ended)["only"].attempts
-    assert [(a.number, state_name(a.state, Attempt.State)) for a in attempts] == [(1, "LOST"), (2, "SUCCEEDED")]
+    # The process id of attempt 1 never reached etcd (the lease was gone), so it stays
+    # UNCONFIRMED, saying why; its process was stopped when the executor gave the step up.
+    assert [(a.number, state_name(a.state, Attempt.State)) for a in attempts] == [(1, "UNCONFIRMED"), (2, "SUCCEEDED")]
     assert attempts[0].executor == executor.executor_id
+    assert attempts[0].message.startswith(f"launch not confirmed: executor {executor.executor_id} died or lost")
 
 
 async def test_readiness_derived_again_does_not_mark_a_done_step(harness: Harness) -> None:

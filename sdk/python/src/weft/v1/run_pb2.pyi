@@ -176,12 +176,14 @@ class Attempt(_message.Message):
         STATE_FAILED: _ClassVar[Attempt.State]
         STATE_CANCELLED: _ClassVar[Attempt.State]
         STATE_LOST: _ClassVar[Attempt.State]
+        STATE_UNCONFIRMED: _ClassVar[Attempt.State]
     STATE_UNSPECIFIED: Attempt.State
     STATE_RUNNING: Attempt.State
     STATE_SUCCEEDED: Attempt.State
     STATE_FAILED: Attempt.State
     STATE_CANCELLED: Attempt.State
     STATE_LOST: Attempt.State
+    STATE_UNCONFIRMED: Attempt.State
     class OutputDigestsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
