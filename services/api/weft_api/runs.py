@@ -39,6 +39,7 @@ from weft.v1 import executor_pb2, executor_pb2_grpc, pipeline_pb2, run_pb2, run_
 from weft_api.group_commit import GroupCommit
 from weft_api.listing import check_request_id, decode_token, encode_token, page_size
 from weft_core.blobs import BlobStore, digest_of
+from weft_core.dna import restore_components
 from weft_core.errors import (
     Aborted,
     AlreadyExists,
@@ -815,6 +816,9 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             return run_pb2.StepExplanation(
                 decision=run_pb2.StepExplanation.DECISION_UNSPECIFIED, reason="not claimed yet"
             )
+        if record.explanation.components_digest and not record.explanation.components:
+            # A wide join's components live in a blob (invariant 6): show them all the same.
+            restore_components(record.explanation, await self.blobs.get(record.explanation.components_digest))
         return record.explanation
 
     async def ReadLogs(

@@ -102,6 +102,9 @@ class Executor:
         self._progress: RunProgress | None = None
         self._pipelines: PipelineReader | None = None
         self._run_refs: RunRefs | None = None
+        #: Claim transactions etcd refused (another executor was first): each one is a
+        #: wasted round trip, so the scheduler tries to keep this low.
+        self.claims_refused = 0
 
     # Parts, available after start() ---------------------------------------------------
 
@@ -163,7 +166,7 @@ class Executor:
 
     async def start(self) -> None:
         """Serves ExecutorService, registers in etcd and starts scheduling."""
-        self._store = Store(self.config.etcd_endpoints)
+        self._store = Store(self.config.etcd_endpoints, group_commit=True)
         # With object storage, step data goes straight to the store, not through weft-api.
         self._blobs = (
             open_blob_store(self.config.blob_store)
@@ -173,7 +176,7 @@ class Executor:
         self._pipelines = PipelineReader(self._store, self.keyspace, self._blobs, cache_size=64)
         self._run_refs = RunRefs(self._pipelines)
         self._runtime = self._make_runtime(self._blobs)
-        self._progress = RunProgress(self._store, self.keyspace)
+        self._progress = RunProgress(self._store, self.keyspace, stop_orphan=self._stop_orphan)
         self._runner = StepRunner(
             executor_id=self.executor_id,
             store=self._store,
@@ -205,9 +208,9 @@ class Executor:
         self._loop(self._registration.keep_alive(self._on_lease_lost), "lease keep-alive")
         self._loop(follow_prefix(self._store, ks.run_index_all(), self._runs_listed, self._runs_changed), "runs")
         self._loop(
-            follow_prefix(self._store, ks.ready_all(), self._ready_listed, self._ready_changed, keys_only=True), "ready"
+            follow_prefix(self._store, ks.scheduling_all(), self._scheduling_listed, self._scheduling_changed),
+            "ready marks and claims",
         )
-        self._loop(follow_prefix(self._store, ks.claims_all(), self._claims_listed, self._claims_changed), "claims")
         self._loop(self._dispatch(), "dispatch")
         self._loop(self._sweep_claims(), "claim sweep")
         log.info(
@@ -225,6 +228,8 @@ class Executor:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         await self._abandon_all()
+        if self._runner is not None:
+            await self._runner.close()
         for job in self._jobs:
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)
@@ -265,6 +270,9 @@ class Executor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _stop_orphan(self, ref: RunRef, step: str, attempt: run_pb2.Attempt, reason: str) -> None:
+        await self.runner.stop_orphan(ref, step, attempt, reason)
 
     async def _on_lease_lost(self) -> None:
         # Others may be running our steps already: stop ours before claiming anything again.
@@ -373,29 +381,35 @@ class Executor:
 
     # Ready marks and claims -----------------------------------------------------------
 
-    async def _ready_listed(self, kvs: list[KeyValue]) -> None:
-        self.queue.reset_ready([self.keyspace.parse_ready(kv.key) for kv in kvs])
+    async def _scheduling_listed(self, kvs: list[KeyValue]) -> None:
+        ready_prefix = self.keyspace.ready_all()
+        ks = self.keyspace
+        self.queue.reset_ready([ks.parse_ready(kv.key) for kv in kvs if kv.key.startswith(ready_prefix)])
+        self.queue.reset_claims(
+            [(ks.parse_claim(kv.key), kv.value.decode()) for kv in kvs if not kv.key.startswith(ready_prefix)]
+        )
 
-    async def _ready_changed(self, events: list[WatchEvent]) -> None:
+    async def _scheduling_changed(self, events: list[WatchEvent]) -> None:
+        # One watch for both prefixes: a release (ready mark and claim deleted in one
+        # transaction) arrives as one batch, so the step never looks ready-and-unclaimed.
+        ready_prefix = self.keyspace.ready_all()
+        ours = self.executor_id.encode()
         for event in events:
-            key = self.keyspace.parse_ready(event.key)
-            if event.deleted:
-                self.queue.ready_removed(key)
-            else:
-                self.queue.ready_added(key)
-
-    async def _claims_listed(self, kvs: list[KeyValue]) -> None:
-        self.queue.reset_claims([(self.keyspace.parse_claim(kv.key), kv.value.decode()) for kv in kvs])
-
-    async def _claims_changed(self, events: list[WatchEvent]) -> None:
-        for event in events:
+            if event.key.startswith(ready_prefix):
+                key = self.keyspace.parse_ready(event.key)
+                if event.deleted:
+                    self.queue.ready_removed(key)
+                else:
+                    self.queue.ready_added(key)
+                continue
             key = self.keyspace.parse_claim(event.key)
             if event.deleted:
                 self.queue.unclaimed(key)
                 if key[:2] in self.cancelling:
                     # Possibly the last claim of a cancelled run (its executor may have died).
                     self._request_finalize(key[0], key[1])
-            else:
+            elif event.value != ours or self.queue.owner(key) != self.executor_id:
+                # Our own claims are in the mirror already (the claim transaction put them).
                 self.queue.claimed(key, event.value.decode())
 
     async def _dispatch(self) -> None:
@@ -510,6 +524,7 @@ class Executor:
             self.queue.claimed(key, self.executor_id)
             task.snapshot = self.runner.snapshot_of(result, 1)
             return True
+        self.claims_refused += 1
         holder = result.range_kvs(0)
         if holder:
             self.queue.claimed(key, holder[0].value.decode())

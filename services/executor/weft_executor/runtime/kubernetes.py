@@ -393,6 +393,24 @@ class KubernetesRuntime:
             return f"Kubernetes rejected pod {name} as invalid: {error.message}"
         return f"could not create pod {name}: {error}"
 
+    def planned_handle(self, spec: AttemptSpec) -> str:
+        return pod_name(*spec.key)
+
+    async def stop_orphan(self, spec: AttemptSpec, handle: str, reason: str) -> bool:
+        # Minimal (engineer "hot", issue #7 finding 3): the pod of an attempt whose
+        # executor died keeps running after its run was cancelled or its step reused.
+        if handle != pod_name(*spec.key):
+            return False
+        try:
+            pod = await self._get_pod(handle)
+        except (KubeError, KubeUnavailable) as error:
+            raise Unavailable(f"cannot read pod {handle} to stop it: {error}; retrying later") from None
+        if pod is None or attempt_key_of(pod) != spec.key:
+            return False
+        log.info("deleting pod %s/%s left running by another executor: %s", self.namespace, handle, reason)
+        await self._delete_pod(handle, str(pod.get("metadata", {}).get("uid", "")), self.config.kill_grace)
+        return True
+
     async def adopt(self, spec: AttemptSpec, handle: str) -> KubeAttempt | None:
         if handle != pod_name(*spec.key):
             return None  # not a pod of ours (e.g. a process id of the local runtime)

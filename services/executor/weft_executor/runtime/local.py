@@ -236,6 +236,14 @@ class LocalRuntime:
     def attempt_dir(self, spec: AttemptSpec) -> Path:
         return self.work_dir / spec.namespace / spec.run / spec.step / str(spec.attempt)
 
+    def planned_handle(self, spec: AttemptSpec) -> str:
+        return ""  # a process id, known only once the process exists
+
+    async def stop_orphan(self, spec: AttemptSpec, handle: str, reason: str) -> bool:
+        # A local process dies with the executor that launched it (and a live executor
+        # stops its own attempts): a process id recorded elsewhere is never ours to kill.
+        return False
+
     async def launch(self, spec: AttemptSpec) -> LocalAttempt:
         root = self.attempt_dir(spec)
         if root.exists():

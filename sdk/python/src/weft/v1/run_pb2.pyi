@@ -176,12 +176,14 @@ class Attempt(_message.Message):
         STATE_FAILED: _ClassVar[Attempt.State]
         STATE_CANCELLED: _ClassVar[Attempt.State]
         STATE_LOST: _ClassVar[Attempt.State]
+        STATE_UNCONFIRMED: _ClassVar[Attempt.State]
     STATE_UNSPECIFIED: Attempt.State
     STATE_RUNNING: Attempt.State
     STATE_SUCCEEDED: Attempt.State
     STATE_FAILED: Attempt.State
     STATE_CANCELLED: Attempt.State
     STATE_LOST: Attempt.State
+    STATE_UNCONFIRMED: Attempt.State
     class OutputDigestsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -216,7 +218,7 @@ class Attempt(_message.Message):
     def __init__(self, number: _Optional[int] = ..., state: _Optional[_Union[Attempt.State, str]] = ..., executor: _Optional[str] = ..., handle: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., stdout_digest: _Optional[str] = ..., stderr_digest: _Optional[str] = ..., replica: _Optional[int] = ..., output_digests: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Outcome(_message.Message):
-    __slots__ = ("dna", "outputs", "run", "step", "attempt", "executor", "handle", "start_time", "end_time", "input_outcomes", "commit_time")
+    __slots__ = ("dna", "outputs", "run", "step", "attempt", "executor", "handle", "start_time", "end_time", "input_outcomes", "commit_time", "input_outcomes_digest", "image_id")
     class OutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +244,8 @@ class Outcome(_message.Message):
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     INPUT_OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     COMMIT_TIME_FIELD_NUMBER: _ClassVar[int]
+    INPUT_OUTCOMES_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     dna: str
     outputs: _containers.ScalarMap[str, str]
     run: str
@@ -253,7 +257,9 @@ class Outcome(_message.Message):
     end_time: _timestamp_pb2.Timestamp
     input_outcomes: _containers.ScalarMap[str, str]
     commit_time: _timestamp_pb2.Timestamp
-    def __init__(self, dna: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., run: _Optional[str] = ..., step: _Optional[str] = ..., attempt: _Optional[int] = ..., executor: _Optional[str] = ..., handle: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_outcomes: _Optional[_Mapping[str, str]] = ..., commit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    input_outcomes_digest: str
+    image_id: str
+    def __init__(self, dna: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., run: _Optional[str] = ..., step: _Optional[str] = ..., attempt: _Optional[int] = ..., executor: _Optional[str] = ..., handle: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_outcomes: _Optional[_Mapping[str, str]] = ..., commit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_outcomes_digest: _Optional[str] = ..., image_id: _Optional[str] = ...) -> None: ...
 
 class DnaComponent(_message.Message):
     __slots__ = ("name", "value")
@@ -358,7 +364,7 @@ class ExplainStepRequest(_message.Message):
     def __init__(self, run: _Optional[str] = ..., step: _Optional[str] = ...) -> None: ...
 
 class StepExplanation(_message.Message):
-    __slots__ = ("dna", "components", "decision", "reason", "outcome")
+    __slots__ = ("dna", "components", "decision", "reason", "outcome", "components_digest", "image_hashed_as")
     class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         DECISION_UNSPECIFIED: _ClassVar[StepExplanation.Decision]
@@ -374,12 +380,16 @@ class StepExplanation(_message.Message):
     DECISION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_HASHED_AS_FIELD_NUMBER: _ClassVar[int]
     dna: str
     components: _containers.RepeatedCompositeFieldContainer[DnaComponent]
     decision: StepExplanation.Decision
     reason: str
     outcome: Outcome
-    def __init__(self, dna: _Optional[str] = ..., components: _Optional[_Iterable[_Union[DnaComponent, _Mapping]]] = ..., decision: _Optional[_Union[StepExplanation.Decision, str]] = ..., reason: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ...) -> None: ...
+    components_digest: str
+    image_hashed_as: str
+    def __init__(self, dna: _Optional[str] = ..., components: _Optional[_Iterable[_Union[DnaComponent, _Mapping]]] = ..., decision: _Optional[_Union[StepExplanation.Decision, str]] = ..., reason: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., components_digest: _Optional[str] = ..., image_hashed_as: _Optional[str] = ...) -> None: ...
 
 class ReadLogsRequest(_message.Message):
     __slots__ = ("run", "step", "attempt", "follow")
