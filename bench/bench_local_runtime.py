@@ -4,8 +4,9 @@ Prints, for a 2,000-wide fan-out of `true` and a 100-step chain, and for a fully
 re-run of each: the end-to-end time (CreateRun until the run is SUCCEEDED) and the time
 per step, beside the floor measured in the same run on the same machine:
 
-- spawning `true` that many times (the same way the runtime does: own session,
-  `setpriv --pdeathsig`), one at a time and `--max-parallel` at a time;
+- spawning `true` that many times (own session, nothing else: the raw spawn floor;
+  bench/bench_spawn.py compares it with the runtime's spawner), one at a time and
+  `--max-parallel` at a time;
 - the etcd transaction rate (one guarded put per transaction), one at a time and 50
   in flight.
 
@@ -38,7 +39,6 @@ from weft_core.keyspace import Keyspace
 from weft_core.store import Store, absent, op_put
 from weft_executor.config import ExecutorConfig
 from weft_executor.executor import Executor
-from weft_executor.runtime.local import pdeathsig_wrapper
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Figure:
 
 def spawn_true(count: int, parallel: int) -> float:
     """Seconds to spawn and reap `true` `count` times, `parallel` at a time."""
-    argv = [*pdeathsig_wrapper(), "true"]
+    argv = ["true"]
     started = time.perf_counter()
     running: list[subprocess.Popen[bytes]] = []
     for _ in range(count):
@@ -145,7 +145,6 @@ async def timed_run(runs: Any, pipeline: str, executor: Executor) -> tuple[float
 
 async def bench(width: int, chain: int, max_parallel: int) -> None:
     print(f"weft local runtime benchmark: {os.cpu_count()} CPUs, --max-parallel {max_parallel}")
-    print(f"  setpriv --pdeathsig wrapper: {'yes' if pdeathsig_wrapper() else 'no'}")
     with tempfile.TemporaryDirectory(prefix="weft-bench-") as tmp:
         async with stack(Path(tmp), max_parallel) as (address, executor, store, keyspace):
             print("\nfloor")

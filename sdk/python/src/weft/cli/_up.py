@@ -75,7 +75,8 @@ def _endpoints(stack: LocalStack) -> Table:
     grid.add_row("weft-api", f"{stack.api_target}  gRPC{default}")
     grid.add_row("etcd", stack.etcd_endpoint)
     for executor in stack.executors:
-        grid.add_row(executor.name, f"{executor.address}  (local runtime, max {stack.max_parallel} at once)")
+        at_once = f", max {stack.max_parallel} at once" if stack.max_parallel else ""
+        grid.add_row(executor.name, f"{executor.address}  (local runtime{at_once})")
     for warning in stack.warnings:
         grid.add_row(Text(warning.component, style="yellow"), Text(warning.message, style="yellow"))
     grid.add_row("state", str(stack.state_dir))
