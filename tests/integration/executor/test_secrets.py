@@ -189,9 +189,7 @@ async def test_a_step_without_a_grant_reads_no_secret_by_any_means(harness: Harn
         )
         peek = pipeline_pb2.Step(
             name="peek",
-            container=pipeline_pb2.Container(
-                image="python:3.11-slim", command=["python3", "-c", PEEK, str(home)]
-            ),
+            container=pipeline_pb2.Container(image="python:3.11-slim", command=["python3", "-c", PEEK, str(home)]),
             outputs=[pipeline_pb2.Output(name="out")],
             depends_on=["granted"],  # not at the same time: steps of one user can read each other
         )

@@ -387,7 +387,7 @@ class Spawner:
             # Reparented now, so not the spawner's zombie any more: signal the group only
             # while the pid is free (its leftovers keep the group id reserved) or still
             # names the process we started.
-            if start_time_of(pid) in (0, spawned.start_time):
+            if pid > 0 and start_time_of(pid) in (0, spawned.start_time):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
             if not spawned.exited.done():
