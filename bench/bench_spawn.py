@@ -77,7 +77,7 @@ async def in_flight(count: int, parallel: int, one: Callable[[int], Awaitable[No
 
 async def bench(count: int, rounds: int, parallel: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="weft-bench-spawn-"))
-    work.chmod(0o755)
+    os.chmod(work, 0o755)
     runtime = LocalRuntime(work / "work", DirectoryBlobStore(work / "blobs"), environ={"PATH": os.defpath})
     user = runtime.step_user
     spawner = Spawner(user.uid if user else None, user.gid if user else None)
