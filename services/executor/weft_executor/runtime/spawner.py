@@ -3,38 +3,44 @@
 Why it exists: the executor has gRPC's threads, so it must not run Python between fork
 and exec (a forked child of a threaded process crashed in tests), and wrapping each step
 in `setpriv --pdeathsig KILL` cost a second exec per step. The spawner is started once
-per local runtime (`python -I -S spawner.py FD`: standard library only, an environment
-without the executor's variables) **as the steps' user**, and starts each step with
-`subprocess.Popen` without a `preexec_fn`, which CPython does with vfork + exec: the cost
-of `posix_spawn`, one exec per step.
+per local runtime (`python -I -S spawner.py FD [UID GID]`: standard library only, an
+environment without the executor's variables, its own session) and starts each step
+with `os.posix_spawn` (vfork + exec: one exec per step, no copy of any address space).
 
-What every step inherits from it, set once on the spawner itself at start:
+What every step gets, all set up once on the spawner itself, since posix_spawn cannot
+change ids or set prctl flags in the child:
 
-- the steps' uid and gid, no supplementary groups (the executor starts the spawner
-  with them; a root executor runs its steps as an unprivileged user);
+- the steps' uid and gid when they differ from the executor's (a root executor's steps
+  run as an unprivileged user): the spawner's *real* ids are the steps', its effective
+  ids stay the executor's, and POSIX_SPAWN_RESETIDS gives each step the real ids as its
+  effective ones (the exec makes them its saved ids too); no supplementary groups;
 - no_new_privs, so no setuid binary or file capability gives a step more than its uid;
-- its own session: each step is the leader of a new session and process group, which
-  timeouts and cancels signal whole.
+- a session of its own (it leads a new process group, which timeouts and cancels signal
+  whole), stdin from /dev/null, stdout and stderr the files the executor sent
+  (SCM_RIGHTS), default dispositions for the signals Python ignores or handles.
 
-The spawner makes itself non-dumpable, so a step of the same user can neither read its
+The spawner makes itself non-dumpable, so a step of the same user can read neither its
 memory (`/proc/<pid>/mem`, ptrace) nor its environment; it holds a step's environment
 (which may carry granted secret values) only for the duration of one spawn.
 
 It dies with the executor: the executor holds the other end of its socket, so when the
 executor exits for any reason (SIGKILL included) the spawner reads EOF, SIGKILLs every
-process group it started (grandchildren included) and exits. It runs in its own session,
-so a signal to the executor's process group does not take it down before it cleaned up.
-If the spawner itself dies, the executor sees EOF and SIGKILLs the groups it was told
-about (checking the leader's start time, so a reused pid is never signalled).
+process group it started (grandchildren included) and exits. Its own session keeps a
+signal to the executor's process group from taking it down before it cleaned up. If the
+spawner itself dies, the executor sees EOF and SIGKILLs the groups it was told about
+(checking the leader's start time, so a reused pid is never signalled). The limits: a
+step shares the spawner's real uid, so it may signal it (the executor then kills every
+step and starts a new spawner); if executor and spawner are SIGKILLed at once (an OOM
+kill of both), the steps keep running.
 
 It signals a process group only while its leader is its own unreaped child, so a pid the
 kernel has reused is never signalled. At a leader's exit it SIGKILLs what is left of the
 group (background children of a shell step), reaps the leader and reports the exit code.
 
 Wire format (a Unix stream socket): executor → spawner frames are an 8-byte header
-(body length, number of fds; the fds, the step's stdout and stderr, ride on the header)
-and a JSON body; spawner → executor messages are JSON lines. The spawner must never
-import weft or a third-party package, write to disk, or keep a request after the spawn.
+(body length, number of fds; the fds ride on the header) and a JSON body; spawner →
+executor messages are JSON lines. The spawner must never import weft or a third-party
+package, write to disk, or keep a request after the spawn.
 """
 
 from __future__ import annotations
@@ -65,6 +71,9 @@ PR_SET_NO_NEW_PRIVS = 38
 FRAME_HEADER = struct.Struct("!II")
 #: Signals Python ignores (an exec would keep them ignored) or handles, back to default in steps.
 DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGCHLD)
+#: Seconds a spawn may take before the spawner is deemed stuck (e.g. SIGSTOPped by a step
+#: of its real uid) and replaced.
+SPAWN_TIMEOUT = 30.0
 #: Seconds `close` waits for the spawner to kill its groups and exit.
 CLOSE_TIMEOUT = 10.0
 
@@ -439,7 +448,14 @@ class Spawner:
         except BaseException:
             self._replies.pop(ident, None)
             raise
-        answer = await reply
+        try:
+            answer = await asyncio.wait_for(reply, SPAWN_TIMEOUT)
+        except TimeoutError:
+            self._replies.pop(ident, None)
+            if self._process is not None:
+                log.error("the step spawner (pid %d) did not answer for %.0fs; replacing it", self.pid, SPAWN_TIMEOUT)
+                self._process.kill()  # its EOF kills the steps it started
+            raise ConnectionError(f"the step spawner did not answer for {SPAWN_TIMEOUT:.0f}s") from None
         if "pid" not in answer:
             raise SpawnError(answer["errno"], answer["detail"])
         return answer["pid"], answer["exited"]
