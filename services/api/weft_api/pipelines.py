@@ -18,6 +18,7 @@ import grpc
 from weft.v1 import pipeline_pb2, pipeline_pb2_grpc
 from weft_api.listing import check_request_id, decode_token, encode_token, page_size
 from weft_core.blobs import BlobStore
+from weft_core.composition import expand_uses
 from weft_core.errors import Aborted, InvalidArgument, NotFound
 from weft_core.keyspace import Keyspace
 from weft_core.pipelines import (
@@ -133,6 +134,7 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
         pipeline = pipeline_pb2.Pipeline(name=name, description=request.pipeline.description)
         pipeline.labels.update(request.pipeline.labels)
         pipeline.spec.CopyFrom(request.pipeline.spec)
+        await self._expand_uses(ns, pipeline)
         dag = validate_pipeline(pipeline)
         digest = spec_digest(pipeline.spec)
         self.reader.remember(digest, pipeline.spec, dag)
@@ -155,6 +157,17 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
         raise Aborted(
             f'pipeline "{pipeline_name(ns, name)}" kept changing concurrently; retry the request',
         )
+
+    async def _expand_uses(self, ns: str, pipeline: pipeline_pb2.Pipeline) -> None:
+        """Replaces steps that use another pipeline by its steps (weft_core/composition.py).
+
+        It only reads: a refused use writes nothing.
+        """
+
+        async def fetch(name: str, version: str) -> pipeline_pb2.Pipeline:
+            return await self.reader.get(ns, name, version)
+
+        await expand_uses(pipeline, fetch)
 
     async def _replay(self, ns: str, request_id: str, created: str) -> pipeline_pb2.Pipeline:
         """The answer to a retried CreatePipeline: the version the request id created."""

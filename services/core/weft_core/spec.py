@@ -105,6 +105,33 @@ def file_name_problem(value: str) -> str:
     return _identifier_problem(value, _FILE_NAME, FILE_NAME_RULE)
 
 
+#: Longest name of a step expanded from a used pipeline (`normalise.clean`); pod names
+#: are cut and hashed, so only etcd keys carry it whole.
+MAX_EXPANDED_NAME = 253
+
+
+def expanded_step_name_problem(name: str, prefixes: set[str]) -> str:
+    """Why a dotted step name is not one of a used pipeline's steps, or "" if it is one.
+
+    Such a name is `<prefix>.<step>` where `<prefix>` is recorded in `PipelineSpec.uses`
+    (weft_core/composition.py writes both) and every part is a DNS-1123 label.
+    """
+    for part in name.split("."):
+        problem = dns_label_problem(part)
+        if problem:
+            return problem
+    if len(name) > MAX_EXPANDED_NAME:
+        return f"{len(name)} characters exceed the limit of {MAX_EXPANDED_NAME} for a used pipeline's step"
+    prefix = name.rpartition(".")[0]
+    if prefix not in prefixes:
+        return (
+            f"\"{_shorten(name)}\" has a '.', which only the steps of a used pipeline have, and no pipeline "
+            f"is used as \"{_shorten(prefix)}\"; name the step without '.', or use a pipeline with "
+            "`pipeline: {name, version}`"
+        )
+    return ""
+
+
 def _shorten(value: str, limit: int = 80) -> str:
     return value if len(value) <= limit else value[:limit] + "…"
 
@@ -272,11 +299,13 @@ def validate_spec(spec: pipeline_pb2.PipelineSpec, field: str = "pipeline.spec")
         parameters.add(parameter.name)
         by_variable.setdefault(variable, parameter.name)
 
+    prefixes = {use.step for use in spec.uses}
+    problems.extend(_use_problems(spec, field))
     outputs_of: dict[str, set[str]] = {}
     index_of: dict[str, int] = {}
     for i, step in enumerate(spec.steps):
         path = f"{field}.steps[{i}].name"
-        problem = dns_label_problem(step.name)
+        problem = expanded_step_name_problem(step.name, prefixes) if "." in step.name else dns_label_problem(step.name)
         if problem:
             problems.append((path, problem))
         elif step.name in index_of:
@@ -313,10 +342,28 @@ def _duration_problem(duration: object, path: str) -> list[tuple[str, str]]:
     return []
 
 
+def _use_problems(spec: pipeline_pb2.PipelineSpec, field: str) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for i, use in enumerate(spec.uses):
+        path = f"{field}.uses[{i}]"
+        for part in use.step.split("."):
+            if dns_label_problem(part):
+                problems.append((f"{path}.step", dns_label_problem(part)))
+                break
+        if dns_label_problem(use.pipeline.name):
+            problems.append((f"{path}.pipeline.name", dns_label_problem(use.pipeline.name)))
+        if not re.match(r"^sha256:[0-9a-f]{64}$", use.pipeline.version):
+            problems.append((f"{path}.pipeline.version", "must be a full version digest (sha256:<64 hex digits>)"))
+    return problems
+
+
 def _step_problems(
     step: pipeline_pb2.Step, path: str, parameters: set[str], outputs_of: Mapping[str, set[str]]
 ) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
+    if step.HasField("pipeline"):
+        # CreatePipeline expands such steps (weft_core/composition.py) before validating.
+        return [(f"{path}.pipeline", "a step that uses a pipeline must be expanded by CreatePipeline first")]
     container = step.container
     if not container.image.strip():
         problems.append((f"{path}.container.image", 'is required; set the image to run (e.g. "python:3.11-slim")'))

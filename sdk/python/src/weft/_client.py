@@ -783,7 +783,7 @@ def _verify(digest: str, hasher: Any) -> None:
         raise DataLoss(f"blob {digest} arrived with content hashing to {actual}; it is corrupt in the store")
 
 
-@dataclass
+@dataclass(repr=False)  # RunRecord's one-line repr
 class AsyncRun(RunRecord):
     """A run, with coroutines that act on it. Returned by `AsyncClient`'s run methods."""
 
@@ -1064,7 +1064,7 @@ class Client:
         return self._bridge.run(self._aio.save_blob(digest, path))
 
 
-@dataclass
+@dataclass(repr=False)  # RunRecord's one-line repr
 class Run(RunRecord):
     """A run, with blocking methods that act on it. Returned by `Client`'s run methods.
 
