@@ -3,7 +3,8 @@
 Prints `weft-executor <id> listening on HOST:PORT` (flushed) once it serves and is
 registered, so launchers (`weft up`, tests) can read its address. Logs go to stderr.
 A graceful stop abandons running attempts and revokes the lease, so other executors
-take the steps over at once instead of after the lease TTL.
+take the steps over at once instead of after the lease TTL. Started with `WEFT_SECRET_*`
+variables, it first re-execs itself without them (same pid; see `hand_over_secrets`).
 """
 
 from __future__ import annotations
