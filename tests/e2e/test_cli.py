@@ -720,7 +720,11 @@ def test_failed_run_exits_1_shows_logs_and_resumes_only_the_failed_part(executor
 def _follow_chatty(cli: Cli, tmp_path: Path, run_id: str) -> subprocess.CompletedProcess[str]:
     # The step prints its first line, then waits for the test: `logs -f` is seen following a
     # running attempt however slowly the machine runs the CLI.
-    release = tmp_path / f"release-{run_id}"
+    # Where the step can see it: run by root, `weft up` runs steps as nobody, who cannot
+    # enter pytest's private tmp dir.
+    shared = Path(tempfile.mkdtemp(prefix="weft-release-"))
+    shared.chmod(0o755)
+    release = shared / f"release-{run_id}"
     cli.ok("apply", "-f", str(_write(tmp_path / "chatty.yaml", CHATTY.replace("RELEASE", str(release)))))
     cli.ok("run", "chatty", "--run-id", run_id, "--cache", "off")
     assert_eventually(
@@ -739,6 +743,7 @@ def _follow_chatty(cli: Cli, tmp_path: Path, run_id: str) -> subprocess.Complete
         if follow.poll() is None:
             follow.kill()
             follow.wait()
+        shutil.rmtree(shared, ignore_errors=True)
     assert follow.returncode == 0, errors
     return subprocess.CompletedProcess(follow.args, follow.returncode, first + rest, errors)
 
