@@ -10,6 +10,7 @@ variables, it first re-execs itself without them (same pid; see `hand_over_secre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import logging
@@ -43,6 +44,11 @@ def _reexec_without_secrets(secrets: Mapping[str, str]) -> None:
     environ[SECRETS_FD_ENV] = str(handover)
     sys.stdout.flush()
     sys.stderr.flush()
+    script = sys.orig_argv[1] if len(sys.orig_argv) > 1 else ""
+    if os.path.isabs(script) and os.access(script, os.X_OK):
+        # The console script again, so the process keeps its name (`weft-executor` in ps).
+        with contextlib.suppress(OSError):
+            os.execve(script, sys.orig_argv[1:], environ)
     # /proc/self/exe: the interpreter already running, even where its path is not
     # searchable by this user; argv[0] keeps sys.executable (and the virtualenv) as it was.
     os.execve("/proc/self/exe", [sys.executable, *sys.orig_argv[1:]], environ)

@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 #: prctl(2) options.
 PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
 PR_SET_NO_NEW_PRIVS = 38
 #: Header of an executor → spawner frame: body length, number of file descriptors.
 FRAME_HEADER = struct.Struct("!II")
@@ -223,6 +224,7 @@ def serve(connection: socket.socket, *, drop_ids: bool) -> None:
 def main(argv: Sequence[str]) -> None:
     """Entry point: `spawner.py FD [UID GID]`: FD is the spawner's end of the executor's
     socket; UID and GID are the steps' when they differ from the spawner's."""
+    ctypes.CDLL(None).prctl(PR_SET_NAME, b"weft-spawner", 0, 0, 0)  # its name in ps and top
     # Inherited by every step: no privilege gained through exec.
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     # Same-user steps cannot read our memory (it briefly holds granted secrets).
