@@ -3,8 +3,9 @@
 `weft up`, `scripts/demo.py` and the test fixtures all start their etcd and services
 through this module, so what the tests exercise is what a user runs. Every child runs in
 its own process group and is stopped with SIGTERM then SIGKILL, so nothing outlives its
-owner; `LocalStack` starts the whole stack (etcd, weft-api, weft-executors) and stops it
-in reverse order. This module starts and watches processes only: it never reads or
+owner; `LocalStack` starts the whole stack (etcd, weft-tracer, weft-api, weft-executors)
+and stops it in reverse order, the tracer just before etcd so it stores what the others
+flush on their way out. This module starts and watches processes only: it never reads or
 writes weft's records, and never imports server code (it finds the services' console
 scripts instead).
 """
@@ -318,6 +319,8 @@ class ServiceProcess:
 API_ANNOUNCE = r"weft-api listening on (\S+:\d+)"
 #: What weft-executor prints once its ExecutorService listens.
 EXECUTOR_ANNOUNCE = r"weft-executor \S+ listening on (\S+:\d+)"
+#: What weft-tracer prints once it listens (OTLP/gRPC and weft.v1.TraceService).
+TRACER_ANNOUNCE = r"weft-tracer listening on (\S+:\d+)"
 
 
 def api_process(
@@ -330,8 +333,11 @@ def api_process(
     health: bool = False,
     env: dict[str, str] | None = None,
     die_with_parent: bool = False,
+    blob_store: str = "",
 ) -> ServiceProcess:
     """A `weft-api` child process (not started): what `weft up`, the benches and the tests run.
+
+    `blob_store` (a URL such as `s3://bucket/prefix`) replaces the directory `blob_dir`.
 
     Raises:
         FileNotFoundError: The weft-api console script is not installed.
@@ -339,12 +345,64 @@ def api_process(
     command = find_service("weft-api")
     if command is None:
         raise FileNotFoundError("the weft-api console script is not installed: pip install -e services/api")
-    argv = [command, "--etcd-endpoints", etcd_endpoint, "--listen", listen, "--blob-dir", str(blob_dir)]
+    store = ["--blob-store", blob_store] if blob_store else ["--blob-dir", str(blob_dir)]
+    argv = [command, "--etcd-endpoints", etcd_endpoint, "--listen", listen, *store]
     if etcd_root:
         argv += ["--etcd-root", etcd_root]
     return ServiceProcess(
         "weft-api", argv, log_path, announce=API_ANNOUNCE, health=health, env=env, die_with_parent=die_with_parent
     )
+
+
+def tracer_process(
+    store: Path,
+    log_path: Path,
+    *,
+    listen: str = "127.0.0.1:0",
+    etcd_endpoint: str = "",
+    etcd_root: str = "",
+    forward: str = "",
+    extra_args: Sequence[str] = (),
+    health: bool = False,
+    env: dict[str, str] | None = None,
+    die_with_parent: bool = False,
+) -> ServiceProcess:
+    """A `weft-tracer` child process (not started): what `weft up`, the benches and the tests run.
+
+    Args:
+        store: The span database file.
+        log_path: Where its output goes.
+        listen: `HOST:PORT` for OTLP/gRPC and weft.v1.TraceService; port 0 picks one.
+        etcd_endpoint: etcd for run timelines ("" serves spans only).
+        etcd_root: Key prefix of weft in etcd ("" for the default).
+        forward: OTLP/gRPC endpoint to forward every span to (e.g. Jaeger's), or "".
+        extra_args: More `weft-tracer` flags (queue sizes, retention).
+
+    Raises:
+        FileNotFoundError: The weft-tracer console script is not installed.
+    """
+    command = find_service("weft-tracer")
+    if command is None:
+        raise FileNotFoundError("the weft-tracer console script is not installed: pip install -e services/tracer")
+    argv = [command, "--listen", listen, "--store", str(store)]
+    if etcd_endpoint:
+        argv += ["--etcd-endpoints", etcd_endpoint]
+    if etcd_root:
+        argv += ["--etcd-root", etcd_root]
+    if forward:
+        argv += ["--forward", forward]
+    argv += list(extra_args)
+    return ServiceProcess(
+        "weft-tracer", argv, log_path, announce=TRACER_ANNOUNCE, health=health, env=env, die_with_parent=die_with_parent
+    )
+
+
+def otlp_env(tracer_address: str) -> dict[str, str]:
+    """The standard OpenTelemetry variables that make a service export its spans to `tracer_address`."""
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{tracer_address}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+    }
 
 
 @dataclass
@@ -365,10 +423,12 @@ def _enterable_by_others(directory: Path) -> bool:
 
 
 class LocalStack:
-    """A complete local weft: etcd, weft-api and weft-executors (local runtime), under one state dir.
+    """A complete local weft: etcd, weft-tracer, weft-api and weft-executors (local runtime),
+    under one state dir.
 
-    Layout of the state dir: `etcd/` (etcd's data), `blobs/` (the artifact store),
-    `work/` (the executors' attempt directories) and `logs/*.log` (every process's output).
+    Layout of the state dir: `etcd/` (etcd's data), `spans.db` (weft-tracer's store),
+    `blobs/` (the artifact store), `work/` (the executors' attempt directories) and
+    `logs/*.log` (every process's output).
     Run as root, the executors run steps as `nobody`, who must be able to enter the
     attempt directories: when the state dir is private (e.g. under /root), they go to
     `<tmp>/weft-attempts-<hash of the state dir>` instead (`work_dir`).
@@ -382,6 +442,13 @@ class LocalStack:
         etcd_root: Key prefix of this stack in etcd; None means the services' default.
         die_with_parent: Have the kernel stop the children if this process dies
             (for `weft up`, which owns them from its main thread).
+        blob_store: The artifact store's URL (`s3://bucket/prefix`, `gs://…`, `az://…`);
+            "" keeps blobs in `blobs/` under the state dir. With object storage the
+            executors read and write it directly; credentials and endpoint come from the
+            environment the children inherit (e.g. `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`).
+        tracer: Start weft-tracer first and have every service export its spans to it.
+        tracer_port: Port of weft-tracer on 127.0.0.1; 0 picks a free one.
+        jaeger: OTLP/gRPC endpoint (`HOST:PORT`) weft-tracer forwards every span to, or "".
     """
 
     def __init__(
@@ -393,8 +460,17 @@ class LocalStack:
         max_parallel: int | None = None,
         etcd_root: str | None = None,
         die_with_parent: bool = False,
+        blob_store: str = "",
+        tracer: bool = True,
+        tracer_port: int = 0,
+        jaeger: str = "",
     ) -> None:
         self.state_dir = state_dir.resolve()
+        self.blob_store = blob_store
+        self.tracer_enabled = tracer
+        self.tracer_port = tracer_port
+        self.jaeger = jaeger
+        self.tracer: ServiceProcess | None = None
         self.port = port
         self.executor_count = executors
         self.max_parallel = max_parallel
@@ -433,9 +509,21 @@ class LocalStack:
         digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"weft-attempts-{digest}"
 
+    @property
+    def tracer_target(self) -> str:
+        """`host:port` of weft-tracer, once started ("" when the stack runs without it)."""
+        return self.tracer.address if self.tracer is not None else ""
+
     def _env(self) -> dict[str, str]:
         # Unbuffered so a service's log shows what it did right up to a crash.
-        return {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.tracer is not None and self.tracer.address:
+            # The traces-specific variable wins over the general one in every exporter:
+            # drop it, or a user's setting would route the services around the tracer
+            # (which forwards there instead: see `weft up --jaeger`).
+            env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
+            env.update(otlp_env(self.tracer.address))
+        return env
 
     def _root_args(self) -> list[str]:
         return ["--etcd-root", self.etcd_root] if self.etcd_root else []
@@ -469,6 +557,9 @@ class LocalStack:
         )
         self.etcd.start()
 
+        if self.tracer_enabled:
+            self._start_tracer(progress)
+
         progress("weft-api")
         self.api = api_process(
             self.etcd.endpoint,
@@ -479,6 +570,7 @@ class LocalStack:
             health=True,
             env=self._env(),
             die_with_parent=self.die_with_parent,
+            blob_store=self.blob_store,
         )
         self.api.start()
 
@@ -506,6 +598,7 @@ class LocalStack:
                     "--work-dir", str(self.work_dir),
                     "--listen", "127.0.0.1:0",
                     *self._root_args(),
+                    *(["--blob-store", self.blob_store] if self.blob_store else []),
                 ],
                 self.logs_dir / f"{name}.log",
                 announce=EXECUTOR_ANNOUNCE,
@@ -519,11 +612,41 @@ class LocalStack:
                 return
             self.executors.append(executor)
 
+    def _start_tracer(self, progress: Callable[[str], None]) -> None:
+        # Started before the api and executors, so their exporters find it from the start.
+        # Its own environment must not point its exporter at itself (it exports nothing).
+        assert self.etcd is not None
+        progress("weft-tracer")
+        env = {k: v for k, v in self._env().items() if not k.startswith("OTEL_EXPORTER_OTLP")}
+        try:
+            tracer = tracer_process(
+                self.state_dir / "spans.db",
+                self.logs_dir / "weft-tracer.log",
+                listen=f"127.0.0.1:{self.tracer_port}",
+                etcd_endpoint=self.etcd.endpoint,
+                etcd_root=self.etcd_root or "",
+                forward=self.jaeger,
+                health=True,
+                env=env,
+                die_with_parent=self.die_with_parent,
+            )
+        except FileNotFoundError as error:
+            self.warnings.append(StackWarning("weft-tracer", f"{error}; runs are not traced"))
+            return
+        try:
+            tracer.start()
+        except (RuntimeError, TimeoutError) as error:
+            self.warnings.append(StackWarning("weft-tracer", f"did not start; runs are not traced. {error}"))
+            return
+        self.tracer = tracer
+
     def children(self) -> list[tuple[str, ChildProcess]]:
         """(name, process) of every started component, in start order."""
         found: list[tuple[str, ChildProcess]] = []
         if self.etcd is not None:
             found.append(("etcd", self.etcd.child))
+        if self.tracer is not None:
+            found.append((self.tracer.name, self.tracer.child))
         if self.api is not None:
             found.append((self.api.name, self.api.child))
         found.extend((e.name, e.child) for e in self.executors)
@@ -542,6 +665,9 @@ class LocalStack:
             executor.stop()
         if self.api is not None:
             self.api.stop()
+        # After the services, so the spans they flush on their way out are stored.
+        if self.tracer is not None:
+            self.tracer.stop()
         if self.etcd is not None:
             self.etcd.stop()
 

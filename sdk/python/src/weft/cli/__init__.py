@@ -1,6 +1,6 @@
 """The `weft` command line: a local stack (`weft up`), pipelines, runs, logs, explanations, outputs.
 
-    weft up                                   start etcd + weft-api + weft-executor here
+    weft up                                   start etcd + weft-tracer + weft-api + weft-executor here
     weft apply -f pipeline.yaml               store a pipeline (a new version if it changed)
     weft pipelines list|get|versions|delete
     weft run PIPELINE -p k=v --watch          start a run and follow it
@@ -8,13 +8,17 @@
     weft logs RUN STEP [-f]                   an attempt's output
     weft explain RUN STEP                     why a step was (not) reused
     weft outputs RUN [STEP] [--dir D]         what the steps produced
+    weft gc [--dry-run]                       delete blobs nothing references (runs weft-gc)
+    weft trace RUN [--follow] [--html FILE]   the run's timeline (Gantt) in the terminal or a page
+    weft events RUN [--replay --speed N]      the forensic timeline, from weft-tracer
 
 Global options (before or after the command): `-s/--server` (env WEFT_SERVER, default
 127.0.0.1:50051), `-n/--namespace` (env WEFT_NAMESPACE, default "default"), `-o
 table|json|yaml`; WEFT_RETRY_SECONDS (default 5) bounds how long an unreachable server
 is retried. Exit codes: 0 success, 1 failure (an API error, a run that did not
 succeed), 2 bad usage, 130 interrupted. API errors are printed as one message, never a
-traceback. The CLI is a client of the SDK only: it never reads etcd or imports server code.
+traceback. The CLI is a client of the SDK only: it never reads etcd or imports server code
+(`weft gc` runs the server-side `weft-gc` program, which does).
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 from rich.text import Text
 
-from weft._client import DEFAULT_TARGET, AsyncClient, RetrySettings
+from weft._client import DEFAULT_TARGET, DEFAULT_TRACER_TARGET, AsyncClient, RetrySettings
 from weft.errors import InvalidArgument, Unavailable, WeftError
 
 __all__ = ["main"]
@@ -118,7 +123,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="attempts per executor at once (default: the executor's, 4 per CPU, at least 8)",
     )
     up.add_argument("--no-executor", action="store_true", help="start no executor (runs stay PENDING)")
+    up.add_argument(
+        "--blob-store",
+        default="",
+        metavar="URL",
+        help="artifact store: s3://BUCKET/PREFIX, gs://..., az://... (credentials from the environment, "
+        "e.g. AWS_ACCESS_KEY_ID and AWS_ENDPOINT_URL); default: blobs/ in the state dir",
+    )
+    up.add_argument(
+        "--tracer-port",
+        type=int,
+        default=None,
+        help="weft-tracer port on 127.0.0.1 (OTLP and TraceService); default: the api port + 1, 0 picks one",
+    )
+    up.add_argument("--no-tracer", action="store_true", help="start no weft-tracer (runs are not traced)")
+    up.add_argument(
+        "--jaeger",
+        metavar="HOST:PORT",
+        default=os.environ.get("WEFT_JAEGER", ""),
+        help="forward every span to this OTLP/gRPC endpoint, e.g. Jaeger's 127.0.0.1:4317 (env WEFT_JAEGER; "
+        "without either, OTEL_EXPORTER_OTLP_ENDPOINT if set)",
+    )
     up.set_defaults(handler=None, up=True)
+
+    gc = commands.add_parser(
+        "gc",
+        help="delete blobs nothing references (runs weft-gc against etcd and the artifact store)",
+        description="Delete blobs that no pipeline version, run, outcome or log references and that were not "
+        "written or used for --min-age seconds. Talks to etcd and the artifact store directly (as weft-api "
+        "does), with the same WEFT_ETCD_ENDPOINTS, WEFT_ETCD_ROOT, WEFT_BLOB_STORE and WEFT_BLOB_DIR.",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be deleted, and how many bytes")
+    gc.add_argument("--etcd-endpoints", help="etcd client URLs (env WEFT_ETCD_ENDPOINTS)")
+    gc.add_argument("--etcd-root", help="root of weft's keys in etcd (env WEFT_ETCD_ROOT; default /weft)")
+    gc.add_argument("--blob-store", metavar="URL", help="artifact store URL (env WEFT_BLOB_STORE)")
+    gc.add_argument("--blob-dir", metavar="DIR", help="artifact store directory (env WEFT_BLOB_DIR)")
+    gc.add_argument("--min-age", type=float, help="seconds an unreferenced blob is kept (default one day; >= 3600)")
+    gc.set_defaults(handler=None, gc=True)
 
     apply = command(commands, "apply", c.apply, "store pipelines from files (a new version when a spec changed)")
     apply.add_argument("-f", "--file", action="append", required=True, help="pipeline file (YAML/JSON); repeatable")
@@ -177,7 +218,39 @@ def build_parser() -> argparse.ArgumentParser:
     outputs.add_argument("step", nargs="?")
     outputs.add_argument("--dir", help="save each output as DIR/STEP/OUTPUT instead of printing")
     outputs.add_argument("--full", action="store_true", help="print long outputs whole (default: first 40 lines)")
+
+    from weft.cli import _trace as t
+
+    tracer_help = f"weft-tracer host:port (env WEFT_TRACER; default {DEFAULT_TRACER_TARGET})"
+    trace = command(commands, "trace", t.trace, "draw a run's timeline: steps and attempts on a time axis")
+    trace.add_argument("run")
+    trace.add_argument("--follow", "-f", action="store_true", help="redraw until the run ends")
+    trace.add_argument("--html", metavar="FILE", help="write one self-contained page (timeline, DAG, step details)")
+    trace.add_argument("--tracer", default=os.environ.get("WEFT_TRACER", DEFAULT_TRACER_TARGET), help=tracer_help)
+    events = command(commands, "events", t.events, "list a run's forensic timeline (or replay it)")
+    events.add_argument("run")
+    events.add_argument("--step", help="only this step's events (and the run's own)")
+    events.add_argument("--replay", action="store_true", help="play the events back with their recorded timing")
+    events.add_argument("--speed", type=float, default=None, help="replay this many times faster (default 1)")
+    events.add_argument("--tracer", default=os.environ.get("WEFT_TRACER", DEFAULT_TRACER_TARGET), help=tracer_help)
     return parser
+
+
+def _gc(args: argparse.Namespace) -> int:
+    """`weft gc`: the sweep needs etcd and the store, so it runs the server-side `weft-gc`."""
+    from weft.cli import _output as out
+    from weft.localstack import find_service
+
+    command = find_service("weft-gc")
+    if command is None:
+        out.err_console.print(Text("error: weft-gc is not installed: pip install -e services/api", style="red"))
+        return 1
+    argv = [command, *(["--dry-run"] if args.dry_run else [])]
+    for flag in ("etcd_endpoints", "etcd_root", "blob_store", "blob_dir", "min_age"):
+        value = getattr(args, flag)
+        if value is not None:
+            argv += ["--" + flag.replace("_", "-"), f"{value:g}" if isinstance(value, float) else value]
+    return subprocess.run(argv, check=False).returncode
 
 
 async def _run_command(handler: Command, args: argparse.Namespace) -> int:
@@ -199,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from weft.cli._up import up
 
             return up(args)
+        if getattr(args, "gc", False):
+            return _gc(args)
         handler: Command = args.handler
         return asyncio.run(_run_command(handler, args))
     except Unavailable as error:
