@@ -16,7 +16,7 @@ weft-executor, and the step processes the executor reaped) read from /proc, and 
 floor measured in the same invocation on the same machine:
 
 - spawning `true` that many times at the executor's parallelism (plain `posix_spawn`
-  through subprocess, and through the runtime's `setpriv --pdeathsig` wrapper);
+  through subprocess; bench/bench_spawn.py compares it with the runtime's spawner);
 - the raw etcd transaction rate (one create-if-absent put per transaction), one in
   flight and 64 in flight. The design's floor for a step is the spawn plus two etcd
   writes (claim, commit) at that rate; the ratio of each run to that floor is printed.
@@ -46,7 +46,6 @@ from weft.localstack import LocalStack
 from weft.v1 import pipeline_pb2, pipeline_pb2_grpc, run_pb2, run_pb2_grpc
 from weft_core.keyspace import Keyspace
 from weft_core.store import Store, absent, op_put
-from weft_executor.runtime.local import pdeathsig_wrapper
 
 TERMINAL = (run_pb2.Run.STATE_SUCCEEDED, run_pb2.Run.STATE_FAILED, run_pb2.Run.STATE_CANCELLED)
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -168,14 +167,11 @@ async def bench(width: int, chain: int, wide: int, max_parallel: int | None) -> 
 async def measure(stack: LocalStack, width: int, chain: int, wide: int) -> None:
     parallel = stack.max_parallel
     print(f"weft local runtime benchmark: {os.cpu_count()} CPUs, weft-executor --max-parallel {parallel}")
-    print(f"  setpriv --pdeathsig wrapper: {'yes' if pdeathsig_wrapper() else 'no'}")
     print("\nfloor (same machine, same invocation)")
     spawn_plain = spawn_true(width, parallel)
-    spawn_wrapped = spawn_true(width, parallel, pdeathsig_wrapper())
     spawn_one = spawn_true(chain, 1)
     for label, seconds, count in (
         (f"spawn `true`, {parallel} at a time", spawn_plain, width),
-        (f"spawn setpriv+`true`, {parallel} at a time", spawn_wrapped, width),
         ("spawn `true`, one at a time", spawn_one, chain),
     ):
         print(f"  {label:<40}{count:>6}x {seconds:>7.2f} s {seconds / count * 1000:>6.2f} ms each")

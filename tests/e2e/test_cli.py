@@ -17,9 +17,11 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -684,7 +686,11 @@ def executor_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
 @needs_executor
 def test_failed_run_exits_1_shows_logs_and_resumes_only_the_failed_part(executor_stack: Up, tmp_path: Path) -> None:
     cli = Cli(executor_stack.api, "default")
-    marker = tmp_path / f"marker-{os.getpid()}"
+    # Where the steps can see it: run by root, `weft up` runs them as nobody, who cannot
+    # enter pytest's private tmp dir.
+    shared = Path(tempfile.mkdtemp(prefix="weft-marker-"))
+    shared.chmod(0o755)
+    marker = shared / f"marker-{os.getpid()}"
     cli.ok("apply", "-f", str(_write(tmp_path / "flaky.yaml", FLAKY.replace("MARKER", str(marker)))))
     failed = cli("run", "flaky", "--run-id", "flaky-1", "--watch", timeout=120)
     assert failed.returncode == 1, failed.stdout + failed.stderr
@@ -708,12 +714,17 @@ def test_failed_run_exits_1_shows_logs_and_resumes_only_the_failed_part(executor
     assert states["check"] == "STATE_SUCCEEDED"
     assert states["finish"] == "STATE_SUCCEEDED"
     assert cli.ok("outputs", "flaky-2", "finish").strip().endswith("MADE")
+    shutil.rmtree(shared)
 
 
 def _follow_chatty(cli: Cli, tmp_path: Path, run_id: str) -> subprocess.CompletedProcess[str]:
     # The step prints its first line, then waits for the test: `logs -f` is seen following a
     # running attempt however slowly the machine runs the CLI.
-    release = tmp_path / f"release-{run_id}"
+    # Where the step can see it: run by root, `weft up` runs steps as nobody, who cannot
+    # enter pytest's private tmp dir.
+    shared = Path(tempfile.mkdtemp(prefix="weft-release-"))
+    shared.chmod(0o755)
+    release = shared / f"release-{run_id}"
     cli.ok("apply", "-f", str(_write(tmp_path / "chatty.yaml", CHATTY.replace("RELEASE", str(release)))))
     cli.ok("run", "chatty", "--run-id", run_id, "--cache", "off")
     assert_eventually(
@@ -732,6 +743,7 @@ def _follow_chatty(cli: Cli, tmp_path: Path, run_id: str) -> subprocess.Complete
         if follow.poll() is None:
             follow.kill()
             follow.wait()
+        shutil.rmtree(shared, ignore_errors=True)
     assert follow.returncode == 0, errors
     return subprocess.CompletedProcess(follow.args, follow.returncode, first + rest, errors)
 

@@ -152,6 +152,7 @@ class Executor:
                 max_output_bytes=self.config.max_output_bytes,
                 kill_grace=self.config.kill_grace,
                 environ=self.environ,
+                step_user=self.config.step_user,
             )
         # Imported by name: the Kubernetes runtime (and its client) loads only when asked for.
         try:

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.util
 import os
 import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -410,6 +413,15 @@ class StackWarning:
     message: str
 
 
+def _enterable_by_others(directory: Path) -> bool:
+    """Whether every directory from / down to `directory` lets any user pass (o+x)."""
+    for part in [*reversed(directory.parents), directory]:
+        with contextlib.suppress(FileNotFoundError):
+            if not part.stat().st_mode & stat.S_IXOTH:
+                return False
+    return True
+
+
 class LocalStack:
     """A complete local weft: etcd, weft-tracer, weft-api and weft-executors (local runtime),
     under one state dir.
@@ -417,12 +429,16 @@ class LocalStack:
     Layout of the state dir: `etcd/` (etcd's data), `spans.db` (weft-tracer's store),
     `blobs/` (the artifact store), `work/` (the executors' attempt directories) and
     `logs/*.log` (every process's output).
+    Run as root, the executors run steps as `nobody`, who must be able to enter the
+    attempt directories: when the state dir is private (e.g. under /root), they go to
+    `<tmp>/weft-attempts-<hash of the state dir>` instead (`work_dir`).
 
     Args:
         state_dir: Where all data and logs go; reused across starts.
         port: Port of weft-api on 127.0.0.1; 0 picks a free one.
         executors: How many weft-executors to start (0 for none).
-        max_parallel: Attempts each executor runs at once; None means the CPU count.
+        max_parallel: Attempts each executor runs at once; None means the executor's
+            default (4 per CPU, at least 8).
         etcd_root: Key prefix of this stack in etcd; None means the services' default.
         die_with_parent: Have the kernel stop the children if this process dies
             (for `weft up`, which owns them from its main thread).
@@ -457,7 +473,7 @@ class LocalStack:
         self.tracer: ServiceProcess | None = None
         self.port = port
         self.executor_count = executors
-        self.max_parallel = max_parallel or os.cpu_count() or 2
+        self.max_parallel = max_parallel
         self.etcd_root = etcd_root
         self.die_with_parent = die_with_parent
         self.etcd: EtcdProcess | None = None
@@ -483,6 +499,15 @@ class LocalStack:
         if self.etcd is None:
             raise RuntimeError("the stack is not started")
         return self.etcd.endpoint
+
+    @property
+    def work_dir(self) -> Path:
+        """Where the executors make attempt directories (see the class docstring)."""
+        inside = self.state_dir / "work"
+        if os.geteuid() != 0 or _enterable_by_others(self.state_dir):
+            return inside
+        digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"weft-attempts-{digest}"
 
     @property
     def tracer_target(self) -> str:
@@ -569,8 +594,8 @@ class LocalStack:
                     "--etcd-endpoints", self.etcd.endpoint,
                     "--api", self.api.address,
                     "--runtime", "local",
-                    "--max-parallel", str(self.max_parallel),
-                    "--work-dir", str(self.state_dir / "work"),
+                    *(["--max-parallel", str(self.max_parallel)] if self.max_parallel else []),
+                    "--work-dir", str(self.work_dir),
                     "--listen", "127.0.0.1:0",
                     *self._root_args(),
                     *(["--blob-store", self.blob_store] if self.blob_store else []),

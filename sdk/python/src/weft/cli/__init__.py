@@ -116,7 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--state-dir", default=".weft", help="where data and logs go (default %(default)s)")
     up.add_argument("--port", type=int, default=50051, help="weft-api port on 127.0.0.1; 0 picks one")
     up.add_argument("--executors", type=int, default=1, help="how many weft-executors (default %(default)s)")
-    up.add_argument("--max-parallel", type=int, default=None, help="attempts per executor at once (default: CPUs)")
+    up.add_argument(
+        "--max-parallel",
+        type=int,
+        default=None,
+        help="attempts per executor at once (default: the executor's, 4 per CPU, at least 8)",
+    )
     up.add_argument("--no-executor", action="store_true", help="start no executor (runs stay PENDING)")
     up.add_argument(
         "--blob-store",

@@ -81,7 +81,8 @@ def _endpoints(stack: LocalStack) -> Table:
         forward = f", forwarding to {stack.jaeger}" if stack.jaeger else ""
         grid.add_row("weft-tracer", f"{stack.tracer_target}  OTLP/gRPC + TraceService{forward}")
     for executor in stack.executors:
-        grid.add_row(executor.name, f"{executor.address}  (local runtime, max {stack.max_parallel} at once)")
+        at_once = f", max {stack.max_parallel} at once" if stack.max_parallel else ""
+        grid.add_row(executor.name, f"{executor.address}  (local runtime{at_once})")
     for warning in stack.warnings:
         grid.add_row(Text(warning.component, style="yellow"), Text(warning.message, style="yellow"))
     grid.add_row("blobs", stack.blob_store or str(stack.state_dir / "blobs"))
