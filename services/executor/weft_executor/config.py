@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weft_core.config import ETCD_FLAGS, Flag, listen_address, parse_flags
+from weft_core.config import ETCD_FLAGS, OPERATION_FLAGS, Flag, listen_address, parse_flags
 from weft_core.keyspace import DEFAULT_ROOT
 
 RUNTIMES = ("local", "kubernetes")
@@ -130,6 +130,9 @@ class ExecutorConfig:
         pod_tolerations: Taints the step pods tolerate (Kubernetes JSON objects).
         pod_api: `host:port` of weft-api as step pods reach it ("" means `api`), e.g. a
             fully qualified Service name when the pods run in another namespace.
+        metrics_port: Port of /metrics on the listen host; None serves no metrics.
+        log_level: Lowest level logged.
+        log_format: "text" or "json".
     """
 
     etcd_endpoints: str
@@ -156,6 +159,9 @@ class ExecutorConfig:
     pod_node_selector: Mapping[str, str] = field(default_factory=dict)
     pod_tolerations: tuple[dict[str, Any], ...] = ()
     pod_api: str = ""
+    metrics_port: int | None = None
+    log_level: str = "INFO"
+    log_format: str = "text"
 
     FLAGS = (
         ETCD_FLAGS[0],
@@ -254,6 +260,7 @@ class ExecutorConfig:
             convert=json_objects,
         ),
         Flag("--pod-api", "WEFT_POD_API", "host:port of weft-api as step pods reach it (default: --api)", default=""),
+        *OPERATION_FLAGS,
     )
 
     @classmethod

@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+from weft_core import metrics
 from weft_core.errors import ServiceError
 from weft_core.keyspace import Keyspace
 from weft_core.store import Store
@@ -111,9 +112,11 @@ class Registration:
                     # Any error, not only Unavailable: the loop must never die (a zombie
                     # executor whose claims expire while it keeps running their attempts).
                     log.warning("executor %s could not refresh its lease: %s", self.executor_id, error)
+                    metrics.lease_renewed(False)
                     continue
                 if remaining > 0:
                     self.last_ok = sent  # etcd's clock started no earlier than our send
+                    metrics.lease_renewed(True)
                     continue
                 reason = "the lease expired"
             log.warning(
@@ -121,6 +124,7 @@ class Registration:
             )
             self.lost_at = time.monotonic()
             self.valid.clear()
+            metrics.lease_lost()
             await on_lost()
             await self._register_again()
             self.last_ok = time.monotonic()

@@ -33,6 +33,7 @@ import contextlib
 import functools
 import logging
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,10 +44,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.trace import Span, Status, StatusCode
 
 from weft.v1 import pipeline_pb2, run_pb2
+from weft_core import metrics
 from weft_core.blobs import BlobStore
 from weft_core.dna import StepDNA, content_digest, step_dna
 from weft_core.errors import NotFound, ServiceError, Unavailable
 from weft_core.keyspace import Keyspace, ready_time_of
+from weft_core.logs import log_context, trace_id_of
 from weft_core.spec import parse_run_name
 from weft_core.store import KeyValue, Store, TxnResult, absent, lease_is, op_get, op_put, unchanged_since
 from weft_core.telemetry import (
@@ -342,7 +345,10 @@ class StepRunner:
             return
         step = ref.step(claim.step)
         attributes = {ATTR_RUN: ref.name, ATTR_STEP: claim.step}
-        with span_in_run_trace("weft.step", run.traceparent, attributes) as span:
+        with (
+            span_in_run_trace("weft.step", run.traceparent, attributes) as span,
+            log_context(run=ref.name, step=claim.step, trace_id=trace_id_of(run.traceparent)),
+        ):
             await self._run_step(task, ref, run, step, record, span)
 
     def snapshot_reads(self, claim: Claim) -> list[object]:
@@ -385,6 +391,7 @@ class StepRunner:
         with tracer().start_as_current_span("weft.cache_lookup", attributes={ATTR_DNA: dna.digest}) as lookup:
             decision = await self._decide(ref, run, step, dna)
             lookup.set_attribute("weft.cache.decision", Explanation.Decision.Name(decision.explanation.decision))
+        metrics.cache_decision(Explanation.Decision.Name(decision.explanation.decision))
         if decision.outcome is not None:
             await self._commit_reuse(ref, record, claim, dna, decision)
             return
@@ -518,6 +525,7 @@ class StepRunner:
         writes = [op_put(done_key, data), op_put(ks.step(ref.namespace, ref.run_id, record.step), data), *(extra or [])]
         counted = len(writes)
         writes.append(op_get(ks.done_prefix(ref.namespace, ref.run_id), prefix=True, count_only=True))
+        state, started = StepRun.State.Name(record.state).removeprefix("STATE_"), time.monotonic()
         while True:
             revision = self._run_revisions.get((ref.namespace, ref.run_id), 0)
             compares = [absent(done_key), unchanged_since(run_key, revision)]
@@ -526,10 +534,12 @@ class StepRunner:
                 f"committing step {record.step} of {ref.name}",
             )
             if result.succeeded:
+                metrics.commit_finished(time.monotonic() - started, state, self.runtime.name, won=True)
                 return Commit(done_count=int(result.responses[counted].response_range.count))
             found = result.range_kvs(0)
             if found:
                 winner = parse_step_run(found[0])
+                metrics.commit_finished(time.monotonic() - started, state, self.runtime.name, won=winner == record)
                 if winner == record:
                     # Our own commit, applied by an earlier try whose answer was lost.
                     return Commit()
@@ -767,7 +777,10 @@ class StepRunner:
             ATTR_ATTEMPT: number,
             ATTR_DNA: dna.digest,
         }
-        with tracer().start_as_current_span("weft.attempt", attributes=attributes) as span:
+        with (
+            tracer().start_as_current_span("weft.attempt", attributes=attributes) as span,
+            log_context(attempt=number),
+        ):
             traceparent = traceparent_of(span) if span.is_recording() else child_traceparent(run.traceparent)
             launched: LaunchedAttempt | None = None
             if orphan is not None:
@@ -803,12 +816,16 @@ class StepRunner:
             attempt.handle = launched.handle
             attempt.start_time.CopyFrom(_timestamp(launched.start_time))
             record.state = StepRun.STATE_RUNNING
+            metrics.attempt_started(self.runtime.name)
             try:
                 if task.cancel_reason:
                     await self.runtime.kill(launched, task.cancel_reason)
                 await self._put_step_record(ref, record, task.claim)
                 result = await self.runtime.wait(launched)
+                waited = (result.end_time - launched.start_time).total_seconds()
+                metrics.attempt_ended(self.runtime.name, Attempt.State.Name(result.state), waited)
             except BaseException:
+                metrics.attempt_ended(self.runtime.name, None, 0.0)
                 # Lost claim, cancelled task, etcd error: the attempt has no recorded end, and
                 # whoever works on the step next marks it LOST and starts another.
                 self.runtime.abandon(launched)
@@ -904,9 +921,11 @@ class StepRunner:
         )
         done.end_time.CopyFrom(now())
         with tracer().start_as_current_span("weft.commit", attributes={"weft.state": "FAILED"}):
+            started = time.monotonic()
             winner = await until_written(
                 lambda: self.progress.commit_failure(ref, done), f"committing the failure of {record.step}"
             )
+            metrics.commit_finished(time.monotonic() - started, "FAILED", self.runtime.name, won=winner in (None, done))
             if winner == done:
                 winner = None  # our own commit, applied by an earlier try whose answer was lost
         if winner is not None and last is not None:

@@ -327,8 +327,11 @@ def api_process(
     health: bool = False,
     env: dict[str, str] | None = None,
     die_with_parent: bool = False,
+    metrics_port: int | None = None,
 ) -> ServiceProcess:
     """A `weft-api` child process (not started): what `weft up`, the benches and the tests run.
+
+    `metrics_port` serves Prometheus metrics there (on the listen host); None serves none.
 
     Raises:
         FileNotFoundError: The weft-api console script is not installed.
@@ -339,6 +342,8 @@ def api_process(
     argv = [command, "--etcd-endpoints", etcd_endpoint, "--listen", listen, "--blob-dir", str(blob_dir)]
     if etcd_root:
         argv += ["--etcd-root", etcd_root]
+    if metrics_port is not None:
+        argv += ["--metrics-port", str(metrics_port)]
     return ServiceProcess(
         "weft-api", argv, log_path, announce=API_ANNOUNCE, health=health, env=env, die_with_parent=die_with_parent
     )
@@ -366,6 +371,8 @@ class LocalStack:
         etcd_root: Key prefix of this stack in etcd; None means the services' default.
         die_with_parent: Have the kernel stop the children if this process dies
             (for `weft up`, which owns them from its main thread).
+        metrics: Have every service serve Prometheus metrics on a free loopback port
+            (listed in `metrics`, by component name, once started).
     """
 
     def __init__(
@@ -377,6 +384,7 @@ class LocalStack:
         max_parallel: int | None = None,
         etcd_root: str | None = None,
         die_with_parent: bool = False,
+        metrics: bool = False,
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.port = port
@@ -388,6 +396,16 @@ class LocalStack:
         self.api: ServiceProcess | None = None
         self.executors: list[ServiceProcess] = []
         self.warnings: list[StackWarning] = []
+        self.serve_metrics = metrics
+        #: `host:port` of each component's Prometheus metrics (etcd's own included), by name.
+        self.metrics: dict[str, str] = {}
+
+    def _metrics_port(self, name: str) -> int | None:
+        if not self.serve_metrics:
+            return None
+        port = free_port()
+        self.metrics[name] = f"127.0.0.1:{port}"
+        return port
 
     @property
     def logs_dir(self) -> Path:
@@ -443,6 +461,8 @@ class LocalStack:
             self.state_dir, log_path=self.logs_dir / "etcd.log", die_with_parent=self.die_with_parent
         )
         self.etcd.start()
+        if self.serve_metrics:
+            self.metrics["etcd"] = f"127.0.0.1:{self.etcd.metrics_port}"
 
         progress("weft-api")
         self.api = api_process(
@@ -454,6 +474,7 @@ class LocalStack:
             health=True,
             env=self._env(),
             die_with_parent=self.die_with_parent,
+            metrics_port=self._metrics_port("weft-api"),
         )
         self.api.start()
 
@@ -470,6 +491,7 @@ class LocalStack:
         for index in range(1, self.executor_count + 1):
             name = f"weft-executor-{index}" if self.executor_count > 1 else "weft-executor"
             progress(name)
+            metrics_port = self._metrics_port(name)
             executor = ServiceProcess(
                 name,
                 [
@@ -481,6 +503,7 @@ class LocalStack:
                     "--work-dir", str(self.state_dir / "work"),
                     "--listen", "127.0.0.1:0",
                     *self._root_args(),
+                    *(["--metrics-port", str(metrics_port)] if metrics_port is not None else []),
                 ],
                 self.logs_dir / f"{name}.log",
                 announce=EXECUTOR_ANNOUNCE,

@@ -279,6 +279,7 @@ class LocalRuntime:
         with tracer().start_as_current_span("weft.launch", attributes={"process.command": argv[0]}) as span:
             process = self._spawn(argv, cwd, env, root)
             span.set_attribute("process.pid", process.pid)
+        log.info("launched %s (pid %d) for %s", argv[0], process.pid, "/".join(map(str, spec.key)))
         return process, secrets
 
     async def _fetch_input(self, name: str, digest: str, path: Path) -> None:

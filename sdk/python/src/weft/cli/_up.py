@@ -78,6 +78,8 @@ def _endpoints(stack: LocalStack) -> Table:
         grid.add_row(executor.name, f"{executor.address}  (local runtime, max {stack.max_parallel} at once)")
     for warning in stack.warnings:
         grid.add_row(Text(warning.component, style="yellow"), Text(warning.message, style="yellow"))
+    for index, (name, address) in enumerate(stack.metrics.items()):
+        grid.add_row("metrics" if index == 0 else "", f"http://{address}/metrics  ({name})")
     grid.add_row("state", str(stack.state_dir))
     grid.add_row("logs", f"{stack.logs_dir}/*.log")
     grid.add_row("", "")
@@ -102,6 +104,7 @@ def up(args: argparse.Namespace) -> int:
         executors=0 if args.no_executor else args.executors,
         max_parallel=args.max_parallel,
         die_with_parent=True,
+        metrics=True,
     )
     code = 0
     try:
