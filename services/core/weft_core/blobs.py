@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,8 @@ import grpc
 
 from weft.v1 import artifact_pb2, artifact_pb2_grpc
 from weft_core.errors import Internal, InvalidArgument, NotFound, ServiceError, Unavailable
+
+log = logging.getLogger(__name__)
 
 #: Size of the chunks blobs are read and streamed in.
 CHUNK_BYTES = 1024 * 1024
@@ -283,19 +286,92 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
+#: How long a call to the artifact store is retried while weft-api is unreachable (a
+#: restart, a rolling upgrade) before it fails with Unavailable.
+DEFAULT_API_PATIENCE = 120.0
+#: Pause before the first retry; it doubles up to RETRY_MAX_SECONDS.
+RETRY_FIRST_SECONDS = 0.1
+RETRY_MAX_SECONDS = 2.0
+#: Details of UNKNOWN/INTERNAL/CANCELLED statuses that mean the connection broke (the
+#: server died mid-call), not that the server refused the request.
+_BROKEN_STREAM = (
+    "stream removed",
+    "socket closed",
+    "connection reset",
+    "broken pipe",
+    "rst_stream",
+    "goaway",
+    "end of tcp stream",
+    "connection refused",
+    "transport",
+)
+
+
+def transient_failure(error: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed call is worth retrying: the service was unreachable, or the
+    connection broke mid-call, as when weft-api restarts. Refusals are not."""
+    code = error.code()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return True
+    if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED):
+        details = (error.details() or "").lower()
+        return any(marker in details for marker in _BROKEN_STREAM)
+    return False
+
+
+class _Patience:
+    """The retry state of one call: when it must give up, and the next pause."""
+
+    def __init__(self, store: RemoteBlobStore, what: str) -> None:
+        self.store = store
+        self.what = what
+        self.give_up_at: float | None = None
+        self.pause = RETRY_FIRST_SECONDS
+
+    async def wait(self, error: grpc.aio.AioRpcError) -> None:
+        """Sleeps before the next try, or raises the error as a ServiceError when the call
+        must not be retried (a refusal) or the patience is used up."""
+        if not transient_failure(error):
+            raise self.store._error(error) from error
+        now = time.monotonic()
+        if self.give_up_at is None:
+            self.give_up_at = now + self.store.patience
+        if now + self.pause > self.give_up_at:
+            raise self.store._error(error, gave_up_after=self.store.patience) from error
+        self.store._outage_started(self.what, error)
+        await asyncio.sleep(self.pause)
+        self.pause = min(self.pause * 2, RETRY_MAX_SECONDS)
+
+    def progressed(self) -> None:
+        """The call made progress (a chunk arrived): a later break gets the full patience."""
+        self.give_up_at = None
+        self.pause = RETRY_FIRST_SECONDS
+        self.store._outage_ended()
+
+
 class RemoteBlobStore:
-    """A BlobStore that talks to weft-api's ArtifactService (used by executors).
+    """A BlobStore that talks to weft-api's ArtifactService (used by executors and pods).
 
     Uploads skip content the service already has (one StatBlob first), so re-uploading
     a cached output costs one round trip.
+
+    Every call rides out a restart or rolling upgrade of weft-api: an unreachable service
+    or a connection broken mid-call is retried with backoff for up to `patience` seconds
+    (a read resumes at the offset it reached; an upload starts over, which is harmless for
+    content-addressed blobs), and only then raises Unavailable. Refusals (NOT_FOUND,
+    INVALID_ARGUMENT, ...) are never retried. The outage is logged once, as a WARNING
+    naming what is retried, and its end as one INFO line.
     """
 
-    def __init__(self, target: str | grpc.aio.Channel, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self, target: str | grpc.aio.Channel, *, timeout: float = 60.0, patience: float = DEFAULT_API_PATIENCE
+    ) -> None:
         """Connects to `target` (`host:port`) or uses an existing channel.
 
         Args:
             target: The api's address, or a channel the caller owns.
             timeout: Deadline of each call, in seconds.
+            patience: Seconds a call is retried while the api is unreachable (0: no retry).
         """
         if isinstance(target, str):
             self.target = target
@@ -304,6 +380,9 @@ class RemoteBlobStore:
                 options=[
                     ("grpc.max_receive_message_length", 2 * CHUNK_BYTES + 1024),
                     ("grpc.max_send_message_length", 2 * CHUNK_BYTES + 1024),
+                    # Reconnect soon after a restart instead of backing off for minutes.
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 1000),
                 ],
             )
             self._owns_channel = True
@@ -313,12 +392,15 @@ class RemoteBlobStore:
             self._owns_channel = False
         self._stub: Any = artifact_pb2_grpc.ArtifactServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
+        self.patience = max(0.0, patience)
+        #: time.monotonic() when the current outage was first seen (None: no outage).
+        self._outage_since: float | None = None
 
     async def close(self) -> None:
         if self._owns_channel:
             await self._channel.close(None)
 
-    def _error(self, error: grpc.aio.AioRpcError) -> ServiceError:
+    def _error(self, error: grpc.aio.AioRpcError, *, gave_up_after: float | None = None) -> ServiceError:
         details = error.details() or ""
         by_code: dict[grpc.StatusCode, type[ServiceError]] = {
             grpc.StatusCode.NOT_FOUND: NotFound,
@@ -326,19 +408,49 @@ class RemoteBlobStore:
         }
         if error.code() in by_code:
             return by_code[error.code()](details)
-        return Unavailable(f"artifact store at {self.target} failed ({error.code().name}: {details}); retry later")
+        during = f" for {gave_up_after:g}s" if gave_up_after else ""
+        code = error.code().name
+        return Unavailable(f"artifact store at {self.target} failed{during} ({code}: {details}); retry later")
 
-    async def _upload(self, digest: str, size: int, chunks: AsyncIterable[bytes]) -> BlobInfo:
+    def _outage_started(self, what: str, error: grpc.aio.AioRpcError) -> None:
+        if self._outage_since is not None:
+            return  # one warning per outage, however many calls retry meanwhile
+        self._outage_since = time.monotonic()
+        log.warning(
+            "artifact store at %s is unreachable (%s: %s) while %s; retrying for up to %gs",
+            self.target,
+            error.code().name,
+            (error.details() or "").strip(),
+            what,
+            self.patience,
+        )
+
+    def _outage_ended(self) -> None:
+        if self._outage_since is None:
+            return
+        log.info("artifact store at %s answers again after %.1fs", self.target, time.monotonic() - self._outage_since)
+        self._outage_since = None
+
+    async def _upload_once(self, digest: str, size: int, chunks: AsyncIterable[bytes]) -> BlobInfo:
         async def requests() -> AsyncIterator[artifact_pb2.PutBlobRequest]:
             yield artifact_pb2.PutBlobRequest(header=artifact_pb2.BlobHeader(digest=digest, size_bytes=size))
             async for chunk in chunks:
                 yield artifact_pb2.PutBlobRequest(data=chunk)
 
-        try:
-            blob = await self._stub.PutBlob(requests(), timeout=self.timeout)
-        except grpc.aio.AioRpcError as error:
-            raise self._error(error) from error
+        blob = await self._stub.PutBlob(requests(), timeout=self.timeout)
         return _info_of(blob)
+
+    async def _upload(self, digest: str, size: int, chunks: Callable[[], AsyncIterable[bytes]]) -> BlobInfo:
+        """PutBlob, retried (with fresh chunks from `chunks()`) while the api is away."""
+        patience = _Patience(self, f"uploading blob {digest}")
+        while True:
+            try:
+                info = await self._upload_once(digest, size, chunks())
+            except grpc.aio.AioRpcError as error:
+                await patience.wait(error)
+                continue
+            patience.progressed()
+            return info
 
     async def put(self, data: bytes) -> BlobInfo:
         digest = digest_of(data)
@@ -351,40 +463,45 @@ class RemoteBlobStore:
             for start in range(0, len(data), CHUNK_BYTES):
                 yield data[start : start + CHUNK_BYTES]
 
-        return await self._upload(digest, len(data), chunks())
+        return await self._upload(digest, len(data), chunks)
 
     async def put_stream(
         self, chunks: AsyncIterable[bytes], *, digest: str | None = None, size: int | None = None
     ) -> BlobInfo:
-        if digest is not None and size is not None:
+        if digest is not None:
             check_digest(digest)
-            return await self._upload(digest, size, chunks)
-        # The header needs the digest before the content: spool it to a file first.
+        # Spooled to a file first: the header needs the digest before the content, and an
+        # upload the api's restart broke off must be sent again from the start.
         with tempfile.NamedTemporaryFile(prefix="weft-upload-") as spool:
             async for chunk in chunks:
                 await asyncio.to_thread(spool.write, chunk)
             await asyncio.to_thread(spool.flush)
-            info = await self.put_file(Path(spool.name))
-        if digest is not None and info.digest != digest:
-            raise InvalidArgument(_mismatch(digest, size, info.digest, info.size))
-        return info
+            actual, written = await asyncio.to_thread(_file_digest, Path(spool.name))
+            if (digest is not None and actual != digest) or (size is not None and written != size):
+                raise InvalidArgument(_mismatch(digest, size, actual, written))
+            return await self.put_file(Path(spool.name))
 
     async def put_file(self, path: Path) -> BlobInfo:
         digest, size = await asyncio.to_thread(_file_digest, path)
         existing = await self.stat(digest)
         if existing is not None:
             return existing
-        return await self._upload(digest, size, _threaded(_file_chunks(path)))
+        return await self._upload(digest, size, lambda: _threaded(_file_chunks(path)))
 
     async def stat(self, digest: str) -> BlobInfo | None:
         check_digest(digest)
-        try:
-            blob = await self._stub.StatBlob(artifact_pb2.StatBlobRequest(digest=digest), timeout=self.timeout)
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise self._error(error) from error
-        return _info_of(blob)
+        patience = _Patience(self, f"looking up blob {digest}")
+        while True:
+            try:
+                blob = await self._stub.StatBlob(artifact_pb2.StatBlobRequest(digest=digest), timeout=self.timeout)
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    patience.progressed()
+                    return None
+                await patience.wait(error)
+                continue
+            patience.progressed()
+            return _info_of(blob)
 
     async def exists(self, digest: str) -> bool:
         return await self.stat(digest) is not None
@@ -392,14 +509,22 @@ class RemoteBlobStore:
     async def read(self, digest: str, *, offset: int = 0, chunk_size: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
         # The service decides the chunk size; `chunk_size` is honoured by the directory backend.
         check_digest(digest)
-        call = self._stub.GetBlob(artifact_pb2.GetBlobRequest(digest=digest, offset=offset), timeout=self.timeout)
-        try:
-            async for response in call:
-                yield response.data
-        except grpc.aio.AioRpcError as error:
-            raise self._error(error) from error
-        finally:
-            call.cancel()
+        patience = _Patience(self, f"reading blob {digest}")
+        position = offset
+        while True:
+            call = self._stub.GetBlob(artifact_pb2.GetBlobRequest(digest=digest, offset=position), timeout=self.timeout)
+            try:
+                async for response in call:
+                    patience.progressed()
+                    position += len(response.data)
+                    yield response.data
+                patience.progressed()  # an empty blob, or the end
+                return
+            except grpc.aio.AioRpcError as error:
+                # A broken stream resumes where it stopped: what was yielded stays valid.
+                await patience.wait(error)
+            finally:
+                call.cancel()
 
     async def get(self, digest: str) -> bytes:
         return b"".join([chunk async for chunk in self.read(digest)])

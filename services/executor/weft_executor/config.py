@@ -3,8 +3,9 @@
 The command line is a contract other components build against (`weft up`, the Helm
 chart): `--etcd-endpoints`, `--api`, `--runtime`, `--max-parallel`, `--work-dir`,
 `--listen`, `--etcd-root`, `--executor-id`, `--lease-ttl`, plus the executor's limits and
-the settings of the kubernetes runtime (`--namespace`, `--pod-image`, ...; their defaults
-mirror `weft_executor.runtime.kubernetes.KubeSettings`). Nothing here contacts anything
+the settings of the kubernetes runtime (`--namespace`, `--pod-image`, ...), which live in
+`KubeSettings`, their one definition: the flags take their defaults from it, and the
+runtime and its pods read them from `ExecutorConfig.kube`. Nothing here contacts anything
 or prints a secret.
 """
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from weft_core.blobs import DEFAULT_API_PATIENCE
 from weft_core.config import ETCD_FLAGS, OPERATION_FLAGS, Flag, listen_address, parse_flags
 from weft_core.keyspace import DEFAULT_ROOT
 
@@ -44,7 +46,7 @@ def positive_int(value: str) -> int:
 def lease_ttl_value(value: str) -> int:
     seconds = int(value)
     if seconds < 2:
-        raise ValueError("must be at least 2 seconds (etcd leases are refreshed every TTL/3)")
+        raise ValueError("must be at least 2 seconds (etcd leases are refreshed every TTL/6)")
     return seconds
 
 
@@ -100,6 +102,52 @@ def default_executor_id() -> str:
 
 
 @dataclass(frozen=True)
+class KubeSettings:
+    """Settings of the kubernetes runtime (its flags' dests), with their defaults.
+
+    Attributes:
+        namespace: Kubernetes namespace of the step pods.
+        pod_image: weft's own image, run by the input and output containers of every pod.
+        pod_api: `host:port` of weft-api as step pods reach it ("" means the executor's
+            `--api`), e.g. a fully qualified Service name when the pods run in another
+            namespace.
+        kubeconfig: Credentials file; None uses the in-cluster service account.
+        kube_qps: Client-side limit of Kubernetes API requests per second (0: none).
+        kube_burst: Requests allowed at once above `kube_qps`.
+        keep_failed_pods: Seconds a failed pod is kept for inspection before it is deleted.
+        unschedulable_timeout: Seconds a pod may stay unschedulable before the attempt fails.
+        image_pull_grace: Seconds an image may fail to pull before the attempt fails.
+        pod_service_account: Service account of the step pods ("" for the namespace default).
+        pod_node_selector: Node labels the step pods require.
+        pod_tolerations: Taints the step pods tolerate (Kubernetes JSON objects).
+        helper_grace: Seconds a pod may keep running after its step container ended and
+            the attempt failed, before it is deleted (its exit code was never recorded).
+        python: The interpreter inside `pod_image`.
+    """
+
+    namespace: str = "default"
+    pod_image: str = ""
+    pod_api: str = ""
+    kubeconfig: Path | None = None
+    kube_qps: float = 20.0
+    kube_burst: int = 40
+    keep_failed_pods: float = 3600.0
+    unschedulable_timeout: float = 300.0
+    image_pull_grace: float = 120.0
+    pod_service_account: str = ""
+    pod_node_selector: Mapping[str, str] = field(default_factory=dict)
+    pod_tolerations: tuple[dict[str, Any], ...] = ()
+    helper_grace: float = 10.0
+    python: str = "python"
+
+
+def _kube_default(name: str) -> str:
+    """A KubeSettings default as a flag's default text."""
+    value = getattr(KubeSettings, name)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
 class ExecutorConfig:
     """Settings of weft-executor.
 
@@ -112,27 +160,17 @@ class ExecutorConfig:
         listen: `HOST:PORT` of the ExecutorService (live logs); port 0 picks a free one.
         etcd_root: Root of weft's keys in etcd.
         executor_id: This executor's id ("" generates `<host>-<pid>-<rand>`).
-        lease_ttl: Seconds the executor's claims outlive it (refreshed every TTL/3).
+        lease_ttl: Seconds the executor's claims outlive it (refreshed every TTL/6).
         max_output_bytes: Largest output file a step may write.
         kill_grace: Seconds between SIGTERM and SIGKILL when stopping an attempt.
         advertise_host: Host other processes dial for ExecutorService ("" means the listen
             host, or for a wildcard listen host $POD_IP or this host's address).
-        namespace: Kubernetes namespace of the step pods (kubernetes runtime).
-        pod_image: weft's own image for the pods' input and output containers (kubernetes).
-        kubeconfig: Kubernetes credentials file; None uses the in-cluster service account.
-        kube_qps: Client-side limit of Kubernetes API requests per second.
-        kube_burst: Kubernetes API requests allowed at once above `kube_qps`.
-        keep_failed_pods: Seconds a failed step pod is kept for inspection.
-        unschedulable_timeout: Seconds a step pod may stay unschedulable before its attempt fails.
-        image_pull_grace: Seconds an image may fail to pull before the attempt fails.
-        pod_service_account: Service account of the step pods ("" for the namespace default).
-        pod_node_selector: Node labels the step pods require.
-        pod_tolerations: Taints the step pods tolerate (Kubernetes JSON objects).
-        pod_api: `host:port` of weft-api as step pods reach it ("" means `api`), e.g. a
-            fully qualified Service name when the pods run in another namespace.
+        api_patience: Seconds each call to weft-api (artifact store) is retried while the
+            api is unreachable (a restart, a rolling upgrade), here and in step pods.
         metrics_port: Port of /metrics on the listen host; None serves no metrics.
         log_level: Lowest level logged.
         log_format: "text" or "json".
+        kube: The kubernetes runtime's settings.
     """
 
     etcd_endpoints: str
@@ -147,21 +185,11 @@ class ExecutorConfig:
     max_output_bytes: int = 1024**3
     kill_grace: float = 5.0
     advertise_host: str = ""
-    namespace: str = "default"
-    pod_image: str = ""
-    kubeconfig: Path | None = None
-    kube_qps: float = 20.0
-    kube_burst: int = 40
-    keep_failed_pods: float = 3600.0
-    unschedulable_timeout: float = 300.0
-    image_pull_grace: float = 120.0
-    pod_service_account: str = ""
-    pod_node_selector: Mapping[str, str] = field(default_factory=dict)
-    pod_tolerations: tuple[dict[str, Any], ...] = ()
-    pod_api: str = ""
+    api_patience: float = DEFAULT_API_PATIENCE
     metrics_port: int | None = None
     log_level: str = "INFO"
     log_format: str = "text"
+    kube: KubeSettings = field(default_factory=KubeSettings)
 
     FLAGS = (
         ETCD_FLAGS[0],
@@ -212,36 +240,58 @@ class ExecutorConfig:
             convert=non_negative_float,
         ),
         Flag("--advertise-host", "WEFT_ADVERTISE_HOST", "host other processes dial for live logs", default=""),
-        Flag("--namespace", "WEFT_KUBE_NAMESPACE", "Kubernetes namespace of step pods", default="default"),
+        Flag(
+            "--api-patience",
+            "WEFT_API_PATIENCE",
+            "seconds a call to weft-api is retried while it is unreachable (a restart), here and in step pods",
+            default=f"{DEFAULT_API_PATIENCE:g}",
+            convert=non_negative_float,
+        ),
+        *OPERATION_FLAGS,
+    )
+    #: The flags of the kubernetes runtime: their dests are the fields of KubeSettings.
+    KUBE_FLAGS = (
+        Flag(
+            "--namespace",
+            "WEFT_KUBE_NAMESPACE",
+            "Kubernetes namespace of step pods",
+            default=_kube_default("namespace"),
+        ),
         Flag("--pod-image", "WEFT_POD_IMAGE", "weft image for the pods' helper containers", default=""),
         Flag("--kubeconfig", "WEFT_KUBECONFIG", "Kubernetes credentials file", default="", convert=optional_path),
         Flag(
             "--kube-qps",
             "WEFT_KUBE_QPS",
             "Kubernetes API requests per second",
-            default="20",
+            default=_kube_default("kube_qps"),
             convert=non_negative_float,
         ),
-        Flag("--kube-burst", "WEFT_KUBE_BURST", "Kubernetes API burst", default="40", convert=non_negative_int),
+        Flag(
+            "--kube-burst",
+            "WEFT_KUBE_BURST",
+            "Kubernetes API burst",
+            default=_kube_default("kube_burst"),
+            convert=non_negative_int,
+        ),
         Flag(
             "--keep-failed-pods",
             "WEFT_KEEP_FAILED_PODS",
             "seconds failed step pods are kept",
-            default="3600",
+            default=_kube_default("keep_failed_pods"),
             convert=non_negative_float,
         ),
         Flag(
             "--unschedulable-timeout",
             "WEFT_UNSCHEDULABLE_TIMEOUT",
             "seconds a step pod may stay unschedulable",
-            default="300",
+            default=_kube_default("unschedulable_timeout"),
             convert=non_negative_float,
         ),
         Flag(
             "--image-pull-grace",
             "WEFT_IMAGE_PULL_GRACE",
             "seconds an image may fail to pull",
-            default="120",
+            default=_kube_default("image_pull_grace"),
             convert=non_negative_float,
         ),
         Flag("--pod-service-account", "WEFT_POD_SERVICE_ACCOUNT", "service account of step pods", default=""),
@@ -260,7 +310,6 @@ class ExecutorConfig:
             convert=json_objects,
         ),
         Flag("--pod-api", "WEFT_POD_API", "host:port of weft-api as step pods reach it (default: --api)", default=""),
-        *OPERATION_FLAGS,
     )
 
     @classmethod
@@ -273,8 +322,14 @@ class ExecutorConfig:
             "steps granted it, and the executor makes its own memory and environment unreadable to them "
             "(PR_SET_DUMPABLE). But local steps run as the executor's user: a step can read any file that user "
             "can read. The local runtime is for trusted code only.",
-            cls.FLAGS,
+            (*cls.FLAGS, *cls.KUBE_FLAGS),
             argv,
             environ,
         )
-        return cls(**values)
+        kube = KubeSettings(**{flag.dest: values.pop(flag.dest) for flag in cls.KUBE_FLAGS})
+        return cls(**values, kube=kube)
+
+    @property
+    def pod_api(self) -> str:
+        """`host:port` of weft-api as step pods reach it."""
+        return self.kube.pod_api or self.api

@@ -30,7 +30,7 @@ from typing import Any
 from weft.v1 import executor_pb2_grpc, run_pb2
 from weft_core import logs, metrics
 from weft_core.blobs import RemoteBlobStore
-from weft_core.errors import NotFound, ServiceError
+from weft_core.errors import NotFound, ServiceError, Unavailable
 from weft_core.keyspace import Keyspace
 from weft_core.pipelines import PipelineReader
 from weft_core.server import ServiceBinding, WeftServer, create_server
@@ -172,7 +172,7 @@ class Executor:
     async def start(self) -> None:
         """Serves ExecutorService, registers in etcd and starts scheduling."""
         self._store = Store(self.config.etcd_endpoints)
-        self._blobs = RemoteBlobStore(self.config.api)
+        self._blobs = RemoteBlobStore(self.config.api, patience=self.config.api_patience)
         self._pipelines = PipelineReader(self._store, self.keyspace, self._blobs, cache_size=64)
         self._run_refs = RunRefs(self._pipelines)
         self._runtime = self._make_runtime(self._blobs)
@@ -551,6 +551,9 @@ class Executor:
             except ClaimLost as lost:
                 log.info("%s; leaving the step to its new holder", lost)
                 return
+            except Unavailable as error:
+                # etcd or weft-api away (a restart): expected, retried, no traceback.
+                log.warning("working on step %s: %s; retrying in %.0fs", "/".join(key), error.message, delay)
             except Exception:
                 log.exception("working on step %s failed; retrying in %.0fs", "/".join(key), delay)
             if task.claim.lease != self.registration.lease:

@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -64,11 +65,10 @@ MESSAGE_VERSION = 1
 MANIFEST_VERSION = 1
 #: How often `upload` looks for the exit-code marker.
 MARKER_POLL_SECONDS = 0.1
-#: Tries of each artifact-store call before giving up: the api may be restarting (about a
-#: minute of backoff in all), but a pod that cannot deliver must end with a clear failure.
-STORE_TRIES = 8
-STORE_FIRST_BACKOFF = 0.5
-STORE_MAX_BACKOFF = 15.0
+#: Seconds each artifact-store call is retried while weft-api is unreachable (a restart, a
+#: rolling upgrade) before the handover fails: a pod that cannot deliver must end with a
+#: clear failure, but an api restart must not cost the step (the `--patience` flag).
+DEFAULT_PATIENCE = 120.0
 
 T = TypeVar("T")
 
@@ -178,25 +178,19 @@ def write_termination_message(path: Path, message: TerminationMessage) -> None:
         print(f"weft: could not write the termination message to {path}: {error.strerror}", file=sys.stderr)
 
 
-#: Tries of each artifact-store call in this process (the `--tries` flag).
-_tries = STORE_TRIES
+#: The `--patience` of this process.
+_patience = DEFAULT_PATIENCE
 
 
-async def _with_retries(what: str, call: Callable[[], Awaitable[T]]) -> T:
-    """Retries `call` while the artifact store is unavailable (not on NotFound/InvalidArgument)."""
+async def _handed_over(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Runs one artifact-store call (retried by the store itself while the api is away);
+    an api that stays away longer than the patience becomes a HandoverError."""
     from weft_core.errors import Unavailable
 
-    delay = STORE_FIRST_BACKOFF
-    for attempt in range(1, _tries + 1):
-        try:
-            return await call()
-        except Unavailable as error:
-            if attempt >= _tries:
-                raise HandoverError(f"{what}: {error.message}") from None
-            print(f"weft: {what}: {error.message}; retrying in {delay:g}s", file=sys.stderr, flush=True)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, STORE_MAX_BACKOFF)
-    raise AssertionError("unreachable")
+    try:
+        return await call()
+    except Unavailable as error:
+        raise HandoverError(f"{what}: {error.message}") from None
 
 
 # fetch ------------------------------------------------------------------------------------
@@ -230,7 +224,7 @@ async def fetch_input(store: BlobStore, name: str, digest: str, target: Path) ->
         return size
 
     try:
-        size = await _with_retries(f"fetching input '{name}' ({digest})", download)
+        size = await _handed_over(f"fetching input '{name}' ({digest})", download)
     except NotFound:
         raise HandoverError(
             f"input '{name}' ({digest}) is not in the artifact store; "
@@ -248,7 +242,7 @@ async def fetch(api: str, root: Path, inputs: Sequence[tuple[str, str]]) -> None
     from weft_core.blobs import RemoteBlobStore
 
     prepare_dirs(root)
-    store = RemoteBlobStore(api)
+    store = RemoteBlobStore(api, patience=_patience)
     try:
         for name, digest in inputs:
             size = await fetch_input(store, name, digest, root / INPUTS / name)
@@ -305,7 +299,7 @@ async def upload(api: str, root: Path, names: Sequence[str], max_bytes: int) -> 
     if exit_code != 0:
         print(f"weft: the step exited with code {exit_code}; no outputs uploaded", flush=True)
         return TerminationMessage(skipped=f"step exited with code {exit_code}"), True
-    store = RemoteBlobStore(api)
+    store = RemoteBlobStore(api, patience=_patience)
     try:
         problem = check_outputs(root / OUTPUTS, names, max_bytes)
         manifest = Manifest(succeeded=False, message=problem)
@@ -314,14 +308,14 @@ async def upload(api: str, root: Path, names: Sequence[str], max_bytes: int) -> 
             sizes: dict[str, int] = {}
             for name in names:
                 path = root / OUTPUTS / name
-                info = await _with_retries(f"uploading output '{name}'", partial(store.put_file, path))
+                info = await _handed_over(f"uploading output '{name}'", partial(store.put_file, path))
                 outputs[name], sizes[name] = info.digest, info.size
                 print(f"weft: stored output {name} ({human_bytes(info.size)}) as {info.digest}", flush=True)
             manifest = Manifest(succeeded=True, outputs=outputs, sizes=sizes)
         else:
             print(f"weft: {problem}", file=sys.stderr, flush=True)
         data = manifest.encode()
-        stored = await _with_retries("storing the output manifest", lambda: store.put(data))
+        stored = await _handed_over("storing the output manifest", lambda: store.put(data))
         return TerminationMessage(manifest=stored.digest), manifest.succeeded
     finally:
         await store.close()
@@ -353,7 +347,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         command.add_argument("--api", required=True, help="host:port of weft-api's ArtifactService")
         command.add_argument("--dir", type=Path, default=Path(SHARED_DIR), help="the shared volume")
         command.add_argument("--termination-log", type=Path, default=Path(TERMINATION_LOG))
-        command.add_argument("--tries", type=int, default=STORE_TRIES, help="tries of each artifact-store call")
+        command.add_argument(
+            "--patience",
+            type=float,
+            default=DEFAULT_PATIENCE,
+            help="seconds each artifact-store call is retried while weft-api is unreachable",
+        )
         if name == "fetch":
             command.add_argument("inputs", nargs="*", type=_input_pair, metavar="NAME=DIGEST")
         else:
@@ -364,9 +363,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `fetch` or `upload`; returns the exit code."""
-    global _tries
+    global _patience
     args = parse_args(argv)
-    _tries = max(1, args.tries)
+    _patience = max(0.0, args.patience)
+    # The store's retry warnings go to stderr, i.e. the container's log, like our own lines.
+    logging.basicConfig(level=logging.INFO, format="weft: %(message)s", stream=sys.stderr)
     started = time.monotonic()
     try:
         if args.command == "fetch":

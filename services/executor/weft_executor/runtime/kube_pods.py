@@ -17,12 +17,13 @@ import json
 import math
 import re
 import shlex
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from weft_executor import podio
+from weft_executor.config import ExecutorConfig
 from weft_executor.runtime import AttemptSpec
 
 JSON = dict[str, Any]
@@ -132,31 +133,6 @@ def escape_expansion(text: str) -> str:
 # The pod ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PodSettings:
-    """What the executor's configuration adds to every step pod.
-
-    Attributes:
-        helper_image: weft's own image, for the input and output containers.
-        api_address: `host:port` of weft-api as seen from inside a pod.
-        max_output_bytes: Largest output the upload container accepts.
-        service_account: The pods' service account ("" for the namespace's default).
-        node_selector: Node labels the pods require.
-        tolerations: Taints the pods tolerate (Kubernetes JSON).
-        termination_grace: Seconds between SIGTERM and SIGKILL when a pod is deleted.
-        python: The interpreter of `helper_image`.
-    """
-
-    helper_image: str
-    api_address: str
-    max_output_bytes: int = 1024**3
-    service_account: str = ""
-    node_selector: Mapping[str, str] = field(default_factory=dict)
-    tolerations: Sequence[Mapping[str, Any]] = ()
-    termination_grace: int = 5
-    python: str = "python"
-
-
 def step_wrapper(working_dir: str) -> str:
     """The `/bin/sh -c` script around the user's argv (passed as "$@").
 
@@ -205,8 +181,10 @@ def _resources(spec: AttemptSpec) -> JSON:
     return resources
 
 
-def build_pod(spec: AttemptSpec, settings: PodSettings, kube_namespace: str) -> JSON:
-    """The pod manifest of one attempt (see the runtime's module docstring for its layout)."""
+def build_pod(spec: AttemptSpec, config: ExecutorConfig) -> JSON:
+    """The pod manifest of one attempt (see the runtime's module docstring for its layout),
+    with what the executor's configuration adds to every step pod."""
+    settings = config.kube
     name = pod_name(*spec.key)
     mount = [{"name": SHARED_VOLUME, "mountPath": podio.SHARED_DIR}]
     main: JSON = {
@@ -229,16 +207,18 @@ def build_pod(spec: AttemptSpec, settings: PodSettings, kube_namespace: str) -> 
         main["resources"] = resources
     fetch: JSON = {
         "name": FETCH_CONTAINER,
-        "image": settings.helper_image,
+        "image": settings.pod_image,
         "command": [
             settings.python,
             "-m",
             "weft_executor.podio",
             "fetch",
             "--api",
-            settings.api_address,
+            config.pod_api,
             "--dir",
             podio.SHARED_DIR,
+            "--patience",
+            f"{config.api_patience:g}",
             *(f"{input_name}={digest}" for input_name, digest in sorted(spec.inputs.items())),
         ],
         "volumeMounts": mount,
@@ -246,18 +226,20 @@ def build_pod(spec: AttemptSpec, settings: PodSettings, kube_namespace: str) -> 
     }
     upload: JSON = {
         "name": UPLOAD_CONTAINER,
-        "image": settings.helper_image,
+        "image": settings.pod_image,
         "command": [
             settings.python,
             "-m",
             "weft_executor.podio",
             "upload",
             "--api",
-            settings.api_address,
+            config.pod_api,
             "--dir",
             podio.SHARED_DIR,
+            "--patience",
+            f"{config.api_patience:g}",
             "--max-bytes",
-            str(settings.max_output_bytes),
+            str(config.max_output_bytes),
             *spec.outputs,
         ],
         "volumeMounts": mount,
@@ -268,19 +250,19 @@ def build_pod(spec: AttemptSpec, settings: PodSettings, kube_namespace: str) -> 
         # Service links would add a variable per Service in the namespace to the step's
         # environment: the same step would see a different environment on another cluster.
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": settings.termination_grace,
+        "terminationGracePeriodSeconds": max(0, round(config.kill_grace)),
         "volumes": [{"name": SHARED_VOLUME, "emptyDir": {}}],
         "initContainers": [fetch],
         "containers": [main, upload],
     }
     if spec.timeout:
         pod_spec["activeDeadlineSeconds"] = math.ceil(spec.timeout) + DEADLINE_BACKSTOP_SECONDS
-    if settings.service_account:
-        pod_spec["serviceAccountName"] = settings.service_account
-    if settings.node_selector:
-        pod_spec["nodeSelector"] = dict(settings.node_selector)
-    if settings.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in settings.tolerations]
+    if settings.pod_service_account:
+        pod_spec["serviceAccountName"] = settings.pod_service_account
+    if settings.pod_node_selector:
+        pod_spec["nodeSelector"] = dict(settings.pod_node_selector)
+    if settings.pod_tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in settings.pod_tolerations]
     labels = {
         MANAGED_BY_LABEL: MANAGED_BY,
         LABEL_NAMESPACE: label_value(spec.namespace),
@@ -292,7 +274,7 @@ def build_pod(spec: AttemptSpec, settings: PodSettings, kube_namespace: str) -> 
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": kube_namespace, "labels": labels, "annotations": annotations},
+        "metadata": {"name": name, "namespace": settings.namespace, "labels": labels, "annotations": annotations},
         "spec": pod_spec,
     }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -285,10 +286,20 @@ def runs_table(runs: Iterable[RunRecord]) -> Table:
     return table
 
 
+#: The runtimes' wording before the log lines they quote in a failure message.
+_LOG_TAIL_SUFFIX = re.compile(r"; last (?:stderr|log) lines:$")
+
+
 def step_detail(step: StepRun) -> str:
     """The most useful short fact about a step: its failure, where a cached outcome came from..."""
     if step.message:
-        return step.message.splitlines()[0][:120]
+        first, _, rest = step.message.partition("\n")
+        # "exit code 3; last log lines:\n..." would end at the colon: show the last line instead.
+        head = _LOG_TAIL_SUFFIX.sub("", first)
+        lines = [line for line in rest.splitlines() if line.strip()]
+        if head != first and lines:
+            return f"{head}: {lines[-1].strip()}"[:120]
+        return head[:120]
     if step.state == "CACHED":
         origin = step.reused_from_run.rsplit("/", 1)[-1]
         return f"outcome of run {origin}" if origin else "outcome reused"
