@@ -323,6 +323,16 @@ def test_every_port_names_its_protocol() -> None:
     assert all(port.get("protocol") == "TCP" for port in ports), ports
 
 
+def test_helm_test_runs_the_pipeline_script_against_the_api() -> None:
+    pod = _find(_objects(), "Pod", "rel-weft-test-pipeline")
+
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    container = pod["spec"]["containers"][0]
+    assert container["command"][:2] == ["python", "-c"]
+    assert container["command"][2] == (CHART / "files" / "pipeline-test.py").read_text()
+    assert _env(container) == {"WEFT_API": "rel-weft-api:50051", "WEFT_TEST_IMAGE": "weft:0.1.0"}
+
+
 def test_a_multi_member_etcd_without_persistence_is_refused() -> None:
     result = _helm(
         "template", "rel", str(CHART), "--set", "etcd.replicas=3", "--set", "etcd.persistence.enabled=false",
@@ -443,7 +453,11 @@ def kube() -> Iterator[tuple[KubeCluster, SimulatedKubelet]]:
     # helm's hook pod runs a health check and exits; every other pod is a long-running
     # service that becomes Ready, except weft-api of the release "unready".
     behaviour = by_name(
-        {"*/*-test-api-health": succeed(0.2), "*/unready-weft-api-*": keep_running(ready=False)},
+        {
+            "*/*-test-api-health": succeed(0.2),
+            "*/*-test-pipeline": succeed(0.2),
+            "*/unready-weft-api-*": keep_running(ready=False),
+        },
         default=keep_running(ready=True),
     )
     with start_cluster(controller_manager=True) as cluster, start_kubelet(cluster, behaviour) as kubelet:
@@ -511,6 +525,10 @@ def test_install_test_and_uninstall_on_a_cluster(kube: tuple[KubeCluster, Simula
 
         tested = _helm("test", "weft", "--namespace", namespace, "--timeout", "60s", env=env)
         assert re.search(r"Phase:\s+Succeeded", tested.stdout), tested.stdout
+        # Both test pods ran: the health check and the two-step pipeline (files/pipeline-test.py,
+        # whose script tests/e2e/test_operations.py runs for real against a local stack).
+        assert "weft-test-api-health" in tested.stdout
+        assert "weft-test-pipeline" in tested.stdout
 
         # The installed etcd has one member: an upgrade to three is refused, saying how to grow.
         grown = _helm(

@@ -8,8 +8,10 @@ every check goes through Prometheus's own HTTP query API, as a dashboard or an a
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -201,6 +203,18 @@ def test_json_logs_carry_run_step_attempt_and_trace_id(stack: LocalStack) -> Non
     assert any(line["level"] == "DEBUG" for line in json_lines(executor_log))
     # The api's lines of calls made inside the run's trace carry its trace id (from the span).
     assert all("time" in line and "level" in line for line in json_lines(stack.logs_dir / "weft-api.log"))
+
+
+def test_the_helm_test_pipeline_script_passes_against_a_running_stack(stack: LocalStack) -> None:
+    script = Path(__file__).resolve().parents[2] / "helm" / "weft" / "files" / "pipeline-test.py"
+    env = {**os.environ, "WEFT_API": stack.api_target, "WEFT_TEST_IMAGE": "python:3.11-slim"}
+
+    result = subprocess.run(
+        [sys.executable, "-c", script.read_text()], capture_output=True, text=True, env=env, timeout=120
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCEEDED: HELLO " in result.stdout
 
 
 def test_executor_honours_the_log_level(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
