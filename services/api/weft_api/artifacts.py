@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from weft.v1 import artifact_pb2, artifact_pb2_grpc
+from weft_core import metrics
 from weft_core.blobs import CHUNK_BYTES, BlobInfo, BlobStore, check_digest
 from weft_core.errors import InvalidArgument, NotFound
 
@@ -78,6 +79,7 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
         # Content already stored is still verified (and then discarded by the store), so a
         # wrong upload is always refused; clients avoid re-uploads with StatBlob first.
         info = await self.blobs.put_stream(data(), digest=header.digest, size=header.size_bytes)
+        metrics.blob_bytes("in", info.size)
         TRAFFIC.blobs_received += 1
         return blob_message(info)
 
@@ -96,6 +98,7 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
             )
         TRAFFIC.blobs_sent += 1
         async for chunk in self.blobs.read(request.digest, offset=request.offset, chunk_size=CHUNK_BYTES):
+            metrics.blob_bytes("out", len(chunk))
             TRAFFIC.bytes_sent += len(chunk)
             yield artifact_pb2.GetBlobResponse(data=chunk)
 

@@ -10,7 +10,9 @@
 Every server gets the standard health service (`grpc.health.v1.Health`, SERVING for ""
 and for each service name) and server reflection listing every service, so grpcurl and
 Kubernetes probes work against any weft service. Interceptors run in one fixed order:
-logging/tracing (outermost: it sees the final status), then errors.
+metrics, then logging/tracing (outermost: they see the final status), then errors.
+Readiness (each service's health status) can follow a probe of the service's dependency
+(`follow_readiness`); the server-wide status "" is liveness and stays SERVING.
 
 The error interceptor is the only place where exceptions become gRPC statuses:
 `weft_core.errors.ServiceError` keeps its code and message unchanged; anything else is
@@ -41,6 +43,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from weft_core import metrics
 from weft_core.errors import ServiceError
 from weft_core.store import Compacted
 from weft_core.telemetry import tracer
@@ -51,6 +54,12 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: Seconds in-flight calls get to finish on SIGTERM before they are cancelled.
 DEFAULT_GRACE = 10.0
+#: Seconds a client connection lives before the server asks it to reconnect (GOAWAY; gRPC
+#: adds ±10% jitter). Behind a Kubernetes Service a connection sticks to one pod: this is
+#: what spreads clients over new replicas. Streams in flight are not cut.
+DEFAULT_MAX_CONNECTION_AGE = 300.0
+#: Seconds between readiness probes (see `WeftServer.follow_readiness`).
+READINESS_INTERVAL = 1.0
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _propagator = TraceContextTextMapPropagator()
@@ -84,6 +93,9 @@ class WeftServer:
         self.services = list(services)
         self._cleanups: list[Callable[[], Awaitable[None]]] = []
         self._stopped = False
+        self._ready: Callable[[], Awaitable[bool]] | None = None
+        self._readiness_interval = READINESS_INTERVAL
+        self._readiness: asyncio.Task[None] | None = None
 
     def on_stop(self, cleanup: Callable[[], Awaitable[None]]) -> None:
         """Runs `cleanup` (e.g. closing the etcd store) after the server stopped serving."""
@@ -94,6 +106,8 @@ class WeftServer:
         await self.grpc_server.start()
         for name in ["", *self.services]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self._ready is not None and self._readiness is None:
+            self._readiness = asyncio.create_task(self._follow(self._ready), name="readiness probe")
 
     async def stop(self, grace: float | None = DEFAULT_GRACE) -> None:
         """Marks every service NOT_SERVING, lets in-flight calls finish for up to `grace`
@@ -101,6 +115,8 @@ class WeftServer:
         if self._stopped:
             return
         self._stopped = True
+        if self._readiness is not None:
+            self._readiness.cancel()
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace)
         for cleanup in reversed(self._cleanups):
@@ -112,12 +128,39 @@ class WeftServer:
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
 
+    def follow_readiness(self, ready: Callable[[], Awaitable[bool]], interval: float = READINESS_INTERVAL) -> None:
+        """Once started, probes `ready()` every `interval` seconds and reports each service
+        (readiness) SERVING or NOT_SERVING by its answer; an exception counts as not ready.
+
+        The server-wide status "" stays SERVING while the process serves: it is liveness,
+        and restarting a service because etcd is away does not bring etcd back.
+        """
+        self._ready, self._readiness_interval = ready, interval
+
+    async def _follow(self, ready: Callable[[], Awaitable[bool]]) -> None:
+        serving = True  # start() marked every service SERVING
+        while True:
+            await asyncio.sleep(self._readiness_interval)
+            try:
+                now = await ready()
+            except Exception as error:  # the probe must outlive any failure it reports
+                log.debug("readiness probe failed: %s", error)
+                now = False
+            if now == serving or self._stopped:
+                continue
+            log.warning("readiness: %s", "SERVING again" if now else "NOT_SERVING (a dependency is unreachable)")
+            status = health_pb2.HealthCheckResponse.SERVING if now else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in self.services:
+                await self.health.set(name, status)
+            serving = now
+
 
 def create_server(
     listen: str,
     services: Sequence[ServiceBinding],
     *,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    max_connection_age: float = DEFAULT_MAX_CONNECTION_AGE,
 ) -> tuple[WeftServer, int]:
     """Builds a server bound to `listen` with health, reflection and weft's interceptors.
 
@@ -127,6 +170,7 @@ def create_server(
         listen: `HOST:PORT`; port 0 binds a free port.
         services: The services to serve.
         max_message_bytes: Largest message received or sent.
+        max_connection_age: Seconds before a client connection is asked to reconnect.
 
     Returns:
         The server and the port it is bound to.
@@ -135,13 +179,14 @@ def create_server(
         RuntimeError: If the address cannot be bound (in use, bad host).
     """
     server = grpc.aio.server(
-        interceptors=[LoggingTracingInterceptor(), ErrorInterceptor()],
+        interceptors=[MetricsInterceptor(), LoggingTracingInterceptor(), ErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             # Two processes must never share a port silently (a restarted api would
             # split traffic with a zombie); binding a used port must fail.
             ("grpc.so_reuseport", 0),
+            ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
         ],
     )
     for binding in services:
@@ -395,3 +440,67 @@ class LoggingTracingInterceptor(_ServerInterceptor):
         else:
             level = logging.WARNING if code in self._SERVER_FAULTS else logging.INFO
             log.log(level, "%s %s %.1fms: %s", method, code.name, elapsed_ms, details)
+
+
+def _final_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    code = context.code()
+    # grpc.aio reports the code set by abort() as a StatusCode or as its int value.
+    if isinstance(code, int):
+        code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+    return code or grpc.StatusCode.OK
+
+
+class MetricsInterceptor(_ServerInterceptor):
+    """Counts every call by method and final status code, and times it (weft_core.metrics).
+
+    Outermost, so it sees the status the error interceptor chose. A client that goes away
+    mid-call is counted as CANCELLED.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        kind = (
+            ("bidi_stream" if handler.request_streaming else "server_stream")
+            if handler.response_streaming
+            else ("client_stream" if handler.request_streaming else "unary")
+        )
+
+        def record(context: grpc.aio.ServicerContext[Any, Any], started: float, cancelled: bool) -> None:
+            code = grpc.StatusCode.CANCELLED if cancelled else _final_code(context)
+            metrics.grpc_handled(method, kind, code.name, time.monotonic() - started)
+
+        def wrap_unary(behaviour: Behaviour) -> Behaviour:
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                started, cancelled = time.monotonic(), False
+                try:
+                    return await behaviour(request, context)
+                except asyncio.CancelledError:
+                    cancelled = True
+                    raise
+                finally:
+                    record(context, started, cancelled)
+
+            return unary
+
+        def wrap_stream(behaviour: Behaviour) -> Behaviour:
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                started, cancelled = time.monotonic(), False
+                try:
+                    async for response in _iterate(behaviour, request, context):
+                        yield response
+                except asyncio.CancelledError:
+                    cancelled = True
+                    raise
+                finally:
+                    record(context, started, cancelled)
+
+            return stream
+
+        return _wrap_handler(handler, wrap_unary, wrap_stream)

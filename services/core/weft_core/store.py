@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
+from weft_core import metrics
 from weft_core.errors import FailedPrecondition, Internal, ResourceExhausted, Unavailable
 from weft_core.keyspace import prefix_end
 
@@ -247,15 +248,29 @@ class Store:
         )
 
     async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        # The request type names the etcd method (RangeRequest → Range) for the metrics.
+        name = type(request).__name__.removesuffix("Request")
+        started = time.monotonic()
         try:
-            return await method(request, timeout=timeout or self.timeout)
+            response = await method(request, timeout=timeout or self.timeout)
         except grpc.aio.AioRpcError as error:
+            metrics.etcd_request(name, time.monotonic() - started, error.code().name)
             raise self._unavailable(error) from error
+        metrics.etcd_request(name, time.monotonic() - started)
+        return response
 
     async def status(self) -> int:
         """Checks that etcd answers; returns its current revision."""
         response = await self._call(self._maintenance.Status, rpc.StatusRequest())
         return int(response.header.revision)
+
+    async def reachable(self, timeout: float = 2.0) -> bool:
+        """Whether etcd answers a status request within `timeout` seconds (readiness)."""
+        try:
+            await self._call(self._maintenance.Status, rpc.StatusRequest(), timeout)
+        except Exception:
+            return False
+        return True
 
     async def get(self, key: bytes, *, revision: int = 0) -> KeyValue | None:
         if self._group is not None and not revision:

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from weft_core.config import describe_config
+from weft_core.logs import setup_logging
 from weft_core.telemetry import setup_tracing, shutdown_tracing
 from weft_executor.config import ExecutorConfig
 from weft_executor.executor import Executor
@@ -106,9 +107,9 @@ async def serve(config: ExecutorConfig, environ: Mapping[str, str] | None = None
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `weft-executor` console script."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     environ = hand_over_secrets()  # first: it may re-exec this program
     config = ExecutorConfig.from_args(argv)
+    setup_logging(config.log_level, config.log_format, "weft-executor")
     log.info("weft-executor config: %s", describe_config(config))
     setup_tracing("weft-executor")
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from weft_core.blobs import DEFAULT_API_PATIENCE
-from weft_core.config import ETCD_FLAGS, Flag, listen_address, optional_blob_store_url, parse_flags
+from weft_core.config import ETCD_FLAGS, OPERATION_FLAGS, Flag, listen_address, optional_blob_store_url, parse_flags
 from weft_core.keyspace import DEFAULT_ROOT
 
 RUNTIMES = ("local", "kubernetes")
@@ -190,6 +190,9 @@ class ExecutorConfig:
             host, or for a wildcard listen host $POD_IP or this host's address).
         api_patience: Seconds each call to weft-api (artifact store) is retried while the
             api is unreachable (a restart, a rolling upgrade), here and in step pods.
+        metrics_port: Port of /metrics on the listen host; None serves no metrics.
+        log_level: Lowest level logged.
+        log_format: "text" or "json".
         kube: The kubernetes runtime's settings.
         blob_store: URL of the artifact store (`s3://bucket/prefix`, `gs://…`, `az://…`,
             `file:///dir`) that this executor (and, for object storage, its step pods)
@@ -210,6 +213,9 @@ class ExecutorConfig:
     step_user: str = ""
     advertise_host: str = ""
     api_patience: float = DEFAULT_API_PATIENCE
+    metrics_port: int | None = None
+    log_level: str = "INFO"
+    log_format: str = "text"
     kube: KubeSettings = field(default_factory=KubeSettings)
     blob_store: str = ""
 
@@ -290,6 +296,7 @@ class ExecutorConfig:
             default="",
             convert=optional_blob_store_url,
         ),
+        *OPERATION_FLAGS,
     )
     #: The flags of the kubernetes runtime: their dests are the fields of KubeSettings.
     KUBE_FLAGS = (

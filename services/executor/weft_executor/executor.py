@@ -23,10 +23,12 @@ import importlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from weft.v1 import executor_pb2_grpc, run_pb2
+from weft_core import logs, metrics
 from weft_core.blobs import BlobStore, RemoteBlobStore
 from weft_core.errors import NotFound, ServiceError, Unavailable
 from weft_core.keyspace import Keyspace
@@ -69,6 +71,12 @@ def advertised_address(listen: str, port: int, advertise_host: str = "") -> str:
     return f"{host}:{port}"
 
 
+def _log_context_of(key: StepKey) -> Any:
+    """The logging context of a task that works on step `key` (its lines name run and step)."""
+    ns, run_id, step = key
+    return logs.context_for(run=f"namespaces/{ns}/runs/{run_id}", step=step)
+
+
 class Executor:
     """A weft executor (see the module docstring).
 
@@ -105,6 +113,7 @@ class Executor:
         #: Claim transactions etcd refused (another executor was first): each one is a
         #: wasted round trip, so the scheduler tries to keep this low.
         self.claims_refused = 0
+        self._metrics: metrics.MetricsEndpoint | None = None
 
     # Parts, available after start() ---------------------------------------------------
 
@@ -194,7 +203,12 @@ class Executor:
             "weft.v1.ExecutorService", servicer, executor_pb2_grpc.add_ExecutorServiceServicer_to_server
         )
         self._server, port = create_server(self.config.listen, [binding])
+        self._server.follow_readiness(self._ready)  # NOT_SERVING without a lease or etcd
         await self._server.start()
+        if self.config.metrics_port is not None:
+            self._metrics = metrics.serve_metrics(self.config.listen.rpartition(":")[0], self.config.metrics_port)
+            log.info("serving metrics at http://%s/metrics", self._metrics.address)
+        metrics.watch_ready_queue(lambda: len(self.queue))
         self.address = advertised_address(self.config.listen, port, self.config.advertise_host)
         record = registration_record(self.executor_id, self.address, self._runtime.name)
         self._registration = Registration(self._store, self.keyspace, self.executor_id, self.config.lease_ttl, record)
@@ -244,6 +258,13 @@ class Executor:
             await self._blobs.close()
         if self._store is not None:
             await self._store.close()
+        if self._metrics is not None:
+            await asyncio.to_thread(self._metrics.close)
+
+    async def _ready(self) -> bool:
+        """Readiness: this executor holds a live lease and etcd answers."""
+        registration = self._registration
+        return registration is not None and registration.valid.is_set() and await self.store.reachable()
 
     def _loop(self, coroutine: Coroutine[Any, Any, Any], what: str) -> None:
         task = asyncio.create_task(coroutine, name=f"executor {what}")
@@ -255,8 +276,8 @@ class Executor:
         if not task.cancelled() and task.exception() is not None:
             log.error("executor loop %r died", what, exc_info=task.exception())
 
-    def _job(self, coroutine: Coroutine[Any, Any, Any], what: str) -> None:
-        task = asyncio.create_task(coroutine, name=what)
+    def _job(self, coroutine: Coroutine[Any, Any, Any], what: str, context: Any = None) -> None:
+        task = asyncio.create_task(coroutine, name=what, context=context)
         self._jobs.add(task)
 
         def done(t: asyncio.Task[Any]) -> None:
@@ -302,9 +323,11 @@ class Executor:
         except Exception:  # a corrupt index entry must not stop the loop
             log.error("runindex entry %s does not parse; ignoring it", key.decode())
             return
+        metrics.run_state(ns, run_id, Run.State.Name(run.state))
         if run.state == Run.STATE_PENDING and (ns, run_id) not in self._starting:
             self._starting.add((ns, run_id))
-            self._job(self._start_run(ns, run_id), f"start run {ns}/{run_id}")
+            context = logs.context_for(run=f"namespaces/{ns}/runs/{run_id}", traceparent=run.traceparent)
+            self._job(self._start_run(ns, run_id), f"start run {ns}/{run_id}", context)
         elif run.state == Run.STATE_CANCELLING and (ns, run_id) not in self.cancelling:
             self.cancelling[(ns, run_id)] = run.message
             self._stop_attempts_of(ns, run_id, run.message)
@@ -333,7 +356,9 @@ class Executor:
                         return
                     ref = await self._run_ref(ns, run_id, found[0])
                     if ref is not None:
-                        await self.progress.start_run(ref)
+                        # The index entry has no trace context; the run record has.
+                        with logs.log_context(trace_id=logs.trace_id_of(found[0].traceparent)):
+                            await self.progress.start_run(ref)
                     return
                 except ServiceError as error:
                     log.warning("cannot start run %s/%s yet: %s", ns, run_id, error.message)
@@ -432,7 +457,9 @@ class Executor:
         if (ns, run_id) in self.cancelling:
             task.cancel_reason = self.cancelling[(ns, run_id)] or "cancelled"
             task.cancelled.set()
-        runner = asyncio.create_task(self._claim_and_work(key, task), name=f"step {'/'.join(key)}")
+        runner = asyncio.create_task(
+            self._claim_and_work(key, task), name=f"step {'/'.join(key)}", context=_log_context_of(key)
+        )
         self._tasks[key] = (task, runner)
 
     async def _claim_and_work(self, key: StepKey, task: StepTask) -> None:
@@ -484,7 +511,9 @@ class Executor:
                 if not self.registration.valid.is_set():
                     break
                 task = StepTask(Claim(*key, self.registration.lease))
-                runner = asyncio.create_task(self._adopt(key, task), name=f"adopt {'/'.join(key)}")
+                runner = asyncio.create_task(
+                    self._adopt(key, task), name=f"adopt {'/'.join(key)}", context=_log_context_of(key)
+                )
                 self._tasks[key] = (task, runner)
             suspects = orphans - suspects
 
@@ -516,11 +545,13 @@ class Executor:
         key = (claim.namespace, claim.run_id, claim.step)
         claim_key = self.keyspace.claim(*key)
         ready_key = self.keyspace.ready(*key)
+        started = time.monotonic()
         result = await self.store.txn(
             [absent(claim_key), present(ready_key)],
             [op_put(claim_key, self.executor_id.encode(), claim.lease), *self.runner.snapshot_reads(claim)],
             [op_get(claim_key), op_get(ready_key, count_only=True)],
         )
+        metrics.claim_finished(time.monotonic() - started, won=result.succeeded)
         if result.succeeded:
             self.queue.claimed(key, self.executor_id)
             task.snapshot = self.runner.snapshot_of(result, 1)

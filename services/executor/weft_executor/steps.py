@@ -38,6 +38,7 @@ import contextlib
 import functools
 import logging
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode, get_current_span
 
 from weft.v1 import pipeline_pb2, run_pb2
+from weft_core import metrics
 from weft_core.blobs import BlobStore
 from weft_core.dna import (
     StepDNA,
@@ -58,6 +60,7 @@ from weft_core.dna import (
 )
 from weft_core.errors import NotFound, ResourceExhausted, ServiceError, Unavailable
 from weft_core.keyspace import Keyspace, ready_mark, ready_time_of
+from weft_core.logs import log_context, trace_id_of
 from weft_core.store import (
     KeyValue,
     Store,
@@ -449,7 +452,10 @@ class StepRunner:
             return
         step = ref.step(claim.step)
         attributes = {ATTR_RUN: ref.name, ATTR_STEP: claim.step}
-        with span_in_run_trace("weft.step", run.traceparent, attributes) as span:
+        with (
+            span_in_run_trace("weft.step", run.traceparent, attributes) as span,
+            log_context(run=ref.name, step=claim.step, trace_id=trace_id_of(run.traceparent)),
+        ):
             await self._run_step(task, ref, run, step, record, span)
 
     def snapshot_reads(self, claim: Claim) -> list[object]:
@@ -496,6 +502,7 @@ class StepRunner:
         span.set_attribute(ATTR_DNA, dna.digest)
         with _child_span("weft.cache_lookup", {ATTR_DNA: dna.digest}) as lookup:
             decision = await self.cache.decide(ref, run, step, dna)
+            metrics.cache_decision(Explanation.Decision.Name(decision.explanation.decision))
             lookup.set_attribute("weft.cache.decision", Explanation.Decision.Name(decision.explanation.decision))
         spilled = spill_components(decision.explanation)
         if spilled is not None:
@@ -636,6 +643,7 @@ class StepRunner:
         if record.state in COMMITTED_STEP_STATES:
             base.append(op_put(ks.committed(ns, run_id, record.step), b""))
             derivation = self._derivation_ops(ref, record.step)
+        state, started = StepRun.State.Name(record.state).removeprefix("STATE_"), time.monotonic()
         while True:
             revision, quiet = self._run_revisions.get((ns, run_id), (0, False))
             writes = list(base)
@@ -661,6 +669,7 @@ class StepRunner:
                 log.error("step %s of %s: etcd refused its commit: %s", record.step, ref.name, error.message)
                 raise RecordTooLarge(record.step, size) from error
             if result.succeeded:
+                metrics.commit_finished(time.monotonic() - started, state, self.runtime.name, won=True)
                 if record.state in COMMITTED_STEP_STATES:
                     self.progress.committed_in(ns, run_id).add(record.step)
                 underived: list[str] = []
@@ -681,6 +690,7 @@ class StepRunner:
             found = result.range_kvs(0)
             if found:
                 winner = parse_step_run(found[0])
+                metrics.commit_finished(time.monotonic() - started, state, self.runtime.name, won=winner == record)
                 if winner == record:
                     # Our own commit, applied by an earlier try whose answer was lost.
                     return Commit()
@@ -1027,6 +1037,8 @@ class StepRunner:
             attempt.handle = launched.handle
             attempt.start_time.CopyFrom(_timestamp(launched.start_time))
             record.state = StepRun.STATE_RUNNING
+            metrics.attempt_started(self.runtime.name)
+            attempt_started = time.monotonic()
             try:
                 if task.cancel_reason:
                     await self.runtime.kill(launched, task.cancel_reason)
@@ -1040,8 +1052,12 @@ class StepRunner:
                 self.runtime.abandon(launched)
                 self.live_attempts.pop((ref.name, step.name, number), None)
                 task.attempt = None
+                metrics.attempt_ended(self.runtime.name, None, 0.0)
                 raise
             task.attempt = None
+            metrics.attempt_ended(
+                self.runtime.name, Attempt.State.Name(result.state).removeprefix("STATE_"), time.monotonic() - attempt_started
+            )
             attempt.state = result.state
             attempt.message = result.message
             attempt.exit_code = result.exit_code

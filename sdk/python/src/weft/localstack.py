@@ -334,10 +334,12 @@ def api_process(
     env: dict[str, str] | None = None,
     die_with_parent: bool = False,
     blob_store: str = "",
+    metrics_port: int | None = None,
 ) -> ServiceProcess:
     """A `weft-api` child process (not started): what `weft up`, the benches and the tests run.
 
     `blob_store` (a URL such as `s3://bucket/prefix`) replaces the directory `blob_dir`.
+    `metrics_port` serves Prometheus metrics there (on the listen host); None serves none.
 
     Raises:
         FileNotFoundError: The weft-api console script is not installed.
@@ -349,6 +351,8 @@ def api_process(
     argv = [command, "--etcd-endpoints", etcd_endpoint, "--listen", listen, *store]
     if etcd_root:
         argv += ["--etcd-root", etcd_root]
+    if metrics_port is not None:
+        argv += ["--metrics-port", str(metrics_port)]
     return ServiceProcess(
         "weft-api", argv, log_path, announce=API_ANNOUNCE, health=health, env=env, die_with_parent=die_with_parent
     )
@@ -449,6 +453,8 @@ class LocalStack:
         tracer: Start weft-tracer first and have every service export its spans to it.
         tracer_port: Port of weft-tracer on 127.0.0.1; 0 picks a free one.
         jaeger: OTLP/gRPC endpoint (`HOST:PORT`) weft-tracer forwards every span to, or "".
+        metrics: Have every service serve Prometheus metrics on a free loopback port
+            (listed in `metrics`, by component name, once started).
     """
 
     def __init__(
@@ -464,6 +470,7 @@ class LocalStack:
         tracer: bool = True,
         tracer_port: int = 0,
         jaeger: str = "",
+        metrics: bool = False,
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.blob_store = blob_store
@@ -480,6 +487,16 @@ class LocalStack:
         self.api: ServiceProcess | None = None
         self.executors: list[ServiceProcess] = []
         self.warnings: list[StackWarning] = []
+        self.serve_metrics = metrics
+        #: `host:port` of each component's Prometheus metrics (etcd's own included), by name.
+        self.metrics: dict[str, str] = {}
+
+    def _metrics_port(self, name: str) -> int | None:
+        if not self.serve_metrics:
+            return None
+        port = free_port()
+        self.metrics[name] = f"127.0.0.1:{port}"
+        return port
 
     @property
     def logs_dir(self) -> Path:
@@ -556,6 +573,8 @@ class LocalStack:
             self.state_dir, log_path=self.logs_dir / "etcd.log", die_with_parent=self.die_with_parent
         )
         self.etcd.start()
+        if self.serve_metrics:
+            self.metrics["etcd"] = f"127.0.0.1:{self.etcd.metrics_port}"
 
         if self.tracer_enabled:
             self._start_tracer(progress)
@@ -571,6 +590,7 @@ class LocalStack:
             env=self._env(),
             die_with_parent=self.die_with_parent,
             blob_store=self.blob_store,
+            metrics_port=self._metrics_port("weft-api"),
         )
         self.api.start()
 
@@ -587,6 +607,7 @@ class LocalStack:
         for index in range(1, self.executor_count + 1):
             name = f"weft-executor-{index}" if self.executor_count > 1 else "weft-executor"
             progress(name)
+            metrics_port = self._metrics_port(name)
             executor = ServiceProcess(
                 name,
                 [
@@ -599,6 +620,7 @@ class LocalStack:
                     "--listen", "127.0.0.1:0",
                     *self._root_args(),
                     *(["--blob-store", self.blob_store] if self.blob_store else []),
+                    *(["--metrics-port", str(metrics_port)] if metrics_port is not None else []),
                 ],
                 self.logs_dir / f"{name}.log",
                 announce=EXECUTOR_ANNOUNCE,

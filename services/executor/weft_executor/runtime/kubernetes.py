@@ -90,6 +90,7 @@ from pathlib import Path
 from typing import Any
 
 from weft.v1 import run_pb2
+from weft_core import metrics
 from weft_core.blobs import BlobStore
 from weft_core.errors import ServiceError, Unavailable
 from weft_core.keyspace import Keyspace
@@ -307,6 +308,7 @@ class KubernetesRuntime:
             options["preconditions"] = {"uid": uid}
         try:
             await self._call(f"deleting pod {name}", "DELETE", self._pod_path(name), body=options)
+            metrics.pod_deleted()
         except KubeError as error:
             # 404: gone already; 409: the name belongs to another pod now (uid precondition).
             if error.status not in (404, 409):
@@ -355,6 +357,7 @@ class KubernetesRuntime:
             try:
                 created = await self._call(f"creating pod {name}", "POST", self._pod_path(), body=manifest)
                 self.created += 1
+                metrics.pod_created()
                 log.info("launched pod %s/%s for %s", self.namespace, name, "/".join(map(str, spec.key)))
                 return created, False
             except KubeError as error:

@@ -413,6 +413,7 @@ class LocalRuntime:
             except ConnectionError as error:
                 raise AttemptSetupError(f"command '{argv[0]}' could not be started: {error}") from None
             span.set_attribute("process.pid", attempt.pid)
+        log.info("launched %s (pid %d) for %s", argv[0], attempt.pid, "/".join(map(str, spec.key)))
         attempt.handle = str(attempt.pid)
         attempt.started = time.monotonic()
 

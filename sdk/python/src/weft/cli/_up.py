@@ -86,6 +86,8 @@ def _endpoints(stack: LocalStack) -> Table:
     for warning in stack.warnings:
         grid.add_row(Text(warning.component, style="yellow"), Text(warning.message, style="yellow"))
     grid.add_row("blobs", stack.blob_store or str(stack.state_dir / "blobs"))
+    for index, (name, address) in enumerate(stack.metrics.items()):
+        grid.add_row("metrics" if index == 0 else "", f"http://{address}/metrics  ({name})")
     grid.add_row("state", str(stack.state_dir))
     grid.add_row("logs", f"{stack.logs_dir}/*.log")
     grid.add_row("", "")
@@ -127,6 +129,7 @@ def up(args: argparse.Namespace) -> int:
         tracer=not args.no_tracer,
         tracer_port=tracer_port,
         jaeger=forward_target(args.jaeger, os.environ),
+        metrics=True,
     )
     code = 0
     try:
