@@ -34,6 +34,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from weft.v1 import executor_pb2, executor_pb2_grpc, pipeline_pb2, run_pb2, run_pb2_grpc
 from weft_api.listing import check_request_id, decode_token, encode_token, page_size
+from weft_api.provenance import Provenance
 from weft_core.blobs import BlobStore
 from weft_core.errors import (
     Aborted,
@@ -196,6 +197,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         self.blobs = blobs
         self.reader = reader
         self.request_ids = request_ids or RequestIdLeases(store)
+        self.provenance = Provenance(store, keyspace, reader)
 
     # Reading ------------------------------------------------------------------------
 
@@ -673,7 +675,13 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             return run_pb2.StepExplanation(
                 decision=run_pb2.StepExplanation.DECISION_UNSPECIFIED, reason="not claimed yet"
             )
-        return record.explanation
+        record.step = request.step
+        return await self.provenance.explain(ns, run_id, record)
+
+    async def DiffRuns(
+        self, request: run_pb2.DiffRunsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> run_pb2.DiffRunsResponse:
+        return await self.provenance.diff_runs(request.run_a, request.run_b)
 
     async def ReadLogs(
         self, request: run_pb2.ReadLogsRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -106,6 +106,7 @@ _WATCH_RUN = _method(run_pb2.DESCRIPTOR, "RunService", "WatchRun")
 _CANCEL_RUN = _method(run_pb2.DESCRIPTOR, "RunService", "CancelRun")
 _RESUME_RUN = _method(run_pb2.DESCRIPTOR, "RunService", "ResumeRun")
 _EXPLAIN_STEP = _method(run_pb2.DESCRIPTOR, "RunService", "ExplainStep")
+_DIFF_RUNS = _method(run_pb2.DESCRIPTOR, "RunService", "DiffRuns")
 _READ_LOGS = _method(run_pb2.DESCRIPTOR, "RunService", "ReadLogs")
 _PUT_BLOB = _method(artifact_pb2.DESCRIPTOR, "ArtifactService", "PutBlob")
 _GET_BLOB = _method(artifact_pb2.DESCRIPTOR, "ArtifactService", "GetBlob")
@@ -599,6 +600,21 @@ class AsyncClient:
         request = run_pb2.ExplainStepRequest(run=self._run(run), step=step)
         return Explanation(await self._unary(_EXPLAIN_STEP, request, run_pb2.StepExplanation, retry=True))
 
+    async def diff_runs(self, run_a: str, run_b: str) -> run_pb2.DiffRunsResponse:
+        """Two runs compared step by step by DNA (`weft.v1.DiffRunsResponse`).
+
+        Args:
+            run_a: The first run, by id or full name.
+            run_b: The second run, by id or full name.
+
+        Returns:
+            Every step with its kind of difference, root causes first, then steps changed
+            only through an input (naming the upstream), then nondeterministic steps,
+            added, removed, incomparable and same steps.
+        """
+        request = run_pb2.DiffRunsRequest(run_a=self._run(run_a), run_b=self._run(run_b))
+        return await self._unary(_DIFF_RUNS, request, run_pb2.DiffRunsResponse, retry=True)
+
     async def read_logs(
         self, run: str, step: str, *, attempt: int = 0, follow: bool = False
     ) -> AsyncIterator[LogChunk]:
@@ -1038,6 +1054,10 @@ class Client:
     def explain_step(self, run: str, step: str) -> Explanation:
         """A step's DNA and cache decision (see `AsyncClient.explain_step`)."""
         return self._bridge.run(self._aio.explain_step(run, step))
+
+    def diff_runs(self, run_a: str, run_b: str) -> run_pb2.DiffRunsResponse:
+        """Two runs compared step by step by DNA (see `AsyncClient.diff_runs`)."""
+        return self._bridge.run(self._aio.diff_runs(run_a, run_b))
 
     def read_logs(self, run: str, step: str, *, attempt: int = 0, follow: bool = False) -> Iterator[LogChunk]:
         """An attempt's output (see `AsyncClient.read_logs`)."""

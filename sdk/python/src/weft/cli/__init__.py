@@ -7,6 +7,7 @@
     weft runs list|get|watch|cancel|resume
     weft logs RUN STEP [-f]                   an attempt's output
     weft explain RUN STEP                     why a step was (not) reused
+    weft diff RUN_A RUN_B                     which steps differ between two runs, and why
     weft outputs RUN [STEP] [--dir D]         what the steps produced
 
 Global options (before or after the command): `-s/--server` (env WEFT_SERVER, default
@@ -166,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain = command(commands, "explain", c.explain, "show a step's DNA and why it was (not) reused")
     explain.add_argument("run")
     explain.add_argument("step")
+
+    diff = command(commands, "diff", c.diff, "compare two runs step by step by DNA: root causes first")
+    diff.add_argument("run_a", help="the first (earlier) run")
+    diff.add_argument("run_b", help="the second (later) run")
+    diff.add_argument("--all", action="store_true", help="also list the steps that are the same")
 
     outputs = command(commands, "outputs", c.outputs, "print (or save) the outputs of a run's steps")
     outputs.add_argument("run")

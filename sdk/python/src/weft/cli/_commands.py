@@ -1,4 +1,4 @@
-"""The `weft` commands that talk to weft-api: apply, pipelines, run, runs, logs, explain, outputs.
+"""The `weft` commands that talk to weft-api: apply, pipelines, run, runs, logs, explain, diff, outputs.
 
 Each command is one coroutine taking the parsed arguments and a connected `AsyncClient`,
 returning the process exit code. They print through `weft.cli._output` and raise
@@ -258,6 +258,16 @@ async def explain(args: argparse.Namespace, client: AsyncClient) -> int:
         out.emit_messages(explanation.pb, args.output)
     else:
         out.console.print(out.explanation_view(args.run, args.step, explanation))
+    return 0
+
+
+async def diff(args: argparse.Namespace, client: AsyncClient) -> int:
+    """`weft diff RUN_A RUN_B`: root causes, input-changed steps, nondeterministic steps."""
+    response = await client.diff_runs(args.run_a, args.run_b)
+    if args.output != "table":
+        out.emit_messages(response, args.output)
+    else:
+        out.console.print(out.run_diff_view(response, show_same=args.all))
     return 0
 
 

@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from weft._results import Explanation, PipelineVersion, RunRecord, StepRun
-from weft.v1 import pipeline_pb2
+from weft.v1 import pipeline_pb2, run_pb2
 
 
 def _width(stream: Any) -> int | None:
@@ -367,9 +367,87 @@ def explanation_view(run: str, step: str, explanation: Explanation) -> Renderabl
     outcome = explanation.outcome
     if outcome is not None:
         grid.add_row("Outcome", f"run {outcome.run.rsplit('/', 1)[-1]} step {outcome.step} attempt {outcome.attempt}")
+    changes = explanation.pb.changes
+    if explanation.pb.compared_run:
+        grid.add_row("Compared with", f"run {explanation.pb.compared_run.rsplit('/', 1)[-1]} step {step}")
     table = Table(title="DNA components (in hashing order)", title_justify="left", box=None, header_style="bold")
     table.add_column("COMPONENT")
     table.add_column("VALUE", overflow="fold")
     for name, value in explanation.components:
         table.add_row(name, value)
-    return Group(grid, Text(""), table)
+    if not changes:
+        return Group(grid, Text(""), table)
+    return Group(grid, Text(""), component_changes_view(changes, "What changed (old → new)"), Text(""), table)
+
+
+#: Longest component value shown in a changes table (the -o json output has it whole).
+SHOWN_VALUE_CHARS = 48
+
+
+def shorten(value: str, limit: int = SHOWN_VALUE_CHARS) -> str:
+    """`value` cut to `limit` characters with an ellipsis in the middle."""
+    if len(value) <= limit:
+        return value
+    keep = (limit - 1) // 2
+    return value[:keep] + "…" + value[len(value) - (limit - 1 - keep) :]
+
+
+def component_changes_view(changes: Iterable[run_pb2.ComponentChange], title: str) -> Table:
+    """A table of changed DNA components: name, old and new value (shortened), cause.
+
+    Values come from the DNA, where a secret is only its reference (`secret:NAME/KEY`).
+    """
+    table = Table(title=title, title_justify="left", box=None, header_style="bold")
+    table.add_column("COMPONENT")
+    table.add_column("OLD", overflow="fold")
+    table.add_column("NEW", overflow="fold")
+    table.add_column("WHY", overflow="fold")
+    for change in changes:
+        table.add_row(
+            change.name,
+            Text(shorten(change.old_value) or "(none)", style="red"),
+            Text(shorten(change.new_value) or "(none)", style="green"),
+            change.cause or "-",
+        )
+    return table
+
+
+_DIFF_TITLES = {
+    run_pb2.StepDiff.KIND_ROOT_CAUSE: ("Root causes (the step itself changed)", "bold red"),
+    run_pb2.StepDiff.KIND_INPUT_CHANGED: ("Changed only through an input", "yellow"),
+    run_pb2.StepDiff.KIND_NONDETERMINISTIC: ("Nondeterministic (same DNA, different outputs)", "bold magenta"),
+    run_pb2.StepDiff.KIND_ADDED: ("Added (only in run B)", "green"),
+    run_pb2.StepDiff.KIND_REMOVED: ("Removed (only in run A)", "red"),
+    run_pb2.StepDiff.KIND_INCOMPARABLE: ("Not comparable (no committed outcome in one run)", "dim"),
+    run_pb2.StepDiff.KIND_SAME: ("Same DNA and outputs", "dim"),
+}
+
+
+def run_diff_view(response: run_pb2.DiffRunsResponse, *, show_same: bool = False) -> RenderableType:
+    """DiffRuns as sections: root causes first, each step with what changed and why."""
+    a, b = response.run_a.rsplit("/", 1)[-1], response.run_b.rsplit("/", 1)[-1]
+    parts: list[RenderableType] = [Text.assemble(("A ", "bold"), a, ("  B ", "bold"), b)]
+    same = sum(1 for d in response.steps if d.kind == run_pb2.StepDiff.KIND_SAME)
+    for kind, (title, style) in _DIFF_TITLES.items():
+        diffs = [d for d in response.steps if d.kind == kind]
+        if not diffs or (kind == run_pb2.StepDiff.KIND_SAME and not show_same):
+            continue
+        table = Table(title=Text(title, style=style), title_justify="left", box=None, header_style="bold")
+        table.add_column("STEP")
+        table.add_column("OUTPUTS")
+        table.add_column("WHAT CHANGED", overflow="fold")
+        for d in diffs:
+            lines = [
+                f"{c.name}: {shorten(c.old_value) or '(none)'} → {shorten(c.new_value) or '(none)'}" for c in d.changes
+            ]
+            if d.caused_by:
+                lines.append("caused by " + ", ".join(d.caused_by))
+            if not d.changes:
+                lines.append(d.message or "-")
+            table.add_row(d.step, "differ" if d.outputs_differ else "same", "\n".join(lines))
+        parts += [Text(""), table]
+    if same and not show_same:
+        parts += [Text(""), Text(f"{same} step(s) have the same DNA and outputs (--all lists them)", style="dim")]
+    if all(d.kind == run_pb2.StepDiff.KIND_SAME for d in response.steps):
+        parts += [Text("The runs do not differ.", style="bold")]
+    return Group(*parts)

@@ -356,7 +356,7 @@ class ExplainStepRequest(_message.Message):
     def __init__(self, run: _Optional[str] = ..., step: _Optional[str] = ...) -> None: ...
 
 class StepExplanation(_message.Message):
-    __slots__ = ("dna", "components", "decision", "reason", "outcome")
+    __slots__ = ("dna", "components", "decision", "reason", "outcome", "compared_run", "compared_step", "compared_outcome", "changes")
     class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         DECISION_UNSPECIFIED: _ClassVar[StepExplanation.Decision]
@@ -372,12 +372,90 @@ class StepExplanation(_message.Message):
     DECISION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_RUN_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_STEP_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
     dna: str
     components: _containers.RepeatedCompositeFieldContainer[DnaComponent]
     decision: StepExplanation.Decision
     reason: str
     outcome: Outcome
-    def __init__(self, dna: _Optional[str] = ..., components: _Optional[_Iterable[_Union[DnaComponent, _Mapping]]] = ..., decision: _Optional[_Union[StepExplanation.Decision, str]] = ..., reason: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ...) -> None: ...
+    compared_run: str
+    compared_step: str
+    compared_outcome: Outcome
+    changes: _containers.RepeatedCompositeFieldContainer[ComponentChange]
+    def __init__(self, dna: _Optional[str] = ..., components: _Optional[_Iterable[_Union[DnaComponent, _Mapping]]] = ..., decision: _Optional[_Union[StepExplanation.Decision, str]] = ..., reason: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., compared_run: _Optional[str] = ..., compared_step: _Optional[str] = ..., compared_outcome: _Optional[_Union[Outcome, _Mapping]] = ..., changes: _Optional[_Iterable[_Union[ComponentChange, _Mapping]]] = ...) -> None: ...
+
+class ComponentChange(_message.Message):
+    __slots__ = ("name", "old_value", "new_value", "cause", "upstream_step")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OLD_VALUE_FIELD_NUMBER: _ClassVar[int]
+    NEW_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_STEP_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    old_value: str
+    new_value: str
+    cause: str
+    upstream_step: str
+    def __init__(self, name: _Optional[str] = ..., old_value: _Optional[str] = ..., new_value: _Optional[str] = ..., cause: _Optional[str] = ..., upstream_step: _Optional[str] = ...) -> None: ...
+
+class DiffRunsRequest(_message.Message):
+    __slots__ = ("run_a", "run_b")
+    RUN_A_FIELD_NUMBER: _ClassVar[int]
+    RUN_B_FIELD_NUMBER: _ClassVar[int]
+    run_a: str
+    run_b: str
+    def __init__(self, run_a: _Optional[str] = ..., run_b: _Optional[str] = ...) -> None: ...
+
+class StepDiff(_message.Message):
+    __slots__ = ("step", "kind", "dna_a", "dna_b", "changes", "outputs_differ", "caused_by", "message")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[StepDiff.Kind]
+        KIND_ROOT_CAUSE: _ClassVar[StepDiff.Kind]
+        KIND_INPUT_CHANGED: _ClassVar[StepDiff.Kind]
+        KIND_NONDETERMINISTIC: _ClassVar[StepDiff.Kind]
+        KIND_ADDED: _ClassVar[StepDiff.Kind]
+        KIND_REMOVED: _ClassVar[StepDiff.Kind]
+        KIND_INCOMPARABLE: _ClassVar[StepDiff.Kind]
+        KIND_SAME: _ClassVar[StepDiff.Kind]
+    KIND_UNSPECIFIED: StepDiff.Kind
+    KIND_ROOT_CAUSE: StepDiff.Kind
+    KIND_INPUT_CHANGED: StepDiff.Kind
+    KIND_NONDETERMINISTIC: StepDiff.Kind
+    KIND_ADDED: StepDiff.Kind
+    KIND_REMOVED: StepDiff.Kind
+    KIND_INCOMPARABLE: StepDiff.Kind
+    KIND_SAME: StepDiff.Kind
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DNA_A_FIELD_NUMBER: _ClassVar[int]
+    DNA_B_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_DIFFER_FIELD_NUMBER: _ClassVar[int]
+    CAUSED_BY_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    kind: StepDiff.Kind
+    dna_a: str
+    dna_b: str
+    changes: _containers.RepeatedCompositeFieldContainer[ComponentChange]
+    outputs_differ: bool
+    caused_by: _containers.RepeatedScalarFieldContainer[str]
+    message: str
+    def __init__(self, step: _Optional[str] = ..., kind: _Optional[_Union[StepDiff.Kind, str]] = ..., dna_a: _Optional[str] = ..., dna_b: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[ComponentChange, _Mapping]]] = ..., outputs_differ: _Optional[bool] = ..., caused_by: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class DiffRunsResponse(_message.Message):
+    __slots__ = ("run_a", "run_b", "steps")
+    RUN_A_FIELD_NUMBER: _ClassVar[int]
+    RUN_B_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    run_a: str
+    run_b: str
+    steps: _containers.RepeatedCompositeFieldContainer[StepDiff]
+    def __init__(self, run_a: _Optional[str] = ..., run_b: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepDiff, _Mapping]]] = ...) -> None: ...
 
 class ReadLogsRequest(_message.Message):
     __slots__ = ("run", "step", "attempt", "follow")

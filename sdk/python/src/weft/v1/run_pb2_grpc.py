@@ -71,6 +71,11 @@ class RunServiceStub:
                 request_serializer=weft_dot_v1_dot_run__pb2.ExplainStepRequest.SerializeToString,
                 response_deserializer=weft_dot_v1_dot_run__pb2.StepExplanation.FromString,
                 _registered_method=True)
+        self.DiffRuns = channel.unary_unary(
+                '/weft.v1.RunService/DiffRuns',
+                request_serializer=weft_dot_v1_dot_run__pb2.DiffRunsRequest.SerializeToString,
+                response_deserializer=weft_dot_v1_dot_run__pb2.DiffRunsResponse.FromString,
+                _registered_method=True)
         self.ReadLogs = channel.unary_stream(
                 '/weft.v1.RunService/ReadLogs',
                 request_serializer=weft_dot_v1_dot_run__pb2.ReadLogsRequest.SerializeToString,
@@ -135,6 +140,14 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DiffRuns(self, request, context):
+        """DiffRuns compares two runs step by step by DNA: which components changed, whether
+        outputs differ, root causes first, then the steps changed only through an input.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReadLogs(self, request, context):
         """ReadLogs streams an attempt's stdout and stderr, following it while it runs.
         """
@@ -179,6 +192,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.ExplainStep,
                     request_deserializer=weft_dot_v1_dot_run__pb2.ExplainStepRequest.FromString,
                     response_serializer=weft_dot_v1_dot_run__pb2.StepExplanation.SerializeToString,
+            ),
+            'DiffRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiffRuns,
+                    request_deserializer=weft_dot_v1_dot_run__pb2.DiffRunsRequest.FromString,
+                    response_serializer=weft_dot_v1_dot_run__pb2.DiffRunsResponse.SerializeToString,
             ),
             'ReadLogs': grpc.unary_stream_rpc_method_handler(
                     servicer.ReadLogs,
@@ -377,6 +395,33 @@ class RunService:
             '/weft.v1.RunService/ExplainStep',
             weft_dot_v1_dot_run__pb2.ExplainStepRequest.SerializeToString,
             weft_dot_v1_dot_run__pb2.StepExplanation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiffRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/weft.v1.RunService/DiffRuns',
+            weft_dot_v1_dot_run__pb2.DiffRunsRequest.SerializeToString,
+            weft_dot_v1_dot_run__pb2.DiffRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,
