@@ -757,3 +757,52 @@ def test_a_built_pipeline_runs_through_the_sync_client(executor_stack: Up) -> No
         assert all(e.snapshot for e in events)
         assert [e.run.state for e in events if e.run is not None] == ["SUCCEEDED"]
         assert sorted(e.step.name for e in events if e.step is not None) == ["repeat", "shout"]
+
+
+SEEDED = """
+name: seeded
+spec:
+  parameters: [{name: seed, defaultValue: "1"}]
+  steps:
+    - name: generate
+      container:
+        image: "python:3.11-slim"
+        command: [sh, -c, 'echo "seed $(cat $WEFT_INPUTS/seed)" > $WEFT_OUTPUTS/out']
+      inputs: [{name: seed, parameter: seed}]
+      outputs: [{name: out}]
+    - name: report
+      container:
+        image: "python:3.11-slim"
+        command: [sh, -c, 'tr a-z A-Z < $WEFT_INPUTS/in > $WEFT_OUTPUTS/out']
+      inputs: [{name: in, stepOutput: {step: generate, output: out}}]
+      outputs: [{name: out}]
+"""
+
+
+@pytest.mark.slow
+@needs_executor
+def test_explain_shows_what_changed_and_diff_names_the_root_cause(executor_stack: Up, tmp_path: Path) -> None:
+    cli = Cli(executor_stack.api, "provenance")
+    cli.ok("apply", "-f", str(_write(tmp_path / "seeded.yaml", SEEDED)))
+    for run_id, seed in (("seeded-1", "1"), ("seeded-2", "2")):
+        done = cli("run", "seeded", "--run-id", run_id, "-p", f"seed={seed}", "--watch", timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    explained = cli.ok("explain", "seeded-2", "report")
+    assert "What changed (old → new)" in explained
+    assert "Compared with  run seeded-1 step report" in explained
+    assert "upstream generate re-ran: input seed changed (parameter seed was 1, now 2)" in explained
+    as_json = cli.json("explain", "seeded-2", "report")
+    assert isinstance(as_json, dict)
+    assert [c["name"] for c in as_json["changes"]] == ["input:in"]
+
+    diffed = cli.ok("diff", "seeded-1", "seeded-2")
+    assert diffed.index("Root causes") < diffed.index("generate") < diffed.index("Changed only through an input")
+    assert "caused by generate" in diffed
+    kinds = cli.json("diff", "seeded-1", "seeded-2")
+    assert isinstance(kinds, dict)
+    assert [(d["step"], d["kind"]) for d in kinds["steps"]] == [
+        ("generate", "KIND_ROOT_CAUSE"),
+        ("report", "KIND_INPUT_CHANGED"),
+    ]
+    assert "The runs do not differ." in cli.ok("diff", "seeded-1", "seeded-1")
