@@ -33,6 +33,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from weft.v1 import executor_pb2, executor_pb2_grpc, pipeline_pb2, run_pb2, run_pb2_grpc
+from weft_api.lineage import LineageReader
 from weft_api.listing import check_request_id, decode_token, encode_token, page_size
 from weft_api.provenance import Provenance
 from weft_core.blobs import BlobStore
@@ -198,6 +199,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         self.reader = reader
         self.request_ids = request_ids or RequestIdLeases(store)
         self.provenance = Provenance(store, keyspace, reader)
+        self.lineage = LineageReader(store, keyspace)
 
     # Reading ------------------------------------------------------------------------
 
@@ -682,6 +684,11 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         self, request: run_pb2.DiffRunsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> run_pb2.DiffRunsResponse:
         return await self.provenance.diff_runs(request.run_a, request.run_b)
+
+    async def GetLineage(
+        self, request: run_pb2.GetLineageRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> run_pb2.Lineage:
+        return await self.lineage.get_lineage(request)
 
     async def ReadLogs(
         self, request: run_pb2.ReadLogsRequest, context: grpc.aio.ServicerContext[Any, Any]

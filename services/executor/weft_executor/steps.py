@@ -47,6 +47,7 @@ from weft_core.blobs import BlobStore
 from weft_core.dna import StepDNA, content_digest, step_dna
 from weft_core.errors import NotFound, ServiceError, Unavailable
 from weft_core.keyspace import Keyspace, ready_time_of
+from weft_core.lineage import index_outcome
 from weft_core.spec import parse_run_name
 from weft_core.store import KeyValue, Store, TxnResult, absent, lease_is, op_get, op_put, unchanged_since
 from weft_core.telemetry import (
@@ -912,6 +913,11 @@ class StepRunner:
             extra.append(op_put(self.keyspace.outcome(ref.namespace, dna.hex), outcome.SerializeToString()))
         with tracer().start_as_current_span("weft.commit", attributes={"weft.state": "SUCCEEDED"}):
             commit = await self._commit_done(ref, done, extra)
+        if commit.winner is None:  # lineage (weft_core/lineage.py): a new outcome, indexed before the release
+            await until_written(
+                lambda: index_outcome(self.store, self.keyspace, ref.namespace, outcome, inputs.digests),
+                f"indexing the lineage of step {record.step} of {ref.name}",
+            )
         if commit.winner is not None:
             await self._record_loser(ref, commit.winner, attempt)
         await self.after_commit(ref, done, claim, commit)

@@ -22,6 +22,13 @@ class RunView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_VIEW_UNSPECIFIED: _ClassVar[RunView]
     RUN_VIEW_BASIC: _ClassVar[RunView]
     RUN_VIEW_FULL: _ClassVar[RunView]
+
+class LineageDirection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LINEAGE_DIRECTION_UNSPECIFIED: _ClassVar[LineageDirection]
+    LINEAGE_DIRECTION_UPSTREAM: _ClassVar[LineageDirection]
+    LINEAGE_DIRECTION_DOWNSTREAM: _ClassVar[LineageDirection]
+    LINEAGE_DIRECTION_BOTH: _ClassVar[LineageDirection]
 CACHE_MODE_UNSPECIFIED: CacheMode
 CACHE_MODE_USE: CacheMode
 CACHE_MODE_REFRESH: CacheMode
@@ -29,6 +36,10 @@ CACHE_MODE_OFF: CacheMode
 RUN_VIEW_UNSPECIFIED: RunView
 RUN_VIEW_BASIC: RunView
 RUN_VIEW_FULL: RunView
+LINEAGE_DIRECTION_UNSPECIFIED: LineageDirection
+LINEAGE_DIRECTION_UPSTREAM: LineageDirection
+LINEAGE_DIRECTION_DOWNSTREAM: LineageDirection
+LINEAGE_DIRECTION_BOTH: LineageDirection
 
 class Run(_message.Message):
     __slots__ = ("name", "pipeline", "pipeline_version", "parameters", "parameter_digests", "state", "options", "create_time", "start_time", "end_time", "message", "failed_step", "traceparent", "resumed_from", "steps", "step_counts", "labels", "etag")
@@ -486,3 +497,94 @@ class LogChunk(_message.Message):
     data: bytes
     attempt: int
     def __init__(self, stream: _Optional[_Union[LogChunk.Stream, str]] = ..., data: _Optional[bytes] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class GetLineageRequest(_message.Message):
+    __slots__ = ("parent", "run", "step", "outcome", "blob", "direction", "depth", "page_size", "page_token")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    run: str
+    step: str
+    outcome: str
+    blob: str
+    direction: LineageDirection
+    depth: int
+    page_size: int
+    page_token: str
+    def __init__(self, parent: _Optional[str] = ..., run: _Optional[str] = ..., step: _Optional[str] = ..., outcome: _Optional[str] = ..., blob: _Optional[str] = ..., direction: _Optional[_Union[LineageDirection, str]] = ..., depth: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class LineageNode(_message.Message):
+    __slots__ = ("dna", "run", "step", "outputs", "inputs", "input_outcomes", "components", "distance", "end_time")
+    class OutputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class InputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class InputOutcomesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    DNA_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    dna: str
+    run: str
+    step: str
+    outputs: _containers.ScalarMap[str, str]
+    inputs: _containers.ScalarMap[str, str]
+    input_outcomes: _containers.ScalarMap[str, str]
+    components: _containers.RepeatedCompositeFieldContainer[DnaComponent]
+    distance: int
+    end_time: _timestamp_pb2.Timestamp
+    def __init__(self, dna: _Optional[str] = ..., run: _Optional[str] = ..., step: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., inputs: _Optional[_Mapping[str, str]] = ..., input_outcomes: _Optional[_Mapping[str, str]] = ..., components: _Optional[_Iterable[_Union[DnaComponent, _Mapping]]] = ..., distance: _Optional[int] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class LineageEdge(_message.Message):
+    __slots__ = ("producer", "consumer", "input")
+    PRODUCER_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    producer: str
+    consumer: str
+    input: str
+    def __init__(self, producer: _Optional[str] = ..., consumer: _Optional[str] = ..., input: _Optional[str] = ...) -> None: ...
+
+class Lineage(_message.Message):
+    __slots__ = ("nodes", "edges", "blob_producers", "blob_consumers", "next_page_token", "truncated")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    BLOB_PRODUCERS_FIELD_NUMBER: _ClassVar[int]
+    BLOB_CONSUMERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[LineageNode]
+    edges: _containers.RepeatedCompositeFieldContainer[LineageEdge]
+    blob_producers: _containers.RepeatedScalarFieldContainer[str]
+    blob_consumers: _containers.RepeatedScalarFieldContainer[str]
+    next_page_token: str
+    truncated: bool
+    def __init__(self, nodes: _Optional[_Iterable[_Union[LineageNode, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[LineageEdge, _Mapping]]] = ..., blob_producers: _Optional[_Iterable[str]] = ..., blob_consumers: _Optional[_Iterable[str]] = ..., next_page_token: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...

@@ -76,6 +76,11 @@ class RunServiceStub:
                 request_serializer=weft_dot_v1_dot_run__pb2.DiffRunsRequest.SerializeToString,
                 response_deserializer=weft_dot_v1_dot_run__pb2.DiffRunsResponse.FromString,
                 _registered_method=True)
+        self.GetLineage = channel.unary_unary(
+                '/weft.v1.RunService/GetLineage',
+                request_serializer=weft_dot_v1_dot_run__pb2.GetLineageRequest.SerializeToString,
+                response_deserializer=weft_dot_v1_dot_run__pb2.Lineage.FromString,
+                _registered_method=True)
         self.ReadLogs = channel.unary_stream(
                 '/weft.v1.RunService/ReadLogs',
                 request_serializer=weft_dot_v1_dot_run__pb2.ReadLogsRequest.SerializeToString,
@@ -148,6 +153,15 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLineage(self, request, context):
+        """GetLineage walks committed outcomes upstream (what an output was built from) and
+        downstream (every outcome, in any run, that consumed it), from a run's step, an
+        outcome (DNA) or a blob digest; depth-limited and paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReadLogs(self, request, context):
         """ReadLogs streams an attempt's stdout and stderr, following it while it runs.
         """
@@ -197,6 +211,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.DiffRuns,
                     request_deserializer=weft_dot_v1_dot_run__pb2.DiffRunsRequest.FromString,
                     response_serializer=weft_dot_v1_dot_run__pb2.DiffRunsResponse.SerializeToString,
+            ),
+            'GetLineage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLineage,
+                    request_deserializer=weft_dot_v1_dot_run__pb2.GetLineageRequest.FromString,
+                    response_serializer=weft_dot_v1_dot_run__pb2.Lineage.SerializeToString,
             ),
             'ReadLogs': grpc.unary_stream_rpc_method_handler(
                     servicer.ReadLogs,
@@ -422,6 +441,33 @@ class RunService:
             '/weft.v1.RunService/DiffRuns',
             weft_dot_v1_dot_run__pb2.DiffRunsRequest.SerializeToString,
             weft_dot_v1_dot_run__pb2.DiffRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLineage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/weft.v1.RunService/GetLineage',
+            weft_dot_v1_dot_run__pb2.GetLineageRequest.SerializeToString,
+            weft_dot_v1_dot_run__pb2.Lineage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,232 @@
+"""GetLineage: walks committed outcomes upstream and downstream through the lineage index.
+
+The executor writes the index when it commits a new outcome (`weft_core.lineage`); this
+module only reads it. Every node costs a few small reads: one limited range read of
+`made/{dna}` (which run and step produced it) and a get of that step's done record (its
+outputs, input digests, input outcomes and DNA components); a downstream step is one
+range read of `consumer/{dna}`; a blob start is a range read of `producer/{blob}` and
+`consumed/{blob}`. Nothing scans runs, so the cost follows the size of the answer, not
+of the store.
+
+A page is a slice of one deterministic walk (start nodes, then upstream by distance,
+then downstream, then by DNA): the token holds the offset, and the next page walks
+again (the index only grows, so a page never loses a node an earlier page showed). A walk
+stops at `MAX_NODES` and says so (`truncated`). It must never write.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+from weft.v1 import run_pb2
+from weft_core.dna import SHA256_PREFIX
+from weft_core.errors import FailedPrecondition, InvalidArgument, NotFound
+from weft_core.keyspace import Keyspace
+from weft_core.provenance import COMMITTED_STEP_STATES, INPUT_PREFIX, dna_components
+from weft_core.spec import parse_namespace, parse_run_name, run_name
+from weft_core.store import Store
+
+#: Depth of a walk when the request leaves it 0.
+DEFAULT_DEPTH = 3
+#: Deepest walk allowed.
+MAX_DEPTH = 20
+#: Nodes per page when the request leaves it 0, and the most allowed.
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
+#: Most nodes one walk visits before it stops and says `truncated`.
+MAX_NODES = 10_000
+#: Keys read per page of a consumer or blob range.
+RANGE_PAGE = 1000
+
+Direction = run_pb2.LineageDirection
+
+
+def _hex_of(digest: str, field: str) -> str:
+    value = digest.removeprefix(SHA256_PREFIX)
+    if not digest.startswith(SHA256_PREFIX) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise InvalidArgument(
+            f"{field}: {digest!r} is not a digest; give it as sha256:<64 lower-case hex>", field=field
+        )
+    return value
+
+
+@dataclass
+class _Walk:
+    nodes: dict[str, run_pb2.LineageNode]
+    edges: list[run_pb2.LineageEdge]
+    truncated: bool = False
+
+
+class LineageReader:
+    """Answers GetLineage from the lineage index and the done records it points at."""
+
+    def __init__(self, store: Store, keyspace: Keyspace) -> None:
+        self.store = store
+        self.keyspace = keyspace
+
+    async def _range_tails(self, prefix: bytes) -> list[str]:
+        """The key tails under `prefix` (keys only, paged)."""
+        tails: list[str] = []
+        start: bytes | None = None
+        while True:
+            page = await self.store.range(prefix, start=start, limit=RANGE_PAGE, keys_only=True)
+            tails.extend(self.keyspace.tail(kv.key, prefix) for kv in page.kvs)
+            if not page.more or not page.kvs:
+                return tails
+            start = page.kvs[-1].key + b"\0"
+
+    async def node(self, ns: str, dna_hex: str, distance: int) -> run_pb2.LineageNode:
+        """The outcome with DNA `dna_hex`, from the done record of the step that made it."""
+        node = run_pb2.LineageNode(dna=SHA256_PREFIX + dna_hex, distance=distance)
+        made = await self.store.range(self.keyspace.lineage_made(ns, dna_hex), limit=1, keys_only=True)
+        if not made.kvs:
+            return node  # committed before the index existed, or its indexing was cut short
+        run_id, _, step = self.keyspace.tail(made.kvs[0].key, self.keyspace.lineage_made(ns, dna_hex)).partition("/")
+        node.run, node.step = run_name(ns, run_id), step
+        kv = await self.store.get(self.keyspace.done(ns, run_id, step))
+        if kv is None:
+            return node
+        record = run_pb2.StepRun()
+        record.ParseFromString(kv.value)
+        outcome = record.outcome
+        node.outputs.update(outcome.outputs)
+        node.input_outcomes.update(outcome.input_outcomes)
+        if outcome.HasField("end_time"):
+            node.end_time.CopyFrom(outcome.end_time)
+        for name, value in dna_components(record):
+            if name.startswith(INPUT_PREFIX):
+                node.inputs[name.removeprefix(INPUT_PREFIX)] = value
+            node.components.add(name=name, value=value)
+        return node
+
+    async def _start(self, request: run_pb2.GetLineageRequest) -> tuple[str, list[str], list[str], list[str]]:
+        """(namespace, start DNAs, blob producers, blob consumers) of a request."""
+        given = [f for f, v in (("step", request.step), ("outcome", request.outcome), ("blob", request.blob)) if v]
+        if len(given) != 1:
+            raise InvalidArgument(
+                "give exactly one start: `run` and `step`, `outcome` (a DNA) or `blob` (a digest)"
+                + (f"; got {', '.join(given)}" if given else ""),
+                field="step" if not given else given[1],
+            )
+        if request.step:
+            if not request.run:
+                raise InvalidArgument("run: is required with step; name the step's run", field="run")
+            ns, run_id = parse_run_name(request.run, "run")
+            kv = await self.store.get(self.keyspace.done(ns, run_id, request.step))
+            if kv is None:
+                raise NotFound(f'step "{request.step}" of run "{run_name(ns, run_id)}" has no outcome (yet)')
+            record = run_pb2.StepRun()
+            record.ParseFromString(kv.value)
+            if record.state not in COMMITTED_STEP_STATES:
+                state = run_pb2.StepRun.State.Name(record.state).removeprefix("STATE_")
+                raise FailedPrecondition(
+                    f'step "{request.step}" of run "{run_name(ns, run_id)}" is {state}: it has no outcome'
+                )
+            return ns, [_hex_of(record.outcome.dna, "step")], [], []
+        ns = parse_namespace(request.parent)
+        if request.outcome:
+            return ns, [_hex_of(request.outcome, "outcome")], [], []
+        blob = _hex_of(request.blob, "blob")
+        producers = sorted({tail.partition("/")[0] for tail in await self._range_tails(
+            self.keyspace.lineage_producer(ns, blob))})  # fmt: skip
+        consumers = sorted({tail.partition("/")[0] for tail in await self._range_tails(
+            self.keyspace.lineage_consumed(ns, blob))})  # fmt: skip
+        return ns, producers, producers, consumers
+
+    async def _walk(
+        self, ns: str, starts: list[str], downstream_starts: list[str], direction: int, depth: int
+    ) -> _Walk:
+        walk = _Walk({}, [])
+        for dna in starts:
+            walk.nodes[dna] = await self.node(ns, dna, 0)
+        if direction in (Direction.LINEAGE_DIRECTION_UPSTREAM, Direction.LINEAGE_DIRECTION_BOTH):
+            frontier = list(starts)
+            for distance in range(1, depth + 1):
+                found: list[str] = []
+                for dna in frontier:
+                    for input_name, producer in sorted(walk.nodes[dna].input_outcomes.items()):
+                        walk.edges.append(
+                            run_pb2.LineageEdge(producer=producer, consumer=SHA256_PREFIX + dna, input=input_name)
+                        )
+                        producer_hex = producer.removeprefix(SHA256_PREFIX)
+                        if producer_hex not in walk.nodes:
+                            if len(walk.nodes) >= MAX_NODES:
+                                walk.truncated = True
+                                return walk
+                            walk.nodes[producer_hex] = await self.node(ns, producer_hex, -distance)
+                            found.append(producer_hex)
+                frontier = found
+        if direction in (Direction.LINEAGE_DIRECTION_DOWNSTREAM, Direction.LINEAGE_DIRECTION_BOTH):
+            frontier = list(starts)
+            first = 1
+            if downstream_starts:
+                # From a blob: its consumers are one edge away, whoever produced it.
+                for dna in downstream_starts:
+                    if dna not in walk.nodes:
+                        walk.nodes[dna] = await self.node(ns, dna, 1)
+                frontier, first = list(downstream_starts), 2
+            for distance in range(first, depth + 1):
+                found = []
+                for dna in frontier:
+                    for tail in await self._range_tails(self.keyspace.lineage_consumer(ns, dna)):
+                        consumer_hex, _, input_name = tail.partition("/")
+                        walk.edges.append(
+                            run_pb2.LineageEdge(
+                                producer=SHA256_PREFIX + dna, consumer=SHA256_PREFIX + consumer_hex, input=input_name
+                            )
+                        )
+                        if consumer_hex not in walk.nodes:
+                            if len(walk.nodes) >= MAX_NODES:
+                                walk.truncated = True
+                                return walk
+                            walk.nodes[consumer_hex] = await self.node(ns, consumer_hex, distance)
+                            found.append(consumer_hex)
+                frontier = found
+        return walk
+
+    async def get_lineage(self, request: run_pb2.GetLineageRequest) -> run_pb2.Lineage:
+        """The lineage page `request` asks for (see the module docstring)."""
+        if request.depth < 0 or request.depth > MAX_DEPTH:
+            raise InvalidArgument(f"depth: must be 0 (meaning {DEFAULT_DEPTH}) to {MAX_DEPTH}", field="depth")
+        if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument(f"page_size: must be 0 (meaning 100) to {MAX_PAGE_SIZE}", field="page_size")
+        offset = _decode_offset(request.page_token)
+        depth = request.depth or DEFAULT_DEPTH
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        direction = request.direction or Direction.LINEAGE_DIRECTION_BOTH
+        ns, starts, producers, consumers = await self._start(request)
+        walk = await self._walk(ns, starts, consumers if request.blob else [], direction, depth)
+
+        def order(node: run_pb2.LineageNode) -> tuple[int, int, str]:
+            side = 0 if node.distance == 0 else 1 if node.distance < 0 else 2
+            return side, abs(node.distance), node.dna
+
+        ordered = sorted(walk.nodes.values(), key=order)
+        page = ordered[offset : offset + size]
+        shown = {n.dna for n in page}
+        edges = [e for e in walk.edges if e.consumer in shown or e.producer in shown]
+        token = _encode_offset(offset + size) if offset + size < len(ordered) else ""
+        return run_pb2.Lineage(
+            nodes=page,
+            edges=edges,
+            blob_producers=[SHA256_PREFIX + p for p in producers],
+            blob_consumers=[SHA256_PREFIX + c for c in consumers],
+            next_page_token=token,
+            truncated=walk.truncated,
+        )
+
+
+def _encode_offset(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"lineage:{offset}".encode()).decode()
+
+
+def _decode_offset(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        kind, _, offset = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if kind == "lineage" and offset.isdigit():
+            return int(offset)
+    except ValueError:
+        pass
+    raise InvalidArgument("page_token: not a token of this listing; leave it empty to start over", field="page_token")
