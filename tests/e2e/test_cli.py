@@ -806,3 +806,16 @@ def test_explain_shows_what_changed_and_diff_names_the_root_cause(executor_stack
         ("report", "KIND_INPUT_CHANGED"),
     ]
     assert "The runs do not differ." in cli.ok("diff", "seeded-1", "seeded-1")
+
+    up = cli.ok("lineage", "seeded-2", "report", "--up")
+    assert up.index("report  run seeded-2") < up.index("built from") < up.index("in: generate  run seeded-2")
+    assert "(given seed=sha256:" in up
+    steps = {s["step"]: s for s in cli.json("runs", "get", "seeded-1")["steps"]}  # type: ignore[index]
+    blob = steps["generate"]["outcome"]["outputs"]["out"]
+    from_blob = cli.json("lineage", "--blob", blob)
+    assert isinstance(from_blob, dict)
+    assert from_blob["blobProducers"] == [steps["generate"]["outcome"]["dna"]]
+    assert from_blob["blobConsumers"] == [steps["report"]["outcome"]["dna"]]
+    drawn = cli.ok("lineage", "--blob", blob, "--down")
+    assert drawn.index("generate  run seeded-1") < drawn.index("consumed by") < drawn.index("in: report  run seeded-1")
+    assert cli("lineage").returncode == 1

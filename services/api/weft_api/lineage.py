@@ -17,7 +17,7 @@ stops at `MAX_NODES` and says so (`truncated`). It must never write.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from weft.v1 import run_pb2
 from weft_core.dna import SHA256_PREFIX
@@ -48,6 +48,17 @@ def _hex_of(digest: str, field: str) -> str:
             f"{field}: {digest!r} is not a digest; give it as sha256:<64 lower-case hex>", field=field
         )
     return value
+
+
+@dataclass
+class _Start:
+    """Where a walk starts: the namespace, the start outcomes (DNA hex) and, from a blob,
+    the outcomes that produced it and the (outcome, input name) pairs that read it."""
+
+    namespace: str
+    outcomes: list[str]
+    blob_producers: list[str] = field(default_factory=list)
+    blob_reads: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -99,8 +110,8 @@ class LineageReader:
             node.components.add(name=name, value=value)
         return node
 
-    async def _start(self, request: run_pb2.GetLineageRequest) -> tuple[str, list[str], list[str], list[str]]:
-        """(namespace, start DNAs, blob producers, blob consumers) of a request."""
+    async def _start(self, request: run_pb2.GetLineageRequest) -> _Start:
+        """Where a request starts."""
         given = [f for f, v in (("step", request.step), ("outcome", request.outcome), ("blob", request.blob)) if v]
         if len(given) != 1:
             raise InvalidArgument(
@@ -122,19 +133,24 @@ class LineageReader:
                 raise FailedPrecondition(
                     f'step "{request.step}" of run "{run_name(ns, run_id)}" is {state}: it has no outcome'
                 )
-            return ns, [_hex_of(record.outcome.dna, "step")], [], []
+            return _Start(ns, [_hex_of(record.outcome.dna, "step")])
         ns = parse_namespace(request.parent)
         if request.outcome:
-            return ns, [_hex_of(request.outcome, "outcome")], [], []
+            return _Start(ns, [_hex_of(request.outcome, "outcome")])
         blob = _hex_of(request.blob, "blob")
         producers = sorted({tail.partition("/")[0] for tail in await self._range_tails(
             self.keyspace.lineage_producer(ns, blob))})  # fmt: skip
-        consumers = sorted({tail.partition("/")[0] for tail in await self._range_tails(
-            self.keyspace.lineage_consumed(ns, blob))})  # fmt: skip
-        return ns, producers, producers, consumers
+        reads = [tail.partition("/") for tail in await self._range_tails(self.keyspace.lineage_consumed(ns, blob))]
+        return _Start(ns, producers, producers, [(dna, input_name) for dna, _, input_name in reads])
 
     async def _walk(
-        self, ns: str, starts: list[str], downstream_starts: list[str], direction: int, depth: int
+        self,
+        ns: str,
+        starts: list[str],
+        downstream_starts: list[str],
+        blob_reads: list[tuple[str, str]],
+        direction: int,
+        depth: int,
     ) -> _Walk:
         walk = _Walk({}, [])
         for dna in starts:
@@ -164,6 +180,11 @@ class LineageReader:
                 for dna in downstream_starts:
                     if dna not in walk.nodes:
                         walk.nodes[dna] = await self.node(ns, dna, 1)
+                walk.edges += [
+                    run_pb2.LineageEdge(producer=SHA256_PREFIX + p, consumer=SHA256_PREFIX + c, input=i)
+                    for p in starts
+                    for c, i in blob_reads
+                ]
                 frontier, first = list(downstream_starts), 2
             for distance in range(first, depth + 1):
                 found = []
@@ -194,8 +215,9 @@ class LineageReader:
         depth = request.depth or DEFAULT_DEPTH
         size = request.page_size or DEFAULT_PAGE_SIZE
         direction = request.direction or Direction.LINEAGE_DIRECTION_BOTH
-        ns, starts, producers, consumers = await self._start(request)
-        walk = await self._walk(ns, starts, consumers if request.blob else [], direction, depth)
+        start = await self._start(request)
+        consumers = sorted({dna for dna, _ in start.blob_reads})
+        walk = await self._walk(start.namespace, start.outcomes, consumers, start.blob_reads, direction, depth)
 
         def order(node: run_pb2.LineageNode) -> tuple[int, int, str]:
             side = 0 if node.distance == 0 else 1 if node.distance < 0 else 2
@@ -209,7 +231,7 @@ class LineageReader:
         return run_pb2.Lineage(
             nodes=page,
             edges=edges,
-            blob_producers=[SHA256_PREFIX + p for p in producers],
+            blob_producers=[SHA256_PREFIX + p for p in start.blob_producers],
             blob_consumers=[SHA256_PREFIX + c for c in consumers],
             next_page_token=token,
             truncated=walk.truncated,

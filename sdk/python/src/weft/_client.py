@@ -107,6 +107,7 @@ _CANCEL_RUN = _method(run_pb2.DESCRIPTOR, "RunService", "CancelRun")
 _RESUME_RUN = _method(run_pb2.DESCRIPTOR, "RunService", "ResumeRun")
 _EXPLAIN_STEP = _method(run_pb2.DESCRIPTOR, "RunService", "ExplainStep")
 _DIFF_RUNS = _method(run_pb2.DESCRIPTOR, "RunService", "DiffRuns")
+_GET_LINEAGE = _method(run_pb2.DESCRIPTOR, "RunService", "GetLineage")
 _READ_LOGS = _method(run_pb2.DESCRIPTOR, "RunService", "ReadLogs")
 _PUT_BLOB = _method(artifact_pb2.DESCRIPTOR, "ArtifactService", "PutBlob")
 _GET_BLOB = _method(artifact_pb2.DESCRIPTOR, "ArtifactService", "GetBlob")
@@ -615,6 +616,50 @@ class AsyncClient:
         request = run_pb2.DiffRunsRequest(run_a=self._run(run_a), run_b=self._run(run_b))
         return await self._unary(_DIFF_RUNS, request, run_pb2.DiffRunsResponse, retry=True)
 
+    async def get_lineage(
+        self,
+        run: str = "",
+        step: str = "",
+        *,
+        outcome: str = "",
+        blob: str = "",
+        direction: str = "both",
+        depth: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> run_pb2.Lineage:
+        """One page of the lineage of a run's step, an outcome (DNA) or a blob digest.
+
+        Args:
+            run: With `step`: the run, by id or full name.
+            step: The step whose committed outcome is the start.
+            outcome: Start from the outcome with this DNA instead.
+            blob: Start from the outcomes that produced or consumed this digest instead.
+            direction: "up", "down" or "both".
+            depth: Edges to walk; 0 means the server's default (3).
+            page_size: Nodes per page; 0 means 100.
+            page_token: A previous page's `next_page_token`.
+        """
+        directions = {
+            "up": run_pb2.LINEAGE_DIRECTION_UPSTREAM,
+            "down": run_pb2.LINEAGE_DIRECTION_DOWNSTREAM,
+            "both": run_pb2.LINEAGE_DIRECTION_BOTH,
+        }
+        if direction not in directions:
+            raise ValueError(f"direction must be one of {', '.join(directions)}, not {direction!r}")
+        request = run_pb2.GetLineageRequest(
+            parent=_names.namespace_name(self.namespace),
+            run=self._run(run) if run else "",
+            step=step,
+            outcome=outcome,
+            blob=blob,
+            direction=directions[direction],
+            depth=depth,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return await self._unary(_GET_LINEAGE, request, run_pb2.Lineage, retry=True)
+
     async def read_logs(
         self, run: str, step: str, *, attempt: int = 0, follow: bool = False
     ) -> AsyncIterator[LogChunk]:
@@ -1058,6 +1103,32 @@ class Client:
     def diff_runs(self, run_a: str, run_b: str) -> run_pb2.DiffRunsResponse:
         """Two runs compared step by step by DNA (see `AsyncClient.diff_runs`)."""
         return self._bridge.run(self._aio.diff_runs(run_a, run_b))
+
+    def get_lineage(
+        self,
+        run: str = "",
+        step: str = "",
+        *,
+        outcome: str = "",
+        blob: str = "",
+        direction: str = "both",
+        depth: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> run_pb2.Lineage:
+        """One page of a lineage walk (see `AsyncClient.get_lineage`)."""
+        return self._bridge.run(
+            self._aio.get_lineage(
+                run,
+                step,
+                outcome=outcome,
+                blob=blob,
+                direction=direction,
+                depth=depth,
+                page_size=page_size,
+                page_token=page_token,
+            )
+        )
 
     def read_logs(self, run: str, step: str, *, attempt: int = 0, follow: bool = False) -> Iterator[LogChunk]:
         """An attempt's output (see `AsyncClient.read_logs`)."""

@@ -8,6 +8,7 @@
     weft logs RUN STEP [-f]                   an attempt's output
     weft explain RUN STEP                     why a step was (not) reused
     weft diff RUN_A RUN_B                     which steps differ between two runs, and why
+    weft lineage RUN STEP [--up|--down]       what an output was built from / what consumed it
     weft outputs RUN [STEP] [--dir D]         what the steps produced
 
 Global options (before or after the command): `-s/--server` (env WEFT_SERVER, default
@@ -172,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("run_a", help="the first (earlier) run")
     diff.add_argument("run_b", help="the second (later) run")
     diff.add_argument("--all", action="store_true", help="also list the steps that are the same")
+
+    lineage = command(commands, "lineage", c.lineage, "draw what a step's outcome (or a blob) came from and fed")
+    lineage.add_argument("run", nargs="?", help="the run (with STEP)")
+    lineage.add_argument("step", nargs="?", help="the step whose outcome to start from")
+    lineage.add_argument("--blob", default="", help="start from the outcomes that produced or consumed this digest")
+    lineage.add_argument("--outcome", default="", help="start from the outcome with this DNA")
+    way = lineage.add_mutually_exclusive_group()
+    way.add_argument("--up", action="store_const", const="up", dest="direction", help="only what it was built from")
+    way.add_argument("--down", action="store_const", const="down", dest="direction", help="only what consumed it")
+    lineage.add_argument("--depth", type=int, default=3, help="edges to walk (default %(default)s, at most 20)")
 
     outputs = command(commands, "outputs", c.outputs, "print (or save) the outputs of a run's steps")
     outputs.add_argument("run")

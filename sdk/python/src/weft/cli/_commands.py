@@ -1,4 +1,5 @@
-"""The `weft` commands that talk to weft-api: apply, pipelines, run, runs, logs, explain, diff, outputs.
+"""The `weft` commands that talk to weft-api: apply, pipelines, run, runs, logs, explain, diff, lineage,
+outputs.
 
 Each command is one coroutine taking the parsed arguments and a connected `AsyncClient`,
 returning the process exit code. They print through `weft.cli._output` and raise
@@ -21,6 +22,7 @@ from weft.cli import _output as out
 from weft.cli._watch import follow_run
 from weft.errors import InvalidArgument, NotFound
 from weft.pipeline import load_pipeline
+from weft.v1 import run_pb2
 
 # `weft outputs` shows this many lines of each output unless asked for all.
 _PREVIEW_LINES = 40
@@ -268,6 +270,45 @@ async def diff(args: argparse.Namespace, client: AsyncClient) -> int:
         out.emit_messages(response, args.output)
     else:
         out.console.print(out.run_diff_view(response, show_same=args.all))
+    return 0
+
+
+async def lineage(args: argparse.Namespace, client: AsyncClient) -> int:
+    """`weft lineage RUN STEP [--up|--down] [--depth N]`, `--blob DIGEST`, `--outcome DNA`: a tree."""
+    if bool(args.run) != bool(args.step):
+        raise InvalidArgument("give both RUN and STEP, or --blob DIGEST, or --outcome DNA")
+    if not args.run and not (args.blob or args.outcome):
+        raise InvalidArgument("say where to start: RUN STEP, --blob DIGEST or --outcome DNA")
+    nodes: list[run_pb2.LineageNode] = []
+    edges: list[run_pb2.LineageEdge] = []
+    token = ""
+    while True:  # every page: a tree needs the whole walk
+        page = await client.get_lineage(
+            args.run or "",
+            args.step or "",
+            outcome=args.outcome,
+            blob=args.blob,
+            direction=args.direction or "both",
+            depth=args.depth,
+            page_size=1000,
+            page_token=token,
+        )
+        nodes.extend(page.nodes)
+        edges.extend(page.edges)
+        token = page.next_page_token
+        if not token:
+            break
+    whole = run_pb2.Lineage(
+        nodes=nodes,
+        edges=list({(e.producer, e.consumer, e.input): e for e in edges}.values()),
+        blob_producers=page.blob_producers,
+        blob_consumers=page.blob_consumers,
+        truncated=page.truncated,
+    )
+    if args.output != "table":
+        out.emit_messages(whole, args.output)
+    else:
+        out.console.print(out.lineage_view(whole, blob=args.blob))
     return 0
 
 

@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 
 from weft._results import Explanation, PipelineVersion, RunRecord, StepRun
 from weft.v1 import pipeline_pb2, run_pb2
@@ -450,4 +451,79 @@ def run_diff_view(response: run_pb2.DiffRunsResponse, *, show_same: bool = False
         parts += [Text(""), Text(f"{same} step(s) have the same DNA and outputs (--all lists them)", style="dim")]
     if all(d.kind == run_pb2.StepDiff.KIND_SAME for d in response.steps):
         parts += [Text("The runs do not differ.", style="bold")]
+    return Group(*parts)
+
+
+def _short_digest(digest: str) -> str:
+    return digest[: len("sha256:") + 12] if digest else "-"
+
+
+def _lineage_label(node: run_pb2.LineageNode) -> Text:
+    label = Text.assemble((node.step or "(unindexed outcome)", "bold"))
+    if node.run:
+        label.append(f"  run {node.run.rsplit('/', 1)[-1]}", style="cyan")
+    label.append(f"  {_short_digest(node.dna)}", style="dim")
+    outputs = ", ".join(f"{name}={_short_digest(d)}" for name, d in sorted(node.outputs.items()))
+    if outputs:
+        label.append(f"  → {outputs}")
+    # Parameters and literals: the inputs no outcome produced.
+    given = [f"{k}={_short_digest(v)}" for k, v in sorted(node.inputs.items()) if k not in node.input_outcomes]
+    if given:
+        label.append(f"  (given {', '.join(given)})", style="dim")
+    return label
+
+
+def lineage_view(lineage: run_pb2.Lineage, *, blob: str = "") -> RenderableType:
+    """A lineage walk as trees: each start, what it was built from, and what consumed it.
+
+    A node reached twice (a diamond) is drawn once; later mentions say so.
+    """
+    nodes = {n.dna: n for n in lineage.nodes}
+    producers: dict[str, list[run_pb2.LineageEdge]] = {}
+    consumers: dict[str, list[run_pb2.LineageEdge]] = {}
+    for edge in lineage.edges:
+        producers.setdefault(edge.consumer, []).append(edge)
+        consumers.setdefault(edge.producer, []).append(edge)
+
+    def grow(tree: Tree, dna: str, upstream: bool, shown: set[str]) -> None:
+        edges = producers.get(dna, []) if upstream else consumers.get(dna, [])
+        for edge in sorted(edges, key=lambda e: e.input):
+            other = edge.producer if upstream else edge.consumer
+            node = nodes.get(other)
+            if node is None or (node.distance >= 0 if upstream else node.distance <= 0):
+                continue
+            label = Text(f"{edge.input}: ", style="dim") + _lineage_label(node)
+            if other in shown:
+                tree.add(label + Text("  (shown above)", style="dim"))
+                continue
+            shown.add(other)
+            grow(tree.add(label), other, upstream, shown)
+
+    parts: list[RenderableType] = []
+    if blob:
+        parts.append(Text.assemble(("blob ", "bold"), blob))
+        if not lineage.blob_producers:
+            parts.append(Text("  produced by no outcome (a parameter, a literal, or an upload)", style="dim"))
+    for start in (n for n in lineage.nodes if n.distance == 0):
+        root = Tree(_lineage_label(start))
+        ups = Tree(Text("built from", style="bold yellow"))
+        grow(ups, start.dna, True, set())
+        if ups.children:
+            root.children.append(ups)
+        downs = Tree(Text("consumed by", style="bold green"))
+        grow(downs, start.dna, False, set())
+        if downs.children:
+            root.children.append(downs)
+        parts.append(root)
+    if blob and not lineage.blob_producers:
+        consumed = Tree(Text("consumed by", style="bold green"))
+        for dna in lineage.blob_consumers:
+            node = nodes.get(dna)
+            if node is not None:
+                grow(consumed.add(_lineage_label(node)), dna, False, {dna})
+        parts.append(consumed)
+    if lineage.truncated:
+        parts.append(Text("(the walk stopped at its node limit; use a smaller --depth)", style="yellow"))
+    if not parts:
+        parts.append(Text("no outcome found", style="dim"))
     return Group(*parts)
