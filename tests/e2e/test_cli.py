@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import weft
 from tests.support import assert_eventually, assert_eventually_async
@@ -819,3 +822,27 @@ def test_explain_shows_what_changed_and_diff_names_the_root_cause(executor_stack
     drawn = cli.ok("lineage", "--blob", blob, "--down")
     assert drawn.index("generate  run seeded-1") < drawn.index("consumed by") < drawn.index("in: report  run seeded-1")
     assert cli("lineage").returncode == 1
+
+    statement = cli.json("provenance", "seeded-2", "--step", "report")
+    assert isinstance(statement, dict)
+    assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
+    assert [s["name"] for s in statement["subject"]] == ["report/out"]
+    key = ed25519.Ed25519PrivateKey.generate()
+    private_pem, public_pem = tmp_path / "signer.pem", tmp_path / "signer.pub.pem"
+    private_pem.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public_pem.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    signed = tmp_path / "seeded-2.intoto.json"
+    signed.write_text(cli.ok("provenance", "seeded-2", "--sign-key", str(private_pem)))
+    assert "verified: signed statement of generate/out, report/out" in cli.ok(
+        "provenance", "verify", str(signed), "--key", str(public_pem)
+    )
+    envelope = json.loads(signed.read_text())
+    envelope["payload"] = base64.b64encode(base64.b64decode(envelope["payload"]).replace(b"seeded", b"forged")).decode()
+    signed.write_text(json.dumps(envelope))
+    refused = cli("provenance", "verify", str(signed), "--key", str(public_pem))
+    assert refused.returncode == 1
+    assert "no signature verifies" in refused.stderr

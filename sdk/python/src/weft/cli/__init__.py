@@ -9,6 +9,8 @@
     weft explain RUN STEP                     why a step was (not) reused
     weft diff RUN_A RUN_B                     which steps differ between two runs, and why
     weft lineage RUN STEP [--up|--down]       what an output was built from / what consumed it
+    weft provenance RUN [--sign-key K]        SLSA provenance (in-toto Statement v1, DSSE-signed)
+    weft provenance verify FILE --key K       check a signed statement
     weft outputs RUN [STEP] [--dir D]         what the steps produced
 
 Global options (before or after the command): `-s/--server` (env WEFT_SERVER, default
@@ -183,6 +185,22 @@ def build_parser() -> argparse.ArgumentParser:
     way.add_argument("--up", action="store_const", const="up", dest="direction", help="only what it was built from")
     way.add_argument("--down", action="store_const", const="down", dest="direction", help="only what consumed it")
     lineage.add_argument("--depth", type=int, default=3, help="edges to walk (default %(default)s, at most 20)")
+
+    provenance = command(
+        commands,
+        "provenance",
+        c.provenance,
+        "export a run's provenance as an in-toto Statement with a SLSA Provenance v1 predicate, or verify one "
+        "(`weft provenance verify FILE --key PUBLIC.pem`)",
+    )
+    provenance.add_argument("run", metavar="RUN|verify", help="the run to export, or `verify`")
+    provenance.add_argument("file", nargs="?", help="with verify: the signed statement (DSSE envelope) to check")
+    provenance.add_argument("--step", help="only this step's outcome")
+    provenance.add_argument(
+        "--format", choices=["slsa", "json"], default="slsa", help="slsa (default) or weft's own step records"
+    )
+    provenance.add_argument("--sign-key", help="sign with this ed25519 private key (PEM): a DSSE envelope")
+    provenance.add_argument("--key", help="with verify: the signer's ed25519 public key (PEM)")
 
     outputs = command(commands, "outputs", c.outputs, "print (or save) the outputs of a run's steps")
     outputs.add_argument("run")

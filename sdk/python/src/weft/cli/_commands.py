@@ -20,7 +20,7 @@ from weft._client import AsyncClient, AsyncRun
 from weft._results import PipelineVersion, RunRecord
 from weft.cli import _output as out
 from weft.cli._watch import follow_run
-from weft.errors import InvalidArgument, NotFound
+from weft.errors import FailedPrecondition, InvalidArgument, NotFound
 from weft.pipeline import load_pipeline
 from weft.v1 import run_pb2
 
@@ -309,6 +309,36 @@ async def lineage(args: argparse.Namespace, client: AsyncClient) -> int:
         out.emit_messages(whole, args.output)
     else:
         out.console.print(out.lineage_view(whole, blob=args.blob))
+    return 0
+
+
+async def provenance(args: argparse.Namespace, client: AsyncClient) -> int:
+    """`weft provenance RUN [--step S] [--format slsa|json] [--sign-key K]`; `weft provenance verify FILE --key K`."""
+    from weft import _provenance as slsa
+
+    try:
+        if args.run == "verify":
+            if not args.file or not args.key:
+                raise InvalidArgument("usage: weft provenance verify FILE --key PUBLIC.pem")
+            statement = slsa.verify_file(Path(args.file), Path(args.key))
+            subjects = ", ".join(s["name"] for s in statement.get("subject", []))
+            out.console.print(Text(f"verified: signed statement of {subjects}", style="bold green"))
+            return 0
+        if args.file:
+            raise InvalidArgument(f"unexpected argument {args.file!r}: FILE goes with `weft provenance verify`")
+        run = (await client.get_run(args.run)).pb
+        if args.format == "json":
+            records = [s for s in run.steps if not args.step or s.step == args.step]
+            if not records:
+                raise NotFound(f"run {run.name} has no step {args.step!r}")
+            out.emit_messages(records, "json")
+            return 0
+        document = slsa.slsa_statement(run, args.step)
+        if args.sign_key:
+            document = slsa.sign_with_file(document, Path(args.sign_key))
+    except slsa.ProvenanceError as error:
+        raise FailedPrecondition(str(error)) from error
+    out.emit_document(document, "json")
     return 0
 
 
