@@ -16,6 +16,7 @@ stops at `MAX_NODES` and says so (`truncated`). It must never write.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ from weft_core.errors import FailedPrecondition, InvalidArgument, NotFound
 from weft_core.keyspace import Keyspace
 from weft_core.provenance import COMMITTED_STEP_STATES, INPUT_PREFIX, dna_components
 from weft_core.spec import parse_namespace, parse_run_name, run_name
-from weft_core.store import Store
+from weft_core.store import MAX_TXN_OPS, Store, op_get
 
 #: Depth of a walk when the request leaves it 0.
 DEFAULT_DEPTH = 3
@@ -86,29 +87,46 @@ class LineageReader:
                 return tails
             start = page.kvs[-1].key + b"\0"
 
-    async def node(self, ns: str, dna_hex: str, distance: int) -> run_pb2.LineageNode:
-        """The outcome with DNA `dna_hex`, from the done record of the step that made it."""
-        node = run_pb2.LineageNode(dna=SHA256_PREFIX + dna_hex, distance=distance)
-        made = await self.store.range(self.keyspace.lineage_made(ns, dna_hex), limit=1, keys_only=True)
-        if not made.kvs:
-            return node  # committed before the index existed, or its indexing was cut short
-        run_id, _, step = self.keyspace.tail(made.kvs[0].key, self.keyspace.lineage_made(ns, dna_hex)).partition("/")
-        node.run, node.step = run_name(ns, run_id), step
-        kv = await self.store.get(self.keyspace.done(ns, run_id, step))
-        if kv is None:
-            return node
-        record = run_pb2.StepRun()
-        record.ParseFromString(kv.value)
-        outcome = record.outcome
-        node.outputs.update(outcome.outputs)
-        node.input_outcomes.update(outcome.input_outcomes)
-        if outcome.HasField("end_time"):
-            node.end_time.CopyFrom(outcome.end_time)
-        for name, value in dna_components(record):
-            if name.startswith(INPUT_PREFIX):
-                node.inputs[name.removeprefix(INPUT_PREFIX)] = value
-            node.components.add(name=name, value=value)
-        return node
+    async def nodes(self, ns: str, dna_hexes: list[str], distance: int) -> list[run_pb2.LineageNode]:
+        """The outcomes with these DNAs, from the done records of the steps that made them.
+
+        Two batched reads per `MAX_TXN_OPS` nodes: the `made` prefixes in one transaction
+        of range reads, then the done records they name.
+        """
+        ks = self.keyspace
+        made: dict[str, tuple[str, str]] = {}
+        for first in range(0, len(dna_hexes), MAX_TXN_OPS):
+            batch = dna_hexes[first : first + MAX_TXN_OPS]
+            result = await self.store.txn([], [op_get(ks.lineage_made(ns, dna), prefix=True) for dna in batch])
+            for i, dna in enumerate(batch):
+                kvs = result.range_kvs(i)
+                if kvs:  # the first producer of that DNA (by run id) stands for all of them
+                    run_id, _, step = ks.tail(kvs[0].key, ks.lineage_made(ns, dna)).partition("/")
+                    made[dna] = (run_id, step)
+        found = await self.store.get_many([ks.done(ns, run_id, step) for run_id, step in made.values()])
+        nodes = []
+        for dna in dna_hexes:
+            node = run_pb2.LineageNode(dna=SHA256_PREFIX + dna, distance=distance)
+            nodes.append(node)
+            if dna not in made:
+                continue  # committed before the index existed, or its indexing was cut short
+            run_id, step = made[dna]
+            node.run, node.step = run_name(ns, run_id), step
+            kv = found.get(ks.done(ns, run_id, step))
+            if kv is None:
+                continue
+            record = run_pb2.StepRun()
+            record.ParseFromString(kv.value)
+            outcome = record.outcome
+            node.outputs.update(outcome.outputs)
+            node.input_outcomes.update(outcome.input_outcomes)
+            if outcome.HasField("end_time"):
+                node.end_time.CopyFrom(outcome.end_time)
+            for name, value in dna_components(record):
+                if name.startswith(INPUT_PREFIX):
+                    node.inputs[name.removeprefix(INPUT_PREFIX)] = value
+                node.components.add(name=name, value=value)
+        return nodes
 
     async def _start(self, request: run_pb2.GetLineageRequest) -> _Start:
         """Where a request starts."""
@@ -143,6 +161,24 @@ class LineageReader:
         reads = [tail.partition("/") for tail in await self._range_tails(self.keyspace.lineage_consumed(ns, blob))]
         return _Start(ns, producers, producers, [(dna, input_name) for dna, _, input_name in reads])
 
+    async def _add(self, walk: _Walk, ns: str, dnas: list[str], distance: int) -> list[str]:
+        """Adds the nodes not met yet (up to MAX_NODES); returns those added."""
+        new = list(dict.fromkeys(d for d in dnas if d not in walk.nodes))
+        room = MAX_NODES - len(walk.nodes)
+        if len(new) > room:
+            new, walk.truncated = new[:room], True
+        for node in await self.nodes(ns, new, distance):
+            walk.nodes[node.dna.removeprefix(SHA256_PREFIX)] = node
+        return new
+
+    async def _consumers(self, ns: str, dna: str) -> list[tuple[str, str]]:
+        return [
+            (consumer, input_name)
+            for consumer, _, input_name in (
+                tail.partition("/") for tail in await self._range_tails(self.keyspace.lineage_consumer(ns, dna))
+            )
+        ]
+
     async def _walk(
         self,
         ns: str,
@@ -153,33 +189,25 @@ class LineageReader:
         depth: int,
     ) -> _Walk:
         walk = _Walk({}, [])
-        for dna in starts:
-            walk.nodes[dna] = await self.node(ns, dna, 0)
+        await self._add(walk, ns, starts, 0)
         if direction in (Direction.LINEAGE_DIRECTION_UPSTREAM, Direction.LINEAGE_DIRECTION_BOTH):
             frontier = list(starts)
             for distance in range(1, depth + 1):
-                found: list[str] = []
+                if not frontier or walk.truncated:
+                    break
+                producers: list[str] = []
                 for dna in frontier:
                     for input_name, producer in sorted(walk.nodes[dna].input_outcomes.items()):
                         walk.edges.append(
                             run_pb2.LineageEdge(producer=producer, consumer=SHA256_PREFIX + dna, input=input_name)
                         )
-                        producer_hex = producer.removeprefix(SHA256_PREFIX)
-                        if producer_hex not in walk.nodes:
-                            if len(walk.nodes) >= MAX_NODES:
-                                walk.truncated = True
-                                return walk
-                            walk.nodes[producer_hex] = await self.node(ns, producer_hex, -distance)
-                            found.append(producer_hex)
-                frontier = found
+                        producers.append(producer.removeprefix(SHA256_PREFIX))
+                frontier = await self._add(walk, ns, producers, -distance)
         if direction in (Direction.LINEAGE_DIRECTION_DOWNSTREAM, Direction.LINEAGE_DIRECTION_BOTH):
-            frontier = list(starts)
-            first = 1
+            frontier, first = list(starts), 1
             if downstream_starts:
                 # From a blob: its consumers are one edge away, whoever produced it.
-                for dna in downstream_starts:
-                    if dna not in walk.nodes:
-                        walk.nodes[dna] = await self.node(ns, dna, 1)
+                await self._add(walk, ns, downstream_starts, 1)
                 walk.edges += [
                     run_pb2.LineageEdge(producer=SHA256_PREFIX + p, consumer=SHA256_PREFIX + c, input=i)
                     for p in starts
@@ -187,22 +215,19 @@ class LineageReader:
                 ]
                 frontier, first = list(downstream_starts), 2
             for distance in range(first, depth + 1):
-                found = []
-                for dna in frontier:
-                    for tail in await self._range_tails(self.keyspace.lineage_consumer(ns, dna)):
-                        consumer_hex, _, input_name = tail.partition("/")
+                if not frontier or walk.truncated:
+                    break
+                found = await asyncio.gather(*(self._consumers(ns, dna) for dna in frontier))
+                consumers: list[str] = []
+                for dna, pairs in zip(frontier, found, strict=True):
+                    for consumer, input_name in pairs:
                         walk.edges.append(
                             run_pb2.LineageEdge(
-                                producer=SHA256_PREFIX + dna, consumer=SHA256_PREFIX + consumer_hex, input=input_name
+                                producer=SHA256_PREFIX + dna, consumer=SHA256_PREFIX + consumer, input=input_name
                             )
                         )
-                        if consumer_hex not in walk.nodes:
-                            if len(walk.nodes) >= MAX_NODES:
-                                walk.truncated = True
-                                return walk
-                            walk.nodes[consumer_hex] = await self.node(ns, consumer_hex, distance)
-                            found.append(consumer_hex)
-                frontier = found
+                        consumers.append(consumer)
+                frontier = await self._add(walk, ns, consumers, distance)
         return walk
 
     async def get_lineage(self, request: run_pb2.GetLineageRequest) -> run_pb2.Lineage:
