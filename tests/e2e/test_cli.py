@@ -846,3 +846,7 @@ def test_explain_shows_what_changed_and_diff_names_the_root_cause(executor_stack
     refused = cli("provenance", "verify", str(signed), "--key", str(public_pem))
     assert refused.returncode == 1
     assert "no signature verifies" in refused.stderr
+
+    replayed = cli("replay", "seeded-2", "--run-id", "seeded-2-replay", timeout=120)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "identical: every step produced the same outputs" in replayed.stdout

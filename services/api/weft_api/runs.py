@@ -407,7 +407,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         return run
 
     async def create_run(
-        self, ns: str, wanted: run_pb2.Run, run_id: str, request_id: str, resumed_from: str = ""
+        self, ns: str, wanted: run_pb2.Run, run_id: str, request_id: str, resumed_from: str = "", replay_of: str = ""
     ) -> run_pb2.Run:
         """Validates and writes a new PENDING run in one transaction (see the module docstring)."""
         if request_id:
@@ -451,6 +451,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             state=Run.STATE_PENDING,
             labels=wanted.labels,
             resumed_from=resumed_from,
+            replay_of=replay_of,
         )
         record.options.CopyFrom(wanted.options)
         with run_root_span("weft.CreateRun", "", {"weft.pipeline": record.pipeline}) as (span, traceparent):
@@ -544,6 +545,31 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             wanted.pipeline_version = source.pipeline_version
         wanted.parameters.update(parameters)
         return await self.create_run(ns, wanted, request.run_id, request_id, resumed_from=source.name)
+
+    async def ReplayRun(
+        self, request: run_pb2.ReplayRunRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> run_pb2.Run:
+        """A new run of the same pipeline version and parameters, cache off (see the proto)."""
+        ns, source_id = parse_run_name(request.name)
+        request_id = check_request_id(request.request_id)
+        if request_id:
+            earlier = await self._run_of_request(ns, request_id)
+            if earlier is not None:
+                return earlier
+        source, _ = await self.read_run(ns, source_id)
+        if source.state not in TERMINAL_RUN_STATES:
+            raise FailedPrecondition(
+                f'run "{source.name}" is {Run.State.Name(source.state).removeprefix("STATE_")}; only a finished run '
+                "can be replayed: wait for it or cancel it first"
+            )
+        wanted = Run(
+            pipeline=source.pipeline,
+            pipeline_version=source.pipeline_version,
+            parameters=source.parameters,
+            labels=source.labels,
+        )
+        wanted.options.cache_mode = run_pb2.CACHE_MODE_OFF
+        return await self.create_run(ns, wanted, request.run_id, request_id, replay_of=source.name)
 
     # Changing -----------------------------------------------------------------------
 

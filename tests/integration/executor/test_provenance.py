@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 
+import grpc
+import pytest
+
 from tests.integration.executor.support import Harness, steps_by_name
 from weft.v1 import pipeline_pb2, run_pb2
 
@@ -191,3 +194,45 @@ async def test_diff_flags_a_step_that_writes_random_bytes_as_nondeterministic(ha
     assert list(diffs["count"].caused_by) == ["dice"]
     assert not diffs["count"].outputs_differ
     assert diffs["steady"].kind == StepDiff.KIND_SAME
+
+
+async def test_replay_reruns_everything_and_flags_exactly_the_nondeterministic_step(harness: Harness) -> None:
+    h = harness
+    await h.start_executor()
+    steps = [
+        h.step("seeded", 'echo "$(cat "$WEFT_INPUTS/n")" > "$WEFT_OUTPUTS/out"', parameters={"n": "n"}),
+        h.step(
+            "dice",
+            'cat "$WEFT_INPUTS/in" > "$WEFT_OUTPUTS/out"; head -c 8 /dev/urandom >> "$WEFT_OUTPUTS/out"',
+            reads={"in": ("seeded", "out")},
+        ),
+        h.step("count", 'wc -c < "$WEFT_INPUTS/in" > "$WEFT_OUTPUTS/out"', reads={"in": ("dice", "out")}),
+    ]
+    pipeline = await h.apply("replayed", steps, {"n": "1"})
+    original = await h.wait((await h.run(pipeline.name, {"n": "5"})).name)
+    h.clear_launches()
+
+    started = await h.clients.runs.ReplayRun(run_pb2.ReplayRunRequest(name=original.name))
+    replay = await h.wait(started.name)
+
+    assert replay.state == run_pb2.Run.STATE_SUCCEEDED, replay.message
+    assert replay.replay_of == original.name
+    assert (replay.pipeline_version, dict(replay.parameters)) == (original.pipeline_version, {"n": "5"})
+    assert replay.options.cache_mode == run_pb2.CACHE_MODE_OFF
+    assert h.launches() == {"seeded": 1, "dice": 1, "count": 1}
+    diffs = await diff(h, original.name, replay.name)
+    nondeterministic = [s for s, d in diffs.items() if d.kind == StepDiff.KIND_NONDETERMINISTIC]
+    assert nondeterministic == ["dice"]
+    assert diffs["seeded"].kind == StepDiff.KIND_SAME
+    assert diffs["count"].kind == StepDiff.KIND_INPUT_CHANGED
+    assert list(diffs["count"].caused_by) == ["dice"]
+
+
+async def test_a_running_run_cannot_be_replayed(harness: Harness) -> None:
+    h = harness
+    pipeline = await h.apply("pending", [h.step("only")])
+    pending = await h.run(pipeline.name)  # no executor: it stays PENDING
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await h.clients.runs.ReplayRun(run_pb2.ReplayRunRequest(name=pending.name))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "only a finished run can be replayed" in (refused.value.details() or "")

@@ -105,6 +105,7 @@ _LIST_RUNS = _method(run_pb2.DESCRIPTOR, "RunService", "ListRuns")
 _WATCH_RUN = _method(run_pb2.DESCRIPTOR, "RunService", "WatchRun")
 _CANCEL_RUN = _method(run_pb2.DESCRIPTOR, "RunService", "CancelRun")
 _RESUME_RUN = _method(run_pb2.DESCRIPTOR, "RunService", "ResumeRun")
+_REPLAY_RUN = _method(run_pb2.DESCRIPTOR, "RunService", "ReplayRun")
 _EXPLAIN_STEP = _method(run_pb2.DESCRIPTOR, "RunService", "ExplainStep")
 _DIFF_RUNS = _method(run_pb2.DESCRIPTOR, "RunService", "DiffRuns")
 _GET_LINEAGE = _method(run_pb2.DESCRIPTOR, "RunService", "GetLineage")
@@ -595,6 +596,22 @@ class AsyncClient:
             request_id=request_id or _request_id(),
         )
         return AsyncRun(await self._unary(_RESUME_RUN, request, run_pb2.Run, retry=True), self)
+
+    async def replay_run(self, name: str, *, run_id: str | None = None, request_id: str | None = None) -> AsyncRun:
+        """Starts a run of exactly the same pipeline version and parameters as `name`, cache off.
+
+        When it ends, `diff_runs(name, replay)` names the nondeterministic steps: those whose
+        DNA (inputs included) matched but whose outputs did not.
+
+        Args:
+            name: The finished run to replay.
+            run_id: Id of the new run; generated when None.
+            request_id: Makes retries safe; generated when None.
+        """
+        request = run_pb2.ReplayRunRequest(
+            name=self._run(name), run_id=run_id or "", request_id=request_id or _request_id()
+        )
+        return AsyncRun(await self._unary(_REPLAY_RUN, request, run_pb2.Run, retry=True), self)
 
     async def explain_step(self, run: str, step: str) -> Explanation:
         """A step run's DNA components and why it was a cache hit or miss."""
@@ -1095,6 +1112,10 @@ class Client:
                 self._aio.resume_run(name, latest_version=latest_version, run_id=run_id, request_id=request_id)
             )
         )
+
+    def replay_run(self, name: str, *, run_id: str | None = None, request_id: str | None = None) -> Run:
+        """Starts a cache-off replay of a finished run (see `AsyncClient.replay_run`)."""
+        return self._wrap(self._bridge.run(self._aio.replay_run(name, run_id=run_id, request_id=request_id)))
 
     def explain_step(self, run: str, step: str) -> Explanation:
         """A step's DNA and cache decision (see `AsyncClient.explain_step`)."""

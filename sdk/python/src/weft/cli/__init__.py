@@ -9,6 +9,7 @@
     weft explain RUN STEP                     why a step was (not) reused
     weft diff RUN_A RUN_B                     which steps differ between two runs, and why
     weft lineage RUN STEP [--up|--down]       what an output was built from / what consumed it
+    weft replay RUN                           run it again, cache off, and name nondeterministic steps
     weft provenance RUN [--sign-key K]        SLSA provenance (in-toto Statement v1, DSSE-signed)
     weft provenance verify FILE --key K       check a signed statement
     weft outputs RUN [STEP] [--dir D]         what the steps produced
@@ -185,6 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
     way.add_argument("--up", action="store_const", const="up", dest="direction", help="only what it was built from")
     way.add_argument("--down", action="store_const", const="down", dest="direction", help="only what consumed it")
     lineage.add_argument("--depth", type=int, default=3, help="edges to walk (default %(default)s, at most 20)")
+
+    replay = command(
+        commands,
+        "replay",
+        c.replay,
+        "run a finished run again (same version and parameters, cache off) and report the steps whose outputs diverged",
+    )
+    replay.add_argument("run")
+    replay.add_argument("--run-id", help="the replay's id (default: generated)")
+    replay.add_argument(
+        "--timeout", type=float, default=None, help="seconds to wait for the replay (default: no limit)"
+    )
 
     provenance = command(
         commands,

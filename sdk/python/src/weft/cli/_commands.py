@@ -312,6 +312,20 @@ async def lineage(args: argparse.Namespace, client: AsyncClient) -> int:
     return 0
 
 
+async def replay(args: argparse.Namespace, client: AsyncClient) -> int:
+    """`weft replay RUN`: replays the run, waits, and reports divergent steps; exit 1 if any."""
+    replayed = await client.replay_run(args.run, run_id=args.run_id)
+    out.err_console.print(f"replaying {args.run.rsplit('/', 1)[-1]} as {replayed.name}")
+    await replayed.wait(timeout=args.timeout)
+    report = await client.diff_runs(args.run, replayed.full_name)
+    if args.output != "table":
+        out.emit_messages(report, args.output)
+    else:
+        out.console.print(out.replay_view(report, replayed.state))
+    diverged = [d for d in report.steps if d.kind != run_pb2.StepDiff.KIND_SAME]
+    return 1 if diverged or replayed.state != "SUCCEEDED" else 0
+
+
 async def provenance(args: argparse.Namespace, client: AsyncClient) -> int:
     """`weft provenance RUN [--step S] [--format slsa|json] [--sign-key K]`; `weft provenance verify FILE --key K`."""
     from weft import _provenance as slsa

@@ -527,3 +527,30 @@ def lineage_view(lineage: run_pb2.Lineage, *, blob: str = "") -> RenderableType:
     if not parts:
         parts.append(Text("no outcome found", style="dim"))
     return Group(*parts)
+
+
+def replay_view(report: run_pb2.DiffRunsResponse, replay_state: str) -> RenderableType:
+    """A replay's report: identical, or the first divergent (nondeterministic) steps and the rest."""
+    original, replay = report.run_a.rsplit("/", 1)[-1], report.run_b.rsplit("/", 1)[-1]
+    first = [d for d in report.steps if d.kind == run_pb2.StepDiff.KIND_NONDETERMINISTIC]
+    parts: list[RenderableType] = [Text.assemble(("replay ", "bold"), replay, " of ", original, f"  {replay_state}")]
+    if all(d.kind == run_pb2.StepDiff.KIND_SAME for d in report.steps):
+        parts.append(Text("identical: every step produced the same outputs", style="bold green"))
+        return Group(*parts)
+    if first:
+        table = Table(
+            title=Text(
+                "First divergent steps (same inputs, different outputs: nondeterministic)", style="bold magenta"
+            ),
+            title_justify="left",
+            box=None,
+            header_style="bold",
+        )
+        table.add_column("STEP")
+        table.add_column("ORIGINAL OUTCOME")
+        table.add_column("REPLAY OUTCOME")
+        for d in first:
+            table.add_row(d.step, f"{original} {_short_digest(d.dna_a)}", f"{replay} {_short_digest(d.dna_b)}")
+        parts += [Text(""), table]
+    parts += [Text(""), run_diff_view(report)]
+    return Group(*parts)

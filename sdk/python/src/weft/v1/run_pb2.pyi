@@ -42,7 +42,7 @@ LINEAGE_DIRECTION_DOWNSTREAM: LineageDirection
 LINEAGE_DIRECTION_BOTH: LineageDirection
 
 class Run(_message.Message):
-    __slots__ = ("name", "pipeline", "pipeline_version", "parameters", "parameter_digests", "state", "options", "create_time", "start_time", "end_time", "message", "failed_step", "traceparent", "resumed_from", "steps", "step_counts", "labels", "etag")
+    __slots__ = ("name", "pipeline", "pipeline_version", "parameters", "parameter_digests", "state", "options", "create_time", "start_time", "end_time", "message", "failed_step", "traceparent", "resumed_from", "steps", "step_counts", "labels", "etag", "replay_of")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Run.State]
@@ -105,6 +105,7 @@ class Run(_message.Message):
     STEP_COUNTS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_OF_FIELD_NUMBER: _ClassVar[int]
     name: str
     pipeline: str
     pipeline_version: str
@@ -123,7 +124,8 @@ class Run(_message.Message):
     step_counts: _containers.ScalarMap[str, int]
     labels: _containers.ScalarMap[str, str]
     etag: str
-    def __init__(self, name: _Optional[str] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., parameter_digests: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[Run.State, str]] = ..., options: _Optional[_Union[RunOptions, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., failed_step: _Optional[str] = ..., traceparent: _Optional[str] = ..., resumed_from: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepRun, _Mapping]]] = ..., step_counts: _Optional[_Mapping[str, int]] = ..., labels: _Optional[_Mapping[str, str]] = ..., etag: _Optional[str] = ...) -> None: ...
+    replay_of: str
+    def __init__(self, name: _Optional[str] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., parameter_digests: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[Run.State, str]] = ..., options: _Optional[_Union[RunOptions, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., failed_step: _Optional[str] = ..., traceparent: _Optional[str] = ..., resumed_from: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepRun, _Mapping]]] = ..., step_counts: _Optional[_Mapping[str, int]] = ..., labels: _Optional[_Mapping[str, str]] = ..., etag: _Optional[str] = ..., replay_of: _Optional[str] = ...) -> None: ...
 
 class RunOptions(_message.Message):
     __slots__ = ("cache_mode",)
@@ -357,6 +359,16 @@ class ResumeRunRequest(_message.Message):
     run_id: str
     request_id: str
     def __init__(self, name: _Optional[str] = ..., latest_version: _Optional[bool] = ..., run_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ReplayRunRequest(_message.Message):
+    __slots__ = ("name", "run_id", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    run_id: str
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., run_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ExplainStepRequest(_message.Message):
     __slots__ = ("run", "step")

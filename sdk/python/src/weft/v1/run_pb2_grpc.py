@@ -66,6 +66,11 @@ class RunServiceStub:
                 request_serializer=weft_dot_v1_dot_run__pb2.ResumeRunRequest.SerializeToString,
                 response_deserializer=weft_dot_v1_dot_run__pb2.Run.FromString,
                 _registered_method=True)
+        self.ReplayRun = channel.unary_unary(
+                '/weft.v1.RunService/ReplayRun',
+                request_serializer=weft_dot_v1_dot_run__pb2.ReplayRunRequest.SerializeToString,
+                response_deserializer=weft_dot_v1_dot_run__pb2.Run.FromString,
+                _registered_method=True)
         self.ExplainStep = channel.unary_unary(
                 '/weft.v1.RunService/ExplainStep',
                 request_serializer=weft_dot_v1_dot_run__pb2.ExplainStepRequest.SerializeToString,
@@ -138,6 +143,15 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplayRun(self, request, context):
+        """ReplayRun starts a new run of exactly the same pipeline version and parameters
+        with the cache off, so every step runs again; DiffRuns of the two then names the
+        steps whose inputs were identical but whose outputs were not (nondeterminism).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExplainStep(self, request, context):
         """ExplainStep returns a step run's DNA components and why it was a cache hit or miss.
         """
@@ -200,6 +214,11 @@ def add_RunServiceServicer_to_server(servicer, server):
             'ResumeRun': grpc.unary_unary_rpc_method_handler(
                     servicer.ResumeRun,
                     request_deserializer=weft_dot_v1_dot_run__pb2.ResumeRunRequest.FromString,
+                    response_serializer=weft_dot_v1_dot_run__pb2.Run.SerializeToString,
+            ),
+            'ReplayRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayRun,
+                    request_deserializer=weft_dot_v1_dot_run__pb2.ReplayRunRequest.FromString,
                     response_serializer=weft_dot_v1_dot_run__pb2.Run.SerializeToString,
             ),
             'ExplainStep': grpc.unary_unary_rpc_method_handler(
@@ -386,6 +405,33 @@ class RunService:
             target,
             '/weft.v1.RunService/ResumeRun',
             weft_dot_v1_dot_run__pb2.ResumeRunRequest.SerializeToString,
+            weft_dot_v1_dot_run__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/weft.v1.RunService/ReplayRun',
+            weft_dot_v1_dot_run__pb2.ReplayRunRequest.SerializeToString,
             weft_dot_v1_dot_run__pb2.Run.FromString,
             options,
             channel_credentials,
