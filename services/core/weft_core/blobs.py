@@ -23,7 +23,8 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Size of the chunks blobs are read and streamed in.
 CHUNK_BYTES = 1024 * 1024
+#: Existence checks in flight at once in `missing_blobs` for stores without `stat_many`.
+MISSING_CHECK_CONCURRENCY = 64
 #: Temporary files older than this are leftovers of a crash and are removed at start.
 STALE_TEMP_SECONDS = 3600.0
 
@@ -68,6 +71,16 @@ class BlobInfo:
     digest: str
     size: int
     create_time: datetime
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A blob as the sweep (`weft_core.gc`) sees it: its size and when it was last written
+    or relied on (`touch`)."""
+
+    digest: str
+    size: int
+    last_used: datetime
 
 
 class BlobStore(Protocol):
@@ -104,8 +117,15 @@ class BlobStore(Protocol):
         """The whole content (for small blobs); NotFound if it is not stored."""
         ...
 
+    async def close(self) -> None:
+        """Releases connections (the store is not used afterwards)."""
+        ...
 
-def _mismatch(declared_digest: str | None, declared_size: int | None, actual_digest: str, actual_size: int) -> str:
+
+def mismatch_message(
+    declared_digest: str | None, declared_size: int | None, actual_digest: str, actual_size: int
+) -> str:
+    """What PutBlob answers when the content is not what its header declared."""
     declared = " ".join(
         part
         for part in (declared_digest or "", f"({declared_size} bytes)" if declared_size is not None else "")
@@ -115,6 +135,34 @@ def _mismatch(declared_digest: str | None, declared_size: int | None, actual_dig
         f"the uploaded content is {actual_digest} ({actual_size} bytes) but the header declared {declared}; "
         "nothing was stored: compute the digest and size of the exact bytes you send and upload again"
     )
+
+
+_mismatch = mismatch_message
+
+
+async def missing_blobs(store: BlobStore, digests: Iterable[str]) -> list[str]:
+    """The digests among `digests` that `store` does not hold, sorted, in ONE batched check.
+
+    This is the cache-hit verification of invariant 7: backends with `stat_many` (the
+    directory: one thread hop; object storage: concurrent HEADs) answer all at once, others
+    (the api's ArtifactService) get concurrent StatBlobs on one channel.
+    """
+    unique = sorted(set(digests))
+    if not unique:
+        return []
+    stat_many = getattr(store, "stat_many", None)
+    if stat_many is not None:
+        found: dict[str, BlobInfo | None] = await stat_many(unique)
+        return [d for d in unique if found.get(d) is None]
+    # Concurrent, but bounded: 2,000 StatBlobs at once only queue up in the api's threads.
+    slots = asyncio.Semaphore(MISSING_CHECK_CONCURRENCY)
+
+    async def stat(digest: str) -> BlobInfo | None:
+        async with slots:
+            return await store.stat(digest)
+
+    infos = await asyncio.gather(*(stat(d) for d in unique))
+    return [d for d, info in zip(unique, infos, strict=True) if info is None]
 
 
 class DirectoryBlobStore:
@@ -138,6 +186,9 @@ class DirectoryBlobStore:
             with contextlib.suppress(OSError):
                 if leftover.stat().st_mtime < cutoff:
                     leftover.unlink()
+
+    async def close(self) -> None:
+        """Nothing to release."""
 
     def path_of(self, digest: str) -> Path:
         """Where the blob's file is (whether or not it exists)."""
@@ -198,6 +249,100 @@ class DirectoryBlobStore:
     async def exists(self, digest: str) -> bool:
         return await self.stat(digest) is not None
 
+    async def stat_many(self, digests: Iterable[str]) -> dict[str, BlobInfo | None]:
+        """Each blob's description (None when it is not stored), in one thread hop."""
+        return await asyncio.to_thread(lambda: {d: self._stat_now(d) for d in sorted(set(digests))})
+
+    async def touch(self, digest: str) -> BlobInfo | None:
+        """Records that the blob is wanted now (its mtime, which the sweep reads) and returns
+        its description, or None if it is not stored."""
+        return await asyncio.to_thread(self._touch_now, digest)
+
+    def _stat_now(self, digest: str) -> BlobInfo | None:
+        try:
+            info = self.path_of(digest).stat()
+        except FileNotFoundError:
+            return None
+        return BlobInfo(digest, info.st_size, datetime.fromtimestamp(info.st_mtime, UTC))
+
+    def _touch_now(self, digest: str) -> BlobInfo | None:
+        try:
+            os.utime(self.path_of(digest))
+        except FileNotFoundError:
+            return None
+        return self._stat_now(digest)
+
+    # Retention (see weft_core.gc) -----------------------------------------------------
+
+    async def list_blobs(self) -> AsyncIterator[StoredBlob]:
+        """Every stored blob with its last write or touch time."""
+        for entry in await asyncio.to_thread(self._list_now):
+            yield entry
+
+    def _list_now(self) -> list[StoredBlob]:
+        found: list[StoredBlob] = []
+        for shard in sorted(self._blobs.iterdir()):
+            if not shard.is_dir():
+                continue
+            for path in sorted(shard.iterdir()):
+                with contextlib.suppress(FileNotFoundError):
+                    info = path.stat()
+                    if len(path.name) == 64:
+                        when = datetime.fromtimestamp(info.st_mtime, UTC)
+                        found.append(StoredBlob("sha256:" + path.name, info.st_size, when))
+        return found
+
+    async def delete_unused(self, digest: str, cutoff: datetime) -> bool:
+        """Deletes the blob unless it was written or touched after `cutoff`; returns whether
+        it was deleted.
+
+        The file is renamed into `trash/` first and its mtime read again: a writer that
+        touched it before the rename (it found the blob and relies on it) changed the
+        mtime, and the file is put back; a writer after the rename finds no file and
+        stores it again.
+        """
+        return await asyncio.to_thread(self._delete_unused_now, digest, cutoff)
+
+    def _delete_unused_now(self, digest: str, cutoff: datetime) -> bool:
+        final = self.path_of(digest)
+        try:
+            before = final.stat().st_mtime_ns
+        except FileNotFoundError:
+            return False
+        if before > cutoff.timestamp() * 1e9:
+            return False
+        trash = self.root / "trash"
+        trash.mkdir(exist_ok=True)
+        doomed = trash / f"{final.name}.{uuid.uuid4().hex}"
+        try:
+            os.rename(final, doomed)
+        except FileNotFoundError:
+            return False
+        if doomed.stat().st_mtime_ns != before:
+            with contextlib.suppress(FileExistsError):
+                os.link(doomed, final)  # back where it was, unless it was stored anew meanwhile
+            doomed.unlink()
+            return False
+        doomed.unlink()
+        return True
+
+    async def remove_stale_uploads(self, cutoff: datetime) -> int:
+        """Deletes temporary files of uploads (and of deletions) older than `cutoff`."""
+
+        def remove() -> int:
+            removed = 0
+            for directory in (self._temp, self.root / "trash"):
+                if not directory.is_dir():
+                    continue
+                for leftover in directory.iterdir():
+                    with contextlib.suppress(OSError):
+                        if leftover.stat().st_mtime < cutoff.timestamp():
+                            leftover.unlink()
+                            removed += 1
+            return removed
+
+        return await asyncio.to_thread(remove)
+
     async def read(self, digest: str, *, offset: int = 0, chunk_size: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
         path = self.path_of(digest)
         if offset < 0:
@@ -224,11 +369,10 @@ class DirectoryBlobStore:
 
     def _put_bytes(self, data: bytes) -> BlobInfo:
         digest = digest_of(data)
-        try:
-            info = self.path_of(digest).stat()
-        except FileNotFoundError:
+        existing = self._touch_now(digest)
+        if existing is None:
             return self._write_verified(digest, len(data), [data])
-        return BlobInfo(digest, info.st_size, datetime.fromtimestamp(info.st_mtime, UTC))
+        return existing
 
     def _write_verified(self, digest: str, size: int, parts: list[bytes]) -> BlobInfo:
         handle, temp_name = self._open_temp()
@@ -246,8 +390,9 @@ class DirectoryBlobStore:
     def _publish(self, temp_name: str, digest: str, size: int) -> BlobInfo:
         final = self.path_of(digest)
         final.parent.mkdir(exist_ok=True)
-        if final.exists():
-            # Same content already stored (a concurrent upload won): keep that file.
+        if self._touch_now(digest) is not None:
+            # Same content already stored (a concurrent upload won): keep that file, and
+            # tell the sweep it is wanted again.
             os.unlink(temp_name)
         else:
             os.replace(temp_name, final)

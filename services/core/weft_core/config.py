@@ -152,6 +152,19 @@ ETCD_FLAGS = (
 )
 
 
+def optional_path(value: str) -> Path | None:
+    return Path(value) if value else None
+
+
+def optional_blob_store_url(value: str) -> str:
+    """ "" or a valid artifact store URL (see `weft_core.objectstore.blob_store_url`)."""
+    if not value:
+        return ""
+    from weft_core.objectstore import blob_store_url
+
+    return blob_store_url(value)
+
+
 @dataclass(frozen=True)
 class ApiConfig:
     """Settings of weft-api.
@@ -161,20 +174,42 @@ class ApiConfig:
         listen: `HOST:PORT` the gRPC server binds; port 0 picks a free one.
         blob_dir: Directory of the artifact store's default backend.
         etcd_root: Root of weft's keys in etcd (several installations may share an etcd).
+        blob_store: URL of the artifact store (`s3://bucket/prefix`, `gs://…`, `az://…`,
+            `file:///dir`); "" means the directory `blob_dir`.
     """
 
     etcd_endpoints: str
     listen: str
-    blob_dir: Path
+    blob_dir: Path | None
     etcd_root: str = DEFAULT_ROOT
+    blob_store: str = ""
+
+    @property
+    def blob_store_url(self) -> str:
+        """The artifact store's URL: `blob_store`, else the directory `blob_dir`."""
+        return self.blob_store or (str(self.blob_dir) if self.blob_dir else "")
 
     FLAGS = (
         ETCD_FLAGS[0],
         Flag(
             "--listen", "WEFT_LISTEN", "HOST:PORT to serve gRPC on", default="127.0.0.1:50051", convert=listen_address
         ),
-        Flag("--blob-dir", "WEFT_BLOB_DIR", "directory of the artifact store", convert=Path),
+        Flag(
+            "--blob-dir",
+            "WEFT_BLOB_DIR",
+            "directory of the artifact store (or give --blob-store)",
+            default="",
+            convert=optional_path,
+        ),
         ETCD_FLAGS[1],
+        Flag(
+            "--blob-store",
+            "WEFT_BLOB_STORE",
+            "artifact store URL: s3://BUCKET/PREFIX, gs://..., az://..., file:///DIR (credentials from the "
+            "environment, e.g. AWS_ACCESS_KEY_ID, or workload identity)",
+            default="",
+            convert=optional_blob_store_url,
+        ),
     )
 
     @classmethod
@@ -187,6 +222,11 @@ class ApiConfig:
             argv,
             environ,
         )
+        if not values["blob_dir"] and not values["blob_store"]:
+            raise SystemExit(
+                "weft-api: error: the artifact store is required: pass --blob-store URL (or set WEFT_BLOB_STORE) "
+                "or --blob-dir DIR (or set WEFT_BLOB_DIR)"
+            )
         return cls(**values)
 
 

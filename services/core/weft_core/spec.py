@@ -40,6 +40,8 @@ MAX_REPORTED_PROBLEMS = 5
 MAX_ATTEMPTS = 100
 MAX_REPLICAS = 16
 MAX_LABELS = 64
+#: Longest container working_dir (Linux's PATH_MAX is 4096).
+MAX_WORKING_DIR_CHARS = 4096
 DEFAULT_NAMESPACE = "default"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -342,6 +344,28 @@ def _duration_problem(duration: object, path: str) -> list[tuple[str, str]]:
     return []
 
 
+def working_dir_problem(working_dir: str) -> str:
+    """Why a container's `working_dir` is refused, or "" when it is acceptable.
+
+    An absolute path names a directory inside the container (Kubernetes) or on the
+    machine (local runtime, which checks that it exists). A relative path is created inside
+    the attempt's own directory, so it must stay there: a `..` component could climb out
+    of it, whatever the runtime's own guard does.
+    """
+    if not working_dir:
+        return ""
+    if "\0" in working_dir:
+        return "contains a NUL character; give a directory path"
+    if len(working_dir) > MAX_WORKING_DIR_CHARS:
+        return f"has {len(working_dir)} characters, over the limit of {MAX_WORKING_DIR_CHARS}"
+    if not working_dir.startswith("/") and ".." in working_dir.split("/"):
+        return (
+            f'"{_shorten(working_dir)}" climbs out of the step\'s working directory (".."); use a relative path '
+            'inside it (e.g. "src/app") or an absolute path inside the container (e.g. "/app")'
+        )
+    return ""
+
+
 def _use_problems(spec: pipeline_pb2.PipelineSpec, field: str) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     for i, use in enumerate(spec.uses):
@@ -371,6 +395,9 @@ def _step_problems(
         problems.append(
             (f"{path}.container.command", 'is required; set the program to run (e.g. ["sh", "-c", "echo hi"])')
         )
+    problem = working_dir_problem(container.working_dir)
+    if problem:
+        problems.append((f"{path}.container.working_dir", problem))
     env_names: set[str] = set()
     for j, env in enumerate(container.env):
         env_path = f"{path}.container.env[{j}]"

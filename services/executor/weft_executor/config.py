@@ -2,7 +2,7 @@
 
 The command line is a contract other components build against (`weft up`, the Helm
 chart): `--etcd-endpoints`, `--api`, `--runtime`, `--max-parallel`, `--work-dir`,
-`--listen`, `--etcd-root`, `--executor-id`, `--lease-ttl`, plus the executor's limits and
+`--listen`, `--etcd-root`, `--executor-id`, `--lease-ttl`, `--blob-store`, plus the executor's limits and
 the settings of the kubernetes runtime (`--namespace`, `--pod-image`, ...), which live in
 `KubeSettings`, their one definition: the flags take their defaults from it, and the
 runtime and its pods read them from `ExecutorConfig.kube`. Nothing here contacts anything
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from weft_core.blobs import DEFAULT_API_PATIENCE
-from weft_core.config import ETCD_FLAGS, Flag, listen_address, parse_flags
+from weft_core.config import ETCD_FLAGS, Flag, listen_address, optional_blob_store_url, parse_flags
 from weft_core.keyspace import DEFAULT_ROOT
 
 RUNTIMES = ("local", "kubernetes")
@@ -123,6 +123,11 @@ class KubeSettings:
         helper_grace: Seconds a pod may keep running after its step container ended and
             the attempt failed, before it is deleted (its exit code was never recorded).
         python: The interpreter inside `pod_image`.
+        pod_blob_store_secret: Kubernetes Secret whose keys become environment variables
+            of the pods' input and output containers only (e.g. `AWS_ACCESS_KEY_ID`,
+            `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`), when the executor's `blob_store`
+            is object storage; "" relies on workload identity (IRSA, GKE/Azure workload
+            identity) through `pod_service_account`.
     """
 
     namespace: str = "default"
@@ -139,6 +144,7 @@ class KubeSettings:
     pod_tolerations: tuple[dict[str, Any], ...] = ()
     helper_grace: float = 10.0
     python: str = "python"
+    pod_blob_store_secret: str = ""
 
 
 def _kube_default(name: str) -> str:
@@ -168,6 +174,9 @@ class ExecutorConfig:
         api_patience: Seconds each call to weft-api (artifact store) is retried while the
             api is unreachable (a restart, a rolling upgrade), here and in step pods.
         kube: The kubernetes runtime's settings.
+        blob_store: URL of the artifact store (`s3://bucket/prefix`, `gs://…`, `az://…`,
+            `file:///dir`) that this executor (and, for object storage, its step pods)
+            read and write directly; "" sends every blob through weft-api (`api`).
     """
 
     etcd_endpoints: str
@@ -184,6 +193,7 @@ class ExecutorConfig:
     advertise_host: str = ""
     api_patience: float = DEFAULT_API_PATIENCE
     kube: KubeSettings = field(default_factory=KubeSettings)
+    blob_store: str = ""
 
     FLAGS = (
         ETCD_FLAGS[0],
@@ -240,6 +250,14 @@ class ExecutorConfig:
             "seconds a call to weft-api is retried while it is unreachable (a restart), here and in step pods",
             default=f"{DEFAULT_API_PATIENCE:g}",
             convert=non_negative_float,
+        ),
+        Flag(
+            "--blob-store",
+            "WEFT_BLOB_STORE",
+            "artifact store URL the executor and step pods use directly: s3://BUCKET/PREFIX, gs://..., az://..., "
+            'file:///DIR ("": through weft-api; credentials from the environment or workload identity)',
+            default="",
+            convert=optional_blob_store_url,
         ),
     )
     #: The flags of the kubernetes runtime: their dests are the fields of KubeSettings.
@@ -303,6 +321,12 @@ class ExecutorConfig:
             convert=json_objects,
         ),
         Flag("--pod-api", "WEFT_POD_API", "host:port of weft-api as step pods reach it (default: --api)", default=""),
+        Flag(
+            "--pod-blob-store-secret",
+            "WEFT_POD_BLOB_STORE_SECRET",
+            "Secret whose keys are the store credentials of the pods' helper containers (never the step's)",
+            default="",
+        ),
     )
 
     @classmethod
@@ -321,6 +345,14 @@ class ExecutorConfig:
         )
         kube = KubeSettings(**{flag.dest: values.pop(flag.dest) for flag in cls.KUBE_FLAGS})
         return cls(**values, kube=kube)
+
+    @property
+    def pod_blob_store(self) -> str:
+        """The object store URL step pods use directly ("" when they go through weft-api:
+        a directory store is not reachable from a pod)."""
+        from weft_core.objectstore import is_object_store_url
+
+        return self.blob_store if is_object_store_url(self.blob_store) else ""
 
     @property
     def pod_api(self) -> str:

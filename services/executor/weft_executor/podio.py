@@ -9,6 +9,12 @@ volume, mounted at `SHARED_DIR` in every container:
     /weft/outputs/<name>     `$WEFT_OUTPUTS`: written by the user's step
     /weft/status/exit-code   the step's exit code, written by the shell wrapper when it ends
 
+With ``--blob-store URL`` (`s3://…`, `gs://…`, `az://…`) instead of ``--api``, both talk to
+the object store directly (`weft_core.objectstore`), with the credentials of their own
+environment (a Secret the executor names, or workload identity): step data then never
+passes through weft-api. The step's own container gets neither the URL's credentials nor
+any other store access.
+
 - ``python -m weft_executor.podio fetch --api HOST:PORT --dir /weft NAME=DIGEST ...`` runs as
   the init container: it downloads each input from weft-api's ArtifactService, verifies its
   sha256 against the digest it was asked for, and creates the three directories
@@ -237,12 +243,21 @@ async def fetch_input(store: BlobStore, name: str, digest: str, target: Path) ->
     return size
 
 
-async def fetch(api: str, root: Path, inputs: Sequence[tuple[str, str]]) -> None:
-    """The init container: prepares the shared directories and downloads every input."""
+def open_store(api: str, blob_store: str = "") -> BlobStore:
+    """The object store named by `blob_store` when given, else weft-api's ArtifactService."""
+    if blob_store:
+        from weft_core.objectstore import open_blob_store
+
+        return open_blob_store(blob_store)
     from weft_core.blobs import RemoteBlobStore
 
+    return RemoteBlobStore(api, patience=_patience)
+
+
+async def fetch(api: str, root: Path, inputs: Sequence[tuple[str, str]], blob_store: str = "") -> None:
+    """The init container: prepares the shared directories and downloads every input."""
     prepare_dirs(root)
-    store = RemoteBlobStore(api, patience=_patience)
+    store = open_store(api, blob_store)
     try:
         for name, digest in inputs:
             size = await fetch_input(store, name, digest, root / INPUTS / name)
@@ -287,19 +302,19 @@ def check_outputs(outputs_dir: Path, names: Sequence[str], max_bytes: int) -> st
     return ""
 
 
-async def upload(api: str, root: Path, names: Sequence[str], max_bytes: int) -> tuple[TerminationMessage, bool]:
+async def upload(
+    api: str, root: Path, names: Sequence[str], max_bytes: int, blob_store: str = ""
+) -> tuple[TerminationMessage, bool]:
     """The output container: waits for the step, stores its outputs and the manifest.
 
     Returns:
         The termination message to write and whether the handover succeeded.
     """
-    from weft_core.blobs import RemoteBlobStore
-
     exit_code = await wait_for_exit_code(root / STATUS / EXIT_CODE_FILE)
     if exit_code != 0:
         print(f"weft: the step exited with code {exit_code}; no outputs uploaded", flush=True)
         return TerminationMessage(skipped=f"step exited with code {exit_code}"), True
-    store = RemoteBlobStore(api, patience=_patience)
+    store = open_store(api, blob_store)
     try:
         problem = check_outputs(root / OUTPUTS, names, max_bytes)
         manifest = Manifest(succeeded=False, message=problem)
@@ -344,7 +359,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("fetch", "download inputs (init container)"), ("upload", "store outputs (helper)")):
         command = commands.add_parser(name, help=help_text)
-        command.add_argument("--api", required=True, help="host:port of weft-api's ArtifactService")
+        where = command.add_mutually_exclusive_group(required=True)
+        where.add_argument("--api", help="host:port of weft-api's ArtifactService")
+        where.add_argument("--blob-store", default="", help="object store URL to use directly (s3://..., gs://...)")
         command.add_argument("--dir", type=Path, default=Path(SHARED_DIR), help="the shared volume")
         command.add_argument("--termination-log", type=Path, default=Path(TERMINATION_LOG))
         command.add_argument(
@@ -371,10 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         if args.command == "fetch":
-            asyncio.run(fetch(args.api, args.dir, args.inputs))
+            asyncio.run(fetch(args.api, args.dir, args.inputs, args.blob_store))
             message, ok = TerminationMessage(), True
         else:
-            message, ok = asyncio.run(upload(args.api, args.dir, args.outputs, args.max_bytes))
+            message, ok = asyncio.run(upload(args.api, args.dir, args.outputs, args.max_bytes, args.blob_store))
     except HandoverError as error:
         print(f"weft: {error}", file=sys.stderr, flush=True)
         message, ok = TerminationMessage(error=str(error)), False

@@ -327,8 +327,11 @@ def api_process(
     health: bool = False,
     env: dict[str, str] | None = None,
     die_with_parent: bool = False,
+    blob_store: str = "",
 ) -> ServiceProcess:
     """A `weft-api` child process (not started): what `weft up`, the benches and the tests run.
+
+    `blob_store` (a URL such as `s3://bucket/prefix`) replaces the directory `blob_dir`.
 
     Raises:
         FileNotFoundError: The weft-api console script is not installed.
@@ -336,7 +339,8 @@ def api_process(
     command = find_service("weft-api")
     if command is None:
         raise FileNotFoundError("the weft-api console script is not installed: pip install -e services/api")
-    argv = [command, "--etcd-endpoints", etcd_endpoint, "--listen", listen, "--blob-dir", str(blob_dir)]
+    store = ["--blob-store", blob_store] if blob_store else ["--blob-dir", str(blob_dir)]
+    argv = [command, "--etcd-endpoints", etcd_endpoint, "--listen", listen, *store]
     if etcd_root:
         argv += ["--etcd-root", etcd_root]
     return ServiceProcess(
@@ -366,6 +370,10 @@ class LocalStack:
         etcd_root: Key prefix of this stack in etcd; None means the services' default.
         die_with_parent: Have the kernel stop the children if this process dies
             (for `weft up`, which owns them from its main thread).
+        blob_store: The artifact store's URL (`s3://bucket/prefix`, `gs://…`, `az://…`);
+            "" keeps blobs in `blobs/` under the state dir. With object storage the
+            executors read and write it directly; credentials and endpoint come from the
+            environment the children inherit (e.g. `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`).
     """
 
     def __init__(
@@ -377,8 +385,10 @@ class LocalStack:
         max_parallel: int | None = None,
         etcd_root: str | None = None,
         die_with_parent: bool = False,
+        blob_store: str = "",
     ) -> None:
         self.state_dir = state_dir.resolve()
+        self.blob_store = blob_store
         self.port = port
         self.executor_count = executors
         self.max_parallel = max_parallel or os.cpu_count() or 2
@@ -454,6 +464,7 @@ class LocalStack:
             health=True,
             env=self._env(),
             die_with_parent=self.die_with_parent,
+            blob_store=self.blob_store,
         )
         self.api.start()
 
@@ -481,6 +492,7 @@ class LocalStack:
                     "--work-dir", str(self.state_dir / "work"),
                     "--listen", "127.0.0.1:0",
                     *self._root_args(),
+                    *(["--blob-store", self.blob_store] if self.blob_store else []),
                 ],
                 self.logs_dir / f"{name}.log",
                 announce=EXECUTOR_ANNOUNCE,

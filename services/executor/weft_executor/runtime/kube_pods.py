@@ -181,6 +181,18 @@ def _resources(spec: AttemptSpec) -> JSON:
     return resources
 
 
+def _store_args(config: ExecutorConfig) -> list[str]:
+    """How a helper container reaches the artifact store: the object store directly, or weft-api."""
+    return ["--blob-store", config.pod_blob_store] if config.pod_blob_store else ["--api", config.pod_api]
+
+
+def _helper_store_env(config: ExecutorConfig) -> JSON:
+    """What the helper containers, and only they, get for the object store: its credentials."""
+    if config.pod_blob_store and config.kube.pod_blob_store_secret:
+        return {"envFrom": [{"secretRef": {"name": config.kube.pod_blob_store_secret}}]}
+    return {}
+
+
 def build_pod(spec: AttemptSpec, config: ExecutorConfig) -> JSON:
     """The pod manifest of one attempt (see the runtime's module docstring for its layout),
     with what the executor's configuration adds to every step pod."""
@@ -213,8 +225,7 @@ def build_pod(spec: AttemptSpec, config: ExecutorConfig) -> JSON:
             "-m",
             "weft_executor.podio",
             "fetch",
-            "--api",
-            config.pod_api,
+            *_store_args(config),
             "--dir",
             podio.SHARED_DIR,
             "--patience",
@@ -223,6 +234,7 @@ def build_pod(spec: AttemptSpec, config: ExecutorConfig) -> JSON:
         ],
         "volumeMounts": mount,
         "resources": HELPER_RESOURCES,
+        **_helper_store_env(config),
     }
     upload: JSON = {
         "name": UPLOAD_CONTAINER,
@@ -232,8 +244,7 @@ def build_pod(spec: AttemptSpec, config: ExecutorConfig) -> JSON:
             "-m",
             "weft_executor.podio",
             "upload",
-            "--api",
-            config.pod_api,
+            *_store_args(config),
             "--dir",
             podio.SHARED_DIR,
             "--patience",
@@ -244,6 +255,7 @@ def build_pod(spec: AttemptSpec, config: ExecutorConfig) -> JSON:
         ],
         "volumeMounts": mount,
         "resources": HELPER_RESOURCES,
+        **_helper_store_env(config),
     }
     pod_spec: JSON = {
         "restartPolicy": "Never",

@@ -78,6 +78,7 @@ def _endpoints(stack: LocalStack) -> Table:
         grid.add_row(executor.name, f"{executor.address}  (local runtime, max {stack.max_parallel} at once)")
     for warning in stack.warnings:
         grid.add_row(Text(warning.component, style="yellow"), Text(warning.message, style="yellow"))
+    grid.add_row("blobs", stack.blob_store or str(stack.state_dir / "blobs"))
     grid.add_row("state", str(stack.state_dir))
     grid.add_row("logs", f"{stack.logs_dir}/*.log")
     grid.add_row("", "")
@@ -102,6 +103,7 @@ def up(args: argparse.Namespace) -> int:
         executors=0 if args.no_executor else args.executors,
         max_parallel=args.max_parallel,
         die_with_parent=True,
+        blob_store=args.blob_store,
     )
     code = 0
     try:
