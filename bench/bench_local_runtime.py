@@ -46,6 +46,7 @@ from weft.localstack import LocalStack
 from weft.v1 import pipeline_pb2, pipeline_pb2_grpc, run_pb2, run_pb2_grpc
 from weft_core.keyspace import Keyspace
 from weft_core.store import Store, absent, op_put
+from weft_executor.config import default_max_parallel
 
 TERMINAL = (run_pb2.Run.STATE_SUCCEEDED, run_pb2.Run.STATE_FAILED, run_pb2.Run.STATE_CANCELLED)
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -165,7 +166,8 @@ async def bench(width: int, chain: int, wide: int, max_parallel: int | None) -> 
 
 
 async def measure(stack: LocalStack, width: int, chain: int, wide: int) -> None:
-    parallel = stack.max_parallel
+    # What the executor runs with: the flag when given, else its own default.
+    parallel = stack.max_parallel or default_max_parallel()
     print(f"weft local runtime benchmark: {os.cpu_count()} CPUs, weft-executor --max-parallel {parallel}")
     print("\nfloor (same machine, same invocation)")
     spawn_plain = spawn_true(width, parallel)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import weft
 from tests.support import assert_eventually, assert_eventually_async
@@ -795,3 +798,93 @@ def test_a_built_pipeline_runs_through_the_sync_client(executor_stack: Up) -> No
         assert all(e.snapshot for e in events)
         assert [e.run.state for e in events if e.run is not None] == ["SUCCEEDED"]
         assert sorted(e.step.name for e in events if e.step is not None) == ["repeat", "shout"]
+
+
+SEEDED = """
+name: seeded
+spec:
+  parameters: [{name: seed, defaultValue: "1"}]
+  steps:
+    - name: generate
+      container:
+        image: "python:3.11-slim"
+        command: [sh, -c, 'echo "seed $(cat $WEFT_INPUTS/seed)" > $WEFT_OUTPUTS/out']
+      inputs: [{name: seed, parameter: seed}]
+      outputs: [{name: out}]
+    - name: report
+      container:
+        image: "python:3.11-slim"
+        command: [sh, -c, 'tr a-z A-Z < $WEFT_INPUTS/in > $WEFT_OUTPUTS/out']
+      inputs: [{name: in, stepOutput: {step: generate, output: out}}]
+      outputs: [{name: out}]
+"""
+
+
+@pytest.mark.slow
+@needs_executor
+def test_explain_shows_what_changed_and_diff_names_the_root_cause(executor_stack: Up, tmp_path: Path) -> None:
+    cli = Cli(executor_stack.api, "provenance")
+    cli.ok("apply", "-f", str(_write(tmp_path / "seeded.yaml", SEEDED)))
+    for run_id, seed in (("seeded-1", "1"), ("seeded-2", "2")):
+        done = cli("run", "seeded", "--run-id", run_id, "-p", f"seed={seed}", "--watch", timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    explained = cli.ok("explain", "seeded-2", "report")
+    assert "What changed (old → new)" in explained
+    assert "Compared with  run seeded-1 step report" in explained
+    assert "upstream generate re-ran: input seed changed (parameter seed was 1, now 2)" in explained
+    as_json = cli.json("explain", "seeded-2", "report")
+    assert isinstance(as_json, dict)
+    assert [c["name"] for c in as_json["changes"]] == ["input:in"]
+
+    diffed = cli.ok("diff", "seeded-1", "seeded-2")
+    assert diffed.index("Root causes") < diffed.index("generate") < diffed.index("Changed only through an input")
+    assert "caused by generate" in diffed
+    kinds = cli.json("diff", "seeded-1", "seeded-2")
+    assert isinstance(kinds, dict)
+    assert [(d["step"], d["kind"]) for d in kinds["steps"]] == [
+        ("generate", "KIND_ROOT_CAUSE"),
+        ("report", "KIND_INPUT_CHANGED"),
+    ]
+    assert "The runs do not differ." in cli.ok("diff", "seeded-1", "seeded-1")
+
+    up = cli.ok("lineage", "seeded-2", "report", "--up")
+    assert up.index("report  run seeded-2") < up.index("built from") < up.index("in: generate  run seeded-2")
+    assert "(given seed=sha256:" in up
+    steps = {s["step"]: s for s in cli.json("runs", "get", "seeded-1")["steps"]}  # type: ignore[index]
+    blob = steps["generate"]["outcome"]["outputs"]["out"]
+    from_blob = cli.json("lineage", "--blob", blob)
+    assert isinstance(from_blob, dict)
+    assert from_blob["blobProducers"] == [steps["generate"]["outcome"]["dna"]]
+    assert from_blob["blobConsumers"] == [steps["report"]["outcome"]["dna"]]
+    drawn = cli.ok("lineage", "--blob", blob, "--down")
+    assert drawn.index("generate  run seeded-1") < drawn.index("consumed by") < drawn.index("in: report  run seeded-1")
+    assert cli("lineage").returncode == 1
+
+    statement = cli.json("provenance", "seeded-2", "--step", "report")
+    assert isinstance(statement, dict)
+    assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
+    assert [s["name"] for s in statement["subject"]] == ["report/out"]
+    key = ed25519.Ed25519PrivateKey.generate()
+    private_pem, public_pem = tmp_path / "signer.pem", tmp_path / "signer.pub.pem"
+    private_pem.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public_pem.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    signed = tmp_path / "seeded-2.intoto.json"
+    signed.write_text(cli.ok("provenance", "seeded-2", "--sign-key", str(private_pem)))
+    assert "verified: signed statement of generate/out, report/out" in cli.ok(
+        "provenance", "verify", str(signed), "--key", str(public_pem)
+    )
+    envelope = json.loads(signed.read_text())
+    envelope["payload"] = base64.b64encode(base64.b64decode(envelope["payload"]).replace(b"seeded", b"forged")).decode()
+    signed.write_text(json.dumps(envelope))
+    refused = cli("provenance", "verify", str(signed), "--key", str(public_pem))
+    assert refused.returncode == 1
+    assert "no signature verifies" in refused.stderr
+
+    replayed = cli("replay", "seeded-2", "--run-id", "seeded-2-replay", timeout=120)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "identical: every step produced the same outputs" in replayed.stdout

@@ -70,6 +70,15 @@ Outcomes (the cache)
                                                        runs of that namespace only (the DNA has no
                                                        namespace; an outcome computed with one
                                                        namespace's secrets must not serve another)
+Lineage (written when a step commits a new outcome, `weft_core.lineage`; empty values:
+the key says everything, so every write is an idempotent put, safe alone and in any order)
+    {root}/lineage/{ns}/made/{dna_hex}/{run}/{step}     the outcome with that DNA was produced by
+                                                       step of run (its done record has the rest)
+    {root}/lineage/{ns}/producer/{blob_hex}/{dna_hex}/{output}  the blob is that output of the outcome
+    {root}/lineage/{ns}/consumer/{producer_hex}/{consumer_hex}/{input}  the consumer outcome read its
+                                                       input from the producer outcome
+    {root}/lineage/{ns}/consumed/{blob_hex}/{consumer_hex}/{input}  the consumer outcome read the blob
+                                                       (a step output, parameter or literal) as input
 
 A WatchRun is one etcd watch of the prefix `{root}/runs/{ns}/{run}/`, so run and step events
 come in commit order and resume by revision.
@@ -230,6 +239,25 @@ class Keyspace:
     # Outcomes
     def outcome(self, namespace: str, dna_hex: str) -> bytes:
         return self._key("outcomes", namespace, dna_hex)
+
+    # Lineage
+    def lineage_made(self, ns: str, dna_hex: str, run: str = "", step: str = "") -> bytes:
+        """Without run and step: the prefix of every producer record of the outcome."""
+        return self._key("lineage", ns, "made", dna_hex, *((run, step) if run else ("",)))
+
+    def lineage_producer(self, ns: str, blob_hex: str, dna_hex: str = "", output: str = "") -> bytes:
+        """Without dna and output: the prefix of every outcome that produced the blob."""
+        return self._key("lineage", ns, "producer", blob_hex, *((dna_hex, output) if dna_hex else ("",)))
+
+    def lineage_consumer(self, ns: str, producer_hex: str, consumer_hex: str = "", input_name: str = "") -> bytes:
+        """Without consumer and input: the prefix of every consumer of the producer outcome."""
+        return self._key(
+            "lineage", ns, "consumer", producer_hex, *((consumer_hex, input_name) if consumer_hex else ("",))
+        )
+
+    def lineage_consumed(self, ns: str, blob_hex: str, consumer_hex: str = "", input_name: str = "") -> bytes:
+        """Without consumer and input: the prefix of every outcome that read the blob."""
+        return self._key("lineage", ns, "consumed", blob_hex, *((consumer_hex, input_name) if consumer_hex else ("",)))
 
     def parse_ready(self, key: bytes) -> tuple[str, str, str]:
         """(namespace, run, step) of a ready-mark key."""

@@ -60,6 +60,7 @@ from weft_core.dna import (
 )
 from weft_core.errors import NotFound, ResourceExhausted, ServiceError, Unavailable
 from weft_core.keyspace import Keyspace, ready_mark, ready_time_of
+from weft_core.lineage import index_outcome
 from weft_core.logs import log_context, trace_id_of
 from weft_core.store import (
     KeyValue,
@@ -1056,7 +1057,9 @@ class StepRunner:
                 raise
             task.attempt = None
             metrics.attempt_ended(
-                self.runtime.name, Attempt.State.Name(result.state).removeprefix("STATE_"), time.monotonic() - attempt_started
+                self.runtime.name,
+                Attempt.State.Name(result.state).removeprefix("STATE_"),
+                time.monotonic() - attempt_started,
             )
             attempt.state = result.state
             attempt.message = result.message
@@ -1110,6 +1113,9 @@ class StepRunner:
         outcome.start_time.CopyFrom(attempt.start_time)
         outcome.end_time.CopyFrom(attempt.end_time)
         outcome.commit_time.CopyFrom(now())
+        # The lineage index needs every input outcome, also those a wide join spills to a blob.
+        indexed = run_pb2.Outcome()
+        indexed.CopyFrom(outcome)
         spilled = spill_input_outcomes(outcome)
         if spilled is not None:
             await self.blobs.put(spilled)
@@ -1127,6 +1133,13 @@ class StepRunner:
             except RecordTooLarge as error:
                 await self._commit_too_large(ref, record, claim, error)
                 return
+        if commit.winner is None:
+            # Lineage (weft_core/lineage.py): idempotent puts of a new outcome's edges, in
+            # batches of their own; never inside the commit, which a wide join would overflow.
+            await until_written(
+                lambda: index_outcome(self.store, self.keyspace, ref.namespace, indexed, work.inputs.digests),
+                f"indexing the lineage of step {record.step} of {ref.name}",
+            )
         if commit.winner is not None:
             await self._record_loser(ref, commit.winner, attempt)
         await self.after_commit(ref, done, claim, commit)
