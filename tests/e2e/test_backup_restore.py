@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,11 @@ def pipeline(release: Path) -> weft.Pipeline:
 
 def test_a_restored_snapshot_brings_back_pipelines_runs_and_outcomes(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    release = tmp_path / "release"
+    # Where the step can see it: run by root, the stack runs steps as nobody, who cannot
+    # enter pytest's private tmp dir.
+    shared = Path(tempfile.mkdtemp(prefix="weft-release-"))
+    shared.chmod(0o755)
+    release = shared / "release"
     snapshot = tmp_path / "weft-etcd.db"
     stack = LocalStack(state, port=0, executors=1)
     stack.start()

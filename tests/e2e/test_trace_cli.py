@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -88,7 +89,11 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
         match = _TRACER.search(up.output.read_text())
         assert match, up.output.read_text()
         env = {**os.environ, "WEFT_SERVER": up.api, "WEFT_TRACER": match.group(1), "NO_COLOR": "1"}
-        mark = tmp / "failed-once"
+        # Where the step can write it: run by root, `weft up` runs steps as nobody, who
+        # cannot enter pytest's private tmp dir.
+        shared = Path(tempfile.mkdtemp(prefix="weft-mark-"))
+        shared.chmod(0o777)
+        mark = shared / "failed-once"
         seed = tmp / "seed.yaml"
         seed.write_text(pipeline_yaml("seed", mark, ["prep"]))
         full = tmp / "story.yaml"

@@ -985,7 +985,10 @@ class StepRunner:
             ATTR_ATTEMPT: number,
             ATTR_DNA: dna.digest,
         }
-        with tracer().start_as_current_span("weft.attempt", attributes=attributes) as span:
+        with (
+            tracer().start_as_current_span("weft.attempt", attributes=attributes) as span,
+            log_context(attempt=number),
+        ):
             traceparent = traceparent_of(span) if span.is_recording() else child_traceparent(run.traceparent)
             launched: LaunchedAttempt | None = None
             if orphan is not None:
