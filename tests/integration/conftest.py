@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -44,16 +45,20 @@ class InProcessApi:
 
 
 @contextlib.asynccontextmanager
-async def running_api(etcd_endpoint: str, keyspace: Keyspace, blob_dir: Path) -> AsyncIterator[InProcessApi]:
+async def running_api(
+    etcd_endpoint: str, keyspace: Keyspace, blob_dir: Path, **settings: Any
+) -> AsyncIterator[InProcessApi]:
     """Serves a weft-api on a free port for the duration of the `async with` block.
 
     Use it directly for an api against another etcd than the session's (e.g. `private_etcd`).
+    `settings` are further ApiConfig fields (auth, TLS).
     """
     config = ApiConfig(
         etcd_endpoints=etcd_endpoint,
         listen="127.0.0.1:0",
         blob_dir=blob_dir,
         etcd_root=keyspace.root,
+        **settings,
     )
     server, port = create_api_server(config)
     await server.start()

@@ -34,6 +34,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from weft.v1 import executor_pb2, executor_pb2_grpc, pipeline_pb2, run_pb2, run_pb2_grpc
 from weft_api.listing import check_request_id, decode_token, encode_token, page_size
+from weft_core.auth import current_subject
 from weft_core.blobs import BlobStore
 from weft_core.errors import (
     Aborted,
@@ -61,6 +62,7 @@ from weft_core.spec import (
 )
 from weft_core.store import Compacted, KeyValue, LeaseNotFound, Store, absent, op_get, op_put, unchanged_since
 from weft_core.telemetry import ATTR_RUN, run_root_span
+from weft_core.tls import Peer
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +192,16 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         blobs: BlobStore,
         reader: PipelineReader,
         request_ids: RequestIdLeases | None = None,
+        *,
+        peer: Peer | None = None,
     ) -> None:
         self.store = store
         self.keyspace = keyspace
         self.blobs = blobs
         self.reader = reader
         self.request_ids = request_ids or RequestIdLeases(store)
+        #: How the api calls executors (ReadAttemptLogs): its peer token and TLS.
+        self.peer = peer or Peer()
 
     # Reading ------------------------------------------------------------------------
 
@@ -447,6 +453,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             state=Run.STATE_PENDING,
             labels=wanted.labels,
             resumed_from=resumed_from,
+            created_by=current_subject(),
         )
         record.options.CopyFrom(wanted.options)
         with run_root_span("weft.CreateRun", "", {"weft.pipeline": record.pipeline}) as (span, traceparent):
@@ -565,6 +572,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             else:
                 run.state = Run.STATE_CANCELLING
             run.message = request.reason or "cancelled by request"
+            run.cancelled_by = current_subject()
             run.ClearField("etag")
             data = run.SerializeToString()
             result = await self.store.txn(
@@ -741,7 +749,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         except (ValueError, KeyError, TypeError) as error:
             raise Internal(f"the registration of executor {executor} has no address; it is corrupt") from error
         request = executor_pb2.ReadAttemptLogsRequest(run=run, step=step, attempt=attempt.number, follow=follow)
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with self.peer.open_channel(address) as channel:
             stub: Any = executor_pb2_grpc.ExecutorServiceStub(channel)  # type: ignore[no-untyped-call]
             call = stub.ReadAttemptLogs(request)
             try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import os
 import re
@@ -31,7 +32,16 @@ from typing import IO, Any, Protocol
 import grpc
 
 from weft.v1 import artifact_pb2, artifact_pb2_grpc
-from weft_core.errors import Internal, InvalidArgument, NotFound, ServiceError, Unavailable
+from weft_core.errors import (
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ServiceError,
+    Unauthenticated,
+    Unavailable,
+)
+from weft_core.tls import Peer
 
 #: Size of the chunks blobs are read and streamed in.
 CHUNK_BYTES = 1024 * 1024
@@ -283,23 +293,39 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
+#: The namespace the blobs of the current task belong to ("" for none). An executor sets
+#: it in each step's task, so uploads are recorded for that namespace and reads and
+#: stats answer for it when weft-api has authentication on (weft_api.artifacts).
+blob_namespace: contextvars.ContextVar[str] = contextvars.ContextVar("weft_blob_namespace", default="")
+
+
+def namespace_context(namespace: str) -> contextvars.Context:
+    """A copy of the current context whose blobs belong to `namespace` (for create_task)."""
+    context = contextvars.copy_context()
+    context.run(blob_namespace.set, namespace)
+    return context
+
+
 class RemoteBlobStore:
     """A BlobStore that talks to weft-api's ArtifactService (used by executors).
 
     Uploads skip content the service already has (one StatBlob first), so re-uploading
-    a cached output costs one round trip.
+    a cached output costs one round trip. Every request names the namespace of
+    `blob_namespace` (the current task's), so with authentication on an upload makes
+    the blob readable in that namespace.
     """
 
-    def __init__(self, target: str | grpc.aio.Channel, *, timeout: float = 60.0) -> None:
+    def __init__(self, target: str | grpc.aio.Channel, *, timeout: float = 60.0, peer: Peer | None = None) -> None:
         """Connects to `target` (`host:port`) or uses an existing channel.
 
         Args:
             target: The api's address, or a channel the caller owns.
             timeout: Deadline of each call, in seconds.
+            peer: The token and TLS settings towards the api (for a `host:port` target).
         """
         if isinstance(target, str):
             self.target = target
-            self._channel = grpc.aio.insecure_channel(
+            self._channel = (peer or Peer()).open_channel(
                 target,
                 options=[
                     ("grpc.max_receive_message_length", 2 * CHUNK_BYTES + 1024),
@@ -323,6 +349,9 @@ class RemoteBlobStore:
         by_code: dict[grpc.StatusCode, type[ServiceError]] = {
             grpc.StatusCode.NOT_FOUND: NotFound,
             grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+            # A missing or wrong peer token is a setting to fix, not an outage to wait out.
+            grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+            grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
         }
         if error.code() in by_code:
             return by_code[error.code()](details)
@@ -330,7 +359,8 @@ class RemoteBlobStore:
 
     async def _upload(self, digest: str, size: int, chunks: AsyncIterable[bytes]) -> BlobInfo:
         async def requests() -> AsyncIterator[artifact_pb2.PutBlobRequest]:
-            yield artifact_pb2.PutBlobRequest(header=artifact_pb2.BlobHeader(digest=digest, size_bytes=size))
+            header = artifact_pb2.BlobHeader(digest=digest, size_bytes=size, namespace=blob_namespace.get())
+            yield artifact_pb2.PutBlobRequest(header=header)
             async for chunk in chunks:
                 yield artifact_pb2.PutBlobRequest(data=chunk)
 
@@ -379,7 +409,9 @@ class RemoteBlobStore:
     async def stat(self, digest: str) -> BlobInfo | None:
         check_digest(digest)
         try:
-            blob = await self._stub.StatBlob(artifact_pb2.StatBlobRequest(digest=digest), timeout=self.timeout)
+            blob = await self._stub.StatBlob(
+                artifact_pb2.StatBlobRequest(digest=digest, namespace=blob_namespace.get()), timeout=self.timeout
+            )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return None
@@ -392,7 +424,8 @@ class RemoteBlobStore:
     async def read(self, digest: str, *, offset: int = 0, chunk_size: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
         # The service decides the chunk size; `chunk_size` is honoured by the directory backend.
         check_digest(digest)
-        call = self._stub.GetBlob(artifact_pb2.GetBlobRequest(digest=digest, offset=offset), timeout=self.timeout)
+        request = artifact_pb2.GetBlobRequest(digest=digest, offset=offset, namespace=blob_namespace.get())
+        call = self._stub.GetBlob(request, timeout=self.timeout)
         try:
             async for response in call:
                 yield response.data

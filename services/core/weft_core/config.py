@@ -152,6 +152,80 @@ ETCD_FLAGS = (
 )
 
 
+def optional_file(value: str) -> Path | None:
+    """A path, or None for "" (the setting is off)."""
+    return Path(value) if value else None
+
+
+#: Authentication, TLS and credentials towards etcd and other weft services: the same
+#: flags on every service (appended to its FLAGS; fields of the same names, all optional).
+#: Everything is off by default, so `weft up` and the tests run plaintext without auth.
+SECURITY_FLAGS = (
+    Flag(
+        "--auth-tokens-file",
+        "WEFT_AUTH_TOKENS_FILE",
+        "YAML token file (subject, sha256 of the token, roles); turns authentication on",
+        default="",
+        convert=optional_file,
+    ),
+    Flag(
+        "--auth-kube-roles-file",
+        "WEFT_AUTH_KUBE_ROLES_FILE",
+        "YAML bindings of Kubernetes users and groups to roles; turns TokenReview authentication on",
+        default="",
+        convert=optional_file,
+    ),
+    Flag(
+        "--auth-kubeconfig",
+        "WEFT_AUTH_KUBECONFIG",
+        "credentials for TokenReview ('' uses the in-cluster service account)",
+        default="",
+        convert=optional_file,
+    ),
+    Flag("--tls-cert", "WEFT_TLS_CERT", "PEM certificate to serve TLS with (re-read on change)", "", optional_file),
+    Flag("--tls-key", "WEFT_TLS_KEY", "PEM private key of --tls-cert", "", optional_file),
+    Flag("--tls-client-ca", "WEFT_TLS_CLIENT_CA", "require client certificates signed by this CA", "", optional_file),
+    Flag("--peer-token", "WEFT_PEER_TOKEN", "bearer token presented to other weft services", "", secret=True),
+    Flag(
+        "--peer-ca-cert",
+        "WEFT_PEER_CA_CERT",
+        "CA of other weft services' certificates (turns TLS on)",
+        "",
+        optional_file,
+    ),
+    Flag(
+        "--peer-client-cert",
+        "WEFT_PEER_CLIENT_CERT",
+        "client certificate for other weft services (mTLS)",
+        "",
+        optional_file,
+    ),
+    Flag("--peer-client-key", "WEFT_PEER_CLIENT_KEY", "private key of --peer-client-cert", "", optional_file),
+    Flag("--etcd-ca-cert", "WEFT_ETCD_CA_CERT", "CA of etcd's certificate (turns TLS to etcd on)", "", optional_file),
+    Flag("--etcd-client-cert", "WEFT_ETCD_CLIENT_CERT", "client certificate presented to etcd", "", optional_file),
+    Flag("--etcd-client-key", "WEFT_ETCD_CLIENT_KEY", "private key of --etcd-client-cert", "", optional_file),
+)
+
+
+def check_security(config: Any) -> None:
+    """Raises ConfigError for settings that only make sense together.
+
+    Expects the fields of `SECURITY_FLAGS` on `config`.
+    """
+    pairs = (
+        ("--tls-cert", "--tls-key", config.tls_cert, config.tls_key),
+        ("--peer-client-cert", "--peer-client-key", config.peer_client_cert, config.peer_client_key),
+        ("--etcd-client-cert", "--etcd-client-key", config.etcd_client_cert, config.etcd_client_key),
+    )
+    for first, second, a, b in pairs:
+        if (a is None) != (b is None):
+            raise ConfigError(f"{first} and {second} go together: give both or neither")
+    if config.tls_client_ca is not None and config.tls_cert is None:
+        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key: client certificates need TLS")
+    if config.peer_token and any(c.isspace() for c in config.peer_token):
+        raise ConfigError("--peer-token (WEFT_PEER_TOKEN) must not contain spaces")
+
+
 @dataclass(frozen=True)
 class ApiConfig:
     """Settings of weft-api.
@@ -161,12 +235,27 @@ class ApiConfig:
         listen: `HOST:PORT` the gRPC server binds; port 0 picks a free one.
         blob_dir: Directory of the artifact store's default backend.
         etcd_root: Root of weft's keys in etcd (several installations may share an etcd).
+        auth_tokens_file .. etcd_client_key: see `SECURITY_FLAGS`.
     """
 
     etcd_endpoints: str
     listen: str
     blob_dir: Path
     etcd_root: str = DEFAULT_ROOT
+    # Security (SECURITY_FLAGS): all off by default.
+    auth_tokens_file: Path | None = None
+    auth_kube_roles_file: Path | None = None
+    auth_kubeconfig: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    peer_token: str = field(default="", metadata={"secret": True})
+    peer_ca_cert: Path | None = None
+    peer_client_cert: Path | None = None
+    peer_client_key: Path | None = None
+    etcd_ca_cert: Path | None = None
+    etcd_client_cert: Path | None = None
+    etcd_client_key: Path | None = None
 
     FLAGS = (
         ETCD_FLAGS[0],
@@ -175,7 +264,11 @@ class ApiConfig:
         ),
         Flag("--blob-dir", "WEFT_BLOB_DIR", "directory of the artifact store", convert=Path),
         ETCD_FLAGS[1],
+        *SECURITY_FLAGS,
     )
+
+    def __post_init__(self) -> None:
+        check_security(self)
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ApiConfig:
@@ -187,7 +280,10 @@ class ApiConfig:
             argv,
             environ,
         )
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as error:
+            raise SystemExit(f"weft-api: {error}") from None
 
 
 # Fields may be marked secret like this; ApiConfig has none yet, but the executor's may.

@@ -10,7 +10,12 @@
 Every server gets the standard health service (`grpc.health.v1.Health`, SERVING for ""
 and for each service name) and server reflection listing every service, so grpcurl and
 Kubernetes probes work against any weft service. Interceptors run in one fixed order:
-logging/tracing (outermost: it sees the final status), then errors.
+logging/tracing (outermost: it sees the final status), then errors, then auth.
+
+With an `Auth` (weft_core.auth) every call except health and reflection must carry a
+valid bearer token (UNAUTHENTICATED otherwise) and the role its method's `Rule` names
+(PERMISSION_DENIED otherwise); a served method without a rule stops `create_server`, so
+no RPC added later is left open. With a `ServerTls` the port speaks only TLS.
 
 The error interceptor is the only place where exceptions become gRPC statuses:
 `weft_core.errors.ServiceError` keeps its code and message unchanged; anything else is
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # The asyncio health servicer; public as grpc_health.v1.health.aio, which the type stubs lack.
@@ -39,9 +45,11 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from weft_core.auth import Auth, enter_principal
 from weft_core.errors import ServiceError
 from weft_core.store import Compacted
 from weft_core.telemetry import tracer
+from weft_core.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +124,8 @@ def create_server(
     services: Sequence[ServiceBinding],
     *,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    auth: Auth | None = None,
+    tls: ServerTls | None = None,
 ) -> tuple[WeftServer, int]:
     """Builds a server bound to `listen` with health, reflection and weft's interceptors.
 
@@ -125,15 +135,23 @@ def create_server(
         listen: `HOST:PORT`; port 0 binds a free port.
         services: The services to serve.
         max_message_bytes: Largest message received or sent.
+        auth: Authenticate and authorise every call but health and reflection; None
+            serves everyone (weft up on loopback, tests).
+        tls: Serve TLS (optionally requiring client certificates); None is plaintext.
 
     Returns:
         The server and the port it is bound to.
 
     Raises:
         RuntimeError: If the address cannot be bound (in use, bad host).
+        ValueError: `auth` has no rule for a served method, or a TLS file is unreadable.
     """
+    interceptors: list[_ServerInterceptor] = [LoggingTracingInterceptor(), ErrorInterceptor()]
+    if auth is not None:
+        auth.check_covers(served_methods([b.name for b in services]))
+        interceptors.append(AuthInterceptor(auth))
     server = grpc.aio.server(
-        interceptors=[LoggingTracingInterceptor(), ErrorInterceptor()],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -149,7 +167,7 @@ def create_server(
     names = [b.name for b in services]
     reflection.enable_server_reflection([*names, HEALTH_SERVICE, reflection.SERVICE_NAME], server)
     try:
-        port = server.add_insecure_port(listen)
+        port = server.add_secure_port(listen, tls.server_credentials()) if tls else server.add_insecure_port(listen)
     except RuntimeError as error:
         raise RuntimeError(f"cannot listen on {listen}: {error}; pick a free port or use port 0") from error
     if port == 0:
@@ -358,3 +376,74 @@ class LoggingTracingInterceptor(_ServerInterceptor):
         else:
             level = logging.WARNING if code in self._SERVER_FAULTS else logging.INFO
             log.log(level, "%s %s %.1fms: %s", method, code.name, elapsed_ms, details)
+
+
+# Authentication and authorisation (innermost: the error interceptor turns its refusals
+# into UNAUTHENTICATED / PERMISSION_DENIED, and the logging interceptor logs them).
+
+#: Services anyone may call: probes and grpcurl's discovery must work without a token.
+OPEN_SERVICES = frozenset({HEALTH_SERVICE, reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection"})
+
+
+def served_methods(service_names: Sequence[str]) -> list[str]:
+    """Full method names (`/weft.v1.RunService/GetRun`) of services, from their descriptors."""
+    pool = descriptor_pool.Default()
+    return [f"/{name}/{method.name}" for name in service_names for method in pool.FindServiceByName(name).methods]
+
+
+class AuthInterceptor(_ServerInterceptor):
+    """Authenticates each call, checks its method's rule, and makes the caller current.
+
+    The caller is found from the metadata before any request is read; the rule is checked
+    against the request (for a request stream, against its first message) before the
+    service sees it. The principal is set in the call's own task (grpc.aio runs each call
+    in one), so `weft_core.auth.current_principal()` answers for this call only.
+    """
+
+    def __init__(self, auth: Auth) -> None:
+        self.auth = auth
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.lstrip("/").partition("/")[0] in OPEN_SERVICES:
+            return handler
+        metadata = handler_call_details.invocation_metadata
+        auth = self.auth
+        streaming_request = bool(handler.request_streaming)
+
+        async def admitted(request: Any) -> Any:
+            principal = await auth.authenticator.authenticate(metadata)
+            enter_principal(principal)
+            if not streaming_request:
+                auth.authorize(principal, method, request)
+                return request
+
+            async def checked() -> AsyncIterator[Any]:
+                first = True
+                async for message in request:
+                    if first:
+                        auth.authorize(principal, method, message)
+                        first = False
+                    yield message
+
+            return checked()
+
+        def wrap_unary(behaviour: Behaviour) -> Behaviour:
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                return await behaviour(await admitted(request), context)
+
+            return unary
+
+        def wrap_stream(behaviour: Behaviour) -> Behaviour:
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                async for response in _iterate(behaviour, await admitted(request), context):
+                    yield response
+
+            return stream
+
+        return _wrap_handler(handler, wrap_unary, wrap_stream)

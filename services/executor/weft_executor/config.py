@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weft_core.config import ETCD_FLAGS, Flag, listen_address, parse_flags
+from weft_core.config import ETCD_FLAGS, SECURITY_FLAGS, ConfigError, Flag, check_security, listen_address, parse_flags
 from weft_core.keyspace import DEFAULT_ROOT
 
 RUNTIMES = ("local", "kubernetes")
@@ -130,6 +130,7 @@ class ExecutorConfig:
         pod_tolerations: Taints the step pods tolerate (Kubernetes JSON objects).
         pod_api: `host:port` of weft-api as step pods reach it ("" means `api`), e.g. a
             fully qualified Service name when the pods run in another namespace.
+        auth_tokens_file .. etcd_client_key: see `weft_core.config.SECURITY_FLAGS`.
     """
 
     etcd_endpoints: str
@@ -156,6 +157,21 @@ class ExecutorConfig:
     pod_node_selector: Mapping[str, str] = field(default_factory=dict)
     pod_tolerations: tuple[dict[str, Any], ...] = ()
     pod_api: str = ""
+    # Security (weft_core.config.SECURITY_FLAGS): all off by default. The peer settings are
+    # how this executor reaches weft-api; the auth and TLS settings guard its ExecutorService.
+    auth_tokens_file: Path | None = None
+    auth_kube_roles_file: Path | None = None
+    auth_kubeconfig: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    peer_token: str = field(default="", metadata={"secret": True})
+    peer_ca_cert: Path | None = None
+    peer_client_cert: Path | None = None
+    peer_client_key: Path | None = None
+    etcd_ca_cert: Path | None = None
+    etcd_client_cert: Path | None = None
+    etcd_client_key: Path | None = None
 
     FLAGS = (
         ETCD_FLAGS[0],
@@ -254,7 +270,11 @@ class ExecutorConfig:
             convert=json_objects,
         ),
         Flag("--pod-api", "WEFT_POD_API", "host:port of weft-api as step pods reach it (default: --api)", default=""),
+        *SECURITY_FLAGS,
     )
+
+    def __post_init__(self) -> None:
+        check_security(self)
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ExecutorConfig:
@@ -270,4 +290,7 @@ class ExecutorConfig:
             argv,
             environ,
         )
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as error:
+            raise SystemExit(f"weft-executor: {error}") from None

@@ -27,19 +27,21 @@ from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from weft.v1 import executor_pb2_grpc, run_pb2
-from weft_core.blobs import RemoteBlobStore
+from weft_core.auth import load_auth
+from weft_core.blobs import RemoteBlobStore, namespace_context
 from weft_core.errors import NotFound, ServiceError
 from weft_core.keyspace import Keyspace
 from weft_core.pipelines import PipelineReader
 from weft_core.server import ServiceBinding, WeftServer, create_server
 from weft_core.store import KeyValue, Store, WatchEvent, absent, op_get, op_put, present
+from weft_core.tls import etcd_tls_of, peer_of, server_tls_of
 from weft_executor.config import ExecutorConfig, default_executor_id
 from weft_executor.progress import TERMINAL_RUN_STATES, RunProgress, RunRef, RunRefs
 from weft_executor.registration import Registration, registration_record
 from weft_executor.runtime import Runtime
 from weft_executor.runtime.local import LocalRuntime
 from weft_executor.scheduler import ReadyQueue, StepKey, follow_prefix
-from weft_executor.service import ExecutorServicer, LiveAttempts
+from weft_executor.service import EXECUTOR_RULES, ExecutorServicer, LiveAttempts
 from weft_executor.steps import Claim, ClaimLost, StepRunner, StepTask, claim_parts
 
 log = logging.getLogger(__name__)
@@ -162,8 +164,8 @@ class Executor:
 
     async def start(self) -> None:
         """Serves ExecutorService, registers in etcd and starts scheduling."""
-        self._store = Store(self.config.etcd_endpoints)
-        self._blobs = RemoteBlobStore(self.config.api)
+        self._store = Store(self.config.etcd_endpoints, tls=etcd_tls_of(self.config))
+        self._blobs = RemoteBlobStore(self.config.api, peer=peer_of(self.config))
         self._pipelines = PipelineReader(self._store, self.keyspace, self._blobs, cache_size=64)
         self._run_refs = RunRefs(self._pipelines)
         self._runtime = self._make_runtime(self._blobs)
@@ -183,7 +185,13 @@ class Executor:
         binding = ServiceBinding(
             "weft.v1.ExecutorService", servicer, executor_pb2_grpc.add_ExecutorServiceServicer_to_server
         )
-        self._server, port = create_server(self.config.listen, [binding])
+        auth = load_auth(self.config.auth_tokens_file, self.config.auth_kube_roles_file, self.config.auth_kubeconfig)
+        self._server, port = create_server(
+            self.config.listen,
+            [binding],
+            auth=auth.with_rules(EXECUTOR_RULES) if auth is not None else None,
+            tls=server_tls_of(self.config),
+        )
         await self._server.start()
         self.address = advertised_address(self.config.listen, port, self.config.advertise_host)
         record = registration_record(self.executor_id, self.address, self._runtime.name)
@@ -411,7 +419,9 @@ class Executor:
         if (ns, run_id) in self.cancelling:
             task.cancel_reason = self.cancelling[(ns, run_id)] or "cancelled"
             task.cancelled.set()
-        runner = asyncio.create_task(self._claim_and_work(key, task), name=f"step {'/'.join(key)}")
+        runner = asyncio.create_task(
+            self._claim_and_work(key, task), name=f"step {'/'.join(key)}", context=namespace_context(key[0])
+        )
         self._tasks[key] = (task, runner)
 
     async def _claim_and_work(self, key: StepKey, task: StepTask) -> None:
@@ -463,7 +473,9 @@ class Executor:
                 if not self.registration.valid.is_set():
                     break
                 task = StepTask(Claim(*key, self.registration.lease))
-                runner = asyncio.create_task(self._adopt(key, task), name=f"adopt {'/'.join(key)}")
+                runner = asyncio.create_task(
+                    self._adopt(key, task), name=f"adopt {'/'.join(key)}", context=namespace_context(key[0])
+                )
                 self._tasks[key] = (task, runner)
             suspects = orphans - suspects
 

@@ -14,8 +14,18 @@ from typing import Any
 import grpc
 
 from weft.v1 import executor_pb2, executor_pb2_grpc, run_pb2
+from weft_core.auth import Role, Rule
 from weft_core.errors import InvalidArgument, NotFound
+from weft_core.spec import parse_run_name
 from weft_executor.runtime import LaunchedAttempt, Runtime
+
+#: Who may call ExecutorService (with auth on): weft-api proxies ReadLogs with its peer
+#: token, which needs viewer in the run's namespace (a cluster-wide binding in practice).
+EXECUTOR_RULES = {
+    "/weft.v1.ExecutorService/ReadAttemptLogs": Rule(
+        Role.VIEWER, lambda request: parse_run_name(request.run, "run")[0]
+    ),
+}
 
 #: Live attempts by (run resource name, step, attempt number).
 LiveAttempts = dict[tuple[str, str, int], tuple[Runtime, LaunchedAttempt]]

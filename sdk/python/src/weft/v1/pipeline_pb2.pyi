@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Pipeline(_message.Message):
-    __slots__ = ("name", "version", "spec", "description", "labels", "create_time", "version_create_time", "version_count", "etag")
+    __slots__ = ("name", "version", "spec", "description", "labels", "create_time", "version_create_time", "version_count", "etag", "created_by")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class Pipeline(_message.Message):
     VERSION_CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     VERSION_COUNT_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     spec: PipelineSpec
@@ -38,7 +39,8 @@ class Pipeline(_message.Message):
     version_create_time: _timestamp_pb2.Timestamp
     version_count: int
     etag: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., spec: _Optional[_Union[PipelineSpec, _Mapping]] = ..., description: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version_create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version_count: _Optional[int] = ..., etag: _Optional[str] = ...) -> None: ...
+    created_by: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., spec: _Optional[_Union[PipelineSpec, _Mapping]] = ..., description: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version_create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version_count: _Optional[int] = ..., etag: _Optional[str] = ..., created_by: _Optional[str] = ...) -> None: ...
 
 class PipelineSpec(_message.Message):
     __slots__ = ("parameters", "steps")

@@ -31,7 +31,7 @@ RUN_VIEW_BASIC: RunView
 RUN_VIEW_FULL: RunView
 
 class Run(_message.Message):
-    __slots__ = ("name", "pipeline", "pipeline_version", "parameters", "parameter_digests", "state", "options", "create_time", "start_time", "end_time", "message", "failed_step", "traceparent", "resumed_from", "steps", "step_counts", "labels", "etag")
+    __slots__ = ("name", "pipeline", "pipeline_version", "parameters", "parameter_digests", "state", "options", "create_time", "start_time", "end_time", "message", "failed_step", "traceparent", "resumed_from", "steps", "step_counts", "labels", "etag", "created_by", "cancelled_by")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Run.State]
@@ -94,6 +94,8 @@ class Run(_message.Message):
     STEP_COUNTS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_BY_FIELD_NUMBER: _ClassVar[int]
     name: str
     pipeline: str
     pipeline_version: str
@@ -112,7 +114,9 @@ class Run(_message.Message):
     step_counts: _containers.ScalarMap[str, int]
     labels: _containers.ScalarMap[str, str]
     etag: str
-    def __init__(self, name: _Optional[str] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., parameter_digests: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[Run.State, str]] = ..., options: _Optional[_Union[RunOptions, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., failed_step: _Optional[str] = ..., traceparent: _Optional[str] = ..., resumed_from: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepRun, _Mapping]]] = ..., step_counts: _Optional[_Mapping[str, int]] = ..., labels: _Optional[_Mapping[str, str]] = ..., etag: _Optional[str] = ...) -> None: ...
+    created_by: str
+    cancelled_by: str
+    def __init__(self, name: _Optional[str] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., parameter_digests: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[Run.State, str]] = ..., options: _Optional[_Union[RunOptions, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., failed_step: _Optional[str] = ..., traceparent: _Optional[str] = ..., resumed_from: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepRun, _Mapping]]] = ..., step_counts: _Optional[_Mapping[str, int]] = ..., labels: _Optional[_Mapping[str, str]] = ..., etag: _Optional[str] = ..., created_by: _Optional[str] = ..., cancelled_by: _Optional[str] = ...) -> None: ...
 
 class RunOptions(_message.Message):
     __slots__ = ("cache_mode",)
