@@ -108,7 +108,7 @@ class LocalCA:
         Args:
             name: File name stem and common name.
             hosts: DNS names and IP addresses the certificate is valid for (servers).
-            client: A client certificate (mTLS) instead of a server one.
+            client: A client certificate only (mTLS), instead of a server one.
         """
         x509, hashes, serialization, ec, ExtendedKeyUsageOID, NameOID = _crypto()
         ca_key = serialization.load_pem_private_key(self.key.read_bytes(), password=None)
@@ -121,7 +121,13 @@ class LocalCA:
                 alternative.append(x509.IPAddress(ipaddress.ip_address(host)))
             except ValueError:
                 alternative.append(x509.DNSName(host))
-        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+        # A server's certificate may also authenticate it as a client: etcd members present
+        # theirs to each other, and weft services theirs to each other under mTLS.
+        usages = (
+            [ExtendedKeyUsageOID.CLIENT_AUTH]
+            if client
+            else [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        )
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -131,7 +137,7 @@ class LocalCA:
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + VALIDITY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
         if alternative:
             builder = builder.add_extension(x509.SubjectAlternativeName(alternative), critical=False)

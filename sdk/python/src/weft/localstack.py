@@ -148,6 +148,21 @@ class ChildProcess:
             return ""
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """Certificates of an etcd that speaks only TLS and requires client certificates.
+
+    Attributes:
+        cert: PEM certificate etcd serves (valid for 127.0.0.1) and presents to peers.
+        key: PEM private key of `cert`.
+        ca: PEM CA whose client (and peer) certificates etcd accepts.
+    """
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
 class EtcdProcess:
     """An etcd server on loopback with its data under `data_dir`.
 
@@ -163,24 +178,37 @@ class EtcdProcess:
         fast: bool = True,
         log_path: Path | None = None,
         die_with_parent: bool = False,
+        tls: EtcdTls | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.client_port = client_port or free_port()
         self.peer_port = free_port()
         self.metrics_port = free_port()
         self.fast = fast
+        self.tls = tls
+        scheme = "https" if tls is not None else "http"
         argv = [
             find_etcd(),
             "--name", "weft",
             "--data-dir", str(data_dir / "etcd"),
-            "--listen-client-urls", f"http://127.0.0.1:{self.client_port}",
-            "--advertise-client-urls", f"http://127.0.0.1:{self.client_port}",
-            "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
-            "--initial-cluster", f"weft=http://127.0.0.1:{self.peer_port}",
+            "--listen-client-urls", f"{scheme}://127.0.0.1:{self.client_port}",
+            "--advertise-client-urls", f"{scheme}://127.0.0.1:{self.client_port}",
+            "--listen-peer-urls", f"{scheme}://127.0.0.1:{self.peer_port}",
+            "--initial-advertise-peer-urls", f"{scheme}://127.0.0.1:{self.peer_port}",
+            "--initial-cluster", f"weft={scheme}://127.0.0.1:{self.peer_port}",
             "--initial-cluster-state", "new",
+            # Plain HTTP on its own port, so health is polled without client certificates.
             "--listen-metrics-urls", f"http://127.0.0.1:{self.metrics_port}",
         ]  # fmt: skip
+        if tls is not None:
+            # Clients and peers alike must present a certificate of the CA (etcd's own docs'
+            # "client-to-server and peer with client certificate authentication").
+            argv += [
+                "--cert-file", str(tls.cert), "--key-file", str(tls.key),
+                "--trusted-ca-file", str(tls.ca), "--client-cert-auth",
+                "--peer-cert-file", str(tls.cert), "--peer-key-file", str(tls.key),
+                "--peer-trusted-ca-file", str(tls.ca), "--peer-client-cert-auth",
+            ]  # fmt: skip
         if fast:
             # A one-member cluster elects itself in ~0.1 s with these (RECIPES.md).
             argv += ["--heartbeat-interval", "10", "--election-timeout", "100"]
@@ -188,7 +216,7 @@ class EtcdProcess:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls is not None else 'http'}://127.0.0.1:{self.client_port}"
 
     def start(self, timeout: float = 20.0) -> None:
         self.child.start()
