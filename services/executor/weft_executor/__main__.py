@@ -34,7 +34,7 @@ def protect_secrets() -> Mapping[str, str]:
 
     Makes the process non-dumpable, so a same-user process (a local step) cannot read
     `/proc/<executor pid>/environ` or its memory; then removes the `WEFT_SECRET_*`
-    variables from `os.environ` so no child inherits them by accident. Returns the
+    variables and `WEFT_PEER_TOKEN` from `os.environ` so no child inherits them by accident. Returns the
     environment the local runtime reads, secrets included.
 
     The limit: the initial environment block stays in memory (unsetenv cannot erase it),
@@ -47,7 +47,8 @@ def protect_secrets() -> Mapping[str, str]:
             log.warning("prctl(PR_SET_DUMPABLE, 0) failed (errno %d): steps may read secrets", ctypes.get_errno())
     else:
         log.warning("not Linux: local steps can read this executor's environment, secrets included")
-    for name in [n for n in os.environ if n.startswith(SECRET_ENV_PREFIX)]:
+    # The peer token (already read into the config) is a secret too.
+    for name in [n for n in os.environ if n.startswith(SECRET_ENV_PREFIX) or n == "WEFT_PEER_TOKEN"]:
         del os.environ[name]
     return environ
 

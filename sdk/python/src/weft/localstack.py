@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.util
+import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -249,15 +252,21 @@ def find_service(command: str) -> str | None:
     return shutil.which(command)
 
 
-def grpc_health(target: str, timeout: float = 1.0) -> bool:
+def grpc_health(target: str, timeout: float = 1.0, *, ca_cert: Path | None = None) -> bool:
     """True when the gRPC server at `target` answers the standard health check with SERVING.
 
     The request and response are handled as raw bytes so the SDK needs no dependency on
     grpcio-health-checking: an empty `HealthCheckRequest` is b"", and SERVING is field 1
     = 1, i.e. b"\\x08\\x01". A server without a health service (UNIMPLEMENTED) is
     reachable and answering, which is what a launcher needs to know, so it counts as up.
+    With `ca_cert` the check speaks TLS, trusting that CA (health needs no token).
     """
-    with grpc.insecure_channel(target) as channel:
+    channel = (
+        grpc.secure_channel(target, grpc.ssl_channel_credentials(ca_cert.read_bytes()))
+        if ca_cert is not None
+        else grpc.insecure_channel(target)
+    )
+    with channel:
         check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None)
         try:
             response = check(b"", timeout=timeout)
@@ -290,10 +299,12 @@ class ServiceProcess:
         health: bool = False,
         env: dict[str, str] | None = None,
         die_with_parent: bool = False,
+        health_ca: Path | None = None,
     ) -> None:
         self.name = name
         self._announce = re.compile(announce.encode())
         self._health = health
+        self._health_ca = health_ca
         self.child = ChildProcess(argv, log_path, env=env, die_with_parent=die_with_parent)
         self.address = ""
 
@@ -321,7 +332,7 @@ class ServiceProcess:
                     match = self._announce.search(self.log_path.read_bytes()[offset:])
                     if match:
                         self.address = match.group(1).decode()
-            if self.address and (not self._health or grpc_health(self.address)):
+            if self.address and (not self._health or grpc_health(self.address, ca_cert=self._health_ca)):
                 return self.address
             if not self.child.alive():
                 raise RuntimeError(f"{self.name} exited at start; the end of {self.log_path}:\n{self.child.tail(30)}")
@@ -355,8 +366,13 @@ def api_process(
     health: bool = False,
     env: dict[str, str] | None = None,
     die_with_parent: bool = False,
+    extra_args: Sequence[str] = (),
+    health_ca: Path | None = None,
 ) -> ServiceProcess:
     """A `weft-api` child process (not started): what `weft up`, the benches and the tests run.
+
+    `extra_args` are further flags (auth, TLS); `health_ca` makes the health check speak
+    TLS trusting that CA.
 
     Raises:
         FileNotFoundError: The weft-api console script is not installed.
@@ -367,9 +383,111 @@ def api_process(
     argv = [command, "--etcd-endpoints", etcd_endpoint, "--listen", listen, "--blob-dir", str(blob_dir)]
     if etcd_root:
         argv += ["--etcd-root", etcd_root]
+    argv += list(extra_args)
     return ServiceProcess(
-        "weft-api", argv, log_path, announce=API_ANNOUNCE, health=health, env=env, die_with_parent=die_with_parent
+        "weft-api",
+        argv,
+        log_path,
+        announce=API_ANNOUNCE,
+        health=health,
+        env=env,
+        die_with_parent=die_with_parent,
+        health_ca=health_ca,
     )
+
+
+@dataclass(frozen=True)
+class LocalSecurity:
+    """The CA, certificates and tokens of a `weft up --secure` stack, in one directory.
+
+    The CA and the tokens are made once and kept (clients keep trusting the CA and keep
+    their token across restarts); the certificates are issued again at every start.
+    Token files are mode 0600: `admin.token` is the caller's credential, `service.token`
+    what the services present to each other; `tokens.yaml`, which the services read,
+    holds only their sha256.
+    """
+
+    directory: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.directory / "ca.crt"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.directory / "server.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.directory / "server.key"
+
+    @property
+    def client_cert(self) -> Path:
+        return self.directory / "client.crt"
+
+    @property
+    def client_key(self) -> Path:
+        return self.directory / "client.key"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.directory / "admin.token"
+
+    @property
+    def tokens_file(self) -> Path:
+        return self.directory / "tokens.yaml"
+
+    def admin_token(self) -> str:
+        return self.admin_token_file.read_text().strip()
+
+    def service_token(self) -> str:
+        return (self.directory / "service.token").read_text().strip()
+
+    @classmethod
+    def prepare(cls, directory: Path) -> LocalSecurity:
+        """Creates what is missing (CA, tokens) and issues fresh certificates for 127.0.0.1."""
+        from weft._pki import LocalCA
+
+        security = cls(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        ca = LocalCA(directory)
+        if not ca.cert.exists() or not ca.key.exists():
+            ca = LocalCA.create(directory, "weft up local CA")
+        ca.issue("server", ("localhost", "127.0.0.1"))
+        ca.issue("client", (), client=True)
+        tokens = {}
+        for subject, name in (("admin", "admin.token"), ("weft-services", "service.token")):
+            path = directory / name
+            if not path.exists():
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as out:
+                    out.write(secrets.token_urlsafe(32) + "\n")
+            tokens[subject] = path.read_text().strip()
+        # JSON is YAML: the services read this with their YAML token file parser.
+        entries = [
+            {"subject": subject, "sha256": hashlib.sha256(token.encode()).hexdigest(), "roles": {"*": "admin"}}
+            for subject, token in tokens.items()
+        ]
+        security.tokens_file.write_text(json.dumps({"tokens": entries}, indent=2) + "\n")
+        return security
+
+    def service_args(self, *, etcd: bool = True) -> list[str]:
+        """The TLS and auth flags every weft service of the stack gets."""
+        args = [
+            "--tls-cert", str(self.server_cert), "--tls-key", str(self.server_key),
+            "--auth-tokens-file", str(self.tokens_file),
+            "--peer-ca-cert", str(self.ca_cert),
+        ]  # fmt: skip
+        if etcd:
+            args += [
+                "--etcd-ca-cert", str(self.ca_cert),
+                "--etcd-client-cert", str(self.client_cert), "--etcd-client-key", str(self.client_key),
+            ]  # fmt: skip
+        return args
+
+    def etcd_tls(self) -> EtcdTls:
+        return EtcdTls(self.server_cert, self.server_key, self.ca_cert)
 
 
 @dataclass
@@ -394,6 +512,9 @@ class LocalStack:
         etcd_root: Key prefix of this stack in etcd; None means the services' default.
         die_with_parent: Have the kernel stop the children if this process dies
             (for `weft up`, which owns them from its main thread).
+        secure: TLS everywhere (etcd with client certificates too) and token auth, with a
+            local CA, certificates and an admin token under `{state_dir}/secure`
+            (`LocalSecurity`); off, everything is plaintext on loopback without auth.
     """
 
     def __init__(
@@ -405,8 +526,11 @@ class LocalStack:
         max_parallel: int | None = None,
         etcd_root: str | None = None,
         die_with_parent: bool = False,
+        secure: bool = False,
     ) -> None:
         self.state_dir = state_dir.resolve()
+        self.secure = secure
+        self.security: LocalSecurity | None = None
         self.port = port
         self.executor_count = executors
         self.max_parallel = max_parallel or os.cpu_count() or 2
@@ -438,7 +562,14 @@ class LocalStack:
 
     def _env(self) -> dict[str, str]:
         # Unbuffered so a service's log shows what it did right up to a crash.
-        return {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.security is not None:
+            # In the environment, not on the command line, which `ps` shows everyone.
+            env["WEFT_PEER_TOKEN"] = self.security.service_token()
+        return env
+
+    def _security_args(self) -> list[str]:
+        return self.security.service_args() if self.security is not None else []
 
     def _root_args(self) -> list[str]:
         return ["--etcd-root", self.etcd_root] if self.etcd_root else []
@@ -466,9 +597,15 @@ class LocalStack:
 
     def _start(self, progress: Callable[[str], None]) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
+        if self.secure:
+            progress("certificates and tokens")
+            self.security = LocalSecurity.prepare(self.state_dir / "secure")
         progress("etcd")
         self.etcd = EtcdProcess(
-            self.state_dir, log_path=self.logs_dir / "etcd.log", die_with_parent=self.die_with_parent
+            self.state_dir,
+            log_path=self.logs_dir / "etcd.log",
+            die_with_parent=self.die_with_parent,
+            tls=self.security.etcd_tls() if self.security is not None else None,
         )
         self.etcd.start()
 
@@ -482,6 +619,8 @@ class LocalStack:
             health=True,
             env=self._env(),
             die_with_parent=self.die_with_parent,
+            extra_args=self._security_args(),
+            health_ca=self.security.ca_cert if self.security is not None else None,
         )
         self.api.start()
 
@@ -509,6 +648,7 @@ class LocalStack:
                     "--work-dir", str(self.state_dir / "work"),
                     "--listen", "127.0.0.1:0",
                     *self._root_args(),
+                    *self._security_args(),
                 ],
                 self.logs_dir / f"{name}.log",
                 announce=EXECUTOR_ANNOUNCE,
