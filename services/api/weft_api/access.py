@@ -8,17 +8,20 @@ added later cannot be left open.
 
 The namespace functions parse the same request fields the services parse, with the same
 InvalidArgument messages, so a malformed name is refused before any role check reveals
-anything. This module never reads etcd: the blob reference check (a digest is not a
+anything. `check_step_security` is the namespace policy on steps that relax the hardened
+pod defaults. This module never reads etcd: the blob reference check (a digest is not a
 capability) lives in `weft_api.artifacts`.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from weft.v1 import pipeline_pb2
 from weft_core.auth import EVERY_NAMESPACE, Role, Rule, require_namespace_field
 from weft_core.errors import InvalidArgument
-from weft_core.spec import parse_namespace, parse_pipeline_name, parse_run_name
+from weft_core.spec import parse_namespace, parse_pipeline_name, parse_run_name, raise_problems
 
 
 def _parent(request: Any) -> str:
@@ -78,3 +81,44 @@ API_RULES: dict[str, Rule] = {
     _ARTIFACTS + "GetBlob": Rule(Role.VIEWER, _blob_read),
     _ARTIFACTS + "StatBlob": Rule(Role.VIEWER, _blob_read),
 }
+
+
+#: Most capabilities a step may add back.
+MAX_ADDED_CAPABILITIES = 16
+_CAPABILITY = re.compile(r"^[A-Z][A-Z0-9_]{0,31}$")
+
+
+def check_step_security(spec: pipeline_pb2.PipelineSpec, namespace: str, relaxed: frozenset[str]) -> None:
+    """Refuses steps that relax the hardened pod defaults outside the namespaces allowed to.
+
+    Raises:
+        InvalidArgument: Naming each step's `container.security` that is not allowed or
+            malformed, and how to fix it.
+    """
+    problems: list[tuple[str, str]] = []
+    for i, step in enumerate(spec.steps):
+        field = f"pipeline.spec.steps[{i}].container.security"
+        security = step.container.security
+        if not step.container.HasField("security") or security == pipeline_pb2.StepSecurity():
+            continue
+        if namespace not in relaxed and EVERY_NAMESPACE not in relaxed:
+            problems.append(
+                (
+                    field,
+                    f'step "{step.name}" asks to relax the hardened pod defaults, which namespace "{namespace}" does '
+                    "not allow; remove container.security, or have an operator add the namespace to weft-api "
+                    "--relaxed-security-namespaces",
+                )
+            )
+            continue
+        if len(security.add_capabilities) > MAX_ADDED_CAPABILITIES:
+            problems.append((f"{field}.add_capabilities", f"at most {MAX_ADDED_CAPABILITIES} capabilities"))
+        for j, capability in enumerate(security.add_capabilities):
+            if not _CAPABILITY.match(capability):
+                problems.append(
+                    (
+                        f"{field}.add_capabilities[{j}]",
+                        'is not a capability name; use upper case without the CAP_ prefix, e.g. "NET_BIND_SERVICE"',
+                    )
+                )
+    raise_problems(problems)

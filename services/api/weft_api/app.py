@@ -50,7 +50,14 @@ def create_api_server(config: ApiConfig) -> tuple[WeftServer, int]:
     services = [
         ServiceBinding(
             PIPELINE_SERVICE,
-            PipelineService(store, keyspace, blobs, reader, request_ids),
+            PipelineService(
+                store,
+                keyspace,
+                blobs,
+                reader,
+                request_ids,
+                relaxed_security_namespaces=config.relaxed_security_namespaces,
+            ),
             pipeline_pb2_grpc.add_PipelineServiceServicer_to_server,
         ),
         ServiceBinding(

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from weft.v1 import pipeline_pb2, pipeline_pb2_grpc
+from weft_api.access import check_step_security
 from weft_api.listing import check_request_id, decode_token, encode_token, page_size
 from weft_core.blobs import BlobStore
 from weft_core.errors import Aborted, InvalidArgument, NotFound
@@ -102,12 +103,16 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
         blobs: BlobStore,
         reader: PipelineReader,
         request_ids: RequestIdLeases | None = None,
+        *,
+        relaxed_security_namespaces: frozenset[str] = frozenset(),
     ) -> None:
         self.store = store
         self.keyspace = keyspace
         self.blobs = blobs
         self.reader = reader
         self.request_ids = request_ids or RequestIdLeases(store)
+        #: Namespaces whose steps may relax the hardened pod defaults (Container.security).
+        self.relaxed_security_namespaces = relaxed_security_namespaces
 
     async def CreatePipeline(
         self, request: pipeline_pb2.CreatePipelineRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -134,6 +139,7 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
         pipeline.labels.update(request.pipeline.labels)
         pipeline.spec.CopyFrom(request.pipeline.spec)
         dag = validate_pipeline(pipeline)
+        check_step_security(pipeline.spec, ns, self.relaxed_security_namespaces)
         digest = spec_digest(pipeline.spec)
         self.reader.remember(digest, pipeline.spec, dag)
 

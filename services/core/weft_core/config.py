@@ -207,6 +207,15 @@ SECURITY_FLAGS = (
 )
 
 
+def namespace_set(value: str) -> frozenset[str]:
+    """`team-a,team-b` → {"team-a", "team-b"}; "" is none, `*` is every namespace."""
+    names = frozenset(n.strip() for n in value.split(",") if n.strip())
+    for name in names:
+        if name != "*" and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name):
+            raise ValueError(f"{name!r} is not a namespace name (lower-case letters, digits and '-')")
+    return names
+
+
 def check_security(config: Any) -> None:
     """Raises ConfigError for settings that only make sense together.
 
@@ -236,6 +245,8 @@ class ApiConfig:
         blob_dir: Directory of the artifact store's default backend.
         etcd_root: Root of weft's keys in etcd (several installations may share an etcd).
         auth_tokens_file .. etcd_client_key: see `SECURITY_FLAGS`.
+        relaxed_security_namespaces: Namespaces whose steps may relax the hardened pod
+            defaults (`Container.security`); `*` allows it everywhere.
     """
 
     etcd_endpoints: str
@@ -256,6 +267,7 @@ class ApiConfig:
     etcd_ca_cert: Path | None = None
     etcd_client_cert: Path | None = None
     etcd_client_key: Path | None = None
+    relaxed_security_namespaces: frozenset[str] = frozenset()
 
     FLAGS = (
         ETCD_FLAGS[0],
@@ -265,6 +277,13 @@ class ApiConfig:
         Flag("--blob-dir", "WEFT_BLOB_DIR", "directory of the artifact store", convert=Path),
         ETCD_FLAGS[1],
         *SECURITY_FLAGS,
+        Flag(
+            "--relaxed-security-namespaces",
+            "WEFT_RELAXED_SECURITY_NAMESPACES",
+            "namespaces whose steps may relax the hardened pod defaults (comma-separated; * for all)",
+            default="",
+            convert=namespace_set,
+        ),
     )
 
     def __post_init__(self) -> None:

@@ -130,6 +130,10 @@ class ExecutorConfig:
         pod_tolerations: Taints the step pods tolerate (Kubernetes JSON objects).
         pod_api: `host:port` of weft-api as step pods reach it ("" means `api`), e.g. a
             fully qualified Service name when the pods run in another namespace.
+        pod_api_token_secret: Kubernetes Secret (key `token`) whose token the step pods'
+            helper containers (never the step's own) present to weft-api.
+        pod_api_ca_secret: Kubernetes Secret (key `ca.crt`) of the CA of weft-api's
+            certificate; the helpers then talk TLS to it.
         auth_tokens_file .. etcd_client_key: see `weft_core.config.SECURITY_FLAGS`.
     """
 
@@ -157,6 +161,8 @@ class ExecutorConfig:
     pod_node_selector: Mapping[str, str] = field(default_factory=dict)
     pod_tolerations: tuple[dict[str, Any], ...] = ()
     pod_api: str = ""
+    pod_api_token_secret: str = ""
+    pod_api_ca_secret: str = ""
     # Security (weft_core.config.SECURITY_FLAGS): all off by default. The peer settings are
     # how this executor reaches weft-api; the auth and TLS settings guard its ExecutorService.
     auth_tokens_file: Path | None = None
@@ -270,6 +276,18 @@ class ExecutorConfig:
             convert=json_objects,
         ),
         Flag("--pod-api", "WEFT_POD_API", "host:port of weft-api as step pods reach it (default: --api)", default=""),
+        Flag(
+            "--pod-api-token-secret",
+            "WEFT_POD_API_TOKEN_SECRET",
+            "Secret (key token) the step pods' helper containers present to weft-api",
+            default="",
+        ),
+        Flag(
+            "--pod-api-ca-secret",
+            "WEFT_POD_API_CA_SECRET",
+            "Secret (key ca.crt) of the CA of weft-api's certificate, for the pods' helpers (turns TLS on)",
+            default="",
+        ),
         *SECURITY_FLAGS,
     )
 

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from weft_core.blobs import BlobStore
+    from weft_core.blobs import BlobStore, RemoteBlobStore
 
 #: Where the shared volume is mounted in every container of a step pod.
 SHARED_DIR = "/weft"
@@ -243,12 +243,23 @@ async def fetch_input(store: BlobStore, name: str, digest: str, target: Path) ->
     return size
 
 
+def artifact_store(api: str) -> RemoteBlobStore:
+    """The artifact store as the pod's helpers reach it: as the step's namespace
+    (`WEFT_NAMESPACE`), with the token (`WEFT_PEER_TOKEN`) and CA (`WEFT_PEER_CA_CERT`)
+    the executor's pod settings gave them, if any."""
+    from weft_core.blobs import RemoteBlobStore, blob_namespace
+    from weft_core.tls import Peer, client_tls
+
+    blob_namespace.set(os.environ.get("WEFT_NAMESPACE", ""))
+    ca = os.environ.get("WEFT_PEER_CA_CERT", "")
+    peer = Peer(os.environ.get("WEFT_PEER_TOKEN", ""), client_tls(Path(ca) if ca else None, None, None))
+    return RemoteBlobStore(api, peer=peer)
+
+
 async def fetch(api: str, root: Path, inputs: Sequence[tuple[str, str]]) -> None:
     """The init container: prepares the shared directories and downloads every input."""
-    from weft_core.blobs import RemoteBlobStore
-
     prepare_dirs(root)
-    store = RemoteBlobStore(api)
+    store = artifact_store(api)
     try:
         for name, digest in inputs:
             size = await fetch_input(store, name, digest, root / INPUTS / name)
@@ -299,13 +310,11 @@ async def upload(api: str, root: Path, names: Sequence[str], max_bytes: int) -> 
     Returns:
         The termination message to write and whether the handover succeeded.
     """
-    from weft_core.blobs import RemoteBlobStore
-
     exit_code = await wait_for_exit_code(root / STATUS / EXIT_CODE_FILE)
     if exit_code != 0:
         print(f"weft: the step exited with code {exit_code}; no outputs uploaded", flush=True)
         return TerminationMessage(skipped=f"step exited with code {exit_code}"), True
-    store = RemoteBlobStore(api)
+    store = artifact_store(api)
     try:
         problem = check_outputs(root / OUTPUTS, names, max_bytes)
         manifest = Manifest(succeeded=False, message=problem)

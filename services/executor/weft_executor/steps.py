@@ -666,6 +666,7 @@ class StepRunner:
             timeout=timeout or None,
             dna=dna.digest,
             resources=container.resources,
+            security=container.security,
         )
 
     async def _run_attempts(

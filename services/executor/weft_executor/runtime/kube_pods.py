@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from weft.v1 import pipeline_pb2
 from weft_executor import podio
 from weft_executor.runtime import AttemptSpec
 
@@ -145,6 +146,10 @@ class PodSettings:
         tolerations: Taints the pods tolerate (Kubernetes JSON).
         termination_grace: Seconds between SIGTERM and SIGKILL when a pod is deleted.
         python: The interpreter of `helper_image`.
+        api_token_secret: Secret (key `token`) the helper containers present to weft-api
+            as `WEFT_PEER_TOKEN`; the step's own container never sees it.
+        api_ca_secret: Secret (key `ca.crt`) mounted into the helpers, whose CA they
+            trust to talk TLS to weft-api.
     """
 
     helper_image: str
@@ -155,6 +160,8 @@ class PodSettings:
     tolerations: Sequence[Mapping[str, Any]] = ()
     termination_grace: int = 5
     python: str = "python"
+    api_token_secret: str = ""
+    api_ca_secret: str = ""
 
 
 def step_wrapper(working_dir: str) -> str:
@@ -205,10 +212,32 @@ def _resources(spec: AttemptSpec) -> JSON:
     return resources
 
 
+#: Where the helpers find the CA of weft-api's certificate (`PodSettings.api_ca_secret`).
+API_CA_DIR = "/var/run/weft/api-ca"
+API_CA_VOLUME = "weft-api-ca"
+
+
+def helper_credentials(spec: AttemptSpec, settings: PodSettings) -> tuple[list[JSON], list[JSON], list[JSON]]:
+    """(env, volume mounts, volumes) that let the helper containers reach weft-api as the
+    namespace of the step: its namespace, the token from a Secret, the CA from a Secret."""
+    env: list[JSON] = [{"name": "WEFT_NAMESPACE", "value": spec.namespace}]
+    mounts: list[JSON] = []
+    volumes: list[JSON] = []
+    if settings.api_token_secret:
+        reference = {"name": settings.api_token_secret, "key": "token"}
+        env.append({"name": "WEFT_PEER_TOKEN", "valueFrom": {"secretKeyRef": reference}})
+    if settings.api_ca_secret:
+        env.append({"name": "WEFT_PEER_CA_CERT", "value": f"{API_CA_DIR}/ca.crt"})
+        mounts.append({"name": API_CA_VOLUME, "mountPath": API_CA_DIR, "readOnly": True})
+        volumes.append({"name": API_CA_VOLUME, "secret": {"secretName": settings.api_ca_secret}})
+    return env, mounts, volumes
+
+
 def build_pod(spec: AttemptSpec, settings: PodSettings, kube_namespace: str) -> JSON:
     """The pod manifest of one attempt (see the runtime's module docstring for its layout)."""
     name = pod_name(*spec.key)
     mount = [{"name": SHARED_VOLUME, "mountPath": podio.SHARED_DIR}]
+    helper_env, helper_mounts, helper_volumes = helper_credentials(spec, settings)
     main: JSON = {
         "name": MAIN_CONTAINER,
         "image": spec.image,
@@ -221,6 +250,7 @@ def build_pod(spec: AttemptSpec, settings: PodSettings, kube_namespace: str) -> 
         ],
         "env": _env(spec),
         "volumeMounts": mount,
+        "securityContext": container_security_context(spec.security),
     }
     if spec.working_dir.startswith("/"):
         main["workingDir"] = spec.working_dir
@@ -241,8 +271,10 @@ def build_pod(spec: AttemptSpec, settings: PodSettings, kube_namespace: str) -> 
             podio.SHARED_DIR,
             *(f"{input_name}={digest}" for input_name, digest in sorted(spec.inputs.items())),
         ],
-        "volumeMounts": mount,
+        "env": helper_env,
+        "volumeMounts": mount + helper_mounts,
         "resources": HELPER_RESOURCES,
+        "securityContext": container_security_context(),
     }
     upload: JSON = {
         "name": UPLOAD_CONTAINER,
@@ -260,8 +292,10 @@ def build_pod(spec: AttemptSpec, settings: PodSettings, kube_namespace: str) -> 
             str(settings.max_output_bytes),
             *spec.outputs,
         ],
-        "volumeMounts": mount,
+        "env": helper_env,
+        "volumeMounts": mount + helper_mounts,
         "resources": HELPER_RESOURCES,
+        "securityContext": container_security_context(),
     }
     pod_spec: JSON = {
         "restartPolicy": "Never",
@@ -269,7 +303,10 @@ def build_pod(spec: AttemptSpec, settings: PodSettings, kube_namespace: str) -> 
         # environment: the same step would see a different environment on another cluster.
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": settings.termination_grace,
-        "volumes": [{"name": SHARED_VOLUME, "emptyDir": {}}],
+        # Hardened unless the step asked otherwise (validated against its namespace's policy).
+        "securityContext": pod_security_context(spec.security),
+        "automountServiceAccountToken": spec.security.mount_service_account_token,
+        "volumes": [{"name": SHARED_VOLUME, "emptyDir": {}}, *helper_volumes],
         "initContainers": [fetch],
         "containers": [main, upload],
     }
@@ -295,6 +332,42 @@ def build_pod(spec: AttemptSpec, settings: PodSettings, kube_namespace: str) -> 
         "metadata": {"name": name, "namespace": kube_namespace, "labels": labels, "annotations": annotations},
         "spec": pod_spec,
     }
+
+
+# Security ---------------------------------------------------------------------------------
+
+#: The user step pods run as unless a step may run as root: the conventional "nonroot" uid
+#: of distroless images. Set explicitly, since most images declare no USER and
+#: runAsNonRoot alone would make the kubelet refuse them.
+STEP_UID = 65532
+
+
+def pod_security_context(security: pipeline_pb2.StepSecurity) -> JSON:
+    """The pod's securityContext: a non-root user and group (also owning the shared
+    volume, so the helpers and the step can read each other's files) and RuntimeDefault
+    seccomp."""
+    context: JSON = {"seccompProfile": {"type": "RuntimeDefault"}}
+    if security.run_as_root:
+        context.update({"runAsUser": 0, "runAsGroup": 0, "fsGroup": 0})
+    else:
+        context.update({"runAsNonRoot": True, "runAsUser": STEP_UID, "runAsGroup": STEP_UID, "fsGroup": STEP_UID})
+    return context
+
+
+def container_security_context(security: pipeline_pb2.StepSecurity | None = None) -> JSON:
+    """A container's securityContext: no privilege escalation and every capability
+    dropped, except those the step adds back (None: weft's own helper containers, which
+    never get any)."""
+    capabilities: JSON = {"drop": ["ALL"]}
+    if security is not None and security.add_capabilities:
+        capabilities["add"] = list(security.add_capabilities)
+    context: JSON = {"allowPrivilegeEscalation": False, "capabilities": capabilities}
+    if security is None:
+        # weft's helpers stay unprivileged even in a pod whose step runs as root.
+        context.update({"runAsNonRoot": True, "runAsUser": STEP_UID, "runAsGroup": STEP_UID})
+    elif not security.run_as_root:
+        context["runAsNonRoot"] = True
+    return context
 
 
 # Reading a pod ----------------------------------------------------------------------------

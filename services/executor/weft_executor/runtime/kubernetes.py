@@ -169,6 +169,8 @@ class KubeSettings:
         node_selector: Node labels the step pods require.
         tolerations: Taints the step pods tolerate (Kubernetes JSON).
         python: The interpreter inside `pod_image`.
+        api_token_secret: Secret (key `token`) the pods' helpers present to weft-api.
+        api_ca_secret: Secret (key `ca.crt`) of the CA of weft-api's certificate.
     """
 
     namespace: str
@@ -187,6 +189,8 @@ class KubeSettings:
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: Sequence[Mapping[str, Any]] = ()
     python: str = "python"
+    api_token_secret: str = ""
+    api_ca_secret: str = ""
 
     def pod_settings(self) -> PodSettings:
         return PodSettings(
@@ -198,6 +202,8 @@ class KubeSettings:
             tolerations=self.tolerations,
             termination_grace=max(0, round(self.kill_grace)),
             python=self.python,
+            api_token_secret=self.api_token_secret,
+            api_ca_secret=self.api_ca_secret,
         )
 
 
@@ -977,6 +983,8 @@ def create_runtime(config: ExecutorConfig, blobs: BlobStore, store: Store) -> Ku
         service_account=config.pod_service_account,
         node_selector=dict(config.pod_node_selector),
         tolerations=tuple(config.pod_tolerations),
+        api_token_secret=config.pod_api_token_secret,
+        api_ca_secret=config.pod_api_ca_secret,
     )
     api = KubeApi(load_configuration(settings.kubeconfig), qps=settings.qps, burst=settings.burst)
     return KubernetesRuntime(api, blobs, settings, claims_in_etcd(store, Keyspace(config.etcd_root)))
