@@ -10,6 +10,7 @@ pipeline is run end to end (fresh, fully cached, edited) once `weft-executor` is
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import itertools
@@ -160,6 +161,44 @@ spec:
 
 
 # The CLI ------------------------------------------------------------------------------------
+
+
+def _command_parsers(
+    parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every command and subcommand of the parser, found by walking it: a new one is covered."""
+    yield prefix, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _command_parsers(sub, (*prefix, name))
+
+
+def test_every_command_and_subcommand_has_a_working_help() -> None:
+    from weft.cli import build_parser
+
+    parsers = dict(_command_parsers(build_parser()))
+    paths = list(parsers)
+    # The walk itself must see the tree, or the test would pass by checking nothing.
+    assert {("apply",), ("run",), ("logs",), ("runs", "list"), ("pipelines", "get")} <= set(paths)
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "120", "WEFT_SERVER": "h:1%", "WEFT_NAMESPACE": "ns"}
+    # Started together: each is an interpreter start-up, and there are a few dozen.
+    helps = {
+        path: subprocess.Popen(
+            [WEFT, *path, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for path in paths
+    }
+    for path, process in helps.items():
+        stdout, stderr = process.communicate(timeout=60)
+        shown = " ".join(("weft", *path))
+        assert process.returncode == 0, f"`{shown} --help` exited {process.returncode}:\n{stderr}"
+        assert stdout.startswith(f"usage: {shown}"), f"`{shown} --help` printed no usage line:\n{stdout}"
+        assert "Traceback" not in stderr
+        if "--server" in parsers[path]._option_string_actions:
+            # The global options, on a subcommand too, show the default that applies.
+            assert "default h:1%)" in stdout, stdout
+            assert "default ns)" in stdout, stdout
 
 
 def test_apply_says_whether_the_version_is_new(cli: Cli) -> None:

@@ -50,20 +50,24 @@ def _retry_settings() -> RetrySettings:
 
 def _common_options(defaults: bool) -> argparse.ArgumentParser:
     # Defined on the top parser (with defaults) and on every subcommand (without, so a
-    # value given before the command is not reset by the subcommand's parser).
+    # value given before the command is not reset by the subcommand's parser). The help
+    # names the effective default itself: on a subcommand the argparse default is
+    # SUPPRESS, which `%(default)s` cannot format.
     parser = argparse.ArgumentParser(add_help=False)
+    server = os.environ.get("WEFT_SERVER", DEFAULT_TARGET)
+    namespace = os.environ.get("WEFT_NAMESPACE", "default")
     suppress = argparse.SUPPRESS
     parser.add_argument(
         "-s",
         "--server",
-        default=os.environ.get("WEFT_SERVER", DEFAULT_TARGET) if defaults else suppress,
-        help="weft-api host:port (env WEFT_SERVER; default %(default)s)",
+        default=server if defaults else suppress,
+        help=f"weft-api host:port (env WEFT_SERVER; default {_help_literal(server)})",
     )
     parser.add_argument(
         "-n",
         "--namespace",
-        default=os.environ.get("WEFT_NAMESPACE", "default") if defaults else suppress,
-        help="namespace (env WEFT_NAMESPACE; default %(default)s)",
+        default=namespace if defaults else suppress,
+        help=f"namespace (env WEFT_NAMESPACE; default {_help_literal(namespace)})",
     )
     parser.add_argument(
         "--token",
@@ -86,9 +90,14 @@ def _common_options(defaults: bool) -> argparse.ArgumentParser:
         "--output",
         choices=("table", "json", "yaml"),
         default="table" if defaults else suppress,
-        help="output format (default %(default)s)",
+        help="output format (default table)",
     )
     return parser
+
+
+def _help_literal(value: str) -> str:
+    # argparse %-formats every help string; a '%' in an environment value must stay literal.
+    return value.replace("%", "%%")
 
 
 def build_parser() -> argparse.ArgumentParser:
