@@ -118,8 +118,10 @@ def _mismatch(declared_digest: str | None, declared_size: int | None, actual_dig
         for part in (declared_digest or "", f"({declared_size} bytes)" if declared_size is not None else "")
         if part
     )
+    # Named after the header field that disagrees with the content (the digest when both do).
+    field = "header.size_bytes" if declared_size is not None and declared_size != actual_size else "header.digest"
     return (
-        f"the uploaded content is {actual_digest} ({actual_size} bytes) but the header declared {declared}; "
+        f"{field}: the uploaded content is {actual_digest} ({actual_size} bytes) but the header declared {declared}; "
         "nothing was stored: compute the digest and size of the exact bytes you send and upload again"
     )
 
@@ -172,8 +174,9 @@ class DirectoryBlobStore:
                     written += len(chunk)
                     if size is not None and written > size:
                         raise InvalidArgument(
-                            f"the upload sent more than the {size} bytes its header declared; nothing was stored: "
-                            "send the exact size in the header"
+                            f"header.size_bytes: the upload sent more than the {size} bytes its header declared; "
+                            "nothing was stored: send the exact size in the header",
+                            field="header.size_bytes",
                         )
                     await asyncio.to_thread(temp.write, chunk)
                 actual = "sha256:" + hasher.hexdigest()

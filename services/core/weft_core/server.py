@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import descriptor_pool
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # The asyncio health servicer; public as grpc_health.v1.health.aio, which the type stubs lack.
@@ -46,7 +47,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from weft_core.auth import Auth, enter_principal
-from weft_core.errors import ServiceError
+from weft_core.errors import InvalidArgument, ServiceError
 from weft_core.store import Compacted
 from weft_core.telemetry import tracer
 from weft_core.tls import ServerTls
@@ -209,9 +210,10 @@ def _wrap_handler(
     handler: grpc.RpcMethodHandler[Any, Any],
     wrap_unary: Callable[[Behaviour], Behaviour],
     wrap_stream: Callable[[Behaviour], Behaviour],
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     serde = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": request_deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
@@ -237,8 +239,45 @@ async def _iterate(
         await result
 
 
+@dataclass(frozen=True)
+class _Undecodable:
+    """A request message whose bytes did not parse (kept to be refused as INVALID_ARGUMENT:
+    gRPC itself would answer INTERNAL before any interceptor saw the call)."""
+
+    problem: str
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as error:
+            return _Undecodable(str(error))
+
+    return parse
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            f"request: the bytes are not a valid message of this method ({request.problem}); "
+            "send the request type the method's descriptor names (grpcurl describe shows it)",
+            field="request",
+        )
+    return request
+
+
+async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _decoded(request)
+
+
 class ErrorInterceptor(_ServerInterceptor):
-    """Turns exceptions into gRPC statuses in one place (see the module docstring)."""
+    """Turns exceptions into gRPC statuses in one place (see the module docstring), and
+    request bytes that do not parse into INVALID_ARGUMENT."""
 
     async def intercept_service(
         self,
@@ -249,11 +288,15 @@ class ErrorInterceptor(_ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        streaming_request = bool(handler.request_streaming)
+
+        def decoded(request: Any) -> Any:
+            return _decoded_stream(request) if streaming_request else _decoded(request)
 
         def wrap_unary(behaviour: Behaviour) -> Behaviour:
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 try:
-                    return await behaviour(request, context)
+                    return await behaviour(decoded(request), context)
                 except Exception as error:
                     await _abort(context, method, error)
 
@@ -262,14 +305,14 @@ class ErrorInterceptor(_ServerInterceptor):
         def wrap_stream(behaviour: Behaviour) -> Behaviour:
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 try:
-                    async for response in _iterate(behaviour, request, context):
+                    async for response in _iterate(behaviour, decoded(request), context):
                         yield response
                 except Exception as error:
                     await _abort(context, method, error)
 
             return stream
 
-        return _wrap_handler(handler, wrap_unary, wrap_stream)
+        return _wrap_handler(handler, wrap_unary, wrap_stream, _tolerant(handler.request_deserializer))
 
 
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str] | None:

@@ -39,8 +39,10 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         self.live_attempts = live_attempts
 
     def _find(self, run: str, step: str, number: int) -> tuple[int, Runtime, LaunchedAttempt]:
-        if not run or not step:
-            raise InvalidArgument("run and step are required, e.g. run=namespaces/default/runs/r1 step=train")
+        if not run:
+            raise InvalidArgument("run: required, e.g. namespaces/default/runs/r1", field="run")
+        if not step:
+            raise InvalidArgument("step: required, the name of a step of the run, e.g. train", field="step")
         if number > 0:
             found = self.live_attempts.get((run, step, number))
             if found is not None:
