@@ -58,9 +58,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-etcd-peer" (include "weft.fullname" .) }}
 {{- end }}
 
+{{/* http, or https when TLS is on (etcd then requires client certificates too). */}}
+{{- define "weft.etcd.scheme" -}}
+{{- if .Values.tls.enabled }}https{{ else }}http{{ end }}
+{{- end }}
+
 {{/* What weft's services dial: the etcd client Service. */}}
 {{- define "weft.etcd.endpoints" -}}
-{{- printf "http://%s:%d" (include "weft.etcd.fullname" .) (int .Values.etcd.clientPort) }}
+{{- printf "%s://%s:%d" (include "weft.etcd.scheme" .) (include "weft.etcd.fullname" .) (int .Values.etcd.clientPort) }}
 {{- end }}
 
 {{/* --initial-cluster for a fresh etcd cluster of .Values.etcd.replicas members. */}}
@@ -69,7 +74,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- $peers := include "weft.etcd.peerService" . }}
 {{- $members := list }}
 {{- range $i := until (int .Values.etcd.replicas) }}
-{{- $members = append $members (printf "%s-%d=http://%s-%d.%s.%s.svc.%s:%d" $fullname $i $fullname $i $peers $.Release.Namespace $.Values.clusterDomain (int $.Values.etcd.peerPort)) }}
+{{- $members = append $members (printf "%s-%d=%s://%s-%d.%s.%s.svc.%s:%d" $fullname $i (include "weft.etcd.scheme" $) $fullname $i $peers $.Release.Namespace $.Values.clusterDomain (int $.Values.etcd.peerPort)) }}
 {{- end }}
 {{- join "," $members }}
 {{- end }}
@@ -136,12 +141,85 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* Security: names, and what every weft service gets when auth and TLS are on. */}}
+{{- define "weft.auth.secretName" -}}
+{{- default (printf "%s-auth" (include "weft.fullname" .)) .Values.auth.existingSecret }}
+{{- end }}
+
+{{- define "weft.tls.secretName" -}}
+{{- default (printf "%s-tls" (include "weft.fullname" .)) .Values.tls.existingSecret }}
+{{- end }}
+
+{{- define "weft.api.serviceAccountName" -}}
+{{- printf "%s-api" (include "weft.fullname" .) }}
+{{- end }}
+
+{{/* Flags of weft-api and weft-executor for auth, TLS, each other and etcd. */}}
+{{- define "weft.security.args" -}}
+{{- if .Values.auth.enabled }}
+- --auth-tokens-file=/etc/weft/auth/tokens.yaml
+{{- end }}
+{{- if .Values.tls.enabled }}
+- --tls-cert=/etc/weft/tls/tls.crt
+- --tls-key=/etc/weft/tls/tls.key
+- --peer-ca-cert=/etc/weft/tls/ca.crt
+- --etcd-ca-cert=/etc/weft/tls/ca.crt
+- --etcd-client-cert=/etc/weft/tls/tls.crt
+- --etcd-client-key=/etc/weft/tls/tls.key
+{{- end }}
+{{- end }}
+
+{{/* The services' own token, from the auth Secret (never on the command line). */}}
+{{- define "weft.security.env" -}}
+{{- if .Values.auth.enabled }}
+- name: WEFT_PEER_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "weft.auth.secretName" . }}
+      key: service-token
+{{- end }}
+{{- end }}
+
+{{- define "weft.security.mounts" -}}
+{{- if .Values.auth.enabled }}
+- name: auth
+  mountPath: /etc/weft/auth
+  readOnly: true
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/weft/tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Secret volumes: a rotated Secret shows up in them, and the services re-read it. */}}
+{{- define "weft.security.volumes" -}}
+{{- if .Values.auth.enabled }}
+- name: auth
+  secret:
+    secretName: {{ include "weft.auth.secretName" . }}
+    items:
+      - key: tokens.yaml
+        path: tokens.yaml
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "weft.tls.secretName" . }}
+{{- end }}
+{{- end }}
+
 {{/* The command lines. Flags and WEFT_* variables are documented by each service's --help. */}}
 {{- define "weft.api.command" -}}
 - weft-api
 - --etcd-endpoints={{ include "weft.etcd.endpoints" . }}
 - --listen=0.0.0.0:{{ .Values.api.port }}
 - --blob-dir={{ .Values.blobStore.mountPath }}
+{{- include "weft.security.args" . }}
+{{- if and .Values.auth.enabled .Values.auth.kubeRoles }}
+- --auth-kube-roles-file=/etc/weft/kube-roles/kube-roles.yaml
+{{- end }}
 {{- range .Values.api.extraArgs }}
 - {{ . | quote }}
 {{- end }}
@@ -158,6 +236,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- /* weft's own image runs the input and output containers of every step pod. */}}
 - --pod-image={{ include "weft.image" . }}
 - --listen=0.0.0.0:{{ .Values.executor.port }}
+{{- include "weft.security.args" . }}
+{{- if .Values.auth.enabled }}
+- --pod-api-token-secret={{ printf "%s-pods-token" (include "weft.fullname" .) }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+- --pod-api-ca-secret={{ printf "%s-pods-ca" (include "weft.fullname" .) }}
+{{- end }}
 {{- range .Values.executor.extraArgs }}
 - {{ . | quote }}
 {{- end }}
@@ -182,7 +267,8 @@ Call with (dict "root" $ "port" 50051).
 {{- if not (has $mode (list "auto" "native" "exec")) }}
 {{- fail (printf "probes.grpc must be auto, native or exec, not %q" $mode) }}
 {{- end }}
-{{- if or (eq $mode "native") (and (eq $mode "auto") (semverCompare ">=1.24.0-0" .root.Capabilities.KubeVersion.Version)) }}
+{{- /* Kubernetes' native gRPC probe speaks no TLS: with TLS on, the exec probe does. */}}
+{{- if and (not .root.Values.tls.enabled) (or (eq $mode "native") (and (eq $mode "auto") (semverCompare ">=1.24.0-0" .root.Capabilities.KubeVersion.Version))) }}
 grpc:
   port: {{ .port }}
 {{- else }}
@@ -193,6 +279,10 @@ exec:
     - weft_core.healthcheck
     - --addr
     - localhost:{{ .port }}
+    {{- if .root.Values.tls.enabled }}
+    - --ca-cert
+    - /etc/weft/tls/ca.crt
+    {{- end }}
 {{- end }}
 {{- end }}
 
