@@ -18,6 +18,7 @@ import grpc
 from weft.v1 import pipeline_pb2, pipeline_pb2_grpc
 from weft_api.access import check_step_security
 from weft_api.listing import check_request_id, decode_token, encode_token, page_size
+from weft_core.auth import current_subject
 from weft_core.blobs import BlobStore
 from weft_core.errors import Aborted, InvalidArgument, NotFound
 from weft_core.keyspace import Keyspace
@@ -222,7 +223,7 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
 
         existing = await self.reader.version_record(ns, name, digest)
         if existing is not None and head is not None:
-            order = PipelineVersionOrder(digest, existing.create_time)
+            order = PipelineVersionOrder(digest, existing.create_time, existing.created_by)
             new_head = PipelineHead(
                 version=digest,
                 version_count=head.version_count,
@@ -251,6 +252,7 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
         now = now_rfc3339()
         sequence = (head.version_count if head is not None else 0) + 1
         record, blob = version_record(name, pipeline.spec, digest, sequence, now)
+        record.created_by = current_subject()
         if blob is not None:
             # Stored before the record that names it, so a record never points at nothing.
             await self.blobs.put(blob)
@@ -262,7 +264,7 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
             labels=labels,
             version_create_time=now,
         )
-        order = PipelineVersionOrder(digest, now)
+        order = PipelineVersionOrder(digest, now, record.created_by)
         result = await self.store.txn(
             [unchanged_since(head_key, head_revision), absent(version_key), *request_compares],
             [

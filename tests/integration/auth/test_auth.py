@@ -266,6 +266,28 @@ async def test_runs_record_who_created_and_who_cancelled_them(secure_api: InProc
         events.cancel()
 
 
+async def test_pipeline_versions_record_who_created_them(secure_api: InProcessApi, tokens: Tokens) -> None:
+    async with (
+        tokens.channel(secure_api.address, "admin-a") as admin,
+        tokens.channel(secure_api.address, "cluster-admin") as cluster,
+    ):
+        request = pipeline_pb2.CreatePipelineRequest(
+            parent="namespaces/team-a", pipeline=pipeline_pb2.Pipeline(name="p1", spec=simple())
+        )
+        first = await Clients.of(admin).pipelines.CreatePipeline(request)
+        request.pipeline.spec.CopyFrom(simple(2))
+        second = await Clients.of(cluster).pipelines.CreatePipeline(request)
+        assert (first.created_by, second.created_by) == ("admin-a", "cluster-admin")
+        got = await Clients.of(admin).pipelines.GetPipeline(
+            pipeline_pb2.GetPipelineRequest(name=first.name, version=first.version)
+        )
+        assert got.created_by == "admin-a"
+        versions = await Clients.of(admin).pipelines.ListPipelineVersions(
+            pipeline_pb2.ListPipelineVersionsRequest(name=first.name)
+        )
+        assert [v.created_by for v in versions.versions] == ["cluster-admin", "admin-a"]
+
+
 async def test_a_blob_is_readable_only_in_a_namespace_it_was_uploaded_for(
     secure_api: InProcessApi, tokens: Tokens
 ) -> None:
