@@ -152,12 +152,14 @@ def test_three_etcd_members_find_each_other_through_the_headless_service() -> No
     assert peers["spec"]["publishNotReadyAddresses"] is True
     assert etcd["spec"]["podManagementPolicy"] == "Parallel"
     assert etcd["spec"]["replicas"] == 3
-    flags = dict(arg.split("=", 1) for arg in etcd["spec"]["template"]["spec"]["containers"][0]["command"][1:])
+    command = etcd["spec"]["template"]["spec"]["containers"][0]["command"][1:]
+    flags = dict(arg.split("=", 1) for arg in command if "=" in arg)
     domain = f"{peers['metadata']['name']}.weft.svc.cluster.local"
+    # Peers talk TLS by default (tls.enabled; tests/e2e/test_helm_security.py has the rest).
     assert flags["--initial-cluster"].split(",") == [
-        f"rel-weft-etcd-{i}=http://rel-weft-etcd-{i}.{domain}:2380" for i in range(3)
+        f"rel-weft-etcd-{i}=https://rel-weft-etcd-{i}.{domain}:2380" for i in range(3)
     ]
-    assert flags["--initial-advertise-peer-urls"] == f"http://$(POD_NAME).{domain}:2380"
+    assert flags["--initial-advertise-peer-urls"] == f"https://$(POD_NAME).{domain}:2380"
     assert flags["--name"] == "$(POD_NAME)"  # the member name is the pod name used above
     assert [t["metadata"]["name"] for t in etcd["spec"]["volumeClaimTemplates"]] == ["data"]
 
@@ -178,7 +180,7 @@ def test_services_dial_the_etcd_client_service() -> None:
     objects = _objects("--set", "tracer.enabled=true")
     client_service = _find(objects, "Service", "rel-weft-etcd")
     port = client_service["spec"]["ports"][0]["port"]
-    endpoint = f"--etcd-endpoints=http://rel-weft-etcd:{port}"
+    endpoint = f"--etcd-endpoints=https://rel-weft-etcd:{port}"  # TLS is on by default
 
     containers = _containers(objects)
     for name in ("rel-weft-api/api", "rel-weft-executor/executor", "rel-weft-tracer/tracer"):
@@ -254,7 +256,9 @@ def test_the_executor_may_manage_pods_in_the_steps_namespace() -> None:
     ],
 )
 def test_grpc_probes_fit_the_cluster_version(kube_version: str, values: tuple[str, ...], native: bool) -> None:
-    containers = _containers(_objects(*values, kube_version=kube_version, namespace="weft"))
+    # Without TLS (with it, the exec probe always: tests/e2e/test_helm_security.py).
+    plaintext = ("--set", "tls.enabled=false")
+    containers = _containers(_objects(*values, *plaintext, kube_version=kube_version, namespace="weft"))
 
     api = containers["rel-weft-api/api"]
     for probe in (api["readinessProbe"], api["livenessProbe"]):
