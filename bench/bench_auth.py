@@ -45,7 +45,7 @@ def spec() -> pipeline_pb2.PipelineSpec:
 
 
 async def bench(args: argparse.Namespace, servers: dict[str, tuple[str, dict[str, object]]]) -> None:
-    results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+    results: dict[tuple[str, int], list[tuple[float, ...]]] = {}
     channels = {name: open_channel(address, **settings) for name, (address, settings) in servers.items()}  # type: ignore[arg-type]
     try:
         calls = {}

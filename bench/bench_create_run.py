@@ -5,14 +5,18 @@
 Starts its own etcd (default election settings, data in a temp dir) and a `weft-api`
 subprocess, measures raw etcd rates through weft's Store in the same run (a single put,
 and a transaction shaped like CreateRun's: 2 compares, 3 puts), then CreateRun at
-concurrency 1, 8 and 32 from one asyncio client. Each figure is the median of the rounds.
-Not part of the test suite; the client shares the machine with the servers.
+concurrency 1, 8 and 32 from one asyncio client. Each figure is the median of the rounds;
+beside it, the CPU that weft-api and etcd spent per call (from /proc, so it means something
+even when other work shares the machine), and CreateRun's rate as a share of the raw
+transaction rate at the same concurrency. Not part of the test suite; the client shares the
+machine with the servers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -51,18 +55,30 @@ async def measure(call: Callable[[int], Awaitable[object]], total: int, concurre
     return percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000, total / elapsed
 
 
-def median_of(rounds: list[tuple[float, float, float]]) -> tuple[float, float, float]:
-    return (
-        statistics.median(r[0] for r in rounds),
-        statistics.median(r[1] for r in rounds),
-        statistics.median(r[2] for r in rounds),
-    )
+def median_of(rounds: list[tuple[float, ...]]) -> tuple[float, ...]:
+    return tuple(statistics.median(r[i] for r in rounds) for i in range(len(rounds[0])))
 
 
-async def bench(args: argparse.Namespace, etcd: EtcdProcess, address: str) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure_cpu(
+    call: Callable[[int], Awaitable[object]], total: int, concurrency: int, pids: tuple[int, int]
+) -> tuple[float, ...]:
+    """`measure`, plus the CPU ms per call of each process in `pids` (weft-api, etcd)."""
+    before = [cpu_seconds(pid) for pid in pids]
+    figures = await measure(call, total, concurrency)
+    return (*figures, *((cpu_seconds(pid) - b) * 1000 / total for pid, b in zip(pids, before, strict=True)))
+
+
+async def bench(args: argparse.Namespace, etcd: EtcdProcess, address: str, api_pid: int) -> None:
     store = Store(etcd.endpoint)
     keyspace = Keyspace("/bench-raw")
-    results: dict[str, tuple[float, float, float]] = {}
+    results: dict[str, tuple[float, ...]] = {}
+    pids = (api_pid, etcd.child.pid)
 
     async def put(i: int) -> None:
         await store.put(keyspace.step("ns", "r", f"put-{i}-{time.perf_counter_ns()}"), b"x" * 300)
@@ -78,7 +94,7 @@ async def bench(args: argparse.Namespace, etcd: EtcdProcess, address: str) -> No
 
     for name, call in (("etcd put", put), ("etcd txn (CreateRun's shape)", txn)):
         for concurrency in CONCURRENCIES:
-            rounds = [await measure(call, args.requests, concurrency) for _ in range(args.rounds)]
+            rounds = [await measure_cpu(call, args.requests, concurrency, pids) for _ in range(args.rounds)]
             results[f"{name} @{concurrency}"] = median_of(rounds)
 
     async with grpc.aio.insecure_channel(address) as channel:
@@ -107,13 +123,17 @@ async def bench(args: argparse.Namespace, etcd: EtcdProcess, address: str) -> No
 
         await measure(create_run, 50, 8)  # warm-up: connections, caches
         for concurrency in CONCURRENCIES:
-            rounds = [await measure(create_run, args.requests, concurrency) for _ in range(args.rounds)]
+            rounds = [await measure_cpu(create_run, args.requests, concurrency, pids) for _ in range(args.rounds)]
             results[f"CreateRun @{concurrency}"] = median_of(rounds)
     await store.close()
 
-    print(f"\n{'operation @concurrency':<36} {'p50 ms':>8} {'p99 ms':>8} {'per second':>11}")
-    for name, (p50, p99, rate) in results.items():
-        print(f"{name:<36} {p50:8.2f} {p99:8.2f} {rate:11.0f}")
+    header = f"{'operation @concurrency':<36} {'p50 ms':>8} {'p99 ms':>8} {'per second':>11}"
+    print(f"\n{header} {'api CPU ms':>11} {'etcd CPU ms':>12}")
+    for name, (p50, p99, rate, api_cpu, etcd_cpu) in results.items():
+        print(f"{name:<36} {p50:8.2f} {p99:8.2f} {rate:11.0f} {api_cpu:11.3f} {etcd_cpu:12.3f}")
+    for concurrency in CONCURRENCIES:
+        share = results[f"CreateRun @{concurrency}"][2] / results[f"etcd txn (CreateRun's shape) @{concurrency}"][2]
+        print(f"CreateRun / raw etcd txn rate @{concurrency}: {share:.0%}")
     print(f"\n{args.requests} calls per round, median of {args.rounds} rounds; one client process, one etcd member.")
 
 
@@ -130,7 +150,7 @@ def main() -> None:
         try:
             api = api_process(etcd.endpoint, work / "blobs", work / "weft-api.log", etcd_root="/bench")
             address = api.start()
-            asyncio.run(bench(args, etcd, address))
+            asyncio.run(bench(args, etcd, address, api.child.pid))
         finally:
             if api is not None:
                 api.stop()

@@ -52,7 +52,7 @@ from weft.v1 import pipeline_pb2, pipeline_pb2_grpc, run_pb2, run_pb2_grpc  # no
 from weft_core.blobs import RemoteBlobStore  # noqa: E402
 from weft_core.keyspace import Keyspace  # noqa: E402
 from weft_executor import podio  # noqa: E402
-from weft_executor.config import ExecutorConfig  # noqa: E402
+from weft_executor.config import ExecutorConfig, KubeSettings  # noqa: E402
 from weft_executor.executor import Executor  # noqa: E402
 from weft_executor.runtime.kube_pods import POD_SELECTOR, UPLOAD_CONTAINER  # noqa: E402
 
@@ -236,11 +236,13 @@ async def one_run(
         executor_id=f"bench-{int(qps)}",
         max_parallel=args.width + 1,
         runtime="kubernetes",
-        namespace=namespace,
-        kubeconfig=cluster.kubeconfig_path,
-        pod_image=POD_IMAGE,
-        kube_qps=qps,
-        kube_burst=args.burst,
+        kube=KubeSettings(
+            namespace=namespace,
+            kubeconfig=cluster.kubeconfig_path,
+            pod_image=POD_IMAGE,
+            kube_qps=qps,
+            kube_burst=args.burst,
+        ),
     )
     executor = Executor(config)
     await executor.start()

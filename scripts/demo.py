@@ -8,6 +8,8 @@ weft-executor with the local runtime) in a fresh state directory, then:
 3. runs it again: every step is CACHED and nothing is launched,
 4. applies examples/etl/pipeline_edited.yaml (one transform edited),
 5. runs that: only the edited step and its downstream run again; the rest is reused,
+6. applies examples/etl_functions.py (the same pipeline as Python functions) and runs it:
+   its report is byte-for-byte the YAML pipeline's,
 
 checking each of these claims (exit code 1 if one does not hold), and stops the stack.
 It is a client of the stack like any other: it never reads etcd itself.
@@ -19,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.panel import Panel
 from rich.text import Text
@@ -36,6 +40,7 @@ from weft.localstack import LocalStack, find_etcd
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "etl" / "pipeline.yaml"
 EXAMPLE_EDITED = ROOT / "examples" / "etl" / "pipeline_edited.yaml"
+EXAMPLE_FUNCTIONS = ROOT / "examples" / "etl_functions.py"
 EDITED_STEP = "transform-1"
 DOWNSTREAM_OF_EDIT = {"transform-1", "aggregate", "report"}
 
@@ -49,9 +54,9 @@ def chapter(number: int, title: str) -> None:
     console.rule(Text(f"{number}. {title}", style="bold"), align="left")
 
 
-async def run_and_follow(client: weft.AsyncClient, rows: int, label: str) -> weft.RunRecord:
-    """Starts a run of `etl` and shows it until it ends; it must succeed."""
-    run = await client.create_run("etl", {"rows": str(rows)})
+async def run_and_follow(client: weft.AsyncClient, rows: int, label: str, pipeline: str = "etl") -> weft.RunRecord:
+    """Starts a run of `pipeline` and shows it until it ends; it must succeed."""
+    run = await client.create_run(pipeline, {"rows": str(rows)})
     console.print(Text.assemble(("run ", "dim"), (run.name, "bold"), f" created ({label})"))
     final = await follow_run(client, run.full_name, console)
     if not final.succeeded:
@@ -107,6 +112,24 @@ async def demo(api: str, rows: int) -> None:
         new_report = await print_report(third, client)
         if new_report == report:
             raise DemoFailed("the edited pipeline produced the same report")
+
+        chapter(6, "the same pipeline as Python functions (examples/etl_functions.py)")
+        functions = await client.apply(_functions_example().build())
+        console.print(repr(functions))
+        python_run = await run_and_follow(client, rows, "@weft.function steps", pipeline=functions.pipeline.name)
+        python_report = await print_report(python_run, client)
+        if python_report != report:
+            raise DemoFailed("the Python pipeline's report differs from the YAML pipeline's")
+        console.print(f"{python_run!r}: the report is byte-for-byte the YAML pipeline's")
+
+
+def _functions_example() -> Any:
+    spec = importlib.util.spec_from_file_location("etl_functions", EXAMPLE_FUNCTIONS)
+    if spec is None or spec.loader is None:
+        raise DemoFailed(f"cannot load {EXAMPLE_FUNCTIONS}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(argv: list[str] | None = None) -> int:

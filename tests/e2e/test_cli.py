@@ -120,15 +120,23 @@ class Cli:
     server: str
     namespace: str
 
-    def __call__(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        env = {
+    def _env(self) -> dict[str, str]:
+        return {
             **os.environ,
             "WEFT_SERVER": self.server,
             "WEFT_NAMESPACE": self.namespace,
             "NO_COLOR": "1",
             "COLUMNS": "250",
         }
-        return subprocess.run([WEFT, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+    def __call__(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([WEFT, *args], capture_output=True, text=True, env=self._env(), timeout=timeout)
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        """Starts `weft ARGS` without waiting (stdout and stderr piped)."""
+        return subprocess.Popen(
+            [WEFT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self._env()
+        )
 
     def ok(self, *args: str, timeout: float = 60.0) -> str:
         result = self(*args, timeout=timeout)
@@ -652,7 +660,12 @@ spec:
     - name: talk
       container:
         image: "python:3.11-slim"
-        command: [sh, -c, 'for i in 1 2 3; do echo "line $i"; sleep 0.3; done; echo oops >&2']
+        command:
+          - sh
+          - -c
+          - >-
+            echo "line 1"; while [ ! -e RELEASE ]; do sleep 0.05; done;
+            echo "line 2"; sleep 0.3; echo "line 3"; echo oops >&2
 """
 
 
@@ -698,16 +711,29 @@ def test_failed_run_exits_1_shows_logs_and_resumes_only_the_failed_part(executor
 
 
 def _follow_chatty(cli: Cli, tmp_path: Path, run_id: str) -> subprocess.CompletedProcess[str]:
-    cli.ok("apply", "-f", str(_write(tmp_path / "chatty.yaml", CHATTY)))
+    # The step prints its first line, then waits for the test: `logs -f` is seen following a
+    # running attempt however slowly the machine runs the CLI.
+    release = tmp_path / f"release-{run_id}"
+    cli.ok("apply", "-f", str(_write(tmp_path / "chatty.yaml", CHATTY.replace("RELEASE", str(release)))))
     cli.ok("run", "chatty", "--run-id", run_id, "--cache", "off")
     assert_eventually(
         lambda: cli.json("runs", "get", run_id)["steps"][0]["state"] == "STATE_RUNNING",  # type: ignore[index]
         timeout=60,
         what="the chatty step is running",
     )
-    followed = cli("logs", run_id, "talk", "-f", timeout=60)
-    assert followed.returncode == 0, followed.stderr
-    return followed
+    follow = cli.popen("logs", run_id, "talk", "-f")
+    try:
+        assert follow.stdout is not None
+        first = follow.stdout.readline()  # live: the step is still waiting
+        release.touch()
+        rest, errors = follow.communicate(timeout=60)
+    finally:
+        release.touch()
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+    assert follow.returncode == 0, errors
+    return subprocess.CompletedProcess(follow.args, follow.returncode, first + rest, errors)
 
 
 @pytest.mark.slow

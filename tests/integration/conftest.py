@@ -46,11 +46,12 @@ class InProcessApi:
 
 @contextlib.asynccontextmanager
 async def running_api(
-    etcd_endpoint: str, keyspace: Keyspace, blob_dir: Path, **settings: Any
+    etcd_endpoint: str, keyspace: Keyspace, blob_dir: Path, *, blob_store: str = "", **settings: Any
 ) -> AsyncIterator[InProcessApi]:
     """Serves a weft-api on a free port for the duration of the `async with` block.
 
-    Use it directly for an api against another etcd than the session's (e.g. `private_etcd`).
+    Use it directly for an api against another etcd than the session's (e.g. `private_etcd`),
+    or with `blob_store` (a URL such as `s3://bucket/prefix`) instead of the directory;
     `settings` are further ApiConfig fields (auth, TLS).
     """
     config = ApiConfig(
@@ -58,6 +59,7 @@ async def running_api(
         listen="127.0.0.1:0",
         blob_dir=blob_dir,
         etcd_root=keyspace.root,
+        blob_store=blob_store,
         **settings,
     )
     server, port = create_api_server(config)

@@ -215,7 +215,11 @@ app.kubernetes.io/component: {{ .component }}
 - weft-api
 - --etcd-endpoints={{ include "weft.etcd.endpoints" . }}
 - --listen=0.0.0.0:{{ .Values.api.port }}
+{{- if .Values.blobStore.url }}
+- --blob-store={{ .Values.blobStore.url }}
+{{- else }}
 - --blob-dir={{ .Values.blobStore.mountPath }}
+{{- end }}
 {{- include "weft.security.args" . }}
 {{- if and .Values.auth.enabled .Values.auth.kubeRoles }}
 - --auth-kube-roles-file=/etc/weft/kube-roles/kube-roles.yaml
@@ -242,6 +246,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- if .Values.tls.enabled }}
 - --pod-api-ca-secret={{ printf "%s-pods-ca" (include "weft.fullname" .) }}
+{{- end }}
+{{- if .Values.blobStore.url }}
+{{- /* The executor and the step pods' helpers use the bucket directly, not the api. */}}
+- --blob-store={{ .Values.blobStore.url }}
+{{- with include "weft.blobs.secretName" . }}
+- --pod-blob-store-secret={{ . }}
+{{- end }}
 {{- end }}
 {{- range .Values.executor.extraArgs }}
 - {{ . | quote }}
@@ -311,13 +322,43 @@ imagePullSecrets:
 {{- end }}
 {{- end }}
 
-{{/* The blob store volume, shared by weft-api and weft-executor. */}}
+{{/* The Secret with the object store's credentials ("" when none: workload identity). */}}
+{{- define "weft.blobs.secretName" -}}
+{{- if .Values.blobStore.credentials.existingSecret }}
+{{- .Values.blobStore.credentials.existingSecret }}
+{{- else if .Values.blobStore.credentials.env }}
+{{- printf "%s-blob-store" (include "weft.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* envFrom of weft-api and weft-executor: the object store's credentials, if any. */}}
+{{- define "weft.blobs.envFrom" -}}
+{{- if .Values.blobStore.url }}
+{{- with include "weft.blobs.secretName" . }}
+envFrom:
+  - secretRef:
+      name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The blob store's mount in weft-api and weft-executor (none with object storage). */}}
+{{- define "weft.blobs.mount" -}}
+{{- if not .Values.blobStore.url }}
+- name: blobs
+  mountPath: {{ .Values.blobStore.mountPath }}
+{{- end }}
+{{- end }}
+
+{{/* The blob store volume, shared by weft-api and weft-executor (none with object storage). */}}
 {{- define "weft.blobs.volume" -}}
+{{- if not .Values.blobStore.url }}
 - name: blobs
 {{- if .Values.blobStore.persistence.enabled }}
   persistentVolumeClaim:
     claimName: {{ include "weft.blobs.claimName" . }}
 {{- else }}
   emptyDir: {}
+{{- end }}
 {{- end }}
 {{- end }}

@@ -1,9 +1,11 @@
 """`weft-api`: serve PipelineService, RunService and ArtifactService until SIGTERM/SIGINT.
 
     weft-api --etcd-endpoints http://127.0.0.1:2379 --listen 127.0.0.1:50051 --blob-dir DIR [--etcd-root /weft]
+    weft-api --etcd-endpoints http://127.0.0.1:2379 --blob-store s3://bucket/prefix
 
-Each flag may also come from WEFT_ETCD_ENDPOINTS, WEFT_LISTEN, WEFT_BLOB_DIR and
-WEFT_ETCD_ROOT. Once serving, it prints exactly one line to stdout,
+Each flag may also come from WEFT_ETCD_ENDPOINTS, WEFT_LISTEN, WEFT_BLOB_DIR,
+WEFT_BLOB_STORE and WEFT_ETCD_ROOT; object-store credentials come from the standard
+variables (AWS_*, GOOGLE_*, AZURE_*) or workload identity. Once serving, it prints exactly one line to stdout,
 `weft-api listening on HOST:PORT`, so launchers that pass port 0 can read the port.
 Spans are exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set. Logs go to stderr.
 """

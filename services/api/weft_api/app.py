@@ -2,7 +2,7 @@
 
 `create_api_server(config)` is what `weft-api` runs and what the tests start on port 0.
 The api holds no state of its own beyond caches of immutable data (specs by digest), so
-any number of replicas can serve the same etcd and blob directory (invariant 5).
+any number of replicas can serve the same etcd and blob store (invariant 5).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from weft_api.artifacts import ArtifactService, BlobReferences
 from weft_api.pipelines import PipelineService
 from weft_api.runs import RunService
 from weft_core.auth import load_auth
-from weft_core.blobs import DirectoryBlobStore
 from weft_core.config import ApiConfig
 from weft_core.keyspace import Keyspace
+from weft_core.objectstore import open_blob_store
 from weft_core.pipelines import PipelineReader
 from weft_core.requests import RequestIdLeases
 from weft_core.server import ServiceBinding, WeftServer, create_server
@@ -44,7 +44,8 @@ def create_api_server(config: ApiConfig) -> tuple[WeftServer, int]:
     tls = server_tls_of(config)
     store = Store(config.etcd_endpoints, tls=etcd_tls_of(config))
     keyspace = Keyspace(config.etcd_root)
-    blobs = DirectoryBlobStore(config.blob_dir)
+    # A directory, or object storage that every api replica and executor reaches directly.
+    blobs = open_blob_store(config.blob_store_url)
     reader = PipelineReader(store, keyspace, blobs)
     request_ids = RequestIdLeases(store)  # one lease grant an hour serves both services
     services = [

@@ -1,8 +1,13 @@
 """ArtifactService: uploads and downloads of content-addressed blobs over gRPC.
 
-A thin gRPC face of a `BlobStore` (the directory backend in weft-api). PutBlob verifies
-the uploaded bytes against the header's digest and size and stores nothing on a mismatch;
-GetBlob streams 1 MiB chunks from an offset.
+A thin gRPC face of the configured `BlobStore` (a directory, or object storage that the
+executors and step pods also reach directly). PutBlob verifies the uploaded bytes against
+the header's digest and size and stores nothing on a mismatch; GetBlob streams 1 MiB
+chunks from an offset; StatBlob also tells the store that the blob is wanted (`touch`),
+because uploaders ask it before skipping an upload and the sweep must not delete a blob
+such an upload is about to rely on. `TRAFFIC` counts the bytes that went through the
+service, so an operator (and a test) can see that step data goes around the api when
+the store is object storage.
 
 With authentication on, blobs are shared by content but readable per namespace: a
 PutBlob for namespace ns records `blobrefs/{ns}/{hex}` in etcd once the content is
@@ -10,13 +15,16 @@ verified, and GetBlob/StatBlob in ns answer NOT_FOUND for a blob ns never upload
 knowing a digest from another namespace gives nothing (uploading needs the content
 itself, so a reference cannot be forged). Cluster-wide admins (executors) read any
 blob; their StatBlob in a namespace still answers for that namespace, so an executor
-uploads an output another namespace already has and the reference is recorded. Without
-authentication nothing here touches etcd.
+uploads an output another namespace already has and the reference is recorded. Blobs
+that executors write straight to object storage get no reference (a known limit: with
+auth on, read them through a cluster-wide viewer). Without authentication nothing here
+touches etcd.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -29,6 +37,20 @@ from weft_core.blobs import CHUNK_BYTES, BlobInfo, BlobStore, check_digest
 from weft_core.errors import InvalidArgument, NotFound
 from weft_core.keyspace import Keyspace
 from weft_core.store import Store
+
+
+@dataclass
+class ArtifactTraffic:
+    """Bytes and blobs that went through ArtifactService in this process (all instances)."""
+
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    blobs_received: int = 0
+    blobs_sent: int = 0
+
+
+#: This process's ArtifactService traffic (like a metrics registry: one per process).
+TRAFFIC = ArtifactTraffic()
 
 
 def blob_message(info: BlobInfo) -> artifact_pb2.Blob:
@@ -96,6 +118,7 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
             async for message in messages:
                 if message.WhichOneof("part") != "data":
                     raise InvalidArgument("header: send exactly one header, as the first message", field="header")
+                TRAFFIC.bytes_received += len(message.data)
                 yield message.data
 
         # Content already stored is still verified (and then discarded by the store), so a
@@ -103,6 +126,7 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
         info = await self.blobs.put_stream(data(), digest=header.digest, size=header.size_bytes)
         if self.references is not None:
             await self.references.record(blob_namespace(header.namespace, "header.namespace"), info.digest)
+        TRAFFIC.blobs_received += 1
         return blob_message(info)
 
     async def GetBlob(
@@ -118,14 +142,17 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
                 "use 0 to read from the start",
                 field="offset",
             )
+        TRAFFIC.blobs_sent += 1
         async for chunk in self.blobs.read(request.digest, offset=request.offset, chunk_size=CHUNK_BYTES):
+            TRAFFIC.bytes_sent += len(chunk)
             yield artifact_pb2.GetBlobResponse(data=chunk)
 
     async def StatBlob(
         self, request: artifact_pb2.StatBlobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> artifact_pb2.Blob:
         check_digest(request.digest)
-        info = await self.blobs.stat(request.digest)
+        touch = getattr(self.blobs, "touch", None)
+        info = await (touch(request.digest) if touch is not None else self.blobs.stat(request.digest))
         # Same message whether absent or of another namespace: existence is not leaked.
         if info is None or not await self._visible(request.namespace, request.digest, admin_sees_all=False):
             raise NotFound(f"blob {request.digest} is not stored")

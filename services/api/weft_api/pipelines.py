@@ -20,6 +20,7 @@ from weft_api.access import check_step_security
 from weft_api.listing import check_request_id, decode_token, encode_token, page_size
 from weft_core.auth import current_subject
 from weft_core.blobs import BlobStore
+from weft_core.composition import expand_uses
 from weft_core.errors import Aborted, InvalidArgument, NotFound
 from weft_core.keyspace import Keyspace
 from weft_core.pipelines import (
@@ -30,7 +31,7 @@ from weft_core.pipelines import (
     pipeline_message,
     version_record,
 )
-from weft_core.requests import RequestIdLeases
+from weft_core.requests import RequestIdLeases, RequestRecord, request_digest
 from weft_core.spec import parse_namespace, parse_pipeline_name, pipeline_name, spec_digest, validate_pipeline
 from weft_core.store import (
     KeyValue,
@@ -89,9 +90,9 @@ class PipelineFilter:
 
 @dataclass(frozen=True)
 class _RequestTaken:
-    """A CreatePipeline's request id was recorded by another request: `created` is its result."""
+    """A CreatePipeline's request id was recorded by another request: `record` says what it made."""
 
-    created: str
+    record: RequestRecord
 
 
 class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
@@ -131,14 +132,16 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
                 "make them agree or give just the pipeline id",
                 field="pipeline.name",
             )
+        digest_of_request = request_digest(request) if request_id else ""
         if request_id:
             created = await self.store.get(self.keyspace.request(ns, request_id))
             if created is not None:
-                return await self._replay(ns, request_id, created.value.decode())
+                return await self._replay(ns, request_id, RequestRecord.decode(created.value), digest_of_request)
 
         pipeline = pipeline_pb2.Pipeline(name=name, description=request.pipeline.description)
         pipeline.labels.update(request.pipeline.labels)
         pipeline.spec.CopyFrom(request.pipeline.spec)
+        await self._expand_uses(ns, pipeline)
         dag = validate_pipeline(pipeline)
         check_step_security(pipeline.spec, ns, self.relaxed_security_namespaces)
         digest = spec_digest(pipeline.spec)
@@ -146,14 +149,14 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
 
         for _ in range(WRITE_ATTEMPTS):
             try:
-                written = await self._write_version(ns, pipeline, digest, request_id)
+                written = await self._write_version(ns, pipeline, digest, request_id, digest_of_request)
             except LeaseNotFound:
                 self.request_ids.forget()  # the request-id lease is gone: the next try gets a new one
                 continue
             if isinstance(written, _RequestTaken):
                 # A concurrent request with the same request id got there first: its result
                 # is the answer, and the head stays where that request left it.
-                return await self._replay(ns, request_id, written.created)
+                return await self._replay(ns, request_id, written.record, digest_of_request)
             if written is not None:
                 head, head_revision, record = written
                 result = pipeline_message(ns, name, head, _revision_only(head_revision), record)
@@ -163,8 +166,27 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
             f'pipeline "{pipeline_name(ns, name)}" kept changing concurrently; retry the request',
         )
 
-    async def _replay(self, ns: str, request_id: str, created: str) -> pipeline_pb2.Pipeline:
-        """The answer to a retried CreatePipeline: the version the request id created."""
+    async def _expand_uses(self, ns: str, pipeline: pipeline_pb2.Pipeline) -> None:
+        """Replaces steps that use another pipeline by its steps (weft_core/composition.py).
+
+        It only reads: a refused use writes nothing.
+        """
+
+        async def fetch(name: str, version: str) -> pipeline_pb2.Pipeline:
+            return await self.reader.get(ns, name, version)
+
+        await expand_uses(pipeline, fetch)
+
+    async def _replay(
+        self, ns: str, request_id: str, record: RequestRecord, digest_of_request: str
+    ) -> pipeline_pb2.Pipeline:
+        """The answer to a retried CreatePipeline: the version the request id created.
+
+        Raises:
+            InvalidArgument: The request id was used for another request (naming `request_id`).
+        """
+        created = record.created
+        record.check_same(request_id, digest_of_request)
         resource, _, digest_hex = created.partition("/versions/")
         try:
             name_ns, name = parse_pipeline_name(resource)
@@ -179,7 +201,7 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
         return await self.reader.get(ns, name, digest_hex)
 
     async def _write_version(
-        self, ns: str, pipeline: pipeline_pb2.Pipeline, digest: str, request_id: str
+        self, ns: str, pipeline: pipeline_pb2.Pipeline, digest: str, request_id: str, digest_of_request: str
     ) -> tuple[PipelineHead, int, PipelineVersionOrder] | _RequestTaken | None:
         """One attempt at making `digest` the head.
 
@@ -205,7 +227,7 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
             [
                 op_put(
                     request_key,
-                    f"{pipeline_name(ns, name)}/versions/{digest[7:]}".encode(),
+                    RequestRecord(f"{pipeline_name(ns, name)}/versions/{digest[7:]}", digest_of_request).encode(),
                     await self.request_ids.lease(),
                 )
             ]
@@ -218,7 +240,7 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
             if request_id:
                 kvs = result.range_kvs(0)
                 if kvs:
-                    return _RequestTaken(kvs[0].value.decode())
+                    return _RequestTaken(RequestRecord.decode(kvs[0].value))
             return None
 
         existing = await self.reader.version_record(ns, name, digest)

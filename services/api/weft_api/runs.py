@@ -6,7 +6,10 @@ a client sees of a run is synthesized from those committed records on every read
 api keeps no state and can be killed at any moment (invariant 5):
 
 - CreateRun writes the run key, its runindex summary, its runorder key and the request key
-  in ONE transaction: a run is wholly visible or not at all (DESIGN.md, data flow step 1).
+  in ONE transaction, and nothing else: a run is wholly visible or not at all (DESIGN.md,
+  data flow step 1). Parameter values are inline in the run record; their blobs are
+  written by the executor before an attempt reads them, so CreateRun does no file I/O
+  and a refused call leaves nothing behind.
 - ListRuns pages through the runorder keys (newest first) and reads only the small
   runindex summaries (no parameters): a page never reads the namespace's whole index.
 - A step's state is its done record if present, else its step record, else READY if a
@@ -19,23 +22,24 @@ api keeps no state and can be killed at any moment (invariant 5):
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import string
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from weft.v1 import executor_pb2, executor_pb2_grpc, pipeline_pb2, run_pb2, run_pb2_grpc
+from weft_api.group_commit import GroupCommit
 from weft_api.listing import check_request_id, decode_token, encode_token, page_size
 from weft_core.auth import current_subject
-from weft_core.blobs import BlobStore
+from weft_core.blobs import BlobStore, digest_of
 from weft_core.errors import (
     Aborted,
     AlreadyExists,
@@ -48,7 +52,7 @@ from weft_core.errors import (
 )
 from weft_core.keyspace import Keyspace, ready_time_of
 from weft_core.pipelines import PipelineReader
-from weft_core.requests import RequestIdLeases
+from weft_core.requests import RequestIdLeases, RequestRecord, request_digest
 from weft_core.runs import run_summary
 from weft_core.spec import (
     check_dns_label,
@@ -84,14 +88,29 @@ WRITE_ATTEMPTS = 16
 RUN_ID_ATTEMPTS = 8
 #: Chunk size of log streams read from the artifact store.
 LOG_CHUNK_BYTES = 1024 * 1024
+#: Pipelines whose head CreateRun remembers (each entry is a few hundred bytes).
+HEAD_CACHE_SIZE = 4096
 
 _RUN_ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
 class OutOfRange(ServiceError):
-    """A requested revision is outside what etcd still has (compacted)."""
+    """A requested revision is outside what etcd has: compacted, or beyond its current revision."""
 
     code = grpc.StatusCode.OUT_OF_RANGE
+
+
+def check_view(view: int) -> int:
+    """`view` if it is a RunView value.
+
+    Raises:
+        InvalidArgument: Naming `view`, for a number the enum does not have.
+    """
+    if view not in run_pb2.RunView.values():
+        raise InvalidArgument(
+            f"view: {view} is not a run view; use RUN_VIEW_BASIC or RUN_VIEW_FULL (or leave it unset)", field="view"
+        )
+    return view
 
 
 def state_name(state: int) -> str:
@@ -101,7 +120,12 @@ def state_name(state: int) -> str:
 
 def generate_run_id(pipeline: str) -> str:
     """`<pipeline>-<5 random lower-case letters and digits>`, at most 63 characters."""
-    suffix = "".join(secrets.choice(_RUN_ID_ALPHABET) for _ in range(5))
+    # One draw from the system's randomness (not one per character: each is a syscall).
+    number = secrets.randbelow(len(_RUN_ID_ALPHABET) ** 5)
+    suffix = ""
+    for _ in range(5):
+        number, index = divmod(number, len(_RUN_ID_ALPHABET))
+        suffix += _RUN_ID_ALPHABET[index]
     return f"{pipeline[: 63 - 6].rstrip('-')}-{suffix}"
 
 
@@ -173,6 +197,18 @@ def decode_step(kv_value: bytes, key: bytes) -> run_pb2.StepRun:
 
 
 @dataclass
+class _PipelineAt:
+    """What CreateRun last read of a pipeline's head. It may be stale: the run's transaction
+    compares the head's mod revision, so a stale entry costs a retry, never a wrong run."""
+
+    head_revision: int
+    latest: str
+    #: Versions named by runs (a digest or a prefix) → full digest, as of `head_revision`:
+    #: versions are added and deleted only together with a change of the head.
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class RunSnapshot:
     """A run and every step of it, synthesized from the records at one revision."""
 
@@ -202,6 +238,9 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         self.request_ids = request_ids or RequestIdLeases(store)
         #: How the api calls executors (ReadAttemptLogs): its peer token and TLS.
         self.peer = peer or Peer()
+        self._heads: OrderedDict[tuple[str, str], _PipelineAt] = OrderedDict()
+        #: CreateRun's transactions, grouped with the concurrent ones (weft_api/group_commit.py).
+        self.run_writes = GroupCommit(store)
 
     # Reading ------------------------------------------------------------------------
 
@@ -295,7 +334,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
 
     async def GetRun(self, request: run_pb2.GetRunRequest, context: grpc.aio.ServicerContext[Any, Any]) -> run_pb2.Run:
         ns, run_id = parse_run_name(request.name)
-        if request.view == run_pb2.RUN_VIEW_BASIC:
+        if check_view(request.view) == run_pb2.RUN_VIEW_BASIC:
             run, _ = await self.read_run(ns, run_id)
             return run
         snap = await self.snapshot(ns, run_id)
@@ -314,6 +353,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         """
         ns = parse_namespace(request.parent)
         size = page_size(request.page_size)
+        check_view(request.view)
         pipeline_filter, states = self._parse_run_filter(request.filter, ns)
         keyspace = self.keyspace
         order_prefix = keyspace.run_order_prefix(ns)
@@ -387,35 +427,82 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         self, request: run_pb2.CreateRunRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> run_pb2.Run:
         ns = parse_namespace(request.parent)
-        return await self.create_run(ns, request.run, request.run_id, check_request_id(request.request_id))
+        request_id = check_request_id(request.request_id)
+        return await self.create_run(
+            ns, request.run, request.run_id, request_id, request_digest(request) if request_id else ""
+        )
 
-    async def _run_of_request(self, ns: str, request_id: str) -> run_pb2.Run | None:
+    async def _run_of_request(self, ns: str, request_id: str, digest_of_request: str) -> run_pb2.Run | None:
         """The run an earlier request with this id created, if any."""
         kv = await self.store.get(self.keyspace.request(ns, request_id))
         if kv is None:
             return None
-        return await self._run_named_by_request(ns, request_id, kv.value.decode())
+        return await self._run_named_by_request(ns, request_id, RequestRecord.decode(kv.value), digest_of_request)
 
-    async def _run_named_by_request(self, ns: str, request_id: str, created: str) -> run_pb2.Run:
+    async def _run_named_by_request(
+        self, ns: str, request_id: str, record: RequestRecord, digest_of_request: str
+    ) -> run_pb2.Run:
+        """The answer to a retried request: the run its id created.
+
+        Raises:
+            InvalidArgument: The request id was used for a different request (naming `request_id`).
+        """
+        record.check_same(request_id, digest_of_request)
         try:
-            run_ns, run_id = parse_run_name(created)
+            run_ns, run_id = parse_run_name(record.created)
         except InvalidArgument:
             raise InvalidArgument(
-                f'request_id: "{request_id}" was already used for another kind of request ({created}); '
+                f'request_id: "{request_id}" was already used for another kind of request ({record.created}); '
                 "use a fresh request id for each new request",
                 field="request_id",
             ) from None
         run, _ = await self.read_run(run_ns, run_id)
         return run
 
+    async def _pipeline_at(self, ns: str, pipeline: str, *, fresh: bool) -> _PipelineAt:
+        """The pipeline's head as last read (`fresh`: read it now); NOT_FOUND if it does not exist."""
+        key = (ns, pipeline)
+        cached = self._heads.get(key)
+        if cached is not None and not fresh:
+            self._heads.move_to_end(key)
+            return cached
+        head, kv = await self.reader.require_head(ns, pipeline)
+        at = _PipelineAt(head_revision=kv.mod_revision, latest=head.version)
+        self._heads[key] = at
+        self._heads.move_to_end(key)
+        while len(self._heads) > HEAD_CACHE_SIZE:
+            self._heads.popitem(last=False)
+        return at
+
+    async def _version_of(self, ns: str, pipeline: str, at: _PipelineAt, version: str) -> str:
+        """The full digest of the version a run asks for (the head's when none is named)."""
+        if not version:
+            return at.latest
+        digest = at.versions.get(version)
+        if digest is None:
+            digest = await self.reader.resolve_version(ns, pipeline, version, "run.pipeline_version")
+            at.versions[version] = digest
+        return digest
+
     async def create_run(
-        self, ns: str, wanted: run_pb2.Run, run_id: str, request_id: str, resumed_from: str = ""
+        self,
+        ns: str,
+        wanted: run_pb2.Run,
+        run_id: str,
+        request_id: str,
+        digest_of_request: str = "",
+        resumed_from: str = "",
     ) -> run_pb2.Run:
-        """Validates and writes a new PENDING run in one transaction (see the module docstring)."""
-        if request_id:
-            earlier = await self._run_of_request(ns, request_id)
-            if earlier is not None:
-                return earlier
+        """Validates and writes a new PENDING run in one transaction (see the module docstring).
+
+        In the usual case this is ONE etcd round trip and nothing else: the pipeline's head is
+        known from an earlier call and the transaction's compares check it is still the same
+        (a changed or deleted pipeline fails the compare, and the call reads the head and
+        tries again), that the run id is free and that the request id is unused. Parameter
+        values travel inline in the run record with their digests; no blob is written here
+        (the executor stores a value's blob before the first attempt that reads it), so a
+        refused call leaves nothing behind.
+        """
         if not wanted.pipeline:
             raise InvalidArgument(
                 'run.pipeline: is required; name the pipeline to run (e.g. "etl")', field="run.pipeline"
@@ -434,96 +521,118 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             problems.append(("run.options.cache_mode", "unknown cache mode; use USE, REFRESH or OFF"))
         raise_problems(problems)
 
-        head, _ = await self.reader.require_head(ns, p)
-        digest = (
-            await self.reader.resolve_version(ns, p, wanted.pipeline_version, "run.pipeline_version")
-            if wanted.pipeline_version
-            else head.version
-        )
-        spec, _ = await self.reader.spec(ns, p, digest)
-        parameters = resolve_parameters(spec, wanted.parameters, p)
-        names = list(parameters)
-        stored = await asyncio.gather(*(self.blobs.put(parameters[n].encode()) for n in names))
+        keyspace = self.keyspace
+        request_key = keyspace.request(ns, request_id) if request_id else b""
+        head_key = keyspace.pipeline_head(ns, p)
+        fresh = False  # read the pipeline's head now instead of trusting what was read before
+        generated_ids = 0
+        with run_root_span("weft.CreateRun", "", {"weft.pipeline": pipeline_name(ns, p)}) as (span, traceparent):
+            for _ in range(WRITE_ATTEMPTS):
+                try:
+                    at = await self._pipeline_at(ns, p, fresh=fresh)
+                    digest = await self._version_of(ns, p, at, wanted.pipeline_version)
+                    spec, _ = await self.reader.spec(ns, p, digest)
+                    chosen = run_id or generate_run_id(p)
+                    record = self._new_run_record(ns, chosen, p, digest, spec, wanted, resumed_from, traceparent)
+                except ServiceError as error:
+                    if isinstance(error, NotFound) and not fresh:
+                        fresh = True  # what was known of the pipeline may be stale: look again
+                        continue
+                    # A retry answers what the first request did, even if the pipeline has
+                    # changed or gone since (the request id is checked only now to spare
+                    # every first request a read).
+                    earlier = await self._run_of_request(ns, request_id, digest_of_request) if request_id else None
+                    if earlier is not None:
+                        return earlier
+                    raise
+                span.set_attribute(ATTR_RUN, record.name)
+                run_key = keyspace.run(ns, chosen)
+                data = record.SerializeToString()
+                if len(data) > MAX_RUN_RECORD_BYTES:
+                    raise InvalidArgument(
+                        f"run: the run record would have {len(data)} bytes, over the limit of "
+                        f"{MAX_RUN_RECORD_BYTES}; use fewer or smaller parameters and labels",
+                        field="run",
+                    )
+                created_nanos = record.create_time.seconds * 1_000_000_000 + record.create_time.nanos
+                compares = [absent(run_key), unchanged_since(head_key, at.head_revision)]
+                success = [
+                    op_put(run_key, data),
+                    op_put(keyspace.run_index(ns, chosen), run_summary(record).SerializeToString()),
+                    op_put(keyspace.run_order(ns, created_nanos, chosen), b""),
+                ]
+                failure = [op_get(head_key), op_get(run_key, count_only=True)]
+                if request_id:
+                    compares.append(absent(request_key))
+                    lease = await self.request_ids.lease()
+                    success.append(op_put(request_key, RequestRecord(record.name, digest_of_request).encode(), lease))
+                    failure.append(op_get(request_key))
+                try:
+                    result = await self.run_writes.txn(compares, success, failure)
+                except LeaseNotFound:
+                    # The request-id lease is gone (revoked, etcd restored): nothing was
+                    # written; the next try gets a new lease.
+                    self.request_ids.forget()
+                    continue
+                if result.succeeded:
+                    log.info("created run %s of %s@%s", record.name, record.pipeline, record.pipeline_version[:19])
+                    record.etag = str(result.revision)
+                    return record
+                if request_id and result.range_kvs(2):
+                    # A concurrent request with the same id won: answer with its run.
+                    taken = RequestRecord.decode(result.range_kvs(2)[0].value)
+                    return await self._run_named_by_request(ns, request_id, taken, digest_of_request)
+                head_now = result.range_kvs(0)
+                if not head_now or head_now[0].mod_revision != at.head_revision:
+                    fresh = True  # the pipeline changed (a new version, or deleted): look again
+                    continue
+                if result.responses[1].response_range.count:
+                    if run_id:
+                        raise AlreadyExists(
+                            f'run_id: run "{run_name(ns, run_id)}" already exists; choose another run_id or leave '
+                            "it empty to have one generated"
+                        )
+                    generated_ids += 1
+                    if generated_ids >= RUN_ID_ATTEMPTS:
+                        raise Internal(f"could not find an unused run id for pipeline {p} in {RUN_ID_ATTEMPTS} tries")
+            raise Aborted(f'pipeline "{pipeline_name(ns, p)}" kept changing while the run was created; retry')
 
+    @staticmethod
+    def _new_run_record(
+        ns: str,
+        run_id: str,
+        pipeline: str,
+        digest: str,
+        spec: pipeline_pb2.PipelineSpec,
+        wanted: run_pb2.Run,
+        resumed_from: str,
+        traceparent: str,
+    ) -> run_pb2.Run:
+        parameters = resolve_parameters(spec, wanted.parameters, pipeline)
         record = Run(
-            pipeline=pipeline_name(ns, p),
+            name=run_name(ns, run_id),
+            pipeline=pipeline_name(ns, pipeline),
             pipeline_version=digest,
             parameters=parameters,
-            parameter_digests={n: info.digest for n, info in zip(names, stored, strict=True)},
+            parameter_digests={name: digest_of(value.encode()) for name, value in parameters.items()},
             state=Run.STATE_PENDING,
             labels=wanted.labels,
             resumed_from=resumed_from,
             created_by=current_subject(),
+            traceparent=traceparent,
         )
         record.options.CopyFrom(wanted.options)
-        with run_root_span("weft.CreateRun", "", {"weft.pipeline": record.pipeline}) as (span, traceparent):
-            record.traceparent = traceparent
-            for _ in range(1 if run_id else RUN_ID_ATTEMPTS):
-                chosen = run_id or generate_run_id(p)
-                record.name = run_name(ns, chosen)
-                span.set_attribute(ATTR_RUN, record.name)
-                record.create_time.GetCurrentTime()
-                try:
-                    written = await self._write_new_run(ns, chosen, record, request_id)
-                except LeaseNotFound:
-                    # The request-id lease is gone (revoked, etcd restored): one more try
-                    # with a new lease; nothing was written.
-                    self.request_ids.forget()
-                    written = await self._write_new_run(ns, chosen, record, request_id)
-                if written is not None:
-                    return written
-            if run_id:
-                raise AlreadyExists(
-                    f'run_id: run "{run_name(ns, run_id)}" already exists; choose another run_id or leave it empty '
-                    "to have one generated"
-                )
-            raise Internal(f"could not find an unused run id for pipeline {p} in {RUN_ID_ATTEMPTS} tries")
-
-    async def _write_new_run(self, ns: str, run_id: str, record: run_pb2.Run, request_id: str) -> run_pb2.Run | None:
-        """The one transaction that makes a run exist; None if the run id is taken."""
-        data = record.SerializeToString()
-        if len(data) > MAX_RUN_RECORD_BYTES:
-            raise InvalidArgument(
-                f"run: the run record would have {len(data)} bytes, over the limit of {MAX_RUN_RECORD_BYTES}; "
-                "use fewer or smaller parameters and labels",
-                field="run",
-            )
-        keyspace = self.keyspace
-        run_key = keyspace.run(ns, run_id)
-        compares = [absent(run_key)]
-        created_nanos = record.create_time.seconds * 1_000_000_000 + record.create_time.nanos
-        success = [
-            op_put(run_key, data),
-            op_put(keyspace.run_index(ns, run_id), run_summary(record).SerializeToString()),
-            op_put(keyspace.run_order(ns, created_nanos, run_id), b""),
-        ]
-        failure = []
-        if request_id:
-            request_key = keyspace.request(ns, request_id)
-            compares.append(absent(request_key))
-            success.append(op_put(request_key, record.name.encode(), await self.request_ids.lease()))
-            failure.append(op_get(request_key))
-        result = await self.store.txn(compares, success, failure)
-        if result.succeeded:
-            log.info("created run %s of %s@%s", record.name, record.pipeline, record.pipeline_version[:19])
-            created = Run()
-            created.CopyFrom(record)
-            created.etag = str(result.revision)
-            return created
-        if request_id:
-            earlier = result.range_kvs(0)
-            if earlier:
-                # A concurrent retry of the same request won: answer with its run.
-                return await self._run_named_by_request(ns, request_id, earlier[0].value.decode())
-        return None
+        record.create_time.GetCurrentTime()
+        return record
 
     async def ResumeRun(
         self, request: run_pb2.ResumeRunRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> run_pb2.Run:
         ns, source_id = parse_run_name(request.name)
         request_id = check_request_id(request.request_id)
+        digest_of_request = request_digest(request) if request_id else ""
         if request_id:
-            earlier = await self._run_of_request(ns, request_id)
+            earlier = await self._run_of_request(ns, request_id, digest_of_request)
             if earlier is not None:
                 return earlier
         source, _ = await self.read_run(ns, source_id)
@@ -546,7 +655,9 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         else:
             wanted.pipeline_version = source.pipeline_version
         wanted.parameters.update(parameters)
-        return await self.create_run(ns, wanted, request.run_id, request_id, resumed_from=source.name)
+        return await self.create_run(
+            ns, wanted, request.run_id, request_id, digest_of_request, resumed_from=source.name
+        )
 
     # Changing -----------------------------------------------------------------------
 
@@ -598,60 +709,91 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             raise InvalidArgument(
                 "start_revision: must be 0 (snapshot first) or a revision seen earlier + 1", field="start_revision"
             )
+        # BASIC: the run record's changes only, so a client waiting for the end is not sent
+        # every step (and etcd filters the steps out before they reach us).
+        run_only = check_view(request.view) == run_pb2.RUN_VIEW_BASIC
+        keyspace = self.keyspace
+        run_key = keyspace.run(ns, run_id)
         done: set[str] = set()
         if request.start_revision == 0:
-            snap = await self.snapshot(ns, run_id)
-            snapshot = [run_pb2.RunEvent(revision=snap.revision, run=snap.run, snapshot=True)]
-            snapshot += [run_pb2.RunEvent(revision=snap.revision, step=step, snapshot=True) for step in snap.steps]
+            if run_only:
+                run, revision = await self._read_run_at_now(ns, run_id)
+                snapshot = [run_pb2.RunEvent(revision=revision, run=run, snapshot=True)]
+                done_now: set[str] = set()
+            else:
+                snap = await self.snapshot(ns, run_id)
+                run, revision, done_now = snap.run, snap.revision, snap.done
+                snapshot = [run_pb2.RunEvent(revision=revision, run=run, snapshot=True)]
+                snapshot += [run_pb2.RunEvent(revision=revision, step=step, snapshot=True) for step in snap.steps]
             snapshot[-1].last_in_revision = True
             for snapshot_event in snapshot:
                 yield snapshot_event
-            if snap.run.state in TERMINAL_RUN_STATES:
+            if run.state in TERMINAL_RUN_STATES:
                 return
-            start = snap.revision + 1
-            done = snap.done
+            start = revision + 1
+            done = done_now
         else:
-            run, kv = await self.read_run(ns, run_id)
-            if run.state in TERMINAL_RUN_STATES and kv.mod_revision < request.start_revision:
+            run, current = await self._read_run_at_now(ns, run_id)
+            if request.start_revision > current + 1:
+                # Nothing will ever be at that revision for this store: say so now instead
+                # of waiting silently until the client's deadline.
+                raise OutOfRange(
+                    f"start_revision: {request.start_revision} is beyond the store's current revision {current}; "
+                    f"resume with the revision of the last event received + 1 (at most {current + 1}), or 0 for a "
+                    "fresh snapshot",
+                    field="start_revision",
+                )
+            if run.state in TERMINAL_RUN_STATES and int(run.etag) < request.start_revision:
                 return  # the client has seen the end already; nothing will ever follow
             start = request.start_revision
 
-        keyspace = self.keyspace
-        prefix = keyspace.run_prefix(ns, run_id)
-        run_key = keyspace.run(ns, run_id)
+        prefix = run_key if run_only else keyspace.run_prefix(ns, run_id)
         steps_prefix, done_prefix = keyspace.steps_prefix(ns, run_id), keyspace.done_prefix(ns, run_id)
         try:
-            async for batch in self.store.watch(prefix, start):
-                # etcd delivers a revision's changes in one response: mark the last event of
-                # each revision so a client knows from where it may resume without a gap.
-                events: list[run_pb2.RunEvent] = []
-                for event in batch:
-                    if event.deleted:
-                        continue
-                    if event.key == run_key:
-                        run = decode_run(event.value, event.key, event.revision)
-                        events.append(run_pb2.RunEvent(revision=event.revision, run=run))
-                    elif event.key.startswith(done_prefix):
-                        step = decode_step(event.value, event.key)
-                        step.step = keyspace.tail(event.key, done_prefix)
-                        done.add(step.step)
-                        events.append(run_pb2.RunEvent(revision=event.revision, step=step))
-                    elif event.key.startswith(steps_prefix):
-                        step = decode_step(event.value, event.key)
-                        step.step = keyspace.tail(event.key, steps_prefix)
-                        if step.step not in done:  # a late record must not undo the terminal state
+            # Closed with the stream (a client that leaves), so the etcd watch ends at once.
+            async with contextlib.aclosing(self.store.watch(prefix, start)) as batches:
+                async for batch in batches:
+                    # etcd delivers a revision's changes in one response: mark the last event of
+                    # each revision so a client knows from where it may resume without a gap.
+                    events: list[run_pb2.RunEvent] = []
+                    for event in batch:
+                        if event.deleted:
+                            continue
+                        if event.key == run_key:
+                            changed = decode_run(event.value, event.key, event.revision)
+                            events.append(run_pb2.RunEvent(revision=event.revision, run=changed))
+                        elif run_only:
+                            continue  # a key that merely starts like the run key's
+                        elif event.key.startswith(done_prefix):
+                            step = decode_step(event.value, event.key)
+                            step.step = keyspace.tail(event.key, done_prefix)
+                            done.add(step.step)
                             events.append(run_pb2.RunEvent(revision=event.revision, step=step))
-                for i, out in enumerate(events):
-                    out.last_in_revision = i + 1 == len(events) or events[i + 1].revision != out.revision
-                    yield out
-                    if out.HasField("run") and out.run.state in TERMINAL_RUN_STATES:
-                        return
+                        elif event.key.startswith(steps_prefix):
+                            step = decode_step(event.value, event.key)
+                            step.step = keyspace.tail(event.key, steps_prefix)
+                            if step.step not in done:  # a late record must not undo the terminal state
+                                events.append(run_pb2.RunEvent(revision=event.revision, step=step))
+                    for i, out in enumerate(events):
+                        out.last_in_revision = i + 1 == len(events) or events[i + 1].revision != out.revision
+                        yield out
+                        if out.HasField("run") and out.run.state in TERMINAL_RUN_STATES:
+                            return
         except Compacted as error:
             raise OutOfRange(
                 f"start_revision: revision {start} of run {run_name(ns, run_id)} was compacted by etcd"
                 f"{f' (oldest kept: {error.compact_revision})' if error.compact_revision else ''}; "
                 "restart the watch with start_revision 0 to get a fresh snapshot"
             ) from error
+
+    async def _read_run_at_now(self, ns: str, run_id: str) -> tuple[run_pb2.Run, int]:
+        """The run record (etag set) and the store's current revision, in one read."""
+        run_key = self.keyspace.run(ns, run_id)
+        result = await self.store.txn([], [op_get(run_key)])
+        found = result.range_kvs(0)
+        if not found:
+            raise NotFound(f'run "{run_name(ns, run_id)}" does not exist; see `weft runs list`')
+        return decode_run(found[0].value, found[0].key, found[0].mod_revision), result.revision
 
     # Explaining and logs ------------------------------------------------------------
 

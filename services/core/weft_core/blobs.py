@@ -19,11 +19,13 @@ import asyncio
 import contextlib
 import contextvars
 import hashlib
+import logging
 import os
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,8 +45,12 @@ from weft_core.errors import (
 )
 from weft_core.tls import Peer
 
+log = logging.getLogger(__name__)
+
 #: Size of the chunks blobs are read and streamed in.
 CHUNK_BYTES = 1024 * 1024
+#: Existence checks in flight at once in `missing_blobs` for stores without `stat_many`.
+MISSING_CHECK_CONCURRENCY = 64
 #: Temporary files older than this are leftovers of a crash and are removed at start.
 STALE_TEMP_SECONDS = 3600.0
 
@@ -75,6 +81,16 @@ class BlobInfo:
     digest: str
     size: int
     create_time: datetime
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A blob as the sweep (`weft_core.gc`) sees it: its size and when it was last written
+    or relied on (`touch`)."""
+
+    digest: str
+    size: int
+    last_used: datetime
 
 
 class BlobStore(Protocol):
@@ -111,8 +127,15 @@ class BlobStore(Protocol):
         """The whole content (for small blobs); NotFound if it is not stored."""
         ...
 
+    async def close(self) -> None:
+        """Releases connections (the store is not used afterwards)."""
+        ...
 
-def _mismatch(declared_digest: str | None, declared_size: int | None, actual_digest: str, actual_size: int) -> str:
+
+def mismatch_message(
+    declared_digest: str | None, declared_size: int | None, actual_digest: str, actual_size: int
+) -> str:
+    """What PutBlob answers when the content is not what its header declared."""
     declared = " ".join(
         part
         for part in (declared_digest or "", f"({declared_size} bytes)" if declared_size is not None else "")
@@ -124,6 +147,34 @@ def _mismatch(declared_digest: str | None, declared_size: int | None, actual_dig
         f"{field}: the uploaded content is {actual_digest} ({actual_size} bytes) but the header declared {declared}; "
         "nothing was stored: compute the digest and size of the exact bytes you send and upload again"
     )
+
+
+_mismatch = mismatch_message
+
+
+async def missing_blobs(store: BlobStore, digests: Iterable[str]) -> list[str]:
+    """The digests among `digests` that `store` does not hold, sorted, in ONE batched check.
+
+    This is the cache-hit verification of invariant 7: backends with `stat_many` (the
+    directory: one thread hop; object storage: concurrent HEADs) answer all at once, others
+    (the api's ArtifactService) get concurrent StatBlobs on one channel.
+    """
+    unique = sorted(set(digests))
+    if not unique:
+        return []
+    stat_many = getattr(store, "stat_many", None)
+    if stat_many is not None:
+        found: dict[str, BlobInfo | None] = await stat_many(unique)
+        return [d for d in unique if found.get(d) is None]
+    # Concurrent, but bounded: 2,000 StatBlobs at once only queue up in the api's threads.
+    slots = asyncio.Semaphore(MISSING_CHECK_CONCURRENCY)
+
+    async def stat(digest: str) -> BlobInfo | None:
+        async with slots:
+            return await store.stat(digest)
+
+    infos = await asyncio.gather(*(stat(d) for d in unique))
+    return [d for d, info in zip(unique, infos, strict=True) if info is None]
 
 
 class DirectoryBlobStore:
@@ -147,6 +198,9 @@ class DirectoryBlobStore:
             with contextlib.suppress(OSError):
                 if leftover.stat().st_mtime < cutoff:
                     leftover.unlink()
+
+    async def close(self) -> None:
+        """Nothing to release."""
 
     def path_of(self, digest: str) -> Path:
         """Where the blob's file is (whether or not it exists)."""
@@ -208,6 +262,100 @@ class DirectoryBlobStore:
     async def exists(self, digest: str) -> bool:
         return await self.stat(digest) is not None
 
+    async def stat_many(self, digests: Iterable[str]) -> dict[str, BlobInfo | None]:
+        """Each blob's description (None when it is not stored), in one thread hop."""
+        return await asyncio.to_thread(lambda: {d: self._stat_now(d) for d in sorted(set(digests))})
+
+    async def touch(self, digest: str) -> BlobInfo | None:
+        """Records that the blob is wanted now (its mtime, which the sweep reads) and returns
+        its description, or None if it is not stored."""
+        return await asyncio.to_thread(self._touch_now, digest)
+
+    def _stat_now(self, digest: str) -> BlobInfo | None:
+        try:
+            info = self.path_of(digest).stat()
+        except FileNotFoundError:
+            return None
+        return BlobInfo(digest, info.st_size, datetime.fromtimestamp(info.st_mtime, UTC))
+
+    def _touch_now(self, digest: str) -> BlobInfo | None:
+        try:
+            os.utime(self.path_of(digest))
+        except FileNotFoundError:
+            return None
+        return self._stat_now(digest)
+
+    # Retention (see weft_core.gc) -----------------------------------------------------
+
+    async def list_blobs(self) -> AsyncIterator[StoredBlob]:
+        """Every stored blob with its last write or touch time."""
+        for entry in await asyncio.to_thread(self._list_now):
+            yield entry
+
+    def _list_now(self) -> list[StoredBlob]:
+        found: list[StoredBlob] = []
+        for shard in sorted(self._blobs.iterdir()):
+            if not shard.is_dir():
+                continue
+            for path in sorted(shard.iterdir()):
+                with contextlib.suppress(FileNotFoundError):
+                    info = path.stat()
+                    if len(path.name) == 64:
+                        when = datetime.fromtimestamp(info.st_mtime, UTC)
+                        found.append(StoredBlob("sha256:" + path.name, info.st_size, when))
+        return found
+
+    async def delete_unused(self, digest: str, cutoff: datetime) -> bool:
+        """Deletes the blob unless it was written or touched after `cutoff`; returns whether
+        it was deleted.
+
+        The file is renamed into `trash/` first and its mtime read again: a writer that
+        touched it before the rename (it found the blob and relies on it) changed the
+        mtime, and the file is put back; a writer after the rename finds no file and
+        stores it again.
+        """
+        return await asyncio.to_thread(self._delete_unused_now, digest, cutoff)
+
+    def _delete_unused_now(self, digest: str, cutoff: datetime) -> bool:
+        final = self.path_of(digest)
+        try:
+            before = final.stat().st_mtime_ns
+        except FileNotFoundError:
+            return False
+        if before > cutoff.timestamp() * 1e9:
+            return False
+        trash = self.root / "trash"
+        trash.mkdir(exist_ok=True)
+        doomed = trash / f"{final.name}.{uuid.uuid4().hex}"
+        try:
+            os.rename(final, doomed)
+        except FileNotFoundError:
+            return False
+        if doomed.stat().st_mtime_ns != before:
+            with contextlib.suppress(FileExistsError):
+                os.link(doomed, final)  # back where it was, unless it was stored anew meanwhile
+            doomed.unlink()
+            return False
+        doomed.unlink()
+        return True
+
+    async def remove_stale_uploads(self, cutoff: datetime) -> int:
+        """Deletes temporary files of uploads (and of deletions) older than `cutoff`."""
+
+        def remove() -> int:
+            removed = 0
+            for directory in (self._temp, self.root / "trash"):
+                if not directory.is_dir():
+                    continue
+                for leftover in directory.iterdir():
+                    with contextlib.suppress(OSError):
+                        if leftover.stat().st_mtime < cutoff.timestamp():
+                            leftover.unlink()
+                            removed += 1
+            return removed
+
+        return await asyncio.to_thread(remove)
+
     async def read(self, digest: str, *, offset: int = 0, chunk_size: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
         path = self.path_of(digest)
         if offset < 0:
@@ -234,11 +382,10 @@ class DirectoryBlobStore:
 
     def _put_bytes(self, data: bytes) -> BlobInfo:
         digest = digest_of(data)
-        try:
-            info = self.path_of(digest).stat()
-        except FileNotFoundError:
+        existing = self._touch_now(digest)
+        if existing is None:
             return self._write_verified(digest, len(data), [data])
-        return BlobInfo(digest, info.st_size, datetime.fromtimestamp(info.st_mtime, UTC))
+        return existing
 
     def _write_verified(self, digest: str, size: int, parts: list[bytes]) -> BlobInfo:
         handle, temp_name = self._open_temp()
@@ -256,8 +403,9 @@ class DirectoryBlobStore:
     def _publish(self, temp_name: str, digest: str, size: int) -> BlobInfo:
         final = self.path_of(digest)
         final.parent.mkdir(exist_ok=True)
-        if final.exists():
-            # Same content already stored (a concurrent upload won): keep that file.
+        if self._touch_now(digest) is not None:
+            # Same content already stored (a concurrent upload won): keep that file, and
+            # tell the sweep it is wanted again.
             os.unlink(temp_name)
         else:
             os.replace(temp_name, final)
@@ -309,21 +457,99 @@ def namespace_context(namespace: str) -> contextvars.Context:
     return context
 
 
+#: How long a call to the artifact store is retried while weft-api is unreachable (a
+#: restart, a rolling upgrade) before it fails with Unavailable.
+DEFAULT_API_PATIENCE = 120.0
+#: Pause before the first retry; it doubles up to RETRY_MAX_SECONDS.
+RETRY_FIRST_SECONDS = 0.1
+RETRY_MAX_SECONDS = 2.0
+#: Details of UNKNOWN/INTERNAL/CANCELLED statuses that mean the connection broke (the
+#: server died mid-call), not that the server refused the request.
+_BROKEN_STREAM = (
+    "stream removed",
+    "socket closed",
+    "connection reset",
+    "broken pipe",
+    "rst_stream",
+    "goaway",
+    "end of tcp stream",
+    "connection refused",
+    "transport",
+)
+
+
+def transient_failure(error: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed call is worth retrying: the service was unreachable, or the
+    connection broke mid-call, as when weft-api restarts. Refusals are not."""
+    code = error.code()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return True
+    if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED):
+        details = (error.details() or "").lower()
+        return any(marker in details for marker in _BROKEN_STREAM)
+    return False
+
+
+class _Patience:
+    """The retry state of one call: when it must give up, and the next pause."""
+
+    def __init__(self, store: RemoteBlobStore, what: str) -> None:
+        self.store = store
+        self.what = what
+        self.give_up_at: float | None = None
+        self.pause = RETRY_FIRST_SECONDS
+
+    async def wait(self, error: grpc.aio.AioRpcError) -> None:
+        """Sleeps before the next try, or raises the error as a ServiceError when the call
+        must not be retried (a refusal) or the patience is used up."""
+        if not transient_failure(error):
+            raise self.store._error(error) from error
+        now = time.monotonic()
+        if self.give_up_at is None:
+            self.give_up_at = now + self.store.patience
+        if now + self.pause > self.give_up_at:
+            raise self.store._error(error, gave_up_after=self.store.patience) from error
+        self.store._outage_started(self.what, error)
+        await asyncio.sleep(self.pause)
+        self.pause = min(self.pause * 2, RETRY_MAX_SECONDS)
+
+    def progressed(self) -> None:
+        """The call made progress (a chunk arrived): a later break gets the full patience."""
+        self.give_up_at = None
+        self.pause = RETRY_FIRST_SECONDS
+        self.store._outage_ended()
+
+
 class RemoteBlobStore:
-    """A BlobStore that talks to weft-api's ArtifactService (used by executors).
+    """A BlobStore that talks to weft-api's ArtifactService (used by executors and pods).
 
     Uploads skip content the service already has (one StatBlob first), so re-uploading
     a cached output costs one round trip. Every request names the namespace of
     `blob_namespace` (the current task's), so with authentication on an upload makes
     the blob readable in that namespace.
+
+    Every call rides out a restart or rolling upgrade of weft-api: an unreachable service
+    or a connection broken mid-call is retried with backoff for up to `patience` seconds
+    (a read resumes at the offset it reached; an upload starts over, which is harmless for
+    content-addressed blobs), and only then raises Unavailable. Refusals (NOT_FOUND,
+    INVALID_ARGUMENT, ...) are never retried. The outage is logged once, as a WARNING
+    naming what is retried, and its end as one INFO line.
     """
 
-    def __init__(self, target: str | grpc.aio.Channel, *, timeout: float = 60.0, peer: Peer | None = None) -> None:
+    def __init__(
+        self,
+        target: str | grpc.aio.Channel,
+        *,
+        timeout: float = 60.0,
+        patience: float = DEFAULT_API_PATIENCE,
+        peer: Peer | None = None,
+    ) -> None:
         """Connects to `target` (`host:port`) or uses an existing channel.
 
         Args:
             target: The api's address, or a channel the caller owns.
             timeout: Deadline of each call, in seconds.
+            patience: Seconds a call is retried while the api is unreachable (0: no retry).
             peer: The token and TLS settings towards the api (for a `host:port` target).
         """
         if isinstance(target, str):
@@ -333,6 +559,9 @@ class RemoteBlobStore:
                 options=[
                     ("grpc.max_receive_message_length", 2 * CHUNK_BYTES + 1024),
                     ("grpc.max_send_message_length", 2 * CHUNK_BYTES + 1024),
+                    # Reconnect soon after a restart instead of backing off for minutes.
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 1000),
                 ],
             )
             self._owns_channel = True
@@ -342,12 +571,15 @@ class RemoteBlobStore:
             self._owns_channel = False
         self._stub: Any = artifact_pb2_grpc.ArtifactServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
+        self.patience = max(0.0, patience)
+        #: time.monotonic() when the current outage was first seen (None: no outage).
+        self._outage_since: float | None = None
 
     async def close(self) -> None:
         if self._owns_channel:
             await self._channel.close(None)
 
-    def _error(self, error: grpc.aio.AioRpcError) -> ServiceError:
+    def _error(self, error: grpc.aio.AioRpcError, *, gave_up_after: float | None = None) -> ServiceError:
         details = error.details() or ""
         by_code: dict[grpc.StatusCode, type[ServiceError]] = {
             grpc.StatusCode.NOT_FOUND: NotFound,
@@ -358,20 +590,50 @@ class RemoteBlobStore:
         }
         if error.code() in by_code:
             return by_code[error.code()](details)
-        return Unavailable(f"artifact store at {self.target} failed ({error.code().name}: {details}); retry later")
+        during = f" for {gave_up_after:g}s" if gave_up_after else ""
+        code = error.code().name
+        return Unavailable(f"artifact store at {self.target} failed{during} ({code}: {details}); retry later")
 
-    async def _upload(self, digest: str, size: int, chunks: AsyncIterable[bytes]) -> BlobInfo:
+    def _outage_started(self, what: str, error: grpc.aio.AioRpcError) -> None:
+        if self._outage_since is not None:
+            return  # one warning per outage, however many calls retry meanwhile
+        self._outage_since = time.monotonic()
+        log.warning(
+            "artifact store at %s is unreachable (%s: %s) while %s; retrying for up to %gs",
+            self.target,
+            error.code().name,
+            (error.details() or "").strip(),
+            what,
+            self.patience,
+        )
+
+    def _outage_ended(self) -> None:
+        if self._outage_since is None:
+            return
+        log.info("artifact store at %s answers again after %.1fs", self.target, time.monotonic() - self._outage_since)
+        self._outage_since = None
+
+    async def _upload_once(self, digest: str, size: int, chunks: AsyncIterable[bytes]) -> BlobInfo:
         async def requests() -> AsyncIterator[artifact_pb2.PutBlobRequest]:
             header = artifact_pb2.BlobHeader(digest=digest, size_bytes=size, namespace=blob_namespace.get())
             yield artifact_pb2.PutBlobRequest(header=header)
             async for chunk in chunks:
                 yield artifact_pb2.PutBlobRequest(data=chunk)
 
-        try:
-            blob = await self._stub.PutBlob(requests(), timeout=self.timeout)
-        except grpc.aio.AioRpcError as error:
-            raise self._error(error) from error
+        blob = await self._stub.PutBlob(requests(), timeout=self.timeout)
         return _info_of(blob)
+
+    async def _upload(self, digest: str, size: int, chunks: Callable[[], AsyncIterable[bytes]]) -> BlobInfo:
+        """PutBlob, retried (with fresh chunks from `chunks()`) while the api is away."""
+        patience = _Patience(self, f"uploading blob {digest}")
+        while True:
+            try:
+                info = await self._upload_once(digest, size, chunks())
+            except grpc.aio.AioRpcError as error:
+                await patience.wait(error)
+                continue
+            patience.progressed()
+            return info
 
     async def put(self, data: bytes) -> BlobInfo:
         digest = digest_of(data)
@@ -384,42 +646,46 @@ class RemoteBlobStore:
             for start in range(0, len(data), CHUNK_BYTES):
                 yield data[start : start + CHUNK_BYTES]
 
-        return await self._upload(digest, len(data), chunks())
+        return await self._upload(digest, len(data), chunks)
 
     async def put_stream(
         self, chunks: AsyncIterable[bytes], *, digest: str | None = None, size: int | None = None
     ) -> BlobInfo:
-        if digest is not None and size is not None:
+        if digest is not None:
             check_digest(digest)
-            return await self._upload(digest, size, chunks)
-        # The header needs the digest before the content: spool it to a file first.
+        # Spooled to a file first: the header needs the digest before the content, and an
+        # upload the api's restart broke off must be sent again from the start.
         with tempfile.NamedTemporaryFile(prefix="weft-upload-") as spool:
             async for chunk in chunks:
                 await asyncio.to_thread(spool.write, chunk)
             await asyncio.to_thread(spool.flush)
-            info = await self.put_file(Path(spool.name))
-        if digest is not None and info.digest != digest:
-            raise InvalidArgument(_mismatch(digest, size, info.digest, info.size))
-        return info
+            actual, written = await asyncio.to_thread(_file_digest, Path(spool.name))
+            if (digest is not None and actual != digest) or (size is not None and written != size):
+                raise InvalidArgument(_mismatch(digest, size, actual, written))
+            return await self.put_file(Path(spool.name))
 
     async def put_file(self, path: Path) -> BlobInfo:
         digest, size = await asyncio.to_thread(_file_digest, path)
         existing = await self.stat(digest)
         if existing is not None:
             return existing
-        return await self._upload(digest, size, _threaded(_file_chunks(path)))
+        return await self._upload(digest, size, lambda: _threaded(_file_chunks(path)))
 
     async def stat(self, digest: str) -> BlobInfo | None:
         check_digest(digest)
-        try:
-            blob = await self._stub.StatBlob(
-                artifact_pb2.StatBlobRequest(digest=digest, namespace=blob_namespace.get()), timeout=self.timeout
-            )
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise self._error(error) from error
-        return _info_of(blob)
+        patience = _Patience(self, f"looking up blob {digest}")
+        request = artifact_pb2.StatBlobRequest(digest=digest, namespace=blob_namespace.get())
+        while True:
+            try:
+                blob = await self._stub.StatBlob(request, timeout=self.timeout)
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    patience.progressed()
+                    return None
+                await patience.wait(error)
+                continue
+            patience.progressed()
+            return _info_of(blob)
 
     async def exists(self, digest: str) -> bool:
         return await self.stat(digest) is not None
@@ -427,15 +693,23 @@ class RemoteBlobStore:
     async def read(self, digest: str, *, offset: int = 0, chunk_size: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
         # The service decides the chunk size; `chunk_size` is honoured by the directory backend.
         check_digest(digest)
-        request = artifact_pb2.GetBlobRequest(digest=digest, offset=offset, namespace=blob_namespace.get())
-        call = self._stub.GetBlob(request, timeout=self.timeout)
-        try:
-            async for response in call:
-                yield response.data
-        except grpc.aio.AioRpcError as error:
-            raise self._error(error) from error
-        finally:
-            call.cancel()
+        patience = _Patience(self, f"reading blob {digest}")
+        position = offset
+        while True:
+            request = artifact_pb2.GetBlobRequest(digest=digest, offset=position, namespace=blob_namespace.get())
+            call = self._stub.GetBlob(request, timeout=self.timeout)
+            try:
+                async for response in call:
+                    patience.progressed()
+                    position += len(response.data)
+                    yield response.data
+                patience.progressed()  # an empty blob, or the end
+                return
+            except grpc.aio.AioRpcError as error:
+                # A broken stream resumes where it stopped: what was yielded stays valid.
+                await patience.wait(error)
+            finally:
+                call.cancel()
 
     async def get(self, digest: str) -> bytes:
         return b"".join([chunk async for chunk in self.read(digest)])

@@ -152,9 +152,17 @@ ETCD_FLAGS = (
 )
 
 
-def optional_file(value: str) -> Path | None:
-    """A path, or None for "" (the setting is off)."""
+def optional_path(value: str) -> Path | None:
     return Path(value) if value else None
+
+
+def optional_blob_store_url(value: str) -> str:
+    """ "" or a valid artifact store URL (see `weft_core.objectstore.blob_store_url`)."""
+    if not value:
+        return ""
+    from weft_core.objectstore import blob_store_url
+
+    return blob_store_url(value)
 
 
 #: Authentication, TLS and credentials towards etcd and other weft services: the same
@@ -166,44 +174,44 @@ SECURITY_FLAGS = (
         "WEFT_AUTH_TOKENS_FILE",
         "YAML token file (subject, sha256 of the token, roles); turns authentication on",
         default="",
-        convert=optional_file,
+        convert=optional_path,
     ),
     Flag(
         "--auth-kube-roles-file",
         "WEFT_AUTH_KUBE_ROLES_FILE",
         "YAML bindings of Kubernetes users and groups to roles; turns TokenReview authentication on",
         default="",
-        convert=optional_file,
+        convert=optional_path,
     ),
     Flag(
         "--auth-kubeconfig",
         "WEFT_AUTH_KUBECONFIG",
         "credentials for TokenReview ('' uses the in-cluster service account)",
         default="",
-        convert=optional_file,
+        convert=optional_path,
     ),
-    Flag("--tls-cert", "WEFT_TLS_CERT", "PEM certificate to serve TLS with (re-read on change)", "", optional_file),
-    Flag("--tls-key", "WEFT_TLS_KEY", "PEM private key of --tls-cert", "", optional_file),
-    Flag("--tls-client-ca", "WEFT_TLS_CLIENT_CA", "require client certificates signed by this CA", "", optional_file),
+    Flag("--tls-cert", "WEFT_TLS_CERT", "PEM certificate to serve TLS with (re-read on change)", "", optional_path),
+    Flag("--tls-key", "WEFT_TLS_KEY", "PEM private key of --tls-cert", "", optional_path),
+    Flag("--tls-client-ca", "WEFT_TLS_CLIENT_CA", "require client certificates signed by this CA", "", optional_path),
     Flag("--peer-token", "WEFT_PEER_TOKEN", "bearer token presented to other weft services", "", secret=True),
     Flag(
         "--peer-ca-cert",
         "WEFT_PEER_CA_CERT",
         "CA of other weft services' certificates (turns TLS on)",
         "",
-        optional_file,
+        optional_path,
     ),
     Flag(
         "--peer-client-cert",
         "WEFT_PEER_CLIENT_CERT",
         "client certificate for other weft services (mTLS)",
         "",
-        optional_file,
+        optional_path,
     ),
-    Flag("--peer-client-key", "WEFT_PEER_CLIENT_KEY", "private key of --peer-client-cert", "", optional_file),
-    Flag("--etcd-ca-cert", "WEFT_ETCD_CA_CERT", "CA of etcd's certificate (turns TLS to etcd on)", "", optional_file),
-    Flag("--etcd-client-cert", "WEFT_ETCD_CLIENT_CERT", "client certificate presented to etcd", "", optional_file),
-    Flag("--etcd-client-key", "WEFT_ETCD_CLIENT_KEY", "private key of --etcd-client-cert", "", optional_file),
+    Flag("--peer-client-key", "WEFT_PEER_CLIENT_KEY", "private key of --peer-client-cert", "", optional_path),
+    Flag("--etcd-ca-cert", "WEFT_ETCD_CA_CERT", "CA of etcd's certificate (turns TLS to etcd on)", "", optional_path),
+    Flag("--etcd-client-cert", "WEFT_ETCD_CLIENT_CERT", "client certificate presented to etcd", "", optional_path),
+    Flag("--etcd-client-key", "WEFT_ETCD_CLIENT_KEY", "private key of --etcd-client-cert", "", optional_path),
 )
 
 
@@ -244,6 +252,8 @@ class ApiConfig:
         listen: `HOST:PORT` the gRPC server binds; port 0 picks a free one.
         blob_dir: Directory of the artifact store's default backend.
         etcd_root: Root of weft's keys in etcd (several installations may share an etcd).
+        blob_store: URL of the artifact store (`s3://bucket/prefix`, `gs://…`, `az://…`,
+            `file:///dir`); "" means the directory `blob_dir`.
         auth_tokens_file .. etcd_client_key: see `SECURITY_FLAGS`.
         relaxed_security_namespaces: Namespaces whose steps may relax the hardened pod
             defaults (`Container.security`); `*` allows it everywhere.
@@ -251,7 +261,7 @@ class ApiConfig:
 
     etcd_endpoints: str
     listen: str
-    blob_dir: Path
+    blob_dir: Path | None
     etcd_root: str = DEFAULT_ROOT
     # Security (SECURITY_FLAGS): all off by default.
     auth_tokens_file: Path | None = None
@@ -268,14 +278,34 @@ class ApiConfig:
     etcd_client_cert: Path | None = None
     etcd_client_key: Path | None = None
     relaxed_security_namespaces: frozenset[str] = frozenset()
+    blob_store: str = ""
+
+    @property
+    def blob_store_url(self) -> str:
+        """The artifact store's URL: `blob_store`, else the directory `blob_dir`."""
+        return self.blob_store or (str(self.blob_dir) if self.blob_dir else "")
 
     FLAGS = (
         ETCD_FLAGS[0],
         Flag(
             "--listen", "WEFT_LISTEN", "HOST:PORT to serve gRPC on", default="127.0.0.1:50051", convert=listen_address
         ),
-        Flag("--blob-dir", "WEFT_BLOB_DIR", "directory of the artifact store", convert=Path),
+        Flag(
+            "--blob-dir",
+            "WEFT_BLOB_DIR",
+            "directory of the artifact store (or give --blob-store)",
+            default="",
+            convert=optional_path,
+        ),
         ETCD_FLAGS[1],
+        Flag(
+            "--blob-store",
+            "WEFT_BLOB_STORE",
+            "artifact store URL: s3://BUCKET/PREFIX, gs://..., az://..., file:///DIR (credentials from the "
+            "environment, e.g. AWS_ACCESS_KEY_ID, or workload identity)",
+            default="",
+            convert=optional_blob_store_url,
+        ),
         *SECURITY_FLAGS,
         Flag(
             "--relaxed-security-namespaces",
@@ -299,6 +329,11 @@ class ApiConfig:
             argv,
             environ,
         )
+        if not values["blob_dir"] and not values["blob_store"]:
+            raise SystemExit(
+                "weft-api: error: the artifact store is required: pass --blob-store URL (or set WEFT_BLOB_STORE) "
+                "or --blob-dir DIR (or set WEFT_BLOB_DIR)"
+            )
         try:
             return cls(**values)
         except ConfigError as error:

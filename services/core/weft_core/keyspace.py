@@ -38,8 +38,10 @@ Runs
                                                        (19 digits of 10^19 - 1 - create time in
                                                        ns), so ListRuns pages are range reads with
                                                        a limit, never a read of the whole index
-    {root}/requests/{ns}/{request_id}                  resource name a request_id created (mutations
-                                                       retried with the same request_id return it);
+    {root}/requests/{ns}/{request_id}                  RequestRecord (JSON): the resource a request_id
+                                                       created and the digest of that request
+                                                       (retried with the same request_id and body
+                                                       return it; another body is refused);
                                                        bound to a lease, so etcd forgets it after
                                                        24-25 h (weft_core/requests.py)
 Scheduling

@@ -27,10 +27,11 @@ never swallow `asyncio.CancelledError` (a client that goes away cancels its hand
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 # The asyncio health servicer; public as grpc_health.v1.health.aio, which the type stubs lack.
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -229,10 +231,18 @@ def _wrap_handler(
 
 async def _iterate(
     behaviour: Behaviour, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-) -> AsyncIterator[Any]:
-    """Responses of a streaming behaviour, whether an async generator or a coroutine."""
+) -> AsyncGenerator[Any, None]:
+    """Responses of a streaming behaviour, whether an async generator or a coroutine.
+
+    Closing this generator closes the behaviour's at once (its `finally` blocks run now, in
+    this task), rather than whenever the garbage collector finds it.
+    """
     result = behaviour(request, context)
-    if hasattr(result, "__aiter__"):
+    if hasattr(result, "aclose"):
+        async with contextlib.aclosing(result):
+            async for response in result:
+                yield response
+    elif hasattr(result, "__aiter__"):
         async for response in result:
             yield response
     else:
@@ -305,8 +315,9 @@ class ErrorInterceptor(_ServerInterceptor):
         def wrap_stream(behaviour: Behaviour) -> Behaviour:
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 try:
-                    async for response in _iterate(behaviour, decoded(request), context):
-                        yield response
+                    async with contextlib.aclosing(_iterate(behaviour, decoded(request), context)) as responses:
+                        async for response in responses:
+                            yield response
                 except Exception as error:
                     await _abort(context, method, error)
 
@@ -378,13 +389,27 @@ class LoggingTracingInterceptor(_ServerInterceptor):
 
         def wrap_stream(behaviour: Behaviour) -> Behaviour:
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                with self._span(method, metadata) as span:
-                    started = time.monotonic()
-                    try:
-                        async for response in _iterate(behaviour, request, context):
-                            yield response
-                    finally:
-                        self._finish(span, method, context, started)
+                # The span is made current only while the handler runs, one step at a time,
+                # never across a `yield`: a stream torn down by its client is closed from
+                # another task (or by the garbage collector), where detaching a context
+                # attached here fails ("Failed to detach context").
+                span = self._start_span(method, metadata)
+                started = time.monotonic()
+                responses = _iterate(behaviour, request, context)
+                try:
+                    while True:
+                        token = otel_context.attach(trace.set_span_in_context(span))
+                        try:
+                            response = await anext(responses)
+                        except StopAsyncIteration:
+                            break
+                        finally:
+                            otel_context.detach(token)
+                        yield response
+                finally:
+                    await responses.aclose()
+                    self._finish(span, method, context, started)
+                    span.end()
 
             return stream
 
@@ -393,6 +418,18 @@ class LoggingTracingInterceptor(_ServerInterceptor):
     def _span(self, method: str, metadata: dict[str, str]) -> Any:
         service, _, name = method.lstrip("/").partition("/")
         return tracer().start_as_current_span(
+            method.lstrip("/"),
+            context=_propagator.extract(metadata) if "traceparent" in metadata else None,
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+
+    def _start_span(self, method: str, metadata: dict[str, str]) -> trace.Span:
+        """The call's span, started but not made current (streams attach it step by step)."""
+        service, _, name = method.lstrip("/").partition("/")
+        return tracer().start_span(
             method.lstrip("/"),
             context=_propagator.extract(metadata) if "traceparent" in metadata else None,
             kind=SpanKind.SERVER,
@@ -484,8 +521,10 @@ class AuthInterceptor(_ServerInterceptor):
 
         def wrap_stream(behaviour: Behaviour) -> Behaviour:
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                async for response in _iterate(behaviour, await admitted(request), context):
-                    yield response
+                admitted_request = await admitted(request)
+                async with contextlib.aclosing(_iterate(behaviour, admitted_request, context)) as responses:
+                    async for response in responses:
+                        yield response
 
             return stream
 

@@ -40,6 +40,8 @@ MAX_REPORTED_PROBLEMS = 5
 MAX_ATTEMPTS = 100
 MAX_REPLICAS = 16
 MAX_LABELS = 64
+#: Longest container working_dir (Linux's PATH_MAX is 4096).
+MAX_WORKING_DIR_CHARS = 4096
 DEFAULT_NAMESPACE = "default"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -103,6 +105,33 @@ def parameter_variable(name: str) -> str:
 def file_name_problem(value: str) -> str:
     """Why `value` is not an input or output name, or ""."""
     return _identifier_problem(value, _FILE_NAME, FILE_NAME_RULE)
+
+
+#: Longest name of a step expanded from a used pipeline (`normalise.clean`); pod names
+#: are cut and hashed, so only etcd keys carry it whole.
+MAX_EXPANDED_NAME = 253
+
+
+def expanded_step_name_problem(name: str, prefixes: set[str]) -> str:
+    """Why a dotted step name is not one of a used pipeline's steps, or "" if it is one.
+
+    Such a name is `<prefix>.<step>` where `<prefix>` is recorded in `PipelineSpec.uses`
+    (weft_core/composition.py writes both) and every part is a DNS-1123 label.
+    """
+    for part in name.split("."):
+        problem = dns_label_problem(part)
+        if problem:
+            return problem
+    if len(name) > MAX_EXPANDED_NAME:
+        return f"{len(name)} characters exceed the limit of {MAX_EXPANDED_NAME} for a used pipeline's step"
+    prefix = name.rpartition(".")[0]
+    if prefix not in prefixes:
+        return (
+            f"\"{_shorten(name)}\" has a '.', which only the steps of a used pipeline have, and no pipeline "
+            f"is used as \"{_shorten(prefix)}\"; name the step without '.', or use a pipeline with "
+            "`pipeline: {name, version}`"
+        )
+    return ""
 
 
 def _shorten(value: str, limit: int = 80) -> str:
@@ -272,11 +301,13 @@ def validate_spec(spec: pipeline_pb2.PipelineSpec, field: str = "pipeline.spec")
         parameters.add(parameter.name)
         by_variable.setdefault(variable, parameter.name)
 
+    prefixes = {use.step for use in spec.uses}
+    problems.extend(_use_problems(spec, field))
     outputs_of: dict[str, set[str]] = {}
     index_of: dict[str, int] = {}
     for i, step in enumerate(spec.steps):
         path = f"{field}.steps[{i}].name"
-        problem = dns_label_problem(step.name)
+        problem = expanded_step_name_problem(step.name, prefixes) if "." in step.name else dns_label_problem(step.name)
         if problem:
             problems.append((path, problem))
         elif step.name in index_of:
@@ -313,10 +344,50 @@ def _duration_problem(duration: object, path: str) -> list[tuple[str, str]]:
     return []
 
 
+def working_dir_problem(working_dir: str) -> str:
+    """Why a container's `working_dir` is refused, or "" when it is acceptable.
+
+    An absolute path names a directory inside the container (Kubernetes) or on the
+    machine (local runtime, which checks that it exists). A relative path is created inside
+    the attempt's own directory, so it must stay there: a `..` component could climb out
+    of it, whatever the runtime's own guard does.
+    """
+    if not working_dir:
+        return ""
+    if "\0" in working_dir:
+        return "contains a NUL character; give a directory path"
+    if len(working_dir) > MAX_WORKING_DIR_CHARS:
+        return f"has {len(working_dir)} characters, over the limit of {MAX_WORKING_DIR_CHARS}"
+    if not working_dir.startswith("/") and ".." in working_dir.split("/"):
+        return (
+            f'"{_shorten(working_dir)}" climbs out of the step\'s working directory (".."); use a relative path '
+            'inside it (e.g. "src/app") or an absolute path inside the container (e.g. "/app")'
+        )
+    return ""
+
+
+def _use_problems(spec: pipeline_pb2.PipelineSpec, field: str) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for i, use in enumerate(spec.uses):
+        path = f"{field}.uses[{i}]"
+        for part in use.step.split("."):
+            if dns_label_problem(part):
+                problems.append((f"{path}.step", dns_label_problem(part)))
+                break
+        if dns_label_problem(use.pipeline.name):
+            problems.append((f"{path}.pipeline.name", dns_label_problem(use.pipeline.name)))
+        if not re.match(r"^sha256:[0-9a-f]{64}$", use.pipeline.version):
+            problems.append((f"{path}.pipeline.version", "must be a full version digest (sha256:<64 hex digits>)"))
+    return problems
+
+
 def _step_problems(
     step: pipeline_pb2.Step, path: str, parameters: set[str], outputs_of: Mapping[str, set[str]]
 ) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
+    if step.HasField("pipeline"):
+        # CreatePipeline expands such steps (weft_core/composition.py) before validating.
+        return [(f"{path}.pipeline", "a step that uses a pipeline must be expanded by CreatePipeline first")]
     container = step.container
     if not container.image.strip():
         problems.append((f"{path}.container.image", 'is required; set the image to run (e.g. "python:3.11-slim")'))
@@ -324,6 +395,9 @@ def _step_problems(
         problems.append(
             (f"{path}.container.command", 'is required; set the program to run (e.g. ["sh", "-c", "echo hi"])')
         )
+    problem = working_dir_problem(container.working_dir)
+    if problem:
+        problems.append((f"{path}.container.working_dir", problem))
     env_names: set[str] = set()
     for j, env in enumerate(container.env):
         env_path = f"{path}.container.env[{j}]"

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+import time
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,7 +191,8 @@ class Store:
             ("grpc.lb_policy_name", "round_robin"),
             # Reconnect quickly after an etcd restart instead of backing off for minutes.
             ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000),
+            # (a lease must be refreshed within a fraction of its TTL once etcd is back).
+            ("grpc.max_reconnect_backoff_ms", 250),
         ]
         if tls is None:
             if any(e.startswith("https://") for e in self.endpoints):
@@ -418,7 +420,7 @@ class Store:
 
     async def watch(
         self, prefix: bytes, start_revision: int, *, progress_notify: bool = False
-    ) -> AsyncIterator[list[WatchEvent]]:
+    ) -> AsyncGenerator[list[WatchEvent], None]:
         """Yields batches of changes under `prefix` from `start_revision` on, forever.
 
         A dropped connection (etcd restart, network) is resumed from the revision after the
@@ -428,23 +430,29 @@ class Store:
         the caller can notice that the stream is alive.
         """
         next_revision = start_revision
+        dropped_at = 0.0  # when the current outage began (0: none); it is logged once
         while True:
-            requests: asyncio.Queue[Any] = asyncio.Queue()
             create = rpc.WatchCreateRequest(
                 key=prefix,
                 range_end=prefix_end(prefix),
                 start_revision=next_revision,
                 progress_notify=progress_notify,
             )
-            await requests.put(rpc.WatchRequest(create_request=create))
-
-            async def request_stream(queue: asyncio.Queue[Any] = requests) -> AsyncIterator[Any]:
-                while True:
-                    yield await queue.get()
-
-            call = self._watch.Watch(request_stream())
+            # The one request is written on the call, not fed from a request iterator: grpc
+            # would consume an iterator in a task of its own, which it leaves pending when the
+            # call ends by itself (etcd gone) and which the garbage collector then destroys.
+            call = self._watch.Watch()
             try:
+                await call.write(rpc.WatchRequest(create_request=create))
                 async for response in call:
+                    if dropped_at:
+                        log.info(
+                            "etcd watch of %r resumed from revision %d after %.1fs",
+                            prefix,
+                            next_revision,
+                            time.monotonic() - dropped_at,
+                        )
+                        dropped_at = 0.0
                     if response.compact_revision:
                         raise Compacted(int(response.compact_revision))
                     if response.canceled:
@@ -467,12 +475,26 @@ class Store:
                         next_revision = int(response.header.revision) + 1
                     yield batch
                 # The server ended the stream without an error: reconnect.
-            except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.CANCELLED and call.cancelled():
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
+                # InvalidStateError: the call ended before the request could be written.
+                if (
+                    isinstance(error, grpc.aio.AioRpcError)
+                    and error.code() == grpc.StatusCode.CANCELLED
+                    and call.cancelled()
+                ):
                     raise
-                log.warning(
-                    "etcd watch of %r dropped (%s); resuming from revision %d", prefix, error.code(), next_revision
-                )
+                code = error.code().name if isinstance(error, grpc.aio.AioRpcError) else "ended"
+                if not dropped_at:
+                    # One line per outage: the retries every 0.2 s until etcd is back are DEBUG.
+                    dropped_at = time.monotonic()
+                    log.warning(
+                        "etcd watch of %r dropped (%s); retrying until etcd answers, from revision %d",
+                        prefix,
+                        code,
+                        next_revision,
+                    )
+                else:
+                    log.debug("etcd watch of %r still down (%s)", prefix, code)
                 await asyncio.sleep(0.2)
             finally:
                 call.cancel()

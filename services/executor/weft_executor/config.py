@@ -2,9 +2,10 @@
 
 The command line is a contract other components build against (`weft up`, the Helm
 chart): `--etcd-endpoints`, `--api`, `--runtime`, `--max-parallel`, `--work-dir`,
-`--listen`, `--etcd-root`, `--executor-id`, `--lease-ttl`, plus the executor's limits and
-the settings of the kubernetes runtime (`--namespace`, `--pod-image`, ...; their defaults
-mirror `weft_executor.runtime.kubernetes.KubeSettings`). Nothing here contacts anything
+`--listen`, `--etcd-root`, `--executor-id`, `--lease-ttl`, `--blob-store`, plus the executor's limits and
+the settings of the kubernetes runtime (`--namespace`, `--pod-image`, ...), which live in
+`KubeSettings`, their one definition: the flags take their defaults from it, and the
+runtime and its pods read them from `ExecutorConfig.kube`. Nothing here contacts anything
 or prints a secret.
 """
 
@@ -21,7 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weft_core.config import ETCD_FLAGS, SECURITY_FLAGS, ConfigError, Flag, check_security, listen_address, parse_flags
+from weft_core.blobs import DEFAULT_API_PATIENCE
+from weft_core.config import (
+    ETCD_FLAGS,
+    SECURITY_FLAGS,
+    ConfigError,
+    Flag,
+    check_security,
+    listen_address,
+    optional_blob_store_url,
+    parse_flags,
+)
 from weft_core.keyspace import DEFAULT_ROOT
 
 RUNTIMES = ("local", "kubernetes")
@@ -44,7 +55,7 @@ def positive_int(value: str) -> int:
 def lease_ttl_value(value: str) -> int:
     seconds = int(value)
     if seconds < 2:
-        raise ValueError("must be at least 2 seconds (etcd leases are refreshed every TTL/3)")
+        raise ValueError("must be at least 2 seconds (etcd leases are refreshed every TTL/6)")
     return seconds
 
 
@@ -100,6 +111,64 @@ def default_executor_id() -> str:
 
 
 @dataclass(frozen=True)
+class KubeSettings:
+    """Settings of the kubernetes runtime (its flags' dests), with their defaults.
+
+    Attributes:
+        namespace: Kubernetes namespace of the step pods.
+        pod_image: weft's own image, run by the input and output containers of every pod.
+        pod_api: `host:port` of weft-api as step pods reach it ("" means the executor's
+            `--api`), e.g. a fully qualified Service name when the pods run in another
+            namespace.
+        kubeconfig: Credentials file; None uses the in-cluster service account.
+        kube_qps: Client-side limit of Kubernetes API requests per second (0: none).
+        kube_burst: Requests allowed at once above `kube_qps`.
+        keep_failed_pods: Seconds a failed pod is kept for inspection before it is deleted.
+        unschedulable_timeout: Seconds a pod may stay unschedulable before the attempt fails.
+        image_pull_grace: Seconds an image may fail to pull before the attempt fails.
+        pod_service_account: Service account of the step pods ("" for the namespace default).
+        pod_node_selector: Node labels the step pods require.
+        pod_tolerations: Taints the step pods tolerate (Kubernetes JSON objects).
+        helper_grace: Seconds a pod may keep running after its step container ended and
+            the attempt failed, before it is deleted (its exit code was never recorded).
+        python: The interpreter inside `pod_image`.
+        pod_blob_store_secret: Kubernetes Secret whose keys become environment variables
+            of the pods' input and output containers only (e.g. `AWS_ACCESS_KEY_ID`,
+            `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`), when the executor's `blob_store`
+            is object storage; "" relies on workload identity (IRSA, GKE/Azure workload
+            identity) through `pod_service_account`.
+        pod_api_token_secret: Kubernetes Secret (key `token`) whose token the step pods'
+            helper containers (never the step's own) present to weft-api.
+        pod_api_ca_secret: Kubernetes Secret (key `ca.crt`) of the CA of weft-api's
+            certificate; the helpers then talk TLS to it.
+    """
+
+    namespace: str = "default"
+    pod_image: str = ""
+    pod_api: str = ""
+    kubeconfig: Path | None = None
+    kube_qps: float = 20.0
+    kube_burst: int = 40
+    keep_failed_pods: float = 3600.0
+    unschedulable_timeout: float = 300.0
+    image_pull_grace: float = 120.0
+    pod_service_account: str = ""
+    pod_node_selector: Mapping[str, str] = field(default_factory=dict)
+    pod_tolerations: tuple[dict[str, Any], ...] = ()
+    helper_grace: float = 10.0
+    python: str = "python"
+    pod_blob_store_secret: str = ""
+    pod_api_token_secret: str = ""
+    pod_api_ca_secret: str = ""
+
+
+def _kube_default(name: str) -> str:
+    """A KubeSettings default as a flag's default text."""
+    value = getattr(KubeSettings, name)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
 class ExecutorConfig:
     """Settings of weft-executor.
 
@@ -112,28 +181,17 @@ class ExecutorConfig:
         listen: `HOST:PORT` of the ExecutorService (live logs); port 0 picks a free one.
         etcd_root: Root of weft's keys in etcd.
         executor_id: This executor's id ("" generates `<host>-<pid>-<rand>`).
-        lease_ttl: Seconds the executor's claims outlive it (refreshed every TTL/3).
+        lease_ttl: Seconds the executor's claims outlive it (refreshed every TTL/6).
         max_output_bytes: Largest output file a step may write.
         kill_grace: Seconds between SIGTERM and SIGKILL when stopping an attempt.
         advertise_host: Host other processes dial for ExecutorService ("" means the listen
             host, or for a wildcard listen host $POD_IP or this host's address).
-        namespace: Kubernetes namespace of the step pods (kubernetes runtime).
-        pod_image: weft's own image for the pods' input and output containers (kubernetes).
-        kubeconfig: Kubernetes credentials file; None uses the in-cluster service account.
-        kube_qps: Client-side limit of Kubernetes API requests per second.
-        kube_burst: Kubernetes API requests allowed at once above `kube_qps`.
-        keep_failed_pods: Seconds a failed step pod is kept for inspection.
-        unschedulable_timeout: Seconds a step pod may stay unschedulable before its attempt fails.
-        image_pull_grace: Seconds an image may fail to pull before the attempt fails.
-        pod_service_account: Service account of the step pods ("" for the namespace default).
-        pod_node_selector: Node labels the step pods require.
-        pod_tolerations: Taints the step pods tolerate (Kubernetes JSON objects).
-        pod_api: `host:port` of weft-api as step pods reach it ("" means `api`), e.g. a
-            fully qualified Service name when the pods run in another namespace.
-        pod_api_token_secret: Kubernetes Secret (key `token`) whose token the step pods'
-            helper containers (never the step's own) present to weft-api.
-        pod_api_ca_secret: Kubernetes Secret (key `ca.crt`) of the CA of weft-api's
-            certificate; the helpers then talk TLS to it.
+        api_patience: Seconds each call to weft-api (artifact store) is retried while the
+            api is unreachable (a restart, a rolling upgrade), here and in step pods.
+        kube: The kubernetes runtime's settings.
+        blob_store: URL of the artifact store (`s3://bucket/prefix`, `gs://…`, `az://…`,
+            `file:///dir`) that this executor (and, for object storage, its step pods)
+            read and write directly; "" sends every blob through weft-api (`api`).
         auth_tokens_file .. etcd_client_key: see `weft_core.config.SECURITY_FLAGS`.
     """
 
@@ -149,20 +207,9 @@ class ExecutorConfig:
     max_output_bytes: int = 1024**3
     kill_grace: float = 5.0
     advertise_host: str = ""
-    namespace: str = "default"
-    pod_image: str = ""
-    kubeconfig: Path | None = None
-    kube_qps: float = 20.0
-    kube_burst: int = 40
-    keep_failed_pods: float = 3600.0
-    unschedulable_timeout: float = 300.0
-    image_pull_grace: float = 120.0
-    pod_service_account: str = ""
-    pod_node_selector: Mapping[str, str] = field(default_factory=dict)
-    pod_tolerations: tuple[dict[str, Any], ...] = ()
-    pod_api: str = ""
-    pod_api_token_secret: str = ""
-    pod_api_ca_secret: str = ""
+    api_patience: float = DEFAULT_API_PATIENCE
+    kube: KubeSettings = field(default_factory=KubeSettings)
+    blob_store: str = ""
     # Security (weft_core.config.SECURITY_FLAGS): all off by default. The peer settings are
     # how this executor reaches weft-api; the auth and TLS settings guard its ExecutorService.
     auth_tokens_file: Path | None = None
@@ -228,36 +275,66 @@ class ExecutorConfig:
             convert=non_negative_float,
         ),
         Flag("--advertise-host", "WEFT_ADVERTISE_HOST", "host other processes dial for live logs", default=""),
-        Flag("--namespace", "WEFT_KUBE_NAMESPACE", "Kubernetes namespace of step pods", default="default"),
+        Flag(
+            "--api-patience",
+            "WEFT_API_PATIENCE",
+            "seconds a call to weft-api is retried while it is unreachable (a restart), here and in step pods",
+            default=f"{DEFAULT_API_PATIENCE:g}",
+            convert=non_negative_float,
+        ),
+        Flag(
+            "--blob-store",
+            "WEFT_BLOB_STORE",
+            "artifact store URL the executor and step pods use directly: s3://BUCKET/PREFIX, gs://..., az://..., "
+            'file:///DIR ("": through weft-api; credentials from the environment or workload identity)',
+            default="",
+            convert=optional_blob_store_url,
+        ),
+        *SECURITY_FLAGS,
+    )
+    #: The flags of the kubernetes runtime: their dests are the fields of KubeSettings.
+    KUBE_FLAGS = (
+        Flag(
+            "--namespace",
+            "WEFT_KUBE_NAMESPACE",
+            "Kubernetes namespace of step pods",
+            default=_kube_default("namespace"),
+        ),
         Flag("--pod-image", "WEFT_POD_IMAGE", "weft image for the pods' helper containers", default=""),
         Flag("--kubeconfig", "WEFT_KUBECONFIG", "Kubernetes credentials file", default="", convert=optional_path),
         Flag(
             "--kube-qps",
             "WEFT_KUBE_QPS",
             "Kubernetes API requests per second",
-            default="20",
+            default=_kube_default("kube_qps"),
             convert=non_negative_float,
         ),
-        Flag("--kube-burst", "WEFT_KUBE_BURST", "Kubernetes API burst", default="40", convert=non_negative_int),
+        Flag(
+            "--kube-burst",
+            "WEFT_KUBE_BURST",
+            "Kubernetes API burst",
+            default=_kube_default("kube_burst"),
+            convert=non_negative_int,
+        ),
         Flag(
             "--keep-failed-pods",
             "WEFT_KEEP_FAILED_PODS",
             "seconds failed step pods are kept",
-            default="3600",
+            default=_kube_default("keep_failed_pods"),
             convert=non_negative_float,
         ),
         Flag(
             "--unschedulable-timeout",
             "WEFT_UNSCHEDULABLE_TIMEOUT",
             "seconds a step pod may stay unschedulable",
-            default="300",
+            default=_kube_default("unschedulable_timeout"),
             convert=non_negative_float,
         ),
         Flag(
             "--image-pull-grace",
             "WEFT_IMAGE_PULL_GRACE",
             "seconds an image may fail to pull",
-            default="120",
+            default=_kube_default("image_pull_grace"),
             convert=non_negative_float,
         ),
         Flag("--pod-service-account", "WEFT_POD_SERVICE_ACCOUNT", "service account of step pods", default=""),
@@ -277,6 +354,12 @@ class ExecutorConfig:
         ),
         Flag("--pod-api", "WEFT_POD_API", "host:port of weft-api as step pods reach it (default: --api)", default=""),
         Flag(
+            "--pod-blob-store-secret",
+            "WEFT_POD_BLOB_STORE_SECRET",
+            "Secret whose keys are the store credentials of the pods' helper containers (never the step's)",
+            default="",
+        ),
+        Flag(
             "--pod-api-token-secret",
             "WEFT_POD_API_TOKEN_SECRET",
             "Secret (key token) the step pods' helper containers present to weft-api",
@@ -288,7 +371,6 @@ class ExecutorConfig:
             "Secret (key ca.crt) of the CA of weft-api's certificate, for the pods' helpers (turns TLS on)",
             default="",
         ),
-        *SECURITY_FLAGS,
     )
 
     def __post_init__(self) -> None:
@@ -304,11 +386,25 @@ class ExecutorConfig:
             "steps granted it, and the executor makes its own memory and environment unreadable to them "
             "(PR_SET_DUMPABLE). But local steps run as the executor's user: a step can read any file that user "
             "can read. The local runtime is for trusted code only.",
-            cls.FLAGS,
+            (*cls.FLAGS, *cls.KUBE_FLAGS),
             argv,
             environ,
         )
+        kube = KubeSettings(**{flag.dest: values.pop(flag.dest) for flag in cls.KUBE_FLAGS})
         try:
-            return cls(**values)
+            return cls(**values, kube=kube)
         except ConfigError as error:
             raise SystemExit(f"weft-executor: {error}") from None
+
+    @property
+    def pod_blob_store(self) -> str:
+        """The object store URL step pods use directly ("" when they go through weft-api:
+        a directory store is not reachable from a pod)."""
+        from weft_core.objectstore import is_object_store_url
+
+        return self.blob_store if is_object_store_url(self.blob_store) else ""
+
+    @property
+    def pod_api(self) -> str:
+        """`host:port` of weft-api as step pods reach it."""
+        return self.kube.pod_api or self.api

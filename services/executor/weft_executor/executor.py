@@ -28,9 +28,10 @@ from typing import Any
 
 from weft.v1 import executor_pb2_grpc, run_pb2
 from weft_core.auth import load_auth
-from weft_core.blobs import RemoteBlobStore, namespace_context
-from weft_core.errors import NotFound, ServiceError
+from weft_core.blobs import BlobStore, RemoteBlobStore, namespace_context
+from weft_core.errors import NotFound, ServiceError, Unavailable
 from weft_core.keyspace import Keyspace
+from weft_core.objectstore import open_blob_store
 from weft_core.pipelines import PipelineReader
 from weft_core.server import ServiceBinding, WeftServer, create_server
 from weft_core.store import KeyValue, Store, WatchEvent, absent, op_get, op_put, present
@@ -95,7 +96,7 @@ class Executor:
         self._starting: set[tuple[str, str]] = set()
         self._finalizing: dict[tuple[str, str], bool] = {}
         self._store: Store | None = None
-        self._blobs: RemoteBlobStore | None = None
+        self._blobs: BlobStore | None = None
         self._server: WeftServer | None = None
         self._registration: Registration | None = None
         self._runtime: Runtime | None = None
@@ -142,7 +143,7 @@ class Executor:
 
     # Start and stop -------------------------------------------------------------------
 
-    def _make_runtime(self, blobs: RemoteBlobStore) -> Runtime:
+    def _make_runtime(self, blobs: BlobStore) -> Runtime:
         if self.config.runtime == "local":
             return LocalRuntime(
                 self.config.work_dir,
@@ -165,7 +166,12 @@ class Executor:
     async def start(self) -> None:
         """Serves ExecutorService, registers in etcd and starts scheduling."""
         self._store = Store(self.config.etcd_endpoints, tls=etcd_tls_of(self.config))
-        self._blobs = RemoteBlobStore(self.config.api, peer=peer_of(self.config))
+        # With object storage, step data goes straight to the store, not through weft-api.
+        self._blobs = (
+            open_blob_store(self.config.blob_store)
+            if self.config.blob_store
+            else RemoteBlobStore(self.config.api, patience=self.config.api_patience, peer=peer_of(self.config))
+        )
         self._pipelines = PipelineReader(self._store, self.keyspace, self._blobs, cache_size=64)
         self._run_refs = RunRefs(self._pipelines)
         self._runtime = self._make_runtime(self._blobs)
@@ -532,6 +538,9 @@ class Executor:
             except ClaimLost as lost:
                 log.info("%s; leaving the step to its new holder", lost)
                 return
+            except Unavailable as error:
+                # etcd or weft-api away (a restart): expected, retried, no traceback.
+                log.warning("working on step %s: %s; retrying in %.0fs", "/".join(key), error.message, delay)
             except Exception:
                 log.exception("working on step %s failed; retrying in %.0fs", "/".join(key), delay)
             if task.claim.lease != self.registration.lease:

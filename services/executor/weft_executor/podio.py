@@ -9,6 +9,12 @@ volume, mounted at `SHARED_DIR` in every container:
     /weft/outputs/<name>     `$WEFT_OUTPUTS`: written by the user's step
     /weft/status/exit-code   the step's exit code, written by the shell wrapper when it ends
 
+With ``--blob-store URL`` (`s3://…`, `gs://…`, `az://…`) instead of ``--api``, both talk to
+the object store directly (`weft_core.objectstore`), with the credentials of their own
+environment (a Secret the executor names, or workload identity): step data then never
+passes through weft-api. The step's own container gets neither the URL's credentials nor
+any other store access.
+
 - ``python -m weft_executor.podio fetch --api HOST:PORT --dir /weft NAME=DIGEST ...`` runs as
   the init container: it downloads each input from weft-api's ArtifactService, verifies its
   sha256 against the digest it was asked for, and creates the three directories
@@ -36,6 +42,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -46,7 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from weft_core.blobs import BlobStore, RemoteBlobStore
+    from weft_core.blobs import BlobStore
 
 #: Where the shared volume is mounted in every container of a step pod.
 SHARED_DIR = "/weft"
@@ -64,11 +71,10 @@ MESSAGE_VERSION = 1
 MANIFEST_VERSION = 1
 #: How often `upload` looks for the exit-code marker.
 MARKER_POLL_SECONDS = 0.1
-#: Tries of each artifact-store call before giving up: the api may be restarting (about a
-#: minute of backoff in all), but a pod that cannot deliver must end with a clear failure.
-STORE_TRIES = 8
-STORE_FIRST_BACKOFF = 0.5
-STORE_MAX_BACKOFF = 15.0
+#: Seconds each artifact-store call is retried while weft-api is unreachable (a restart, a
+#: rolling upgrade) before the handover fails: a pod that cannot deliver must end with a
+#: clear failure, but an api restart must not cost the step (the `--patience` flag).
+DEFAULT_PATIENCE = 120.0
 
 T = TypeVar("T")
 
@@ -178,25 +184,19 @@ def write_termination_message(path: Path, message: TerminationMessage) -> None:
         print(f"weft: could not write the termination message to {path}: {error.strerror}", file=sys.stderr)
 
 
-#: Tries of each artifact-store call in this process (the `--tries` flag).
-_tries = STORE_TRIES
+#: The `--patience` of this process.
+_patience = DEFAULT_PATIENCE
 
 
-async def _with_retries(what: str, call: Callable[[], Awaitable[T]]) -> T:
-    """Retries `call` while the artifact store is unavailable (not on NotFound/InvalidArgument)."""
+async def _handed_over(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Runs one artifact-store call (retried by the store itself while the api is away);
+    an api that stays away longer than the patience becomes a HandoverError."""
     from weft_core.errors import Unavailable
 
-    delay = STORE_FIRST_BACKOFF
-    for attempt in range(1, _tries + 1):
-        try:
-            return await call()
-        except Unavailable as error:
-            if attempt >= _tries:
-                raise HandoverError(f"{what}: {error.message}") from None
-            print(f"weft: {what}: {error.message}; retrying in {delay:g}s", file=sys.stderr, flush=True)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, STORE_MAX_BACKOFF)
-    raise AssertionError("unreachable")
+    try:
+        return await call()
+    except Unavailable as error:
+        raise HandoverError(f"{what}: {error.message}") from None
 
 
 # fetch ------------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ async def fetch_input(store: BlobStore, name: str, digest: str, target: Path) ->
         return size
 
     try:
-        size = await _with_retries(f"fetching input '{name}' ({digest})", download)
+        size = await _handed_over(f"fetching input '{name}' ({digest})", download)
     except NotFound:
         raise HandoverError(
             f"input '{name}' ({digest}) is not in the artifact store; "
@@ -243,23 +243,27 @@ async def fetch_input(store: BlobStore, name: str, digest: str, target: Path) ->
     return size
 
 
-def artifact_store(api: str) -> RemoteBlobStore:
-    """The artifact store as the pod's helpers reach it: as the step's namespace
-    (`WEFT_NAMESPACE`), with the token (`WEFT_PEER_TOKEN`) and CA (`WEFT_PEER_CA_CERT`)
-    the executor's pod settings gave them, if any."""
+def open_store(api: str, blob_store: str = "") -> BlobStore:
+    """The object store named by `blob_store` when given, else weft-api's ArtifactService
+    as the step's namespace (`WEFT_NAMESPACE`), with the token (`WEFT_PEER_TOKEN`) and CA
+    (`WEFT_PEER_CA_CERT`) the executor's pod settings gave the helpers, if any."""
+    if blob_store:
+        from weft_core.objectstore import open_blob_store
+
+        return open_blob_store(blob_store)
     from weft_core.blobs import RemoteBlobStore, blob_namespace
     from weft_core.tls import Peer, client_tls
 
     blob_namespace.set(os.environ.get("WEFT_NAMESPACE", ""))
     ca = os.environ.get("WEFT_PEER_CA_CERT", "")
     peer = Peer(os.environ.get("WEFT_PEER_TOKEN", ""), client_tls(Path(ca) if ca else None, None, None))
-    return RemoteBlobStore(api, peer=peer)
+    return RemoteBlobStore(api, patience=_patience, peer=peer)
 
 
-async def fetch(api: str, root: Path, inputs: Sequence[tuple[str, str]]) -> None:
+async def fetch(api: str, root: Path, inputs: Sequence[tuple[str, str]], blob_store: str = "") -> None:
     """The init container: prepares the shared directories and downloads every input."""
     prepare_dirs(root)
-    store = artifact_store(api)
+    store = open_store(api, blob_store)
     try:
         for name, digest in inputs:
             size = await fetch_input(store, name, digest, root / INPUTS / name)
@@ -304,7 +308,9 @@ def check_outputs(outputs_dir: Path, names: Sequence[str], max_bytes: int) -> st
     return ""
 
 
-async def upload(api: str, root: Path, names: Sequence[str], max_bytes: int) -> tuple[TerminationMessage, bool]:
+async def upload(
+    api: str, root: Path, names: Sequence[str], max_bytes: int, blob_store: str = ""
+) -> tuple[TerminationMessage, bool]:
     """The output container: waits for the step, stores its outputs and the manifest.
 
     Returns:
@@ -314,7 +320,7 @@ async def upload(api: str, root: Path, names: Sequence[str], max_bytes: int) -> 
     if exit_code != 0:
         print(f"weft: the step exited with code {exit_code}; no outputs uploaded", flush=True)
         return TerminationMessage(skipped=f"step exited with code {exit_code}"), True
-    store = artifact_store(api)
+    store = open_store(api, blob_store)
     try:
         problem = check_outputs(root / OUTPUTS, names, max_bytes)
         manifest = Manifest(succeeded=False, message=problem)
@@ -323,14 +329,14 @@ async def upload(api: str, root: Path, names: Sequence[str], max_bytes: int) -> 
             sizes: dict[str, int] = {}
             for name in names:
                 path = root / OUTPUTS / name
-                info = await _with_retries(f"uploading output '{name}'", partial(store.put_file, path))
+                info = await _handed_over(f"uploading output '{name}'", partial(store.put_file, path))
                 outputs[name], sizes[name] = info.digest, info.size
                 print(f"weft: stored output {name} ({human_bytes(info.size)}) as {info.digest}", flush=True)
             manifest = Manifest(succeeded=True, outputs=outputs, sizes=sizes)
         else:
             print(f"weft: {problem}", file=sys.stderr, flush=True)
         data = manifest.encode()
-        stored = await _with_retries("storing the output manifest", lambda: store.put(data))
+        stored = await _handed_over("storing the output manifest", lambda: store.put(data))
         return TerminationMessage(manifest=stored.digest), manifest.succeeded
     finally:
         await store.close()
@@ -359,10 +365,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("fetch", "download inputs (init container)"), ("upload", "store outputs (helper)")):
         command = commands.add_parser(name, help=help_text)
-        command.add_argument("--api", required=True, help="host:port of weft-api's ArtifactService")
+        where = command.add_mutually_exclusive_group(required=True)
+        where.add_argument("--api", help="host:port of weft-api's ArtifactService")
+        where.add_argument("--blob-store", default="", help="object store URL to use directly (s3://..., gs://...)")
         command.add_argument("--dir", type=Path, default=Path(SHARED_DIR), help="the shared volume")
         command.add_argument("--termination-log", type=Path, default=Path(TERMINATION_LOG))
-        command.add_argument("--tries", type=int, default=STORE_TRIES, help="tries of each artifact-store call")
+        command.add_argument(
+            "--patience",
+            type=float,
+            default=DEFAULT_PATIENCE,
+            help="seconds each artifact-store call is retried while weft-api is unreachable",
+        )
         if name == "fetch":
             command.add_argument("inputs", nargs="*", type=_input_pair, metavar="NAME=DIGEST")
         else:
@@ -373,16 +386,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `fetch` or `upload`; returns the exit code."""
-    global _tries
+    global _patience
     args = parse_args(argv)
-    _tries = max(1, args.tries)
+    _patience = max(0.0, args.patience)
+    # The store's retry warnings go to stderr, i.e. the container's log, like our own lines.
+    logging.basicConfig(level=logging.INFO, format="weft: %(message)s", stream=sys.stderr)
     started = time.monotonic()
     try:
         if args.command == "fetch":
-            asyncio.run(fetch(args.api, args.dir, args.inputs))
+            asyncio.run(fetch(args.api, args.dir, args.inputs, args.blob_store))
             message, ok = TerminationMessage(), True
         else:
-            message, ok = asyncio.run(upload(args.api, args.dir, args.outputs, args.max_bytes))
+            message, ok = asyncio.run(upload(args.api, args.dir, args.outputs, args.max_bytes, args.blob_store))
     except HandoverError as error:
         print(f"weft: {error}", file=sys.stderr, flush=True)
         message, ok = TerminationMessage(error=str(error)), False

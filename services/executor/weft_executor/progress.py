@@ -19,6 +19,7 @@ need: what it caches (steps known to be committed) are immutable facts.
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -58,10 +59,14 @@ def now() -> Timestamp:
     return stamp
 
 
+_LOG_TAIL_SUFFIX = re.compile(r"; last (?:stderr|log) lines:$")
+
+
 def summary(message: str) -> str:
     """The first line of a step's failure message, without the log lines that follow it."""
     first = message.split("\n", 1)[0] if message else "failed"
-    return first.removesuffix(";").removesuffix("; last stderr lines:")
+    # "; last stderr lines:" (local runtime) and "; last log lines:" (kubernetes).
+    return _LOG_TAIL_SUFFIX.sub("", first.removesuffix(";"))
 
 
 def parse_run(kv: KeyValue) -> Run:

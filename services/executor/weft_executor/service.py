@@ -43,6 +43,9 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             raise InvalidArgument("run: required, e.g. namespaces/default/runs/r1", field="run")
         if not step:
             raise InvalidArgument("step: required, the name of a step of the run, e.g. train", field="step")
+        if number < 0:
+            # The same rule as weft-api's ReadLogs, so a direct caller gets the same answer.
+            raise InvalidArgument("attempt: must be 0 (the latest) or an attempt number ≥ 1", field="attempt")
         if number > 0:
             found = self.live_attempts.get((run, step, number))
             if found is not None:
@@ -53,10 +56,16 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
                 latest = max(numbers)
                 runtime, attempt = self.live_attempts[(run, step, latest)]
                 return latest, runtime, attempt
-        which = f"attempt {number}" if number > 0 else "no attempt"
+        # Say what is true: the attempt is NOT running here (it ended, never started here, or
+        # another executor took it over).
+        which = (
+            f"attempt {number} of step {step} of {run} is not"
+            if number > 0
+            else f"no attempt of step {step} of {run} is"
+        )
         raise NotFound(
-            f"{which} of step {step} of {run} is running on executor {self.executor_id}; "
-            "a finished attempt's logs are in the artifact store (read them through weft-api ReadLogs)"
+            f"{which} running on executor {self.executor_id}; a finished attempt's logs are in the artifact store "
+            "(read them through weft-api ReadLogs)"
         )
 
     async def ReadAttemptLogs(

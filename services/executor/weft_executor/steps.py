@@ -338,6 +338,7 @@ class StepRunner:
         if not record.HasField("ready_time") and snapshot.ready is not None:
             record.ready_time.CopyFrom(ready_time_of(snapshot.ready.value))
         if run.state == Run.STATE_CANCELLING:
+            await self._end_orphaned_attempts(ref, run, record, run.message)
             await self._commit_cancelled(ref, record, claim, run.message)
             return
         step = ref.step(claim.step)
@@ -603,6 +604,51 @@ class StepRunner:
             await self.progress.finalize_cancel(ref)
 
     # Attempts -------------------------------------------------------------------------
+
+    async def _end_orphaned_attempts(self, ref: RunRef, run: Run, record: StepRun, reason: str) -> None:
+        """Ends the attempts a dead executor left RUNNING in a step being cancelled.
+
+        A pod outlives its executor: it is re-attached and stopped, so its log is stored
+        and the pod deleted; an attempt nothing can re-attach to (a local process died with
+        its executor) is recorded LOST. Either way no attempt stays RUNNING in the
+        cancelled step, and ReadLogs answers from what was stored.
+        """
+        message = f"run cancelled{': ' + reason if reason else ''}"
+        step = ref.step(record.step)
+        for attempt in record.attempts:
+            if attempt.state != Attempt.STATE_RUNNING:
+                continue
+            spec = AttemptSpec(
+                namespace=ref.namespace,
+                run=ref.run_id,
+                step=step.name,
+                attempt=attempt.number,
+                image=step.container.image,
+                command=(*step.container.command, *step.container.args),
+                working_dir=step.container.working_dir,
+                env={},
+                secret_env={},
+                inputs={},
+                outputs=tuple(o.name for o in step.outputs),
+                timeout=None,
+                dna=record.dna,
+            )
+            launched = await self.runtime.adopt(spec, attempt.handle) if attempt.handle else None
+            if launched is None:
+                attempt.state = Attempt.STATE_LOST
+                attempt.message = f"abandoned: executor {attempt.executor or '?'} died; {message}"
+                attempt.end_time.CopyFrom(now())
+                continue
+            await self.runtime.kill(launched, message)
+            result = await self.runtime.wait(launched)
+            await self.runtime.release(launched)
+            attempt.state = result.state
+            attempt.message = result.message
+            attempt.exit_code = result.exit_code
+            attempt.stdout_digest = result.stdout_digest
+            attempt.stderr_digest = result.stderr_digest
+            attempt.end_time.CopyFrom(_timestamp(result.end_time))
+            log.info("step %s of %s: stopped attempt %d left by a dead executor", step.name, ref.name, attempt.number)
 
     def _abandon_running_attempts(self, record: StepRun) -> None:
         # We hold the claim, so whoever launched a still-RUNNING attempt lost it: its

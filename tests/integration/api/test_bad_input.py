@@ -49,6 +49,12 @@ def huge_spec() -> P.PipelineSpec:
     return with_steps(big)
 
 
+def in_dir(working_dir: str) -> P.Step:
+    built = step("a")
+    built.container.working_dir = working_dir
+    return built
+
+
 def bad_step() -> P.Step:
     return P.Step(name="a")  # no container at all
 
@@ -88,6 +94,14 @@ CASES: list[tuple[str, str, Callable[[], Any], grpc.StatusCode, str]] = [
      CODE.INVALID_ARGUMENT, 'pipeline.labels["ok"]: value "not ok" is not a valid label value'),
     ("pipeline-bad-request-id", "CreatePipeline", lambda: P.CreatePipelineRequest(pipeline=P.Pipeline(name="x", spec=simple(1)), request_id="a b"),
      CODE.INVALID_ARGUMENT, "request_id: use at most 128 letters"),
+    ("pipeline-working-dir-escapes", "CreatePipeline", lambda: pipeline(spec=with_steps(in_dir("../../../../elsewhere"))),
+     CODE.INVALID_ARGUMENT, 'pipeline.spec.steps[0].container.working_dir: "../../../../elsewhere" climbs out of the step\'s working directory'),
+    ("pipeline-working-dir-escapes-midway", "CreatePipeline", lambda: pipeline(spec=with_steps(in_dir("src/../../x"))),
+     CODE.INVALID_ARGUMENT, "pipeline.spec.steps[0].container.working_dir: "),
+    ("pipeline-working-dir-nul", "CreatePipeline", lambda: pipeline(spec=with_steps(in_dir("a\0b"))),
+     CODE.INVALID_ARGUMENT, "pipeline.spec.steps[0].container.working_dir: contains a NUL character"),
+    ("pipeline-request-id-reused", "CreatePipeline", lambda: P.CreatePipelineRequest(pipeline=P.Pipeline(name="etl", spec=simple(2)), request_id="pipeline-request"),
+     CODE.INVALID_ARGUMENT, 'request_id: "pipeline-request" was already used for a different request'),
     ("pipeline-get-unknown", "GetPipeline", lambda: P.GetPipelineRequest(name="namespaces/default/pipelines/nope"),
      CODE.NOT_FOUND, 'pipeline "namespaces/default/pipelines/nope" does not exist; create it with `weft apply'),
     ("pipeline-get-bad-version", "GetPipeline", lambda: P.GetPipelineRequest(name="namespaces/default/pipelines/etl", version="xyz"),
@@ -122,6 +136,16 @@ CASES: list[tuple[str, str, Callable[[], Any], grpc.StatusCode, str]] = [
     ("run-bad-run-id", "CreateRun", lambda: run(run_id="UPPER", label="x"), CODE.INVALID_ARGUMENT, 'run_id: "UPPER" is not a valid name'),
     ("run-taken-run-id", "CreateRun", lambda: run(run_id="taken", label="x"), CODE.ALREADY_EXISTS,
      'run_id: run "namespaces/default/runs/taken" already exists'),
+    ("run-taken-run-id-new-parameter", "CreateRun", lambda: run(run_id="taken", label="a value no blob holds yet"), CODE.ALREADY_EXISTS,
+     'run_id: run "namespaces/default/runs/taken" already exists'),
+    ("run-request-id-reused", "CreateRun", lambda: R.CreateRunRequest(run=R.Run(pipeline="etl", parameters={"label": "other"}), request_id="run-request"),
+     CODE.INVALID_ARGUMENT, 'request_id: "run-request" was already used for a different request'),
+    ("run-request-id-of-a-pipeline", "CreateRun", lambda: R.CreateRunRequest(run=R.Run(pipeline="etl", parameters={"label": "x"}), request_id="pipeline-request"),
+     CODE.INVALID_ARGUMENT, 'request_id: "pipeline-request" was already used for a different request'),
+    ("run-get-bad-view", "GetRun", lambda: R.GetRunRequest(name="namespaces/default/runs/taken", view=99),  # type: ignore[arg-type]
+     CODE.INVALID_ARGUMENT, "view: 99 is not a run view; use RUN_VIEW_BASIC or RUN_VIEW_FULL"),
+    ("run-list-bad-view", "ListRuns", lambda: R.ListRunsRequest(view=-1),  # type: ignore[arg-type]
+     CODE.INVALID_ARGUMENT, "view: -1 is not a run view"),
     ("run-unknown-version", "CreateRun",
      lambda: R.CreateRunRequest(run=R.Run(pipeline="etl", pipeline_version="abcdef12", parameters={"label": "x"})),
      CODE.NOT_FOUND, 'run.pipeline_version: pipeline "namespaces/default/pipelines/etl" has no version "abcdef12"'),
@@ -150,6 +174,13 @@ async def prepared(api: InProcessApi, channel: grpc.aio.Channel) -> Clients:
         R.CreateRunRequest(run=R.Run(pipeline="etl", parameters={"label": "x"}), run_id="taken")
     )
     await create_run(clients, "etl", label="y")
+    # Request ids a later case reuses with another body.
+    await clients.runs.CreateRun(
+        R.CreateRunRequest(run=R.Run(pipeline="etl", parameters={"label": "z"}), request_id="run-request")
+    )
+    await clients.pipelines.CreatePipeline(
+        P.CreatePipelineRequest(pipeline=P.Pipeline(name="etl", spec=diamond()), request_id="pipeline-request")
+    )
     return clients
 
 

@@ -10,7 +10,8 @@ import grpc
 from tests.integration.api.support import Clients, create_pipeline, diamond
 from tests.integration.conftest import ApiProcess
 from weft.v1 import run_pb2
-from weft_core.blobs import DirectoryBlobStore
+from weft_core.blobs import digest_of
+from weft_core.requests import RequestRecord
 from weft_core.runs import run_summary
 from weft_core.store import Store
 
@@ -61,7 +62,6 @@ async def test_runs_are_whole_or_absent_after_a_sigkill_mid_create(api_process: 
     # Every run that exists exists whole: run key, identical index key, request key, all
     # from the same transaction; and nothing of a run exists without its run key.
     assert len(run_keys) == len(index_keys) == len(order_keys) == len(request_keys) >= len(succeeded)
-    blobs = DirectoryBlobStore(api_process.blob_dir)
     for key, kv in run_keys.items():
         run_id = key.decode().split("/")[-2]
         index = index_keys[keyspace.run_index("default", run_id)]
@@ -72,8 +72,9 @@ async def test_runs_are_whole_or_absent_after_a_sigkill_mid_create(api_process: 
         created = record.create_time.seconds * 1_000_000_000 + record.create_time.nanos
         assert order_keys[keyspace.run_order("default", created, run_id)].mod_revision == kv.mod_revision
         request_id = "req-" + record.parameters["label"][1:].zfill(4)
-        assert request_keys[keyspace.request("default", request_id)].value == record.name.encode()
-        assert await blobs.exists(record.parameter_digests["label"])  # stored before the commit
+        assert RequestRecord.decode(request_keys[keyspace.request("default", request_id)].value).created == record.name
+        # The value travels inline with its digest (its blob is the executor's to write).
+        assert record.parameter_digests["label"] == digest_of(record.parameters["label"].encode())
     for name in succeeded.values():
         assert keyspace.run("default", name.rsplit("/", 1)[1]) in run_keys
 

@@ -118,11 +118,21 @@ async def test_concurrent_requests_with_one_request_id_change_the_pipeline_once(
             )
             for n in (1, 2)
         ]
-        answers = await asyncio.gather(*(clients.pipelines.CreatePipeline(r) for r in requests))
-        assert answers[0].version == answers[1].version, "one request id answered two different versions"
+        answers = await asyncio.gather(*(clients.pipelines.CreatePipeline(r) for r in requests), return_exceptions=True)
+        # Two different bodies under one id: the first to commit wins, the other is refused
+        # as a misuse of the id (AIP-155), never answered with the winner's version.
+        won = [a for a in answers if isinstance(a, pipeline_pb2.Pipeline)]
+        refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+        assert len(won) == 1, answers
+        assert len(refused) == 1, answers
+        assert refused[0].code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (refused[0].details() or "").startswith(f'request_id: "req-race-{attempt}" was already used')
         head = await get(clients, name)
         assert head.version_count == 1, f"one request id created {head.version_count} versions"
-        assert head.version == answers[0].version
+        assert head.version == won[0].version
+        # The same body again is a retry: it answers the first result.
+        winner = requests[answers.index(won[0])]
+        assert (await clients.pipelines.CreatePipeline(winner)).version == won[0].version
 
 
 async def test_pipelines_list_in_pages_with_filters(clients: Clients) -> None:

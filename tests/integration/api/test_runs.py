@@ -7,16 +7,25 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
 import weft_api.runs
-from tests.integration.api.support import Clients, ExecutorWrites, create_pipeline, create_run, diamond, simple
-from tests.integration.conftest import InProcessApi
+from tests.integration.api.support import (
+    Clients,
+    ExecutorWrites,
+    create_pipeline,
+    create_run,
+    diamond,
+    files_under,
+    simple,
+)
+from tests.integration.conftest import InProcessApi, running_api
 from weft.v1 import executor_pb2, executor_pb2_grpc, pipeline_pb2, run_pb2
-from weft_core.blobs import DirectoryBlobStore
+from weft_core.blobs import DirectoryBlobStore, digest_of
 from weft_core.requests import RETENTION, ROTATION
 from weft_core.server import ServiceBinding, create_server
 from weft_core.store import Store
@@ -37,7 +46,7 @@ async def states(clients: Clients, run: str) -> dict[str, str]:
     return {s.step: StepRun.State.Name(s.state) for s in got.steps}
 
 
-async def test_create_run_fills_defaults_stores_parameter_blobs_and_starts_a_trace(
+async def test_create_run_fills_defaults_keeps_parameters_inline_and_starts_a_trace(
     clients: Clients, api: InProcessApi, store: Store
 ) -> None:
     pipeline = await create_pipeline(clients, "etl", diamond())
@@ -48,9 +57,11 @@ async def test_create_run_fills_defaults_stores_parameter_blobs_and_starts_a_tra
     assert run.pipeline == "namespaces/default/pipelines/etl"
     assert run.pipeline_version == pipeline.version
     assert dict(run.parameters) == {"size": "10", "label": "nightly"}
-    blobs = DirectoryBlobStore(api.blob_dir)
-    assert await blobs.get(run.parameter_digests["size"]) == b"10"
-    assert await blobs.get(run.parameter_digests["label"]) == b"nightly"
+    assert run.parameter_digests["size"] == digest_of(b"10")
+    assert run.parameter_digests["label"] == digest_of(b"nightly")
+    # One etcd transaction and no file I/O: the executor stores a value's blob before an
+    # attempt reads it, so a refused or abandoned CreateRun leaves nothing behind.
+    assert files_under(api.blob_dir) == []
     assert parse_traceparent(run.traceparent) is not None
     # The run key, its index and nothing else of the run exist, all from one transaction.
     ns, run_id = "default", run.name.rsplit("/", 1)[1]
@@ -86,6 +97,92 @@ async def test_request_id_returns_the_same_run_even_for_concurrent_retries(
     runs = await asyncio.gather(*(clients.runs.CreateRun(request) for _ in range(8)))
     assert len({r.name for r in runs}) == 1
     assert await store.count(api.keyspace.run_index_prefix("default")) == 1
+
+
+async def test_a_run_uses_the_pipeline_as_it_is_now_whatever_the_api_read_before(clients: Clients) -> None:
+    # CreateRun trusts what it read of a pipeline's head only as far as its transaction can
+    # check it: each change of the pipeline below must be seen by the very next run.
+    first = await create_pipeline(clients, "etl", simple(1))
+    assert (await create_run(clients, "etl")).pipeline_version == first.version
+    second = await create_pipeline(clients, "etl", simple(2))
+    assert (await create_run(clients, "etl")).pipeline_version == second.version
+    by_prefix = run_pb2.CreateRunRequest(run=run_pb2.Run(pipeline="etl", pipeline_version=first.version[7:15]))
+    assert (await clients.runs.CreateRun(by_prefix)).pipeline_version == first.version
+    await clients.pipelines.DeletePipeline(pipeline_pb2.DeletePipelineRequest(name=first.name))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await create_run(clients, "etl")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await clients.runs.CreateRun(by_prefix)  # the version went with the pipeline
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    again = await create_pipeline(clients, "etl", simple(3))
+    assert (await create_run(clients, "etl")).pipeline_version == again.version
+
+
+async def test_a_request_id_reused_with_another_body_is_refused_and_the_same_body_is_a_retry(
+    clients: Clients, api: InProcessApi, store: Store, tmp_path: Path
+) -> None:
+    await create_pipeline(clients, "etl", diamond())
+    await create_pipeline(clients, "other", diamond())
+
+    def request(pipeline: str, label: str) -> run_pb2.CreateRunRequest:
+        return run_pb2.CreateRunRequest(
+            run=run_pb2.Run(pipeline=pipeline, parameters={"label": label}), request_id="nightly"
+        )
+
+    first = await clients.runs.CreateRun(request("etl", "a"))
+    assert (await clients.runs.CreateRun(request("etl", "a"))).name == first.name
+    for different in (request("other", "a"), request("etl", "b")):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await clients.runs.CreateRun(different)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (caught.value.details() or "").startswith(
+            f'request_id: "nightly" was already used for a different request (the one that created {first.name})'
+        )
+    assert await store.count(api.keyspace.run_index_prefix("default")) == 1
+    # A retry answers the first result even once the pipeline has gone, also from an api
+    # replica that never read the pipeline.
+    await clients.pipelines.DeletePipeline(pipeline_pb2.DeletePipelineRequest(name="namespaces/default/pipelines/etl"))
+    assert (await clients.runs.CreateRun(request("etl", "a"))).name == first.name
+    async with (
+        running_api(api.config.etcd_endpoints, api.keyspace, tmp_path / "replica") as replica,
+        grpc.aio.insecure_channel(replica.address) as channel,
+    ):
+        assert (await Clients.of(channel).runs.CreateRun(request("etl", "a"))).name == first.name
+
+
+async def test_concurrent_creates_share_transactions_and_each_keeps_its_own_outcome(
+    clients: Clients, api: InProcessApi, store: Store
+) -> None:
+    # Creates in flight together may be written in shared transactions (group commit), yet
+    # each gets the answer it would get alone: one run per request id, one winner per run id.
+    await create_pipeline(clients, "etl", simple(1))
+
+    def request(i: int) -> run_pb2.CreateRunRequest:
+        if i % 5 == 0:
+            return run_pb2.CreateRunRequest(run=run_pb2.Run(pipeline="etl"), request_id="shared-request")
+        if i % 5 == 1:
+            return run_pb2.CreateRunRequest(run=run_pb2.Run(pipeline="etl"), run_id="contested")
+        return run_pb2.CreateRunRequest(run=run_pb2.Run(pipeline="etl", labels={"i": str(i)}))
+
+    answers = await asyncio.gather(*(clients.runs.CreateRun(request(i)) for i in range(60)), return_exceptions=True)
+    by_request = {a.name for i, a in enumerate(answers) if i % 5 == 0 and isinstance(a, run_pb2.Run)}
+    assert len(by_request) == 1, answers
+    contested = [a for i, a in enumerate(answers) if i % 5 == 1]
+    assert sum(isinstance(a, run_pb2.Run) for a in contested) == 1, contested
+    assert all(a.code() == grpc.StatusCode.ALREADY_EXISTS for a in contested if isinstance(a, grpc.aio.AioRpcError)), (
+        contested
+    )
+    plain = [a for i, a in enumerate(answers) if i % 5 > 1]
+    assert all(isinstance(a, run_pb2.Run) for a in plain), plain
+    assert await store.count(api.keyspace.run_index_prefix("default")) == 1 + 1 + len(plain)
+    # Every run is whole: its index key is from the very transaction that wrote it. (Whether
+    # two shared a transaction depends on timing; test_group_commit.py shows they do.)
+    for run in [*plain, *(a for a in contested if isinstance(a, run_pb2.Run))]:
+        assert isinstance(run, run_pb2.Run)
+        index = await store.get(api.keyspace.run_index("default", run.name.rsplit("/", 1)[1]))
+        assert index is not None
+        assert index.mod_revision == int(run.etag)
 
 
 async def test_a_long_pipeline_name_gives_a_63_character_run_id(clients: Clients) -> None:

@@ -4,16 +4,22 @@ terminal state, resumption by revision across an api crash, and compaction."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from tests.integration.api.support import Clients, ExecutorWrites, create_pipeline, create_run, simple
+import weft
+from tests.integration.api.support import Clients, ExecutorWrites, create_pipeline, create_run, simple, step
 from tests.integration.conftest import ApiProcess, InProcessApi, running_api
+from tests.support import assert_eventually_async
+from weft import RetrySettings
 from weft.localstack import EtcdProcess
 from weft.v1 import run_pb2
+from weft.v1.pipeline_pb2 import PipelineSpec
 from weft_core.keyspace import Keyspace
 from weft_core.store import Store, op_put
 
@@ -186,3 +192,110 @@ async def test_changes_committed_together_mark_only_the_last_event_of_their_revi
         (alone, "s0", True),
     ]
     stream.cancel()
+
+
+async def test_a_start_revision_beyond_the_store_is_out_of_range_with_the_current_revision(
+    api: InProcessApi, channel: grpc.aio.Channel, store: Store
+) -> None:
+    clients = Clients.of(channel)
+    await create_pipeline(clients, "etl", simple(1))
+    run = await create_run(clients, "etl")
+    current = await store.status()
+    stream = clients.runs.WatchRun(run_pb2.WatchRunRequest(name=run.name, start_revision=current + 1000))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await drain(stream)  # at once: it must not wait silently until a deadline
+    assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    details = caught.value.details() or ""
+    assert details.startswith(f"start_revision: {current + 1000} is beyond the store's current revision "), details
+    assert f"revision {current}" in details, details
+    # The next revision is a valid place to resume: nothing happened since the last event.
+    waiting = clients.runs.WatchRun(run_pb2.WatchRunRequest(name=run.name, start_revision=current + 1))
+    written = await ExecutorWrites(store, api.keyspace, run.name).step_record("s0", StepRun.STATE_RUNNING)
+    event = await next_event(waiting)
+    assert event is not None
+    assert event.revision == written
+    waiting.cancel()
+
+
+async def test_a_basic_watch_sends_only_the_run_records_changes(
+    api: InProcessApi, channel: grpc.aio.Channel, store: Store
+) -> None:
+    clients = Clients.of(channel)
+    await create_pipeline(clients, "etl", simple(3))
+    run = await create_run(clients, "etl")
+    executor = ExecutorWrites(store, api.keyspace, run.name)
+    await executor.mark_ready("s0")
+    stream = clients.runs.WatchRun(run_pb2.WatchRunRequest(name=run.name, view=run_pb2.RUN_VIEW_BASIC))
+    snapshot = await next_event(stream)
+    assert snapshot is not None
+    assert (describe(snapshot), snapshot.snapshot, snapshot.last_in_revision) == ("run:STATE_PENDING", True, True)
+    running = await executor.set_run_state(Run.STATE_RUNNING)
+    await executor.step_record("s0", StepRun.STATE_RUNNING)
+    await executor.done_record("s0", StepRun.STATE_SUCCEEDED)
+    ended = await executor.set_run_state(Run.STATE_SUCCEEDED)
+    live = await drain(stream)
+    assert [(describe(e), e.revision, e.last_in_revision) for e in live] == [
+        ("run:STATE_RUNNING", running, True),
+        ("run:STATE_SUCCEEDED", ended, True),
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await drain(clients.runs.WatchRun(run_pb2.WatchRunRequest(name=run.name, view=7)))  # type: ignore[arg-type]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.details() or "").startswith("view: 7 is not a run view")
+
+
+class CountingChannel:
+    """A real channel that counts the bytes of every response by method, as received."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._channel = channel
+        self.received: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
+
+    def _counting(self, method: str, deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+        def deserialize(data: bytes) -> Any:
+            self.received[method.rsplit("/", 1)[1]] += len(data)
+            return deserializer(data)
+
+        return deserialize
+
+    def unary_unary(self, method: str, **kwargs: Any) -> Any:
+        kwargs["response_deserializer"] = self._counting(method, kwargs["response_deserializer"])
+        return self._channel.unary_unary(method, **kwargs)
+
+    def unary_stream(self, method: str, **kwargs: Any) -> Any:
+        kwargs["response_deserializer"] = self._counting(method, kwargs["response_deserializer"])
+        return self._channel.unary_stream(method, **kwargs)
+
+
+async def test_waiting_for_a_run_ships_its_steps_once(
+    api: InProcessApi, channel: grpc.aio.Channel, store: Store
+) -> None:
+    steps = 200
+    clients = Clients.of(channel)
+    await create_pipeline(clients, "wide", PipelineSpec(steps=[step(f"s{i}") for i in range(steps)]))
+    created = await create_run(clients, "wide")
+    executor = ExecutorWrites(store, api.keyspace, created.name)
+    await executor.set_run_state(Run.STATE_RUNNING)
+    for i in range(steps):
+        await executor.done_record(f"s{i}", StepRun.STATE_SUCCEEDED, message="x" * 200)
+
+    counting = CountingChannel(channel)
+    client = weft.AsyncClient(counting, target=api.address, namespace="default", retry=RetrySettings())  # type: ignore[arg-type]
+    run = await client.get_run(created.name, full=False)
+    waiting = asyncio.create_task(run.wait(timeout=20))
+
+    async def watching() -> bool:
+        return counting.received["WatchRun"] > 0
+
+    await assert_eventually_async(watching, what="wait() is watching the run")
+    await executor.set_run_state(Run.STATE_SUCCEEDED)
+    finished = await waiting
+    assert finished.state == "SUCCEEDED"
+    assert len(finished.steps) == steps  # wait() returns the run with every step run...
+    one_full_run = len((await clients.runs.GetRun(run_pb2.GetRunRequest(name=created.name))).SerializeToString())
+    # ...read once: the watch itself carried only the run record, not a snapshot of the steps.
+    assert counting.received["GetRun"] < 1.2 * one_full_run, counting.received
+    assert counting.received["WatchRun"] < one_full_run / 20, counting.received

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import grpc
+import pytest
 
 from tests.integration.conftest import ApiProcess, running_api
 from tests.integration.executor.support import Harness, states, until
@@ -73,3 +75,47 @@ async def test_a_finished_attempt_waits_for_a_restarting_api(
         finally:
             await h.close()
             await store.close()
+
+
+async def test_an_etcd_restart_shorter_than_the_lease_costs_no_attempt(
+    private_etcd: EtcdProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    keyspace = Keyspace("/blip")
+    async with running_api(private_etcd.endpoint, keyspace, tmp_path / "blobs") as api:
+        store = Store(private_etcd.endpoint)
+        async with grpc.aio.insecure_channel(api.address) as channel:
+            h = Harness(private_etcd.endpoint, api.address, keyspace, api.blob_dir, tmp_path, channel, store)
+            try:
+                # TTL 5 s, margin 1 s: an outage of 2 s is well inside what the lease allows.
+                executor = await h.start_executor(lease_ttl=5, max_parallel=8)
+                release = tmp_path / "release"
+                wait = f"while [ ! -e {release} ]; do sleep 0.05; done"
+                steps = [h.step(f"s{i}", f'{wait}; echo {i} > "$WEFT_OUTPUTS/out"') for i in range(4)]
+                steps.append(h.step("after", reads={f"in{i}": (f"s{i}", "out") for i in range(4)}))
+                pipeline = await h.apply("blip", steps)
+                run = await h.run(pipeline.name)
+                await until(lambda: len(h.launches()) == 4, timeout=20, what="four steps run")
+                # The worst moment: just before a refresh is due (every TTL/6 = 0.83 s), so
+                # the deadline runs from the refresh before, 0.7 s before etcd goes away.
+                refreshed = executor.registration.last_ok
+                await until(lambda: executor.registration.last_ok > refreshed, what="a refresh")
+                await asyncio.sleep(0.7)
+
+                private_etcd.stop()
+                await asyncio.sleep(2.0)
+                private_etcd.start()
+                release.touch()
+
+                ended = await h.wait(run.name, timeout=30)
+                assert ended.state == run_pb2.Run.STATE_SUCCEEDED, ended.message
+                assert executor.registration.lost_at == 0.0  # the lease was never declared lost
+                for step in ended.steps:
+                    # Zero attempts abandoned (no LOST attempt), zero re-executions.
+                    assert [a.state for a in step.attempts] == [run_pb2.Attempt.STATE_SUCCEEDED], step.step
+                assert h.launches() == {"s0": 1, "s1": 1, "s2": 1, "s3": 1, "after": 1}
+            finally:
+                await h.close()
+                await store.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("weft")]
+    assert errors == [], f"an expected etcd outage was logged as an error: {errors[0].getMessage()}"

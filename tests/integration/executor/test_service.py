@@ -89,4 +89,13 @@ async def test_live_logs_follow_a_running_attempt_until_it_ends(harness: Harness
             async for _ in stub.ReadAttemptLogs(request):
                 pass
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
-        assert "is running on executor exec-0" in (raised.value.details() or "")
+        details = raised.value.details() or ""
+        assert "attempt 1 of step chatty" in details, details
+        assert "is not running on executor exec-0" in details, details
+        # A negative attempt number is refused as the api's ReadLogs refuses it, naming the field.
+        request.attempt = -1
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            async for _ in stub.ReadAttemptLogs(request):
+                pass
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (raised.value.details() or "").startswith("attempt: "), raised.value.details()

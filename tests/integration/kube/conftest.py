@@ -25,7 +25,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,10 @@ from tests.kube.kubelet import (
 from weft_core.blobs import RemoteBlobStore
 from weft_core.store import Store
 from weft_executor import podio
+from weft_executor.config import ExecutorConfig, KubeSettings
 from weft_executor.runtime.kube_client import KubeApi
 from weft_executor.runtime.kube_pods import LABEL_STEP, MAIN_CONTAINER, POD_SELECTOR
-from weft_executor.runtime.kubernetes import KubernetesRuntime, KubeSettings, claims_in_etcd
+from weft_executor.runtime.kubernetes import KubernetesRuntime, claims_in_etcd
 
 #: The "image" of weft's helper containers in these tests: this virtualenv's python.
 POD_IMAGE = "weft.test/weft:dev"
@@ -181,35 +182,50 @@ def namespace(core: Any, request: pytest.FixtureRequest) -> str:
     return name
 
 
-def settings_for(namespace: str, api: InProcessApi, **overrides: Any) -> KubeSettings:
-    """Runtime settings for tests: short grace periods, the test "image" for helpers."""
-    values: dict[str, Any] = {
+#: ExecutorConfig fields that `settings_for` accepts besides the KubeSettings fields.
+_EXECUTOR_FIELDS = {f.name for f in fields(ExecutorConfig)} - {"kube"}
+
+
+def settings_for(namespace: str, api: InProcessApi, **overrides: Any) -> ExecutorConfig:
+    """Runtime settings for tests: short grace periods, the test "image" for helpers.
+
+    `overrides` may name fields of ExecutorConfig (`kill_grace`, `max_output_bytes`, ...)
+    or of its KubeSettings (`keep_failed_pods`, `helper_grace`, ...).
+    """
+    kube: dict[str, Any] = {
         "namespace": namespace,
         "pod_image": POD_IMAGE,
-        "api_address": api.address,
         "image_pull_grace": 1.0,
         "unschedulable_timeout": 1.0,
         "keep_failed_pods": 3600.0,
-        "kill_grace": 1.0,
-        "qps": 50.0,
-        "burst": 100,
+        "kube_qps": 50.0,
+        "kube_burst": 100,
     }
-    values.update(overrides)
-    return KubeSettings(**values)
+    executor: dict[str, Any] = {
+        "etcd_endpoints": api.config.etcd_endpoints,
+        "api": api.address,
+        "work_dir": Path("/nonexistent-kube-work-dir"),
+        "etcd_root": api.keyspace.root,
+        "kill_grace": 1.0,
+    }
+    for name, value in overrides.items():
+        (executor if name in _EXECUTOR_FIELDS else kube)[name] = value
+    return ExecutorConfig(**executor, kube=KubeSettings(**kube))
 
 
 @contextlib.asynccontextmanager
 async def kube_runtime(
-    cluster: KubeCluster, settings: KubeSettings, weft_api: InProcessApi
+    cluster: KubeCluster, config: ExecutorConfig, weft_api: InProcessApi
 ) -> AsyncIterator[KubernetesRuntime]:
     """A KubernetesRuntime against the cluster with its own artifact-store and etcd clients.
 
     Its sweep reads the steps' claims under `weft_api`'s keyspace, in `weft_api`'s etcd.
+    Its watch and sweep start with the first launch or adoption (`start()` starts them now).
     """
-    blobs = RemoteBlobStore(settings.api_address)
+    blobs = RemoteBlobStore(config.api, patience=config.api_patience)
     store = Store(weft_api.config.etcd_endpoints)
-    api = KubeApi(cluster.configuration(), qps=settings.qps, burst=settings.burst)
-    runtime = KubernetesRuntime(api, blobs, settings, claims_in_etcd(store, weft_api.keyspace))
+    api = KubeApi(cluster.configuration(), qps=config.kube.kube_qps, burst=config.kube.kube_burst)
+    runtime = KubernetesRuntime(api, blobs, config, claims_in_etcd(store, weft_api.keyspace))
     try:
         yield runtime
     finally:
@@ -285,9 +301,11 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: 
 
 
 def kube_executor_settings(cluster: KubeCluster, namespace: str, **overrides: Any) -> dict[str, Any]:
-    """ExecutorConfig fields of a kubernetes-runtime executor on the test cluster."""
-    settings: dict[str, Any] = {
-        "runtime": "kubernetes",
+    """ExecutorConfig fields of a kubernetes-runtime executor on the test cluster.
+
+    `overrides` may name fields of ExecutorConfig or of its KubeSettings.
+    """
+    kube: dict[str, Any] = {
         "namespace": namespace,
         "kubeconfig": cluster.kubeconfig_path,
         "pod_image": POD_IMAGE,
@@ -296,7 +314,10 @@ def kube_executor_settings(cluster: KubeCluster, namespace: str, **overrides: An
         "kube_qps": 50.0,
         "kube_burst": 100,
     }
-    settings.update(overrides)
+    settings: dict[str, Any] = {"runtime": "kubernetes"}
+    for name, value in overrides.items():
+        (settings if name in _EXECUTOR_FIELDS else kube)[name] = value
+    settings["kube"] = KubeSettings(**kube)
     return settings
 
 

@@ -39,20 +39,20 @@ from weft.v1 import run_pb2
 from weft_core.blobs import DirectoryBlobStore, RemoteBlobStore
 from weft_core.errors import Unavailable
 from weft_executor import podio
+from weft_executor.config import ExecutorConfig, KubeSettings
 from weft_executor.runtime import AttemptSetupError, AttemptSpec
 from weft_executor.runtime import kubernetes as kube_runtime_module
 from weft_executor.runtime.kube_client import KubeApi, RateLimiter
 from weft_executor.runtime.kube_pods import (
     MAIN_CONTAINER,
     UPLOAD_CONTAINER,
-    PodSettings,
     build_pod,
     escape_expansion,
     label_value,
     pod_name,
     step_wrapper,
 )
-from weft_executor.runtime.kubernetes import KubernetesRuntime, KubeSettings, StepRef
+from weft_executor.runtime.kubernetes import KubernetesRuntime, StepRef
 
 Attempt = run_pb2.Attempt
 JSON = dict[str, Any]
@@ -361,15 +361,23 @@ async def claims_unknown(steps: Sequence[StepRef]) -> set[StepRef]:
     raise Unavailable("these fault-stub tests run without etcd")
 
 
+def stub_config(**kube: Any) -> ExecutorConfig:
+    """The settings of a runtime against the API stub (no etcd, no artifact service)."""
+    settings = KubeSettings(namespace=NAMESPACE, pod_image="weft.test/weft:dev", **kube)
+    return ExecutorConfig(
+        etcd_endpoints="http://127.0.0.1:1", api="127.0.0.1:1", work_dir=Path("/nonexistent"), kube=settings
+    )
+
+
 @contextlib.asynccontextmanager
 async def stub_runtime(url: str, blob_dir: Path, **overrides: Any) -> AsyncIterator[KubernetesRuntime]:
     from kubernetes.client import Configuration
 
-    settings = KubeSettings(namespace=NAMESPACE, pod_image="weft.test/weft:dev", api_address="127.0.0.1:1", **overrides)
+    config = stub_config(**overrides)
     runtime = KubernetesRuntime(
-        KubeApi(Configuration(host=url), qps=settings.qps, burst=settings.burst),
+        KubeApi(Configuration(host=url), qps=config.kube.kube_qps, burst=config.kube.kube_burst),
         DirectoryBlobStore(blob_dir),
-        settings,
+        config,
         claims_unknown,
     )
     try:
@@ -556,7 +564,7 @@ async def test_a_create_whose_answer_was_lost_adopts_the_pod_it_made(
 async def test_409_on_create_adopts_the_existing_pod(stub: tuple[PodApiStub, str], tmp_path: Path) -> None:
     api, url = stub
     spec = spec_for("existing")
-    existing = api.put(build_pod(spec, PodSettings("weft.test/weft:dev", "127.0.0.1:1"), NAMESPACE))
+    existing = api.put(build_pod(spec, stub_config()))
     async with stub_runtime(url, tmp_path) as runtime:
         attempt = await runtime.launch(spec)
 
@@ -569,7 +577,7 @@ async def test_409_on_create_adopts_the_existing_pod(stub: tuple[PodApiStub, str
 async def test_409_for_a_pod_of_another_attempt_is_refused(stub: tuple[PodApiStub, str], tmp_path: Path) -> None:
     api, url = stub
     spec = spec_for("clash")
-    impostor = build_pod(spec_for("someone-else"), PodSettings("x", "y"), NAMESPACE)
+    impostor = build_pod(spec_for("someone-else"), stub_config())
     impostor["metadata"]["name"] = pod_name(*spec.key)
     api.put(impostor)
     async with stub_runtime(url, tmp_path) as runtime:
@@ -603,7 +611,7 @@ async def test_an_unreachable_api_server_fails_the_launch_clearly(tmp_path: Path
 
 async def test_pod_creation_keeps_to_the_client_qps_limit(stub: tuple[PodApiStub, str], tmp_path: Path) -> None:
     api, url = stub
-    async with stub_runtime(url, tmp_path, qps=20.0, burst=5) as runtime:
+    async with stub_runtime(url, tmp_path, kube_qps=20.0, kube_burst=5) as runtime:
         await asyncio.gather(*(runtime.launch(spec_for(f"wide-{i}")) for i in range(25)))
 
     creates = api.of_kind("create")
@@ -759,11 +767,37 @@ def test_podio_reports_an_unreachable_artifact_store(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
 
     done = run_podio("upload", "--api", f"127.0.0.1:{port}", "--dir", str(shared), "--termination-log", str(log),
-                     "--max-bytes", "100", "--tries", "2", "out")  # fmt: skip
+                     "--max-bytes", "100", "--patience", "1", "out")  # fmt: skip
 
     assert done.returncode == 1
-    assert b"retrying in 0.5s" in done.stderr
+    # One warning for the outage, naming what is retried and for how long; no traceback.
+    assert done.stderr.count(b"is unreachable") == 1, done.stderr
+    assert b"while looking up blob sha256:" in done.stderr
+    assert b"retrying for up to 1s" in done.stderr
+    assert b"Traceback" not in done.stderr
     report = podio.TerminationMessage.decode(log.read_text())
     assert report is not None
     assert report.error.startswith("uploading output 'out': artifact store at 127.0.0.1:")
-    assert "failed (UNAVAILABLE" in report.error
+    assert "failed for 1s (UNAVAILABLE" in report.error
+
+
+def test_an_attempt_never_ends_before_it_started() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from weft_executor.runtime.kube_pods import ContainerReading
+    from weft_executor.runtime.kubernetes import KubeAttempt, _end_time
+
+    started = datetime.now(UTC) - timedelta(seconds=0.3)
+    attempt = KubeAttempt(spec=spec_for("quick"), handle="quick-pod", start_time=started)
+    # The node reports whole seconds, cut: a step that ran 0.2 s "finished" before it started.
+    cut = started.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ended = ContainerReading(name="main", state="terminated", finished_at=cut)
+    assert _end_time(attempt, ended) >= started
+    # A node clock behind the executor's: clamped to the start, not negative.
+    behind = (started - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert _end_time(attempt, ContainerReading(name="main", state="terminated", finished_at=behind)) == started
+    # Seen long after it ended: the node's finishedAt, not the moment it was seen.
+    old = KubeAttempt(spec=spec_for("old"), handle="old-pod", start_time=started - timedelta(hours=1))
+    assert _end_time(old, ContainerReading(name="main", state="terminated", finished_at=behind)) == started.replace(
+        microsecond=0
+    ) - timedelta(seconds=5)

@@ -269,6 +269,10 @@ async def test_kubernetes_failures_become_clear_attempt_failures(
     assert oom.exit_code == 137
     evicted = results["evict-step"][1]
     assert evicted.message == "evicted by Kubernetes: The node was low on resource: memory."
+    assert evicted.exit_code not in (0, None)  # killed by the node: never recorded as a clean exit
+    for attempt, result in results.values():
+        # Never negative: the end (whole seconds from the node) is clamped to the start.
+        assert result.end_time >= attempt.start_time, (attempt.handle, attempt.start_time, result.end_time)
     pulled = results["pull-step"][1]
     assert pulled.message.startswith("image 'busybox:1.36' of container main could not be pulled for 1s (")
     assert "failed to pull and unpack image" in pulled.message or "Back-off pulling image" in pulled.message
@@ -337,6 +341,11 @@ async def test_kill_cancels_the_attempt_and_deletes_its_pod(
     attempt = await runtime.launch(attempt_spec("endless", "echo working; sleep 30"))
     waiting = asyncio.create_task(runtime.wait(attempt))
     await wait_until(lambda: _main_running(core, namespace, attempt.handle), what="step running")
+    # The log stored at the kill is what the step wrote by then: wait until it wrote its line.
+    await wait_until(
+        lambda: "working" in core.read_namespaced_pod_log(attempt.handle, namespace, container="main"),
+        what="the step's first line in its log",
+    )
 
     await runtime.kill(attempt, "run cancelled: test")
     result = await asyncio.wait_for(waiting, 20)

@@ -108,11 +108,11 @@ async def test_a_pods_helpers_reach_an_api_with_auth_on_with_their_own_token(
     core.create_namespaced_secret(namespace, secret)
     keyspace = Keyspace(f"/pods-auth-{namespace}")
     async with running_api(etcd.endpoint, keyspace, tmp_path / "blobs", auth_tokens_file=tokens) as api:
-        settings = settings_for(namespace, api, api_token_secret="weft-pods-token")
+        config = settings_for(namespace, api, pod_api_token_secret="weft-pods-token")
         blobs = RemoteBlobStore(api.address, peer=Peer(executor_token))
         store = Store(etcd.endpoint)
         runtime = KubernetesRuntime(
-            KubeApi(cluster.configuration(), qps=50, burst=100), blobs, settings, claims_in_etcd(store, keyspace)
+            KubeApi(cluster.configuration(), qps=50, burst=100), blobs, config, claims_in_etcd(store, keyspace)
         )
         try:
             context = blob_namespace.set("team-k")

@@ -60,6 +60,8 @@ def test_backoff_defaults_and_growth() -> None:
 
 def test_failure_summary_keeps_the_first_line_only() -> None:
     assert summary("exit code 3; last stderr lines:\ndisk full") == "exit code 3"
+    # The kubernetes runtime's wording (its log interleaves stdout and stderr): the same.
+    assert summary("exit code 4; last log lines:\nreading\nbad row 17") == "exit code 4"
     assert summary("timed out after 2s") == "timed out after 2s"
     assert summary("") == "failed"
 
@@ -104,8 +106,10 @@ def test_kubernetes_settings_parse() -> None:
         {},
     )  # fmt: skip
     assert config.runtime == "kubernetes"
-    assert config.namespace == "steps"
-    assert dict(config.pod_node_selector) == {"disk": "ssd", "zone": "a"}
-    assert config.pod_tolerations == ({"key": "gpu", "operator": "Exists"},)
-    assert config.kubeconfig is None
+    assert config.kube.namespace == "steps"
+    assert dict(config.kube.pod_node_selector) == {"disk": "ssd", "zone": "a"}
+    assert config.kube.pod_tolerations == ({"key": "gpu", "operator": "Exists"},)
+    assert config.kube.kubeconfig is None
+    assert config.kube.keep_failed_pods == 3600.0  # the flag's default is KubeSettings'
+    assert config.pod_api == "weft-api:50051"
     assert config.work_dir.name == "weft-attempts"  # not needed by pods, so it has a default

@@ -86,3 +86,16 @@ def test_durations() -> None:
     assert duration_text(0.42) == "0.4s"
     assert duration_text(184) == "3m04s"
     assert duration_text(3725) == "1h02m"
+
+
+def test_the_steps_table_detail_shows_the_last_log_line_not_a_dangling_label() -> None:
+    from weft._results import StepRun
+    from weft.cli._output import step_detail
+    from weft.v1 import run_pb2
+
+    def detail(message: str) -> str:
+        return step_detail(StepRun(run_pb2.StepRun(step="s", state=run_pb2.StepRun.STATE_FAILED, message=message)))
+
+    assert detail("exit code 4; last log lines:\nreading\nbad row 17\n") == "exit code 4: bad row 17"
+    assert detail("exit code 1; last stderr lines:\nbad password") == "exit code 1: bad password"
+    assert detail("timed out after 2s") == "timed out after 2s"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import weft
 from weft import _names
 from weft.errors import InvalidArgument
 
@@ -26,3 +27,21 @@ def test_full_names_pass_through() -> None:
 def test_malformed_run_names_are_refused(bad: str) -> None:
     with pytest.raises(InvalidArgument):
         _names.run_name("default", bad)
+
+
+def test_a_malformed_id_names_the_argument_it_came_from() -> None:
+    with pytest.raises(InvalidArgument, match=r"^name: '\.\./x' is not a run id \(ids have no '/'\)"):
+        _names.run_name("default", "../x")
+    with pytest.raises(InvalidArgument, match=r"^run: 'a/b' is not a run id"):
+        _names.run_name("default", "a/b", "run")
+    with pytest.raises(InvalidArgument, match=r"^pipeline: a pipeline name is required"):
+        _names.pipeline_name("default", "", "pipeline")
+
+
+async def test_the_client_names_the_argument_before_any_call() -> None:
+    # Nothing listens on port 1: the check happens before a call is made.
+    async with await weft.AsyncClient.connect("127.0.0.1:1") as client:
+        with pytest.raises(InvalidArgument, match=r"^name: '\.\./x' is not a run id"):
+            await client.get_run("../x")
+        with pytest.raises(InvalidArgument, match=r"^run: '\.\./x' is not a run id"):
+            await client.explain_step("../x", "a")

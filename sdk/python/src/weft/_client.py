@@ -327,11 +327,11 @@ class AsyncClient:
             seen_tokens.add(token)
             request.page_token = token
 
-    def _pipeline(self, name: str) -> str:
-        return _names.pipeline_name(self.namespace, name)
+    def _pipeline(self, name: str, argument: str = "name") -> str:
+        return _names.pipeline_name(self.namespace, name, argument)
 
-    def _run(self, name: str) -> str:
-        return _names.run_name(self.namespace, name)
+    def _run(self, name: str, argument: str = "name") -> str:
+        return _names.run_name(self.namespace, name, argument)
 
     # Pipelines ----------------------------------------------------------------------------
 
@@ -460,7 +460,7 @@ class AsyncClient:
         if isinstance(pipeline, PipelineVersion):
             pipeline_full, version = pipeline.full_name, version or pipeline.version
         else:
-            pipeline_full = self._pipeline(pipeline)
+            pipeline_full = self._pipeline(pipeline, "pipeline")
         for key, value in (parameters or {}).items():
             if not isinstance(value, str):
                 raise InvalidArgument(f"parameter {key!r}: values are strings, got {type(value).__name__}")
@@ -520,10 +520,11 @@ class AsyncClient:
         async for item in self._pages(_LIST_RUNS, request, run_pb2.ListRunsResponse, "runs"):
             yield AsyncRun(item, self)
 
-    async def watch_run(self, name: str, *, start_revision: int = 0) -> AsyncIterator[RunEvent]:
+    async def watch_run(self, name: str, *, start_revision: int = 0, full: bool = True) -> AsyncIterator[RunEvent]:
         """The run's changes and its steps' changes, in commit order, until it is terminal.
 
-        Starting at revision 0 gives a snapshot of the run and every step first. When the
+        Starting at revision 0 gives a snapshot of the run and every step first (with
+        `full=False`, of the run alone, and no step changes follow either). When the
         stream breaks (weft-api restarted, network), the watch is reopened after the last
         revision received whole, and the events of a revision received in part are not
         delivered twice, so no change is missed or repeated; it gives up after
@@ -533,12 +534,18 @@ class AsyncClient:
             name: The run.
             start_revision: Resume after an event that had `last_in_revision`: pass its
                 revision + 1. 0 starts with a snapshot.
+            full: Include the steps; False streams only the run record's changes, at a cost
+                that does not grow with the number of steps.
 
         Raises:
             NotFound: No such run.
             Unavailable: The server stayed unreachable.
         """
-        request = run_pb2.WatchRunRequest(name=self._run(name), start_revision=start_revision)
+        request = run_pb2.WatchRunRequest(
+            name=self._run(name),
+            start_revision=start_revision,
+            view=run_pb2.RUN_VIEW_FULL if full else run_pb2.RUN_VIEW_BASIC,
+        )
         backoff = _Backoff(self.retry)
         # Events already delivered of a revision whose last event has not arrived yet: the
         # server sends that revision again from its start after a reconnect.
@@ -608,7 +615,7 @@ class AsyncClient:
 
     async def explain_step(self, run: str, step: str) -> Explanation:
         """A step run's DNA components and why it was a cache hit or miss."""
-        request = run_pb2.ExplainStepRequest(run=self._run(run), step=step)
+        request = run_pb2.ExplainStepRequest(run=self._run(run, "run"), step=step)
         return Explanation(await self._unary(_EXPLAIN_STEP, request, run_pb2.StepExplanation, retry=True))
 
     async def read_logs(
@@ -625,7 +632,7 @@ class AsyncClient:
             attempt: Attempt number; 0 means the latest.
             follow: Keep streaming while the attempt runs.
         """
-        request = run_pb2.ReadLogsRequest(run=self._run(run), step=step, attempt=attempt, follow=follow)
+        request = run_pb2.ReadLogsRequest(run=self._run(run, "run"), step=step, attempt=attempt, follow=follow)
         delivered: dict[tuple[int, int], int] = {}
         backoff = _Backoff(self.retry)
         while True:
@@ -796,7 +803,7 @@ def _verify(digest: str, hasher: Any) -> None:
         raise DataLoss(f"blob {digest} arrived with content hashing to {actual}; it is corrupt in the store")
 
 
-@dataclass
+@dataclass(repr=False)  # RunRecord's one-line repr
 class AsyncRun(RunRecord):
     """A run, with coroutines that act on it. Returned by `AsyncClient`'s run methods."""
 
@@ -819,7 +826,8 @@ class AsyncRun(RunRecord):
 
         async def until_terminal() -> None:
             while not self.is_terminal:
-                async for event in self._client.watch_run(self.full_name):
+                # Only the run record's changes: the steps are read once, at the end.
+                async for event in self._client.watch_run(self.full_name, full=False):
                     record = event.run
                     if record is not None and record.is_terminal:
                         break
@@ -837,9 +845,9 @@ class AsyncRun(RunRecord):
             ) from None
         return self
 
-    def watch(self, *, start_revision: int = 0) -> AsyncIterator[RunEvent]:
+    def watch(self, *, start_revision: int = 0, full: bool = True) -> AsyncIterator[RunEvent]:
         """The run's events until it is terminal (see `AsyncClient.watch_run`)."""
-        return self._client.watch_run(self.full_name, start_revision=start_revision)
+        return self._client.watch_run(self.full_name, start_revision=start_revision, full=full)
 
     async def cancel(self, reason: str = "") -> AsyncRun:
         """Asks the run to stop and returns it, updated in place."""
@@ -1037,9 +1045,9 @@ class Client:
             # Close the async pager now (not at garbage collection) when the caller stops early.
             pages.close()
 
-    def watch_run(self, name: str, *, start_revision: int = 0) -> Iterator[RunEvent]:
+    def watch_run(self, name: str, *, start_revision: int = 0, full: bool = True) -> Iterator[RunEvent]:
         """A run's events until it is terminal (see `AsyncClient.watch_run`)."""
-        return self._bridge.iterate(self._aio.watch_run(name, start_revision=start_revision))
+        return self._bridge.iterate(self._aio.watch_run(name, start_revision=start_revision, full=full))
 
     def cancel_run(self, name: str, *, reason: str = "") -> Run:
         """Asks a run to stop (see `AsyncClient.cancel_run`)."""
@@ -1089,7 +1097,7 @@ class Client:
         return self._bridge.run(self._aio.save_blob(digest, path))
 
 
-@dataclass
+@dataclass(repr=False)  # RunRecord's one-line repr
 class Run(RunRecord):
     """A run, with blocking methods that act on it. Returned by `Client`'s run methods.
 
@@ -1113,9 +1121,9 @@ class Run(RunRecord):
         """Waits until the run is terminal (see `AsyncRun.wait`)."""
         return self._update(self._client._bridge.run(self._aio().wait(timeout)))
 
-    def watch(self, *, start_revision: int = 0) -> Iterator[RunEvent]:
+    def watch(self, *, start_revision: int = 0, full: bool = True) -> Iterator[RunEvent]:
         """The run's events until it is terminal (see `AsyncRun.watch`)."""
-        return self._client.watch_run(self.full_name, start_revision=start_revision)
+        return self._client.watch_run(self.full_name, start_revision=start_revision, full=full)
 
     def cancel(self, reason: str = "") -> Run:
         """Asks the run to stop (see `AsyncRun.cancel`)."""

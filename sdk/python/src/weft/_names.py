@@ -15,14 +15,22 @@ def namespace_name(namespace: str) -> str:
     return namespace if namespace.startswith("namespaces/") else f"namespaces/{namespace}"
 
 
-def pipeline_name(namespace: str, pipeline: str) -> str:
-    """The full name of a pipeline given as an id or as a full name."""
-    return _full_name(namespace, "pipelines", pipeline)
+def pipeline_name(namespace: str, pipeline: str, argument: str = "name") -> str:
+    """The full name of a pipeline given as an id or as a full name.
+
+    Raises:
+        InvalidArgument: Naming `argument` (the caller's parameter) when the value is malformed.
+    """
+    return _full_name(namespace, "pipelines", pipeline, argument)
 
 
-def run_name(namespace: str, run: str) -> str:
-    """The full name of a run given as an id or as a full name."""
-    return _full_name(namespace, "runs", run)
+def run_name(namespace: str, run: str, argument: str = "name") -> str:
+    """The full name of a run given as an id or as a full name.
+
+    Raises:
+        InvalidArgument: Naming `argument` (the caller's parameter) when the value is malformed.
+    """
+    return _full_name(namespace, "runs", run, argument)
 
 
 def short_id(name: str) -> str:
@@ -36,16 +44,16 @@ def namespace_of(name: str) -> str:
     return parts[1] if len(parts) >= 2 and parts[0] == "namespaces" else ""
 
 
-def _full_name(namespace: str, collection: str, value: str) -> str:
+def _full_name(namespace: str, collection: str, value: str, argument: str) -> str:
+    kind = collection[:-1]
+    forms = f"give an id like `ID` or a full name `namespaces/NS/{collection}/ID`"
     if not value:
-        raise InvalidArgument(f"a {collection[:-1]} name is required")
+        raise InvalidArgument(f"{argument}: a {kind} name is required; {forms}")
     if value.startswith("namespaces/"):
         parts = value.split("/")
-        if len(parts) != 4 or parts[2] != collection:
-            raise InvalidArgument(
-                f"{value!r} is not a {collection[:-1]} name: use `namespaces/NS/{collection}/ID` or just `ID`"
-            )
+        if len(parts) != 4 or parts[2] != collection or not parts[1] or not parts[3]:
+            raise InvalidArgument(f"{argument}: {value!r} is not a {kind} name; {forms}")
         return value
     if "/" in value:
-        raise InvalidArgument(f"{value!r} is not a {collection[:-1]} id: ids have no '/'")
+        raise InvalidArgument(f"{argument}: {value!r} is not a {kind} id (ids have no '/'); {forms}")
     return f"{namespace_name(namespace)}/{collection}/{value}"

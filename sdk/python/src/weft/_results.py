@@ -4,6 +4,9 @@ Each view keeps the raw message as `.pb` (for anything the view does not surface
 offers the fields a caller looks at, with enum states as short names ("RUNNING") and
 timestamps as aware datetimes. The views that can act (`AsyncRun` and `Run`) live in
 `weft._client`, beside the client they call; the views here never make a call.
+
+At a prompt a view prints as one short line (`Run(etl-x7k2p, SUCCEEDED, 6 steps)`), not
+as its message (`.pb` has that); in a notebook a run renders as a small table of its steps.
 """
 
 from __future__ import annotations
@@ -37,13 +40,31 @@ def timestamp(message: Message, field: str) -> datetime | None:
     return value.ToDatetime(tzinfo=UTC)
 
 
+def short_digest(digest: str) -> str:
+    """`sha256:08ce4a…`: enough of a digest to recognise it at a prompt."""
+    algorithm, _, hex_part = digest.partition(":")
+    if not hex_part:
+        return digest[:6] + "…" if len(digest) > 6 else digest
+    return f"{algorithm}:{hex_part[:6]}…"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.1f}s" if value < 60 else f"{int(value // 60)}m{int(value % 60):02d}s"
+
+
 def _duration(start: datetime | None, end: datetime | None) -> float | None:
     if start is None:
         return None
     return ((end or datetime.now(UTC)) - start).total_seconds()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class PipelineVersion:
     """One stored version of a pipeline (`weft.v1.Pipeline`)."""
 
@@ -114,13 +135,23 @@ class PipelineVersion:
         """Changes whenever the pipeline's head changes."""
         return self.pb.etag
 
+    @property
+    def uses(self) -> list[tuple[str, str, str]]:
+        """(step prefix, pipeline, version) of every pipeline this version uses as steps."""
+        return [(u.step, u.pipeline.name, u.pipeline.version) for u in self.pb.spec.uses]
+
+    def __repr__(self) -> str:
+        return (
+            f"PipelineVersion({self.name} @ {short_digest(self.version)}, {_plural(len(self.pb.spec.steps), 'step')})"
+        )
+
 
 #: What `apply` did: created the pipeline, added a new version, found the spec already
 #: latest, or made an older identical version the latest again.
 ApplyChange = Literal["created", "new-version", "unchanged", "restored"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Applied:
     """The result of `apply`: the stored version and what changed."""
 
@@ -132,8 +163,16 @@ class Applied:
         """True when the spec was stored for the first time."""
         return self.change in ("created", "new-version")
 
+    @property
+    def pb(self) -> pipeline_pb2.Pipeline:
+        """The stored version's message."""
+        return self.pipeline.pb
 
-@dataclass(frozen=True)
+    def __repr__(self) -> str:
+        return f"Applied({self.pipeline.name} @ {short_digest(self.pipeline.version)}, {self.change})"
+
+
+@dataclass(frozen=True, repr=False)
 class Attempt:
     """One launch of a step (`weft.v1.Attempt`): a process or a pod."""
 
@@ -184,8 +223,12 @@ class Attempt:
         """Seconds from launch to end (or to now while running)."""
         return _duration(self.start_time, self.end_time)
 
+    def __repr__(self) -> str:
+        detail = f", exit code {self.exit_code}" if self.state == "FAILED" and self.exit_code else ""
+        return f"Attempt({self.number}, {self.state}{detail})"
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class StepRun:
     """One step within one run (`weft.v1.StepRun`)."""
 
@@ -261,8 +304,12 @@ class StepRun:
             return None
         return _duration(self.start_time, self.end_time)
 
+    def __repr__(self) -> str:
+        attempts = f", {_plural(len(self.pb.attempts), 'attempt')}" if len(self.pb.attempts) > 1 else ""
+        return f"StepRun({self.name}, {self.state}{attempts})"
 
-@dataclass
+
+@dataclass(repr=False)
 class RunRecord:
     """The state of a run (`weft.v1.Run`) at one moment, without the means to act on it."""
 
@@ -385,8 +432,42 @@ class RunRecord:
         """Seconds from creation to the end (or to now while it runs)."""
         return _duration(self.create_time, self.end_time)
 
+    def _step_count(self) -> int:
+        return len(self.pb.steps) or sum(self.pb.step_counts.values())
 
-@dataclass(frozen=True)
+    def __repr__(self) -> str:
+        failed = f", failed at {self.failed_step}" if self.failed_step else ""
+        return f"{type(self).__name__}({self.name}, {self.state}, {_plural(self._step_count(), 'step')}{failed})"
+
+    def _repr_html_(self) -> str:
+        """The run as a small table of its steps, for notebooks."""
+        import html  # only notebooks need it: `import weft` stays lean
+
+        title = html.escape(f"{self.name} · {self.pipeline} @ {short_digest(self.pipeline_version)} · {self.state}")
+        rows = []
+        for step in self.steps:
+            attempts = len(step.pb.attempts)
+            cells = [
+                step.name,
+                step.state,
+                _seconds(step.duration),
+                str(attempts) if attempts else "",
+                short_digest(step.dna) if step.dna else "",
+                step.message.split("\n", 1)[0],
+            ]
+            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        if not rows:
+            counts = ", ".join(f"{n} {state}" for state, n in sorted(self.step_counts.items()))
+            rows.append(f'<tr><td colspan="6">{html.escape(counts or "no steps read")}</td></tr>')
+        header = "".join(f"<th>{h}</th>" for h in ("step", "state", "time", "attempts", "dna", "message"))
+        message = f"<p>{html.escape(self.message)}</p>" if self.message else ""
+        return (
+            f"<div><strong>{title}</strong>{message}<table><thead><tr>{header}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>"
+        )
+
+
+@dataclass(frozen=True, repr=False)
 class RunEvent:
     """One change of a run or of one of its steps, as `watch_run` yields it."""
 
@@ -412,8 +493,17 @@ class RunEvent:
         """The step run, when a step changed."""
         return StepRun(self.pb.step) if self.pb.HasField("step") else None
 
+    def __repr__(self) -> str:
+        if self.pb.HasField("step"):
+            what = f"step {self.pb.step.step} {state_name(run_pb2.StepRun.State.Name(self.pb.step.state))}"
+        elif self.pb.HasField("run"):
+            what = f"run {state_name(run_pb2.Run.State.Name(self.pb.run.state))}"
+        else:
+            what = "no change"
+        return f"RunEvent({what} @ {self.revision})"
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class Explanation:
     """What a step's DNA is made of and why it was or was not reused (`weft.v1.StepExplanation`)."""
 
@@ -444,8 +534,12 @@ class Explanation:
         """The reused outcome on a hit."""
         return self.pb.outcome if self.pb.HasField("outcome") else None
 
+    def __repr__(self) -> str:
+        reason = f": {self.reason}" if self.reason else ""
+        return f"Explanation({self.decision}, {short_digest(self.dna)}{reason})"
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class Blob:
     """Stored content, addressed by its sha256 (`weft.v1.Blob`)."""
 
@@ -466,11 +560,17 @@ class Blob:
         """When it was first stored."""
         return timestamp(self.pb, "create_time")
 
+    def __repr__(self) -> str:
+        return f"Blob({short_digest(self.digest)}, {_plural(self.size, 'byte')})"
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class LogChunk:
     """A piece of an attempt's output."""
 
     stream: Literal["stdout", "stderr"]
     data: bytes
     attempt: int
+
+    def __repr__(self) -> str:
+        return f"LogChunk({self.stream}, attempt {self.attempt}, {_plural(len(self.data), 'byte')})"

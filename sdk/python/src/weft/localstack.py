@@ -366,11 +366,13 @@ def api_process(
     health: bool = False,
     env: dict[str, str] | None = None,
     die_with_parent: bool = False,
+    blob_store: str = "",
     extra_args: Sequence[str] = (),
     health_ca: Path | None = None,
 ) -> ServiceProcess:
     """A `weft-api` child process (not started): what `weft up`, the benches and the tests run.
 
+    `blob_store` (a URL such as `s3://bucket/prefix`) replaces the directory `blob_dir`;
     `extra_args` are further flags (auth, TLS); `health_ca` makes the health check speak
     TLS trusting that CA.
 
@@ -380,7 +382,8 @@ def api_process(
     command = find_service("weft-api")
     if command is None:
         raise FileNotFoundError("the weft-api console script is not installed: pip install -e services/api")
-    argv = [command, "--etcd-endpoints", etcd_endpoint, "--listen", listen, "--blob-dir", str(blob_dir)]
+    store = ["--blob-store", blob_store] if blob_store else ["--blob-dir", str(blob_dir)]
+    argv = [command, "--etcd-endpoints", etcd_endpoint, "--listen", listen, *store]
     if etcd_root:
         argv += ["--etcd-root", etcd_root]
     argv += list(extra_args)
@@ -515,6 +518,10 @@ class LocalStack:
         secure: TLS everywhere (etcd with client certificates too) and token auth, with a
             local CA, certificates and an admin token under `{state_dir}/secure`
             (`LocalSecurity`); off, everything is plaintext on loopback without auth.
+        blob_store: The artifact store's URL (`s3://bucket/prefix`, `gs://…`, `az://…`);
+            "" keeps blobs in `blobs/` under the state dir. With object storage the
+            executors read and write it directly; credentials and endpoint come from the
+            environment the children inherit (e.g. `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`).
     """
 
     def __init__(
@@ -527,10 +534,12 @@ class LocalStack:
         etcd_root: str | None = None,
         die_with_parent: bool = False,
         secure: bool = False,
+        blob_store: str = "",
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.secure = secure
         self.security: LocalSecurity | None = None
+        self.blob_store = blob_store
         self.port = port
         self.executor_count = executors
         self.max_parallel = max_parallel or os.cpu_count() or 2
@@ -621,6 +630,7 @@ class LocalStack:
             die_with_parent=self.die_with_parent,
             extra_args=self._security_args(),
             health_ca=self.security.ca_cert if self.security is not None else None,
+            blob_store=self.blob_store,
         )
         self.api.start()
 
@@ -649,6 +659,7 @@ class LocalStack:
                     "--listen", "127.0.0.1:0",
                     *self._root_args(),
                     *self._security_args(),
+                    *(["--blob-store", self.blob_store] if self.blob_store else []),
                 ],
                 self.logs_dir / f"{name}.log",
                 announce=EXECUTOR_ANNOUNCE,

@@ -26,6 +26,7 @@ This module never talks to the network.
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import json
 import re
@@ -51,6 +52,8 @@ __all__ = [
     "Retry",
     "SecretRef",
     "StepHandle",
+    "SubPipeline",
+    "current_pipeline",
     "literal",
     "load_pipeline",
     "loads_pipeline",
@@ -104,6 +107,14 @@ def secret(name: str, key: str) -> SecretRef:
 
 
 InputSource = ParamRef | OutputRef | LiteralValue
+
+#: The pipeline a `with Pipeline(...)` block is building, for `@weft.function` calls.
+_building: contextvars.ContextVar[Pipeline | None] = contextvars.ContextVar("weft_pipeline", default=None)
+
+
+def current_pipeline() -> Pipeline | None:
+    """The pipeline whose `with` block is running, or None outside of one."""
+    return _building.get()
 
 
 @dataclass(frozen=True)
@@ -229,8 +240,35 @@ class StepHandle:
         return f"StepHandle({self.name!r})"
 
 
+class SubPipeline:
+    """A step that uses another pipeline (`Pipeline.use`): read its steps' outputs from it."""
+
+    def __init__(self, step: str, pipeline: str, version: str) -> None:
+        self.step = step
+        self.pipeline = pipeline
+        self.version = version
+
+    @property
+    def name(self) -> str:
+        """The step's name, which prefixes the expanded steps (`normalise.clean`)."""
+        return self.step
+
+    def output(self, step: str, output: str) -> OutputRef:
+        """A reference to output `output` of the used pipeline's step `step`.
+
+        The server checks that the step and output exist when it expands the pipeline.
+        """
+        return OutputRef(f"{self.step}.{step}", output)
+
+    def __repr__(self) -> str:
+        return f"SubPipeline({self.step!r}: {self.pipeline} @ {self.version[:19]}…)"
+
+
 class Pipeline:
     """Builds a pipeline spec step by step.
+
+    Used as a context manager (`with weft.Pipeline("etl") as p:`), calls of
+    `@weft.function`s inside the block add their steps to it.
 
     Args:
         name: The pipeline id (a DNS-1123 label such as `etl`).
@@ -253,8 +291,76 @@ class Pipeline:
         self.labels = dict(labels or {})
         self._spec = pipeline_pb2.PipelineSpec()
         self._steps: dict[str, StepHandle] = {}
+        self._uses: dict[str, SubPipeline] = {}
+        self._tokens: list[contextvars.Token[Pipeline | None]] = []
         for param, default in (parameters or {}).items():
             self.parameter(param, default=default)
+
+    def __enter__(self) -> Pipeline:
+        self._tokens.append(_building.set(self))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        _building.reset(self._tokens.pop())
+
+    def unique_step_name(self, base: str) -> str:
+        """`base`, or `base-2`, `base-3`, ... when that step name is taken."""
+        if base not in self._steps:
+            return base
+        index = 2
+        while f"{base}-{index}" in self._steps:
+            index += 1
+        return f"{base}-{index}"
+
+    def use(
+        self,
+        pipeline: str,
+        *,
+        version: str,
+        inputs: Mapping[str, InputSource] | None = None,
+        step: str | None = None,
+        depends_on: Sequence[str | StepHandle | SubPipeline] = (),
+    ) -> SubPipeline:
+        """Adds a step that is another pipeline, pinned by version.
+
+        weft-api expands it into that pipeline's steps, named `<step>.<its step>`, when the
+        pipeline is created; read their outputs with `.output(its_step, output)`.
+
+        Args:
+            pipeline: The used pipeline's id, in the same namespace.
+            version: Its version digest (`client.get_pipeline(...).version`, or a unique
+                prefix of the hex part).
+            inputs: Values of the used pipeline's parameters, by name; the others take
+                their defaults.
+            step: The step's name (default: the used pipeline's). Steps expanded under the
+                same name with the same inputs have the same DNA in every pipeline that
+                uses them, so they are computed once.
+            depends_on: Steps that must finish before any of the used pipeline's steps.
+
+        Raises:
+            ValueError: A duplicate step name, or a reference to something not in this pipeline.
+        """
+        name = step or pipeline
+        if name in self._steps:
+            raise ValueError(f"step {name!r} is defined twice in pipeline {self.name!r}")
+        if not version:
+            raise ValueError(f'use of pipeline {pipeline!r}: pin a version (its digest), e.g. version="sha256:…"')
+        message = pipeline_pb2.Step(name=name, pipeline=pipeline_pb2.PipelineRef(name=pipeline, version=version))
+        for input_name, source in (inputs or {}).items():
+            message.inputs.append(self._input(name, input_name, source))
+        for upstream in depends_on:
+            message.depends_on.append(self._upstream(name, upstream))
+        self._spec.steps.append(message)
+        handle = SubPipeline(name, pipeline, version)
+        self._steps[name] = StepHandle(self, self._spec.steps[-1])
+        self._uses[name] = handle
+        return handle
+
+    def _upstream(self, step: str, upstream: str | StepHandle | SubPipeline) -> str:
+        name = upstream if isinstance(upstream, str) else upstream.name
+        if name not in self._steps:
+            raise ValueError(f"step {step!r} depends on {name!r}, which is not a step of {self.name!r}")
+        return name
 
     @classmethod
     def from_proto(cls, message: pipeline_pb2.Pipeline) -> Pipeline:
@@ -262,6 +368,11 @@ class Pipeline:
         pipeline = cls(message.name, description=message.description, labels=dict(message.labels))
         pipeline._spec.CopyFrom(message.spec)
         pipeline._steps = {s.name: StepHandle(pipeline, s) for s in pipeline._spec.steps}
+        pipeline._uses = {
+            s.name: SubPipeline(s.name, s.pipeline.name, s.pipeline.version)
+            for s in pipeline._spec.steps
+            if s.HasField("pipeline")
+        }
         return pipeline
 
     def parameter(self, name: str, *, default: str | None = None, description: str = "") -> ParamRef:
@@ -311,7 +422,7 @@ class Pipeline:
         limits: Mapping[str, str] | None = None,
         inputs: Mapping[str, InputSource] | None = None,
         outputs: Sequence[str] = (),
-        depends_on: Sequence[str | StepHandle] = (),
+        depends_on: Sequence[str | StepHandle | SubPipeline] = (),
         cache: Cache | bool | None = None,
         retry: Retry | int | None = None,
         timeout: Seconds | None = None,
@@ -361,10 +472,7 @@ class Pipeline:
         for output in outputs:
             message.outputs.add(name=output)
         for upstream in depends_on:
-            upstream_name = upstream.name if isinstance(upstream, StepHandle) else upstream
-            if upstream_name not in self._steps:
-                raise ValueError(f"step {name!r} depends on {upstream_name!r}, which is not a step of {self.name!r}")
-            message.depends_on.append(upstream_name)
+            message.depends_on.append(self._upstream(name, upstream))
         if cache is not None:
             message.cache.CopyFrom((Cache(enabled=cache) if isinstance(cache, bool) else cache).to_proto())
         if retry is not None:
@@ -386,6 +494,11 @@ class Pipeline:
             return pipeline_pb2.Input(name=name, parameter=source.name)
         if isinstance(source, OutputRef):
             producer = self._steps.get(source.step)
+            if producer is None and source.step.split(".")[0] in self._uses:
+                # A step of a used pipeline: the server checks it when it expands the use.
+                return pipeline_pb2.Input(
+                    name=name, step_output=pipeline_pb2.OutputRef(step=source.step, output=source.output)
+                )
             if producer is None:
                 raise ValueError(
                     f"input {name!r} of step {step!r} reads step {source.step!r}, which is not a step of {self.name!r}"
@@ -446,7 +559,7 @@ class Pipeline:
 # Pipeline files -----------------------------------------------------------------------------
 
 _WRAPPER_KEYS = ("name", "description", "labels", "spec")
-_SPEC_KEYS = ("parameters", "steps")
+_SPEC_KEYS = ("parameters", "steps", "uses")
 _DURATION = re.compile(r"^-?\d+(\.\d{1,9})?s$")
 
 

@@ -17,13 +17,14 @@ import json
 import math
 import re
 import shlex
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from weft.v1 import pipeline_pb2
 from weft_executor import podio
+from weft_executor.config import ExecutorConfig
 from weft_executor.runtime import AttemptSpec
 
 JSON = dict[str, Any]
@@ -133,37 +134,6 @@ def escape_expansion(text: str) -> str:
 # The pod ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PodSettings:
-    """What the executor's configuration adds to every step pod.
-
-    Attributes:
-        helper_image: weft's own image, for the input and output containers.
-        api_address: `host:port` of weft-api as seen from inside a pod.
-        max_output_bytes: Largest output the upload container accepts.
-        service_account: The pods' service account ("" for the namespace's default).
-        node_selector: Node labels the pods require.
-        tolerations: Taints the pods tolerate (Kubernetes JSON).
-        termination_grace: Seconds between SIGTERM and SIGKILL when a pod is deleted.
-        python: The interpreter of `helper_image`.
-        api_token_secret: Secret (key `token`) the helper containers present to weft-api
-            as `WEFT_PEER_TOKEN`; the step's own container never sees it.
-        api_ca_secret: Secret (key `ca.crt`) mounted into the helpers, whose CA they
-            trust to talk TLS to weft-api.
-    """
-
-    helper_image: str
-    api_address: str
-    max_output_bytes: int = 1024**3
-    service_account: str = ""
-    node_selector: Mapping[str, str] = field(default_factory=dict)
-    tolerations: Sequence[Mapping[str, Any]] = ()
-    termination_grace: int = 5
-    python: str = "python"
-    api_token_secret: str = ""
-    api_ca_secret: str = ""
-
-
 def step_wrapper(working_dir: str) -> str:
     """The `/bin/sh -c` script around the user's argv (passed as "$@").
 
@@ -212,32 +182,46 @@ def _resources(spec: AttemptSpec) -> JSON:
     return resources
 
 
-#: Where the helpers find the CA of weft-api's certificate (`PodSettings.api_ca_secret`).
+#: Where the helpers find the CA of weft-api's certificate (`KubeSettings.pod_api_ca_secret`).
 API_CA_DIR = "/var/run/weft/api-ca"
 API_CA_VOLUME = "weft-api-ca"
 
 
-def helper_credentials(spec: AttemptSpec, settings: PodSettings) -> tuple[list[JSON], list[JSON], list[JSON]]:
+def helper_credentials(spec: AttemptSpec, config: ExecutorConfig) -> tuple[list[JSON], list[JSON], list[JSON]]:
     """(env, volume mounts, volumes) that let the helper containers reach weft-api as the
     namespace of the step: its namespace, the token from a Secret, the CA from a Secret."""
     env: list[JSON] = [{"name": "WEFT_NAMESPACE", "value": spec.namespace}]
     mounts: list[JSON] = []
     volumes: list[JSON] = []
-    if settings.api_token_secret:
-        reference = {"name": settings.api_token_secret, "key": "token"}
+    if config.kube.pod_api_token_secret:
+        reference = {"name": config.kube.pod_api_token_secret, "key": "token"}
         env.append({"name": "WEFT_PEER_TOKEN", "valueFrom": {"secretKeyRef": reference}})
-    if settings.api_ca_secret:
+    if config.kube.pod_api_ca_secret:
         env.append({"name": "WEFT_PEER_CA_CERT", "value": f"{API_CA_DIR}/ca.crt"})
         mounts.append({"name": API_CA_VOLUME, "mountPath": API_CA_DIR, "readOnly": True})
-        volumes.append({"name": API_CA_VOLUME, "secret": {"secretName": settings.api_ca_secret}})
+        volumes.append({"name": API_CA_VOLUME, "secret": {"secretName": config.kube.pod_api_ca_secret}})
     return env, mounts, volumes
 
 
-def build_pod(spec: AttemptSpec, settings: PodSettings, kube_namespace: str) -> JSON:
-    """The pod manifest of one attempt (see the runtime's module docstring for its layout)."""
+def _store_args(config: ExecutorConfig) -> list[str]:
+    """How a helper container reaches the artifact store: the object store directly, or weft-api."""
+    return ["--blob-store", config.pod_blob_store] if config.pod_blob_store else ["--api", config.pod_api]
+
+
+def _helper_store_env(config: ExecutorConfig) -> JSON:
+    """What the helper containers, and only they, get for the object store: its credentials."""
+    if config.pod_blob_store and config.kube.pod_blob_store_secret:
+        return {"envFrom": [{"secretRef": {"name": config.kube.pod_blob_store_secret}}]}
+    return {}
+
+
+def build_pod(spec: AttemptSpec, config: ExecutorConfig) -> JSON:
+    """The pod manifest of one attempt (see the runtime's module docstring for its layout),
+    with what the executor's configuration adds to every step pod."""
+    settings = config.kube
     name = pod_name(*spec.key)
     mount = [{"name": SHARED_VOLUME, "mountPath": podio.SHARED_DIR}]
-    helper_env, helper_mounts, helper_volumes = helper_credentials(spec, settings)
+    helper_env, helper_mounts, helper_volumes = helper_credentials(spec, config)
     main: JSON = {
         "name": MAIN_CONTAINER,
         "image": spec.image,
@@ -259,50 +243,54 @@ def build_pod(spec: AttemptSpec, settings: PodSettings, kube_namespace: str) -> 
         main["resources"] = resources
     fetch: JSON = {
         "name": FETCH_CONTAINER,
-        "image": settings.helper_image,
+        "image": settings.pod_image,
         "command": [
             settings.python,
             "-m",
             "weft_executor.podio",
             "fetch",
-            "--api",
-            settings.api_address,
+            *_store_args(config),
             "--dir",
             podio.SHARED_DIR,
+            "--patience",
+            f"{config.api_patience:g}",
             *(f"{input_name}={digest}" for input_name, digest in sorted(spec.inputs.items())),
         ],
         "env": helper_env,
         "volumeMounts": mount + helper_mounts,
         "resources": HELPER_RESOURCES,
         "securityContext": container_security_context(),
+        **_helper_store_env(config),
     }
     upload: JSON = {
         "name": UPLOAD_CONTAINER,
-        "image": settings.helper_image,
+        "image": settings.pod_image,
         "command": [
             settings.python,
             "-m",
             "weft_executor.podio",
             "upload",
-            "--api",
-            settings.api_address,
+            *_store_args(config),
             "--dir",
             podio.SHARED_DIR,
+            "--patience",
+            f"{config.api_patience:g}",
             "--max-bytes",
-            str(settings.max_output_bytes),
+            str(config.max_output_bytes),
             *spec.outputs,
         ],
         "env": helper_env,
         "volumeMounts": mount + helper_mounts,
         "resources": HELPER_RESOURCES,
         "securityContext": container_security_context(),
+        **_helper_store_env(config),
     }
     pod_spec: JSON = {
         "restartPolicy": "Never",
         # Service links would add a variable per Service in the namespace to the step's
         # environment: the same step would see a different environment on another cluster.
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": settings.termination_grace,
+        "terminationGracePeriodSeconds": max(0, round(config.kill_grace)),
         # Hardened unless the step asked otherwise (validated against its namespace's policy).
         "securityContext": pod_security_context(spec.security),
         "automountServiceAccountToken": spec.security.mount_service_account_token,
@@ -312,12 +300,12 @@ def build_pod(spec: AttemptSpec, settings: PodSettings, kube_namespace: str) -> 
     }
     if spec.timeout:
         pod_spec["activeDeadlineSeconds"] = math.ceil(spec.timeout) + DEADLINE_BACKSTOP_SECONDS
-    if settings.service_account:
-        pod_spec["serviceAccountName"] = settings.service_account
-    if settings.node_selector:
-        pod_spec["nodeSelector"] = dict(settings.node_selector)
-    if settings.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in settings.tolerations]
+    if settings.pod_service_account:
+        pod_spec["serviceAccountName"] = settings.pod_service_account
+    if settings.pod_node_selector:
+        pod_spec["nodeSelector"] = dict(settings.pod_node_selector)
+    if settings.pod_tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in settings.pod_tolerations]
     labels = {
         MANAGED_BY_LABEL: MANAGED_BY,
         LABEL_NAMESPACE: label_value(spec.namespace),
@@ -329,7 +317,7 @@ def build_pod(spec: AttemptSpec, settings: PodSettings, kube_namespace: str) -> 
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": kube_namespace, "labels": labels, "annotations": annotations},
+        "metadata": {"name": name, "namespace": settings.namespace, "labels": labels, "annotations": annotations},
         "spec": pod_spec,
     }
 

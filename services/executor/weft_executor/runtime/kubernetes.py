@@ -48,8 +48,8 @@ Logs and clean-up
     blob (Kubernetes interleaves stdout and stderr in one log, so there is no separate
     stderr blob). A succeeded pod is deleted once the executor recorded its result
     (`release`); a failed pod is kept for `keep_failed_pods` seconds (at least
-    `MIN_KEEP_FAILED_PODS`) for `kubectl` inspection, after which a periodic sweep, shared
-    by all executors and surviving their restarts, deletes it (along with any finished pod
+    `MIN_KEEP_FAILED_PODS`) for `kubectl` inspection, after which a periodic sweep, run by
+    every executor from its start and surviving their restarts, deletes it (along with any finished pod
     nobody collected). The sweep deletes only pods whose every container ended (phase
     Succeeded or Failed) and whose step holds no claim in etcd: a pod whose output
     container still uploads, or whose step an executor works on (or is re-attaching to after
@@ -59,6 +59,13 @@ Logs and clean-up
     cgroup OOM group kill takes the wrapper with it) leaves the output container waiting
     for a marker that never comes, so the pod would never end: once the step container
     ended, the pod gets `helper_grace` seconds to end by itself, and is then deleted.
+
+Outages
+    Every artifact-store call (the manifest read, the log upload, and the pods' own
+    fetches and uploads) rides out a weft-api restart: `RemoteBlobStore` retries it for
+    `--api-patience` seconds. When the executor's lease is lost, its pods keep running
+    and are re-attached once the step is claimed again (by this executor after it
+    registered anew, or by another), never deleted and launched a second time.
 
 Secret values never pass through weft: secret env becomes `valueFrom.secretKeyRef`, which
 the kubelet resolves. Unlike the local runtime, weft therefore cannot redact a secret that
@@ -76,9 +83,9 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +99,6 @@ from weft_executor import podio
 from weft_executor.config import ExecutorConfig
 from weft_executor.runtime import STDOUT, AttemptResult, AttemptSetupError, AttemptSpec, LaunchedAttempt
 from weft_executor.runtime.kube_client import (
-    DEFAULT_BURST,
-    DEFAULT_QPS,
     JSON,
     KubeApi,
     KubeError,
@@ -108,8 +113,8 @@ from weft_executor.runtime.kube_pods import (
     MAIN_CONTAINER,
     POD_SELECTOR,
     UPLOAD_CONTAINER,
+    ContainerReading,
     PodReading,
-    PodSettings,
     attempt_key_of,
     build_pod,
     container_image,
@@ -126,18 +131,10 @@ log = logging.getLogger(__name__)
 
 Attempt = run_pb2.Attempt
 
-#: Defaults of the executor's flags.
-DEFAULT_KEEP_FAILED_PODS = 3600.0
 #: The least `--keep-failed-pods` accepted. Below it a pod could be swept in the window
 #: where no claim protects it: its executor died, the lease expired and no executor has
 #: re-attached yet (invariant 4 allows two lease TTLs for that; see `min_keep_failed_pods`).
 MIN_KEEP_FAILED_PODS = 60.0
-#: Seconds a pod gets to end by itself once its step container ended (the output container
-#: polls the exit-code marker every `podio.MARKER_POLL_SECONDS` and skips the upload of a
-#: failed step): longer means the exit-code marker will never come.
-DEFAULT_HELPER_GRACE = 10.0
-DEFAULT_UNSCHEDULABLE_TIMEOUT = 300.0
-DEFAULT_IMAGE_PULL_GRACE = 120.0
 #: Lines of the step's log quoted in a failed attempt's message.
 FAILURE_LOG_LINES = 10
 #: Tries (with backoff) of a pod create/get/delete that failed with 5xx, 429 or no answer.
@@ -145,66 +142,6 @@ API_TRIES = 5
 FIRST_BACKOFF = 0.5
 #: Largest chunk of a followed log.
 LOG_CHUNK_BYTES = 64 * 1024
-
-
-@dataclass(frozen=True)
-class KubeSettings:
-    """Settings of the kubernetes runtime (the executor's `--namespace`, `--pod-image`... flags).
-
-    Attributes:
-        namespace: Kubernetes namespace of the step pods.
-        pod_image: weft's own image, run by the input and output containers of every pod.
-        api_address: `host:port` of weft-api as the pods reach it.
-        kubeconfig: Credentials file; None uses the in-cluster service account.
-        qps: Client-side limit of API requests per second (0: none).
-        burst: Requests allowed at once above `qps`.
-        keep_failed_pods: Seconds a failed pod is kept for inspection before it is deleted.
-        unschedulable_timeout: Seconds a pod may stay unschedulable before the attempt fails.
-        image_pull_grace: Seconds an image may fail to pull before the attempt fails.
-        kill_grace: Seconds between SIGTERM and SIGKILL when a pod is deleted.
-        helper_grace: Seconds a pod may keep running after its step container ended and
-            the attempt failed, before it is deleted (its exit code was never recorded).
-        max_output_bytes: Largest output a step may write.
-        service_account: Service account of the step pods ("" for the namespace default).
-        node_selector: Node labels the step pods require.
-        tolerations: Taints the step pods tolerate (Kubernetes JSON).
-        python: The interpreter inside `pod_image`.
-        api_token_secret: Secret (key `token`) the pods' helpers present to weft-api.
-        api_ca_secret: Secret (key `ca.crt`) of the CA of weft-api's certificate.
-    """
-
-    namespace: str
-    pod_image: str
-    api_address: str
-    kubeconfig: Path | None = None
-    qps: float = DEFAULT_QPS
-    burst: int = DEFAULT_BURST
-    keep_failed_pods: float = DEFAULT_KEEP_FAILED_PODS
-    unschedulable_timeout: float = DEFAULT_UNSCHEDULABLE_TIMEOUT
-    image_pull_grace: float = DEFAULT_IMAGE_PULL_GRACE
-    kill_grace: float = 5.0
-    helper_grace: float = DEFAULT_HELPER_GRACE
-    max_output_bytes: int = 1024**3
-    service_account: str = ""
-    node_selector: Mapping[str, str] = field(default_factory=dict)
-    tolerations: Sequence[Mapping[str, Any]] = ()
-    python: str = "python"
-    api_token_secret: str = ""
-    api_ca_secret: str = ""
-
-    def pod_settings(self) -> PodSettings:
-        return PodSettings(
-            helper_image=self.pod_image,
-            api_address=self.api_address,
-            max_output_bytes=self.max_output_bytes,
-            service_account=self.service_account,
-            node_selector=self.node_selector,
-            tolerations=self.tolerations,
-            termination_grace=max(0, round(self.kill_grace)),
-            python=self.python,
-            api_token_secret=self.api_token_secret,
-            api_ca_secret=self.api_ca_secret,
-        )
 
 
 #: A step as etcd names it: (namespace, run, step).
@@ -292,19 +229,19 @@ class KubernetesRuntime:
     Args:
         api: The rate-limited API client (owned by the runtime from now on).
         blobs: The artifact store (manifests in, logs out).
-        settings: The runtime's settings.
+        config: The executor's settings; `config.kube` are the runtime's own.
         claimed_steps: Which steps hold a claim in etcd (the sweep spares their pods).
     """
 
     name = "kubernetes"
 
-    def __init__(self, api: KubeApi, blobs: BlobStore, settings: KubeSettings, claimed_steps: ClaimedSteps) -> None:
+    def __init__(self, api: KubeApi, blobs: BlobStore, config: ExecutorConfig, claimed_steps: ClaimedSteps) -> None:
         self.api = api
         self.blobs = blobs
-        self.settings = settings
+        self.config = config
+        self.settings = config.kube
         self.claimed_steps = claimed_steps
-        self.pod_settings = settings.pod_settings()
-        self.namespace = settings.namespace
+        self.namespace = config.kube.namespace
         self._watcher: PodWatcher | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._attempts: dict[str, KubeAttempt] = {}
@@ -312,6 +249,14 @@ class KubernetesRuntime:
         self.created = 0
 
     # Plumbing -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts the pod watch and the periodic sweep (needs the running event loop).
+
+        `create_runtime` calls it, so every executor sweeps from its start; otherwise both
+        start with the first launch or adoption.
+        """
+        _ = self.watcher
 
     @property
     def watcher(self) -> PodWatcher:
@@ -373,7 +318,7 @@ class KubernetesRuntime:
 
     async def launch(self, spec: AttemptSpec) -> KubeAttempt:
         watcher = self.watcher
-        manifest = build_pod(spec, self.pod_settings, self.namespace)
+        manifest = build_pod(spec, self.config)
         name = manifest["metadata"]["name"]
         attributes = {
             "k8s.namespace.name": self.namespace,
@@ -515,10 +460,11 @@ class KubernetesRuntime:
         pod = attempt.subscription.pod if attempt.subscription else None
         if reading.reason == "Evicted":
             why = reading.message.strip() or "no reason given"
-            return Verdict(Attempt.STATE_FAILED, f"evicted by Kubernetes: {why}")
+            return Verdict(Attempt.STATE_FAILED, f"evicted by Kubernetes: {why}", exit_code=_killed_code(reading))
         if reading.reason == "DeadlineExceeded":
             timeout = human_seconds(attempt.spec.timeout or 0)
-            return Verdict(Attempt.STATE_FAILED, f"timed out after {timeout} (Kubernetes ended the pod)")
+            message = f"timed out after {timeout} (Kubernetes ended the pod)"
+            return Verdict(Attempt.STATE_FAILED, message, exit_code=_killed_code(reading))
         init = reading.init
         if init is not None and init.terminated and init.exit_code != 0:
             report = podio.TerminationMessage.decode(init.message)
@@ -607,7 +553,7 @@ class KubernetesRuntime:
         """Collects the logs (and outputs), applies the clean-up policy, returns the result."""
         reading = read_pod(subscription.pod) if subscription.pod is not None else None
         main = reading.main if reading is not None else None
-        end_time = (parse_time(main.finished_at) if main is not None and main.terminated else None) or datetime.now(UTC)
+        end_time = _end_time(attempt, main)
         stdout_digest = ""
         if main is not None and main.started and not subscription.gone:
             stdout_digest = await self._store_log(attempt.pod_name)
@@ -631,7 +577,7 @@ class KubernetesRuntime:
             delete = True
         if delete:
             attempt.deleted_by_us = True
-            await self._delete_pod(attempt.pod_name, attempt.uid, self.settings.kill_grace)
+            await self._delete_pod(attempt.pod_name, attempt.uid, self.config.kill_grace)
         attempt.ended = True
         attempt.succeeded = state == Attempt.STATE_SUCCEEDED
         if state != Attempt.STATE_SUCCEEDED:
@@ -687,6 +633,10 @@ class KubernetesRuntime:
             return failed, f"could not store the outputs: {report.error}", {}
         try:
             manifest = podio.Manifest.decode(await self.blobs.get(report.manifest))
+        except Unavailable:
+            # The api stayed away longer than the store's patience: not the step's failure.
+            # `wait` raises, the finished pod stays, and the step's next try re-attaches it.
+            raise
         except (ServiceError, ValueError) as error:
             detail = error.message if isinstance(error, ServiceError) else str(error)
             return failed, f"could not read the output manifest {report.manifest}: {detail}", {}
@@ -746,6 +696,8 @@ class KubernetesRuntime:
         except (KubeError, KubeUnavailable, OSError) as error:
             log.warning("could not read the log of pod %s/%s: %s", self.namespace, name, error)
             return ""
+        except Unavailable:
+            raise  # as for the manifest: the pod is re-attached and its log stored later
         except ServiceError as error:
             log.warning("could not store the log of pod %s/%s: %s", self.namespace, name, error.message)
             return ""
@@ -873,14 +825,20 @@ class KubernetesRuntime:
 
     # The sweep --------------------------------------------------------------------------
 
+    @property
+    def sweep_interval(self) -> float:
+        """Seconds between two sweeps (the first comes as soon as the watch has listed)."""
+        return min(60.0, max(0.5, self.settings.keep_failed_pods / 4))
+
     async def _sweep_forever(self) -> None:
-        interval = min(60.0, max(0.5, self.settings.keep_failed_pods / 4))
+        assert self._watcher is not None
+        await self._watcher.synced.wait()
         while True:
-            await asyncio.sleep(interval)
             try:
                 await self.sweep()
             except Exception:  # the sweep is housekeeping: never let it die
                 log.exception("sweeping finished pods failed")
+            await asyncio.sleep(self.sweep_interval)
 
     async def sweep(self, now: datetime | None = None) -> int:
         """Deletes pods that finished more than `keep_failed_pods` ago; returns how many.
@@ -927,6 +885,29 @@ class KubernetesRuntime:
         return len(doomed)
 
 
+def _killed_code(reading: PodReading) -> int:
+    """The exit code of a step Kubernetes ended: the container's own if it reports one,
+    else -9 (killed by SIGKILL, as the local runtime records a signal), never 0."""
+    main = reading.main
+    if main is not None and main.terminated and main.exit_code != 0:
+        return main.exit_code
+    return -int(signal.SIGKILL)
+
+
+def _end_time(attempt: KubeAttempt, main: ContainerReading | None) -> datetime:
+    """When the attempt ended, never before its recorded start.
+
+    The API's `finishedAt` has whole seconds (cut, not rounded) and the node's clock,
+    while the start is this executor's clock: the end is the moment the executor saw the
+    pod end when that lies within finishedAt's second, else finishedAt, and in any case
+    no earlier than the start, so a duration is never negative.
+    """
+    seen = datetime.now(UTC)
+    finished = parse_time(main.finished_at) if main is not None and main.terminated else None
+    end = seen if finished is None or finished <= seen < finished + timedelta(seconds=1) else finished
+    return max(end, attempt.start_time)
+
+
 def _with(message: str, detail: str) -> str:
     detail = detail.strip()
     return f"{message}: {detail}" if detail else message
@@ -957,34 +938,21 @@ def create_runtime(config: ExecutorConfig, blobs: BlobStore, store: Store) -> Ku
         RuntimeError: A setting the runtime cannot do without is missing or out of range.
     """
     least = min_keep_failed_pods(config.lease_ttl)
-    if config.keep_failed_pods < least:
+    if config.kube.keep_failed_pods < least:
         raise RuntimeError(
-            f"--keep-failed-pods {config.keep_failed_pods:g} is too short: failed pods must be kept at least "
+            f"--keep-failed-pods {config.kube.keep_failed_pods:g} is too short: failed pods must be kept at least "
             f"{least:g} seconds (and at least twice --lease-ttl), or the sweep could delete a pod before the "
             "executor taking over a dead executor's step re-attaches to it"
         )
-    if not config.pod_image:
+    if not config.kube.pod_image:
         raise RuntimeError(
             "--pod-image is required with --runtime kubernetes: weft's own image, which runs the input and "
             "output containers of every step pod (e.g. --pod-image weft:0.1.0)"
         )
-    settings = KubeSettings(
-        namespace=config.namespace,
-        pod_image=config.pod_image,
-        api_address=config.pod_api or config.api,
-        kubeconfig=config.kubeconfig,
-        qps=config.kube_qps,
-        burst=config.kube_burst,
-        keep_failed_pods=config.keep_failed_pods,
-        unschedulable_timeout=config.unschedulable_timeout,
-        image_pull_grace=config.image_pull_grace,
-        kill_grace=config.kill_grace,
-        max_output_bytes=config.max_output_bytes,
-        service_account=config.pod_service_account,
-        node_selector=dict(config.pod_node_selector),
-        tolerations=tuple(config.pod_tolerations),
-        api_token_secret=config.pod_api_token_secret,
-        api_ca_secret=config.pod_api_ca_secret,
-    )
-    api = KubeApi(load_configuration(settings.kubeconfig), qps=settings.qps, burst=settings.burst)
-    return KubernetesRuntime(api, blobs, settings, claims_in_etcd(store, Keyspace(config.etcd_root)))
+    settings = config.kube
+    api = KubeApi(load_configuration(settings.kubeconfig), qps=settings.kube_qps, burst=settings.kube_burst)
+    runtime = KubernetesRuntime(api, blobs, config, claims_in_etcd(store, Keyspace(config.etcd_root)))
+    # Watch and sweep from the start, not from the first launch: after every executor
+    # restarted, an idle cluster's finished orphan pods must still be swept.
+    runtime.start()
+    return runtime

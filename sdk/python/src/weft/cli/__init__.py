@@ -8,6 +8,7 @@
     weft logs RUN STEP [-f]                   an attempt's output
     weft explain RUN STEP                     why a step was (not) reused
     weft outputs RUN [STEP] [--dir D]         what the steps produced
+    weft gc [--dry-run]                       delete blobs nothing references (runs weft-gc)
 
 Global options (before or after the command): `-s/--server` (env WEFT_SERVER, default
 127.0.0.1:50051), `-n/--namespace` (env WEFT_NAMESPACE, default "default"), `-o
@@ -15,7 +16,8 @@ table|json|yaml`, `--token` (env WEFT_TOKEN), `--ca-cert` (env WEFT_CA_CERT) and
 (env WEFT_TLS) for a secured weft-api; WEFT_RETRY_SECONDS (default 5) bounds how long an unreachable server
 is retried. Exit codes: 0 success, 1 failure (an API error, a run that did not
 succeed), 2 bad usage, 130 interrupted. API errors are printed as one message, never a
-traceback. The CLI is a client of the SDK only: it never reads etcd or imports server code.
+traceback. The CLI is a client of the SDK only: it never reads etcd or imports server code
+(`weft gc` runs the server-side `weft-gc` program, which does).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -135,7 +138,29 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="TLS everywhere and token auth: a local CA, certificates and an admin token under STATE_DIR/secure",
     )
+    up.add_argument(
+        "--blob-store",
+        default="",
+        metavar="URL",
+        help="artifact store: s3://BUCKET/PREFIX, gs://..., az://... (credentials from the environment, "
+        "e.g. AWS_ACCESS_KEY_ID and AWS_ENDPOINT_URL); default: blobs/ in the state dir",
+    )
     up.set_defaults(handler=None, up=True)
+
+    gc = commands.add_parser(
+        "gc",
+        help="delete blobs nothing references (runs weft-gc against etcd and the artifact store)",
+        description="Delete blobs that no pipeline version, run, outcome or log references and that were not "
+        "written or used for --min-age seconds. Talks to etcd and the artifact store directly (as weft-api "
+        "does), with the same WEFT_ETCD_ENDPOINTS, WEFT_ETCD_ROOT, WEFT_BLOB_STORE and WEFT_BLOB_DIR.",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be deleted, and how many bytes")
+    gc.add_argument("--etcd-endpoints", help="etcd client URLs (env WEFT_ETCD_ENDPOINTS)")
+    gc.add_argument("--etcd-root", help="root of weft's keys in etcd (env WEFT_ETCD_ROOT; default /weft)")
+    gc.add_argument("--blob-store", metavar="URL", help="artifact store URL (env WEFT_BLOB_STORE)")
+    gc.add_argument("--blob-dir", metavar="DIR", help="artifact store directory (env WEFT_BLOB_DIR)")
+    gc.add_argument("--min-age", type=float, help="seconds an unreferenced blob is kept (default one day; >= 3600)")
+    gc.set_defaults(handler=None, gc=True)
 
     apply = command(commands, "apply", c.apply, "store pipelines from files (a new version when a spec changed)")
     apply.add_argument("-f", "--file", action="append", required=True, help="pipeline file (YAML/JSON); repeatable")
@@ -197,6 +222,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _gc(args: argparse.Namespace) -> int:
+    """`weft gc`: the sweep needs etcd and the store, so it runs the server-side `weft-gc`."""
+    from weft.cli import _output as out
+    from weft.localstack import find_service
+
+    command = find_service("weft-gc")
+    if command is None:
+        out.err_console.print(Text("error: weft-gc is not installed: pip install -e services/api", style="red"))
+        return 1
+    argv = [command, *(["--dry-run"] if args.dry_run else [])]
+    for flag in ("etcd_endpoints", "etcd_root", "blob_store", "blob_dir", "min_age"):
+        value = getattr(args, flag)
+        if value is not None:
+            argv += ["--" + flag.replace("_", "-"), f"{value:g}" if isinstance(value, float) else value]
+    return subprocess.run(argv, check=False).returncode
+
+
 async def _run_command(handler: Command, args: argparse.Namespace) -> int:
     async with await AsyncClient.connect(
         args.server,
@@ -223,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from weft.cli._up import up
 
             return up(args)
+        if getattr(args, "gc", False):
+            return _gc(args)
         handler: Command = args.handler
         return asyncio.run(_run_command(handler, args))
     except Unavailable as error:

@@ -223,11 +223,31 @@ async def runs_resume(args: argparse.Namespace, client: AsyncClient) -> int:
 
 
 async def logs(args: argparse.Namespace, client: AsyncClient) -> int:
-    """`weft logs RUN STEP [--attempt N] [-f]`: stdout to stdout, stderr to stderr, raw bytes."""
+    """`weft logs RUN STEP [--attempt N] [-f]`: stdout to stdout, stderr to stderr, raw bytes.
+
+    An attempt that ended without any log (its image could not be pulled, its pod was
+    never scheduled, its inputs could not be fetched) prints why on stderr and exits 1.
+    """
+    written = 0
     async for chunk in client.read_logs(args.run, args.step, attempt=args.attempt, follow=args.follow):
         stream = sys.stderr.buffer if chunk.stream == "stderr" else sys.stdout.buffer
         stream.write(chunk.data)
         stream.flush()
+        written += len(chunk.data)
+    if written:
+        return 0
+    attempts = (await client.get_run(args.run)).step(args.step).attempts
+    chosen = [a for a in attempts if a.number == args.attempt] if args.attempt else attempts[-1:]
+    if (
+        chosen
+        and chosen[0].state in ("FAILED", "CANCELLED", "LOST")
+        and not (chosen[0].pb.stdout_digest or chosen[0].pb.stderr_digest)
+    ):
+        attempt = chosen[0]
+        why = attempt.message or "no reason recorded"
+        message = f"attempt {attempt.number} of step {args.step} is {attempt.state} and left no log: {why}"
+        out.err_console.print(Text(message, style="red"))
+        return 1
     return 0
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -169,12 +170,29 @@ def dag_layers(spec: pipeline_pb2.PipelineSpec) -> list[list[pipeline_pb2.Step]]
     return layers
 
 
+def _function_text(manifest: str) -> str:
+    try:
+        name = json.loads(manifest).get("name", "?")
+    except (ValueError, AttributeError):
+        name = "?"
+    return f"python function {name}()"
+
+
+#: The literal inputs of a `@weft.function` step, shown as what they mean rather than their bytes.
+FUNCTION_INPUTS: dict[str, Callable[[str], str]] = {
+    "weft.function.json": _function_text,
+    "weft.runner": lambda _: "(weft function runner)",
+}
+
+
 def _input_text(item: pipeline_pb2.Input) -> str:
     source = item.WhichOneof("source")
     if source == "step_output":
         return f"{item.name} ← {item.step_output.step}.{item.step_output.output}"
     if source == "parameter":
         return f"{item.name} ← param {item.parameter}"
+    if source == "literal" and item.name in FUNCTION_INPUTS:
+        return FUNCTION_INPUTS[item.name](item.literal)
     if source == "literal":
         value = item.literal if len(item.literal) <= 20 else item.literal[:17] + "..."
         return f"{item.name} = {value!r}"
@@ -194,6 +212,9 @@ def pipeline_view(p: PipelineVersion) -> RenderableType:
         header.add_row("Description", p.description)
     if p.labels:
         header.add_row("Labels", ", ".join(f"{k}={v}" for k, v in sorted(p.labels.items())))
+    for prefix, used, version in p.uses:
+        # The composition: the steps `prefix.*` were expanded from this pipeline version.
+        header.add_row("Uses", f"{used} @ {version} as {prefix}.*")
     parts: list[RenderableType] = [header, Text("")]
     if p.pb.spec.parameters:
         params = Table(title="Parameters", title_justify="left", box=None, header_style="bold", pad_edge=False)
@@ -265,10 +286,20 @@ def runs_table(runs: Iterable[RunRecord]) -> Table:
     return table
 
 
+#: The runtimes' wording before the log lines they quote in a failure message.
+_LOG_TAIL_SUFFIX = re.compile(r"; last (?:stderr|log) lines:$")
+
+
 def step_detail(step: StepRun) -> str:
     """The most useful short fact about a step: its failure, where a cached outcome came from..."""
     if step.message:
-        return step.message.splitlines()[0][:120]
+        first, _, rest = step.message.partition("\n")
+        # "exit code 3; last log lines:\n..." would end at the colon: show the last line instead.
+        head = _LOG_TAIL_SUFFIX.sub("", first)
+        lines = [line for line in rest.splitlines() if line.strip()]
+        if head != first and lines:
+            return f"{head}: {lines[-1].strip()}"[:120]
+        return head[:120]
     if step.state == "CACHED":
         origin = step.reused_from_run.rsplit("/", 1)[-1]
         return f"outcome of run {origin}" if origin else "outcome reused"

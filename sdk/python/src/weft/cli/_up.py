@@ -80,6 +80,7 @@ def _endpoints(stack: LocalStack) -> Table:
         grid.add_row(executor.name, f"{executor.address}  (local runtime, max {stack.max_parallel} at once)")
     for warning in stack.warnings:
         grid.add_row(Text(warning.component, style="yellow"), Text(warning.message, style="yellow"))
+    grid.add_row("blobs", stack.blob_store or str(stack.state_dir / "blobs"))
     grid.add_row("state", str(stack.state_dir))
     grid.add_row("logs", f"{stack.logs_dir}/*.log")
     grid.add_row("", "")
@@ -120,6 +121,7 @@ def up(args: argparse.Namespace) -> int:
         max_parallel=args.max_parallel,
         die_with_parent=True,
         secure=args.secure,
+        blob_store=args.blob_store,
     )
     code = 0
     try:

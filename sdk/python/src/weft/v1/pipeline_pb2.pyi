@@ -43,12 +43,30 @@ class Pipeline(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., spec: _Optional[_Union[PipelineSpec, _Mapping]] = ..., description: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version_create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version_count: _Optional[int] = ..., etag: _Optional[str] = ..., created_by: _Optional[str] = ...) -> None: ...
 
 class PipelineSpec(_message.Message):
-    __slots__ = ("parameters", "steps")
+    __slots__ = ("parameters", "steps", "uses")
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
     parameters: _containers.RepeatedCompositeFieldContainer[Parameter]
     steps: _containers.RepeatedCompositeFieldContainer[Step]
-    def __init__(self, parameters: _Optional[_Iterable[_Union[Parameter, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ...) -> None: ...
+    uses: _containers.RepeatedCompositeFieldContainer[PipelineUse]
+    def __init__(self, parameters: _Optional[_Iterable[_Union[Parameter, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., uses: _Optional[_Iterable[_Union[PipelineUse, _Mapping]]] = ...) -> None: ...
+
+class PipelineRef(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class PipelineUse(_message.Message):
+    __slots__ = ("step", "pipeline")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    pipeline: PipelineRef
+    def __init__(self, step: _Optional[str] = ..., pipeline: _Optional[_Union[PipelineRef, _Mapping]] = ...) -> None: ...
 
 class Parameter(_message.Message):
     __slots__ = ("name", "description", "default_value")
@@ -61,7 +79,7 @@ class Parameter(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., default_value: _Optional[str] = ...) -> None: ...
 
 class Step(_message.Message):
-    __slots__ = ("name", "container", "inputs", "outputs", "depends_on", "cache", "retry", "timeout", "redundancy")
+    __slots__ = ("name", "container", "inputs", "outputs", "depends_on", "cache", "retry", "timeout", "redundancy", "pipeline")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +89,7 @@ class Step(_message.Message):
     RETRY_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     REDUNDANCY_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
     name: str
     container: Container
     inputs: _containers.RepeatedCompositeFieldContainer[Input]
@@ -80,7 +99,8 @@ class Step(_message.Message):
     retry: RetryPolicy
     timeout: _duration_pb2.Duration
     redundancy: Redundancy
-    def __init__(self, name: _Optional[str] = ..., container: _Optional[_Union[Container, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[Output, _Mapping]]] = ..., depends_on: _Optional[_Iterable[str]] = ..., cache: _Optional[_Union[CachePolicy, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., redundancy: _Optional[_Union[Redundancy, _Mapping]] = ...) -> None: ...
+    pipeline: PipelineRef
+    def __init__(self, name: _Optional[str] = ..., container: _Optional[_Union[Container, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[Output, _Mapping]]] = ..., depends_on: _Optional[_Iterable[str]] = ..., cache: _Optional[_Union[CachePolicy, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., redundancy: _Optional[_Union[Redundancy, _Mapping]] = ..., pipeline: _Optional[_Union[PipelineRef, _Mapping]] = ...) -> None: ...
 
 class Container(_message.Message):
     __slots__ = ("image", "command", "args", "env", "working_dir", "resources", "security")

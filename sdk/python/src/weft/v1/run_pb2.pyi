@@ -310,12 +310,14 @@ class ListRunsResponse(_message.Message):
     def __init__(self, runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchRunRequest(_message.Message):
-    __slots__ = ("name", "start_revision")
+    __slots__ = ("name", "start_revision", "view")
     NAME_FIELD_NUMBER: _ClassVar[int]
     START_REVISION_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
     name: str
     start_revision: int
-    def __init__(self, name: _Optional[str] = ..., start_revision: _Optional[int] = ...) -> None: ...
+    view: RunView
+    def __init__(self, name: _Optional[str] = ..., start_revision: _Optional[int] = ..., view: _Optional[_Union[RunView, str]] = ...) -> None: ...
 
 class RunEvent(_message.Message):
     __slots__ = ("revision", "run", "step", "snapshot", "last_in_revision")

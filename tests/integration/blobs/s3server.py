@@ -1,0 +1,83 @@
+"""A real S3-protocol server for tests: PyPI `moto[server]` as its own process on loopback.
+
+`S3Server` starts `moto_server -H 127.0.0.1 -p PORT` (ready in ~2 s), makes buckets with a
+plain `PUT /BUCKET`, and gives the environment that points obstore (in this process or in a
+child: weft-api, weft-executor, a pod's helper containers) at it. It is the server, not a
+fake of one: requests go over HTTP and moto answers them as S3 does (conditional puts,
+multipart uploads, ranges, server-side copies).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+from weft.localstack import ChildProcess, free_port
+
+#: Credentials moto accepts (any); named here so tests can check they never leak.
+ACCESS_KEY_ID = "weft-test-access-key"
+SECRET_ACCESS_KEY = "weft-test-secret-key-do-not-log"
+
+
+def find_moto_server() -> str:
+    beside = Path(sys.executable).parent / "moto_server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("moto_server")
+    if found is None:
+        raise FileNotFoundError('moto_server is not installed: pip install "moto[server]"')
+    return found
+
+
+class S3Server:
+    """moto's S3 server on a free loopback port (see the module docstring)."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = free_port()
+        self.child = ChildProcess([find_moto_server(), "-H", "127.0.0.1", "-p", str(self.port)], log_path)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.child.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.child.alive():
+                raise RuntimeError(f"moto_server exited at start:\n{self.child.tail()}")
+            try:
+                with urllib.request.urlopen(self.endpoint + "/", timeout=1):
+                    return
+            except urllib.error.HTTPError:
+                return  # it answers: up
+            except OSError:
+                time.sleep(0.1)
+        self.child.stop()
+        raise TimeoutError(f"moto_server did not answer within {timeout}s:\n{self.child.tail()}")
+
+    def stop(self) -> None:
+        self.child.stop()
+
+    def make_bucket(self, name: str = "") -> str:
+        """Creates a bucket (a fresh name by default) and returns its name."""
+        name = name or f"weft-{uuid.uuid4().hex[:12]}"
+        request = urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+        return name
+
+    def environ(self) -> dict[str, str]:
+        """What obstore reads to reach this server (the standard AWS variables)."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+            "AWS_REGION": "us-east-1",
+            "AWS_ALLOW_HTTP": "true",
+        }
