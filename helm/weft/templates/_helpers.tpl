@@ -107,6 +107,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-tracer" (include "weft.fullname" .) }}
 {{- end }}
 
+{{- define "weft.tracer.claimName" -}}
+{{- default (printf "%s-tracer" (include "weft.fullname" .)) .Values.tracer.persistence.existingClaim }}
+{{- end }}
+
 {{- define "weft.blobs.claimName" -}}
 {{- default (printf "%s-blobs" (include "weft.fullname" .)) .Values.blobStore.persistence.existingClaim }}
 {{- end }}
@@ -263,6 +267,12 @@ app.kubernetes.io/component: {{ .component }}
 - weft-tracer
 - --etcd-endpoints={{ include "weft.etcd.endpoints" . }}
 - --listen=0.0.0.0:{{ .Values.tracer.otlpPort }}
+- --store={{ .Values.tracer.storeDir }}/spans.db
+- --retention={{ .Values.tracer.retention.seconds }}
+- --retention-bytes={{ .Values.tracer.retention.bytes }}
+{{- with .Values.tracer.jaegerEndpoint }}
+- --forward={{ . }}
+{{- end }}
 {{- range .Values.tracer.extraArgs }}
 - {{ . | quote }}
 {{- end }}

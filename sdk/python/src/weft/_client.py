@@ -60,12 +60,14 @@ from weft.errors import (
     from_rpc_error,
 )
 from weft.pipeline import Pipeline
-from weft.v1 import artifact_pb2, pipeline_pb2, run_pb2
+from weft.v1 import artifact_pb2, pipeline_pb2, run_pb2, trace_pb2
 
 __all__ = ["DEFAULT_TARGET", "AsyncClient", "AsyncRun", "Client", "RetrySettings", "Run"]
 
 #: Where `weft up` serves the API.
 DEFAULT_TARGET = "127.0.0.1:50051"
+#: Where `weft up` serves weft-tracer (OTLP and weft.v1.TraceService), unless told otherwise.
+DEFAULT_TRACER_TARGET = "127.0.0.1:50052"
 #: Largest message either side may send: a 10,000-step spec is a few MiB.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: Size of one PutBlob data message.
@@ -111,6 +113,10 @@ _READ_LOGS = _method(run_pb2.DESCRIPTOR, "RunService", "ReadLogs")
 _PUT_BLOB = _method(artifact_pb2.DESCRIPTOR, "ArtifactService", "PutBlob")
 _GET_BLOB = _method(artifact_pb2.DESCRIPTOR, "ArtifactService", "GetBlob")
 _STAT_BLOB = _method(artifact_pb2.DESCRIPTOR, "ArtifactService", "StatBlob")
+_GET_RUN_TRACE = _method(trace_pb2.DESCRIPTOR, "TraceService", "GetRunTrace")
+_LIST_RUN_EVENTS = _method(trace_pb2.DESCRIPTOR, "TraceService", "ListRunEvents")
+_REPLAY_RUN_EVENTS = _method(trace_pb2.DESCRIPTOR, "TraceService", "ReplayRunEvents")
+_GET_TRACER_STATUS = _method(trace_pb2.DESCRIPTOR, "TraceService", "GetTracerStatus")
 
 
 def _serialize(message: Message) -> bytes:
@@ -193,11 +199,26 @@ class AsyncClient:
         retry: How safe calls are retried.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, *, target: str, namespace: str, retry: RetrySettings) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        target: str,
+        namespace: str,
+        retry: RetrySettings,
+        tracer: str = "",
+        channel_options: Sequence[tuple[str, Any]] = (),
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self._channel = channel
         self.target = target
         self.namespace = namespace
         self.retry = retry
+        #: `host:port` of weft-tracer for the trace methods ($WEFT_TRACER, else weft up's default).
+        self.tracer = tracer or os.environ.get("WEFT_TRACER", "") or DEFAULT_TRACER_TARGET
+        self._channel_options = list(channel_options)
+        self._credentials = credentials
+        self._tracer_channel: grpc.aio.Channel | None = None
 
     @classmethod
     async def connect(
@@ -208,6 +229,7 @@ class AsyncClient:
         retry: RetrySettings | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        tracer: str = "",
         token: str | None = None,
         tls: bool = False,
         ca_cert: str | os.PathLike[str] | None = None,
@@ -223,6 +245,9 @@ class AsyncClient:
             retry: Retry settings; the defaults retry for up to 30 s.
             credentials: TLS credentials; None means plaintext unless `tls` or `ca_cert`.
             options: Extra gRPC channel options, added after the defaults (64 MiB messages).
+            tracer: `host:port` of weft-tracer for `get_run_trace` and the other trace
+                methods; "" means $WEFT_TRACER, else 127.0.0.1:50052 (weft up's). Its
+                channel opens on the first trace call.
             token: Bearer token sent on every call; None reads `WEFT_TOKEN` ("" sends none).
             tls: Talk TLS, trusting the system's CAs (or `ca_cert`).
             ca_cert: PEM file of the CA that signed the server's certificate (implies TLS).
@@ -249,11 +274,21 @@ class AsyncClient:
             credentials=credentials,
             options=channel_options,
         )
-        return cls(channel, target=target, namespace=namespace, retry=retry or RetrySettings())
+        return cls(
+            channel,
+            target=target,
+            namespace=namespace,
+            retry=retry or RetrySettings(),
+            tracer=tracer,
+            channel_options=channel_options,
+            credentials=credentials,
+        )
 
     async def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
+        """Closes the channel (and weft-tracer's, if opened); calls in flight are cancelled."""
         await self._channel.close(None)
+        if self._tracer_channel is not None:
+            await self._tracer_channel.close(None)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -288,8 +323,16 @@ class AsyncClient:
         except TimeoutError:
             raise Unavailable(f"weft-api at {self.target} is not reachable (waited {self.retry.deadline:g}s)") from None
 
-    async def _unary(self, method: str, request: Message, response_type: type[R], *, retry: bool) -> R:
-        call: grpc.aio.UnaryUnaryMultiCallable[Message, R] = self._channel.unary_unary(
+    async def _unary(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[R],
+        *,
+        retry: bool,
+        channel: grpc.aio.Channel | None = None,
+    ) -> R:
+        call: grpc.aio.UnaryUnaryMultiCallable[Message, R] = (channel or self._channel).unary_unary(
             method, request_serializer=_serialize, response_deserializer=response_type.FromString
         )
         if not retry:
@@ -305,9 +348,9 @@ class AsyncClient:
                 raise from_rpc_error(error) from error
 
     def _stream_call(
-        self, method: str, request: Message, response_type: type[R]
+        self, method: str, request: Message, response_type: type[R], *, channel: grpc.aio.Channel | None = None
     ) -> grpc.aio.UnaryStreamCall[Message, R]:
-        call: grpc.aio.UnaryStreamMultiCallable[Message, R] = self._channel.unary_stream(
+        call: grpc.aio.UnaryStreamMultiCallable[Message, R] = (channel or self._channel).unary_stream(
             method, request_serializer=_serialize, response_deserializer=response_type.FromString
         )
         return call(request)
@@ -661,6 +704,80 @@ class AsyncClient:
             finally:
                 call.cancel()
 
+    # Traces (weft-tracer) ---------------------------------------------------------------------
+
+    def _tracer(self) -> grpc.aio.Channel:
+        if self._tracer_channel is None:
+            if self._credentials is None:
+                self._tracer_channel = grpc.aio.insecure_channel(self.tracer, options=self._channel_options)
+            else:
+                self._tracer_channel = grpc.aio.secure_channel(
+                    self.tracer, self._credentials, options=self._channel_options
+                )
+        return self._tracer_channel
+
+    async def get_run_trace(self, run: str) -> trace_pb2.RunTrace:
+        """The stored spans of a run's trace as one tree, parents first (GetRunTrace).
+
+        Raises:
+            Unavailable: weft-tracer (`self.tracer`) cannot be reached.
+        """
+        request = trace_pb2.GetRunTraceRequest(run=self._run(run))
+        return await self._unary(_GET_RUN_TRACE, request, trace_pb2.RunTrace, retry=True, channel=self._tracer())
+
+    async def list_run_events(
+        self, run: str, *, step: str = "", page_size: int = 0
+    ) -> AsyncIterator[trace_pb2.TimelineEvent]:
+        """The run's forensic timeline in order, page by page (ListRunEvents).
+
+        Args:
+            run: The run.
+            step: Only this step's events (and the run's own); "" for all.
+            page_size: Events per page; 0 for the server's default.
+        """
+        request = trace_pb2.ListRunEventsRequest(run=self._run(run), filter=step, page_size=page_size)
+        seen_tokens: set[str] = set()
+        while True:
+            page = await self._unary(
+                _LIST_RUN_EVENTS, request, trace_pb2.ListRunEventsResponse, retry=True, channel=self._tracer()
+            )
+            for event in page.events:
+                yield event
+            if not page.next_page_token:
+                return
+            if page.next_page_token in seen_tokens:
+                raise Internal(f"weft-tracer repeated page token {page.next_page_token!r} in ListRunEvents")
+            seen_tokens.add(page.next_page_token)
+            request.page_token = page.next_page_token
+
+    async def replay_run_events(
+        self, run: str, *, speed: float = 1.0, as_fast_as_possible: bool = False, step: str = ""
+    ) -> AsyncIterator[trace_pb2.TimelineEvent]:
+        """The run's timeline played back with its recorded spacing divided by `speed`
+        (ReplayRunEvents). A broken stream is not resumed: replaying is about timing, and a
+        replay that restarts would no longer be one."""
+        request = trace_pb2.ReplayRunEventsRequest(
+            run=self._run(run), speed=speed, as_fast_as_possible=as_fast_as_possible, filter=step
+        )
+        call = self._stream_call(_REPLAY_RUN_EVENTS, request, trace_pb2.TimelineEvent, channel=self._tracer())
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from error
+        finally:
+            call.cancel()
+
+    async def tracer_status(self) -> trace_pb2.TracerStatus:
+        """weft-tracer's counters: received, stored, dropped, forwarded... (GetTracerStatus)."""
+        return await self._unary(
+            _GET_TRACER_STATUS,
+            trace_pb2.GetTracerStatusRequest(),
+            trace_pb2.TracerStatus,
+            retry=True,
+            channel=self._tracer(),
+        )
+
     # Blobs ----------------------------------------------------------------------------------
 
     async def put_blob(self, content: bytes | os.PathLike[str]) -> Blob:
@@ -921,6 +1038,7 @@ class Client:
         retry: RetrySettings | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        tracer: str = "",
         token: str | None = None,
         tls: bool = False,
         ca_cert: str | os.PathLike[str] | None = None,
@@ -935,6 +1053,7 @@ class Client:
                     retry=retry,
                     credentials=credentials,
                     options=options,
+                    tracer=tracer,
                     token=token,
                     tls=tls,
                     ca_cert=ca_cert,
@@ -1075,6 +1194,26 @@ class Client:
     def read_logs(self, run: str, step: str, *, attempt: int = 0, follow: bool = False) -> Iterator[LogChunk]:
         """An attempt's output (see `AsyncClient.read_logs`)."""
         return self._bridge.iterate(self._aio.read_logs(run, step, attempt=attempt, follow=follow))
+
+    def get_run_trace(self, run: str) -> trace_pb2.RunTrace:
+        """A run's span tree (see `AsyncClient.get_run_trace`)."""
+        return self._bridge.run(self._aio.get_run_trace(run))
+
+    def list_run_events(self, run: str, *, step: str = "", page_size: int = 0) -> Iterator[trace_pb2.TimelineEvent]:
+        """A run's forensic timeline (see `AsyncClient.list_run_events`)."""
+        return self._bridge.iterate(self._aio.list_run_events(run, step=step, page_size=page_size))
+
+    def replay_run_events(
+        self, run: str, *, speed: float = 1.0, as_fast_as_possible: bool = False, step: str = ""
+    ) -> Iterator[trace_pb2.TimelineEvent]:
+        """A run's timeline played back (see `AsyncClient.replay_run_events`)."""
+        return self._bridge.iterate(
+            self._aio.replay_run_events(run, speed=speed, as_fast_as_possible=as_fast_as_possible, step=step)
+        )
+
+    def tracer_status(self) -> trace_pb2.TracerStatus:
+        """weft-tracer's counters (see `AsyncClient.tracer_status`)."""
+        return self._bridge.run(self._aio.tracer_status())
 
     def put_blob(self, content: bytes | os.PathLike[str]) -> Blob:
         """Uploads content (see `AsyncClient.put_blob`)."""

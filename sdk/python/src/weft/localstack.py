@@ -3,8 +3,9 @@
 `weft up`, `scripts/demo.py` and the test fixtures all start their etcd and services
 through this module, so what the tests exercise is what a user runs. Every child runs in
 its own process group and is stopped with SIGTERM then SIGKILL, so nothing outlives its
-owner; `LocalStack` starts the whole stack (etcd, weft-api, weft-executors) and stops it
-in reverse order. This module starts and watches processes only: it never reads or
+owner; `LocalStack` starts the whole stack (etcd, weft-tracer, weft-api, weft-executors)
+and stops it in reverse order, the tracer just before etcd so it stores what the others
+flush on their way out. This module starts and watches processes only: it never reads or
 writes weft's records, and never imports server code (it finds the services' console
 scripts instead).
 """
@@ -354,6 +355,8 @@ class ServiceProcess:
 API_ANNOUNCE = r"weft-api listening on (\S+:\d+)"
 #: What weft-executor prints once its ExecutorService listens.
 EXECUTOR_ANNOUNCE = r"weft-executor \S+ listening on (\S+:\d+)"
+#: What weft-tracer prints once it listens (OTLP/gRPC and weft.v1.TraceService).
+TRACER_ANNOUNCE = r"weft-tracer listening on (\S+:\d+)"
 
 
 def api_process(
@@ -493,6 +496,57 @@ class LocalSecurity:
         return EtcdTls(self.server_cert, self.server_key, self.ca_cert)
 
 
+def tracer_process(
+    store: Path,
+    log_path: Path,
+    *,
+    listen: str = "127.0.0.1:0",
+    etcd_endpoint: str = "",
+    etcd_root: str = "",
+    forward: str = "",
+    extra_args: Sequence[str] = (),
+    health: bool = False,
+    env: dict[str, str] | None = None,
+    die_with_parent: bool = False,
+) -> ServiceProcess:
+    """A `weft-tracer` child process (not started): what `weft up`, the benches and the tests run.
+
+    Args:
+        store: The span database file.
+        log_path: Where its output goes.
+        listen: `HOST:PORT` for OTLP/gRPC and weft.v1.TraceService; port 0 picks one.
+        etcd_endpoint: etcd for run timelines ("" serves spans only).
+        etcd_root: Key prefix of weft in etcd ("" for the default).
+        forward: OTLP/gRPC endpoint to forward every span to (e.g. Jaeger's), or "".
+        extra_args: More `weft-tracer` flags (queue sizes, retention).
+
+    Raises:
+        FileNotFoundError: The weft-tracer console script is not installed.
+    """
+    command = find_service("weft-tracer")
+    if command is None:
+        raise FileNotFoundError("the weft-tracer console script is not installed: pip install -e services/tracer")
+    argv = [command, "--listen", listen, "--store", str(store)]
+    if etcd_endpoint:
+        argv += ["--etcd-endpoints", etcd_endpoint]
+    if etcd_root:
+        argv += ["--etcd-root", etcd_root]
+    if forward:
+        argv += ["--forward", forward]
+    argv += list(extra_args)
+    return ServiceProcess(
+        "weft-tracer", argv, log_path, announce=TRACER_ANNOUNCE, health=health, env=env, die_with_parent=die_with_parent
+    )
+
+
+def otlp_env(tracer_address: str) -> dict[str, str]:
+    """The standard OpenTelemetry variables that make a service export its spans to `tracer_address`."""
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{tracer_address}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+    }
+
+
 @dataclass
 class StackWarning:
     """Something `LocalStack.start` skipped, and why."""
@@ -502,10 +556,12 @@ class StackWarning:
 
 
 class LocalStack:
-    """A complete local weft: etcd, weft-api and weft-executors (local runtime), under one state dir.
+    """A complete local weft: etcd, weft-tracer, weft-api and weft-executors (local runtime),
+    under one state dir.
 
-    Layout of the state dir: `etcd/` (etcd's data), `blobs/` (the artifact store),
-    `work/` (the executors' attempt directories) and `logs/*.log` (every process's output).
+    Layout of the state dir: `etcd/` (etcd's data), `spans.db` (weft-tracer's store),
+    `blobs/` (the artifact store), `work/` (the executors' attempt directories) and
+    `logs/*.log` (every process's output).
 
     Args:
         state_dir: Where all data and logs go; reused across starts.
@@ -522,6 +578,9 @@ class LocalStack:
             "" keeps blobs in `blobs/` under the state dir. With object storage the
             executors read and write it directly; credentials and endpoint come from the
             environment the children inherit (e.g. `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`).
+        tracer: Start weft-tracer first and have every service export its spans to it.
+        tracer_port: Port of weft-tracer on 127.0.0.1; 0 picks a free one.
+        jaeger: OTLP/gRPC endpoint (`HOST:PORT`) weft-tracer forwards every span to, or "".
     """
 
     def __init__(
@@ -535,11 +594,18 @@ class LocalStack:
         die_with_parent: bool = False,
         secure: bool = False,
         blob_store: str = "",
+        tracer: bool = True,
+        tracer_port: int = 0,
+        jaeger: str = "",
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.secure = secure
         self.security: LocalSecurity | None = None
         self.blob_store = blob_store
+        self.tracer_enabled = tracer
+        self.tracer_port = tracer_port
+        self.jaeger = jaeger
+        self.tracer: ServiceProcess | None = None
         self.port = port
         self.executor_count = executors
         self.max_parallel = max_parallel or os.cpu_count() or 2
@@ -569,9 +635,20 @@ class LocalStack:
             raise RuntimeError("the stack is not started")
         return self.etcd.endpoint
 
+    @property
+    def tracer_target(self) -> str:
+        """`host:port` of weft-tracer, once started ("" when the stack runs without it)."""
+        return self.tracer.address if self.tracer is not None else ""
+
     def _env(self) -> dict[str, str]:
         # Unbuffered so a service's log shows what it did right up to a crash.
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.tracer is not None and self.tracer.address:
+            # The traces-specific variable wins over the general one in every exporter:
+            # drop it, or a user's setting would route the services around the tracer
+            # (which forwards there instead: see `weft up --jaeger`).
+            env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
+            env.update(otlp_env(self.tracer.address))
         if self.security is not None:
             # In the environment, not on the command line, which `ps` shows everyone.
             env["WEFT_PEER_TOKEN"] = self.security.service_token()
@@ -617,6 +694,9 @@ class LocalStack:
             tls=self.security.etcd_tls() if self.security is not None else None,
         )
         self.etcd.start()
+
+        if self.tracer_enabled:
+            self._start_tracer(progress)
 
         progress("weft-api")
         self.api = api_process(
@@ -673,11 +753,41 @@ class LocalStack:
                 return
             self.executors.append(executor)
 
+    def _start_tracer(self, progress: Callable[[str], None]) -> None:
+        # Started before the api and executors, so their exporters find it from the start.
+        # Its own environment must not point its exporter at itself (it exports nothing).
+        assert self.etcd is not None
+        progress("weft-tracer")
+        env = {k: v for k, v in self._env().items() if not k.startswith("OTEL_EXPORTER_OTLP")}
+        try:
+            tracer = tracer_process(
+                self.state_dir / "spans.db",
+                self.logs_dir / "weft-tracer.log",
+                listen=f"127.0.0.1:{self.tracer_port}",
+                etcd_endpoint=self.etcd.endpoint,
+                etcd_root=self.etcd_root or "",
+                forward=self.jaeger,
+                health=True,
+                env=env,
+                die_with_parent=self.die_with_parent,
+            )
+        except FileNotFoundError as error:
+            self.warnings.append(StackWarning("weft-tracer", f"{error}; runs are not traced"))
+            return
+        try:
+            tracer.start()
+        except (RuntimeError, TimeoutError) as error:
+            self.warnings.append(StackWarning("weft-tracer", f"did not start; runs are not traced. {error}"))
+            return
+        self.tracer = tracer
+
     def children(self) -> list[tuple[str, ChildProcess]]:
         """(name, process) of every started component, in start order."""
         found: list[tuple[str, ChildProcess]] = []
         if self.etcd is not None:
             found.append(("etcd", self.etcd.child))
+        if self.tracer is not None:
+            found.append((self.tracer.name, self.tracer.child))
         if self.api is not None:
             found.append((self.api.name, self.api.child))
         found.extend((e.name, e.child) for e in self.executors)
@@ -696,6 +806,9 @@ class LocalStack:
             executor.stop()
         if self.api is not None:
             self.api.stop()
+        # After the services, so the spans they flush on their way out are stored.
+        if self.tracer is not None:
+            self.tracer.stop()
         if self.etcd is not None:
             self.etcd.stop()
 

@@ -1,6 +1,6 @@
 """The `weft` command line: a local stack (`weft up`), pipelines, runs, logs, explanations, outputs.
 
-    weft up                                   start etcd + weft-api + weft-executor here
+    weft up                                   start etcd + weft-tracer + weft-api + weft-executor here
     weft apply -f pipeline.yaml               store a pipeline (a new version if it changed)
     weft pipelines list|get|versions|delete
     weft run PIPELINE -p k=v --watch          start a run and follow it
@@ -9,6 +9,8 @@
     weft explain RUN STEP                     why a step was (not) reused
     weft outputs RUN [STEP] [--dir D]         what the steps produced
     weft gc [--dry-run]                       delete blobs nothing references (runs weft-gc)
+    weft trace RUN [--follow] [--html FILE]   the run's timeline (Gantt) in the terminal or a page
+    weft events RUN [--replay --speed N]      the forensic timeline, from weft-tracer
 
 Global options (before or after the command): `-s/--server` (env WEFT_SERVER, default
 127.0.0.1:50051), `-n/--namespace` (env WEFT_NAMESPACE, default "default"), `-o
@@ -31,7 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from rich.text import Text
 
-from weft._client import DEFAULT_TARGET, AsyncClient, RetrySettings
+from weft._client import DEFAULT_TARGET, DEFAULT_TRACER_TARGET, AsyncClient, RetrySettings
 from weft.errors import InvalidArgument, Unavailable, WeftError
 
 __all__ = ["main"]
@@ -145,6 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="artifact store: s3://BUCKET/PREFIX, gs://..., az://... (credentials from the environment, "
         "e.g. AWS_ACCESS_KEY_ID and AWS_ENDPOINT_URL); default: blobs/ in the state dir",
     )
+    up.add_argument(
+        "--tracer-port",
+        type=int,
+        default=None,
+        help="weft-tracer port on 127.0.0.1 (OTLP and TraceService); default: the api port + 1, 0 picks one",
+    )
+    up.add_argument("--no-tracer", action="store_true", help="start no weft-tracer (runs are not traced)")
+    up.add_argument(
+        "--jaeger",
+        metavar="HOST:PORT",
+        default=os.environ.get("WEFT_JAEGER", ""),
+        help="forward every span to this OTLP/gRPC endpoint, e.g. Jaeger's 127.0.0.1:4317 (env WEFT_JAEGER; "
+        "without either, OTEL_EXPORTER_OTLP_ENDPOINT if set)",
+    )
     up.set_defaults(handler=None, up=True)
 
     gc = commands.add_parser(
@@ -219,6 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
     outputs.add_argument("step", nargs="?")
     outputs.add_argument("--dir", help="save each output as DIR/STEP/OUTPUT instead of printing")
     outputs.add_argument("--full", action="store_true", help="print long outputs whole (default: first 40 lines)")
+
+    from weft.cli import _trace as t
+
+    tracer_help = f"weft-tracer host:port (env WEFT_TRACER; default {DEFAULT_TRACER_TARGET})"
+    trace = command(commands, "trace", t.trace, "draw a run's timeline: steps and attempts on a time axis")
+    trace.add_argument("run")
+    trace.add_argument("--follow", "-f", action="store_true", help="redraw until the run ends")
+    trace.add_argument("--html", metavar="FILE", help="write one self-contained page (timeline, DAG, step details)")
+    trace.add_argument("--tracer", default=os.environ.get("WEFT_TRACER", DEFAULT_TRACER_TARGET), help=tracer_help)
+    events = command(commands, "events", t.events, "list a run's forensic timeline (or replay it)")
+    events.add_argument("run")
+    events.add_argument("--step", help="only this step's events (and the run's own)")
+    events.add_argument("--replay", action="store_true", help="play the events back with their recorded timing")
+    events.add_argument("--speed", type=float, default=None, help="replay this many times faster (default 1)")
+    events.add_argument("--tracer", default=os.environ.get("WEFT_TRACER", DEFAULT_TRACER_TARGET), help=tracer_help)
     return parser
 
 

@@ -1,10 +1,12 @@
 """`weft up`: a complete local weft in the foreground, stopped cleanly by Ctrl-C or SIGTERM.
 
-It starts etcd (data under the state dir), weft-api and the weft-executors through
+It starts etcd (data under the state dir), weft-tracer (spans under the state dir; every
+service exports to it, and it forwards to `--jaeger`, or to the OTEL_EXPORTER_OTLP_*ENDPOINT
+this shell had set, when given), weft-api and the weft-executors through
 `weft.localstack.LocalStack` (the same code the demo and the tests use), plaintext on
 loopback without auth unless `--secure` (TLS everywhere, token auth, a local CA and an
-admin token under the state dir), prints where everything is, watches the children,
-and on Ctrl-C/SIGTERM stops them in reverse order.
+admin token under the state dir), prints where everything is, watches the children, and
+on Ctrl-C/SIGTERM stops them in reverse order.
 Children run in their own process groups (so a terminal's Ctrl-C reaches only `weft up`,
 which stops them in order) and are tied to this process with PR_SET_PDEATHSIG (so even
 a SIGKILLed `weft up` leaves no orphans). Only one `weft up` may use a state dir at a
@@ -19,7 +21,7 @@ import fcntl
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import FrameType
 
@@ -76,6 +78,9 @@ def _endpoints(stack: LocalStack) -> Table:
     default = " (the CLI's default server)" if stack.api_target == "127.0.0.1:50051" else ""
     grid.add_row("weft-api", f"{stack.api_target}  gRPC{default}")
     grid.add_row("etcd", stack.etcd_endpoint)
+    if stack.tracer_target:
+        forward = f", forwarding to {stack.jaeger}" if stack.jaeger else ""
+        grid.add_row("weft-tracer", f"{stack.tracer_target}  OTLP/gRPC + TraceService{forward}")
     for executor in stack.executors:
         grid.add_row(executor.name, f"{executor.address}  (local runtime, max {stack.max_parallel} at once)")
     for warning in stack.warnings:
@@ -91,6 +96,9 @@ def _endpoints(stack: LocalStack) -> Table:
     server_flag = "" if stack.api_target == "127.0.0.1:50051" else f" -s {stack.api_target}"
     grid.add_row("try", f"weft{server_flag} apply -f examples/etl/pipeline.yaml")
     grid.add_row("", f"weft{server_flag} run etl -p rows=1000 --watch")
+    if stack.tracer_target:
+        tracer_flag = "" if stack.tracer_target == "127.0.0.1:50052" else f" --tracer {stack.tracer_target}"
+        grid.add_row("", f"weft{server_flag} trace RUN{tracer_flag}")
     return grid
 
 
@@ -105,6 +113,15 @@ def secure_usage(stack: LocalStack) -> list[str]:
     ]
 
 
+def forward_target(jaeger: str, environ: Mapping[str, str]) -> str:
+    """Where weft-tracer forwards spans: `--jaeger`, else the standard OpenTelemetry
+    endpoint variables of this environment. `weft up` points the services' own
+    variables at its tracer, so a user's endpoint would otherwise be dropped silently."""
+    if jaeger:
+        return jaeger
+    return environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or ""
+
+
 def up(args: argparse.Namespace) -> int:
     """Runs the local stack until interrupted; returns the exit code."""
     try:
@@ -114,6 +131,7 @@ def up(args: argparse.Namespace) -> int:
         return 1
     state_dir = Path(args.state_dir)
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    tracer_port = args.tracer_port if args.tracer_port is not None else (args.port + 1 if args.port else 0)
     stack = LocalStack(
         state_dir,
         port=args.port,
@@ -122,6 +140,9 @@ def up(args: argparse.Namespace) -> int:
         die_with_parent=True,
         secure=args.secure,
         blob_store=args.blob_store,
+        tracer=not args.no_tracer,
+        tracer_port=tracer_port,
+        jaeger=forward_target(args.jaeger, os.environ),
     )
     code = 0
     try:
@@ -135,7 +156,8 @@ def up(args: argparse.Namespace) -> int:
                     Panel(_endpoints(stack), title="weft is up", subtitle="Ctrl-C stops everything", expand=False)
                 )
                 # One plain line for scripts that start `weft up` and wait for it.
-                out.console.print(f"weft up: ready, api {stack.api_target}", highlight=False, soft_wrap=True)
+                tracer = f", tracer {stack.tracer_target}" if stack.tracer_target else ""
+                out.console.print(f"weft up: ready, api {stack.api_target}{tracer}", highlight=False, soft_wrap=True)
                 code = _watch_children(stack)
             except KeyboardInterrupt:
                 code = 0

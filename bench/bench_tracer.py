@@ -1,0 +1,254 @@
+"""Benchmark of weft-tracer: how fast it ingests spans, and what tracing costs a step.
+
+1. Ingestion: a real `weft-tracer` process (no etcd, a temporary store) receives spans
+   from `--exporters` processes, each exporting its own spans through the OpenTelemetry
+   SDK's real `OTLPSpanExporter` in batches of 512 (the BatchSpanProcessor's default).
+   The rate is spans stored per second, from the first export to the moment
+   GetTracerStatus says every span is stored; the span generation is not timed. The
+   SDK's Python encoder is slow, so the same batches are then sent again, encoded by the
+   SDK's own encoder ahead of time (the same bytes on the wire): that second figure is
+   the tracer's capacity. Target: >= 20,000 spans/s.
+2. Per-step overhead: the same fan-out of `true` steps is run by a `weft-executor`
+   process that exports its spans to that weft-tracer, and by one that exports nothing,
+   alternately, `--repeats` times each, in one invocation (same etcd, same api, cache off
+   so every step launches). Printed: the median time per step of each and their ratio.
+   Target: tracing costs under 10 %.
+
+Not a test: it asserts only that the runs succeeded and every span was stored.
+
+    .venv/bin/python bench/bench_tracer.py [--spans 100000] [--exporters 2] [--width 200] [--repeats 3]
+        [--only ingestion|overhead]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from weft.localstack import (
+    EXECUTOR_ANNOUNCE,
+    EtcdProcess,
+    ServiceProcess,
+    api_process,
+    find_service,
+    otlp_env,
+    tracer_process,
+)
+from weft.v1 import pipeline_pb2, pipeline_pb2_grpc, run_pb2, run_pb2_grpc, trace_pb2, trace_pb2_grpc
+
+BATCH = 512  # the BatchSpanProcessor's max_export_batch_size default
+
+
+# Ingestion -----------------------------------------------------------------------------
+
+
+def _exporter_main(target: str, spans: int, index: int, ready: Any, go: Any, results: Any, encoded: bool) -> None:
+    """One exporting process: makes `spans` finished spans, then exports them in batches.
+
+    With `encoded`, each batch is turned into its ExportTraceServiceRequest by the SDK's
+    own encoder before the clock starts and sent by a plain stub: the same bytes the
+    OTLPSpanExporter sends, without its Python encoding (which, at ~8,000 spans/s per
+    process here, would be what is measured instead of the tracer).
+    """
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": f"bench-{index}"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("bench")
+    # Spans shaped like an executor's: a step span with children carrying weft's attributes.
+    for n in range(spans // 8):
+        run = f"namespaces/bench/runs/r{index}-{n // 100}"
+        with tracer.start_as_current_span("weft.step", attributes={"weft.run": run, "weft.step": f"s{n}"}):
+            for child in ("weft.cache_lookup", "weft.attempt", "weft.input_fetch", "weft.launch"):
+                with tracer.start_as_current_span(child, attributes={"weft.attempt": 1, "process.pid": 4242}):
+                    pass
+            for child in ("weft.output_upload", "weft.commit", "user.work"):
+                with tracer.start_as_current_span(child, attributes={"weft.state": "SUCCEEDED"}):
+                    pass
+    finished = list(memory.get_finished_spans())
+    batches = [finished[i : i + BATCH] for i in range(0, len(finished), BATCH)]
+    if encoded:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+        requests = [encode_spans(batch) for batch in batches]
+        channel = grpc.insecure_channel(target)
+        stub = trace_service_pb2_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]
+        ready.wait()
+        go.wait()
+        started = time.perf_counter()
+        for request in requests:
+            stub.Export(request, timeout=30)
+        results.put((len(finished), time.perf_counter() - started))
+        channel.close()
+        return
+    exporter = OTLPSpanExporter(endpoint=f"http://{target}", insecure=True)
+    ready.wait()
+    go.wait()
+    started = time.perf_counter()
+    for batch in batches:
+        exporter.export(batch)
+    results.put((len(finished), time.perf_counter() - started))
+    exporter.shutdown()
+
+
+def tracer_status(target: str) -> trace_pb2.TracerStatus:
+    with grpc.insecure_channel(target) as channel:
+        stub = trace_pb2_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]
+        status: trace_pb2.TracerStatus = stub.GetTracerStatus(trace_pb2.GetTracerStatusRequest(), timeout=10)
+        return status
+
+
+def ingestion(tracer: str, spans: int, exporters: int, encoded: bool) -> None:
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(exporters + 1)
+    go = context.Event()
+    results = context.Queue()
+    per_exporter = spans // exporters
+    workers = [
+        context.Process(target=_exporter_main, args=(tracer, per_exporter, i, ready, go, results, encoded))
+        for i in range(exporters)
+    ]
+    for worker in workers:
+        worker.start()
+    ready.wait()  # every exporter has made its spans
+    before = tracer_status(tracer).stored
+    started = time.perf_counter()
+    go.set()
+    sent = [results.get(timeout=600) for _ in workers]
+    total = sum(count for count, _ in sent)
+    while True:
+        status = tracer_status(tracer)
+        if status.stored + status.duplicates + status.dropped - before >= total:
+            break
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    for worker in workers:
+        worker.join()
+    if status.dropped or status.duplicates:
+        raise RuntimeError(f"spans dropped ({status.dropped}) or duplicated ({status.duplicates})")
+    send_rate = sum(count / seconds for count, seconds in sent)
+    how = "SDK-encoded requests, sent by a stub" if encoded else "the SDK's OTLPSpanExporter"
+    print(f"\ningestion: {total} spans from {exporters} processes, batches of {BATCH}, {how}")
+    print(f"  stored by weft-tracer            {total / elapsed:>10.0f} spans/s   ({elapsed:.2f} s; target >= 20000)")
+    print(f"  the senders' own rate            {send_rate:>10.0f} spans/s   (summed; includes waiting for answers)")
+    print(f"  store                            {status.store_bytes / 1e6:>10.1f} MB for {status.stored_spans} spans")
+
+
+# Per-step overhead ---------------------------------------------------------------------
+
+
+def executor(name: str, etcd: str, api: str, work: Path, env: dict[str, str]) -> ServiceProcess:
+    command = find_service("weft-executor")
+    if command is None:
+        raise FileNotFoundError("weft-executor is not installed (pip install -e services/executor)")
+    argv = [
+        command, "--etcd-endpoints", etcd, "--api", api, "--runtime", "local", "--max-parallel", "8",
+        "--work-dir", str(work / name), "--listen", "127.0.0.1:0", "--etcd-root", "/bench", "--executor-id", name,
+    ]  # fmt: skip
+    return ServiceProcess(name, argv, work / f"{name}.log", announce=EXECUTOR_ANNOUNCE, env=env)
+
+
+def timed_run(runs: Any, pipeline: str) -> float:
+    run = run_pb2.Run(pipeline=pipeline)
+    run.options.cache_mode = run_pb2.CACHE_MODE_OFF
+    started = time.perf_counter()
+    created = runs.CreateRun(run_pb2.CreateRunRequest(run=run))
+    request = run_pb2.GetRunRequest(name=created.name, view=run_pb2.RUN_VIEW_BASIC)
+    while True:
+        current = runs.GetRun(request)
+        if current.state in (run_pb2.Run.STATE_SUCCEEDED, run_pb2.Run.STATE_FAILED, run_pb2.Run.STATE_CANCELLED):
+            break
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - started
+    if current.state != run_pb2.Run.STATE_SUCCEEDED:
+        raise RuntimeError(f"run {created.name} ended {run_pb2.Run.State.Name(current.state)}: {current.message}")
+    return elapsed
+
+
+def overhead(work: Path, etcd: str, api: str, tracer: str, width: int, repeats: int) -> None:
+    base = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    base = {k: v for k, v in base.items() if not k.startswith("OTEL_")}
+    settings = {"off": base, "on": {**base, **otlp_env(tracer)}}
+    with grpc.insecure_channel(api) as channel:
+        pipelines = pipeline_pb2_grpc.PipelineServiceStub(channel)  # type: ignore[no-untyped-call]
+        runs = run_pb2_grpc.RunServiceStub(channel)  # type: ignore[no-untyped-call]
+        steps = [
+            pipeline_pb2.Step(name=f"s{i:04d}", container=pipeline_pb2.Container(image="busybox", command=["true"]))
+            for i in range(width)
+        ]
+        spec = pipeline_pb2.PipelineSpec(steps=steps)
+        pipelines.CreatePipeline(
+            pipeline_pb2.CreatePipelineRequest(pipeline=pipeline_pb2.Pipeline(name="fan", spec=spec))
+        )
+        seconds: dict[str, list[float]] = {"off": [], "on": []}
+        for repeat in range(repeats):
+            for mode in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
+                process = executor(f"exec-{mode}-{repeat}", etcd, api, work, settings[mode])
+                process.start()
+                try:
+                    seconds[mode].append(timed_run(runs, "namespaces/default/pipelines/fan"))
+                finally:
+                    process.stop()  # flushes its exporter before the next one starts
+    off, on = statistics.median(seconds["off"]), statistics.median(seconds["on"])
+    print(f"\nper-step overhead: {width} `true` steps, cache off, 8 at a time, {repeats} runs each (median)")
+    print(f"  tracing off                      {off / width * 1000:>8.2f} ms/step   ({off:.2f} s per run)")
+    print(f"  tracing on (OTLP to weft-tracer) {on / width * 1000:>8.2f} ms/step   ({on:.2f} s per run)")
+    print(f"  cost of tracing                  {(on / off - 1) * 100:>+8.1f} %        (target < 10 %)")
+    fastest_off, fastest_on = min(seconds["off"]), min(seconds["on"])
+    fastest = (fastest_on / fastest_off - 1) * 100
+    print(f"  fastest runs (least disturbed)   {fastest_off:.2f} s off, {fastest_on:.2f} s on: {fastest:+.1f} %")
+    for mode in ("off", "on"):
+        print(f"  every run, tracing {mode:<3}          {' '.join(f'{s:.2f}' for s in seconds[mode])} s")
+
+
+@contextmanager
+def services(work: Path) -> Iterator[tuple[str, str, str]]:
+    etcd = EtcdProcess(work)
+    etcd.start()
+    tracer = tracer_process(work / "spans.db", work / "tracer.log", extra_args=["--queue-spans", "2000000"])
+    api = api_process(etcd.endpoint, work / "blobs", work / "api.log", etcd_root="/bench")
+    try:
+        tracer_address = tracer.start()
+        api_address = api.start()
+        yield etcd.endpoint, api_address, tracer_address
+    finally:
+        api.stop()
+        tracer.stop()
+        etcd.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spans", type=int, default=100_000, help="spans to ingest (default %(default)s)")
+    parser.add_argument("--exporters", type=int, default=2, help="exporting processes (default %(default)s)")
+    parser.add_argument("--width", type=int, default=200, help="steps of the overhead run (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per mode (default %(default)s)")
+    parser.add_argument("--only", choices=("ingestion", "overhead"), help="run one part only")
+    args = parser.parse_args()
+    print(f"weft-tracer benchmark: {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory(prefix="weft-bench-tracer-") as tmp, services(Path(tmp)) as (etcd, api, tracer):
+        if args.only != "overhead":
+            ingestion(tracer, args.spans, args.exporters, encoded=False)
+            ingestion(tracer, args.spans, args.exporters, encoded=True)
+        if args.only != "ingestion":
+            overhead(Path(tmp), etcd, api, tracer, args.width, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
