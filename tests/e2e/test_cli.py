@@ -12,20 +12,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import weft
 from tests.support import assert_eventually, assert_eventually_async
@@ -684,7 +689,11 @@ def executor_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
 @needs_executor
 def test_failed_run_exits_1_shows_logs_and_resumes_only_the_failed_part(executor_stack: Up, tmp_path: Path) -> None:
     cli = Cli(executor_stack.api, "default")
-    marker = tmp_path / f"marker-{os.getpid()}"
+    # Where the steps can see it: run by root, `weft up` runs them as nobody, who cannot
+    # enter pytest's private tmp dir.
+    shared = Path(tempfile.mkdtemp(prefix="weft-marker-"))
+    shared.chmod(0o755)
+    marker = shared / f"marker-{os.getpid()}"
     cli.ok("apply", "-f", str(_write(tmp_path / "flaky.yaml", FLAKY.replace("MARKER", str(marker)))))
     failed = cli("run", "flaky", "--run-id", "flaky-1", "--watch", timeout=120)
     assert failed.returncode == 1, failed.stdout + failed.stderr
@@ -708,12 +717,17 @@ def test_failed_run_exits_1_shows_logs_and_resumes_only_the_failed_part(executor
     assert states["check"] == "STATE_SUCCEEDED"
     assert states["finish"] == "STATE_SUCCEEDED"
     assert cli.ok("outputs", "flaky-2", "finish").strip().endswith("MADE")
+    shutil.rmtree(shared)
 
 
 def _follow_chatty(cli: Cli, tmp_path: Path, run_id: str) -> subprocess.CompletedProcess[str]:
     # The step prints its first line, then waits for the test: `logs -f` is seen following a
     # running attempt however slowly the machine runs the CLI.
-    release = tmp_path / f"release-{run_id}"
+    # Where the step can see it: run by root, `weft up` runs steps as nobody, who cannot
+    # enter pytest's private tmp dir.
+    shared = Path(tempfile.mkdtemp(prefix="weft-release-"))
+    shared.chmod(0o755)
+    release = shared / f"release-{run_id}"
     cli.ok("apply", "-f", str(_write(tmp_path / "chatty.yaml", CHATTY.replace("RELEASE", str(release)))))
     cli.ok("run", "chatty", "--run-id", run_id, "--cache", "off")
     assert_eventually(
@@ -732,6 +746,7 @@ def _follow_chatty(cli: Cli, tmp_path: Path, run_id: str) -> subprocess.Complete
         if follow.poll() is None:
             follow.kill()
             follow.wait()
+        shutil.rmtree(shared, ignore_errors=True)
     assert follow.returncode == 0, errors
     return subprocess.CompletedProcess(follow.args, follow.returncode, first + rest, errors)
 
@@ -783,3 +798,93 @@ def test_a_built_pipeline_runs_through_the_sync_client(executor_stack: Up) -> No
         assert all(e.snapshot for e in events)
         assert [e.run.state for e in events if e.run is not None] == ["SUCCEEDED"]
         assert sorted(e.step.name for e in events if e.step is not None) == ["repeat", "shout"]
+
+
+SEEDED = """
+name: seeded
+spec:
+  parameters: [{name: seed, defaultValue: "1"}]
+  steps:
+    - name: generate
+      container:
+        image: "python:3.11-slim"
+        command: [sh, -c, 'echo "seed $(cat $WEFT_INPUTS/seed)" > $WEFT_OUTPUTS/out']
+      inputs: [{name: seed, parameter: seed}]
+      outputs: [{name: out}]
+    - name: report
+      container:
+        image: "python:3.11-slim"
+        command: [sh, -c, 'tr a-z A-Z < $WEFT_INPUTS/in > $WEFT_OUTPUTS/out']
+      inputs: [{name: in, stepOutput: {step: generate, output: out}}]
+      outputs: [{name: out}]
+"""
+
+
+@pytest.mark.slow
+@needs_executor
+def test_explain_shows_what_changed_and_diff_names_the_root_cause(executor_stack: Up, tmp_path: Path) -> None:
+    cli = Cli(executor_stack.api, "provenance")
+    cli.ok("apply", "-f", str(_write(tmp_path / "seeded.yaml", SEEDED)))
+    for run_id, seed in (("seeded-1", "1"), ("seeded-2", "2")):
+        done = cli("run", "seeded", "--run-id", run_id, "-p", f"seed={seed}", "--watch", timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    explained = cli.ok("explain", "seeded-2", "report")
+    assert "What changed (old → new)" in explained
+    assert "Compared with  run seeded-1 step report" in explained
+    assert "upstream generate re-ran: input seed changed (parameter seed was 1, now 2)" in explained
+    as_json = cli.json("explain", "seeded-2", "report")
+    assert isinstance(as_json, dict)
+    assert [c["name"] for c in as_json["changes"]] == ["input:in"]
+
+    diffed = cli.ok("diff", "seeded-1", "seeded-2")
+    assert diffed.index("Root causes") < diffed.index("generate") < diffed.index("Changed only through an input")
+    assert "caused by generate" in diffed
+    kinds = cli.json("diff", "seeded-1", "seeded-2")
+    assert isinstance(kinds, dict)
+    assert [(d["step"], d["kind"]) for d in kinds["steps"]] == [
+        ("generate", "KIND_ROOT_CAUSE"),
+        ("report", "KIND_INPUT_CHANGED"),
+    ]
+    assert "The runs do not differ." in cli.ok("diff", "seeded-1", "seeded-1")
+
+    up = cli.ok("lineage", "seeded-2", "report", "--up")
+    assert up.index("report  run seeded-2") < up.index("built from") < up.index("in: generate  run seeded-2")
+    assert "(given seed=sha256:" in up
+    steps = {s["step"]: s for s in cli.json("runs", "get", "seeded-1")["steps"]}  # type: ignore[index]
+    blob = steps["generate"]["outcome"]["outputs"]["out"]
+    from_blob = cli.json("lineage", "--blob", blob)
+    assert isinstance(from_blob, dict)
+    assert from_blob["blobProducers"] == [steps["generate"]["outcome"]["dna"]]
+    assert from_blob["blobConsumers"] == [steps["report"]["outcome"]["dna"]]
+    drawn = cli.ok("lineage", "--blob", blob, "--down")
+    assert drawn.index("generate  run seeded-1") < drawn.index("consumed by") < drawn.index("in: report  run seeded-1")
+    assert cli("lineage").returncode == 1
+
+    statement = cli.json("provenance", "seeded-2", "--step", "report")
+    assert isinstance(statement, dict)
+    assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
+    assert [s["name"] for s in statement["subject"]] == ["report/out"]
+    key = ed25519.Ed25519PrivateKey.generate()
+    private_pem, public_pem = tmp_path / "signer.pem", tmp_path / "signer.pub.pem"
+    private_pem.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public_pem.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    signed = tmp_path / "seeded-2.intoto.json"
+    signed.write_text(cli.ok("provenance", "seeded-2", "--sign-key", str(private_pem)))
+    assert "verified: signed statement of generate/out, report/out" in cli.ok(
+        "provenance", "verify", str(signed), "--key", str(public_pem)
+    )
+    envelope = json.loads(signed.read_text())
+    envelope["payload"] = base64.b64encode(base64.b64decode(envelope["payload"]).replace(b"seeded", b"forged")).decode()
+    signed.write_text(json.dumps(envelope))
+    refused = cli("provenance", "verify", str(signed), "--key", str(public_pem))
+    assert refused.returncode == 1
+    assert "no signature verifies" in refused.stderr
+
+    replayed = cli("replay", "seeded-2", "--run-id", "seeded-2-replay", timeout=120)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "identical: every step produced the same outputs" in replayed.stdout

@@ -314,7 +314,13 @@ def seeds(method: str) -> list[Message]:
         "WatchRun": [run_pb2.WatchRunRequest(name=RUN)],
         "CancelRun": [run_pb2.CancelRunRequest(name=f"{parent}/runs/absent", reason="fuzz")],
         "ResumeRun": [run_pb2.ResumeRunRequest(name=RUN)],
+        "ReplayRun": [run_pb2.ReplayRunRequest(name=RUN, request_id="replay-1")],
         "ExplainStep": [run_pb2.ExplainStepRequest(run=RUN, step="s0")],
+        "DiffRuns": [run_pb2.DiffRunsRequest(run_a=RUN, run_b=RUN)],
+        "GetLineage": [
+            run_pb2.GetLineageRequest(run=RUN, step="s0"),
+            run_pb2.GetLineageRequest(parent=parent, blob=digest, depth=2),
+        ],
         "ReadLogs": [run_pb2.ReadLogsRequest(run=RUN, step="s0", attempt=1)],
         "PutBlob": [artifact_pb2.PutBlobRequest(header=header), artifact_pb2.PutBlobRequest(data=BLOB)],
         "GetBlob": [artifact_pb2.GetBlobRequest(digest=digest, namespace=NAMESPACE, offset=3)],

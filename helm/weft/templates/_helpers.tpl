@@ -38,6 +38,15 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 app.kubernetes.io/part-of: weft
 {{- end }}
 
+{{/*
+Labels of pod templates: no chart version or app version, so a chart bump alone does not
+restart every pod (etcd's above all). Call like weft.labels.
+*/}}
+{{- define "weft.podLabels" -}}
+{{ include "weft.selectorLabels" . }}
+app.kubernetes.io/part-of: weft
+{{- end }}
+
 {{/* Labels that select one component's pods; never change them after a release exists. */}}
 {{- define "weft.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "weft.name" .root }}
@@ -174,6 +183,35 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/* The services' own token, from the auth Secret (never on the command line). */}}
+{{/* etcdctl's TLS towards etcd (the CronJobs of templates/operations.yaml), as env so
+the commands stay the same with and without TLS. */}}
+{{- define "weft.etcdctl.tlsEnv" -}}
+{{- if .Values.tls.enabled }}
+- name: ETCDCTL_CACERT
+  value: /etc/weft/tls/ca.crt
+- name: ETCDCTL_CERT
+  value: /etc/weft/tls/tls.crt
+- name: ETCDCTL_KEY
+  value: /etc/weft/tls/tls.key
+{{- end }}
+{{- end }}
+
+{{- define "weft.etcdctl.tlsMount" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/weft/tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "weft.etcdctl.tlsVolume" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "weft.tls.secretName" . }}
+{{- end }}
+{{- end }}
+
 {{- define "weft.security.env" -}}
 {{- if .Values.auth.enabled }}
 - name: WEFT_PEER_TOKEN
@@ -228,6 +266,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.auth.enabled .Values.auth.kubeRoles }}
 - --auth-kube-roles-file=/etc/weft/kube-roles/kube-roles.yaml
 {{- end }}
+{{- include "weft.operationArgs" . }}
 {{- range .Values.api.extraArgs }}
 - {{ . | quote }}
 {{- end }}
@@ -258,6 +297,21 @@ app.kubernetes.io/component: {{ .component }}
 - --pod-blob-store-secret={{ . }}
 {{- end }}
 {{- end }}
+- --max-parallel={{ .Values.executor.maxParallel }}
+{{- with .Values.executor.pods.serviceAccountName }}
+- --pod-service-account={{ . }}
+{{- end }}
+{{- with .Values.executor.pods.nodeSelector }}
+{{- $pairs := list }}
+{{- range $key, $value := . }}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) }}
+{{- end }}
+- {{ printf "--pod-node-selector=%s" (join "," $pairs) | quote }}
+{{- end }}
+{{- with .Values.executor.pods.tolerations }}
+- {{ printf "--pod-tolerations=%s" (toJson .) | quote }}
+{{- end }}
+{{- include "weft.operationArgs" . }}
 {{- range .Values.executor.extraArgs }}
 - {{ . | quote }}
 {{- end }}
@@ -285,6 +339,7 @@ Call with (dict "root" $ "port" 50051).
 */}}
 {{- define "weft.grpcProbe" -}}
 {{- $mode := .root.Values.probes.grpc }}
+{{- $service := .service | default "" }}
 {{- if not (has $mode (list "auto" "native" "exec")) }}
 {{- fail (printf "probes.grpc must be auto, native or exec, not %q" $mode) }}
 {{- end }}
@@ -292,6 +347,9 @@ Call with (dict "root" $ "port" 50051).
 {{- if and (not .root.Values.tls.enabled) (or (eq $mode "native") (and (eq $mode "auto") (semverCompare ">=1.24.0-0" .root.Capabilities.KubeVersion.Version))) }}
 grpc:
   port: {{ .port }}
+  {{- with $service }}
+  service: {{ . }}
+  {{- end }}
 {{- else }}
 exec:
   command:
@@ -304,10 +362,18 @@ exec:
     - --ca-cert
     - /etc/weft/tls/ca.crt
     {{- end }}
+    {{- with $service }}
+    - --service
+    - {{ . }}
+    {{- end }}
 {{- end }}
 {{- end }}
 
-{{/* Readiness and liveness probes of a gRPC service; call like weft.grpcProbe. */}}
+{{/*
+Readiness and liveness probes of a gRPC service; call with (dict "root" $ "port" P
+"service" "weft.v1.RunService"). Readiness asks about the service (NOT_SERVING while etcd
+is unreachable); liveness about the server ("": the process serves).
+*/}}
 {{- define "weft.grpcProbes" -}}
 readinessProbe:
   {{- include "weft.grpcProbe" . | trim | nindent 2 }}
@@ -315,7 +381,7 @@ readinessProbe:
   timeoutSeconds: 5
   failureThreshold: 3
 livenessProbe:
-  {{- include "weft.grpcProbe" . | trim | nindent 2 }}
+  {{- include "weft.grpcProbe" (dict "root" .root "port" .port) | trim | nindent 2 }}
   initialDelaySeconds: 15
   periodSeconds: 15
   timeoutSeconds: 5
@@ -371,4 +437,72 @@ envFrom:
   emptyDir: {}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* Metrics and log flags shared by weft-api and weft-executor. */}}
+{{- define "weft.operationArgs" }}
+{{- if .Values.metrics.enabled }}
+- --metrics-port={{ .Values.metrics.port }}
+{{- end }}
+- --log-level={{ .Values.logging.level }}
+- --log-format={{ .Values.logging.format }}
+{{- end }}
+
+{{/* The metrics port of a weft service container, when metrics are on. */}}
+{{- define "weft.metricsContainerPort" -}}
+{{- if .Values.metrics.enabled }}
+- name: metrics
+  containerPort: {{ .Values.metrics.port }}
+  protocol: TCP
+{{- end }}
+{{- end }}
+
+{{/*
+Spread a component's pods over nodes unless the user set its affinity: preferred (not
+required) anti-affinity, so a one-node cluster still schedules them all.
+Call with (dict "root" $ "component" "etcd" "affinity" .Values.etcd.affinity).
+*/}}
+{{- define "weft.affinity" -}}
+{{- if .affinity }}
+affinity:
+  {{- toYaml .affinity | nindent 2 }}
+{{- else if .root.Values.spreadPods }}
+affinity:
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- include "weft.selectorLabels" . | nindent 14 }}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: topology.kubernetes.io/zone
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "weft.selectorLabels" . | nindent 8 }}
+{{- end }}
+{{- end }}
+
+{{/* policy/v1 where the cluster has it (>= 1.21), policy/v1beta1 before (1.20). */}}
+{{- define "weft.pdbApiVersion" -}}
+{{- if and (.Capabilities.APIVersions.Has "policy/v1") (semverCompare ">=1.21.0-0" .Capabilities.KubeVersion.Version) }}policy/v1{{ else }}policy/v1beta1{{ end }}
+{{- end }}
+
+{{/* batch/v1 CronJob where the cluster has it (>= 1.21), batch/v1beta1 before (1.20). */}}
+{{- define "weft.cronJobApiVersion" -}}
+{{- if semverCompare ">=1.21.0-0" .Capabilities.KubeVersion.Version }}batch/v1{{ else }}batch/v1beta1{{ end }}
+{{- end }}
+
+{{/*
+Lets in-flight calls end and endpoints drop the pod before SIGTERM: kube-proxy and
+clients learn of a terminating pod a moment after it starts terminating.
+*/}}
+{{- define "weft.preStopDrain" -}}
+lifecycle:
+  preStop:
+    exec:
+      command: ["python", "-c", "import time; time.sleep({{ .Values.drainSeconds }})"]
 {{- end }}

@@ -40,6 +40,19 @@ def _run_field(request: Any) -> str:
     return parse_run_name(request.run, "run")[0]
 
 
+def _both_runs(request: Any) -> str:
+    # A Rule names one namespace: two runs in one namespace need viewer there; runs in two
+    # namespaces need viewer in every namespace (a cluster-wide binding), never in just one.
+    a = parse_run_name(request.run_a, "run_a")[0]
+    b = parse_run_name(request.run_b, "run_b")[0]
+    return a if a == b else EVERY_NAMESPACE
+
+
+def _lineage(request: Any) -> str:
+    # The namespace GetLineage walks: the step's run's, else `parent` (weft_api.lineage).
+    return parse_run_name(request.run, "run")[0] if request.step else parse_namespace(request.parent)
+
+
 def blob_namespace(value: str, field: str) -> str:
     """The namespace of a blob request: a bare name, or "" for every namespace."""
     return require_namespace_field(value, field) if value else EVERY_NAMESPACE
@@ -75,7 +88,10 @@ API_RULES: dict[str, Rule] = {
     _RUNS + "WatchRun": Rule(Role.VIEWER, _run),
     _RUNS + "CancelRun": Rule(Role.RUNNER, _run),
     _RUNS + "ResumeRun": Rule(Role.RUNNER, _run),
+    _RUNS + "ReplayRun": Rule(Role.RUNNER, _run),
     _RUNS + "ExplainStep": Rule(Role.VIEWER, _run_field),
+    _RUNS + "DiffRuns": Rule(Role.VIEWER, _both_runs),
+    _RUNS + "GetLineage": Rule(Role.VIEWER, _lineage),
     _RUNS + "ReadLogs": Rule(Role.VIEWER, _run_field),
     _ARTIFACTS + "PutBlob": Rule(Role.RUNNER, _blob_upload),
     _ARTIFACTS + "GetBlob": Rule(Role.VIEWER, _blob_read),

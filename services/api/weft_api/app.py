@@ -75,5 +75,6 @@ def create_api_server(config: ApiConfig) -> tuple[WeftServer, int]:
     server, port = create_server(
         config.listen, services, auth=auth.with_rules(API_RULES) if auth is not None else None, tls=tls
     )
+    server.follow_readiness(store.reachable)  # NOT_SERVING while etcd is unreachable
     server.on_stop(store.close)
     return server, port

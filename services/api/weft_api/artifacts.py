@@ -32,6 +32,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from weft.v1 import artifact_pb2, artifact_pb2_grpc
 from weft_api.access import blob_namespace
+from weft_core import metrics
 from weft_core.auth import EVERY_NAMESPACE, current_principal
 from weft_core.blobs import CHUNK_BYTES, BlobInfo, BlobStore, check_digest
 from weft_core.errors import InvalidArgument, NotFound
@@ -126,6 +127,7 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
         info = await self.blobs.put_stream(data(), digest=header.digest, size=header.size_bytes)
         if self.references is not None:
             await self.references.record(blob_namespace(header.namespace, "header.namespace"), info.digest)
+        metrics.blob_bytes("in", info.size)
         TRAFFIC.blobs_received += 1
         return blob_message(info)
 
@@ -144,6 +146,7 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
             )
         TRAFFIC.blobs_sent += 1
         async for chunk in self.blobs.read(request.digest, offset=request.offset, chunk_size=CHUNK_BYTES):
+            metrics.blob_bytes("out", len(chunk))
             TRAFFIC.bytes_sent += len(chunk)
             yield artifact_pb2.GetBlobResponse(data=chunk)
 

@@ -37,9 +37,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from weft.v1 import executor_pb2, executor_pb2_grpc, pipeline_pb2, run_pb2, run_pb2_grpc
 from weft_api.group_commit import GroupCommit
+from weft_api.lineage import LineageReader
 from weft_api.listing import check_request_id, decode_token, encode_token, page_size
+from weft_api.provenance import Provenance
 from weft_core.auth import current_subject
 from weft_core.blobs import BlobStore, digest_of
+from weft_core.dna import restore_components
 from weft_core.errors import (
     Aborted,
     AlreadyExists,
@@ -241,6 +244,8 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         self._heads: OrderedDict[tuple[str, str], _PipelineAt] = OrderedDict()
         #: CreateRun's transactions, grouped with the concurrent ones (weft_api/group_commit.py).
         self.run_writes = GroupCommit(store)
+        self.provenance = Provenance(store, keyspace, reader)
+        self.lineage = LineageReader(store, keyspace)
 
     # Reading ------------------------------------------------------------------------
 
@@ -492,6 +497,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         request_id: str,
         digest_of_request: str = "",
         resumed_from: str = "",
+        replay_of: str = "",
     ) -> run_pb2.Run:
         """Validates and writes a new PENDING run in one transaction (see the module docstring).
 
@@ -533,7 +539,9 @@ class RunService(run_pb2_grpc.RunServiceServicer):
                     digest = await self._version_of(ns, p, at, wanted.pipeline_version)
                     spec, _ = await self.reader.spec(ns, p, digest)
                     chosen = run_id or generate_run_id(p)
-                    record = self._new_run_record(ns, chosen, p, digest, spec, wanted, resumed_from, traceparent)
+                    record = self._new_run_record(
+                        ns, chosen, p, digest, spec, wanted, resumed_from, traceparent, replay_of
+                    )
                 except ServiceError as error:
                     if isinstance(error, NotFound) and not fresh:
                         fresh = True  # what was known of the pipeline may be stale: look again
@@ -607,6 +615,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         wanted: run_pb2.Run,
         resumed_from: str,
         traceparent: str,
+        replay_of: str = "",
     ) -> run_pb2.Run:
         parameters = resolve_parameters(spec, wanted.parameters, pipeline)
         record = Run(
@@ -619,6 +628,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             labels=wanted.labels,
             resumed_from=resumed_from,
             created_by=current_subject(),
+            replay_of=replay_of,
             traceparent=traceparent,
         )
         record.options.CopyFrom(wanted.options)
@@ -658,6 +668,32 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         return await self.create_run(
             ns, wanted, request.run_id, request_id, digest_of_request, resumed_from=source.name
         )
+
+    async def ReplayRun(
+        self, request: run_pb2.ReplayRunRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> run_pb2.Run:
+        """A new run of the same pipeline version and parameters, cache off (see the proto)."""
+        ns, source_id = parse_run_name(request.name)
+        request_id = check_request_id(request.request_id)
+        digest_of_request = request_digest(request) if request_id else ""
+        if request_id:
+            earlier = await self._run_of_request(ns, request_id, digest_of_request)
+            if earlier is not None:
+                return earlier
+        source, _ = await self.read_run(ns, source_id)
+        if source.state not in TERMINAL_RUN_STATES:
+            raise FailedPrecondition(
+                f'run "{source.name}" is {Run.State.Name(source.state).removeprefix("STATE_")}; only a finished run '
+                "can be replayed: wait for it or cancel it first"
+            )
+        wanted = Run(
+            pipeline=source.pipeline,
+            pipeline_version=source.pipeline_version,
+            parameters=source.parameters,
+            labels=source.labels,
+        )
+        wanted.options.cache_mode = run_pb2.CACHE_MODE_OFF
+        return await self.create_run(ns, wanted, request.run_id, request_id, digest_of_request, replay_of=source.name)
 
     # Changing -----------------------------------------------------------------------
 
@@ -823,7 +859,21 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             return run_pb2.StepExplanation(
                 decision=run_pb2.StepExplanation.DECISION_UNSPECIFIED, reason="not claimed yet"
             )
-        return record.explanation
+        if record.explanation.components_digest and not record.explanation.components:
+            # A wide join's components live in a blob (invariant 6): show them all the same.
+            restore_components(record.explanation, await self.blobs.get(record.explanation.components_digest))
+        record.step = request.step
+        return await self.provenance.explain(ns, run_id, record)
+
+    async def DiffRuns(
+        self, request: run_pb2.DiffRunsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> run_pb2.DiffRunsResponse:
+        return await self.provenance.diff_runs(request.run_a, request.run_b)
+
+    async def GetLineage(
+        self, request: run_pb2.GetLineageRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> run_pb2.Lineage:
+        return await self.lineage.get_lineage(request)
 
     async def ReadLogs(
         self, request: run_pb2.ReadLogsRequest, context: grpc.aio.ServicerContext[Any, Any]

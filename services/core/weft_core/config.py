@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from weft_core.keyspace import DEFAULT_ROOT
+from weft_core.logs import log_format, log_level
 
 _MASK = "*****"
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]*)@")
@@ -145,6 +146,29 @@ def etcd_endpoints(value: str) -> str:
     return ",".join(endpoints)
 
 
+def metrics_port(value: str) -> int | None:
+    """A TCP port for /metrics; "" or "off" turns metrics off, 0 picks a free port."""
+    if value in ("", "off"):
+        return None
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError("expected a port 0-65535 (0 picks a free one), or off")
+    return port
+
+
+#: Flags of every service about operating it: metrics and logs.
+OPERATION_FLAGS = (
+    Flag(
+        "--metrics-port",
+        "WEFT_METRICS_PORT",
+        "port of the Prometheus /metrics endpoint on the listen host (off, or 0 for a free one)",
+        default="off",
+        convert=metrics_port,
+    ),
+    Flag("--log-level", "WEFT_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", default="INFO", convert=log_level),
+    Flag("--log-format", "WEFT_LOG_FORMAT", "text, or json (one object per line)", default="text", convert=log_format),
+)
+
 #: Flags shared by every service that talks to etcd.
 ETCD_FLAGS = (
     Flag("--etcd-endpoints", "WEFT_ETCD_ENDPOINTS", "etcd client URLs, comma-separated", convert=etcd_endpoints),
@@ -257,6 +281,9 @@ class ApiConfig:
         auth_tokens_file .. etcd_client_key: see `SECURITY_FLAGS`.
         relaxed_security_namespaces: Namespaces whose steps may relax the hardened pod
             defaults (`Container.security`); `*` allows it everywhere.
+        metrics_port: Port of /metrics on the listen host; None serves no metrics.
+        log_level: Lowest level logged.
+        log_format: "text" or "json".
     """
 
     etcd_endpoints: str
@@ -279,6 +306,9 @@ class ApiConfig:
     etcd_client_key: Path | None = None
     relaxed_security_namespaces: frozenset[str] = frozenset()
     blob_store: str = ""
+    metrics_port: int | None = None
+    log_level: str = "INFO"
+    log_format: str = "text"
 
     @property
     def blob_store_url(self) -> str:
@@ -314,6 +344,7 @@ class ApiConfig:
             default="",
             convert=namespace_set,
         ),
+        *OPERATION_FLAGS,
     )
 
     def __post_init__(self) -> None:

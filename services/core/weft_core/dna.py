@@ -16,6 +16,16 @@ declares other outputs must not reuse an outcome that lacks them. What a process
 and the DNA leaves out (`WEFT_RUN`, `WEFT_ATTEMPT`, `TRACEPARENT`) must not change a
 step's result: including them would make every run a miss.
 
+The image: a reference that names a digest (`repo@sha256:…`, with or without a tag) is
+hashed as `repo@sha256:…`, so the tag beside a digest changes nothing and the cache
+follows the content; any other reference (a tag, or no tag: `:latest`) is hashed as
+written, and `image_hashed_as` says which applied (`ExplainStep` shows it).
+
+Records that would grow with a step's inputs (a join over 10,000 outputs) keep only a
+digest: `spill_components` and `spill_input_outcomes` move the components of an
+explanation and the input outcomes of an outcome into a blob once they pass
+`INLINE_RECORD_BYTES`, and `restore_components` puts them back for a reader.
+
 The components are returned in hashing order so `ExplainStep` can show them as they were
 hashed. This module must never see a secret's value: a secret environment variable
 contributes only its reference (`secret:<name>/<key>`), so rotating a secret never
@@ -39,6 +49,32 @@ EXECUTION_PROTOCOL = "weft-exec/1"
 
 #: Prefix of every DNA and content digest weft writes.
 SHA256_PREFIX = "sha256:"
+
+#: Past this many bytes, an explanation's components or an outcome's input outcomes are
+#: kept in a blob and the record holds its digest (invariant 6: no record grows with the
+#: number of a step's inputs). Small enough that a done record stays a few KiB.
+INLINE_RECORD_BYTES = 8 * 1024
+
+#: `image_hashed_as` values.
+IMAGE_BY_DIGEST = "digest"
+IMAGE_BY_TAG = "tag"
+
+
+def image_for_dna(reference: str) -> tuple[str, str]:
+    """The image as hashed into the DNA, and how (`IMAGE_BY_DIGEST` or `IMAGE_BY_TAG`).
+
+    `registry/repo:tag@sha256:abc` and `registry/repo@sha256:abc` hash alike (the digest
+    decides the content); a reference without a digest is hashed as written.
+    """
+    name, at, digest = reference.partition("@")
+    if not at or not digest.startswith(SHA256_PREFIX):
+        return reference, IMAGE_BY_TAG
+    # Drop a tag: a ':' after the last '/' (a registry port comes before it).
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > slash:
+        name = name[:colon]
+    return f"{name}@{digest}", IMAGE_BY_DIGEST
 
 
 @dataclass(frozen=True)
@@ -125,7 +161,7 @@ def step_dna(
     components: list[tuple[str, str]] = [
         ("protocol", EXECUTION_PROTOCOL),
         ("step", step.name),
-        ("image", image if image is not None else container.image),
+        ("image", image if image is not None else image_for_dna(container.image)[0]),
         ("command", _canonical_list(container.command)),
         ("args", _canonical_list(container.args)),
         *_env_components(container.env),
@@ -148,3 +184,39 @@ def diff_components(old: Iterable[tuple[str, str]], new: Iterable[tuple[str, str
     before, after = dict(old), dict(new)
     names = list(before) + [n for n in after if n not in before]
     return [(n, before.get(n, ""), after.get(n, "")) for n in names if before.get(n, "") != after.get(n, "")]
+
+
+def spill_components(explanation: run_pb2.StepExplanation) -> bytes | None:
+    """Moves the explanation's components into a blob when they are too large to inline.
+
+    Returns the blob's content (the caller stores it; its digest is in
+    `components_digest` now), or None when the components stay in the record.
+    """
+    size = sum(c.ByteSize() + 3 for c in explanation.components)
+    if size <= INLINE_RECORD_BYTES:
+        return None
+    blob = run_pb2.StepExplanation(components=explanation.components).SerializeToString()
+    explanation.components_digest = content_digest(blob)
+    del explanation.components[:]
+    return blob
+
+
+def restore_components(explanation: run_pb2.StepExplanation, blob: bytes) -> None:
+    """Puts spilled components back (`blob` is the content of `components_digest`)."""
+    stored = run_pb2.StepExplanation()
+    stored.ParseFromString(blob)
+    explanation.components.extend(stored.components)
+
+
+def spill_input_outcomes(outcome: run_pb2.Outcome) -> bytes | None:
+    """Moves the outcome's input outcomes into a blob when they are too large to inline.
+
+    Returns the blob's content (its digest is in `input_outcomes_digest` now) or None.
+    """
+    size = sum(len(k) + len(v) + 6 for k, v in outcome.input_outcomes.items())
+    if size <= INLINE_RECORD_BYTES:
+        return None
+    blob = run_pb2.Outcome(input_outcomes=outcome.input_outcomes).SerializeToString(deterministic=True)
+    outcome.input_outcomes_digest = content_digest(blob)
+    outcome.ClearField("input_outcomes")
+    return blob

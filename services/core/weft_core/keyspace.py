@@ -26,6 +26,11 @@ Runs
                                                        step run (create-if-absent; the first
                                                        commit wins, invariant 2). Counting this
                                                        prefix tells when the run is complete.
+    {root}/runs/{ns}/{run}/ok/{step}                   empty; created in the transaction that commits
+                                                       the step SUCCEEDED or CACHED, so another
+                                                       step's commit can check "this upstream is
+                                                       committed" with one compare (done records
+                                                       exist for failed and skipped steps too)
     {root}/runindex/{ns}/{run}                         Run summary (`weft_core.runs.run_summary`:
                                                        no parameters, parameter digests or
                                                        traceparent): written in the same
@@ -44,15 +49,17 @@ Runs
                                                        return it; another body is refused);
                                                        bound to a lease, so etcd forgets it after
                                                        24-25 h (weft_core/requests.py)
-Scheduling
-    {root}/ready/{ns}/{run}/{step}                     Timestamp of readiness (`ready_mark`); created
+Scheduling (both under `{root}/sched/`, so one etcd watch delivers a transaction that
+deletes a ready mark and a claim together as one batch, in revision order: a released
+step never looks unclaimed-but-ready to another executor in between)
+    {root}/sched/ready/{ns}/{run}/{step}               Timestamp of readiness (`ready_mark`); created
                                                        if absent when every upstream of
                                                        the step has a done record. Executors watch
                                                        this prefix. Deleted only after the step's
                                                        successors were derived, so a crash between
                                                        commit and derivation leaves the mark for
                                                        another executor to finish (invariant 3).
-    {root}/claims/{ns}/{run}/{step}                    executor id; bound to the executor's lease, so
+    {root}/sched/claims/{ns}/{run}/{step}              executor id; bound to the executor's lease, so
                                                        it vanishes when the executor dies
                                                        (invariant 4)
     {root}/executors/{executor_id}                     ExecutorRecord (JSON): address for
@@ -63,6 +70,15 @@ Outcomes (the cache)
                                                        runs of that namespace only (the DNA has no
                                                        namespace; an outcome computed with one
                                                        namespace's secrets must not serve another)
+Lineage (written when a step commits a new outcome, `weft_core.lineage`; empty values:
+the key says everything, so every write is an idempotent put, safe alone and in any order)
+    {root}/lineage/{ns}/made/{dna_hex}/{run}/{step}     the outcome with that DNA was produced by
+                                                       step of run (its done record has the rest)
+    {root}/lineage/{ns}/producer/{blob_hex}/{dna_hex}/{output}  the blob is that output of the outcome
+    {root}/lineage/{ns}/consumer/{producer_hex}/{consumer_hex}/{input}  the consumer outcome read its
+                                                       input from the producer outcome
+    {root}/lineage/{ns}/consumed/{blob_hex}/{consumer_hex}/{input}  the consumer outcome read the blob
+                                                       (a step output, parameter or literal) as input
 
 Access
     {root}/blobrefs/{ns}/{hex}                          empty; the blob sha256:{hex} was uploaded for
@@ -165,6 +181,9 @@ class Keyspace:
     def done_prefix(self, ns: str, run: str) -> bytes:
         return self._key("runs", ns, run, "done", "")
 
+    def committed(self, ns: str, run: str, step: str) -> bytes:
+        return self._key("runs", ns, run, "ok", step)
+
     def run_index(self, ns: str, run: str) -> bytes:
         return self._key("runindex", ns, run)
 
@@ -190,28 +209,32 @@ class Keyspace:
         return self._key("requests", ns, request_id)
 
     # Scheduling
+    def scheduling_all(self) -> bytes:
+        """Every ready mark and claim (executors watch this one prefix)."""
+        return self._key("sched", "")
+
     def ready(self, ns: str, run: str, step: str) -> bytes:
-        return self._key("ready", ns, run, step)
+        return self._key("sched", "ready", ns, run, step)
 
     def ready_run_prefix(self, ns: str, run: str) -> bytes:
-        return self._key("ready", ns, run, "")
+        return self._key("sched", "ready", ns, run, "")
 
     def ready_all(self) -> bytes:
-        return self._key("ready", "")
+        return self._key("sched", "ready", "")
 
     def claim(self, ns: str, run: str, step: str) -> bytes:
-        return self._key("claims", ns, run, step)
+        return self._key("sched", "claims", ns, run, step)
 
     def claims_run_prefix(self, ns: str, run: str) -> bytes:
-        return self._key("claims", ns, run, "")
+        return self._key("sched", "claims", ns, run, "")
 
     def claims_all(self) -> bytes:
         """Every claim of every run (executors watch it to re-claim a dead executor's steps)."""
-        return self._key("claims", "")
+        return self._key("sched", "claims", "")
 
     def parse_claim(self, key: bytes) -> tuple[str, str, str]:
         """(namespace, run, step) of a claim key."""
-        ns, run, step = key.decode()[len(self.root) + len("/claims/") :].split("/", 2)
+        ns, run, step = key[len(self.claims_all()) :].decode().split("/", 2)
         return ns, run, step
 
     def executor(self, executor_id: str) -> bytes:
@@ -228,9 +251,28 @@ class Keyspace:
     def outcome(self, namespace: str, dna_hex: str) -> bytes:
         return self._key("outcomes", namespace, dna_hex)
 
+    # Lineage
+    def lineage_made(self, ns: str, dna_hex: str, run: str = "", step: str = "") -> bytes:
+        """Without run and step: the prefix of every producer record of the outcome."""
+        return self._key("lineage", ns, "made", dna_hex, *((run, step) if run else ("",)))
+
+    def lineage_producer(self, ns: str, blob_hex: str, dna_hex: str = "", output: str = "") -> bytes:
+        """Without dna and output: the prefix of every outcome that produced the blob."""
+        return self._key("lineage", ns, "producer", blob_hex, *((dna_hex, output) if dna_hex else ("",)))
+
+    def lineage_consumer(self, ns: str, producer_hex: str, consumer_hex: str = "", input_name: str = "") -> bytes:
+        """Without consumer and input: the prefix of every consumer of the producer outcome."""
+        return self._key(
+            "lineage", ns, "consumer", producer_hex, *((consumer_hex, input_name) if consumer_hex else ("",))
+        )
+
+    def lineage_consumed(self, ns: str, blob_hex: str, consumer_hex: str = "", input_name: str = "") -> bytes:
+        """Without consumer and input: the prefix of every outcome that read the blob."""
+        return self._key("lineage", ns, "consumed", blob_hex, *((consumer_hex, input_name) if consumer_hex else ("",)))
+
     def parse_ready(self, key: bytes) -> tuple[str, str, str]:
         """(namespace, run, step) of a ready-mark key."""
-        ns, run, step = key.decode()[len(self.root) + len("/ready/") :].split("/", 2)
+        ns, run, step = key[len(self.ready_all()) :].decode().split("/", 2)
         return ns, run, step
 
     def tail(self, key: bytes, prefix: bytes) -> str:

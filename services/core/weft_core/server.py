@@ -10,7 +10,9 @@
 Every server gets the standard health service (`grpc.health.v1.Health`, SERVING for ""
 and for each service name) and server reflection listing every service, so grpcurl and
 Kubernetes probes work against any weft service. Interceptors run in one fixed order:
-logging/tracing (outermost: it sees the final status), then errors, then auth.
+metrics, then logging/tracing (outermost: they see the final status), then errors, then
+auth. Readiness (each service's health status) can follow a probe of the service's
+dependency (`follow_readiness`); the server-wide status "" is liveness and stays SERVING.
 
 With an `Auth` (weft_core.auth) every call except health and reflection must carry a
 valid bearer token (UNAUTHENTICATED otherwise) and the role its method's `Rule` names
@@ -48,6 +50,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from weft_core import metrics
 from weft_core.auth import Auth, enter_principal
 from weft_core.errors import InvalidArgument, ServiceError
 from weft_core.store import Compacted
@@ -60,6 +63,12 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: Seconds in-flight calls get to finish on SIGTERM before they are cancelled.
 DEFAULT_GRACE = 10.0
+#: Seconds a client connection lives before the server asks it to reconnect (GOAWAY; gRPC
+#: adds ±10% jitter). Behind a Kubernetes Service a connection sticks to one pod: this is
+#: what spreads clients over new replicas. Streams in flight are not cut.
+DEFAULT_MAX_CONNECTION_AGE = 300.0
+#: Seconds between readiness probes (see `WeftServer.follow_readiness`).
+READINESS_INTERVAL = 1.0
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _propagator = TraceContextTextMapPropagator()
@@ -93,6 +102,9 @@ class WeftServer:
         self.services = list(services)
         self._cleanups: list[Callable[[], Awaitable[None]]] = []
         self._stopped = False
+        self._ready: Callable[[], Awaitable[bool]] | None = None
+        self._readiness_interval = READINESS_INTERVAL
+        self._readiness: asyncio.Task[None] | None = None
 
     def on_stop(self, cleanup: Callable[[], Awaitable[None]]) -> None:
         """Runs `cleanup` (e.g. closing the etcd store) after the server stopped serving."""
@@ -103,6 +115,8 @@ class WeftServer:
         await self.grpc_server.start()
         for name in ["", *self.services]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self._ready is not None and self._readiness is None:
+            self._readiness = asyncio.create_task(self._follow(self._ready), name="readiness probe")
 
     async def stop(self, grace: float | None = DEFAULT_GRACE) -> None:
         """Marks every service NOT_SERVING, lets in-flight calls finish for up to `grace`
@@ -110,6 +124,8 @@ class WeftServer:
         if self._stopped:
             return
         self._stopped = True
+        if self._readiness is not None:
+            self._readiness.cancel()
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace)
         for cleanup in reversed(self._cleanups):
@@ -121,6 +137,32 @@ class WeftServer:
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
 
+    def follow_readiness(self, ready: Callable[[], Awaitable[bool]], interval: float = READINESS_INTERVAL) -> None:
+        """Once started, probes `ready()` every `interval` seconds and reports each service
+        (readiness) SERVING or NOT_SERVING by its answer; an exception counts as not ready.
+
+        The server-wide status "" stays SERVING while the process serves: it is liveness,
+        and restarting a service because etcd is away does not bring etcd back.
+        """
+        self._ready, self._readiness_interval = ready, interval
+
+    async def _follow(self, ready: Callable[[], Awaitable[bool]]) -> None:
+        serving = True  # start() marked every service SERVING
+        while True:
+            await asyncio.sleep(self._readiness_interval)
+            try:
+                now = await ready()
+            except Exception as error:  # the probe must outlive any failure it reports
+                log.debug("readiness probe failed: %s", error)
+                now = False
+            if now == serving or self._stopped:
+                continue
+            log.warning("readiness: %s", "SERVING again" if now else "NOT_SERVING (a dependency is unreachable)")
+            status = health_pb2.HealthCheckResponse.SERVING if now else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in self.services:
+                await self.health.set(name, status)
+            serving = now
+
 
 def create_server(
     listen: str,
@@ -129,6 +171,7 @@ def create_server(
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     auth: Auth | None = None,
     tls: ServerTls | None = None,
+    max_connection_age: float = DEFAULT_MAX_CONNECTION_AGE,
 ) -> tuple[WeftServer, int]:
     """Builds a server bound to `listen` with health, reflection and weft's interceptors.
 
@@ -141,6 +184,7 @@ def create_server(
         auth: Authenticate and authorise every call but health and reflection; None
             serves everyone (weft up on loopback, tests).
         tls: Serve TLS (optionally requiring client certificates); None is plaintext.
+        max_connection_age: Seconds before a client connection is asked to reconnect.
 
     Returns:
         The server and the port it is bound to.
@@ -149,7 +193,11 @@ def create_server(
         RuntimeError: If the address cannot be bound (in use, bad host).
         ValueError: `auth` has no rule for a served method, or a TLS file is unreadable.
     """
-    interceptors: list[_ServerInterceptor] = [LoggingTracingInterceptor(), ErrorInterceptor()]
+    interceptors: list[_ServerInterceptor] = [
+        MetricsInterceptor(),
+        LoggingTracingInterceptor(),
+        ErrorInterceptor(),
+    ]
     if auth is not None:
         auth.check_covers(served_methods([b.name for b in services]))
         interceptors.append(AuthInterceptor(auth))
@@ -161,6 +209,7 @@ def create_server(
             # Two processes must never share a port silently (a restarted api would
             # split traffic with a zombie); binding a used port must fail.
             ("grpc.so_reuseport", 0),
+            ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
         ],
     )
     for binding in services:
@@ -525,6 +574,70 @@ class AuthInterceptor(_ServerInterceptor):
                 async with contextlib.aclosing(_iterate(behaviour, admitted_request, context)) as responses:
                     async for response in responses:
                         yield response
+
+            return stream
+
+        return _wrap_handler(handler, wrap_unary, wrap_stream)
+
+
+def _final_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    code = context.code()
+    # grpc.aio reports the code set by abort() as a StatusCode or as its int value.
+    if isinstance(code, int):
+        code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+    return code or grpc.StatusCode.OK
+
+
+class MetricsInterceptor(_ServerInterceptor):
+    """Counts every call by method and final status code, and times it (weft_core.metrics).
+
+    Outermost, so it sees the status the error interceptor chose. A client that goes away
+    mid-call is counted as CANCELLED.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        kind = (
+            ("bidi_stream" if handler.request_streaming else "server_stream")
+            if handler.response_streaming
+            else ("client_stream" if handler.request_streaming else "unary")
+        )
+
+        def record(context: grpc.aio.ServicerContext[Any, Any], started: float, cancelled: bool) -> None:
+            code = grpc.StatusCode.CANCELLED if cancelled else _final_code(context)
+            metrics.grpc_handled(method, kind, code.name, time.monotonic() - started)
+
+        def wrap_unary(behaviour: Behaviour) -> Behaviour:
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                started, cancelled = time.monotonic(), False
+                try:
+                    return await behaviour(request, context)
+                except asyncio.CancelledError:
+                    cancelled = True
+                    raise
+                finally:
+                    record(context, started, cancelled)
+
+            return unary
+
+        def wrap_stream(behaviour: Behaviour) -> Behaviour:
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                started, cancelled = time.monotonic(), False
+                try:
+                    async for response in _iterate(behaviour, request, context):
+                        yield response
+                except asyncio.CancelledError:
+                    cancelled = True
+                    raise
+                finally:
+                    record(context, started, cancelled)
 
             return stream
 

@@ -3,13 +3,16 @@
 Prints `weft-executor <id> listening on HOST:PORT` (flushed) once it serves and is
 registered, so launchers (`weft up`, tests) can read its address. Logs go to stderr.
 A graceful stop abandons running attempts and revokes the lease, so other executors
-take the steps over at once instead of after the lease TTL.
+take the steps over at once instead of after the lease TTL. Started with `WEFT_SECRET_*`
+variables, it first re-execs itself without them (same pid; see `hand_over_secrets`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -17,6 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from weft_core.config import describe_config
+from weft_core.logs import setup_logging
 from weft_core.telemetry import setup_tracing, shutdown_tracing
 from weft_executor.config import ExecutorConfig
 from weft_executor.executor import Executor
@@ -25,32 +29,68 @@ from weft_executor.runtime.local import SECRET_ENV_PREFIX
 #: prctl(2) option: whether /proc/<pid>/{environ,mem,...} of this process are readable by
 #: other processes of the same user (0: only by root).
 PR_SET_DUMPABLE = 4
+#: After the re-exec: the descriptor the secrets arrive on.
+SECRETS_FD_ENV = "WEFT_EXECUTOR_SECRETS_FD"
 
 log = logging.getLogger("weft_executor")
 
+#: The executor's bearer token towards weft-api (weft_core.config.SECURITY_FLAGS).
+PEER_TOKEN_ENV = "WEFT_PEER_TOKEN"
 
-def protect_secrets() -> Mapping[str, str]:
-    """Keeps secret values away from the steps this process starts (they run as our user).
 
-    Makes the process non-dumpable, so a same-user process (a local step) cannot read
-    `/proc/<executor pid>/environ` or its memory; then removes the `WEFT_SECRET_*`
-    variables and `WEFT_PEER_TOKEN` from `os.environ` so no child inherits them by accident. Returns the
-    environment the local runtime reads, secrets included.
+def _reexec_without_secrets(secrets: Mapping[str, str]) -> None:
+    """Starts this program again, in this process, with the secrets on an inherited memfd
+    instead of in the environment. Does not return."""
+    handover = os.memfd_create("weft-executor-secrets", 0)  # no CLOEXEC: it crosses the exec
+    os.write(handover, json.dumps(dict(secrets)).encode())
+    os.lseek(handover, 0, os.SEEK_SET)
+    environ = {k: v for k, v in os.environ.items() if k not in secrets}
+    environ[SECRETS_FD_ENV] = str(handover)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    script = sys.orig_argv[1] if len(sys.orig_argv) > 1 else ""
+    if os.path.isabs(script) and os.access(script, os.X_OK):
+        # The console script again, so the process keeps its name (`weft-executor` in ps).
+        with contextlib.suppress(OSError):
+            os.execve(script, sys.orig_argv[1:], environ)
+    # /proc/self/exe: the interpreter already running, even where its path is not
+    # searchable by this user; argv[0] keeps sys.executable (and the virtualenv) as it was.
+    os.execve("/proc/self/exe", [sys.executable, *sys.orig_argv[1:]], environ)
 
-    The limit: the initial environment block stays in memory (unsetenv cannot erase it),
-    so without PR_SET_DUMPABLE (not Linux) it stays readable to same-user processes.
+
+def hand_over_secrets() -> Mapping[str, str]:
+    """Keeps secret values away from the steps this process starts.
+
+    The `WEFT_SECRET_*` variables and `WEFT_PEER_TOKEN` are read once: this program re-execs itself (same pid,
+    same arguments) without them and receives them on a memfd it reads and closes, so its
+    initial environment, what `/proc/<pid>/environ` shows for the life of the process,
+    holds none. It makes itself non-dumpable, so a same-user process (a local step of a
+    non-root executor) can read neither that nor its memory; steps of a root executor run
+    as another user and could not anyway. Returns the environment the local runtime reads,
+    secrets included.
+
+    The limit: not on Linux, there is no re-exec and no PR_SET_DUMPABLE; the variables are
+    only removed from os.environ and the initial environment stays readable to same-user
+    processes (a warning says so).
     """
-    environ = dict(os.environ)
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-            log.warning("prctl(PR_SET_DUMPABLE, 0) failed (errno %d): steps may read secrets", ctypes.get_errno())
-    else:
+    # The peer token (how this executor reaches weft-api) is a secret too.
+    secrets = {k: v for k, v in os.environ.items() if k.startswith(SECRET_ENV_PREFIX) or k == PEER_TOKEN_ENV}
+    if sys.platform != "linux":
         log.warning("not Linux: local steps can read this executor's environment, secrets included")
-    # The peer token (already read into the config) is a secret too.
-    for name in [n for n in os.environ if n.startswith(SECRET_ENV_PREFIX) or n == "WEFT_PEER_TOKEN"]:
-        del os.environ[name]
-    return environ
+        for name in secrets:
+            del os.environ[name]
+        return {**os.environ, **secrets}
+    if secrets:
+        _reexec_without_secrets(secrets)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_DUMPABLE, 0) failed (errno %d): steps may read secrets", ctypes.get_errno())
+    handover = os.environ.pop(SECRETS_FD_ENV, "")
+    received: dict[str, str] = {}
+    if handover:
+        with os.fdopen(int(handover), "rb") as source:
+            received = json.loads(source.read())
+    return {**os.environ, **received}
 
 
 async def serve(config: ExecutorConfig, environ: Mapping[str, str] | None = None) -> None:
@@ -71,10 +111,10 @@ async def serve(config: ExecutorConfig, environ: Mapping[str, str] | None = None
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `weft-executor` console script."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = ExecutorConfig.from_args(argv)
+    environ = hand_over_secrets()  # first: it may re-exec this program
+    config = ExecutorConfig.from_args(argv, environ)  # environ: the peer token came on the memfd
+    setup_logging(config.log_level, config.log_format, "weft-executor")
     log.info("weft-executor config: %s", describe_config(config))
-    environ = protect_secrets()
     setup_tracing("weft-executor")
     try:
         asyncio.run(serve(config, environ))

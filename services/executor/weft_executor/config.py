@@ -25,6 +25,7 @@ from typing import Any
 from weft_core.blobs import DEFAULT_API_PATIENCE
 from weft_core.config import (
     ETCD_FLAGS,
+    OPERATION_FLAGS,
     SECURITY_FLAGS,
     ConfigError,
     Flag,
@@ -43,6 +44,21 @@ def runtime_name(value: str) -> str:
     if value not in RUNTIMES:
         raise ValueError(f"expected one of {', '.join(RUNTIMES)}")
     return value
+
+
+def default_max_parallel() -> int:
+    """Four steps per CPU this process may use, at least 8 (see `--max-parallel`'s help)."""
+    return max(8, 4 * len(os.sched_getaffinity(0)))
+
+
+#: The default of `--max-parallel`.
+DEFAULT_MAX_PARALLEL = default_max_parallel()
+MAX_PARALLEL_HELP = (
+    "most steps this executor runs at once (default: 4 per CPU, at least 8). "
+    "More than the CPUs because most steps wait (on a network, a disk, a database, their pod) "
+    "rather than compute: CPU-bound steps share the CPUs either way, and an idle slot costs "
+    "only a claim. Lower it for memory-hungry steps"
+)
 
 
 def positive_int(value: str) -> int:
@@ -184,10 +200,15 @@ class ExecutorConfig:
         lease_ttl: Seconds the executor's claims outlive it (refreshed every TTL/6).
         max_output_bytes: Largest output file a step may write.
         kill_grace: Seconds between SIGTERM and SIGKILL when stopping an attempt.
+        step_user: Who local steps run as: a user name, uid or uid:gid; "" means `nobody`
+            when the executor runs as root and the executor's own user otherwise.
         advertise_host: Host other processes dial for ExecutorService ("" means the listen
             host, or for a wildcard listen host $POD_IP or this host's address).
         api_patience: Seconds each call to weft-api (artifact store) is retried while the
             api is unreachable (a restart, a rolling upgrade), here and in step pods.
+        metrics_port: Port of /metrics on the listen host; None serves no metrics.
+        log_level: Lowest level logged.
+        log_format: "text" or "json".
         kube: The kubernetes runtime's settings.
         blob_store: URL of the artifact store (`s3://bucket/prefix`, `gs://…`, `az://…`,
             `file:///dir`) that this executor (and, for object storage, its step pods)
@@ -199,15 +220,19 @@ class ExecutorConfig:
     api: str
     work_dir: Path
     runtime: str = "local"
-    max_parallel: int = 4
+    max_parallel: int = DEFAULT_MAX_PARALLEL
     listen: str = "127.0.0.1:0"
     etcd_root: str = DEFAULT_ROOT
     executor_id: str = ""
     lease_ttl: int = 10
     max_output_bytes: int = 1024**3
     kill_grace: float = 5.0
+    step_user: str = ""
     advertise_host: str = ""
     api_patience: float = DEFAULT_API_PATIENCE
+    metrics_port: int | None = None
+    log_level: str = "INFO"
+    log_format: str = "text"
     kube: KubeSettings = field(default_factory=KubeSettings)
     blob_store: str = ""
     # Security (weft_core.config.SECURITY_FLAGS): all off by default. The peer settings are
@@ -243,7 +268,13 @@ class ExecutorConfig:
             default="local",
             convert=runtime_name,
         ),
-        Flag("--max-parallel", "WEFT_MAX_PARALLEL", "most steps run at once", default="4", convert=positive_int),
+        Flag(
+            "--max-parallel",
+            "WEFT_MAX_PARALLEL",
+            MAX_PARALLEL_HELP,
+            default=str(DEFAULT_MAX_PARALLEL),
+            convert=positive_int,
+        ),
         Flag(
             "--listen",
             "WEFT_EXECUTOR_LISTEN",
@@ -274,6 +305,13 @@ class ExecutorConfig:
             default="5",
             convert=non_negative_float,
         ),
+        Flag(
+            "--step-user",
+            "WEFT_STEP_USER",
+            "who local steps run as: USER, UID or UID:GID (default: nobody when the executor runs as root, "
+            "else the executor's user; 'root' keeps root)",
+            default="",
+        ),
         Flag("--advertise-host", "WEFT_ADVERTISE_HOST", "host other processes dial for live logs", default=""),
         Flag(
             "--api-patience",
@@ -291,6 +329,7 @@ class ExecutorConfig:
             convert=optional_blob_store_url,
         ),
         *SECURITY_FLAGS,
+        *OPERATION_FLAGS,
     )
     #: The flags of the kubernetes runtime: their dests are the fields of KubeSettings.
     KUBE_FLAGS = (
@@ -382,10 +421,11 @@ class ExecutorConfig:
         values = parse_flags(
             "weft-executor",
             "weft-executor: claims ready steps from etcd and runs them (local processes or Kubernetes pods). "
-            "Secrets of the local runtime come from WEFT_SECRET_<NAME>_<KEY> variables; each reaches only the "
-            "steps granted it, and the executor makes its own memory and environment unreadable to them "
-            "(PR_SET_DUMPABLE). But local steps run as the executor's user: a step can read any file that user "
-            "can read. The local runtime is for trusted code only.",
+            "Secrets of the local runtime come from WEFT_SECRET_<NAME>_<KEY> variables: the executor reads them "
+            "once and re-execs itself without them, each reaches only the steps granted it, and every log has "
+            "every secret value masked. A root executor runs local steps as --step-user (nobody by default) "
+            "with no_new_privs; steps of one user can still read each other, and a step run as the executor's "
+            "user can read that user's files. The local runtime is for trusted code.",
             (*cls.FLAGS, *cls.KUBE_FLAGS),
             argv,
             environ,

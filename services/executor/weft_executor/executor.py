@@ -23,12 +23,14 @@ import importlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from weft.v1 import executor_pb2_grpc, run_pb2
+from weft_core import logs, metrics
 from weft_core.auth import load_auth
-from weft_core.blobs import BlobStore, RemoteBlobStore, namespace_context
+from weft_core.blobs import BlobStore, RemoteBlobStore, blob_namespace
 from weft_core.errors import NotFound, ServiceError, Unavailable
 from weft_core.keyspace import Keyspace
 from weft_core.objectstore import open_blob_store
@@ -71,6 +73,15 @@ def advertised_address(listen: str, port: int, advertise_host: str = "") -> str:
     return f"{host}:{port}"
 
 
+def _log_context_of(key: StepKey) -> Any:
+    """The context of a task that works on step `key`: its log lines name run and step, its
+    blobs belong to the step's namespace."""
+    ns, run_id, step = key
+    context = logs.context_for(run=f"namespaces/{ns}/runs/{run_id}", step=step)
+    context.run(blob_namespace.set, ns)  # and its blobs belong to the step's namespace
+    return context
+
+
 class Executor:
     """A weft executor (see the module docstring).
 
@@ -104,6 +115,10 @@ class Executor:
         self._progress: RunProgress | None = None
         self._pipelines: PipelineReader | None = None
         self._run_refs: RunRefs | None = None
+        #: Claim transactions etcd refused (another executor was first): each one is a
+        #: wasted round trip, so the scheduler tries to keep this low.
+        self.claims_refused = 0
+        self._metrics: metrics.MetricsEndpoint | None = None
 
     # Parts, available after start() ---------------------------------------------------
 
@@ -151,6 +166,7 @@ class Executor:
                 max_output_bytes=self.config.max_output_bytes,
                 kill_grace=self.config.kill_grace,
                 environ=self.environ,
+                step_user=self.config.step_user,
             )
         # Imported by name: the Kubernetes runtime (and its client) loads only when asked for.
         try:
@@ -165,7 +181,7 @@ class Executor:
 
     async def start(self) -> None:
         """Serves ExecutorService, registers in etcd and starts scheduling."""
-        self._store = Store(self.config.etcd_endpoints, tls=etcd_tls_of(self.config))
+        self._store = Store(self.config.etcd_endpoints, tls=etcd_tls_of(self.config), group_commit=True)
         # With object storage, step data goes straight to the store, not through weft-api.
         self._blobs = (
             open_blob_store(self.config.blob_store)
@@ -175,7 +191,7 @@ class Executor:
         self._pipelines = PipelineReader(self._store, self.keyspace, self._blobs, cache_size=64)
         self._run_refs = RunRefs(self._pipelines)
         self._runtime = self._make_runtime(self._blobs)
-        self._progress = RunProgress(self._store, self.keyspace)
+        self._progress = RunProgress(self._store, self.keyspace, stop_orphan=self._stop_orphan)
         self._runner = StepRunner(
             executor_id=self.executor_id,
             store=self._store,
@@ -198,7 +214,12 @@ class Executor:
             auth=auth.with_rules(EXECUTOR_RULES) if auth is not None else None,
             tls=server_tls_of(self.config),
         )
+        self._server.follow_readiness(self._ready)  # NOT_SERVING without a lease or etcd
         await self._server.start()
+        if self.config.metrics_port is not None:
+            self._metrics = metrics.serve_metrics(self.config.listen.rpartition(":")[0], self.config.metrics_port)
+            log.info("serving metrics at http://%s/metrics", self._metrics.address)
+        metrics.watch_ready_queue(lambda: len(self.queue))
         self.address = advertised_address(self.config.listen, port, self.config.advertise_host)
         record = registration_record(self.executor_id, self.address, self._runtime.name)
         self._registration = Registration(self._store, self.keyspace, self.executor_id, self.config.lease_ttl, record)
@@ -213,9 +234,9 @@ class Executor:
         self._loop(self._registration.keep_alive(self._on_lease_lost), "lease keep-alive")
         self._loop(follow_prefix(self._store, ks.run_index_all(), self._runs_listed, self._runs_changed), "runs")
         self._loop(
-            follow_prefix(self._store, ks.ready_all(), self._ready_listed, self._ready_changed, keys_only=True), "ready"
+            follow_prefix(self._store, ks.scheduling_all(), self._scheduling_listed, self._scheduling_changed),
+            "ready marks and claims",
         )
-        self._loop(follow_prefix(self._store, ks.claims_all(), self._claims_listed, self._claims_changed), "claims")
         self._loop(self._dispatch(), "dispatch")
         self._loop(self._sweep_claims(), "claim sweep")
         log.info(
@@ -233,6 +254,8 @@ class Executor:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         await self._abandon_all()
+        if self._runner is not None:
+            await self._runner.close()
         for job in self._jobs:
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)
@@ -246,6 +269,13 @@ class Executor:
             await self._blobs.close()
         if self._store is not None:
             await self._store.close()
+        if self._metrics is not None:
+            await asyncio.to_thread(self._metrics.close)
+
+    async def _ready(self) -> bool:
+        """Readiness: this executor holds a live lease and etcd answers."""
+        registration = self._registration
+        return registration is not None and registration.valid.is_set() and await self.store.reachable()
 
     def _loop(self, coroutine: Coroutine[Any, Any, Any], what: str) -> None:
         task = asyncio.create_task(coroutine, name=f"executor {what}")
@@ -257,8 +287,8 @@ class Executor:
         if not task.cancelled() and task.exception() is not None:
             log.error("executor loop %r died", what, exc_info=task.exception())
 
-    def _job(self, coroutine: Coroutine[Any, Any, Any], what: str) -> None:
-        task = asyncio.create_task(coroutine, name=what)
+    def _job(self, coroutine: Coroutine[Any, Any, Any], what: str, context: Any = None) -> None:
+        task = asyncio.create_task(coroutine, name=what, context=context)
         self._jobs.add(task)
 
         def done(t: asyncio.Task[Any]) -> None:
@@ -273,6 +303,9 @@ class Executor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _stop_orphan(self, ref: RunRef, step: str, attempt: run_pb2.Attempt, reason: str) -> None:
+        await self.runner.stop_orphan(ref, step, attempt, reason)
 
     async def _on_lease_lost(self) -> None:
         # Others may be running our steps already: stop ours before claiming anything again.
@@ -301,9 +334,11 @@ class Executor:
         except Exception:  # a corrupt index entry must not stop the loop
             log.error("runindex entry %s does not parse; ignoring it", key.decode())
             return
+        metrics.run_state(ns, run_id, Run.State.Name(run.state))
         if run.state == Run.STATE_PENDING and (ns, run_id) not in self._starting:
             self._starting.add((ns, run_id))
-            self._job(self._start_run(ns, run_id), f"start run {ns}/{run_id}")
+            context = logs.context_for(run=f"namespaces/{ns}/runs/{run_id}", traceparent=run.traceparent)
+            self._job(self._start_run(ns, run_id), f"start run {ns}/{run_id}", context)
         elif run.state == Run.STATE_CANCELLING and (ns, run_id) not in self.cancelling:
             self.cancelling[(ns, run_id)] = run.message
             self._stop_attempts_of(ns, run_id, run.message)
@@ -332,7 +367,9 @@ class Executor:
                         return
                     ref = await self._run_ref(ns, run_id, found[0])
                     if ref is not None:
-                        await self.progress.start_run(ref)
+                        # The index entry has no trace context; the run record has.
+                        with logs.log_context(trace_id=logs.trace_id_of(found[0].traceparent)):
+                            await self.progress.start_run(ref)
                     return
                 except ServiceError as error:
                     log.warning("cannot start run %s/%s yet: %s", ns, run_id, error.message)
@@ -381,29 +418,35 @@ class Executor:
 
     # Ready marks and claims -----------------------------------------------------------
 
-    async def _ready_listed(self, kvs: list[KeyValue]) -> None:
-        self.queue.reset_ready([self.keyspace.parse_ready(kv.key) for kv in kvs])
+    async def _scheduling_listed(self, kvs: list[KeyValue]) -> None:
+        ready_prefix = self.keyspace.ready_all()
+        ks = self.keyspace
+        self.queue.reset_ready([ks.parse_ready(kv.key) for kv in kvs if kv.key.startswith(ready_prefix)])
+        self.queue.reset_claims(
+            [(ks.parse_claim(kv.key), kv.value.decode()) for kv in kvs if not kv.key.startswith(ready_prefix)]
+        )
 
-    async def _ready_changed(self, events: list[WatchEvent]) -> None:
+    async def _scheduling_changed(self, events: list[WatchEvent]) -> None:
+        # One watch for both prefixes: a release (ready mark and claim deleted in one
+        # transaction) arrives as one batch, so the step never looks ready-and-unclaimed.
+        ready_prefix = self.keyspace.ready_all()
+        ours = self.executor_id.encode()
         for event in events:
-            key = self.keyspace.parse_ready(event.key)
-            if event.deleted:
-                self.queue.ready_removed(key)
-            else:
-                self.queue.ready_added(key)
-
-    async def _claims_listed(self, kvs: list[KeyValue]) -> None:
-        self.queue.reset_claims([(self.keyspace.parse_claim(kv.key), kv.value.decode()) for kv in kvs])
-
-    async def _claims_changed(self, events: list[WatchEvent]) -> None:
-        for event in events:
+            if event.key.startswith(ready_prefix):
+                key = self.keyspace.parse_ready(event.key)
+                if event.deleted:
+                    self.queue.ready_removed(key)
+                else:
+                    self.queue.ready_added(key)
+                continue
             key = self.keyspace.parse_claim(event.key)
             if event.deleted:
                 self.queue.unclaimed(key)
                 if key[:2] in self.cancelling:
                     # Possibly the last claim of a cancelled run (its executor may have died).
                     self._request_finalize(key[0], key[1])
-            else:
+            elif event.value != ours or self.queue.owner(key) != self.executor_id:
+                # Our own claims are in the mirror already (the claim transaction put them).
                 self.queue.claimed(key, event.value.decode())
 
     async def _dispatch(self) -> None:
@@ -426,7 +469,7 @@ class Executor:
             task.cancel_reason = self.cancelling[(ns, run_id)] or "cancelled"
             task.cancelled.set()
         runner = asyncio.create_task(
-            self._claim_and_work(key, task), name=f"step {'/'.join(key)}", context=namespace_context(key[0])
+            self._claim_and_work(key, task), name=f"step {'/'.join(key)}", context=_log_context_of(key)
         )
         self._tasks[key] = (task, runner)
 
@@ -480,7 +523,7 @@ class Executor:
                     break
                 task = StepTask(Claim(*key, self.registration.lease))
                 runner = asyncio.create_task(
-                    self._adopt(key, task), name=f"adopt {'/'.join(key)}", context=namespace_context(key[0])
+                    self._adopt(key, task), name=f"adopt {'/'.join(key)}", context=_log_context_of(key)
                 )
                 self._tasks[key] = (task, runner)
             suspects = orphans - suspects
@@ -513,15 +556,18 @@ class Executor:
         key = (claim.namespace, claim.run_id, claim.step)
         claim_key = self.keyspace.claim(*key)
         ready_key = self.keyspace.ready(*key)
+        started = time.monotonic()
         result = await self.store.txn(
             [absent(claim_key), present(ready_key)],
             [op_put(claim_key, self.executor_id.encode(), claim.lease), *self.runner.snapshot_reads(claim)],
             [op_get(claim_key), op_get(ready_key, count_only=True)],
         )
+        metrics.claim_finished(time.monotonic() - started, won=result.succeeded)
         if result.succeeded:
             self.queue.claimed(key, self.executor_id)
             task.snapshot = self.runner.snapshot_of(result, 1)
             return True
+        self.claims_refused += 1
         holder = result.range_kvs(0)
         if holder:
             self.queue.claimed(key, holder[0].value.decode())

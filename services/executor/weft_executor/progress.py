@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -87,6 +87,20 @@ def parse_step_run(kv: KeyValue) -> StepRun:
     return record
 
 
+def _topological(steps: list[str], dag: Dag) -> list[str]:
+    """`steps` ordered so that every step comes after its upstreams among `steps`."""
+    members = set(steps)
+    waiting = {s: sum(1 for u in dag.upstream_of(s) if u in members) for s in steps}
+    order = [s for s in steps if waiting[s] == 0]
+    for step in order:  # grows while iterating
+        for child in dag.successors(step):
+            if child in members:
+                waiting[child] -= 1
+                if waiting[child] == 0:
+                    order.append(child)
+    return order
+
+
 @dataclass(frozen=True)
 class RunRef:
     """A run as executors address it, with the spec of its pipeline version."""
@@ -137,12 +151,24 @@ class RunRefs:
 class RunProgress:
     """The etcd transitions of runs and steps that every executor may perform."""
 
-    def __init__(self, store: Store, keyspace: Keyspace) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keyspace: Keyspace,
+        *,
+        stop_orphan: Callable[[RunRef, str, run_pb2.Attempt, str], Awaitable[None]] | None = None,
+    ) -> None:
         self.store = store
         self.keyspace = keyspace
+        #: Stops an attempt a dead executor left running (a pod), when a cancel ends its step.
+        self.stop_orphan = stop_orphan
         # Steps known to have a committed outcome, per run: done records never change, so
         # this can only be incomplete, never wrong. It saves re-reading joins' upstreams.
         self._committed: dict[tuple[str, str], set[str]] = {}
+
+    def committed_in(self, namespace: str, run_id: str) -> set[str]:
+        """Steps of the run known to be committed (SUCCEEDED or CACHED): immutable facts."""
+        return self._committed.setdefault((namespace, run_id), set())
 
     def forget(self, namespace: str, run_id: str) -> None:
         """Drops what is cached about a run (call when it reached a terminal state)."""
@@ -242,10 +268,21 @@ class RunProgress:
         committed.add(step)
         ready = [s for s in ref.dag.successors(step) if await self._upstreams_committed(ref, s, committed)]
         if ready:
-            await self.store.create_many_if_absent(
-                [(self.keyspace.ready(ref.namespace, ref.run_id, s), ready_mark()) for s in ready]
-            )
+            await self.create_ready_marks(ref, ready)
         return ready
+
+    async def create_ready_marks(self, ref: RunRef, steps: list[str]) -> None:
+        """Creates the ready marks of `steps` that have neither a mark nor a done record.
+
+        A step that is done already must not be marked again: re-deriving readiness after
+        a crash (or on the slower of two executors) would walk the whole finished
+        downstream once more, one claim after the other.
+        """
+        ks = self.keyspace
+        await self.store.create_many_if_absent(
+            [(ks.ready(ref.namespace, ref.run_id, s), ready_mark()) for s in steps],
+            unless=[ks.done(ref.namespace, ref.run_id, s) for s in steps],
+        )
 
     async def _upstreams_committed(self, ref: RunRef, step: str, committed: set[str]) -> bool:
         unknown = [u for u in ref.dag.upstream_of(step) if u not in committed]
@@ -289,7 +326,8 @@ class RunProgress:
             compares: list[object] = [absent(done_key), unchanged_since(kv.key, kv.mod_revision)]
             writes: list[object] = [
                 op_put(done_key, data),
-                op_put(self.keyspace.step(ref.namespace, ref.run_id, record.step), data),
+                # The done record replaces the step record (each record is written once).
+                op_delete(self.keyspace.step(ref.namespace, ref.run_id, record.step)),
             ]
             if run.state in ACTIVE_RUN_STATES and not run.failed_step:
                 failed = Run()
@@ -310,9 +348,22 @@ class RunProgress:
 
         Returns how many done records this call created.
         """
+        # Skips are written deepest first (reverse topological order), so whatever part of
+        # a walk was written before a crash is closed under "downstream of": a child with a
+        # done record has one on all of its downstream steps too, and its subtree is not
+        # walked again. 2,000 failing mappers over one shared downstream cost one walk,
+        # not 2,000.
+        children = list(ref.dag.successors(failed_step))
+        if not children:
+            return 0
+        done_keys = {c: self.keyspace.done(ref.namespace, ref.run_id, c) for c in children}
+        found = await self.store.get_many(list(done_keys.values()))
         descendants: list[str] = []
-        seen = {failed_step}
-        queue = deque([failed_step])
+        seen = {failed_step, *(c for c, key in done_keys.items() if key in found)}
+        queue = deque(c for c in children if c not in seen)
+        for child in queue:
+            seen.add(child)
+            descendants.append(child)
         while queue:
             for child in ref.dag.successors(queue.popleft()):
                 if child not in seen:
@@ -323,7 +374,7 @@ class RunProgress:
             return 0
         end = now()
         items = []
-        for name in descendants:
+        for name in reversed(_topological(descendants, ref.dag)):
             skipped = StepRun(step=name, state=StepRun.STATE_SKIPPED, message=f"upstream step {failed_step} failed")
             skipped.end_time.CopyFrom(end)
             items.append((self.keyspace.done(ref.namespace, ref.run_id, name), skipped.SerializeToString()))
@@ -392,6 +443,17 @@ class RunProgress:
         done_prefix = self.keyspace.done_prefix(ref.namespace, ref.run_id)
         listed = await self.store.range_all(done_prefix, keys_only=True)
         done = {self.keyspace.tail(kv.key, done_prefix) for kv in listed.kvs}
+        if self.stop_orphan is not None:
+            # No claim is left, so an attempt still RUNNING in a step record was launched by
+            # an executor that died: its pod would run on for hours after the run is over.
+            steps_prefix = self.keyspace.steps_prefix(ref.namespace, ref.run_id)
+            for kv in (await self.store.range_all(steps_prefix)).kvs:
+                name = self.keyspace.tail(kv.key, steps_prefix)
+                if name in done:
+                    continue
+                for attempt in parse_step_run(kv).attempts:
+                    if attempt.state == run_pb2.Attempt.STATE_RUNNING and attempt.handle:
+                        await self.stop_orphan(ref, name, attempt, f"run cancelled{': ' + reason if reason else ''}")
         end = now()
         items = []
         for name in ref.dag.steps:

@@ -36,6 +36,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+from weft_core import metrics
 from weft_core.errors import ServiceError
 from weft_core.keyspace import Keyspace
 from weft_core.store import Store
@@ -137,6 +138,7 @@ class Registration:
                 except (ServiceError, TimeoutError) as error:
                     # Any error, not only Unavailable: the loop must never die (a zombie
                     # executor whose claims expire while it keeps running their attempts).
+                    metrics.lease_renewed(False)
                     if not failures:
                         outage_since = sent
                         detail = error.message if isinstance(error, ServiceError) else "no answer in time"
@@ -159,6 +161,7 @@ class Registration:
                         )
                     failures = 0
                     self.last_ok = sent  # etcd's clock started no earlier than our send
+                    metrics.lease_renewed(True)
                     continue
                 reason = "the lease expired"
             failures = 0
@@ -167,6 +170,7 @@ class Registration:
             )
             self.lost_at = time.monotonic()
             self.valid.clear()
+            metrics.lease_lost()
             await on_lost()
             await self._register_again()
 

@@ -2,24 +2,29 @@
 
 After this executor claims a step (`weft_executor.scheduler`), `StepRunner.run` does:
 
-1. Read the run, the step's done record and its step record in one snapshot. A done
-   record means the step was committed but its successors may not have been derived
-   (a crash between commit and derivation): finish that and let go (invariant 3).
+1. Take the run's summary, the step's done record and its step record from the claim's
+   own snapshot (the run's parameters are read once per run). A done record means the
+   step was committed but its successors may not have been derived (a crash between
+   commit and derivation): finish that and let go (invariant 3).
 2. Resolve every input's content digest (parameters, literals, upstream outputs) and
-   compute the DNA (`weft_core.dna`).
-3. Decide: reuse the resumed run's outcome (RESUMED), reuse a verified cached outcome
-   (HIT, nothing launched; invariant 7), or launch (MISS). The explanation, with the
-   DNA components and the reason, goes into the step's records (ExplainStep reads it).
-4. Launch attempts through the runtime, recording each in the step record before
-   waiting on it; retry failed attempts with backoff up to RetryPolicy.max_attempts
-   (attempts LOST with a dead executor do not count, but after MAX_LOST_ATTEMPTS of
-   them the step fails: a step that kills its executor is not retried forever).
-5. Commit: the done record is created only if absent, with the outcome (and the cache
-   entry), in one transaction: the first commit wins and a later finisher is recorded as
-   a loser, never overwriting (invariant 2). A final failure commits FAILED and marks
-   the downstream steps SKIPPED.
-6. Derive successors' readiness, check whether the run is complete, and only then delete
-   the ready mark and claim together (`weft_executor.progress`).
+   compute the DNA (`weft_core.dna`); an input that cannot be resolved fails the step.
+   From here a `StepWork` carries the step through the rest.
+3. Decide (`weft_executor.cache`): reuse the resumed run's outcome (RESUMED), reuse a
+   verified cached outcome (HIT, nothing launched; invariant 7), or launch (MISS). The
+   explanation goes into the step's records (its components in a blob when large).
+4. Record each attempt in the step record, then launch it through the runtime, and wait;
+   retry failed attempts with backoff up to RetryPolicy.max_attempts (attempts LOST with
+   a dead executor do not count, but after MAX_LOST_ATTEMPTS of them the step fails: a
+   step that kills its executor is not retried forever).
+5. Commit: the done record is created only if absent, in one transaction with the
+   outcome (and the cache entry), the step's `ok` marker, its successors' ready marks
+   and, when the step cannot be the run's last, its release: the first commit wins and a
+   later finisher is recorded as a loser, never overwriting (invariant 2). A commit too
+   large for etcd is a final failure. A final failure commits FAILED and marks the
+   downstream steps SKIPPED.
+6. Otherwise derive successors' readiness, check whether the run is complete, and only
+   then delete the ready mark and claim together (`weft_executor.progress`), after the
+   step's slot was freed.
 
 Every write that is not create-if-absent is guarded by this executor still holding the
 claim (its lease), so an executor that lost its lease never overwrites the executor that
@@ -33,6 +38,7 @@ import contextlib
 import functools
 import logging
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,15 +46,35 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode, get_current_span
 
 from weft.v1 import pipeline_pb2, run_pb2
+from weft_core import metrics
 from weft_core.blobs import BlobStore
-from weft_core.dna import StepDNA, content_digest, step_dna
-from weft_core.errors import NotFound, ServiceError, Unavailable
-from weft_core.keyspace import Keyspace, ready_time_of
-from weft_core.spec import parse_run_name
-from weft_core.store import KeyValue, Store, TxnResult, absent, lease_is, op_get, op_put, unchanged_since
+from weft_core.dna import (
+    StepDNA,
+    content_digest,
+    spill_components,
+    spill_input_outcomes,
+    step_dna,
+)
+from weft_core.errors import NotFound, ResourceExhausted, ServiceError, Unavailable
+from weft_core.keyspace import Keyspace, ready_mark, ready_time_of
+from weft_core.lineage import index_outcome
+from weft_core.logs import log_context, trace_id_of
+from weft_core.store import (
+    KeyValue,
+    Store,
+    TxnResult,
+    absent,
+    lease_is,
+    op_delete,
+    op_get,
+    op_put,
+    op_txn,
+    present,
+    unchanged_since,
+)
 from weft_core.telemetry import (
     ATTR_ATTEMPT,
     ATTR_DNA,
@@ -59,6 +85,7 @@ from weft_core.telemetry import (
     traceparent_of,
     tracer,
 )
+from weft_executor.cache import CacheDecider, CacheDecision, duration_seconds
 from weft_executor.progress import (
     COMMITTED_STEP_STATES,
     TERMINAL_RUN_STATES,
@@ -93,6 +120,14 @@ PENDING_WAIT_SECONDS = 2.0
 #: it must not be retried forever: after this many the step fails.
 MAX_LOST_ATTEMPTS = 3
 PENDING_POLL_SECONDS = 0.2
+#: Largest commit a step may write: below etcd's default 1.5 MiB request limit, with room
+#: for the transaction's other operations.
+MAX_RECORD_BYTES = 1024 * 1024
+#: Successors whose readiness a commit derives in its own transaction: at most this many
+#: (one operation each), each with at most NESTED_UPSTREAMS other upstreams not known to be
+#: committed (one compare each). Wider steps derive readiness after the commit.
+NESTED_SUCCESSORS = 64
+NESTED_UPSTREAMS = 32
 #: Runs whose record revision a runner remembers (a cache; see `StepRunner._saw_run`).
 RUN_REVISIONS_KEPT = 1024
 
@@ -103,6 +138,19 @@ class _NotAdopted(Exception):
 
 class ClaimLost(Exception):
     """This executor no longer holds the step's claim: stop without writing anything."""
+
+
+class RecordTooLarge(Exception):
+    """A step's commit would be larger than etcd accepts: a final error of the step."""
+
+    def __init__(self, step: str, size: int) -> None:
+        super().__init__(
+            f"step {step}: its commit is {size / 1024:.0f} KiB, over the {MAX_RECORD_BYTES // 1024} KiB "
+            "etcd accepts in one request (too many declared outputs or too large a message); "
+            "declare fewer outputs, or write one output that bundles them"
+        )
+        self.step = step
+        self.size = size
 
 
 @dataclass(frozen=True)
@@ -135,9 +183,36 @@ class StepTask:
 
 
 @dataclass(frozen=True)
+class StepWork:
+    """A claimed step whose DNA is known: what its cache decision, attempts and commit need.
+
+    Attributes:
+        task: The claim and its cancellation state.
+        ref: The run with its pipeline version.
+        run: The run record.
+        step: The step as the pipeline version specifies it.
+        record: The step record being built (attempts, explanation); mutable.
+        dna: The step's DNA.
+        inputs: Its resolved inputs.
+    """
+
+    task: StepTask
+    ref: RunRef
+    run: Run
+    step: pipeline_pb2.Step
+    record: StepRun
+    dna: StepDNA
+    inputs: ResolvedInputs
+
+    @property
+    def claim(self) -> Claim:
+        return self.task.claim
+
+
+@dataclass(frozen=True)
 class StepSnapshot:
-    """The run record, the step's done record and its step record, read in one revision
-    (by the claim transaction itself, which saves a round trip per step)."""
+    """The run's runindex summary, the step's done record and its step record, read in one
+    revision (by the claim transaction itself, which saves a round trip per step)."""
 
     run: KeyValue | None
     done: KeyValue | None
@@ -146,21 +221,16 @@ class StepSnapshot:
 
 
 @dataclass(frozen=True)
-class CacheDecision:
-    """What to do with a step whose DNA is known: reuse `outcome`, or launch (None)."""
-
-    explanation: Explanation
-    outcome: run_pb2.Outcome | None = None
-    reused_from_run: str = ""
-
-
-@dataclass(frozen=True)
 class Commit:
     """What a commit transaction found: the done record that won if it was not ours, else
-    the run's done count at our commit (None when unknown)."""
+    the run's done count at our commit (None when unknown), whether the successors'
+    readiness was derived in it (but for `underived`) and whether it released the step."""
 
     winner: StepRun | None = None
     done_count: int | None = None
+    derived: bool = False
+    released: bool = False
+    underived: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -178,18 +248,13 @@ def env_suffix(name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
-def _duration_seconds(duration: object, default: float) -> float:
-    seconds = getattr(duration, "seconds", 0) + getattr(duration, "nanos", 0) / 1e9
-    return seconds if seconds > 0 else default
-
-
 def backoff_seconds(retry: pipeline_pb2.RetryPolicy, failed_attempts: int) -> float:
     """The wait before the attempt after `failed_attempts` failures (RetryPolicy defaults)."""
-    base = _duration_seconds(retry.backoff, DEFAULT_BACKOFF) if retry.HasField("backoff") else DEFAULT_BACKOFF
+    base = duration_seconds(retry.backoff, DEFAULT_BACKOFF) if retry.HasField("backoff") else DEFAULT_BACKOFF
     factor = retry.backoff_factor or DEFAULT_BACKOFF_FACTOR
     ceiling = DEFAULT_MAX_BACKOFF
     if retry.HasField("max_backoff"):
-        ceiling = _duration_seconds(retry.max_backoff, DEFAULT_MAX_BACKOFF)
+        ceiling = duration_seconds(retry.max_backoff, DEFAULT_MAX_BACKOFF)
     return float(min(ceiling, base * factor ** max(0, failed_attempts - 1)))
 
 
@@ -210,18 +275,18 @@ async def until_written(write: Callable[[], Awaitable[T]], what: str) -> T:
             delay = min(delay * 2, 5.0)
 
 
-def _describe_duration(seconds: float) -> str:
-    if seconds % 3600 == 0:
-        return f"{int(seconds // 3600)}h"
-    if seconds % 60 == 0:
-        return f"{int(seconds // 60)}m"
-    return f"{seconds:g}s"
-
-
 def _timestamp(moment: datetime) -> Timestamp:
     stamp = now()
     stamp.FromDatetime(moment)
     return stamp
+
+
+def _child_span(name: str, attributes: Mapping[str, str]) -> contextlib.AbstractContextManager[Span]:
+    """A child span of the current one, or nothing when that one is not recorded (export
+    off): a step's hot path must not pay for spans nobody receives."""
+    if not get_current_span().is_recording():
+        return contextlib.nullcontext(INVALID_SPAN)
+    return tracer().start_as_current_span(name, attributes=dict(attributes))
 
 
 def claim_parts(claim: Claim) -> tuple[str, str, str]:
@@ -265,12 +330,24 @@ class StepRunner:
         self.runtime = runtime
         self.is_cancelling = is_cancelling
         self.live_attempts = live_attempts
+        self.cache = CacheDecider(store, keyspace, blobs)
         #: Processes launched by this runner, for tests and the benchmark.
         self.launches = 0
         # The run record's last mod revision seen, per run: commits are guarded on it so
         # that nothing is committed into a run that turned terminal. A stale value costs
         # one more round trip, never a wrong commit.
-        self._run_revisions: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._run_revisions: OrderedDict[tuple[str, str], tuple[int, bool]] = OrderedDict()
+        # What never changes in a run record after CreateRun, per run (see `_full_run`).
+        self._run_inputs: OrderedDict[tuple[str, str], Run] = OrderedDict()
+        # Post-commit work (derivation, completion, release) of steps whose slot is free
+        # already; asyncio keeps only weak references to tasks.
+        self._finishing: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """Stops the post-commit work still running (the next holder of each step redoes it)."""
+        for task in self._finishing:
+            task.cancel()
+        await asyncio.gather(*self._finishing, return_exceptions=True)
 
     # Entry point ----------------------------------------------------------------------
 
@@ -296,12 +373,17 @@ class StepRunner:
             log.warning("ready mark of %s/%s/%s has no run record; dropping it", *claim_parts(claim))
             await self._drop_mark(claim)
             return
-        run = parse_run(snapshot.run)
+        found = await self._full_run(claim.namespace, claim.run_id, parse_run(snapshot.run))
+        if found is None:
+            log.warning("ready mark of %s/%s/%s has no run record; dropping it", *claim_parts(claim))
+            await self._drop_mark(claim)
+            return
+        run = found
         if run.state in TERMINAL_RUN_STATES:
             await self._drop_mark(claim)
             self.progress.forget(claim.namespace, claim.run_id)
             return
-        self._saw_run(claim.namespace, claim.run_id, snapshot.run.mod_revision)
+        self._saw_run(claim.namespace, claim.run_id, snapshot.run, run)
         try:
             await self._run_claimed(task, snapshot, run)
         except RunEnded as ended:
@@ -311,10 +393,38 @@ class StepRunner:
             await self._drop_mark(claim)
             self.progress.forget(claim.namespace, claim.run_id)
 
-    def _saw_run(self, namespace: str, run_id: str, revision: int) -> None:
+    async def _full_run(self, namespace: str, run_id: str, summary: Run) -> Run | None:
+        """The run record: the claim read the small runindex summary (its state is current),
+        and what the summary leaves out never changes after CreateRun (parameters, their
+        digests, the trace context), so it is read once per run, not once per step (a run
+        may carry 256 KiB of parameters)."""
         key = (namespace, run_id)
-        if revision > self._run_revisions.get(key, 0):
-            self._run_revisions[key] = revision
+        fixed = self._run_inputs.get(key)
+        if fixed is None:
+            kv = await self.store.get(self.keyspace.run(namespace, run_id))
+            if kv is None:
+                return None
+            fixed = parse_run(kv)
+            self._run_inputs[key] = fixed
+            while len(self._run_inputs) > RUN_REVISIONS_KEPT:
+                self._run_inputs.popitem(last=False)
+        self._run_inputs.move_to_end(key)
+        run = Run()
+        run.CopyFrom(summary)
+        run.parameters.update(fixed.parameters)
+        run.parameter_digests.update(fixed.parameter_digests)
+        run.traceparent = fixed.traceparent
+        return run
+
+    def _saw_run(self, namespace: str, run_id: str, kv: KeyValue, run: Run, *, current: bool = False) -> None:
+        """Remembers the run record's revision (`current`: `kv` is the run key itself, just
+        read; else the runindex summary, written in the same transaction as the run key)."""
+        key = (namespace, run_id)
+        if current or kv.mod_revision > self._run_revisions.get(key, (0, False))[0]:
+            # "Quiet": RUNNING with no failed step. Then no step of the run is skipped or
+            # cancelled, so a step with successors cannot be the run's last one to finish.
+            quiet = run.state == Run.STATE_RUNNING and not run.failed_step
+            self._run_revisions[key] = (kv.mod_revision, quiet)
         self._run_revisions.move_to_end(key)
         while len(self._run_revisions) > RUN_REVISIONS_KEPT:
             self._run_revisions.popitem(last=False)
@@ -343,14 +453,18 @@ class StepRunner:
             return
         step = ref.step(claim.step)
         attributes = {ATTR_RUN: ref.name, ATTR_STEP: claim.step}
-        with span_in_run_trace("weft.step", run.traceparent, attributes) as span:
+        with (
+            span_in_run_trace("weft.step", run.traceparent, attributes) as span,
+            log_context(run=ref.name, step=claim.step, trace_id=trace_id_of(run.traceparent)),
+        ):
             await self._run_step(task, ref, run, step, record, span)
 
     def snapshot_reads(self, claim: Claim) -> list[object]:
         """The reads of a StepSnapshot, to put into a transaction (the claim's)."""
         ks = self.keyspace
         return [
-            op_get(ks.run(claim.namespace, claim.run_id)),
+            # The small summary, not the run record: see `_full_run`.
+            op_get(ks.run_index(claim.namespace, claim.run_id)),
             op_get(ks.done(claim.namespace, claim.run_id, claim.step)),
             op_get(ks.step(claim.namespace, claim.run_id, claim.step)),
             op_get(ks.ready(claim.namespace, claim.run_id, claim.step)),
@@ -373,27 +487,67 @@ class StepRunner:
         self, task: StepTask, ref: RunRef, run: Run, step: pipeline_pb2.Step, record: StepRun, span: Span
     ) -> None:
         claim = task.claim
-        inputs = await self._resolve_inputs(ref, run, step)
-        if inputs is None:
-            await self._drop_mark(claim)
-            return
-        dna = step_dna(step, inputs.digests)
-        span.set_attribute(ATTR_DNA, dna.digest)
         # A pod outlives its executor: the attempt it runs may be re-attached (adopted)
         # below instead of being lost; `_run_attempts` tries before launching anew.
         orphan = next((a for a in reversed(record.attempts) if a.state == Attempt.STATE_RUNNING), None)
         self._abandon_running_attempts(record)
-        with tracer().start_as_current_span("weft.cache_lookup", attributes={ATTR_DNA: dna.digest}) as lookup:
-            decision = await self._decide(ref, run, step, dna)
-            lookup.set_attribute("weft.cache.decision", Explanation.Decision.Name(decision.explanation.decision))
-        if decision.outcome is not None:
-            await self._commit_reuse(ref, record, claim, dna, decision)
+        inputs = await self._resolve_inputs(ref, run, step)
+        if isinstance(inputs, str):
+            # Dropping the mark would leave the run RUNNING forever: the step fails instead.
+            log.error("step %s of %s: %s; failing it", step.name, ref.name, inputs)
+            await self._stop_orphan(ref, step, orphan, "its step failed")
+            await self._commit_failure(ref, record, claim, 0, 1, message=inputs)
             return
-        await self._run_attempts(task, ref, run, step, record, dna, inputs, decision.explanation, orphan)
+        dna = step_dna(step, inputs.digests)
+        work = StepWork(task, ref, run, step, record, dna, inputs)
+        span.set_attribute(ATTR_DNA, dna.digest)
+        with _child_span("weft.cache_lookup", {ATTR_DNA: dna.digest}) as lookup:
+            decision = await self.cache.decide(ref, run, step, dna)
+            metrics.cache_decision(Explanation.Decision.Name(decision.explanation.decision))
+            lookup.set_attribute("weft.cache.decision", Explanation.Decision.Name(decision.explanation.decision))
+        spilled = spill_components(decision.explanation)
+        if spilled is not None:
+            await self.blobs.put(spilled)
+        if decision.outcome is not None:
+            # The orphan's work is not needed: a pod left by a dead executor must not run on.
+            await self._stop_orphan(ref, step, orphan, f"step reused ({decision.explanation.reason})")
+            await self._commit_reuse(work, decision)
+            return
+        await self._run_attempts(work, decision.explanation, orphan)
+
+    async def stop_orphan(self, ref: RunRef, step: str, orphan: Attempt, reason: str) -> None:
+        """Asks the runtime to stop an attempt another executor left running (a pod whose
+        executor died): its run was cancelled or its step is done without it."""
+        await self._stop_orphan(ref, ref.step(step), orphan, reason)
+
+    async def _stop_orphan(self, ref: RunRef, step: pipeline_pb2.Step, orphan: Attempt | None, reason: str) -> None:
+        if orphan is None or not orphan.handle or orphan.executor == self.executor_id:
+            return  # our own attempts are stopped through the task that runs them
+        spec = AttemptSpec(
+            namespace=ref.namespace,
+            run=ref.run_id,
+            step=step.name,
+            attempt=orphan.number,
+            image=step.container.image,
+            command=(),
+            working_dir="",
+            env={},
+            secret_env={},
+            inputs={},
+            outputs=(),
+            timeout=None,
+            dna="",
+        )
+        try:
+            if await self.runtime.stop_orphan(spec, orphan.handle, reason):
+                orphan.message = f"stopped: {reason}"
+        except ServiceError as error:
+            log.warning("cannot stop attempt %d of %s (%s): %s", orphan.number, step.name, orphan.handle, error.message)
 
     # Inputs and DNA -------------------------------------------------------------------
 
-    async def _resolve_inputs(self, ref: RunRef, run: Run, step: pipeline_pb2.Step) -> ResolvedInputs | None:
+    async def _resolve_inputs(self, ref: RunRef, run: Run, step: pipeline_pb2.Step) -> ResolvedInputs | str:
+        """Every input's digest, or why an input cannot be resolved (the step then fails)."""
         upstream = sorted({i.step_output.step for i in step.inputs if i.WhichOneof("source") == "step_output"})
         keys = {name: self.keyspace.done(ref.namespace, ref.run_id, name) for name in upstream}
         found = await self.store.get_many(list(keys.values())) if keys else {}
@@ -415,122 +569,129 @@ class StepRunner:
                 ref_out = item.step_output
                 upstream_record = done.get(ref_out.step)
                 if upstream_record is None or upstream_record.state not in COMMITTED_STEP_STATES:
-                    log.error(
-                        "step %s of %s is ready but upstream %s has no committed outcome; dropping the mark",
-                        step.name,
-                        ref.name,
-                        ref_out.step,
+                    seen = "no record" if upstream_record is None else StepRun.State.Name(upstream_record.state)
+                    return (
+                        f"input {item.name}: upstream step {ref_out.step} has no committed outcome "
+                        f"({seen.removeprefix('STATE_')}) although step {step.name} was marked ready"
                     )
-                    return None
                 digest = upstream_record.outcome.outputs.get(ref_out.output)
                 if not digest:
-                    log.error("upstream %s of %s committed no output %r", ref_out.step, ref.name, ref_out.output)
-                    return None
+                    return (
+                        f"input {item.name}: upstream step {ref_out.step} committed no output "
+                        f"{ref_out.output!r} (it has: {', '.join(sorted(upstream_record.outcome.outputs)) or 'none'})"
+                    )
                 digests[item.name] = digest
                 input_outcomes[item.name] = upstream_record.outcome.dna
         return ResolvedInputs(digests, input_outcomes, values)
 
-    # The cache decision ---------------------------------------------------------------
-
-    async def _missing_blob(self, outputs: Mapping[str, str]) -> str:
-        """The first output digest that the artifact store no longer has, or ""."""
-        digests = sorted(set(outputs.values()))
-        found = await asyncio.gather(*(self.blobs.stat(d) for d in digests))
-        return next((d for d, info in zip(digests, found, strict=True) if info is None), "")
-
-    async def _decide(self, ref: RunRef, run: Run, step: pipeline_pb2.Step, dna: StepDNA) -> CacheDecision:
-        def explanation(
-            decision: Explanation.Decision, reason: str, outcome: run_pb2.Outcome | None = None
-        ) -> Explanation:
-            result = Explanation(dna=dna.digest, components=dna.as_pb(), decision=decision, reason=reason)
-            if outcome is not None:
-                result.outcome.CopyFrom(outcome)
-            return result
-
-        resume_note = ""
-        if run.resumed_from:
-            reused = await self._resumable_outcome(run.resumed_from, step.name, dna)
-            if isinstance(reused, run_pb2.Outcome):
-                reason = f"resumed: outcome of {run.resumed_from} step {step.name} has the same DNA"
-                resumed = explanation(Explanation.DECISION_RESUMED, reason, reused)
-                return CacheDecision(resumed, reused, run.resumed_from)
-            resume_note = f" (not resumed: {reused})"
-
-        mode = run.options.cache_mode
-        enabled = not step.cache.HasField("enabled") or step.cache.enabled
-        if mode == run_pb2.CACHE_MODE_REFRESH:
-            return CacheDecision(explanation(Explanation.DECISION_MISS, "miss: cache mode REFRESH" + resume_note))
-        if mode == run_pb2.CACHE_MODE_OFF:
-            return CacheDecision(explanation(Explanation.DECISION_MISS, "miss: cache mode OFF" + resume_note))
-        if not enabled:
-            return CacheDecision(explanation(Explanation.DECISION_MISS, "miss: cache disabled for step" + resume_note))
-        kv = await self.store.get(self.keyspace.outcome(ref.namespace, dna.hex))
-        if kv is None:
-            return CacheDecision(explanation(Explanation.DECISION_MISS, "miss: no outcome with this DNA" + resume_note))
-        outcome = run_pb2.Outcome()
-        outcome.ParseFromString(kv.value)
-        if step.cache.HasField("max_age"):
-            max_age = _duration_seconds(step.cache.max_age, 0.0)
-            age = (datetime.now(UTC) - outcome.commit_time.ToDatetime(tzinfo=UTC)).total_seconds()
-            if max_age > 0 and age > max_age:
-                reason = f"miss: outcome older than max_age {_describe_duration(max_age)}"
-                return CacheDecision(explanation(Explanation.DECISION_MISS, reason + resume_note, outcome))
-        missing = await self._missing_blob(outcome.outputs)
-        if missing:
-            reason = f"miss: outcome blob {missing} is gone"
-            return CacheDecision(explanation(Explanation.DECISION_MISS, reason + resume_note, outcome))
-        reason = f"hit: outcome of {outcome.run} step {outcome.step}"
-        return CacheDecision(explanation(Explanation.DECISION_HIT, reason, outcome), outcome, outcome.run)
-
-    async def _resumable_outcome(self, resumed_from: str, step: str, dna: StepDNA) -> run_pb2.Outcome | str:
-        """The resumed run's committed outcome of `step` if its DNA matches and its blobs
-        exist, else why not."""
-        try:
-            old_ns, old_run = parse_run_name(resumed_from, "run.resumed_from")
-        except ServiceError as error:
-            return error.message
-        kv = await self.store.get(self.keyspace.done(old_ns, old_run, step))
-        if kv is None:
-            return f"{resumed_from} has no outcome of step {step}"
-        old = parse_step_run(kv)
-        if old.state not in COMMITTED_STEP_STATES:
-            return f"step {step} was {StepRun.State.Name(old.state).removeprefix('STATE_')} in {resumed_from}"
-        if old.outcome.dna != dna.digest:
-            return f"the DNA of step {step} changed since {resumed_from}"
-        missing = await self._missing_blob(old.outcome.outputs)
-        if missing:
-            return f"outcome blob {missing} is gone"
-        return old.outcome
-
     # Commits --------------------------------------------------------------------------
 
-    async def _commit_done(self, ref: RunRef, record: StepRun, extra: list[object] | None = None) -> Commit:
-        """Creates the done record (and writes the step record and `extra`) if absent.
+    def _derivation_ops(self, ref: RunRef, step: str) -> tuple[list[object], list[tuple[str, list[str]]]] | None:
+        """Nested transactions that create the ready marks of `step`'s successors inside its
+        commit, or None when they do not fit (then readiness is derived after the commit).
 
-        The same transaction counts the run's done records, so the completion check needs
-        no read of its own. (The ready mark and claim are not deleted here even for a step
-        without successors: a crash before the completion check must leave the mark for
-        another executor to finish the run.)
+        A successor is marked if, when etcd applies the commit, each of its other upstreams
+        not known to be committed has its `ok` marker, and it has neither a ready mark nor a
+        done record. etcd applies transactions one at a time, so of two upstreams of a join
+        committing at once the second always sees the first (invariant 3), and the commit,
+        the marks and the release are one atomic step: no crash can fall between them.
         """
         ks = self.keyspace
-        done_key = ks.done(ref.namespace, ref.run_id, record.step)
-        run_key = ks.run(ref.namespace, ref.run_id)
+        ns, run_id = ref.namespace, ref.run_id
+        successors = ref.dag.successors(step)
+        if len(successors) > NESTED_SUCCESSORS:
+            return None
+        committed = self.progress.committed_in(ns, run_id)
+        ops: list[object] = []
+        checked: list[tuple[str, list[str]]] = []
+        for successor in successors:
+            unknown = [u for u in ref.dag.upstream_of(successor) if u != step and u not in committed]
+            if len(unknown) > NESTED_UPSTREAMS:
+                return None
+            ready, done = ks.ready(ns, run_id, successor), ks.done(ns, run_id, successor)
+            compares = [present(ks.committed(ns, run_id, u)) for u in unknown] + [absent(ready), absent(done)]
+            # Answered when the mark was not created: which upstreams have done records.
+            failure = [op_get(ks.done(ns, run_id, u), count_only=True) for u in unknown]
+            ops.append(op_txn(compares, [op_put(ready, ready_mark())], failure))
+            checked.append((successor, unknown))
+        return ops, checked
+
+    async def _commit_done(
+        self, ref: RunRef, record: StepRun, extra: list[object] | None = None, claim: Claim | None = None
+    ) -> Commit:
+        """Creates the done record (and deletes the step record, writes `extra`) if absent.
+
+        The same transaction counts the run's done records, so the completion check needs
+        no read of its own. A committed step (SUCCEEDED, CACHED) also gets its `ok` marker
+        and, when they fit, its successors' ready marks; and when the run is quiet and the
+        step has successors (so it cannot be the run's last step), the commit also releases
+        the step (`claim`). Otherwise the ready mark and claim stay until the successors are
+        derived and the completion is checked: a crash before that must leave the mark for
+        another executor to finish the job.
+        """
+        ks = self.keyspace
+        ns, run_id = ref.namespace, ref.run_id
+        done_key = ks.done(ns, run_id, record.step)
+        run_key = ks.run(ns, run_id)
         data = record.SerializeToString()
-        writes = [op_put(done_key, data), op_put(ks.step(ref.namespace, ref.run_id, record.step), data), *(extra or [])]
-        counted = len(writes)
-        writes.append(op_get(ks.done_prefix(ref.namespace, ref.run_id), prefix=True, count_only=True))
+        # The done record replaces the step record: each record is written once, and readers
+        # (GetRun, WatchRun, ExplainStep) prefer the done record anyway.
+        base = [op_put(done_key, data), op_delete(ks.step(ns, run_id, record.step)), *(extra or [])]
+        size = sum(op.ByteSize() for op in base)
+        if size > MAX_RECORD_BYTES:
+            raise RecordTooLarge(record.step, size)
+        derivation = None
+        if record.state in COMMITTED_STEP_STATES:
+            base.append(op_put(ks.committed(ns, run_id, record.step), b""))
+            derivation = self._derivation_ops(ref, record.step)
+        state, started = StepRun.State.Name(record.state).removeprefix("STATE_"), time.monotonic()
         while True:
-            revision = self._run_revisions.get((ref.namespace, ref.run_id), 0)
+            revision, quiet = self._run_revisions.get((ns, run_id), (0, False))
+            writes = list(base)
+            derived_at = len(writes)
+            if derivation is not None:
+                writes.extend(derivation[0])
+            releases = derivation is not None and quiet and bool(derivation[1]) and claim is not None
+            if releases:
+                assert claim is not None
+                claim_key = ks.claim(ns, run_id, record.step)
+                release = [op_delete(ks.ready(ns, run_id, record.step)), op_delete(claim_key)]
+                writes.append(op_txn([lease_is(claim_key, claim.lease)], release))
+            counted = len(writes)
+            writes.append(op_get(ks.done_prefix(ns, run_id), prefix=True, count_only=True))
             compares = [absent(done_key), unchanged_since(run_key, revision)]
-            result = await until_written(
-                functools.partial(self.store.txn, compares, writes, [op_get(done_key), op_get(run_key)]),
-                f"committing step {record.step} of {ref.name}",
-            )
+            try:
+                result = await until_written(
+                    functools.partial(self.store.txn, compares, writes, [op_get(done_key), op_get(run_key)]),
+                    f"committing step {record.step} of {ref.name}",
+                )
+            except ResourceExhausted as error:
+                # Refused as too large: the same commit fails the same way on every retry.
+                log.error("step %s of %s: etcd refused its commit: %s", record.step, ref.name, error.message)
+                raise RecordTooLarge(record.step, size) from error
             if result.succeeded:
-                return Commit(done_count=int(result.responses[counted].response_range.count))
+                metrics.commit_finished(time.monotonic() - started, state, self.runtime.name, won=True)
+                if record.state in COMMITTED_STEP_STATES:
+                    self.progress.committed_in(ns, run_id).add(record.step)
+                underived: list[str] = []
+                if derivation is not None:
+                    for i, (successor, unknown) in enumerate(derivation[1]):
+                        nested = result.responses[derived_at + i].response_txn
+                        counts = [r.response_range.count for r in nested.responses]
+                        if not nested.succeeded and unknown and all(counts):
+                            # Every upstream is done but one has no `ok` marker (committed
+                            # before markers existed, or failed): derive it by reading.
+                            underived.append(successor)
+                return Commit(
+                    done_count=int(result.responses[counted].response_range.count),
+                    derived=derivation is not None,
+                    released=releases,
+                    underived=tuple(underived),
+                )
             found = result.range_kvs(0)
             if found:
                 winner = parse_step_run(found[0])
+                metrics.commit_finished(time.monotonic() - started, state, self.runtime.name, won=winner == record)
                 if winner == record:
                     # Our own commit, applied by an earlier try whose answer was lost.
                     return Commit()
@@ -540,11 +701,10 @@ class StepRunner:
             runs = result.range_kvs(1)
             if not runs or parse_run(runs[0]).state in TERMINAL_RUN_STATES:
                 raise RunEnded(f"run {ref.name} ended before step {record.step} could commit")
-            self._saw_run(ref.namespace, ref.run_id, runs[0].mod_revision)
+            self._saw_run(ns, run_id, runs[0], parse_run(runs[0]), current=True)
 
-    async def _commit_reuse(
-        self, ref: RunRef, record: StepRun, claim: Claim, dna: StepDNA, decision: CacheDecision
-    ) -> None:
+    async def _commit_reuse(self, work: StepWork, decision: CacheDecision) -> None:
+        ref, record, claim, dna = work.ref, work.record, work.claim, work.dna
         assert decision.outcome is not None
         done = StepRun()
         done.CopyFrom(record)
@@ -555,8 +715,12 @@ class StepRunner:
         done.reused_from_run = decision.reused_from_run
         done.executor = self.executor_id
         done.end_time.CopyFrom(now())
-        with tracer().start_as_current_span("weft.commit", attributes={"weft.state": "CACHED"}):
-            commit = await self._commit_done(ref, done)
+        with _child_span("weft.commit", {"weft.state": "CACHED"}):
+            try:
+                commit = await self._commit_done(ref, done, claim=claim)
+            except RecordTooLarge as error:
+                await self._commit_too_large(ref, record, claim, error)
+                return
         await self.after_commit(ref, done, claim, commit)
 
     async def _commit_cancelled(self, ref: RunRef, record: StepRun, claim: Claim, reason: str) -> None:
@@ -582,16 +746,45 @@ class StepRunner:
             raise ClaimLost(f"lost the claim of step {record.step} of {ref.name}")
 
     async def after_commit(self, ref: RunRef, done: StepRun, claim: Claim, commit: Commit) -> None:
-        """What follows a commit attempt, with the done count the commit read if it won."""
+        """What follows a commit attempt, with the done count the commit read if it won.
+
+        The step's slot is free once its outcome is committed: what follows (readiness,
+        completion, release) runs on in the background, and its etcd writes join the next
+        steps' transactions. A crash meanwhile leaves the ready mark and the claim, and
+        whoever holds the step next (another executor, or the claim sweep) finishes it.
+        """
         if commit.winner is not None:
             await self.after_done(ref, commit.winner, claim)
-        else:
-            await self.after_done(ref, done, claim, done_count=commit.done_count)
+            return
+        finishing = asyncio.ensure_future(self._after_own_commit(ref, done, claim, commit))
+        self._finishing.add(finishing)
+        finishing.add_done_callback(self._finished)
 
-    async def after_done(self, ref: RunRef, done: StepRun, claim: Claim, *, done_count: int | None = None) -> None:
-        """What follows a step's terminal record: successors or skips, completion, release."""
-        if done.state in COMMITTED_STEP_STATES:
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._finishing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The claim stays ours and unattended: the claim sweep takes the step up again.
+            log.warning("finishing a committed step failed: %s", task.exception())
+
+    async def _after_own_commit(self, ref: RunRef, done: StepRun, claim: Claim, commit: Commit) -> None:
+        if not commit.released:
+            await self.after_done(ref, done, claim, done_count=commit.done_count, derived=commit.derived)
+            return
+        if commit.underived:
             await self.progress.derive_successors(ref, done.step)
+        if self.is_cancelling(ref.namespace, ref.run_id):
+            await self.progress.finalize_cancel(ref)
+
+    async def after_done(
+        self, ref: RunRef, done: StepRun, claim: Claim, *, done_count: int | None = None, derived: bool = False
+    ) -> None:
+        """What follows a step's terminal record: successors or skips, completion, release.
+
+        `derived`: the commit created the successors' ready marks already.
+        """
+        if done.state in COMMITTED_STEP_STATES:
+            if not derived:
+                await self.progress.derive_successors(ref, done.step)
         elif done.state == StepRun.STATE_FAILED:
             await self.progress.skip_downstream(ref, done.step)
             done_count = None  # the skips added done records after the count
@@ -655,6 +848,12 @@ class StepRunner:
         # process died with its executor (local) or was not re-attached. It does not
         # count against the retry budget.
         for attempt in record.attempts:
+            if attempt.state == Attempt.STATE_UNCONFIRMED and not attempt.HasField("end_time"):
+                attempt.message = (
+                    f"launch not confirmed: executor {attempt.executor or '?'} died or lost its claim as it "
+                    "launched this attempt; a process it may have started was stopped with it"
+                )
+                attempt.end_time.CopyFrom(now())
             if attempt.state == Attempt.STATE_RUNNING:
                 attempt.state = Attempt.STATE_LOST
                 attempt.message = (
@@ -663,16 +862,8 @@ class StepRunner:
                 )
                 attempt.end_time.CopyFrom(now())
 
-    def _attempt_spec(
-        self,
-        ref: RunRef,
-        run: Run,
-        step: pipeline_pb2.Step,
-        number: int,
-        dna: StepDNA,
-        inputs: ResolvedInputs,
-        traceparent: str,
-    ) -> AttemptSpec:
+    def _attempt_spec(self, work: StepWork, number: int, traceparent: str) -> AttemptSpec:
+        ref, run, step = work.ref, work.run, work.step
         container = step.container
         env: dict[str, str] = {}
         secret_env: dict[str, tuple[str, str]] = {}
@@ -696,7 +887,7 @@ class StepRunner:
                 "TRACEPARENT": traceparent,
             }
         )
-        timeout = _duration_seconds(step.timeout, 0.0) if step.HasField("timeout") else 0.0
+        timeout = duration_seconds(step.timeout, 0.0) if step.HasField("timeout") else 0.0
         return AttemptSpec(
             namespace=ref.namespace,
             run=ref.run_id,
@@ -707,37 +898,29 @@ class StepRunner:
             working_dir=container.working_dir,
             env=env,
             secret_env=secret_env,
-            inputs=dict(inputs.digests),
+            inputs=dict(work.inputs.digests),
             outputs=tuple(o.name for o in step.outputs),
             timeout=timeout or None,
-            dna=dna.digest,
+            dna=work.dna.digest,
             resources=container.resources,
             security=container.security,
         )
 
-    async def _run_attempts(
-        self,
-        task: StepTask,
-        ref: RunRef,
-        run: Run,
-        step: pipeline_pb2.Step,
-        record: StepRun,
-        dna: StepDNA,
-        inputs: ResolvedInputs,
-        explanation: Explanation,
-        orphan: Attempt | None = None,
-    ) -> None:
-        claim = task.claim
+    async def _run_attempts(self, work: StepWork, explanation: Explanation, orphan: Attempt | None = None) -> None:
+        """Runs attempts until one succeeds, the retry budget is spent, or the run is
+        cancelled, and commits the outcome."""
+        task, ref, step, record, claim = work.task, work.ref, work.step, work.record, work.claim
+        dna, inputs = work.dna, work.inputs
         record.dna = dna.digest
         record.explanation.CopyFrom(explanation)
         record.executor = self.executor_id
         max_attempts = max(1, step.retry.max_attempts)
         failed = sum(1 for a in record.attempts if a.state == Attempt.STATE_FAILED)
-        lost = sum(1 for a in record.attempts if a.state == Attempt.STATE_LOST)
+        lost = sum(1 for a in record.attempts if a.state in (Attempt.STATE_LOST, Attempt.STATE_UNCONFIRMED))
         # Past the cap only re-attaching to the orphan (a pod outlives its executor) is allowed.
         adopt_only = lost >= MAX_LOST_ATTEMPTS
         if adopt_only and orphan is None:
-            await self._commit_lost_too_often(ref, record, claim, failed, max_attempts, lost)
+            await self._commit_lost_too_often(work, failed, max_attempts, lost)
             return
         if inputs.values:
             for value in inputs.values.values():
@@ -749,16 +932,15 @@ class StepRunner:
                 return
             number = len(record.attempts) + 1
             try:
-                attempt, result, launched = await self._run_attempt(
-                    task, ref, run, step, record, number, dna, inputs, orphan, adopt_only=adopt_only
-                )
+                attempt, result, launched = await self._run_attempt(work, number, orphan, adopt_only=adopt_only)
             except _NotAdopted:
-                await self._commit_lost_too_often(ref, record, claim, failed, max_attempts, lost)
+                await self._commit_lost_too_often(work, failed, max_attempts, lost)
                 return
             adopt_only = False
             orphan = None  # only the attempt found running when the step was taken over
+            number = attempt.number  # an adopted attempt keeps the number it was launched with
             if result.state == Attempt.STATE_SUCCEEDED:
-                await self._commit_success(ref, run, record, attempt, dna, inputs, claim)
+                await self._commit_success(work, attempt)
                 await self._forget_attempt(ref, step.name, number, launched)
                 return
             if result.state == Attempt.STATE_CANCELLED:
@@ -789,18 +971,7 @@ class StepRunner:
             await self._forget_attempt(ref, step.name, launched.spec.attempt, launched)
 
     async def _run_attempt(
-        self,
-        task: StepTask,
-        ref: RunRef,
-        run: Run,
-        step: pipeline_pb2.Step,
-        record: StepRun,
-        number: int,
-        dna: StepDNA,
-        inputs: ResolvedInputs,
-        orphan: Attempt | None = None,
-        *,
-        adopt_only: bool = False,
+        self, work: StepWork, number: int, orphan: Attempt | None = None, *, adopt_only: bool = False
     ) -> tuple[Attempt, AttemptResult, LaunchedAttempt | None]:
         """Launches attempt `number`, records it, waits for it; returns it with its result.
 
@@ -808,17 +979,22 @@ class StepRunner:
         re-attach to it (a pod keeps running without its executor, invariant 4); the attempt
         keeps its number and is waited on as if launched here. Otherwise `number` is launched.
         """
+        task, ref, run, step, record, dna = work.task, work.ref, work.run, work.step, work.record, work.dna
         attributes: dict[str, str | int] = {
             ATTR_RUN: ref.name,
             ATTR_STEP: step.name,
             ATTR_ATTEMPT: number,
             ATTR_DNA: dna.digest,
         }
-        with tracer().start_as_current_span("weft.attempt", attributes=attributes) as span:
+        # Every line logged during the attempt names it (weft_core.logs).
+        with (
+            tracer().start_as_current_span("weft.attempt", attributes=attributes) as span,
+            log_context(attempt=number),
+        ):
             traceparent = traceparent_of(span) if span.is_recording() else child_traceparent(run.traceparent)
             launched: LaunchedAttempt | None = None
             if orphan is not None:
-                spec = self._attempt_spec(ref, run, step, orphan.number, dna, inputs, traceparent)
+                spec = self._attempt_spec(work, orphan.number, traceparent)
                 launched = await self.runtime.adopt(spec, orphan.handle)
             if orphan is not None and launched is not None:
                 number, attempt = orphan.number, orphan
@@ -831,9 +1007,23 @@ class StepRunner:
             else:
                 if adopt_only:
                     raise _NotAdopted
-                spec = self._attempt_spec(ref, run, step, number, dna, inputs, traceparent)
+                spec = self._attempt_spec(work, number, traceparent)
                 attempt = record.attempts.add(number=number, executor=self.executor_id)
                 attempt.start_time.CopyFrom(now())
+                attempt.handle = self.runtime.planned_handle(spec)
+                # Recorded before the launch: whatever happens next (etcd away, the lease
+                # lost, this executor killed), the attempt is in the step's history, so a
+                # launched process or pod never goes unaccounted for. With a planned handle
+                # (a pod's name) it is RUNNING at once, and whoever takes the step over
+                # adopts or loses it; a process id is known only after the launch, so until
+                # that is recorded the attempt is UNCONFIRMED (and stays so if this executor
+                # dies first: its process died with it).
+                if attempt.handle:
+                    attempt.state = Attempt.STATE_RUNNING
+                    record.state = StepRun.STATE_RUNNING
+                else:
+                    attempt.state = Attempt.STATE_UNCONFIRMED
+                await self._put_step_record(ref, record, task.claim)
                 try:
                     launched = await self.runtime.launch(spec)
                 except AttemptSetupError as error:
@@ -846,23 +1036,36 @@ class StepRunner:
                 self.launches += 1
             task.attempt = launched
             self.live_attempts[(ref.name, step.name, number)] = (self.runtime, launched)
+            # An adopted attempt runs under this executor now, and a process id is known only
+            # after the launch: the record says so while the attempt runs.
+            rerecord = orphan is not None or attempt.handle != launched.handle
             attempt.state = Attempt.STATE_RUNNING
             attempt.handle = launched.handle
             attempt.start_time.CopyFrom(_timestamp(launched.start_time))
             record.state = StepRun.STATE_RUNNING
+            metrics.attempt_started(self.runtime.name)
+            attempt_started = time.monotonic()
             try:
                 if task.cancel_reason:
                     await self.runtime.kill(launched, task.cancel_reason)
-                await self._put_step_record(ref, record, task.claim)
-                result = await self.runtime.wait(launched)
+                if rerecord:
+                    result = await self._record_while_waiting(ref, record, task.claim, launched)
+                else:
+                    result = await self.runtime.wait(launched)
             except BaseException:
                 # Lost claim, cancelled task, etcd error: the attempt has no recorded end, and
                 # whoever works on the step next marks it LOST and starts another.
                 self.runtime.abandon(launched)
                 self.live_attempts.pop((ref.name, step.name, number), None)
                 task.attempt = None
+                metrics.attempt_ended(self.runtime.name, None, 0.0)
                 raise
             task.attempt = None
+            metrics.attempt_ended(
+                self.runtime.name,
+                Attempt.State.Name(result.state).removeprefix("STATE_"),
+                time.monotonic() - attempt_started,
+            )
             attempt.state = result.state
             attempt.message = result.message
             attempt.exit_code = result.exit_code
@@ -874,22 +1077,34 @@ class StepRunner:
                 span.set_status(Status(StatusCode.ERROR, result.message.splitlines()[0] if result.message else ""))
             return attempt, result, launched
 
+    async def _record_while_waiting(
+        self, ref: RunRef, record: StepRun, claim: Claim, launched: LaunchedAttempt
+    ) -> AttemptResult:
+        """Writes the step record while the attempt runs (a short step may end before the
+        write is answered); the result is returned only once the record is written."""
+        recording = asyncio.ensure_future(self._put_step_record(ref, record, claim))
+        waiting = asyncio.ensure_future(self.runtime.wait(launched))
+        try:
+            await asyncio.wait({recording, waiting}, return_when=asyncio.FIRST_EXCEPTION)
+            await recording  # ClaimLost or an etcd error ends the wait below (abandoned)
+            return await waiting
+        finally:
+            for pending in (recording, waiting):
+                if not pending.done():
+                    pending.cancel()
+            # Retrieve a second exception so asyncio does not report it as never retrieved.
+            for ended in (recording, waiting):
+                if ended.done() and not ended.cancelled():
+                    ended.exception()
+
     async def _forget_attempt(self, ref: RunRef, step: str, number: int, launched: LaunchedAttempt | None) -> None:
         # Only once the step record holds the log digests: until then ReadLogs needs us.
         self.live_attempts.pop((ref.name, step, number), None)
         if launched is not None:
             await self.runtime.release(launched)
 
-    async def _commit_success(
-        self,
-        ref: RunRef,
-        run: Run,
-        record: StepRun,
-        attempt: Attempt,
-        dna: StepDNA,
-        inputs: ResolvedInputs,
-        claim: Claim,
-    ) -> None:
+    async def _commit_success(self, work: StepWork, attempt: Attempt) -> None:
+        ref, run, record, dna, claim = work.ref, work.run, work.record, work.dna, work.claim
         outcome = run_pb2.Outcome(
             dna=dna.digest,
             outputs=dict(attempt.output_digests),
@@ -898,11 +1113,17 @@ class StepRunner:
             attempt=attempt.number,
             executor=self.executor_id,
             handle=attempt.handle,
-            input_outcomes=dict(inputs.input_outcomes),
+            input_outcomes=dict(work.inputs.input_outcomes),
         )
         outcome.start_time.CopyFrom(attempt.start_time)
         outcome.end_time.CopyFrom(attempt.end_time)
         outcome.commit_time.CopyFrom(now())
+        # The lineage index needs every input outcome, also those a wide join spills to a blob.
+        indexed = run_pb2.Outcome()
+        indexed.CopyFrom(outcome)
+        spilled = spill_input_outcomes(outcome)
+        if spilled is not None:
+            await self.blobs.put(spilled)
         done = StepRun()
         done.CopyFrom(record)
         done.state = StepRun.STATE_SUCCEEDED
@@ -911,8 +1132,19 @@ class StepRunner:
         extra: list[object] = []
         if run.options.cache_mode != run_pb2.CACHE_MODE_OFF:
             extra.append(op_put(self.keyspace.outcome(ref.namespace, dna.hex), outcome.SerializeToString()))
-        with tracer().start_as_current_span("weft.commit", attributes={"weft.state": "SUCCEEDED"}):
-            commit = await self._commit_done(ref, done, extra)
+        with _child_span("weft.commit", {"weft.state": "SUCCEEDED"}):
+            try:
+                commit = await self._commit_done(ref, done, extra, claim)
+            except RecordTooLarge as error:
+                await self._commit_too_large(ref, record, claim, error)
+                return
+        if commit.winner is None:
+            # Lineage (weft_core/lineage.py): idempotent puts of a new outcome's edges, in
+            # batches of their own; never inside the commit, which a wide join would overflow.
+            await until_written(
+                lambda: index_outcome(self.store, self.keyspace, ref.namespace, indexed, work.inputs.digests),
+                f"indexing the lineage of step {record.step} of {ref.name}",
+            )
         if commit.winner is not None:
             await self._record_loser(ref, commit.winner, attempt)
         await self.after_commit(ref, done, claim, commit)
@@ -925,18 +1157,40 @@ class StepRunner:
             f"lost the commit: step {winner.step} was already committed ({state}{by}); "
             "this attempt's outputs were not used"
         )
-        loser = StepRun()
-        loser.CopyFrom(winner)
-        loser.attempts.append(attempt)
-        await self.store.put(self.keyspace.step(ref.namespace, ref.run_id, winner.step), loser.SerializeToString())
+        key = self.keyspace.step(ref.namespace, ref.run_id, winner.step)
+        while True:
+            # Guarded read-modify-write: two losers (replicas, zombies) keep each other's records.
+            kv = await self.store.get(key)
+            loser = StepRun()
+            loser.CopyFrom(winner)
+            if kv is not None:
+                earlier = [a for a in parse_step_run(kv).attempts if a.message.startswith("lost the commit")]
+                if any(a.number == attempt.number and a.executor == attempt.executor for a in earlier):
+                    break  # recorded by an earlier try whose answer was lost
+                loser.attempts.extend(earlier)
+            loser.attempts.append(attempt)
+            guard = unchanged_since(key, kv.mod_revision) if kv is not None else absent(key)
+            result = await self.store.txn([guard], [op_put(key, loser.SerializeToString())])
+            if result.succeeded:
+                break
         log.info("step %s of %s: %s", winner.step, ref.name, attempt.message)
 
-    async def _commit_lost_too_often(
-        self, ref: RunRef, record: StepRun, claim: Claim, failed: int, max_attempts: int, lost: int
-    ) -> None:
+    async def _commit_too_large(self, ref: RunRef, record: StepRun, claim: Claim, error: RecordTooLarge) -> None:
+        """Fails a step whose commit etcd cannot take, with a record small enough to commit:
+        the attempts without their output digests (what made it large)."""
+        slim = StepRun(step=record.step, dna=record.dna, executor=record.executor)
+        if record.HasField("ready_time"):
+            slim.ready_time.CopyFrom(record.ready_time)
+        for attempt in record.attempts:
+            kept = slim.attempts.add()
+            kept.CopyFrom(attempt)
+            kept.ClearField("output_digests")
+        await self._commit_failure(ref, slim, claim, 0, 1, message=str(error))
+
+    async def _commit_lost_too_often(self, work: StepWork, failed: int, max_attempts: int, lost: int) -> None:
         message = f"executor died {lost} times running this step (its attempts were lost with their executor)"
-        log.warning("step %s of %s: %s; failing it", record.step, ref.name, message)
-        await self._commit_failure(ref, record, claim, failed, max_attempts, message=message)
+        log.warning("step %s of %s: %s; failing it", work.step.name, work.ref.name, message)
+        await self._commit_failure(work.ref, work.record, work.claim, failed, max_attempts, message=message)
 
     async def _commit_failure(
         self, ref: RunRef, record: StepRun, claim: Claim, failed: int, max_attempts: int, *, message: str = ""
@@ -950,7 +1204,7 @@ class StepRunner:
             reason if max_attempts == 1 else f"failed {failed} of {max_attempts} attempts, the last with: {reason}"
         )
         done.end_time.CopyFrom(now())
-        with tracer().start_as_current_span("weft.commit", attributes={"weft.state": "FAILED"}):
+        with _child_span("weft.commit", {"weft.state": "FAILED"}):
             winner = await until_written(
                 lambda: self.progress.commit_failure(ref, done), f"committing the failure of {record.step}"
             )

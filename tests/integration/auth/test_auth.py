@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import pkgutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -59,6 +60,7 @@ MUTATIONS = {
     "CreateRun": "runner",
     "CancelRun": "runner",
     "ResumeRun": "runner",
+    "ReplayRun": "runner",
     "PutBlob": "runner",
 }
 BLOB = b"team data"
@@ -108,13 +110,21 @@ def requests_in(ns: str) -> dict[str, Message | list[Message]]:
         "WatchRun": run_pb2.WatchRunRequest(name=run),
         "CancelRun": run_pb2.CancelRunRequest(name=run),
         "ResumeRun": run_pb2.ResumeRunRequest(name=run),
+        "ReplayRun": run_pb2.ReplayRunRequest(name=run),
         "ExplainStep": run_pb2.ExplainStepRequest(run=run, step="s0"),
+        "DiffRuns": run_pb2.DiffRunsRequest(run_a=run, run_b=f"namespaces/{ns}/runs/r2"),
+        "GetLineage": run_pb2.GetLineageRequest(run=run, step="s0"),
         "ReadLogs": run_pb2.ReadLogsRequest(run=run, step="s0"),
         "PutBlob": [artifact_pb2.PutBlobRequest(header=header), artifact_pb2.PutBlobRequest(data=BLOB)],
         "GetBlob": artifact_pb2.GetBlobRequest(digest=digest_of(BLOB), namespace=ns),
         "StatBlob": artifact_pb2.StatBlobRequest(digest=digest_of(BLOB), namespace=ns),
         "ReadAttemptLogs": executor_pb2.ReadAttemptLogsRequest(run=run, step="s0", attempt=1),
     }
+
+
+def method_named(name: str) -> MethodDescriptor:
+    """The descriptor of weft-api's RPC `name`."""
+    return next(m for m in contract_methods("api") if m.name == name)
 
 
 async def call(
@@ -151,6 +161,9 @@ async def secure_executor(
         etcd_root=secure_api.keyspace.root,
         executor_id="secure-exec",
         kill_grace=1.0,
+        # No step runs here; the default step user of a root executor (nobody) could not
+        # reach the test's private tmp dir, which the executor checks at start.
+        step_user="root" if os.geteuid() == 0 else "",
         auth_tokens_file=tokens.path,
         peer_token=tokens.tokens["cluster-admin"],
     )
@@ -251,6 +264,22 @@ async def test_roles_include_the_lower_ones_and_a_cluster_admin_acts_everywhere(
         create.parent = "namespaces/team-z"
         created = await Clients.of(cluster).pipelines.CreatePipeline(create)
         assert created.name == "namespaces/team-z/pipelines/p1"
+
+
+async def test_diffing_runs_of_two_namespaces_needs_a_cluster_wide_viewer(
+    secure_api: InProcessApi, tokens: Tokens
+) -> None:
+    # A viewer of team-a only must not learn about a team-b run by diffing it against its own.
+    across = run_pb2.DiffRunsRequest(run_a="namespaces/team-a/runs/r1", run_b="namespaces/team-b/runs/r1")
+    async with (
+        tokens.channel(secure_api.address, "viewer-a") as viewer,
+        tokens.channel(secure_api.address, "cluster-admin") as cluster,
+    ):
+        code, details = await call(viewer, method_named("DiffRuns"), across)
+        assert code == grpc.StatusCode.PERMISSION_DENIED, details
+        assert "every namespace (a cluster-wide binding)" in details, details
+        code, details = await call(cluster, method_named("DiffRuns"), across)
+        assert code == grpc.StatusCode.NOT_FOUND, details  # admitted: the runs do not exist
 
 
 async def test_runs_record_who_created_and_who_cancelled_them(secure_api: InProcessApi, tokens: Tokens) -> None:

@@ -25,12 +25,18 @@ SECRET_ACCESS_KEY = "weft-test-secret-key-do-not-log"
 
 
 def find_moto_server() -> str:
-    beside = Path(sys.executable).parent / "moto_server"
-    if beside.exists():
-        return str(beside)
+    """`moto_server` from the virtualenv `./dev setup` makes for it (`.venv/s3server`: moto's
+    botocore cannot share an environment with the kubernetes client), beside this
+    interpreter, or on PATH."""
+    for beside in (
+        Path(sys.executable).parent.parent / "s3server" / "bin" / "moto_server",
+        Path(sys.executable).parent / "moto_server",
+    ):
+        if beside.exists():
+            return str(beside)
     found = shutil.which("moto_server")
     if found is None:
-        raise FileNotFoundError('moto_server is not installed: pip install "moto[server]"')
+        raise FileNotFoundError("moto_server is not installed: ./dev setup puts it in .venv/s3server")
     return found
 
 

@@ -149,6 +149,10 @@ class Harness:
             "max_parallel": 4,
             "lease_ttl": 10,
             "kill_grace": 1.0,
+            # The steps built here write to the test's private tmp dir (the launch file),
+            # which a root executor's default step user (nobody) cannot reach; the
+            # secrets and isolation tests run with the default.
+            "step_user": "root" if os.geteuid() == 0 else "",
         }
         settings.update(overrides)
         return ExecutorConfig(**settings)
@@ -173,6 +177,7 @@ class Harness:
             "--executor-id", config.executor_id,
             "--lease-ttl", str(config.lease_ttl),
             "--kill-grace", str(config.kill_grace),
+            "--step-user", config.step_user,
         ]  # fmt: skip
         process = ExecutorProcess(argv, self.tmp / f"{config.executor_id}.log", env)
         process.start()

@@ -181,7 +181,7 @@ async def test_resume_reruns_only_the_failed_part(harness: Harness) -> None:
     assert by_name["a"].reused_from_run == failed.name
     explanation = await h.explain(resumed.name, "d")
     assert explanation.decision == Explanation.DECISION_RESUMED
-    assert explanation.reason == f"resumed: outcome of {failed.name} step d has the same DNA"
+    assert explanation.reason.startswith(f"resumed: outcome of {failed.name} step d has the same DNA, produced ")
     b = await h.explain(resumed.name, "b")
     assert b.decision == Explanation.DECISION_MISS
     assert b.reason == f"miss: cache mode OFF (not resumed: step b was FAILED in {failed.name})"

@@ -181,7 +181,9 @@ async def test_a_step_that_kills_its_executor_fails_after_three_lost_attempts(ha
     # of their own such a step would take down every executor that runs it, forever.
     h = harness
     processes = [h.start_process(lease_ttl=2, executor_id=f"victim-{i}") for i in range(4)]
-    pipeline = await h.apply("killer", [h.step("killer", 'sleep 0.5; kill -9 "$PPID"; sleep 5')])
+    # A step's parent is its executor's spawner; the executor is the spawner's parent.
+    kill_executor = 'sleep 0.5; kill -9 "$(cut -d" " -f4 /proc/$PPID/stat)"; sleep 5'
+    pipeline = await h.apply("killer", [h.step("killer", kill_executor)])
 
     run = await h.wait((await h.run(pipeline.name)).name, timeout=45)
 

@@ -114,7 +114,7 @@ async def test_second_run_is_fully_cached_and_launches_nothing(harness: Harness)
     assert not join.attempts
     explanation = await h.explain(second.name, "join")
     assert explanation.decision == Explanation.DECISION_HIT
-    assert explanation.reason == f"hit: outcome of {first.name} step join"
+    assert explanation.reason.startswith(f"hit: outcome of {first.name} step join, produced 20")
 
 
 async def test_a_new_parameter_value_reruns_what_reads_it(harness: Harness) -> None:
@@ -151,7 +151,9 @@ async def test_an_edited_step_reruns_only_itself_and_its_downstream(harness: Har
     assert await h.output(run, "join") == b"110 10\n"
     left = await h.explain(run.name, "left")
     assert left.decision == Explanation.DECISION_MISS
-    assert left.reason == "miss: no outcome with this DNA"
+    # The miss names what changed since the nearest previous outcome of the step.
+    assert left.reason.startswith("miss: command changed (was ")
+    assert [c.name for c in left.changes] == ["command"]
     components = {c.name: c.value for c in left.components}
     assert "$1*2" in json.loads(components["command"])[2]
 
@@ -208,14 +210,14 @@ async def test_cache_modes_and_policies_are_explained(harness: Harness) -> None:
     assert states(again) == {"plain": "CACHED", "off": "SUCCEEDED", "young": "SUCCEEDED", "versioned": "CACHED"}
     assert (await h.explain(again.name, "young")).reason == "miss: outcome older than max_age 0.5s"
     # REFRESH stored new outcomes: the hit names the refreshed run.
-    assert (await h.explain(again.name, "plain")).reason == f"hit: outcome of {refreshed.name} step plain"
+    assert (await h.explain(again.name, "plain")).reason.startswith(f"hit: outcome of {refreshed.name} step plain, ")
 
     off = await h.wait((await h.run(pipeline.name, cache_mode=run_pb2.CACHE_MODE_OFF)).name)
     assert set(states(off).values()) == {"SUCCEEDED"}
     assert (await h.explain(off.name, "plain")).reason == "miss: cache mode OFF"
     # OFF stores nothing for later runs: the next hit still names the refreshed run.
     later = await h.wait((await h.run(pipeline.name)).name)
-    assert (await h.explain(later.name, "plain")).reason == f"hit: outcome of {refreshed.name} step plain"
+    assert (await h.explain(later.name, "plain")).reason.startswith(f"hit: outcome of {refreshed.name} step plain, ")
 
     versioned = steps[3]
     versioned.cache.version = "2"
@@ -314,7 +316,9 @@ async def test_a_second_namespace_does_not_reuse_the_first_namespaces_outcomes(h
     again = await run_in("team-a")
 
     assert states(first) == states(second) == {"only": "SUCCEEDED"}
-    assert (await h.explain(second.name, "only")).reason == "miss: no outcome with this DNA"
+    # Nothing of team-a is compared with: outcomes and explanations stay in their namespace.
+    only = await h.explain(second.name, "only")
+    assert (only.reason, only.compared_run) == ("miss: no outcome with this DNA", "")
     assert steps_by_name(second)["only"].dna == steps_by_name(first)["only"].dna
     assert states(again) == {"only": "CACHED"}
     assert executor.launches == 2

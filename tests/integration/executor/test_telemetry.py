@@ -6,6 +6,7 @@ A real `weft-executor` process exports to a real OTLP/gRPC receiver served by th
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -75,7 +76,9 @@ async def test_attempt_spans_continue_the_run_trace(harness: Harness, receiver: 
     run = await h.wait((await h.run(pipeline.name)).name)
     assert run.state == run_pb2.Run.STATE_SUCCEEDED, run.message
     traced = steps_by_name(run)["traced"]
-    process.stop()  # flushes the exporter
+    # Stopping flushes the exporter; in a thread, so the receiver (served by this event
+    # loop) can take that last export instead of the stop waiting on it until SIGKILL.
+    await asyncio.to_thread(process.stop)
     await until(lambda: any(s.name == "weft.commit" for s in spans.spans), timeout=10, what="spans arrived")
 
     parsed = parse_traceparent(run.traceparent)

@@ -256,15 +256,15 @@ def test_exactly_the_step_limit_is_accepted_and_one_more_rejected() -> None:
     started = time.monotonic()
     dag = validate_spec(pipeline_pb2.PipelineSpec(steps=steps))
     digest = spec_digest(pipeline_pb2.PipelineSpec(steps=steps))
-    assert time.monotonic() - started < 5
-    assert len(dag.roots()) == MAX_STEPS
+    assert time.monotonic() - started < 5 * MAX_STEPS / 10_000  # linear: 5 s per 10,000 steps, as before
+    assert len(dag.roots()) == MAX_STEPS == 50_000
     assert digest
     too_many = pipeline_pb2.PipelineSpec(steps=[*steps, step("one-more")])
-    assert problem(too_many) == "pipeline.spec.steps: 10001 steps exceed the limit of 10000; split the pipeline"
+    assert problem(too_many) == "pipeline.spec.steps: 50001 steps exceed the limit of 50000; split the pipeline"
 
 
 def test_a_10000_step_chain_is_validated_and_ordered_quickly() -> None:
-    steps = [step("s0")] + [step(f"s{i}", reads=(f"s{i - 1}",)) for i in range(1, MAX_STEPS)]
+    steps = [step("s0")] + [step(f"s{i}", reads=(f"s{i - 1}",)) for i in range(1, 10_000)]
     spec = pipeline_pb2.PipelineSpec(steps=list(reversed(steps)))  # declared last-first
     started = time.monotonic()
     dag = validate_spec(spec)
@@ -276,7 +276,7 @@ def test_a_10000_step_chain_is_validated_and_ordered_quickly() -> None:
 
 
 def test_a_cycle_through_10000_steps_is_found_quickly() -> None:
-    steps = [step(f"s{i}", reads=(f"s{(i - 1) % MAX_STEPS}",)) for i in range(MAX_STEPS)]
+    steps = [step(f"s{i}", reads=(f"s{(i - 1) % 10_000}",)) for i in range(10_000)]
     started = time.monotonic()
     message = problem(pipeline_pb2.PipelineSpec(steps=steps))
     assert time.monotonic() - started < 5

@@ -108,7 +108,10 @@ _LIST_RUNS = _method(run_pb2.DESCRIPTOR, "RunService", "ListRuns")
 _WATCH_RUN = _method(run_pb2.DESCRIPTOR, "RunService", "WatchRun")
 _CANCEL_RUN = _method(run_pb2.DESCRIPTOR, "RunService", "CancelRun")
 _RESUME_RUN = _method(run_pb2.DESCRIPTOR, "RunService", "ResumeRun")
+_REPLAY_RUN = _method(run_pb2.DESCRIPTOR, "RunService", "ReplayRun")
 _EXPLAIN_STEP = _method(run_pb2.DESCRIPTOR, "RunService", "ExplainStep")
+_DIFF_RUNS = _method(run_pb2.DESCRIPTOR, "RunService", "DiffRuns")
+_GET_LINEAGE = _method(run_pb2.DESCRIPTOR, "RunService", "GetLineage")
 _READ_LOGS = _method(run_pb2.DESCRIPTOR, "RunService", "ReadLogs")
 _PUT_BLOB = _method(artifact_pb2.DESCRIPTOR, "ArtifactService", "PutBlob")
 _GET_BLOB = _method(artifact_pb2.DESCRIPTOR, "ArtifactService", "GetBlob")
@@ -656,10 +659,85 @@ class AsyncClient:
         )
         return AsyncRun(await self._unary(_RESUME_RUN, request, run_pb2.Run, retry=True), self)
 
+    async def replay_run(self, name: str, *, run_id: str | None = None, request_id: str | None = None) -> AsyncRun:
+        """Starts a run of exactly the same pipeline version and parameters as `name`, cache off.
+
+        When it ends, `diff_runs(name, replay)` names the nondeterministic steps: those whose
+        DNA (inputs included) matched but whose outputs did not.
+
+        Args:
+            name: The finished run to replay.
+            run_id: Id of the new run; generated when None.
+            request_id: Makes retries safe; generated when None.
+        """
+        request = run_pb2.ReplayRunRequest(
+            name=self._run(name), run_id=run_id or "", request_id=request_id or _request_id()
+        )
+        return AsyncRun(await self._unary(_REPLAY_RUN, request, run_pb2.Run, retry=True), self)
+
     async def explain_step(self, run: str, step: str) -> Explanation:
         """A step run's DNA components and why it was a cache hit or miss."""
         request = run_pb2.ExplainStepRequest(run=self._run(run, "run"), step=step)
         return Explanation(await self._unary(_EXPLAIN_STEP, request, run_pb2.StepExplanation, retry=True))
+
+    async def diff_runs(self, run_a: str, run_b: str) -> run_pb2.DiffRunsResponse:
+        """Two runs compared step by step by DNA (`weft.v1.DiffRunsResponse`).
+
+        Args:
+            run_a: The first run, by id or full name.
+            run_b: The second run, by id or full name.
+
+        Returns:
+            Every step with its kind of difference, root causes first, then steps changed
+            only through an input (naming the upstream), then nondeterministic steps,
+            added, removed, incomparable and same steps.
+        """
+        request = run_pb2.DiffRunsRequest(run_a=self._run(run_a), run_b=self._run(run_b))
+        return await self._unary(_DIFF_RUNS, request, run_pb2.DiffRunsResponse, retry=True)
+
+    async def get_lineage(
+        self,
+        run: str = "",
+        step: str = "",
+        *,
+        outcome: str = "",
+        blob: str = "",
+        direction: str = "both",
+        depth: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> run_pb2.Lineage:
+        """One page of the lineage of a run's step, an outcome (DNA) or a blob digest.
+
+        Args:
+            run: With `step`: the run, by id or full name.
+            step: The step whose committed outcome is the start.
+            outcome: Start from the outcome with this DNA instead.
+            blob: Start from the outcomes that produced or consumed this digest instead.
+            direction: "up", "down" or "both".
+            depth: Edges to walk; 0 means the server's default (3).
+            page_size: Nodes per page; 0 means 100.
+            page_token: A previous page's `next_page_token`.
+        """
+        directions = {
+            "up": run_pb2.LINEAGE_DIRECTION_UPSTREAM,
+            "down": run_pb2.LINEAGE_DIRECTION_DOWNSTREAM,
+            "both": run_pb2.LINEAGE_DIRECTION_BOTH,
+        }
+        if direction not in directions:
+            raise ValueError(f"direction must be one of {', '.join(directions)}, not {direction!r}")
+        request = run_pb2.GetLineageRequest(
+            parent=_names.namespace_name(self.namespace),
+            run=self._run(run) if run else "",
+            step=step,
+            outcome=outcome,
+            blob=blob,
+            direction=directions[direction],
+            depth=depth,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return await self._unary(_GET_LINEAGE, request, run_pb2.Lineage, retry=True)
 
     async def read_logs(
         self, run: str, step: str, *, attempt: int = 0, follow: bool = False
@@ -1187,9 +1265,43 @@ class Client:
             )
         )
 
+    def replay_run(self, name: str, *, run_id: str | None = None, request_id: str | None = None) -> Run:
+        """Starts a cache-off replay of a finished run (see `AsyncClient.replay_run`)."""
+        return self._wrap(self._bridge.run(self._aio.replay_run(name, run_id=run_id, request_id=request_id)))
+
     def explain_step(self, run: str, step: str) -> Explanation:
         """A step's DNA and cache decision (see `AsyncClient.explain_step`)."""
         return self._bridge.run(self._aio.explain_step(run, step))
+
+    def diff_runs(self, run_a: str, run_b: str) -> run_pb2.DiffRunsResponse:
+        """Two runs compared step by step by DNA (see `AsyncClient.diff_runs`)."""
+        return self._bridge.run(self._aio.diff_runs(run_a, run_b))
+
+    def get_lineage(
+        self,
+        run: str = "",
+        step: str = "",
+        *,
+        outcome: str = "",
+        blob: str = "",
+        direction: str = "both",
+        depth: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> run_pb2.Lineage:
+        """One page of a lineage walk (see `AsyncClient.get_lineage`)."""
+        return self._bridge.run(
+            self._aio.get_lineage(
+                run,
+                step,
+                outcome=outcome,
+                blob=blob,
+                direction=direction,
+                depth=depth,
+                page_size=page_size,
+                page_token=page_token,
+            )
+        )
 
     def read_logs(self, run: str, step: str, *, attempt: int = 0, follow: bool = False) -> Iterator[LogChunk]:
         """An attempt's output (see `AsyncClient.read_logs`)."""

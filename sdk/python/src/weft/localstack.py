@@ -23,8 +23,10 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -372,12 +374,14 @@ def api_process(
     blob_store: str = "",
     extra_args: Sequence[str] = (),
     health_ca: Path | None = None,
+    metrics_port: int | None = None,
 ) -> ServiceProcess:
     """A `weft-api` child process (not started): what `weft up`, the benches and the tests run.
 
     `blob_store` (a URL such as `s3://bucket/prefix`) replaces the directory `blob_dir`;
     `extra_args` are further flags (auth, TLS); `health_ca` makes the health check speak
-    TLS trusting that CA.
+    TLS trusting that CA. `metrics_port` serves Prometheus metrics there (on the listen
+    host); None serves none.
 
     Raises:
         FileNotFoundError: The weft-api console script is not installed.
@@ -390,6 +394,8 @@ def api_process(
     if etcd_root:
         argv += ["--etcd-root", etcd_root]
     argv += list(extra_args)
+    if metrics_port is not None:
+        argv += ["--metrics-port", str(metrics_port)]
     return ServiceProcess(
         "weft-api",
         argv,
@@ -555,6 +561,15 @@ class StackWarning:
     message: str
 
 
+def _enterable_by_others(directory: Path) -> bool:
+    """Whether every directory from / down to `directory` lets any user pass (o+x)."""
+    for part in [*reversed(directory.parents), directory]:
+        with contextlib.suppress(FileNotFoundError):
+            if not part.stat().st_mode & stat.S_IXOTH:
+                return False
+    return True
+
+
 class LocalStack:
     """A complete local weft: etcd, weft-tracer, weft-api and weft-executors (local runtime),
     under one state dir.
@@ -562,12 +577,16 @@ class LocalStack:
     Layout of the state dir: `etcd/` (etcd's data), `spans.db` (weft-tracer's store),
     `blobs/` (the artifact store), `work/` (the executors' attempt directories) and
     `logs/*.log` (every process's output).
+    Run as root, the executors run steps as `nobody`, who must be able to enter the
+    attempt directories: when the state dir is private (e.g. under /root), they go to
+    `<tmp>/weft-attempts-<hash of the state dir>` instead (`work_dir`).
 
     Args:
         state_dir: Where all data and logs go; reused across starts.
         port: Port of weft-api on 127.0.0.1; 0 picks a free one.
         executors: How many weft-executors to start (0 for none).
-        max_parallel: Attempts each executor runs at once; None means the CPU count.
+        max_parallel: Attempts each executor runs at once; None means the executor's
+            default (4 per CPU, at least 8).
         etcd_root: Key prefix of this stack in etcd; None means the services' default.
         die_with_parent: Have the kernel stop the children if this process dies
             (for `weft up`, which owns them from its main thread).
@@ -581,6 +600,8 @@ class LocalStack:
         tracer: Start weft-tracer first and have every service export its spans to it.
         tracer_port: Port of weft-tracer on 127.0.0.1; 0 picks a free one.
         jaeger: OTLP/gRPC endpoint (`HOST:PORT`) weft-tracer forwards every span to, or "".
+        metrics: Have every service serve Prometheus metrics on a free loopback port
+            (listed in `metrics`, by component name, once started).
     """
 
     def __init__(
@@ -597,6 +618,7 @@ class LocalStack:
         tracer: bool = True,
         tracer_port: int = 0,
         jaeger: str = "",
+        metrics: bool = False,
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.secure = secure
@@ -608,13 +630,23 @@ class LocalStack:
         self.tracer: ServiceProcess | None = None
         self.port = port
         self.executor_count = executors
-        self.max_parallel = max_parallel or os.cpu_count() or 2
+        self.max_parallel = max_parallel
         self.etcd_root = etcd_root
         self.die_with_parent = die_with_parent
         self.etcd: EtcdProcess | None = None
         self.api: ServiceProcess | None = None
         self.executors: list[ServiceProcess] = []
         self.warnings: list[StackWarning] = []
+        self.serve_metrics = metrics
+        #: `host:port` of each component's Prometheus metrics (etcd's own included), by name.
+        self.metrics: dict[str, str] = {}
+
+    def _metrics_port(self, name: str) -> int | None:
+        if not self.serve_metrics:
+            return None
+        port = free_port()
+        self.metrics[name] = f"127.0.0.1:{port}"
+        return port
 
     @property
     def logs_dir(self) -> Path:
@@ -634,6 +666,15 @@ class LocalStack:
         if self.etcd is None:
             raise RuntimeError("the stack is not started")
         return self.etcd.endpoint
+
+    @property
+    def work_dir(self) -> Path:
+        """Where the executors make attempt directories (see the class docstring)."""
+        inside = self.state_dir / "work"
+        if os.geteuid() != 0 or _enterable_by_others(self.state_dir):
+            return inside
+        digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"weft-attempts-{digest}"
 
     @property
     def tracer_target(self) -> str:
@@ -694,6 +735,8 @@ class LocalStack:
             tls=self.security.etcd_tls() if self.security is not None else None,
         )
         self.etcd.start()
+        if self.serve_metrics:
+            self.metrics["etcd"] = f"127.0.0.1:{self.etcd.metrics_port}"
 
         if self.tracer_enabled:
             self._start_tracer(progress)
@@ -711,6 +754,7 @@ class LocalStack:
             extra_args=self._security_args(),
             health_ca=self.security.ca_cert if self.security is not None else None,
             blob_store=self.blob_store,
+            metrics_port=self._metrics_port("weft-api"),
         )
         self.api.start()
 
@@ -727,6 +771,7 @@ class LocalStack:
         for index in range(1, self.executor_count + 1):
             name = f"weft-executor-{index}" if self.executor_count > 1 else "weft-executor"
             progress(name)
+            metrics_port = self._metrics_port(name)
             executor = ServiceProcess(
                 name,
                 [
@@ -734,12 +779,13 @@ class LocalStack:
                     "--etcd-endpoints", self.etcd.endpoint,
                     "--api", self.api.address,
                     "--runtime", "local",
-                    "--max-parallel", str(self.max_parallel),
-                    "--work-dir", str(self.state_dir / "work"),
+                    *(["--max-parallel", str(self.max_parallel)] if self.max_parallel else []),
+                    "--work-dir", str(self.work_dir),
                     "--listen", "127.0.0.1:0",
                     *self._root_args(),
                     *self._security_args(),
                     *(["--blob-store", self.blob_store] if self.blob_store else []),
+                    *(["--metrics-port", str(metrics_port)] if metrics_port is not None else []),
                 ],
                 self.logs_dir / f"{name}.log",
                 announce=EXECUTOR_ANNOUNCE,

@@ -20,6 +20,12 @@ Contract every runtime keeps:
   over to adopt.
 - `kill` stops a running attempt (e.g. its run was cancelled); the pending `wait` then
   returns a CANCELLED result carrying the reason.
+- `planned_handle` names the attempt before it is launched when the runtime's names are
+  deterministic (a pod), so the attempt is recorded, handle included, before any process
+  or pod exists: a launch always leaves a trace in the step's attempt history.
+- `stop_orphan` stops an attempt that another executor launched and left running (its run
+  was cancelled, or its step was reused from the cache after a take-over); a runtime whose
+  attempts cannot outlive their executor has nothing to stop.
 - `adopt` re-attaches to an attempt another executor launched, or returns None when the
   attempt cannot be continued (a local process dies with its executor).
 - `read_logs` streams what a running attempt wrote, for ExecutorService.ReadAttemptLogs.
@@ -143,6 +149,14 @@ class Runtime(Protocol):
 
     async def launch(self, spec: AttemptSpec) -> LaunchedAttempt:
         """Starts the attempt; raises AttemptSetupError if it cannot start."""
+        ...
+
+    def planned_handle(self, spec: AttemptSpec) -> str:
+        """The handle `launch` will give this attempt if it is known in advance, else ""."""
+        ...
+
+    async def stop_orphan(self, spec: AttemptSpec, handle: str, reason: str) -> bool:
+        """Stops an attempt launched by another executor; True if something was stopped."""
         ...
 
     async def adopt(self, spec: AttemptSpec, handle: str) -> LaunchedAttempt | None:

@@ -3,58 +3,61 @@
 weft's embedded default: with it `weft up` runs real pipelines on a laptop with no
 cluster. An attempt gets a fresh directory `WORK/<ns>/<run>/<step>/<attempt>/` with
 
-    work/      the default working directory (a relative `working_dir` lives inside it)
+    work/      the default working directory; a `working_dir` is relative and inside it
     inputs/    `$WEFT_INPUTS`: every input fetched from the artifact store by digest
     outputs/   `$WEFT_OUTPUTS`: where the step writes its declared outputs
-    logs/      stdout and stderr, stored as log blobs when the attempt ends
 
-and runs as its own process group (a new session), so a timeout or a cancel stops the
-whole group (SIGTERM, then SIGKILL after a grace period). The image is recorded in the
-DNA but not pulled: the command runs on the host.
+Its stdout and stderr go to two unnamed files (O_TMPFILE) that only the executor and the
+step hold open: no path on disk ever names a raw, unredacted log. The directory is
+removed when the attempt ends, whichever way it ends (success, failure, timeout, cancel,
+abandon, a shutdown): the outputs and the redacted logs are in the artifact store by then.
+The image is recorded in the DNA but not pulled: the command runs on the host.
 
-A process must not outlive its executor: the child asks the kernel for SIGKILL when
-its parent dies (`prctl(PR_SET_PDEATHSIG)`), so a SIGKILLed executor leaves no step
-running and the executor that takes the step over starts a new attempt. The request is
-made by util-linux `setpriv --pdeathsig KILL`, which then execs the step's command (the
-pid stays the same). It is not made from a Python `preexec_fn`: forking a process with
-gRPC's threads and running Python in the child crashed the child (SIGSEGV) in tests.
-The limits: the signal reaches only the direct child, so grandchildren (what a shell
-step starts) survive an executor SIGKILL unless they die with their parent (a graceful
-stop, a timeout and a cancel kill the whole group); an executor killed in the
-microseconds between fork and setpriv's prctl leaves the process running; without
-setpriv (not Linux) there is no such protection and a warning says so at start.
-PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, so attempts are
-launched from the event loop's thread, never from a thread pool.
+Processes are started by one spawner process per runtime (`spawner.py`): a posix_spawn
+(vfork + exec) each, the step the leader of its own session and process group, so a
+timeout or a cancel stops the whole group (SIGTERM, then SIGKILL after the grace). A
+process must not outlive its executor: when the executor dies, the spawner reads EOF on
+its socket and SIGKILLs every group it started, grandchildren included.
 
-Trust: local steps run as the executor's user, so a step can read every file that user
-can read (the work dir of other attempts, a kubeconfig, ...). The local runtime is for
-trusted code. What is protected: a step gets only the secrets it was granted, and
-`weft-executor` makes itself non-dumpable (prctl PR_SET_DUMPABLE 0) and drops the
-WEFT_SECRET_* variables from its os.environ at start, so a step cannot read the
-executor's environment through /proc/<ppid>/environ.
+Who a step runs as (`--step-user`): when the executor runs as root, steps run as an
+unprivileged user (default `nobody`, uid 65534) with no supplementary groups and
+no_new_privs; otherwise as the executor's own user, with no_new_privs. A step's work,
+inputs and outputs directories belong to that user, and `$HOME` is its work directory
+when it runs as another user than the executor.
 
-Secret environment variables are read from the executor's own environment
-(`WEFT_SECRET_<NAME>_<KEY>`, upper-cased, other characters as '_') and reach only the
-child's environment; stored logs and live log streams have every secret value replaced
-by `*****` (invariant 8). Nothing here writes to etcd.
+Secrets: values come from the executor's environment (`WEFT_SECRET_<NAME>_<KEY>`,
+upper-cased, other characters as '_'), which `weft-executor` reads once and then re-execs
+itself without (see `__main__`), so `/proc/<executor>/environ` holds none; the executor
+and the spawner are non-dumpable, so a same-user step can read neither memory nor
+environment; a step's parent is the spawner, whose environment is empty. A secret value
+reaches only the environment of the steps granted it. Every stored log, live log stream
+and failure message has every secret value the executor holds replaced by `*****`
+(invariant 8), streamed in bounded memory off the event loop.
+
+The limits: steps running at the same time as the same user can read each other
+(`/proc/<pid>/environ` of a step granted a secret, its files); with `--step-user root`
+(or an executor that is not root) a step can read every file of the executor's user.
+The local runtime is for code you trust with your machine. Nothing here writes to etcd.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import logging
 import os
+import pwd
 import re
 import shutil
 import signal
-import subprocess
+import stat
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 
 from opentelemetry.trace import Status, StatusCode
 
@@ -70,6 +73,7 @@ from weft_executor.runtime import (
     AttemptSpec,
     LaunchedAttempt,
 )
+from weft_executor.runtime.spawner import Spawner, SpawnError, SpawnRequest
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,12 @@ STORE_PATIENCE = 60.0
 LOG_POLL_SECONDS = 0.1
 #: Largest chunk of a log stream.
 LOG_CHUNK_BYTES = 64 * 1024
+#: Chunk in which a stored log is redacted: what redaction holds in memory per log.
+REDACT_CHUNK_BYTES = 1024 * 1024
+#: The step user of a root executor when `--step-user` is not given.
+DEFAULT_STEP_USER = "nobody"
+#: nobody's ids where the user database has no `nobody`.
+NOBODY_ID = 65534
 
 
 def secret_variable(secret: str, key: str) -> str:
@@ -156,44 +166,122 @@ class Redactor:
         return rest
 
 
+@dataclass(frozen=True)
+class StepUser:
+    """The user local steps run as, when it is not the executor's own."""
+
+    name: str
+    uid: int
+    gid: int
+
+    def __str__(self) -> str:
+        return f"{self.name} (uid {self.uid}, gid {self.gid})"
+
+
+def resolve_step_user(value: str, *, euid: int | None = None) -> StepUser | None:
+    """The user named by `--step-user`, or None when steps run as the executor's user.
+
+    `value` is a user name, a uid, or `uid:gid`; "" means `nobody` for a root executor and
+    the executor's own user otherwise. Raises ValueError with the fix when the user does
+    not exist or this process cannot switch to it.
+    """
+    euid = os.geteuid() if euid is None else euid
+    if not value:
+        if euid != 0:
+            return None
+        value = DEFAULT_STEP_USER
+    name, _, group = value.partition(":")
+    try:
+        entry: pwd.struct_passwd | None = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except KeyError:
+        entry = None
+    if entry is not None:
+        uid, gid, label = entry.pw_uid, entry.pw_gid, entry.pw_name
+    elif name.isdigit():
+        uid, gid, label = int(name), int(name), name
+    elif name == DEFAULT_STEP_USER:
+        uid, gid, label = NOBODY_ID, NOBODY_ID, name
+    else:
+        raise ValueError(f"--step-user {value!r}: no such user; give an existing user name or a numeric uid[:gid]")
+    if group:
+        if not group.isdigit():
+            raise ValueError(f"--step-user {value!r}: the group must be a numeric gid, e.g. 65534:65534")
+        gid = int(group)
+    if uid == euid and gid == os.getegid():
+        return None
+    if euid != 0:
+        raise ValueError(
+            f"--step-user {value!r}: only an executor running as root can run steps as another user; "
+            "leave --step-user empty to run them as the executor's user"
+        )
+    return StepUser(label, uid, gid)
+
+
+def unreachable_ancestor(path: Path, user: StepUser) -> Path | None:
+    """The first directory from / down to `path` that `user` may not enter, or None."""
+    for directory in [*reversed(path.parents), path]:
+        try:
+            info = directory.stat()
+        except FileNotFoundError:
+            return None  # created by the executor, with modes the step user can enter
+        if info.st_uid == user.uid:
+            allowed = info.st_mode & stat.S_IXUSR
+        elif info.st_gid == user.gid:
+            allowed = info.st_mode & stat.S_IXGRP
+        else:
+            allowed = info.st_mode & stat.S_IXOTH
+        if not allowed:
+            return directory
+    return None
+
+
+def _unnamed_file(directory: Path) -> int:
+    """A file open for reading and appending that no path names (gone when closed)."""
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        if error.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+    # A filesystem without O_TMPFILE: a named file, unlinked at once.
+    handle, name = tempfile.mkstemp(dir=directory)
+    try:
+        return os.open(name, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+    finally:
+        os.unlink(name)
+        os.close(handle)
+
+
 @dataclass
 class LocalAttempt(LaunchedAttempt):
-    """A launched local process and the files of its attempt."""
+    """A launched local process and the files of its attempt.
 
-    process: subprocess.Popen[bytes] | None = None
+    Attributes:
+        pid: The step's process, leader of its own process group.
+        root: The attempt's directory (removed when the attempt ends).
+        log_fds: stdout and stderr (unnamed files); -1 once closed.
+        log_digests: The stored (redacted) stdout and stderr, once stored.
+    """
+
+    pid: int = 0
     root: Path = Path()
-    pidfd: int = -1
+    log_fds: list[int] = field(default_factory=lambda: [-1, -1])
+    log_digests: tuple[str, str] | None = None
     started: float = 0.0
     secrets: tuple[bytes, ...] = ()
-    exited: asyncio.Future[None] | None = None
+    exited: asyncio.Future[int] | None = None
     kill_reason: str = ""
     timed_out: bool = False
-    ended: bool = False
+    finished: bool = False
     stopper: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    @property
-    def stdout_path(self) -> Path:
-        return self.root / "logs" / "stdout"
-
-    @property
-    def stderr_path(self) -> Path:
-        return self.root / "logs" / "stderr"
 
     @property
     def outputs_dir(self) -> Path:
         return self.root / "outputs"
 
-
-def pdeathsig_wrapper() -> list[str]:
-    """The argv prefix that makes a command die with its parent, or [] where unsupported."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        return []
-    try:
-        usage = subprocess.run([setpriv, "--help"], capture_output=True, timeout=5, check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [setpriv, "--pdeathsig", "KILL", "--"] if b"pdeathsig" in usage else []
+    @property
+    def ended(self) -> bool:
+        """Whether the process exited (its leftovers are killed with it)."""
+        return self.exited is not None and self.exited.done()
 
 
 class LocalRuntime:
@@ -205,6 +293,12 @@ class LocalRuntime:
         max_output_bytes: Largest output file accepted; larger fails the attempt.
         kill_grace: Seconds between SIGTERM and SIGKILL when stopping an attempt.
         environ: Where PATH/HOME/LANG and secret values are read (default: os.environ).
+        step_user: `--step-user` ("" for the default: nobody when root, else the
+            executor's user).
+
+    Raises:
+        RuntimeError: The step user does not exist, cannot be switched to, or cannot
+            enter `work_dir`.
     """
 
     name = "local"
@@ -217,69 +311,125 @@ class LocalRuntime:
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         kill_grace: float = DEFAULT_KILL_GRACE,
         environ: Mapping[str, str] | None = None,
+        step_user: str = "",
     ) -> None:
-        self.work_dir = Path(work_dir)
+        self.work_dir = Path(work_dir).absolute()
         self.blobs = blobs
         self.max_output_bytes = max_output_bytes
         self.kill_grace = kill_grace
         self.environ = os.environ if environ is None else environ
+        try:
+            self.step_user = resolve_step_user(step_user)
+        except ValueError as error:
+            raise RuntimeError(str(error)) from None
+        if self.step_user is not None:
+            blocked = unreachable_ancestor(self.work_dir, self.step_user)
+            if blocked is not None:
+                mode = stat.filemode(blocked.stat().st_mode)
+                raise RuntimeError(
+                    f"steps run as {self.step_user}, who cannot enter {blocked} ({mode}) on the way to the work "
+                    f"directory {self.work_dir}: use a --work-dir they can reach (e.g. under {tempfile.gettempdir()}) "
+                    "or choose another --step-user"
+                )
+        #: Every secret value the executor holds: redacted from every log, granted or not.
+        self.secrets = tuple(
+            value.encode() for key, value in self.environ.items() if key.startswith(SECRET_ENV_PREFIX) and value
+        )
         self._running: dict[tuple[str, str, str, int], LocalAttempt] = {}
-        self._wrapper = pdeathsig_wrapper()
-        if not self._wrapper:
-            log.warning(
-                "setpriv with --pdeathsig (util-linux) is not available: step processes of an executor that is "
-                "killed with SIGKILL keep running"
-            )
+        self._cleanups: set[asyncio.Task[None]] = set()
+        self._spawner = Spawner(
+            self.step_user.uid if self.step_user else None, self.step_user.gid if self.step_user else None
+        )
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # no event loop yet: the spawner starts at the first launch
+        else:
+            try:
+                self._spawner.start()
+            except OSError as error:
+                raise RuntimeError(f"the local runtime cannot start its step spawner: {error}") from error
+
+    @property
+    def spawner_pid(self) -> int:
+        """The spawner process's pid (0 before the first launch)."""
+        return self._spawner.pid
 
     # Launch ---------------------------------------------------------------------------
 
     def attempt_dir(self, spec: AttemptSpec) -> Path:
         return self.work_dir / spec.namespace / spec.run / spec.step / str(spec.attempt)
 
+    def planned_handle(self, spec: AttemptSpec) -> str:
+        return ""  # a process id, known only once the process exists
+
+    async def stop_orphan(self, spec: AttemptSpec, handle: str, reason: str) -> bool:
+        # A local process dies with the executor that launched it (and a live executor
+        # stops its own attempts): a process id recorded elsewhere is never ours to kill.
+        return False
+
     async def launch(self, spec: AttemptSpec) -> LocalAttempt:
         root = self.attempt_dir(spec)
         if root.exists():
             # A launch of this attempt that was never recorded: its executor died before
-            # writing the step record, and PDEATHSIG killed its process. Start clean.
+            # writing the step record, and its spawner killed the process. Start clean.
             await asyncio.to_thread(shutil.rmtree, root, True)
+        attempt = LocalAttempt(spec=spec, handle="", start_time=datetime.now(UTC), root=root, secrets=self.secrets)
         try:
-            process, secrets = await self._prepare_and_spawn(spec, root)
+            await self._prepare_and_spawn(attempt)
         except BaseException:
-            shutil.rmtree(root, ignore_errors=True)
+            self._close_logs(attempt)
+            await asyncio.to_thread(shutil.rmtree, root, True)
             raise
-        attempt = LocalAttempt(
-            spec=spec,
-            handle=str(process.pid),
-            start_time=datetime.now(UTC),
-            process=process,
-            root=root,
-            started=time.monotonic(),
-            secrets=tuple(v.encode() for v in secrets.values()),
-        )
-        self._watch_exit(attempt)
         self._running[spec.key] = attempt
         return attempt
 
-    async def _prepare_and_spawn(self, spec: AttemptSpec, root: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-        for sub in ("work", "inputs", "outputs", "logs"):
+    async def _prepare_and_spawn(self, attempt: LocalAttempt) -> None:
+        spec, root = attempt.spec, attempt.root
+        for sub in ("work", "inputs", "outputs"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        cwd = self._working_dir(spec, root)
 
         with tracer().start_as_current_span("weft.input_fetch", attributes={"weft.inputs": len(spec.inputs)}):
             for name, digest in spec.inputs.items():
                 await self._fetch_input(name, digest, root / "inputs" / name)
+        if self.step_user is not None:
+            self._give_to_step_user(root, cwd)  # a few chowns: cheaper than a thread hop
 
-        secrets = self._resolve_secrets(spec)
-        env = self._environment(spec, root, secrets)
+        granted = self._resolve_secrets(spec)
+        env = self._environment(spec, root, granted)
         argv = list(spec.command)
         if not argv:
             raise AttemptSetupError('the step has no command: set container.command (e.g. ["sh", "-c", "..."])')
-        cwd = self._working_dir(spec, root)
-        self._check_command(argv[0], cwd, env.get("PATH", os.defpath))
+        executable = self._find_command(argv[0], cwd, env.get("PATH", os.defpath))
+        attempt.log_fds = [_unnamed_file(root), _unnamed_file(root)]
 
         with tracer().start_as_current_span("weft.launch", attributes={"process.command": argv[0]}) as span:
-            process = self._spawn(argv, cwd, env, root)
-            span.set_attribute("process.pid", process.pid)
-        return process, secrets
+            request = SpawnRequest(executable=executable, argv=argv, env=env, cwd=str(cwd))
+            try:
+                attempt.pid, attempt.exited = await self._spawner.spawn(request, *attempt.log_fds)
+            except SpawnError as error:
+                raise AttemptSetupError(self._spawn_failure(argv[0], executable, error)) from None
+            except ConnectionError as error:
+                raise AttemptSetupError(f"command '{argv[0]}' could not be started: {error}") from None
+            span.set_attribute("process.pid", attempt.pid)
+        log.info("launched %s (pid %d) for %s", argv[0], attempt.pid, "/".join(map(str, spec.key)))
+        attempt.handle = str(attempt.pid)
+        attempt.started = time.monotonic()
+
+    def _give_to_step_user(self, root: Path, cwd: Path) -> None:
+        """The step user owns what the step writes and reads; the attempt's directory
+        itself stays the executor's (the unnamed log files live there)."""
+        assert self.step_user is not None
+        uid, gid = self.step_user.uid, self.step_user.gid
+        for sub in ("work", "inputs", "outputs"):
+            top = root / sub
+            os.chown(top, uid, gid)
+            for directory, dirs, files in os.walk(top):
+                for name in dirs + files:
+                    os.chown(os.path.join(directory, name), uid, gid, follow_symlinks=False)
+        os.chown(cwd, uid, gid)
+        os.chmod(root, 0o711)  # enter, not list
 
     async def _fetch_input(self, name: str, digest: str, path: Path) -> None:
         try:
@@ -310,6 +460,8 @@ class LocalRuntime:
     def _environment(self, spec: AttemptSpec, root: Path, secrets: Mapping[str, str]) -> dict[str, str]:
         env = {k: self.environ[k] for k in INHERITED_ENV if k in self.environ}
         env.setdefault("PATH", os.defpath)
+        if self.step_user is not None:
+            env["HOME"] = str(root / "work")  # the executor's home is not the step user's
         env.update(spec.env)
         env.update(secrets)
         env["WEFT_INPUTS"] = str(root / "inputs")
@@ -317,74 +469,81 @@ class LocalRuntime:
         return env
 
     def _working_dir(self, spec: AttemptSpec, root: Path) -> Path:
+        """`work/` for an empty working_dir (fresh for every attempt), else the relative
+        working_dir inside it; nothing outside the attempt's directory, ever."""
+        work = root / "work"
         if not spec.working_dir:
-            return root / "work"
-        requested = Path(spec.working_dir)
-        if requested.is_absolute():
-            if not requested.is_dir():
-                raise AttemptSetupError(
-                    f"working directory '{requested}' does not exist on this machine; "
-                    "use a relative working_dir (created inside the attempt's directory) or create it"
-                )
-            return requested
-        cwd = root / "work" / requested
+            return work
+        requested = spec.working_dir
+        if os.path.isabs(requested):
+            raise AttemptSetupError(
+                f"working_dir '{requested}' is absolute; the local runtime runs a step inside its attempt's "
+                "directory: give a relative working_dir (e.g. 'src'), created inside it"
+            )
+        normalized = os.path.normpath(requested)
+        if normalized == os.pardir or normalized.startswith(os.pardir + os.sep):
+            raise AttemptSetupError(
+                f"working_dir '{requested}' leaves the attempt's directory; "
+                "give a relative path without '..' components that climb out (e.g. 'src/data')"
+            )
+        cwd = work / normalized
         cwd.mkdir(parents=True, exist_ok=True)
+        # The final guard: nothing (a symlink included) may lead the step outside.
+        if not cwd.resolve().is_relative_to(work.resolve()):
+            raise AttemptSetupError(f"working_dir '{requested}' leaves the attempt's directory; give a path inside it")
         return cwd
 
-    def _check_command(self, command: str, cwd: Path, path: str) -> None:
-        # Checked here because the wrapper would otherwise report it as its own exit code.
+    def _find_command(self, command: str, cwd: Path, path: str) -> str:
+        """The executable to spawn; the checks come first for messages a person can act on."""
         if "/" not in command:
-            if shutil.which(command, path=path) is None:
+            found = shutil.which(command, path=path)
+            if found is None:
                 raise AttemptSetupError(f"command '{command}' not found (PATH={path})")
-            return
+            if self.step_user is None:
+                return found
+            # The executor's rights may find a file the step user cannot run (a Python
+            # under /root): look again as the step user would.
+            for directory in path.split(os.pathsep):
+                candidate = Path(directory or ".") / command
+                if candidate.is_file() and self._step_user_may_run(candidate):
+                    return str(candidate)
+            raise AttemptSetupError(
+                f"command '{command}' is not executable by the step user {self.step_user} "
+                f"anywhere on PATH={path}: install it where that user can run it, or choose another --step-user"
+            )
         target = Path(command) if os.path.isabs(command) else cwd / command
         if not target.is_file():
             raise AttemptSetupError(f"command '{command}' not found (no file {target})")
         if not os.access(target, os.X_OK):
             raise AttemptSetupError(f"command '{command}' is not executable (chmod +x {target})")
+        return str(target)
 
-    def _spawn(self, argv: list[str], cwd: Path, env: dict[str, str], root: Path) -> subprocess.Popen[bytes]:
-        stdout = open(root / "logs" / "stdout", "wb")  # noqa: SIM115  (the child owns it; closed below)
-        stderr = open(root / "logs" / "stderr", "wb")  # noqa: SIM115
+    def _step_user_may_run(self, candidate: Path) -> bool:
+        assert self.step_user is not None
         try:
-            return subprocess.Popen(
-                [*self._wrapper, *argv],
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except FileNotFoundError:
-            raise AttemptSetupError(f"command '{argv[0]}' not found (PATH={env.get('PATH', '')})") from None
-        except PermissionError:
-            raise AttemptSetupError(f"command '{argv[0]}' is not executable (check its permissions)") from None
-        except OSError as error:
-            raise AttemptSetupError(f"command '{argv[0]}' could not be started: {error.strerror}") from None
-        finally:
-            stdout.close()
-            stderr.close()
+            resolved = candidate.resolve(strict=True)
+            info = resolved.stat()
+        except OSError:
+            return False
+        if unreachable_ancestor(resolved.parent, self.step_user) is not None:
+            return False
+        if info.st_uid == self.step_user.uid:
+            return bool(info.st_mode & stat.S_IXUSR)
+        if info.st_gid == self.step_user.gid:
+            return bool(info.st_mode & stat.S_IXGRP)
+        return bool(info.st_mode & stat.S_IXOTH)
 
-    def _watch_exit(self, attempt: LocalAttempt) -> None:
-        assert attempt.process is not None
-        loop = asyncio.get_running_loop()
-        attempt.exited = loop.create_future()
-        # A pidfd becomes readable when the process exits: no thread, no SIGCHLD handler.
-        attempt.pidfd = os.pidfd_open(attempt.process.pid)
-        exited = attempt.exited
-
-        def on_exit() -> None:
-            loop.remove_reader(attempt.pidfd)
-            if not exited.done():
-                exited.set_result(None)
-
-        loop.add_reader(attempt.pidfd, on_exit)
+    def _spawn_failure(self, command: str, executable: str, error: SpawnError) -> str:
+        if error.errno == errno.ENOENT:
+            return f"command '{command}' not found ({executable}: {error})"
+        if error.errno == errno.EACCES:
+            who = f" by the step user {self.step_user}" if self.step_user else ""
+            return f"command '{command}' is not executable{who} ({executable}: check its permissions)"
+        return f"command '{command}' could not be started: {error}"
 
     async def adopt(self, spec: AttemptSpec, handle: str) -> LocalAttempt | None:
-        # A local process dies with the executor that launched it (PDEATHSIG), so there
-        # is never anything to re-attach to: the step gets a new attempt.
+        # A local process dies with the executor that launched it (its spawner kills it),
+        # so there is never anything to re-attach to: the step gets a new attempt.
         return None
 
     # Wait -----------------------------------------------------------------------------
@@ -392,16 +551,26 @@ class LocalRuntime:
     async def wait(self, attempt: LaunchedAttempt) -> AttemptResult:
         assert isinstance(attempt, LocalAttempt)
         try:
-            await self._wait_for_exit(attempt)
+            exit_code = await self._wait_for_exit(attempt)
         except asyncio.CancelledError:
             self.abandon(attempt)
             raise
-        exit_code = self._reap(attempt, signal.SIGKILL)
+        try:
+            return await self._result_of(attempt, exit_code)
+        finally:
+            # Outputs and redacted logs are stored (or the attempt failed): nothing on
+            # disk is worth keeping, and the raw logs may hold secret values.
+            await self._finish(attempt)
+
+    async def _result_of(self, attempt: LocalAttempt, exit_code: int) -> AttemptResult:
         end_time = datetime.now(UTC)
+        if attempt.finished:  # abandoned while it ran: its logs are gone with it
+            return self._result(attempt, Attempt.STATE_FAILED, "abandoned by its executor", exit_code)
         try:
             stdout_digest, stderr_digest = await _patiently(lambda: self._store_logs(attempt))
         except ServiceError as error:
             return self._result(attempt, Attempt.STATE_FAILED, f"could not store logs: {error.message}", exit_code)
+        attempt.log_digests = (stdout_digest, stderr_digest)
 
         def failed(message: str) -> AttemptResult:
             state = Attempt.STATE_FAILED
@@ -455,55 +624,31 @@ class LocalRuntime:
             end_time=end_time or datetime.now(UTC),
         )
 
-    async def _wait_for_exit(self, attempt: LocalAttempt) -> None:
+    async def _wait_for_exit(self, attempt: LocalAttempt) -> int:
         assert attempt.exited is not None
         timeout = attempt.spec.timeout
-        if timeout is None:
-            await asyncio.shield(attempt.exited)
-            return
-        remaining = max(0.0, timeout - (time.monotonic() - attempt.started))
-        try:
-            await asyncio.wait_for(asyncio.shield(attempt.exited), remaining)
-        except TimeoutError:
-            attempt.timed_out = True
-            await self._stop(attempt)
-            await asyncio.shield(attempt.exited)
-
-    def _reap(self, attempt: LocalAttempt, leftover_signal: int) -> int:
-        """Kills what is left of the process group, collects the exit status, frees the pidfd."""
-        assert attempt.process is not None
-        if attempt.ended:
-            return attempt.process.returncode or 0
-        # The group leader is not reaped yet, so its id cannot have been reused: killing
-        # the group reaches only the step's own leftovers (background children).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(attempt.process.pid, leftover_signal)
-        exit_code = attempt.process.wait()
-        attempt.ended = True
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(attempt.pidfd)
-        os.close(attempt.pidfd)
-        if attempt.exited is not None and not attempt.exited.done():
-            attempt.exited.set_result(None)
+        if timeout is not None:
+            remaining = max(0.0, timeout - (time.monotonic() - attempt.started))
+            try:
+                return await asyncio.wait_for(asyncio.shield(attempt.exited), remaining)
+            except TimeoutError:
+                attempt.timed_out = True
+                await self._stop(attempt)
+        exit_code = await asyncio.shield(attempt.exited)
         if attempt.stopper is not None:
             attempt.stopper.cancel()
-        self._running.pop(attempt.spec.key, None)
         return exit_code
 
     async def _stop(self, attempt: LocalAttempt) -> None:
         """SIGTERM to the group, then SIGKILL once the grace period is over."""
-        assert attempt.process is not None
         assert attempt.exited is not None
         if attempt.ended:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(attempt.process.pid, signal.SIGTERM)
+        await self._spawner.signal_group(attempt.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.shield(attempt.exited), self.kill_grace)
         except TimeoutError:
-            if not attempt.ended:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(attempt.process.pid, signal.SIGKILL)
+            await self._spawner.signal_group(attempt.pid, signal.SIGKILL)
 
     async def kill(self, attempt: LaunchedAttempt, reason: str) -> None:
         assert isinstance(attempt, LocalAttempt)
@@ -516,7 +661,31 @@ class LocalRuntime:
     def abandon(self, attempt: LaunchedAttempt) -> None:
         assert isinstance(attempt, LocalAttempt)
         # The executor gave up on the attempt (lease lost, shutdown): nothing may outlive it.
-        self._reap(attempt, signal.SIGKILL)
+        if attempt.finished:
+            return
+        task = asyncio.get_running_loop().create_task(self._abandon(attempt))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _abandon(self, attempt: LocalAttempt) -> None:
+        if not attempt.ended:
+            await self._spawner.signal_group(attempt.pid, signal.SIGKILL)
+        await self._finish(attempt)
+
+    async def _finish(self, attempt: LocalAttempt) -> None:
+        """Closes the raw logs and removes the attempt's directory (once)."""
+        if attempt.finished:
+            return
+        attempt.finished = True
+        self._running.pop(attempt.spec.key, None)
+        self._close_logs(attempt)
+        await asyncio.to_thread(shutil.rmtree, attempt.root, True)
+
+    def _close_logs(self, attempt: LocalAttempt) -> None:
+        for index, fd in enumerate(attempt.log_fds):
+            if fd >= 0:
+                os.close(fd)
+                attempt.log_fds[index] = -1
 
     # Outputs and logs -----------------------------------------------------------------
 
@@ -553,26 +722,22 @@ class LocalRuntime:
     async def _store_logs(self, attempt: LocalAttempt) -> tuple[str, str]:
         """Stores stdout and stderr as blobs; an empty log has no blob and digest ""."""
         digests = []
-        for path in (attempt.stdout_path, attempt.stderr_path):
-            if path.stat().st_size == 0:
+        for fd in attempt.log_fds:
+            if os.fstat(fd).st_size == 0:
                 digests.append("")
             elif attempt.secrets:
-                redactor = Redactor(attempt.secrets)
-                data = redactor.feed(await asyncio.to_thread(path.read_bytes)) + redactor.flush()
-                digests.append((await self.blobs.put(data)).digest)
+                redacted = await asyncio.to_thread(redacted_copy, fd, attempt.secrets, self.work_dir)
+                with redacted:
+                    info = await self.blobs.put_file(Path(f"/proc/self/fd/{redacted.fileno()}"))
+                digests.append(info.digest)
             else:
-                digests.append((await self.blobs.put_file(path)).digest)
+                digests.append((await self.blobs.put_file(Path(f"/proc/self/fd/{fd}"))).digest)
         return digests[0], digests[1]
 
     def _stderr_tail(self, attempt: LocalAttempt) -> str:
-        try:
-            with open(attempt.stderr_path, "rb") as stderr:
-                stderr.seek(0, os.SEEK_END)
-                size = stderr.tell()
-                stderr.seek(max(0, size - 4096))
-                tail = stderr.read()
-        except OSError:
-            return ""
+        fd = attempt.log_fds[1]
+        size = os.fstat(fd).st_size
+        tail = os.pread(fd, 4096, max(0, size - 4096))
         tail = Redactor(attempt.secrets).redact(tail)
         lines = tail.decode(errors="replace").rstrip("\n").splitlines()[-FAILURE_LOG_LINES:]
         # Bounded: the message is stored in every step record of the attempt (invariant 6).
@@ -580,47 +745,82 @@ class LocalRuntime:
 
     async def read_logs(self, attempt: LaunchedAttempt, *, follow: bool) -> AsyncIterator[tuple[int, bytes]]:
         assert isinstance(attempt, LocalAttempt)
-        with contextlib.ExitStack() as files:
-            try:
-                # Opened once: the files stay readable after `release` removes the directory.
-                streams = [
-                    (STDOUT, files.enter_context(open(attempt.stdout_path, "rb"))),  # noqa: ASYNC230 (local file, no wait)
-                    (STDERR, files.enter_context(open(attempt.stderr_path, "rb"))),  # noqa: ASYNC230
-                ]
-            except FileNotFoundError:
-                return  # released already: the logs are in the artifact store
-            redactors = {stream: Redactor(attempt.secrets) for stream, _ in streams}
+        if attempt.finished or attempt.log_fds[0] < 0:
+            # Ended: the redacted logs are blobs (the step record may not name them yet).
+            for stream, digest in zip((STDOUT, STDERR), attempt.log_digests or ("", ""), strict=True):
+                if digest:
+                    async for chunk in self.blobs.read(digest):
+                        yield stream, chunk
+            return
+        # Our own references: the attempt's end closes its descriptors while we stream.
+        sources = [(STDOUT, os.dup(attempt.log_fds[0])), (STDERR, os.dup(attempt.log_fds[1]))]
+        try:
+            redactors = {stream: Redactor(attempt.secrets) for stream, _ in sources}
+            offsets = {stream: 0 for stream, _ in sources}
             while True:
                 # Decide before reading, so bytes written just before the end are still read.
-                finished = attempt.ended or (attempt.exited is not None and attempt.exited.done()) or not follow
-                for stream, source in streams:
-                    while chunk := source.read(LOG_CHUNK_BYTES):
+                done = attempt.ended or not follow
+                for stream, fd in sources:
+                    while chunk := os.pread(fd, LOG_CHUNK_BYTES, offsets[stream]):
+                        offsets[stream] += len(chunk)
                         safe = redactors[stream].feed(chunk)
                         if safe:
                             yield stream, safe
-                if finished:
-                    for stream, _ in streams:
+                if done:
+                    for stream, _ in sources:
                         rest = redactors[stream].flush()
                         if rest:
                             yield stream, rest
                     return
                 await asyncio.sleep(LOG_POLL_SECONDS)
+        finally:
+            for _, fd in sources:
+                os.close(fd)
 
     # Clean-up -------------------------------------------------------------------------
 
     async def release(self, attempt: LaunchedAttempt) -> None:
         assert isinstance(attempt, LocalAttempt)
-        # Everything worth keeping is in the artifact store by now (outputs, redacted logs);
-        # the raw log files may hold secret values a step printed, so they go too.
-        await asyncio.to_thread(shutil.rmtree, attempt.root, True)
+        # `wait` or `abandon` removed everything already; this is for an attempt whose
+        # wait never ran.
+        if not attempt.finished:
+            if not attempt.ended:
+                await self._spawner.signal_group(attempt.pid, signal.SIGKILL)
+            await self._finish(attempt)
 
     async def close(self) -> None:
         for attempt in list(self._running.values()):
             self.abandon(attempt)
+        if self._cleanups:
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
+        await self._spawner.close()
 
     def running(self) -> list[LocalAttempt]:
-        """Attempts launched and not yet reaped."""
+        """Attempts launched and not yet ended."""
         return list(self._running.values())
+
+
+def redacted_copy(fd: int, secrets: Sequence[bytes], directory: Path) -> IO[bytes]:
+    """An unnamed file with the content of `fd`, every secret replaced, positioned at 0.
+
+    Reads REDACT_CHUNK_BYTES at a time (with pread, leaving `fd`'s offset alone), so
+    memory stays bounded whatever the log's size; a secret split across two chunks is
+    still replaced (`Redactor` holds back a possible beginning of one).
+    """
+    redactor = Redactor(secrets)
+    target = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115  (returned open, the caller closes it)
+    try:
+        offset = 0
+        while chunk := os.pread(fd, REDACT_CHUNK_BYTES, offset):
+            offset += len(chunk)
+            target.write(redactor.feed(chunk))
+        target.write(redactor.flush())
+        target.flush()
+        target.seek(0)
+    except BaseException:
+        target.close()
+        raise
+    return target
 
 
 async def _patiently(store: Callable[[], Awaitable[T]]) -> T:

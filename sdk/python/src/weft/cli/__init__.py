@@ -7,6 +7,11 @@
     weft runs list|get|watch|cancel|resume
     weft logs RUN STEP [-f]                   an attempt's output
     weft explain RUN STEP                     why a step was (not) reused
+    weft diff RUN_A RUN_B                     which steps differ between two runs, and why
+    weft lineage RUN STEP [--up|--down]       what an output was built from / what consumed it
+    weft replay RUN                           run it again, cache off, and name nondeterministic steps
+    weft provenance RUN [--sign-key K]        SLSA provenance (in-toto Statement v1, DSSE-signed)
+    weft provenance verify FILE --key K       check a signed statement
     weft outputs RUN [STEP] [--dir D]         what the steps produced
     weft gc [--dry-run]                       delete blobs nothing references (runs weft-gc)
     weft trace RUN [--follow] [--html FILE]   the run's timeline (Gantt) in the terminal or a page
@@ -133,7 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--state-dir", default=".weft", help="where data and logs go (default %(default)s)")
     up.add_argument("--port", type=int, default=50051, help="weft-api port on 127.0.0.1; 0 picks one")
     up.add_argument("--executors", type=int, default=1, help="how many weft-executors (default %(default)s)")
-    up.add_argument("--max-parallel", type=int, default=None, help="attempts per executor at once (default: CPUs)")
+    up.add_argument(
+        "--max-parallel",
+        type=int,
+        default=None,
+        help="attempts per executor at once (default: the executor's, 4 per CPU, at least 8)",
+    )
     up.add_argument("--no-executor", action="store_true", help="start no executor (runs stay PENDING)")
     up.add_argument(
         "--secure",
@@ -229,6 +239,49 @@ def build_parser() -> argparse.ArgumentParser:
     explain = command(commands, "explain", c.explain, "show a step's DNA and why it was (not) reused")
     explain.add_argument("run")
     explain.add_argument("step")
+
+    diff = command(commands, "diff", c.diff, "compare two runs step by step by DNA: root causes first")
+    diff.add_argument("run_a", help="the first (earlier) run")
+    diff.add_argument("run_b", help="the second (later) run")
+    diff.add_argument("--all", action="store_true", help="also list the steps that are the same")
+
+    lineage = command(commands, "lineage", c.lineage, "draw what a step's outcome (or a blob) came from and fed")
+    lineage.add_argument("run", nargs="?", help="the run (with STEP)")
+    lineage.add_argument("step", nargs="?", help="the step whose outcome to start from")
+    lineage.add_argument("--blob", default="", help="start from the outcomes that produced or consumed this digest")
+    lineage.add_argument("--outcome", default="", help="start from the outcome with this DNA")
+    way = lineage.add_mutually_exclusive_group()
+    way.add_argument("--up", action="store_const", const="up", dest="direction", help="only what it was built from")
+    way.add_argument("--down", action="store_const", const="down", dest="direction", help="only what consumed it")
+    lineage.add_argument("--depth", type=int, default=3, help="edges to walk (default %(default)s, at most 20)")
+
+    replay = command(
+        commands,
+        "replay",
+        c.replay,
+        "run a finished run again (same version and parameters, cache off) and report the steps whose outputs diverged",
+    )
+    replay.add_argument("run")
+    replay.add_argument("--run-id", help="the replay's id (default: generated)")
+    replay.add_argument(
+        "--timeout", type=float, default=None, help="seconds to wait for the replay (default: no limit)"
+    )
+
+    provenance = command(
+        commands,
+        "provenance",
+        c.provenance,
+        "export a run's provenance as an in-toto Statement with a SLSA Provenance v1 predicate, or verify one "
+        "(`weft provenance verify FILE --key PUBLIC.pem`)",
+    )
+    provenance.add_argument("run", metavar="RUN|verify", help="the run to export, or `verify`")
+    provenance.add_argument("file", nargs="?", help="with verify: the signed statement (DSSE envelope) to check")
+    provenance.add_argument("--step", help="only this step's outcome")
+    provenance.add_argument(
+        "--format", choices=["slsa", "json"], default="slsa", help="slsa (default) or weft's own step records"
+    )
+    provenance.add_argument("--sign-key", help="sign with this ed25519 private key (PEM): a DSSE envelope")
+    provenance.add_argument("--key", help="with verify: the signer's ed25519 public key (PEM)")
 
     outputs = command(commands, "outputs", c.outputs, "print (or save) the outputs of a run's steps")
     outputs.add_argument("run")

@@ -1,4 +1,5 @@
-"""The `weft` commands that talk to weft-api: apply, pipelines, run, runs, logs, explain, outputs.
+"""The `weft` commands that talk to weft-api: apply, pipelines, run, runs, logs, explain, diff, lineage,
+outputs.
 
 Each command is one coroutine taking the parsed arguments and a connected `AsyncClient`,
 returning the process exit code. They print through `weft.cli._output` and raise
@@ -19,8 +20,9 @@ from weft._client import AsyncClient, AsyncRun
 from weft._results import PipelineVersion, RunRecord
 from weft.cli import _output as out
 from weft.cli._watch import follow_run
-from weft.errors import InvalidArgument, NotFound
+from weft.errors import FailedPrecondition, InvalidArgument, NotFound
 from weft.pipeline import load_pipeline
+from weft.v1 import run_pb2
 
 # `weft outputs` shows this many lines of each output unless asked for all.
 _PREVIEW_LINES = 40
@@ -258,6 +260,99 @@ async def explain(args: argparse.Namespace, client: AsyncClient) -> int:
         out.emit_messages(explanation.pb, args.output)
     else:
         out.console.print(out.explanation_view(args.run, args.step, explanation))
+    return 0
+
+
+async def diff(args: argparse.Namespace, client: AsyncClient) -> int:
+    """`weft diff RUN_A RUN_B`: root causes, input-changed steps, nondeterministic steps."""
+    response = await client.diff_runs(args.run_a, args.run_b)
+    if args.output != "table":
+        out.emit_messages(response, args.output)
+    else:
+        out.console.print(out.run_diff_view(response, show_same=args.all))
+    return 0
+
+
+async def lineage(args: argparse.Namespace, client: AsyncClient) -> int:
+    """`weft lineage RUN STEP [--up|--down] [--depth N]`, `--blob DIGEST`, `--outcome DNA`: a tree."""
+    if bool(args.run) != bool(args.step):
+        raise InvalidArgument("give both RUN and STEP, or --blob DIGEST, or --outcome DNA")
+    if not args.run and not (args.blob or args.outcome):
+        raise InvalidArgument("say where to start: RUN STEP, --blob DIGEST or --outcome DNA")
+    nodes: list[run_pb2.LineageNode] = []
+    edges: list[run_pb2.LineageEdge] = []
+    token = ""
+    while True:  # every page: a tree needs the whole walk
+        page = await client.get_lineage(
+            args.run or "",
+            args.step or "",
+            outcome=args.outcome,
+            blob=args.blob,
+            direction=args.direction or "both",
+            depth=args.depth,
+            page_size=1000,
+            page_token=token,
+        )
+        nodes.extend(page.nodes)
+        edges.extend(page.edges)
+        token = page.next_page_token
+        if not token:
+            break
+    whole = run_pb2.Lineage(
+        nodes=nodes,
+        edges=list({(e.producer, e.consumer, e.input): e for e in edges}.values()),
+        blob_producers=page.blob_producers,
+        blob_consumers=page.blob_consumers,
+        truncated=page.truncated,
+    )
+    if args.output != "table":
+        out.emit_messages(whole, args.output)
+    else:
+        out.console.print(out.lineage_view(whole, blob=args.blob))
+    return 0
+
+
+async def replay(args: argparse.Namespace, client: AsyncClient) -> int:
+    """`weft replay RUN`: replays the run, waits, and reports divergent steps; exit 1 if any."""
+    replayed = await client.replay_run(args.run, run_id=args.run_id)
+    out.err_console.print(f"replaying {args.run.rsplit('/', 1)[-1]} as {replayed.name}")
+    await replayed.wait(timeout=args.timeout)
+    report = await client.diff_runs(args.run, replayed.full_name)
+    if args.output != "table":
+        out.emit_messages(report, args.output)
+    else:
+        out.console.print(out.replay_view(report, replayed.state))
+    diverged = [d for d in report.steps if d.kind != run_pb2.StepDiff.KIND_SAME]
+    return 1 if diverged or replayed.state != "SUCCEEDED" else 0
+
+
+async def provenance(args: argparse.Namespace, client: AsyncClient) -> int:
+    """`weft provenance RUN [--step S] [--format slsa|json] [--sign-key K]`; `weft provenance verify FILE --key K`."""
+    from weft import _provenance as slsa
+
+    try:
+        if args.run == "verify":
+            if not args.file or not args.key:
+                raise InvalidArgument("usage: weft provenance verify FILE --key PUBLIC.pem")
+            statement = slsa.verify_file(Path(args.file), Path(args.key))
+            subjects = ", ".join(s["name"] for s in statement.get("subject", []))
+            out.console.print(Text(f"verified: signed statement of {subjects}", style="bold green"))
+            return 0
+        if args.file:
+            raise InvalidArgument(f"unexpected argument {args.file!r}: FILE goes with `weft provenance verify`")
+        run = (await client.get_run(args.run)).pb
+        if args.format == "json":
+            records = [s for s in run.steps if not args.step or s.step == args.step]
+            if not records:
+                raise NotFound(f"run {run.name} has no step {args.step!r}")
+            out.emit_messages(records, "json")
+            return 0
+        document = slsa.slsa_statement(run, args.step)
+        if args.sign_key:
+            document = slsa.sign_with_file(document, Path(args.sign_key))
+    except slsa.ProvenanceError as error:
+        raise FailedPrecondition(str(error)) from error
+    out.emit_document(document, "json")
     return 0
 
 

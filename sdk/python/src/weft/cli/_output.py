@@ -20,9 +20,10 @@ from google.protobuf.message import Message
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 
 from weft._results import Explanation, PipelineVersion, RunRecord, StepRun
-from weft.v1 import pipeline_pb2
+from weft.v1 import pipeline_pb2, run_pb2
 
 
 def _width(stream: Any) -> int | None:
@@ -367,9 +368,189 @@ def explanation_view(run: str, step: str, explanation: Explanation) -> Renderabl
     outcome = explanation.outcome
     if outcome is not None:
         grid.add_row("Outcome", f"run {outcome.run.rsplit('/', 1)[-1]} step {outcome.step} attempt {outcome.attempt}")
+    changes = explanation.pb.changes
+    if explanation.pb.compared_run:
+        grid.add_row("Compared with", f"run {explanation.pb.compared_run.rsplit('/', 1)[-1]} step {step}")
     table = Table(title="DNA components (in hashing order)", title_justify="left", box=None, header_style="bold")
     table.add_column("COMPONENT")
     table.add_column("VALUE", overflow="fold")
     for name, value in explanation.components:
         table.add_row(name, value)
-    return Group(grid, Text(""), table)
+    if not changes:
+        return Group(grid, Text(""), table)
+    return Group(grid, Text(""), component_changes_view(changes, "What changed (old → new)"), Text(""), table)
+
+
+#: Longest component value shown in a changes table (the -o json output has it whole).
+SHOWN_VALUE_CHARS = 48
+
+
+def shorten(value: str, limit: int = SHOWN_VALUE_CHARS) -> str:
+    """`value` cut to `limit` characters with an ellipsis in the middle."""
+    if len(value) <= limit:
+        return value
+    keep = (limit - 1) // 2
+    return value[:keep] + "…" + value[len(value) - (limit - 1 - keep) :]
+
+
+def component_changes_view(changes: Iterable[run_pb2.ComponentChange], title: str) -> Table:
+    """A table of changed DNA components: name, old and new value (shortened), cause.
+
+    Values come from the DNA, where a secret is only its reference (`secret:NAME/KEY`).
+    """
+    table = Table(title=title, title_justify="left", box=None, header_style="bold")
+    table.add_column("COMPONENT")
+    table.add_column("OLD", overflow="fold")
+    table.add_column("NEW", overflow="fold")
+    table.add_column("WHY", overflow="fold")
+    for change in changes:
+        table.add_row(
+            change.name,
+            Text(shorten(change.old_value) or "(none)", style="red"),
+            Text(shorten(change.new_value) or "(none)", style="green"),
+            change.cause or "-",
+        )
+    return table
+
+
+_DIFF_TITLES = {
+    run_pb2.StepDiff.KIND_ROOT_CAUSE: ("Root causes (the step itself changed)", "bold red"),
+    run_pb2.StepDiff.KIND_INPUT_CHANGED: ("Changed only through an input", "yellow"),
+    run_pb2.StepDiff.KIND_NONDETERMINISTIC: ("Nondeterministic (same DNA, different outputs)", "bold magenta"),
+    run_pb2.StepDiff.KIND_ADDED: ("Added (only in run B)", "green"),
+    run_pb2.StepDiff.KIND_REMOVED: ("Removed (only in run A)", "red"),
+    run_pb2.StepDiff.KIND_INCOMPARABLE: ("Not comparable (no committed outcome in one run)", "dim"),
+    run_pb2.StepDiff.KIND_SAME: ("Same DNA and outputs", "dim"),
+}
+
+
+def run_diff_view(response: run_pb2.DiffRunsResponse, *, show_same: bool = False) -> RenderableType:
+    """DiffRuns as sections: root causes first, each step with what changed and why."""
+    a, b = response.run_a.rsplit("/", 1)[-1], response.run_b.rsplit("/", 1)[-1]
+    parts: list[RenderableType] = [Text.assemble(("A ", "bold"), a, ("  B ", "bold"), b)]
+    same = sum(1 for d in response.steps if d.kind == run_pb2.StepDiff.KIND_SAME)
+    for kind, (title, style) in _DIFF_TITLES.items():
+        diffs = [d for d in response.steps if d.kind == kind]
+        if not diffs or (kind == run_pb2.StepDiff.KIND_SAME and not show_same):
+            continue
+        table = Table(title=Text(title, style=style), title_justify="left", box=None, header_style="bold")
+        table.add_column("STEP")
+        table.add_column("OUTPUTS")
+        table.add_column("WHAT CHANGED", overflow="fold")
+        for d in diffs:
+            lines = [
+                f"{c.name}: {shorten(c.old_value) or '(none)'} → {shorten(c.new_value) or '(none)'}" for c in d.changes
+            ]
+            if d.caused_by:
+                lines.append("caused by " + ", ".join(d.caused_by))
+            if not d.changes:
+                lines.append(d.message or "-")
+            table.add_row(d.step, "differ" if d.outputs_differ else "same", "\n".join(lines))
+        parts += [Text(""), table]
+    if same and not show_same:
+        parts += [Text(""), Text(f"{same} step(s) have the same DNA and outputs (--all lists them)", style="dim")]
+    if all(d.kind == run_pb2.StepDiff.KIND_SAME for d in response.steps):
+        parts += [Text("The runs do not differ.", style="bold")]
+    return Group(*parts)
+
+
+def _short_digest(digest: str) -> str:
+    return digest[: len("sha256:") + 12] if digest else "-"
+
+
+def _lineage_label(node: run_pb2.LineageNode) -> Text:
+    label = Text.assemble((node.step or "(unindexed outcome)", "bold"))
+    if node.run:
+        label.append(f"  run {node.run.rsplit('/', 1)[-1]}", style="cyan")
+    label.append(f"  {_short_digest(node.dna)}", style="dim")
+    outputs = ", ".join(f"{name}={_short_digest(d)}" for name, d in sorted(node.outputs.items()))
+    if outputs:
+        label.append(f"  → {outputs}")
+    # Parameters and literals: the inputs no outcome produced.
+    given = [f"{k}={_short_digest(v)}" for k, v in sorted(node.inputs.items()) if k not in node.input_outcomes]
+    if given:
+        label.append(f"  (given {', '.join(given)})", style="dim")
+    return label
+
+
+def lineage_view(lineage: run_pb2.Lineage, *, blob: str = "") -> RenderableType:
+    """A lineage walk as trees: each start, what it was built from, and what consumed it.
+
+    A node reached twice (a diamond) is drawn once; later mentions say so.
+    """
+    nodes = {n.dna: n for n in lineage.nodes}
+    producers: dict[str, list[run_pb2.LineageEdge]] = {}
+    consumers: dict[str, list[run_pb2.LineageEdge]] = {}
+    for edge in lineage.edges:
+        producers.setdefault(edge.consumer, []).append(edge)
+        consumers.setdefault(edge.producer, []).append(edge)
+
+    def grow(tree: Tree, dna: str, upstream: bool, shown: set[str]) -> None:
+        edges = producers.get(dna, []) if upstream else consumers.get(dna, [])
+        for edge in sorted(edges, key=lambda e: e.input):
+            other = edge.producer if upstream else edge.consumer
+            node = nodes.get(other)
+            if node is None or (node.distance >= 0 if upstream else node.distance <= 0):
+                continue
+            label = Text(f"{edge.input}: ", style="dim") + _lineage_label(node)
+            if other in shown:
+                tree.add(label + Text("  (shown above)", style="dim"))
+                continue
+            shown.add(other)
+            grow(tree.add(label), other, upstream, shown)
+
+    parts: list[RenderableType] = []
+    if blob:
+        parts.append(Text.assemble(("blob ", "bold"), blob))
+        if not lineage.blob_producers:
+            parts.append(Text("  produced by no outcome (a parameter, a literal, or an upload)", style="dim"))
+    for start in (n for n in lineage.nodes if n.distance == 0):
+        root = Tree(_lineage_label(start))
+        ups = Tree(Text("built from", style="bold yellow"))
+        grow(ups, start.dna, True, set())
+        if ups.children:
+            root.children.append(ups)
+        downs = Tree(Text("consumed by", style="bold green"))
+        grow(downs, start.dna, False, set())
+        if downs.children:
+            root.children.append(downs)
+        parts.append(root)
+    if blob and not lineage.blob_producers:
+        consumed = Tree(Text("consumed by", style="bold green"))
+        for dna in lineage.blob_consumers:
+            node = nodes.get(dna)
+            if node is not None:
+                grow(consumed.add(_lineage_label(node)), dna, False, {dna})
+        parts.append(consumed)
+    if lineage.truncated:
+        parts.append(Text("(the walk stopped at its node limit; use a smaller --depth)", style="yellow"))
+    if not parts:
+        parts.append(Text("no outcome found", style="dim"))
+    return Group(*parts)
+
+
+def replay_view(report: run_pb2.DiffRunsResponse, replay_state: str) -> RenderableType:
+    """A replay's report: identical, or the first divergent (nondeterministic) steps and the rest."""
+    original, replay = report.run_a.rsplit("/", 1)[-1], report.run_b.rsplit("/", 1)[-1]
+    first = [d for d in report.steps if d.kind == run_pb2.StepDiff.KIND_NONDETERMINISTIC]
+    parts: list[RenderableType] = [Text.assemble(("replay ", "bold"), replay, " of ", original, f"  {replay_state}")]
+    if all(d.kind == run_pb2.StepDiff.KIND_SAME for d in report.steps):
+        parts.append(Text("identical: every step produced the same outputs", style="bold green"))
+        return Group(*parts)
+    if first:
+        table = Table(
+            title=Text(
+                "First divergent steps (same inputs, different outputs: nondeterministic)", style="bold magenta"
+            ),
+            title_justify="left",
+            box=None,
+            header_style="bold",
+        )
+        table.add_column("STEP")
+        table.add_column("ORIGINAL OUTCOME")
+        table.add_column("REPLAY OUTCOME")
+        for d in first:
+            table.add_row(d.step, f"{original} {_short_digest(d.dna_a)}", f"{replay} {_short_digest(d.dna_b)}")
+        parts += [Text(""), table]
+    parts += [Text(""), run_diff_view(report)]
+    return Group(*parts)

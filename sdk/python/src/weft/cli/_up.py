@@ -82,10 +82,13 @@ def _endpoints(stack: LocalStack) -> Table:
         forward = f", forwarding to {stack.jaeger}" if stack.jaeger else ""
         grid.add_row("weft-tracer", f"{stack.tracer_target}  OTLP/gRPC + TraceService{forward}")
     for executor in stack.executors:
-        grid.add_row(executor.name, f"{executor.address}  (local runtime, max {stack.max_parallel} at once)")
+        at_once = f", max {stack.max_parallel} at once" if stack.max_parallel else ""
+        grid.add_row(executor.name, f"{executor.address}  (local runtime{at_once})")
     for warning in stack.warnings:
         grid.add_row(Text(warning.component, style="yellow"), Text(warning.message, style="yellow"))
     grid.add_row("blobs", stack.blob_store or str(stack.state_dir / "blobs"))
+    for index, (name, address) in enumerate(stack.metrics.items()):
+        grid.add_row("metrics" if index == 0 else "", f"http://{address}/metrics  ({name})")
     grid.add_row("state", str(stack.state_dir))
     grid.add_row("logs", f"{stack.logs_dir}/*.log")
     grid.add_row("", "")
@@ -143,6 +146,7 @@ def up(args: argparse.Namespace) -> int:
         tracer=not args.no_tracer,
         tracer_port=tracer_port,
         jaeger=forward_target(args.jaeger, os.environ),
+        metrics=True,
     )
     code = 0
     try:

@@ -22,6 +22,13 @@ class RunView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_VIEW_UNSPECIFIED: _ClassVar[RunView]
     RUN_VIEW_BASIC: _ClassVar[RunView]
     RUN_VIEW_FULL: _ClassVar[RunView]
+
+class LineageDirection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LINEAGE_DIRECTION_UNSPECIFIED: _ClassVar[LineageDirection]
+    LINEAGE_DIRECTION_UPSTREAM: _ClassVar[LineageDirection]
+    LINEAGE_DIRECTION_DOWNSTREAM: _ClassVar[LineageDirection]
+    LINEAGE_DIRECTION_BOTH: _ClassVar[LineageDirection]
 CACHE_MODE_UNSPECIFIED: CacheMode
 CACHE_MODE_USE: CacheMode
 CACHE_MODE_REFRESH: CacheMode
@@ -29,9 +36,13 @@ CACHE_MODE_OFF: CacheMode
 RUN_VIEW_UNSPECIFIED: RunView
 RUN_VIEW_BASIC: RunView
 RUN_VIEW_FULL: RunView
+LINEAGE_DIRECTION_UNSPECIFIED: LineageDirection
+LINEAGE_DIRECTION_UPSTREAM: LineageDirection
+LINEAGE_DIRECTION_DOWNSTREAM: LineageDirection
+LINEAGE_DIRECTION_BOTH: LineageDirection
 
 class Run(_message.Message):
-    __slots__ = ("name", "pipeline", "pipeline_version", "parameters", "parameter_digests", "state", "options", "create_time", "start_time", "end_time", "message", "failed_step", "traceparent", "resumed_from", "steps", "step_counts", "labels", "etag", "created_by", "cancelled_by")
+    __slots__ = ("name", "pipeline", "pipeline_version", "parameters", "parameter_digests", "state", "options", "create_time", "start_time", "end_time", "message", "failed_step", "traceparent", "resumed_from", "steps", "step_counts", "labels", "etag", "replay_of", "created_by", "cancelled_by")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Run.State]
@@ -94,6 +105,7 @@ class Run(_message.Message):
     STEP_COUNTS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_OF_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_BY_FIELD_NUMBER: _ClassVar[int]
     name: str
@@ -114,9 +126,10 @@ class Run(_message.Message):
     step_counts: _containers.ScalarMap[str, int]
     labels: _containers.ScalarMap[str, str]
     etag: str
+    replay_of: str
     created_by: str
     cancelled_by: str
-    def __init__(self, name: _Optional[str] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., parameter_digests: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[Run.State, str]] = ..., options: _Optional[_Union[RunOptions, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., failed_step: _Optional[str] = ..., traceparent: _Optional[str] = ..., resumed_from: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepRun, _Mapping]]] = ..., step_counts: _Optional[_Mapping[str, int]] = ..., labels: _Optional[_Mapping[str, str]] = ..., etag: _Optional[str] = ..., created_by: _Optional[str] = ..., cancelled_by: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., parameter_digests: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[Run.State, str]] = ..., options: _Optional[_Union[RunOptions, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., failed_step: _Optional[str] = ..., traceparent: _Optional[str] = ..., resumed_from: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepRun, _Mapping]]] = ..., step_counts: _Optional[_Mapping[str, int]] = ..., labels: _Optional[_Mapping[str, str]] = ..., etag: _Optional[str] = ..., replay_of: _Optional[str] = ..., created_by: _Optional[str] = ..., cancelled_by: _Optional[str] = ...) -> None: ...
 
 class RunOptions(_message.Message):
     __slots__ = ("cache_mode",)
@@ -180,12 +193,14 @@ class Attempt(_message.Message):
         STATE_FAILED: _ClassVar[Attempt.State]
         STATE_CANCELLED: _ClassVar[Attempt.State]
         STATE_LOST: _ClassVar[Attempt.State]
+        STATE_UNCONFIRMED: _ClassVar[Attempt.State]
     STATE_UNSPECIFIED: Attempt.State
     STATE_RUNNING: Attempt.State
     STATE_SUCCEEDED: Attempt.State
     STATE_FAILED: Attempt.State
     STATE_CANCELLED: Attempt.State
     STATE_LOST: Attempt.State
+    STATE_UNCONFIRMED: Attempt.State
     class OutputDigestsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -220,7 +235,7 @@ class Attempt(_message.Message):
     def __init__(self, number: _Optional[int] = ..., state: _Optional[_Union[Attempt.State, str]] = ..., executor: _Optional[str] = ..., handle: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., stdout_digest: _Optional[str] = ..., stderr_digest: _Optional[str] = ..., replica: _Optional[int] = ..., output_digests: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Outcome(_message.Message):
-    __slots__ = ("dna", "outputs", "run", "step", "attempt", "executor", "handle", "start_time", "end_time", "input_outcomes", "commit_time")
+    __slots__ = ("dna", "outputs", "run", "step", "attempt", "executor", "handle", "start_time", "end_time", "input_outcomes", "commit_time", "input_outcomes_digest", "image_id")
     class OutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +261,8 @@ class Outcome(_message.Message):
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     INPUT_OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     COMMIT_TIME_FIELD_NUMBER: _ClassVar[int]
+    INPUT_OUTCOMES_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     dna: str
     outputs: _containers.ScalarMap[str, str]
     run: str
@@ -257,7 +274,9 @@ class Outcome(_message.Message):
     end_time: _timestamp_pb2.Timestamp
     input_outcomes: _containers.ScalarMap[str, str]
     commit_time: _timestamp_pb2.Timestamp
-    def __init__(self, dna: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., run: _Optional[str] = ..., step: _Optional[str] = ..., attempt: _Optional[int] = ..., executor: _Optional[str] = ..., handle: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_outcomes: _Optional[_Mapping[str, str]] = ..., commit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    input_outcomes_digest: str
+    image_id: str
+    def __init__(self, dna: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., run: _Optional[str] = ..., step: _Optional[str] = ..., attempt: _Optional[int] = ..., executor: _Optional[str] = ..., handle: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_outcomes: _Optional[_Mapping[str, str]] = ..., commit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_outcomes_digest: _Optional[str] = ..., image_id: _Optional[str] = ...) -> None: ...
 
 class DnaComponent(_message.Message):
     __slots__ = ("name", "value")
@@ -353,6 +372,16 @@ class ResumeRunRequest(_message.Message):
     request_id: str
     def __init__(self, name: _Optional[str] = ..., latest_version: _Optional[bool] = ..., run_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
+class ReplayRunRequest(_message.Message):
+    __slots__ = ("name", "run_id", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    run_id: str
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., run_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
 class ExplainStepRequest(_message.Message):
     __slots__ = ("run", "step")
     RUN_FIELD_NUMBER: _ClassVar[int]
@@ -362,7 +391,7 @@ class ExplainStepRequest(_message.Message):
     def __init__(self, run: _Optional[str] = ..., step: _Optional[str] = ...) -> None: ...
 
 class StepExplanation(_message.Message):
-    __slots__ = ("dna", "components", "decision", "reason", "outcome")
+    __slots__ = ("dna", "components", "decision", "reason", "outcome", "components_digest", "image_hashed_as", "compared_run", "compared_step", "compared_outcome", "changes")
     class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         DECISION_UNSPECIFIED: _ClassVar[StepExplanation.Decision]
@@ -378,12 +407,94 @@ class StepExplanation(_message.Message):
     DECISION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_HASHED_AS_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_RUN_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_STEP_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
     dna: str
     components: _containers.RepeatedCompositeFieldContainer[DnaComponent]
     decision: StepExplanation.Decision
     reason: str
     outcome: Outcome
-    def __init__(self, dna: _Optional[str] = ..., components: _Optional[_Iterable[_Union[DnaComponent, _Mapping]]] = ..., decision: _Optional[_Union[StepExplanation.Decision, str]] = ..., reason: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ...) -> None: ...
+    components_digest: str
+    image_hashed_as: str
+    compared_run: str
+    compared_step: str
+    compared_outcome: Outcome
+    changes: _containers.RepeatedCompositeFieldContainer[ComponentChange]
+    def __init__(self, dna: _Optional[str] = ..., components: _Optional[_Iterable[_Union[DnaComponent, _Mapping]]] = ..., decision: _Optional[_Union[StepExplanation.Decision, str]] = ..., reason: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., components_digest: _Optional[str] = ..., image_hashed_as: _Optional[str] = ..., compared_run: _Optional[str] = ..., compared_step: _Optional[str] = ..., compared_outcome: _Optional[_Union[Outcome, _Mapping]] = ..., changes: _Optional[_Iterable[_Union[ComponentChange, _Mapping]]] = ...) -> None: ...
+
+class ComponentChange(_message.Message):
+    __slots__ = ("name", "old_value", "new_value", "cause", "upstream_step")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OLD_VALUE_FIELD_NUMBER: _ClassVar[int]
+    NEW_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_STEP_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    old_value: str
+    new_value: str
+    cause: str
+    upstream_step: str
+    def __init__(self, name: _Optional[str] = ..., old_value: _Optional[str] = ..., new_value: _Optional[str] = ..., cause: _Optional[str] = ..., upstream_step: _Optional[str] = ...) -> None: ...
+
+class DiffRunsRequest(_message.Message):
+    __slots__ = ("run_a", "run_b")
+    RUN_A_FIELD_NUMBER: _ClassVar[int]
+    RUN_B_FIELD_NUMBER: _ClassVar[int]
+    run_a: str
+    run_b: str
+    def __init__(self, run_a: _Optional[str] = ..., run_b: _Optional[str] = ...) -> None: ...
+
+class StepDiff(_message.Message):
+    __slots__ = ("step", "kind", "dna_a", "dna_b", "changes", "outputs_differ", "caused_by", "message")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[StepDiff.Kind]
+        KIND_ROOT_CAUSE: _ClassVar[StepDiff.Kind]
+        KIND_INPUT_CHANGED: _ClassVar[StepDiff.Kind]
+        KIND_NONDETERMINISTIC: _ClassVar[StepDiff.Kind]
+        KIND_ADDED: _ClassVar[StepDiff.Kind]
+        KIND_REMOVED: _ClassVar[StepDiff.Kind]
+        KIND_INCOMPARABLE: _ClassVar[StepDiff.Kind]
+        KIND_SAME: _ClassVar[StepDiff.Kind]
+    KIND_UNSPECIFIED: StepDiff.Kind
+    KIND_ROOT_CAUSE: StepDiff.Kind
+    KIND_INPUT_CHANGED: StepDiff.Kind
+    KIND_NONDETERMINISTIC: StepDiff.Kind
+    KIND_ADDED: StepDiff.Kind
+    KIND_REMOVED: StepDiff.Kind
+    KIND_INCOMPARABLE: StepDiff.Kind
+    KIND_SAME: StepDiff.Kind
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DNA_A_FIELD_NUMBER: _ClassVar[int]
+    DNA_B_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_DIFFER_FIELD_NUMBER: _ClassVar[int]
+    CAUSED_BY_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    kind: StepDiff.Kind
+    dna_a: str
+    dna_b: str
+    changes: _containers.RepeatedCompositeFieldContainer[ComponentChange]
+    outputs_differ: bool
+    caused_by: _containers.RepeatedScalarFieldContainer[str]
+    message: str
+    def __init__(self, step: _Optional[str] = ..., kind: _Optional[_Union[StepDiff.Kind, str]] = ..., dna_a: _Optional[str] = ..., dna_b: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[ComponentChange, _Mapping]]] = ..., outputs_differ: _Optional[bool] = ..., caused_by: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class DiffRunsResponse(_message.Message):
+    __slots__ = ("run_a", "run_b", "steps")
+    RUN_A_FIELD_NUMBER: _ClassVar[int]
+    RUN_B_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    run_a: str
+    run_b: str
+    steps: _containers.RepeatedCompositeFieldContainer[StepDiff]
+    def __init__(self, run_a: _Optional[str] = ..., run_b: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepDiff, _Mapping]]] = ...) -> None: ...
 
 class ReadLogsRequest(_message.Message):
     __slots__ = ("run", "step", "attempt", "follow")
@@ -414,3 +525,94 @@ class LogChunk(_message.Message):
     data: bytes
     attempt: int
     def __init__(self, stream: _Optional[_Union[LogChunk.Stream, str]] = ..., data: _Optional[bytes] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class GetLineageRequest(_message.Message):
+    __slots__ = ("parent", "run", "step", "outcome", "blob", "direction", "depth", "page_size", "page_token")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    run: str
+    step: str
+    outcome: str
+    blob: str
+    direction: LineageDirection
+    depth: int
+    page_size: int
+    page_token: str
+    def __init__(self, parent: _Optional[str] = ..., run: _Optional[str] = ..., step: _Optional[str] = ..., outcome: _Optional[str] = ..., blob: _Optional[str] = ..., direction: _Optional[_Union[LineageDirection, str]] = ..., depth: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class LineageNode(_message.Message):
+    __slots__ = ("dna", "run", "step", "outputs", "inputs", "input_outcomes", "components", "distance", "end_time")
+    class OutputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class InputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class InputOutcomesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    DNA_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    dna: str
+    run: str
+    step: str
+    outputs: _containers.ScalarMap[str, str]
+    inputs: _containers.ScalarMap[str, str]
+    input_outcomes: _containers.ScalarMap[str, str]
+    components: _containers.RepeatedCompositeFieldContainer[DnaComponent]
+    distance: int
+    end_time: _timestamp_pb2.Timestamp
+    def __init__(self, dna: _Optional[str] = ..., run: _Optional[str] = ..., step: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., inputs: _Optional[_Mapping[str, str]] = ..., input_outcomes: _Optional[_Mapping[str, str]] = ..., components: _Optional[_Iterable[_Union[DnaComponent, _Mapping]]] = ..., distance: _Optional[int] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class LineageEdge(_message.Message):
+    __slots__ = ("producer", "consumer", "input")
+    PRODUCER_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    producer: str
+    consumer: str
+    input: str
+    def __init__(self, producer: _Optional[str] = ..., consumer: _Optional[str] = ..., input: _Optional[str] = ...) -> None: ...
+
+class Lineage(_message.Message):
+    __slots__ = ("nodes", "edges", "blob_producers", "blob_consumers", "next_page_token", "truncated")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    BLOB_PRODUCERS_FIELD_NUMBER: _ClassVar[int]
+    BLOB_CONSUMERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[LineageNode]
+    edges: _containers.RepeatedCompositeFieldContainer[LineageEdge]
+    blob_producers: _containers.RepeatedScalarFieldContainer[str]
+    blob_consumers: _containers.RepeatedScalarFieldContainer[str]
+    next_page_token: str
+    truncated: bool
+    def __init__(self, nodes: _Optional[_Iterable[_Union[LineageNode, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[LineageEdge, _Mapping]]] = ..., blob_producers: _Optional[_Iterable[str]] = ..., blob_consumers: _Optional[_Iterable[str]] = ..., next_page_token: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...

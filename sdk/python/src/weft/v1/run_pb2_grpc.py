@@ -66,10 +66,25 @@ class RunServiceStub:
                 request_serializer=weft_dot_v1_dot_run__pb2.ResumeRunRequest.SerializeToString,
                 response_deserializer=weft_dot_v1_dot_run__pb2.Run.FromString,
                 _registered_method=True)
+        self.ReplayRun = channel.unary_unary(
+                '/weft.v1.RunService/ReplayRun',
+                request_serializer=weft_dot_v1_dot_run__pb2.ReplayRunRequest.SerializeToString,
+                response_deserializer=weft_dot_v1_dot_run__pb2.Run.FromString,
+                _registered_method=True)
         self.ExplainStep = channel.unary_unary(
                 '/weft.v1.RunService/ExplainStep',
                 request_serializer=weft_dot_v1_dot_run__pb2.ExplainStepRequest.SerializeToString,
                 response_deserializer=weft_dot_v1_dot_run__pb2.StepExplanation.FromString,
+                _registered_method=True)
+        self.DiffRuns = channel.unary_unary(
+                '/weft.v1.RunService/DiffRuns',
+                request_serializer=weft_dot_v1_dot_run__pb2.DiffRunsRequest.SerializeToString,
+                response_deserializer=weft_dot_v1_dot_run__pb2.DiffRunsResponse.FromString,
+                _registered_method=True)
+        self.GetLineage = channel.unary_unary(
+                '/weft.v1.RunService/GetLineage',
+                request_serializer=weft_dot_v1_dot_run__pb2.GetLineageRequest.SerializeToString,
+                response_deserializer=weft_dot_v1_dot_run__pb2.Lineage.FromString,
                 _registered_method=True)
         self.ReadLogs = channel.unary_stream(
                 '/weft.v1.RunService/ReadLogs',
@@ -128,8 +143,34 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplayRun(self, request, context):
+        """ReplayRun starts a new run of exactly the same pipeline version and parameters
+        with the cache off, so every step runs again; DiffRuns of the two then names the
+        steps whose inputs were identical but whose outputs were not (nondeterminism).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExplainStep(self, request, context):
         """ExplainStep returns a step run's DNA components and why it was a cache hit or miss.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiffRuns(self, request, context):
+        """DiffRuns compares two runs step by step by DNA: which components changed, whether
+        outputs differ, root causes first, then the steps changed only through an input.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLineage(self, request, context):
+        """GetLineage walks committed outcomes upstream (what an output was built from) and
+        downstream (every outcome, in any run, that consumed it), from a run's step, an
+        outcome (DNA) or a blob digest; depth-limited and paginated.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,10 +216,25 @@ def add_RunServiceServicer_to_server(servicer, server):
                     request_deserializer=weft_dot_v1_dot_run__pb2.ResumeRunRequest.FromString,
                     response_serializer=weft_dot_v1_dot_run__pb2.Run.SerializeToString,
             ),
+            'ReplayRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayRun,
+                    request_deserializer=weft_dot_v1_dot_run__pb2.ReplayRunRequest.FromString,
+                    response_serializer=weft_dot_v1_dot_run__pb2.Run.SerializeToString,
+            ),
             'ExplainStep': grpc.unary_unary_rpc_method_handler(
                     servicer.ExplainStep,
                     request_deserializer=weft_dot_v1_dot_run__pb2.ExplainStepRequest.FromString,
                     response_serializer=weft_dot_v1_dot_run__pb2.StepExplanation.SerializeToString,
+            ),
+            'DiffRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiffRuns,
+                    request_deserializer=weft_dot_v1_dot_run__pb2.DiffRunsRequest.FromString,
+                    response_serializer=weft_dot_v1_dot_run__pb2.DiffRunsResponse.SerializeToString,
+            ),
+            'GetLineage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLineage,
+                    request_deserializer=weft_dot_v1_dot_run__pb2.GetLineageRequest.FromString,
+                    response_serializer=weft_dot_v1_dot_run__pb2.Lineage.SerializeToString,
             ),
             'ReadLogs': grpc.unary_stream_rpc_method_handler(
                     servicer.ReadLogs,
@@ -361,6 +417,33 @@ class RunService:
             _registered_method=True)
 
     @staticmethod
+    def ReplayRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/weft.v1.RunService/ReplayRun',
+            weft_dot_v1_dot_run__pb2.ReplayRunRequest.SerializeToString,
+            weft_dot_v1_dot_run__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ExplainStep(request,
             target,
             options=(),
@@ -377,6 +460,60 @@ class RunService:
             '/weft.v1.RunService/ExplainStep',
             weft_dot_v1_dot_run__pb2.ExplainStepRequest.SerializeToString,
             weft_dot_v1_dot_run__pb2.StepExplanation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiffRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/weft.v1.RunService/DiffRuns',
+            weft_dot_v1_dot_run__pb2.DiffRunsRequest.SerializeToString,
+            weft_dot_v1_dot_run__pb2.DiffRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLineage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/weft.v1.RunService/GetLineage',
+            weft_dot_v1_dot_run__pb2.GetLineageRequest.SerializeToString,
+            weft_dot_v1_dot_run__pb2.Lineage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,112 @@
+"""Provenance vocabulary: reading a step record's DNA components, and saying what changed.
+
+`ExplainStep` and `DiffRuns` compare two step records by their DNA components. This module
+holds the parts of that comparison that need no I/O: where a record's components are
+read from, which source feeds each input of a step, and how a list of changed components
+reads for a person ("command changed (was … now …)", "cache version 2 → 3"). The api
+(`weft_api.provenance`) adds the reads: the nearest previous outcome, the upstream
+records an input change is traced to.
+
+It must never show a secret's value: DNA components hold only a secret's reference
+(`secret:<name>/<key>`, see `weft_core.dna`), and nothing here adds any other value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from weft.v1 import pipeline_pb2, run_pb2
+
+#: Step states whose record holds a committed outcome.
+COMMITTED_STEP_STATES = frozenset({run_pb2.StepRun.STATE_SUCCEEDED, run_pb2.StepRun.STATE_CACHED})
+#: Longest component value shown in a reason; the full values stay in the ComponentChange.
+SHOWN_VALUE_CHARS = 60
+#: Prefix of the DNA components that hold an input's content digest.
+INPUT_PREFIX = "input:"
+
+
+def dna_components(record: run_pb2.StepRun) -> list[tuple[str, str]]:
+    """The DNA components a step record was hashed from, in hashing order.
+
+    The one place that reads them: today they live in the record's explanation; should
+    they move to a blob referenced by digest (a wide join's list grows with its inputs),
+    only this function changes.
+    """
+    return [(c.name, c.value) for c in record.explanation.components]
+
+
+def shorten(value: str, limit: int = SHOWN_VALUE_CHARS) -> str:
+    """`value` cut to `limit` characters with an ellipsis in the middle, for a reason line."""
+    if len(value) <= limit:
+        return value
+    keep = (limit - 1) // 2
+    return value[:keep] + "…" + value[len(value) - (limit - 1 - keep) :]
+
+
+@dataclass(frozen=True)
+class InputSource:
+    """Where one input of a step comes from.
+
+    Attributes:
+        kind: "step_output", "parameter" or "literal" (the oneof of `pipeline.Input`).
+        upstream_step: The producing step, for a step output.
+        output: The producing step's output name, for a step output.
+        parameter: The run parameter's name, for a parameter.
+    """
+
+    kind: str
+    upstream_step: str = ""
+    output: str = ""
+    parameter: str = ""
+
+
+def input_sources(step: pipeline_pb2.Step) -> dict[str, InputSource]:
+    """The source of each input of `step`, by input name."""
+    sources: dict[str, InputSource] = {}
+    for item in step.inputs:
+        kind = item.WhichOneof("source") or ""
+        if kind == "step_output":
+            sources[item.name] = InputSource(kind, item.step_output.step, item.step_output.output)
+        elif kind == "parameter":
+            sources[item.name] = InputSource(kind, parameter=item.parameter)
+        else:
+            sources[item.name] = InputSource(kind)
+    return sources
+
+
+def component_changes(old: Iterable[tuple[str, str]], new: Iterable[tuple[str, str]]) -> list[run_pb2.ComponentChange]:
+    """The components that differ, in hashing order (a component on one side only shows "")."""
+    before, after = dict(old), dict(new)
+    names = list(after) + [n for n in before if n not in after]
+    return [
+        run_pb2.ComponentChange(name=n, old_value=before.get(n, ""), new_value=after.get(n, ""))
+        for n in names
+        if before.get(n, "") != after.get(n, "")
+    ]
+
+
+def is_own_change(change: run_pb2.ComponentChange) -> bool:
+    """Whether a change is of the step itself (spec or parameter), not of an upstream output."""
+    return not change.upstream_step
+
+
+def describe_change(change: run_pb2.ComponentChange) -> str:
+    """One change for people: "command changed (was … now …)", "cache version 2 → 3"."""
+    name, old, new = change.name, change.old_value, change.new_value
+    if name == "cache_version":
+        return f"cache version {old or '(none)'} → {new or '(none)'}"
+    label = f"input {name.removeprefix(INPUT_PREFIX)}" if name.startswith(INPUT_PREFIX) else name
+    if not old:
+        return f"{label} added"
+    if not new:
+        return f"{label} removed"
+    if change.cause:
+        return f"{label} changed ({change.cause})"
+    return f"{label} changed (was {shorten(old)} now {shorten(new)})"
+
+
+def describe_changes(changes: Sequence[run_pb2.ComponentChange]) -> str:
+    """Every change for people, own changes first, joined by "; "."""
+    ordered = [c for c in changes if is_own_change(c)] + [c for c in changes if not is_own_change(c)]
+    return "; ".join(describe_change(c) for c in ordered)
