@@ -188,12 +188,14 @@ def test_three_etcd_members_find_each_other_through_the_headless_service() -> No
     assert peers["spec"]["publishNotReadyAddresses"] is True
     assert etcd["spec"]["podManagementPolicy"] == "Parallel"
     assert etcd["spec"]["replicas"] == 3
-    flags = dict(arg.split("=", 1) for arg in etcd["spec"]["template"]["spec"]["containers"][0]["command"][1:])
+    command = etcd["spec"]["template"]["spec"]["containers"][0]["command"][1:]
+    flags = dict(arg.split("=", 1) for arg in command if "=" in arg)
     domain = f"{peers['metadata']['name']}.weft.svc.cluster.local"
+    # Peers talk TLS by default (tls.enabled; tests/e2e/test_helm_security.py has the rest).
     assert flags["--initial-cluster"].split(",") == [
-        f"rel-weft-etcd-{i}=http://rel-weft-etcd-{i}.{domain}:2380" for i in range(3)
+        f"rel-weft-etcd-{i}=https://rel-weft-etcd-{i}.{domain}:2380" for i in range(3)
     ]
-    assert flags["--initial-advertise-peer-urls"] == f"http://$(POD_NAME).{domain}:2380"
+    assert flags["--initial-advertise-peer-urls"] == f"https://$(POD_NAME).{domain}:2380"
     assert flags["--name"] == "$(POD_NAME)"  # the member name is the pod name used above
     assert [t["metadata"]["name"] for t in etcd["spec"]["volumeClaimTemplates"]] == ["data"]
 
@@ -214,7 +216,7 @@ def test_services_dial_the_etcd_client_service() -> None:
     objects = _objects("--set", "tracer.enabled=true")
     client_service = _find(objects, "Service", "rel-weft-etcd")
     port = client_service["spec"]["ports"][0]["port"]
-    endpoint = f"--etcd-endpoints=http://rel-weft-etcd:{port}"
+    endpoint = f"--etcd-endpoints=https://rel-weft-etcd:{port}"  # TLS is on by default
 
     containers = _containers(objects)
     for name in ("rel-weft-api/api", "rel-weft-executor/executor", "rel-weft-tracer/tracer"):
@@ -292,7 +294,9 @@ def test_the_executor_may_manage_pods_in_the_steps_namespace() -> None:
     ],
 )
 def test_grpc_probes_fit_the_cluster_version(kube_version: str, values: tuple[str, ...], native: bool) -> None:
-    containers = _containers(_objects(*values, kube_version=kube_version, namespace="weft"))
+    # Without TLS (with it, the exec probe always: tests/e2e/test_helm_security.py).
+    plaintext = ("--set", "tls.enabled=false")
+    containers = _containers(_objects(*values, *plaintext, kube_version=kube_version, namespace="weft"))
 
     api = containers["rel-weft-api/api"]
     # Readiness asks about the service (NOT_SERVING while etcd is away), liveness about the process.
@@ -330,7 +334,23 @@ def test_helm_test_runs_the_pipeline_script_against_the_api() -> None:
     container = pod["spec"]["containers"][0]
     assert container["command"][:2] == ["python", "-c"]
     assert container["command"][2] == (CHART / "files" / "pipeline-test.py").read_text()
-    assert _env(container) == {"WEFT_API": "rel-weft-api:50051", "WEFT_TEST_IMAGE": "weft:0.1.0"}
+    # Auth and TLS are on by default: the script presents the admin token and trusts the CA.
+    assert _env(container) == {
+        "WEFT_API": "rel-weft-api:50051",
+        "WEFT_TEST_IMAGE": "weft:0.1.0",
+        "WEFT_TOKEN": "",
+        "WEFT_CA_CERT": "/etc/weft/tls/ca.crt",
+    }
+    token = next(e for e in container["env"] if e["name"] == "WEFT_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "rel-weft-auth", "key": "admin-token"}
+    assert pod["spec"]["volumes"] == [
+        {"name": "tls", "secret": {"secretName": "rel-weft-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}
+    ]
+    plain = _find(
+        _objects("--set", "auth.enabled=false", "--set", "tls.enabled=false"), "Pod", "rel-weft-test-pipeline"
+    )
+    assert _env(plain["spec"]["containers"][0]) == {"WEFT_API": "rel-weft-api:50051", "WEFT_TEST_IMAGE": "weft:0.1.0"}
+    assert "volumes" not in plain["spec"]
 
 
 def test_a_multi_member_etcd_without_persistence_is_refused() -> None:
@@ -361,7 +381,8 @@ def test_snapshot_and_defrag_cronjobs_and_pdbs_fit_the_cluster(kube_version: str
     assert snapshot["apiVersion"] == f"batch/{batch}"
     pod = snapshot["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     save = pod["initContainers"][0]["command"]
-    assert save == ["etcdctl", "--endpoints=http://rel-weft-etcd:2379", "snapshot", "save", "/backups/.partial.db"]
+    # TLS is on by default: etcdctl speaks it with the release's client certificate.
+    assert save == ["etcdctl", "--endpoints=https://rel-weft-etcd:2379", "snapshot", "save", "/backups/.partial.db"]
     assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "rel-weft-etcd-backups"
     claim = _find(objects, "PersistentVolumeClaim", "rel-weft-etcd-backups")
     assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
@@ -376,6 +397,33 @@ def test_snapshot_and_defrag_cronjobs_and_pdbs_fit_the_cluster(kube_version: str
         assert budget["apiVersion"] == f"policy/{policy}"
         assert budget["spec"]["maxUnavailable"] == 1
         assert budget["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == component
+
+
+def test_snapshot_and_defrag_jobs_reach_a_tls_etcd_through_its_network_policy() -> None:
+    objects = _objects(*VALUE_SETS["operations"])
+
+    policy = _find(objects, "NetworkPolicy", "rel-weft-etcd")
+    allowed = {
+        p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in policy["spec"]["ingress"][0]["from"]
+    }
+    for name, component in (("rel-weft-etcd-snapshot", "etcd-backup"), ("rel-weft-etcd-defrag", "etcd-defrag")):
+        pod = _find(objects, "CronJob", name)["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        etcdctl = (pod.get("initContainers") or pod["containers"])[0]
+        env = {e["name"]: e["value"] for e in etcdctl["env"]}
+        assert env["ETCDCTL_CACERT"] == "/etc/weft/tls/ca.crt", name
+        assert env["ETCDCTL_CERT"] == "/etc/weft/tls/tls.crt", name
+        assert env["ETCDCTL_KEY"] == "/etc/weft/tls/tls.key", name
+        assert {"name": "tls", "mountPath": "/etc/weft/tls", "readOnly": True} in etcdctl["volumeMounts"], name
+        assert {"name": "tls", "secret": {"secretName": "rel-weft-tls"}} in pod["volumes"], name
+        assert component in allowed, (component, allowed)
+
+    plain = _objects(*VALUE_SETS["operations"], "--set", "tls.enabled=false")
+    for name in ("rel-weft-etcd-snapshot", "rel-weft-etcd-defrag"):
+        pod = _find(plain, "CronJob", name)["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        etcdctl = (pod.get("initContainers") or pod["containers"])[0]
+        assert "--endpoints=http://rel-weft-etcd:2379" in etcdctl["command"], name
+        assert [e["name"] for e in etcdctl["env"]] == ["ETCDCTL_API"], name
+        assert all(v["name"] != "tls" for v in pod.get("volumes", [])), name
 
 
 def test_single_replicas_get_no_pdb_and_backups_are_opt_in() -> None:

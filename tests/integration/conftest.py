@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -45,12 +46,13 @@ class InProcessApi:
 
 @contextlib.asynccontextmanager
 async def running_api(
-    etcd_endpoint: str, keyspace: Keyspace, blob_dir: Path, *, blob_store: str = ""
+    etcd_endpoint: str, keyspace: Keyspace, blob_dir: Path, *, blob_store: str = "", **settings: Any
 ) -> AsyncIterator[InProcessApi]:
     """Serves a weft-api on a free port for the duration of the `async with` block.
 
     Use it directly for an api against another etcd than the session's (e.g. `private_etcd`),
-    or with `blob_store` (a URL such as `s3://bucket/prefix`) instead of the directory.
+    or with `blob_store` (a URL such as `s3://bucket/prefix`) instead of the directory;
+    `settings` are further ApiConfig fields (auth, TLS).
     """
     config = ApiConfig(
         etcd_endpoints=etcd_endpoint,
@@ -58,6 +60,7 @@ async def running_api(
         blob_dir=blob_dir,
         etcd_root=keyspace.root,
         blob_store=blob_store,
+        **settings,
     )
     server, port = create_api_server(config)
     await server.start()

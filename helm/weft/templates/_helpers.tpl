@@ -67,9 +67,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-etcd-peer" (include "weft.fullname" .) }}
 {{- end }}
 
+{{/* http, or https when TLS is on (etcd then requires client certificates too). */}}
+{{- define "weft.etcd.scheme" -}}
+{{- if .Values.tls.enabled }}https{{ else }}http{{ end }}
+{{- end }}
+
 {{/* What weft's services dial: the etcd client Service. */}}
 {{- define "weft.etcd.endpoints" -}}
-{{- printf "http://%s:%d" (include "weft.etcd.fullname" .) (int .Values.etcd.clientPort) }}
+{{- printf "%s://%s:%d" (include "weft.etcd.scheme" .) (include "weft.etcd.fullname" .) (int .Values.etcd.clientPort) }}
 {{- end }}
 
 {{/* --initial-cluster for a fresh etcd cluster of .Values.etcd.replicas members. */}}
@@ -78,7 +83,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- $peers := include "weft.etcd.peerService" . }}
 {{- $members := list }}
 {{- range $i := until (int .Values.etcd.replicas) }}
-{{- $members = append $members (printf "%s-%d=http://%s-%d.%s.%s.svc.%s:%d" $fullname $i $fullname $i $peers $.Release.Namespace $.Values.clusterDomain (int $.Values.etcd.peerPort)) }}
+{{- $members = append $members (printf "%s-%d=%s://%s-%d.%s.%s.svc.%s:%d" $fullname $i (include "weft.etcd.scheme" $) $fullname $i $peers $.Release.Namespace $.Values.clusterDomain (int $.Values.etcd.peerPort)) }}
 {{- end }}
 {{- join "," $members }}
 {{- end }}
@@ -149,6 +154,104 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* Security: names, and what every weft service gets when auth and TLS are on. */}}
+{{- define "weft.auth.secretName" -}}
+{{- default (printf "%s-auth" (include "weft.fullname" .)) .Values.auth.existingSecret }}
+{{- end }}
+
+{{- define "weft.tls.secretName" -}}
+{{- default (printf "%s-tls" (include "weft.fullname" .)) .Values.tls.existingSecret }}
+{{- end }}
+
+{{- define "weft.api.serviceAccountName" -}}
+{{- printf "%s-api" (include "weft.fullname" .) }}
+{{- end }}
+
+{{/* Flags of weft-api and weft-executor for auth, TLS, each other and etcd. */}}
+{{- define "weft.security.args" -}}
+{{- if .Values.auth.enabled }}
+- --auth-tokens-file=/etc/weft/auth/tokens.yaml
+{{- end }}
+{{- if .Values.tls.enabled }}
+- --tls-cert=/etc/weft/tls/tls.crt
+- --tls-key=/etc/weft/tls/tls.key
+- --peer-ca-cert=/etc/weft/tls/ca.crt
+- --etcd-ca-cert=/etc/weft/tls/ca.crt
+- --etcd-client-cert=/etc/weft/tls/tls.crt
+- --etcd-client-key=/etc/weft/tls/tls.key
+{{- end }}
+{{- end }}
+
+{{/* The services' own token, from the auth Secret (never on the command line). */}}
+{{/* etcdctl's TLS towards etcd (the CronJobs of templates/operations.yaml), as env so
+the commands stay the same with and without TLS. */}}
+{{- define "weft.etcdctl.tlsEnv" -}}
+{{- if .Values.tls.enabled }}
+- name: ETCDCTL_CACERT
+  value: /etc/weft/tls/ca.crt
+- name: ETCDCTL_CERT
+  value: /etc/weft/tls/tls.crt
+- name: ETCDCTL_KEY
+  value: /etc/weft/tls/tls.key
+{{- end }}
+{{- end }}
+
+{{- define "weft.etcdctl.tlsMount" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/weft/tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "weft.etcdctl.tlsVolume" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "weft.tls.secretName" . }}
+{{- end }}
+{{- end }}
+
+{{- define "weft.security.env" -}}
+{{- if .Values.auth.enabled }}
+- name: WEFT_PEER_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "weft.auth.secretName" . }}
+      key: service-token
+{{- end }}
+{{- end }}
+
+{{- define "weft.security.mounts" -}}
+{{- if .Values.auth.enabled }}
+- name: auth
+  mountPath: /etc/weft/auth
+  readOnly: true
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/weft/tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Secret volumes: a rotated Secret shows up in them, and the services re-read it. */}}
+{{- define "weft.security.volumes" -}}
+{{- if .Values.auth.enabled }}
+- name: auth
+  secret:
+    secretName: {{ include "weft.auth.secretName" . }}
+    items:
+      - key: tokens.yaml
+        path: tokens.yaml
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "weft.tls.secretName" . }}
+{{- end }}
+{{- end }}
+
 {{/* The command lines. Flags and WEFT_* variables are documented by each service's --help. */}}
 {{- define "weft.api.command" -}}
 - weft-api
@@ -158,6 +261,10 @@ app.kubernetes.io/component: {{ .component }}
 - --blob-store={{ .Values.blobStore.url }}
 {{- else }}
 - --blob-dir={{ .Values.blobStore.mountPath }}
+{{- end }}
+{{- include "weft.security.args" . }}
+{{- if and .Values.auth.enabled .Values.auth.kubeRoles }}
+- --auth-kube-roles-file=/etc/weft/kube-roles/kube-roles.yaml
 {{- end }}
 {{- include "weft.operationArgs" . }}
 {{- range .Values.api.extraArgs }}
@@ -176,6 +283,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- /* weft's own image runs the input and output containers of every step pod. */}}
 - --pod-image={{ include "weft.image" . }}
 - --listen=0.0.0.0:{{ .Values.executor.port }}
+{{- include "weft.security.args" . }}
+{{- if .Values.auth.enabled }}
+- --pod-api-token-secret={{ printf "%s-pods-token" (include "weft.fullname" .) }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+- --pod-api-ca-secret={{ printf "%s-pods-ca" (include "weft.fullname" .) }}
+{{- end }}
 {{- if .Values.blobStore.url }}
 {{- /* The executor and the step pods' helpers use the bucket directly, not the api. */}}
 - --blob-store={{ .Values.blobStore.url }}
@@ -229,7 +343,8 @@ Call with (dict "root" $ "port" 50051).
 {{- if not (has $mode (list "auto" "native" "exec")) }}
 {{- fail (printf "probes.grpc must be auto, native or exec, not %q" $mode) }}
 {{- end }}
-{{- if or (eq $mode "native") (and (eq $mode "auto") (semverCompare ">=1.24.0-0" .root.Capabilities.KubeVersion.Version)) }}
+{{- /* Kubernetes' native gRPC probe speaks no TLS: with TLS on, the exec probe does. */}}
+{{- if and (not .root.Values.tls.enabled) (or (eq $mode "native") (and (eq $mode "auto") (semverCompare ">=1.24.0-0" .root.Capabilities.KubeVersion.Version))) }}
 grpc:
   port: {{ .port }}
   {{- with $service }}
@@ -243,6 +358,10 @@ exec:
     - weft_core.healthcheck
     - --addr
     - localhost:{{ .port }}
+    {{- if .root.Values.tls.enabled }}
+    - --ca-cert
+    - /etc/weft/tls/ca.crt
+    {{- end }}
     {{- with $service }}
     - --service
     - {{ . }}

@@ -8,9 +8,11 @@ any number of replicas can serve the same etcd and blob store (invariant 5).
 from __future__ import annotations
 
 from weft.v1 import artifact_pb2, artifact_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc, run_pb2, run_pb2_grpc
-from weft_api.artifacts import ArtifactService
+from weft_api.access import API_RULES
+from weft_api.artifacts import ArtifactService, BlobReferences
 from weft_api.pipelines import PipelineService
 from weft_api.runs import RunService
+from weft_core.auth import load_auth
 from weft_core.config import ApiConfig
 from weft_core.keyspace import Keyspace
 from weft_core.objectstore import open_blob_store
@@ -18,6 +20,7 @@ from weft_core.pipelines import PipelineReader
 from weft_core.requests import RequestIdLeases
 from weft_core.server import ServiceBinding, WeftServer, create_server
 from weft_core.store import Store
+from weft_core.tls import etcd_tls_of, peer_of, server_tls_of
 
 PIPELINE_SERVICE = pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name
 RUN_SERVICE = run_pb2.DESCRIPTOR.services_by_name["RunService"].full_name
@@ -32,8 +35,14 @@ def create_api_server(config: ApiConfig) -> tuple[WeftServer, int]:
 
     Returns:
         The server and the port it is bound to.
+
+    Raises:
+        ValueError: A token, roles or TLS file of the config is missing or malformed.
     """
-    store = Store(config.etcd_endpoints)
+    # Security first: a bad token or certificate file must stop the start, not the first call.
+    auth = load_auth(config.auth_tokens_file, config.auth_kube_roles_file, config.auth_kubeconfig)
+    tls = server_tls_of(config)
+    store = Store(config.etcd_endpoints, tls=etcd_tls_of(config))
     keyspace = Keyspace(config.etcd_root)
     # A directory, or object storage that every api replica and executor reaches directly.
     blobs = open_blob_store(config.blob_store_url)
@@ -42,19 +51,30 @@ def create_api_server(config: ApiConfig) -> tuple[WeftServer, int]:
     services = [
         ServiceBinding(
             PIPELINE_SERVICE,
-            PipelineService(store, keyspace, blobs, reader, request_ids),
+            PipelineService(
+                store,
+                keyspace,
+                blobs,
+                reader,
+                request_ids,
+                relaxed_security_namespaces=config.relaxed_security_namespaces,
+            ),
             pipeline_pb2_grpc.add_PipelineServiceServicer_to_server,
         ),
         ServiceBinding(
             RUN_SERVICE,
-            RunService(store, keyspace, blobs, reader, request_ids),
+            RunService(store, keyspace, blobs, reader, request_ids, peer=peer_of(config)),
             run_pb2_grpc.add_RunServiceServicer_to_server,
         ),
         ServiceBinding(
-            ARTIFACT_SERVICE, ArtifactService(blobs), artifact_pb2_grpc.add_ArtifactServiceServicer_to_server
+            ARTIFACT_SERVICE,
+            ArtifactService(blobs, BlobReferences(store, keyspace) if auth is not None else None),
+            artifact_pb2_grpc.add_ArtifactServiceServicer_to_server,
         ),
     ]
-    server, port = create_server(config.listen, services)
+    server, port = create_server(
+        config.listen, services, auth=auth.with_rules(API_RULES) if auth is not None else None, tls=tls
+    )
     server.follow_readiness(store.reachable)  # NOT_SERVING while etcd is unreachable
     server.on_stop(store.close)
     return server, port

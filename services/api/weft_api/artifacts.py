@@ -7,7 +7,18 @@ chunks from an offset; StatBlob also tells the store that the blob is wanted (`t
 because uploaders ask it before skipping an upload and the sweep must not delete a blob
 such an upload is about to rely on. `TRAFFIC` counts the bytes that went through the
 service, so an operator (and a test) can see that step data goes around the api when
-the store is object storage. This module never touches etcd.
+the store is object storage.
+
+With authentication on, blobs are shared by content but readable per namespace: a
+PutBlob for namespace ns records `blobrefs/{ns}/{hex}` in etcd once the content is
+verified, and GetBlob/StatBlob in ns answer NOT_FOUND for a blob ns never uploaded, so
+knowing a digest from another namespace gives nothing (uploading needs the content
+itself, so a reference cannot be forged). Cluster-wide admins (executors) read any
+blob; their StatBlob in a namespace still answers for that namespace, so an executor
+uploads an output another namespace already has and the reference is recorded. Blobs
+that executors write straight to object storage get no reference (a known limit: with
+auth on, read them through a cluster-wide viewer). Without authentication nothing here
+touches etcd.
 """
 
 from __future__ import annotations
@@ -20,9 +31,13 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from weft.v1 import artifact_pb2, artifact_pb2_grpc
+from weft_api.access import blob_namespace
 from weft_core import metrics
+from weft_core.auth import EVERY_NAMESPACE, current_principal
 from weft_core.blobs import CHUNK_BYTES, BlobInfo, BlobStore, check_digest
 from weft_core.errors import InvalidArgument, NotFound
+from weft_core.keyspace import Keyspace
+from weft_core.store import Store
 
 
 @dataclass
@@ -45,11 +60,42 @@ def blob_message(info: BlobInfo) -> artifact_pb2.Blob:
     return artifact_pb2.Blob(digest=info.digest, size_bytes=info.size, create_time=created)
 
 
+class BlobReferences:
+    """Which namespaces may read which blobs: `blobrefs/{ns}/{hex}` keys (auth only)."""
+
+    def __init__(self, store: Store, keyspace: Keyspace) -> None:
+        self.store = store
+        self.keyspace = keyspace
+
+    async def record(self, namespace: str, digest: str) -> None:
+        """Makes the blob readable in `namespace` (after its content was verified)."""
+        if namespace != EVERY_NAMESPACE:
+            await self.store.put(self.keyspace.blob_ref(namespace, check_digest(digest)), b"")
+
+    async def visible(self, namespace: str, digest: str, *, admin_sees_all: bool) -> bool:
+        """Whether the current caller may see the blob when asking in `namespace`."""
+        principal = current_principal()
+        if principal is None or (admin_sees_all and principal.cluster_admin):
+            return True
+        if namespace == EVERY_NAMESPACE:
+            return True  # the access rule already required the role in every namespace
+        return await self.store.get(self.keyspace.blob_ref(namespace, check_digest(digest))) is not None
+
+
 class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
     """The ArtifactService of weft-api (see the module docstring)."""
 
-    def __init__(self, blobs: BlobStore) -> None:
+    def __init__(self, blobs: BlobStore, references: BlobReferences | None = None) -> None:
+        """Serves `blobs`; `references` (given when authentication is on) limits reads to
+        blobs uploaded for the namespace asked in."""
         self.blobs = blobs
+        self.references = references
+
+    async def _visible(self, request_namespace: str, digest: str, *, admin_sees_all: bool) -> bool:
+        if self.references is None:
+            return True
+        namespace = blob_namespace(request_namespace, "namespace")
+        return await self.references.visible(namespace, digest, admin_sees_all=admin_sees_all)
 
     async def PutBlob(
         self, request_iterator: AsyncIterator[artifact_pb2.PutBlobRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -79,6 +125,8 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
         # Content already stored is still verified (and then discarded by the store), so a
         # wrong upload is always refused; clients avoid re-uploads with StatBlob first.
         info = await self.blobs.put_stream(data(), digest=header.digest, size=header.size_bytes)
+        if self.references is not None:
+            await self.references.record(blob_namespace(header.namespace, "header.namespace"), info.digest)
         metrics.blob_bytes("in", info.size)
         TRAFFIC.blobs_received += 1
         return blob_message(info)
@@ -88,7 +136,7 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
     ) -> AsyncIterator[artifact_pb2.GetBlobResponse]:
         check_digest(request.digest)
         info = await self.blobs.stat(request.digest)
-        if info is None:
+        if info is None or not await self._visible(request.namespace, request.digest, admin_sees_all=True):
             raise NotFound(f"blob {request.digest} is not stored; upload it first (PutBlob)")
         if not 0 <= request.offset <= info.size:
             raise InvalidArgument(
@@ -108,6 +156,7 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
         check_digest(request.digest)
         touch = getattr(self.blobs, "touch", None)
         info = await (touch(request.digest) if touch is not None else self.blobs.stat(request.digest))
-        if info is None:
+        # Same message whether absent or of another namespace: existence is not leaked.
+        if info is None or not await self._visible(request.namespace, request.digest, admin_sees_all=False):
             raise NotFound(f"blob {request.digest} is not stored")
         return blob_message(info)

@@ -132,10 +132,11 @@ class LineageReader:
         """Where a request starts."""
         given = [f for f, v in (("step", request.step), ("outcome", request.outcome), ("blob", request.blob)) if v]
         if len(given) != 1:
+            field = "step" if not given else given[1]
             raise InvalidArgument(
-                "give exactly one start: `run` and `step`, `outcome` (a DNA) or `blob` (a digest)"
+                f"{field}: give exactly one start: `run` and `step`, `outcome` (a DNA) or `blob` (a digest)"
                 + (f"; got {', '.join(given)}" if given else ""),
-                field="step" if not given else given[1],
+                field=field,
             )
         if request.step:
             if not request.run:

@@ -16,7 +16,9 @@ from typing import Any
 import grpc
 
 from weft.v1 import pipeline_pb2, pipeline_pb2_grpc
+from weft_api.access import check_step_security
 from weft_api.listing import check_request_id, decode_token, encode_token, page_size
+from weft_core.auth import current_subject
 from weft_core.blobs import BlobStore
 from weft_core.composition import expand_uses
 from weft_core.errors import Aborted, InvalidArgument, NotFound
@@ -103,12 +105,16 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
         blobs: BlobStore,
         reader: PipelineReader,
         request_ids: RequestIdLeases | None = None,
+        *,
+        relaxed_security_namespaces: frozenset[str] = frozenset(),
     ) -> None:
         self.store = store
         self.keyspace = keyspace
         self.blobs = blobs
         self.reader = reader
         self.request_ids = request_ids or RequestIdLeases(store)
+        #: Namespaces whose steps may relax the hardened pod defaults (Container.security).
+        self.relaxed_security_namespaces = relaxed_security_namespaces
 
     async def CreatePipeline(
         self, request: pipeline_pb2.CreatePipelineRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -137,6 +143,7 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
         pipeline.spec.CopyFrom(request.pipeline.spec)
         await self._expand_uses(ns, pipeline)
         dag = validate_pipeline(pipeline)
+        check_step_security(pipeline.spec, ns, self.relaxed_security_namespaces)
         digest = spec_digest(pipeline.spec)
         self.reader.remember(digest, pipeline.spec, dag)
 
@@ -238,7 +245,7 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
 
         existing = await self.reader.version_record(ns, name, digest)
         if existing is not None and head is not None:
-            order = PipelineVersionOrder(digest, existing.create_time)
+            order = PipelineVersionOrder(digest, existing.create_time, existing.created_by)
             new_head = PipelineHead(
                 version=digest,
                 version_count=head.version_count,
@@ -267,6 +274,7 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
         now = now_rfc3339()
         sequence = (head.version_count if head is not None else 0) + 1
         record, blob = version_record(name, pipeline.spec, digest, sequence, now)
+        record.created_by = current_subject()
         if blob is not None:
             # Stored before the record that names it, so a record never points at nothing.
             await self.blobs.put(blob)
@@ -278,7 +286,7 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
             labels=labels,
             version_create_time=now,
         )
-        order = PipelineVersionOrder(digest, now)
+        order = PipelineVersionOrder(digest, now, record.created_by)
         result = await self.store.txn(
             [unchanged_since(head_key, head_revision), absent(version_key), *request_compares],
             [

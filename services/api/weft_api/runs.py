@@ -40,6 +40,7 @@ from weft_api.group_commit import GroupCommit
 from weft_api.lineage import LineageReader
 from weft_api.listing import check_request_id, decode_token, encode_token, page_size
 from weft_api.provenance import Provenance
+from weft_core.auth import current_subject
 from weft_core.blobs import BlobStore, digest_of
 from weft_core.dna import restore_components
 from weft_core.errors import (
@@ -68,6 +69,7 @@ from weft_core.spec import (
 )
 from weft_core.store import Compacted, KeyValue, LeaseNotFound, Store, absent, op_get, op_put, unchanged_since
 from weft_core.telemetry import ATTR_RUN, run_root_span
+from weft_core.tls import Peer
 
 log = logging.getLogger(__name__)
 
@@ -229,12 +231,16 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         blobs: BlobStore,
         reader: PipelineReader,
         request_ids: RequestIdLeases | None = None,
+        *,
+        peer: Peer | None = None,
     ) -> None:
         self.store = store
         self.keyspace = keyspace
         self.blobs = blobs
         self.reader = reader
         self.request_ids = request_ids or RequestIdLeases(store)
+        #: How the api calls executors (ReadAttemptLogs): its peer token and TLS.
+        self.peer = peer or Peer()
         self._heads: OrderedDict[tuple[str, str], _PipelineAt] = OrderedDict()
         #: CreateRun's transactions, grouped with the concurrent ones (weft_api/group_commit.py).
         self.run_writes = GroupCommit(store)
@@ -621,6 +627,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             state=Run.STATE_PENDING,
             labels=wanted.labels,
             resumed_from=resumed_from,
+            created_by=current_subject(),
             replay_of=replay_of,
             traceparent=traceparent,
         )
@@ -712,6 +719,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             else:
                 run.state = Run.STATE_CANCELLING
             run.message = request.reason or "cancelled by request"
+            run.cancelled_by = current_subject()
             run.ClearField("etag")
             data = run.SerializeToString()
             result = await self.store.txn(
@@ -933,7 +941,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         except (ValueError, KeyError, TypeError) as error:
             raise Internal(f"the registration of executor {executor} has no address; it is corrupt") from error
         request = executor_pb2.ReadAttemptLogsRequest(run=run, step=step, attempt=attempt.number, follow=follow)
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with self.peer.open_channel(address) as channel:
             stub: Any = executor_pb2_grpc.ExecutorServiceStub(channel)  # type: ignore[no-untyped-call]
             call = stub.ReadAttemptLogs(request)
             try:

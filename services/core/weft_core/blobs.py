@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import logging
 import os
@@ -33,7 +34,16 @@ from typing import IO, Any, Protocol
 import grpc
 
 from weft.v1 import artifact_pb2, artifact_pb2_grpc
-from weft_core.errors import Internal, InvalidArgument, NotFound, ServiceError, Unavailable
+from weft_core.errors import (
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ServiceError,
+    Unauthenticated,
+    Unavailable,
+)
+from weft_core.tls import Peer
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +141,10 @@ def mismatch_message(
         for part in (declared_digest or "", f"({declared_size} bytes)" if declared_size is not None else "")
         if part
     )
+    # Named after the header field that disagrees with the content (the digest when both do).
+    field = "header.size_bytes" if declared_size is not None and declared_size != actual_size else "header.digest"
     return (
-        f"the uploaded content is {actual_digest} ({actual_size} bytes) but the header declared {declared}; "
+        f"{field}: the uploaded content is {actual_digest} ({actual_size} bytes) but the header declared {declared}; "
         "nothing was stored: compute the digest and size of the exact bytes you send and upload again"
     )
 
@@ -216,8 +228,9 @@ class DirectoryBlobStore:
                     written += len(chunk)
                     if size is not None and written > size:
                         raise InvalidArgument(
-                            f"the upload sent more than the {size} bytes its header declared; nothing was stored: "
-                            "send the exact size in the header"
+                            f"header.size_bytes: the upload sent more than the {size} bytes its header declared; "
+                            "nothing was stored: send the exact size in the header",
+                            field="header.size_bytes",
                         )
                     await asyncio.to_thread(temp.write, chunk)
                 actual = "sha256:" + hasher.hexdigest()
@@ -431,6 +444,19 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
+#: The namespace the blobs of the current task belong to ("" for none). An executor sets
+#: it in each step's task, so uploads are recorded for that namespace and reads and
+#: stats answer for it when weft-api has authentication on (weft_api.artifacts).
+blob_namespace: contextvars.ContextVar[str] = contextvars.ContextVar("weft_blob_namespace", default="")
+
+
+def namespace_context(namespace: str) -> contextvars.Context:
+    """A copy of the current context whose blobs belong to `namespace` (for create_task)."""
+    context = contextvars.copy_context()
+    context.run(blob_namespace.set, namespace)
+    return context
+
+
 #: How long a call to the artifact store is retried while weft-api is unreachable (a
 #: restart, a rolling upgrade) before it fails with Unavailable.
 DEFAULT_API_PATIENCE = 120.0
@@ -498,7 +524,9 @@ class RemoteBlobStore:
     """A BlobStore that talks to weft-api's ArtifactService (used by executors and pods).
 
     Uploads skip content the service already has (one StatBlob first), so re-uploading
-    a cached output costs one round trip.
+    a cached output costs one round trip. Every request names the namespace of
+    `blob_namespace` (the current task's), so with authentication on an upload makes
+    the blob readable in that namespace.
 
     Every call rides out a restart or rolling upgrade of weft-api: an unreachable service
     or a connection broken mid-call is retried with backoff for up to `patience` seconds
@@ -509,7 +537,12 @@ class RemoteBlobStore:
     """
 
     def __init__(
-        self, target: str | grpc.aio.Channel, *, timeout: float = 60.0, patience: float = DEFAULT_API_PATIENCE
+        self,
+        target: str | grpc.aio.Channel,
+        *,
+        timeout: float = 60.0,
+        patience: float = DEFAULT_API_PATIENCE,
+        peer: Peer | None = None,
     ) -> None:
         """Connects to `target` (`host:port`) or uses an existing channel.
 
@@ -517,10 +550,11 @@ class RemoteBlobStore:
             target: The api's address, or a channel the caller owns.
             timeout: Deadline of each call, in seconds.
             patience: Seconds a call is retried while the api is unreachable (0: no retry).
+            peer: The token and TLS settings towards the api (for a `host:port` target).
         """
         if isinstance(target, str):
             self.target = target
-            self._channel = grpc.aio.insecure_channel(
+            self._channel = (peer or Peer()).open_channel(
                 target,
                 options=[
                     ("grpc.max_receive_message_length", 2 * CHUNK_BYTES + 1024),
@@ -550,6 +584,9 @@ class RemoteBlobStore:
         by_code: dict[grpc.StatusCode, type[ServiceError]] = {
             grpc.StatusCode.NOT_FOUND: NotFound,
             grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+            # A missing or wrong peer token is a setting to fix, not an outage to wait out.
+            grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+            grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
         }
         if error.code() in by_code:
             return by_code[error.code()](details)
@@ -578,7 +615,8 @@ class RemoteBlobStore:
 
     async def _upload_once(self, digest: str, size: int, chunks: AsyncIterable[bytes]) -> BlobInfo:
         async def requests() -> AsyncIterator[artifact_pb2.PutBlobRequest]:
-            yield artifact_pb2.PutBlobRequest(header=artifact_pb2.BlobHeader(digest=digest, size_bytes=size))
+            header = artifact_pb2.BlobHeader(digest=digest, size_bytes=size, namespace=blob_namespace.get())
+            yield artifact_pb2.PutBlobRequest(header=header)
             async for chunk in chunks:
                 yield artifact_pb2.PutBlobRequest(data=chunk)
 
@@ -636,9 +674,10 @@ class RemoteBlobStore:
     async def stat(self, digest: str) -> BlobInfo | None:
         check_digest(digest)
         patience = _Patience(self, f"looking up blob {digest}")
+        request = artifact_pb2.StatBlobRequest(digest=digest, namespace=blob_namespace.get())
         while True:
             try:
-                blob = await self._stub.StatBlob(artifact_pb2.StatBlobRequest(digest=digest), timeout=self.timeout)
+                blob = await self._stub.StatBlob(request, timeout=self.timeout)
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.NOT_FOUND:
                     patience.progressed()
@@ -657,7 +696,8 @@ class RemoteBlobStore:
         patience = _Patience(self, f"reading blob {digest}")
         position = offset
         while True:
-            call = self._stub.GetBlob(artifact_pb2.GetBlobRequest(digest=digest, offset=position), timeout=self.timeout)
+            request = artifact_pb2.GetBlobRequest(digest=digest, offset=position, namespace=blob_namespace.get())
+            call = self._stub.GetBlob(request, timeout=self.timeout)
             try:
                 async for response in call:
                     patience.progressed()

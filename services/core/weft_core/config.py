@@ -189,6 +189,84 @@ def optional_blob_store_url(value: str) -> str:
     return blob_store_url(value)
 
 
+#: Authentication, TLS and credentials towards etcd and other weft services: the same
+#: flags on every service (appended to its FLAGS; fields of the same names, all optional).
+#: Everything is off by default, so `weft up` and the tests run plaintext without auth.
+SECURITY_FLAGS = (
+    Flag(
+        "--auth-tokens-file",
+        "WEFT_AUTH_TOKENS_FILE",
+        "YAML token file (subject, sha256 of the token, roles); turns authentication on",
+        default="",
+        convert=optional_path,
+    ),
+    Flag(
+        "--auth-kube-roles-file",
+        "WEFT_AUTH_KUBE_ROLES_FILE",
+        "YAML bindings of Kubernetes users and groups to roles; turns TokenReview authentication on",
+        default="",
+        convert=optional_path,
+    ),
+    Flag(
+        "--auth-kubeconfig",
+        "WEFT_AUTH_KUBECONFIG",
+        "credentials for TokenReview ('' uses the in-cluster service account)",
+        default="",
+        convert=optional_path,
+    ),
+    Flag("--tls-cert", "WEFT_TLS_CERT", "PEM certificate to serve TLS with (re-read on change)", "", optional_path),
+    Flag("--tls-key", "WEFT_TLS_KEY", "PEM private key of --tls-cert", "", optional_path),
+    Flag("--tls-client-ca", "WEFT_TLS_CLIENT_CA", "require client certificates signed by this CA", "", optional_path),
+    Flag("--peer-token", "WEFT_PEER_TOKEN", "bearer token presented to other weft services", "", secret=True),
+    Flag(
+        "--peer-ca-cert",
+        "WEFT_PEER_CA_CERT",
+        "CA of other weft services' certificates (turns TLS on)",
+        "",
+        optional_path,
+    ),
+    Flag(
+        "--peer-client-cert",
+        "WEFT_PEER_CLIENT_CERT",
+        "client certificate for other weft services (mTLS)",
+        "",
+        optional_path,
+    ),
+    Flag("--peer-client-key", "WEFT_PEER_CLIENT_KEY", "private key of --peer-client-cert", "", optional_path),
+    Flag("--etcd-ca-cert", "WEFT_ETCD_CA_CERT", "CA of etcd's certificate (turns TLS to etcd on)", "", optional_path),
+    Flag("--etcd-client-cert", "WEFT_ETCD_CLIENT_CERT", "client certificate presented to etcd", "", optional_path),
+    Flag("--etcd-client-key", "WEFT_ETCD_CLIENT_KEY", "private key of --etcd-client-cert", "", optional_path),
+)
+
+
+def namespace_set(value: str) -> frozenset[str]:
+    """`team-a,team-b` → {"team-a", "team-b"}; "" is none, `*` is every namespace."""
+    names = frozenset(n.strip() for n in value.split(",") if n.strip())
+    for name in names:
+        if name != "*" and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name):
+            raise ValueError(f"{name!r} is not a namespace name (lower-case letters, digits and '-')")
+    return names
+
+
+def check_security(config: Any) -> None:
+    """Raises ConfigError for settings that only make sense together.
+
+    Expects the fields of `SECURITY_FLAGS` on `config`.
+    """
+    pairs = (
+        ("--tls-cert", "--tls-key", config.tls_cert, config.tls_key),
+        ("--peer-client-cert", "--peer-client-key", config.peer_client_cert, config.peer_client_key),
+        ("--etcd-client-cert", "--etcd-client-key", config.etcd_client_cert, config.etcd_client_key),
+    )
+    for first, second, a, b in pairs:
+        if (a is None) != (b is None):
+            raise ConfigError(f"{first} and {second} go together: give both or neither")
+    if config.tls_client_ca is not None and config.tls_cert is None:
+        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key: client certificates need TLS")
+    if config.peer_token and any(c.isspace() for c in config.peer_token):
+        raise ConfigError("--peer-token (WEFT_PEER_TOKEN) must not contain spaces")
+
+
 @dataclass(frozen=True)
 class ApiConfig:
     """Settings of weft-api.
@@ -200,6 +278,9 @@ class ApiConfig:
         etcd_root: Root of weft's keys in etcd (several installations may share an etcd).
         blob_store: URL of the artifact store (`s3://bucket/prefix`, `gs://…`, `az://…`,
             `file:///dir`); "" means the directory `blob_dir`.
+        auth_tokens_file .. etcd_client_key: see `SECURITY_FLAGS`.
+        relaxed_security_namespaces: Namespaces whose steps may relax the hardened pod
+            defaults (`Container.security`); `*` allows it everywhere.
         metrics_port: Port of /metrics on the listen host; None serves no metrics.
         log_level: Lowest level logged.
         log_format: "text" or "json".
@@ -209,6 +290,21 @@ class ApiConfig:
     listen: str
     blob_dir: Path | None
     etcd_root: str = DEFAULT_ROOT
+    # Security (SECURITY_FLAGS): all off by default.
+    auth_tokens_file: Path | None = None
+    auth_kube_roles_file: Path | None = None
+    auth_kubeconfig: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    peer_token: str = field(default="", metadata={"secret": True})
+    peer_ca_cert: Path | None = None
+    peer_client_cert: Path | None = None
+    peer_client_key: Path | None = None
+    etcd_ca_cert: Path | None = None
+    etcd_client_cert: Path | None = None
+    etcd_client_key: Path | None = None
+    relaxed_security_namespaces: frozenset[str] = frozenset()
     blob_store: str = ""
     metrics_port: int | None = None
     log_level: str = "INFO"
@@ -240,8 +336,19 @@ class ApiConfig:
             default="",
             convert=optional_blob_store_url,
         ),
+        *SECURITY_FLAGS,
+        Flag(
+            "--relaxed-security-namespaces",
+            "WEFT_RELAXED_SECURITY_NAMESPACES",
+            "namespaces whose steps may relax the hardened pod defaults (comma-separated; * for all)",
+            default="",
+            convert=namespace_set,
+        ),
         *OPERATION_FLAGS,
     )
+
+    def __post_init__(self) -> None:
+        check_security(self)
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ApiConfig:
@@ -258,7 +365,10 @@ class ApiConfig:
                 "weft-api: error: the artifact store is required: pass --blob-store URL (or set WEFT_BLOB_STORE) "
                 "or --blob-dir DIR (or set WEFT_BLOB_DIR)"
             )
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as error:
+            raise SystemExit(f"weft-api: {error}") from None
 
 
 # Fields may be marked secret like this; ApiConfig has none yet, but the executor's may.

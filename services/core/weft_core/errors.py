@@ -12,7 +12,9 @@ fix it. Nothing here may depend on etcd or the runtime.
      ├── Aborted             ABORTED (etag mismatch, lost race)
      ├── ResourceExhausted   RESOURCE_EXHAUSTED
      ├── Unavailable         UNAVAILABLE (etcd down, artifact store unreachable)
-     └── Internal            INTERNAL
+     ├── Internal            INTERNAL
+     ├── Unauthenticated     UNAUTHENTICATED (no or unknown credentials)
+     └── PermissionDenied    PERMISSION_DENIED (known caller, missing role)
 """
 
 from __future__ import annotations
@@ -77,3 +79,15 @@ class Internal(ServiceError):
     """A bug or a corrupt record; the message says which record."""
 
     code = grpc.StatusCode.INTERNAL
+
+
+class Unauthenticated(ServiceError):
+    """The call carries no credentials, or credentials nobody issued (weft_core.auth)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ServiceError):
+    """The caller is known but lacks the role the call needs; the message names the role."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED

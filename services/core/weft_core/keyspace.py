@@ -80,6 +80,13 @@ the key says everything, so every write is an idempotent put, safe alone and in 
     {root}/lineage/{ns}/consumed/{blob_hex}/{consumer_hex}/{input}  the consumer outcome read the blob
                                                        (a step output, parameter or literal) as input
 
+Access
+    {root}/blobrefs/{ns}/{hex}                          empty; the blob sha256:{hex} was uploaded for
+                                                       namespace ns (PutBlob with a namespace), so
+                                                       ns's viewers may read it. Written by weft-api
+                                                       only while authentication is on: a digest
+                                                       alone is no capability (weft_api.artifacts)
+
 A WatchRun is one etcd watch of the prefix `{root}/runs/{ns}/{run}/`, so run and step events
 come in commit order and resume by revision.
 """
@@ -235,6 +242,10 @@ class Keyspace:
 
     def executors_prefix(self) -> bytes:
         return self._key("executors", "")
+
+    # Access
+    def blob_ref(self, ns: str, digest_hex: str) -> bytes:
+        return self._key("blobrefs", ns, digest_hex)
 
     # Outcomes
     def outcome(self, namespace: str, dna_hex: str) -> bytes:

@@ -111,6 +111,8 @@ class PipelineVersionRecord:
     size_bytes: int
     pipeline: str = ""
     spec_blob: str = ""
+    #: Who created the version (the authenticated subject; "" without auth).
+    created_by: str = ""
 
     def encode(self) -> bytes:
         return _encode_json(self)
@@ -126,6 +128,7 @@ class PipelineVersionRecord:
                 size_bytes=int(value.get("size_bytes", 0)),
                 pipeline=str(value.get("pipeline", "")),
                 spec_blob=str(value.get("spec_blob", "")),
+                created_by=str(value.get("created_by", "")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise Internal(f"the pipeline version at {key.decode()} lacks {error}; it is corrupt") from error
@@ -137,6 +140,7 @@ class PipelineVersionOrder:
 
     digest: str
     create_time: str
+    created_by: str = ""
 
     def encode(self) -> bytes:
         return _encode_json(self)
@@ -145,7 +149,11 @@ class PipelineVersionOrder:
     def decode(cls, raw: bytes, key: bytes) -> PipelineVersionOrder:
         value = _decode_json(raw, key, "pipeline version order")
         try:
-            return cls(digest=str(value["digest"]), create_time=str(value["create_time"]))
+            return cls(
+                digest=str(value["digest"]),
+                create_time=str(value["create_time"]),
+                created_by=str(value.get("created_by", "")),
+            )
         except KeyError as error:
             raise Internal(f"the pipeline version order at {key.decode()} lacks {error}; it is corrupt") from error
 
@@ -327,4 +335,5 @@ def pipeline_message(
         version_create_time=timestamp(record.create_time),
         version_count=head.version_count,
         etag=str(head_kv.mod_revision),
+        created_by=record.created_by,
     )

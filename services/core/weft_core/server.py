@@ -10,9 +10,14 @@
 Every server gets the standard health service (`grpc.health.v1.Health`, SERVING for ""
 and for each service name) and server reflection listing every service, so grpcurl and
 Kubernetes probes work against any weft service. Interceptors run in one fixed order:
-metrics, then logging/tracing (outermost: they see the final status), then errors.
-Readiness (each service's health status) can follow a probe of the service's dependency
-(`follow_readiness`); the server-wide status "" is liveness and stays SERVING.
+metrics, then logging/tracing (outermost: they see the final status), then errors, then
+auth. Readiness (each service's health status) can follow a probe of the service's
+dependency (`follow_readiness`); the server-wide status "" is liveness and stays SERVING.
+
+With an `Auth` (weft_core.auth) every call except health and reflection must carry a
+valid bearer token (UNAUTHENTICATED otherwise) and the role its method's `Rule` names
+(PERMISSION_DENIED otherwise); a served method without a rule stops `create_server`, so
+no RPC added later is left open. With a `ServerTls` the port speaks only TLS.
 
 The error interceptor is the only place where exceptions become gRPC statuses:
 `weft_core.errors.ServiceError` keeps its code and message unchanged; anything else is
@@ -33,6 +38,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # The asyncio health servicer; public as grpc_health.v1.health.aio, which the type stubs lack.
@@ -44,9 +51,11 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from weft_core import metrics
-from weft_core.errors import ServiceError
+from weft_core.auth import Auth, enter_principal
+from weft_core.errors import InvalidArgument, ServiceError
 from weft_core.store import Compacted
 from weft_core.telemetry import tracer
+from weft_core.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +169,8 @@ def create_server(
     services: Sequence[ServiceBinding],
     *,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    auth: Auth | None = None,
+    tls: ServerTls | None = None,
     max_connection_age: float = DEFAULT_MAX_CONNECTION_AGE,
 ) -> tuple[WeftServer, int]:
     """Builds a server bound to `listen` with health, reflection and weft's interceptors.
@@ -170,6 +181,9 @@ def create_server(
         listen: `HOST:PORT`; port 0 binds a free port.
         services: The services to serve.
         max_message_bytes: Largest message received or sent.
+        auth: Authenticate and authorise every call but health and reflection; None
+            serves everyone (weft up on loopback, tests).
+        tls: Serve TLS (optionally requiring client certificates); None is plaintext.
         max_connection_age: Seconds before a client connection is asked to reconnect.
 
     Returns:
@@ -177,9 +191,18 @@ def create_server(
 
     Raises:
         RuntimeError: If the address cannot be bound (in use, bad host).
+        ValueError: `auth` has no rule for a served method, or a TLS file is unreadable.
     """
+    interceptors: list[_ServerInterceptor] = [
+        MetricsInterceptor(),
+        LoggingTracingInterceptor(),
+        ErrorInterceptor(),
+    ]
+    if auth is not None:
+        auth.check_covers(served_methods([b.name for b in services]))
+        interceptors.append(AuthInterceptor(auth))
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(), LoggingTracingInterceptor(), ErrorInterceptor()],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -196,7 +219,7 @@ def create_server(
     names = [b.name for b in services]
     reflection.enable_server_reflection([*names, HEALTH_SERVICE, reflection.SERVICE_NAME], server)
     try:
-        port = server.add_insecure_port(listen)
+        port = server.add_secure_port(listen, tls.server_credentials()) if tls else server.add_insecure_port(listen)
     except RuntimeError as error:
         raise RuntimeError(f"cannot listen on {listen}: {error}; pick a free port or use port 0") from error
     if port == 0:
@@ -238,9 +261,10 @@ def _wrap_handler(
     handler: grpc.RpcMethodHandler[Any, Any],
     wrap_unary: Callable[[Behaviour], Behaviour],
     wrap_stream: Callable[[Behaviour], Behaviour],
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     serde = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": request_deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
@@ -274,8 +298,45 @@ async def _iterate(
         await result
 
 
+@dataclass(frozen=True)
+class _Undecodable:
+    """A request message whose bytes did not parse (kept to be refused as INVALID_ARGUMENT:
+    gRPC itself would answer INTERNAL before any interceptor saw the call)."""
+
+    problem: str
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as error:
+            return _Undecodable(str(error))
+
+    return parse
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            f"request: the bytes are not a valid message of this method ({request.problem}); "
+            "send the request type the method's descriptor names (grpcurl describe shows it)",
+            field="request",
+        )
+    return request
+
+
+async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _decoded(request)
+
+
 class ErrorInterceptor(_ServerInterceptor):
-    """Turns exceptions into gRPC statuses in one place (see the module docstring)."""
+    """Turns exceptions into gRPC statuses in one place (see the module docstring), and
+    request bytes that do not parse into INVALID_ARGUMENT."""
 
     async def intercept_service(
         self,
@@ -286,11 +347,15 @@ class ErrorInterceptor(_ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        streaming_request = bool(handler.request_streaming)
+
+        def decoded(request: Any) -> Any:
+            return _decoded_stream(request) if streaming_request else _decoded(request)
 
         def wrap_unary(behaviour: Behaviour) -> Behaviour:
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 try:
-                    return await behaviour(request, context)
+                    return await behaviour(decoded(request), context)
                 except Exception as error:
                     await _abort(context, method, error)
 
@@ -299,7 +364,7 @@ class ErrorInterceptor(_ServerInterceptor):
         def wrap_stream(behaviour: Behaviour) -> Behaviour:
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 try:
-                    async with contextlib.aclosing(_iterate(behaviour, request, context)) as responses:
+                    async with contextlib.aclosing(_iterate(behaviour, decoded(request), context)) as responses:
                         async for response in responses:
                             yield response
                 except Exception as error:
@@ -307,7 +372,7 @@ class ErrorInterceptor(_ServerInterceptor):
 
             return stream
 
-        return _wrap_handler(handler, wrap_unary, wrap_stream)
+        return _wrap_handler(handler, wrap_unary, wrap_stream, _tolerant(handler.request_deserializer))
 
 
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str] | None:
@@ -440,6 +505,79 @@ class LoggingTracingInterceptor(_ServerInterceptor):
         else:
             level = logging.WARNING if code in self._SERVER_FAULTS else logging.INFO
             log.log(level, "%s %s %.1fms: %s", method, code.name, elapsed_ms, details)
+
+
+# Authentication and authorisation (innermost: the error interceptor turns its refusals
+# into UNAUTHENTICATED / PERMISSION_DENIED, and the logging interceptor logs them).
+
+#: Services anyone may call: probes and grpcurl's discovery must work without a token.
+OPEN_SERVICES = frozenset({HEALTH_SERVICE, reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection"})
+
+
+def served_methods(service_names: Sequence[str]) -> list[str]:
+    """Full method names (`/weft.v1.RunService/GetRun`) of services, from their descriptors."""
+    pool = descriptor_pool.Default()
+    return [f"/{name}/{method.name}" for name in service_names for method in pool.FindServiceByName(name).methods]
+
+
+class AuthInterceptor(_ServerInterceptor):
+    """Authenticates each call, checks its method's rule, and makes the caller current.
+
+    The caller is found from the metadata before any request is read; the rule is checked
+    against the request (for a request stream, against its first message) before the
+    service sees it. The principal is set in the call's own task (grpc.aio runs each call
+    in one), so `weft_core.auth.current_principal()` answers for this call only.
+    """
+
+    def __init__(self, auth: Auth) -> None:
+        self.auth = auth
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.lstrip("/").partition("/")[0] in OPEN_SERVICES:
+            return handler
+        metadata = handler_call_details.invocation_metadata
+        auth = self.auth
+        streaming_request = bool(handler.request_streaming)
+
+        async def admitted(request: Any) -> Any:
+            principal = await auth.authenticator.authenticate(metadata)
+            enter_principal(principal)
+            if not streaming_request:
+                auth.authorize(principal, method, request)
+                return request
+
+            async def checked() -> AsyncIterator[Any]:
+                first = True
+                async for message in request:
+                    if first:
+                        auth.authorize(principal, method, message)
+                        first = False
+                    yield message
+
+            return checked()
+
+        def wrap_unary(behaviour: Behaviour) -> Behaviour:
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                return await behaviour(await admitted(request), context)
+
+            return unary
+
+        def wrap_stream(behaviour: Behaviour) -> Behaviour:
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                admitted_request = await admitted(request)
+                async with contextlib.aclosing(_iterate(behaviour, admitted_request, context)) as responses:
+                    async for response in responses:
+                        yield response
+
+            return stream
+
+        return _wrap_handler(handler, wrap_unary, wrap_stream)
 
 
 def _final_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:

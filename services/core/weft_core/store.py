@@ -32,6 +32,7 @@ from aetcd import rpc
 from weft_core import metrics
 from weft_core.errors import FailedPrecondition, Internal, ResourceExhausted, Unavailable
 from weft_core.keyspace import prefix_end
+from weft_core.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,7 @@ class Store:
         *,
         timeout: float = CALL_TIMEOUT,
         max_receive_bytes: int = MAX_RECEIVE_BYTES,
+        tls: ClientTls | None = None,
         group_commit: bool = False,
     ) -> None:
         """Opens a channel to etcd (connecting lazily).
@@ -188,6 +190,8 @@ class Store:
             timeout: Deadline of each unary call, in seconds.
             max_receive_bytes: Largest etcd response accepted; a larger one raises
                 `ResponseTooLarge`.
+            tls: Talk TLS to etcd (its CA, and a client certificate when etcd asks for
+                one); None is plaintext. `https://` endpoints need it.
             group_commit: Send concurrent transactions together (see the module docstring).
         """
         if isinstance(endpoints, str):
@@ -199,17 +203,20 @@ class Store:
         targets = [e.removeprefix("http://").removeprefix("https://") for e in self.endpoints]
         # One channel over all endpoints: gRPC's round_robin policy moves on when one dies.
         target = targets[0] if len(targets) == 1 else "ipv4:" + ",".join(targets)
-        self._channel = grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", max_receive_bytes),
-                ("grpc.lb_policy_name", "round_robin"),
-                # Reconnect quickly after an etcd restart instead of backing off for minutes.
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                # (a lease must be refreshed within a fraction of its TTL once etcd is back).
-                ("grpc.max_reconnect_backoff_ms", 250),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", max_receive_bytes),
+            ("grpc.lb_policy_name", "round_robin"),
+            # Reconnect quickly after an etcd restart instead of backing off for minutes.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            # (a lease must be refreshed within a fraction of its TTL once etcd is back).
+            ("grpc.max_reconnect_backoff_ms", 250),
+        ]
+        if tls is None:
+            if any(e.startswith("https://") for e in self.endpoints):
+                raise ValueError("https:// etcd endpoints need TLS settings (--etcd-ca-cert)")
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(target, tls.channel_credentials(), options=options)
         self._kv = rpc.KVStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
         self._watch = rpc.WatchStub(self._channel)

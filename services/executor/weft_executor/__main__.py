@@ -34,6 +34,9 @@ SECRETS_FD_ENV = "WEFT_EXECUTOR_SECRETS_FD"
 
 log = logging.getLogger("weft_executor")
 
+#: The executor's bearer token towards weft-api (weft_core.config.SECURITY_FLAGS).
+PEER_TOKEN_ENV = "WEFT_PEER_TOKEN"
+
 
 def _reexec_without_secrets(secrets: Mapping[str, str]) -> None:
     """Starts this program again, in this process, with the secrets on an inherited memfd
@@ -58,7 +61,7 @@ def _reexec_without_secrets(secrets: Mapping[str, str]) -> None:
 def hand_over_secrets() -> Mapping[str, str]:
     """Keeps secret values away from the steps this process starts.
 
-    The `WEFT_SECRET_*` variables are read once: this program re-execs itself (same pid,
+    The `WEFT_SECRET_*` variables and `WEFT_PEER_TOKEN` are read once: this program re-execs itself (same pid,
     same arguments) without them and receives them on a memfd it reads and closes, so its
     initial environment, what `/proc/<pid>/environ` shows for the life of the process,
     holds none. It makes itself non-dumpable, so a same-user process (a local step of a
@@ -70,7 +73,8 @@ def hand_over_secrets() -> Mapping[str, str]:
     only removed from os.environ and the initial environment stays readable to same-user
     processes (a warning says so).
     """
-    secrets = {k: v for k, v in os.environ.items() if k.startswith(SECRET_ENV_PREFIX)}
+    # The peer token (how this executor reaches weft-api) is a secret too.
+    secrets = {k: v for k, v in os.environ.items() if k.startswith(SECRET_ENV_PREFIX) or k == PEER_TOKEN_ENV}
     if sys.platform != "linux":
         log.warning("not Linux: local steps can read this executor's environment, secrets included")
         for name in secrets:
@@ -108,7 +112,7 @@ async def serve(config: ExecutorConfig, environ: Mapping[str, str] | None = None
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `weft-executor` console script."""
     environ = hand_over_secrets()  # first: it may re-exec this program
-    config = ExecutorConfig.from_args(argv)
+    config = ExecutorConfig.from_args(argv, environ)  # environ: the peer token came on the memfd
     setup_logging(config.log_level, config.log_format, "weft-executor")
     log.info("weft-executor config: %s", describe_config(config))
     setup_tracing("weft-executor")

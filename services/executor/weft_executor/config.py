@@ -23,7 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from weft_core.blobs import DEFAULT_API_PATIENCE
-from weft_core.config import ETCD_FLAGS, OPERATION_FLAGS, Flag, listen_address, optional_blob_store_url, parse_flags
+from weft_core.config import (
+    ETCD_FLAGS,
+    OPERATION_FLAGS,
+    SECURITY_FLAGS,
+    ConfigError,
+    Flag,
+    check_security,
+    listen_address,
+    optional_blob_store_url,
+    parse_flags,
+)
 from weft_core.keyspace import DEFAULT_ROOT
 
 RUNTIMES = ("local", "kubernetes")
@@ -143,6 +153,10 @@ class KubeSettings:
             `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`), when the executor's `blob_store`
             is object storage; "" relies on workload identity (IRSA, GKE/Azure workload
             identity) through `pod_service_account`.
+        pod_api_token_secret: Kubernetes Secret (key `token`) whose token the step pods'
+            helper containers (never the step's own) present to weft-api.
+        pod_api_ca_secret: Kubernetes Secret (key `ca.crt`) of the CA of weft-api's
+            certificate; the helpers then talk TLS to it.
     """
 
     namespace: str = "default"
@@ -160,6 +174,8 @@ class KubeSettings:
     helper_grace: float = 10.0
     python: str = "python"
     pod_blob_store_secret: str = ""
+    pod_api_token_secret: str = ""
+    pod_api_ca_secret: str = ""
 
 
 def _kube_default(name: str) -> str:
@@ -197,6 +213,7 @@ class ExecutorConfig:
         blob_store: URL of the artifact store (`s3://bucket/prefix`, `gs://…`, `az://…`,
             `file:///dir`) that this executor (and, for object storage, its step pods)
             read and write directly; "" sends every blob through weft-api (`api`).
+        auth_tokens_file .. etcd_client_key: see `weft_core.config.SECURITY_FLAGS`.
     """
 
     etcd_endpoints: str
@@ -218,6 +235,21 @@ class ExecutorConfig:
     log_format: str = "text"
     kube: KubeSettings = field(default_factory=KubeSettings)
     blob_store: str = ""
+    # Security (weft_core.config.SECURITY_FLAGS): all off by default. The peer settings are
+    # how this executor reaches weft-api; the auth and TLS settings guard its ExecutorService.
+    auth_tokens_file: Path | None = None
+    auth_kube_roles_file: Path | None = None
+    auth_kubeconfig: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    peer_token: str = field(default="", metadata={"secret": True})
+    peer_ca_cert: Path | None = None
+    peer_client_cert: Path | None = None
+    peer_client_key: Path | None = None
+    etcd_ca_cert: Path | None = None
+    etcd_client_cert: Path | None = None
+    etcd_client_key: Path | None = None
 
     FLAGS = (
         ETCD_FLAGS[0],
@@ -296,6 +328,7 @@ class ExecutorConfig:
             default="",
             convert=optional_blob_store_url,
         ),
+        *SECURITY_FLAGS,
         *OPERATION_FLAGS,
     )
     #: The flags of the kubernetes runtime: their dests are the fields of KubeSettings.
@@ -365,7 +398,22 @@ class ExecutorConfig:
             "Secret whose keys are the store credentials of the pods' helper containers (never the step's)",
             default="",
         ),
+        Flag(
+            "--pod-api-token-secret",
+            "WEFT_POD_API_TOKEN_SECRET",
+            "Secret (key token) the step pods' helper containers present to weft-api",
+            default="",
+        ),
+        Flag(
+            "--pod-api-ca-secret",
+            "WEFT_POD_API_CA_SECRET",
+            "Secret (key ca.crt) of the CA of weft-api's certificate, for the pods' helpers (turns TLS on)",
+            default="",
+        ),
     )
+
+    def __post_init__(self) -> None:
+        check_security(self)
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ExecutorConfig:
@@ -383,7 +431,10 @@ class ExecutorConfig:
             environ,
         )
         kube = KubeSettings(**{flag.dest: values.pop(flag.dest) for flag in cls.KUBE_FLAGS})
-        return cls(**values, kube=kube)
+        try:
+            return cls(**values, kube=kube)
+        except ConfigError as error:
+            raise SystemExit(f"weft-executor: {error}") from None
 
     @property
     def pod_blob_store(self) -> str:

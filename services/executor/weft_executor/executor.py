@@ -29,20 +29,22 @@ from typing import Any
 
 from weft.v1 import executor_pb2_grpc, run_pb2
 from weft_core import logs, metrics
-from weft_core.blobs import BlobStore, RemoteBlobStore
+from weft_core.auth import load_auth
+from weft_core.blobs import BlobStore, RemoteBlobStore, blob_namespace
 from weft_core.errors import NotFound, ServiceError, Unavailable
 from weft_core.keyspace import Keyspace
 from weft_core.objectstore import open_blob_store
 from weft_core.pipelines import PipelineReader
 from weft_core.server import ServiceBinding, WeftServer, create_server
 from weft_core.store import KeyValue, Store, WatchEvent, absent, op_get, op_put, present
+from weft_core.tls import etcd_tls_of, peer_of, server_tls_of
 from weft_executor.config import ExecutorConfig, default_executor_id
 from weft_executor.progress import TERMINAL_RUN_STATES, RunProgress, RunRef, RunRefs
 from weft_executor.registration import Registration, registration_record
 from weft_executor.runtime import Runtime
 from weft_executor.runtime.local import LocalRuntime
 from weft_executor.scheduler import ReadyQueue, StepKey, follow_prefix
-from weft_executor.service import ExecutorServicer, LiveAttempts
+from weft_executor.service import EXECUTOR_RULES, ExecutorServicer, LiveAttempts
 from weft_executor.steps import Claim, ClaimLost, StepRunner, StepTask, claim_parts
 
 log = logging.getLogger(__name__)
@@ -72,9 +74,12 @@ def advertised_address(listen: str, port: int, advertise_host: str = "") -> str:
 
 
 def _log_context_of(key: StepKey) -> Any:
-    """The logging context of a task that works on step `key` (its lines name run and step)."""
+    """The context of a task that works on step `key`: its log lines name run and step, its
+    blobs belong to the step's namespace."""
     ns, run_id, step = key
-    return logs.context_for(run=f"namespaces/{ns}/runs/{run_id}", step=step)
+    context = logs.context_for(run=f"namespaces/{ns}/runs/{run_id}", step=step)
+    context.run(blob_namespace.set, ns)  # and its blobs belong to the step's namespace
+    return context
 
 
 class Executor:
@@ -176,12 +181,12 @@ class Executor:
 
     async def start(self) -> None:
         """Serves ExecutorService, registers in etcd and starts scheduling."""
-        self._store = Store(self.config.etcd_endpoints, group_commit=True)
+        self._store = Store(self.config.etcd_endpoints, tls=etcd_tls_of(self.config), group_commit=True)
         # With object storage, step data goes straight to the store, not through weft-api.
         self._blobs = (
             open_blob_store(self.config.blob_store)
             if self.config.blob_store
-            else RemoteBlobStore(self.config.api, patience=self.config.api_patience)
+            else RemoteBlobStore(self.config.api, patience=self.config.api_patience, peer=peer_of(self.config))
         )
         self._pipelines = PipelineReader(self._store, self.keyspace, self._blobs, cache_size=64)
         self._run_refs = RunRefs(self._pipelines)
@@ -202,7 +207,13 @@ class Executor:
         binding = ServiceBinding(
             "weft.v1.ExecutorService", servicer, executor_pb2_grpc.add_ExecutorServiceServicer_to_server
         )
-        self._server, port = create_server(self.config.listen, [binding])
+        auth = load_auth(self.config.auth_tokens_file, self.config.auth_kube_roles_file, self.config.auth_kubeconfig)
+        self._server, port = create_server(
+            self.config.listen,
+            [binding],
+            auth=auth.with_rules(EXECUTOR_RULES) if auth is not None else None,
+            tls=server_tls_of(self.config),
+        )
         self._server.follow_readiness(self._ready)  # NOT_SERVING without a lease or etcd
         await self._server.start()
         if self.config.metrics_port is not None:

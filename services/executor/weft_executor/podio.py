@@ -244,14 +244,20 @@ async def fetch_input(store: BlobStore, name: str, digest: str, target: Path) ->
 
 
 def open_store(api: str, blob_store: str = "") -> BlobStore:
-    """The object store named by `blob_store` when given, else weft-api's ArtifactService."""
+    """The object store named by `blob_store` when given, else weft-api's ArtifactService
+    as the step's namespace (`WEFT_NAMESPACE`), with the token (`WEFT_PEER_TOKEN`) and CA
+    (`WEFT_PEER_CA_CERT`) the executor's pod settings gave the helpers, if any."""
     if blob_store:
         from weft_core.objectstore import open_blob_store
 
         return open_blob_store(blob_store)
-    from weft_core.blobs import RemoteBlobStore
+    from weft_core.blobs import RemoteBlobStore, blob_namespace
+    from weft_core.tls import Peer, client_tls
 
-    return RemoteBlobStore(api, patience=_patience)
+    blob_namespace.set(os.environ.get("WEFT_NAMESPACE", ""))
+    ca = os.environ.get("WEFT_PEER_CA_CERT", "")
+    peer = Peer(os.environ.get("WEFT_PEER_TOKEN", ""), client_tls(Path(ca) if ca else None, None, None))
+    return RemoteBlobStore(api, patience=_patience, peer=peer)
 
 
 async def fetch(api: str, root: Path, inputs: Sequence[tuple[str, str]], blob_store: str = "") -> None:

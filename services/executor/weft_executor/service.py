@@ -14,8 +14,18 @@ from typing import Any
 import grpc
 
 from weft.v1 import executor_pb2, executor_pb2_grpc, run_pb2
+from weft_core.auth import Role, Rule
 from weft_core.errors import InvalidArgument, NotFound
+from weft_core.spec import parse_run_name
 from weft_executor.runtime import LaunchedAttempt, Runtime
+
+#: Who may call ExecutorService (with auth on): weft-api proxies ReadLogs with its peer
+#: token, which needs viewer in the run's namespace (a cluster-wide binding in practice).
+EXECUTOR_RULES = {
+    "/weft.v1.ExecutorService/ReadAttemptLogs": Rule(
+        Role.VIEWER, lambda request: parse_run_name(request.run, "run")[0]
+    ),
+}
 
 #: Live attempts by (run resource name, step, attempt number).
 LiveAttempts = dict[tuple[str, str, int], tuple[Runtime, LaunchedAttempt]]
@@ -29,8 +39,10 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         self.live_attempts = live_attempts
 
     def _find(self, run: str, step: str, number: int) -> tuple[int, Runtime, LaunchedAttempt]:
-        if not run or not step:
-            raise InvalidArgument("run and step are required, e.g. run=namespaces/default/runs/r1 step=train")
+        if not run:
+            raise InvalidArgument("run: required, e.g. namespaces/default/runs/r1", field="run")
+        if not step:
+            raise InvalidArgument("step: required, the name of a step of the run, e.g. train", field="step")
         if number < 0:
             # The same rule as weft-api's ReadLogs, so a direct caller gets the same answer.
             raise InvalidArgument("attempt: must be 0 (the latest) or an attempt number ≥ 1", field="attempt")

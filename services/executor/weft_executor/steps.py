@@ -903,6 +903,7 @@ class StepRunner:
             timeout=timeout or None,
             dna=work.dna.digest,
             resources=container.resources,
+            security=container.security,
         )
 
     async def _run_attempts(self, work: StepWork, explanation: Explanation, orphan: Attempt | None = None) -> None:
@@ -985,6 +986,7 @@ class StepRunner:
             ATTR_ATTEMPT: number,
             ATTR_DNA: dna.digest,
         }
+        # Every line logged during the attempt names it (weft_core.logs).
         with (
             tracer().start_as_current_span("weft.attempt", attributes=attributes) as span,
             log_context(attempt=number),

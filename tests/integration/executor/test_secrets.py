@@ -7,6 +7,7 @@ step's log streams and the executor's own log records for the value.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -180,7 +181,11 @@ async def test_a_step_without_a_grant_reads_no_secret_by_any_means(harness: Harn
         "--etcd-root", config.etcd_root,
         "--executor-id", config.executor_id,
     ]  # fmt: skip
-    process = ExecutorProcess(argv, home / "executor.log", {"WEFT_SECRET_DB_PASSWORD": secret})
+    # The executor's own token towards weft-api is a secret too (handed over the same way).
+    peer_token = "peer-token-of-the-executor"
+    process = ExecutorProcess(
+        argv, home / "executor.log", {"WEFT_SECRET_DB_PASSWORD": secret, "WEFT_PEER_TOKEN": peer_token}
+    )
     process.start()
     h.processes.append(process)
     try:
@@ -211,6 +216,13 @@ async def test_a_step_without_a_grant_reads_no_secret_by_any_means(harness: Harn
             assert f"{pid} environ: PermissionError".encode() in seen or f"{pid} environ: read".encode() in seen
         assert secret.encode() not in seen
         assert b"WEFT_SECRET" not in seen
+        assert peer_token.encode() not in seen
+        assert b"WEFT_PEER_TOKEN" not in seen
+        # Its initial environment (what /proc shows for its whole life) holds neither: root
+        # reads it here, as a step of a root executor could not.
+        initial = await asyncio.to_thread(Path(f"/proc/{executor}/environ").read_bytes)
+        assert secret.encode() not in initial
+        assert peer_token.encode() not in initial
 
         # Nothing stored or answered holds it: etcd, blobs, logs, API answers.
         logs = await read_logs(h, run.name, "granted")

@@ -38,6 +38,7 @@ from google.protobuf.descriptor import FileDescriptor
 from google.protobuf.message import Message
 
 from weft import _names
+from weft._auth import open_channel
 from weft._results import (
     Applied,
     ApplyChange,
@@ -232,6 +233,9 @@ class AsyncClient:
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
         tracer: str = "",
+        token: str | None = None,
+        tls: bool = False,
+        ca_cert: str | os.PathLike[str] | None = None,
     ) -> AsyncClient:
         """Opens a channel to weft-api.
 
@@ -242,11 +246,14 @@ class AsyncClient:
             target: `host:port` of weft-api.
             namespace: Namespace for names given as short ids.
             retry: Retry settings; the defaults retry for up to 30 s.
-            credentials: TLS credentials; None means plaintext.
+            credentials: TLS credentials; None means plaintext unless `tls` or `ca_cert`.
             options: Extra gRPC channel options, added after the defaults (64 MiB messages).
             tracer: `host:port` of weft-tracer for `get_run_trace` and the other trace
                 methods; "" means $WEFT_TRACER, else 127.0.0.1:50052 (weft up's). Its
                 channel opens on the first trace call.
+            token: Bearer token sent on every call; None reads `WEFT_TOKEN` ("" sends none).
+            tls: Talk TLS, trusting the system's CAs (or `ca_cert`).
+            ca_cert: PEM file of the CA that signed the server's certificate (implies TLS).
 
         Returns:
             The client.
@@ -261,10 +268,15 @@ class AsyncClient:
             ("grpc.max_reconnect_backoff_ms", 2000),
             *options,
         ]
-        if credentials is None:
-            channel = grpc.aio.insecure_channel(target, options=channel_options)
-        else:
-            channel = grpc.aio.secure_channel(target, credentials, options=channel_options)
+        token = os.environ.get("WEFT_TOKEN", "") if token is None else token
+        channel = open_channel(
+            target,
+            token=token,
+            tls=tls,
+            ca_cert=Path(ca_cert) if ca_cert is not None else None,
+            credentials=credentials,
+            options=channel_options,
+        )
         return cls(
             channel,
             target=target,
@@ -871,7 +883,8 @@ class AsyncClient:
 
         async def requests() -> AsyncIterator[artifact_pb2.PutBlobRequest]:
             # A fresh iterator per attempt: a retried upload starts again from the header.
-            yield artifact_pb2.PutBlobRequest(header=artifact_pb2.BlobHeader(digest=digest, size_bytes=size))
+            header = artifact_pb2.BlobHeader(digest=digest, size_bytes=size, namespace=self.namespace)
+            yield artifact_pb2.PutBlobRequest(header=header)
             if path is None:
                 for offset in range(0, size, BLOB_CHUNK_BYTES):
                     yield artifact_pb2.PutBlobRequest(data=data[offset : offset + BLOB_CHUNK_BYTES])
@@ -901,7 +914,7 @@ class AsyncClient:
         Raises:
             NotFound: No blob with that digest.
         """
-        request = artifact_pb2.StatBlobRequest(digest=digest)
+        request = artifact_pb2.StatBlobRequest(digest=digest, namespace=self.namespace)
         return Blob(await self._unary(_STAT_BLOB, request, artifact_pb2.Blob, retry=True))
 
     async def iter_blob(self, digest: str, *, offset: int = 0) -> AsyncIterator[bytes]:
@@ -910,7 +923,7 @@ class AsyncClient:
         The content is not verified here (a caller reading from an offset cannot be); use
         `get_blob` or `save_blob` for verified reads.
         """
-        request = artifact_pb2.GetBlobRequest(digest=digest, offset=offset)
+        request = artifact_pb2.GetBlobRequest(digest=digest, offset=offset, namespace=self.namespace)
         backoff = _Backoff(self.retry)
         while True:
             call = self._stream_call(_GET_BLOB, request, artifact_pb2.GetBlobResponse)
@@ -1104,13 +1117,24 @@ class Client:
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
         tracer: str = "",
+        token: str | None = None,
+        tls: bool = False,
+        ca_cert: str | os.PathLike[str] | None = None,
     ) -> Client:
         """Opens a channel to weft-api (see `AsyncClient.connect`)."""
         bridge = EventLoopThread()
         try:
             aio = bridge.run(
                 AsyncClient.connect(
-                    target, namespace=namespace, retry=retry, credentials=credentials, options=options, tracer=tracer
+                    target,
+                    namespace=namespace,
+                    retry=retry,
+                    credentials=credentials,
+                    options=options,
+                    tracer=tracer,
+                    token=token,
+                    tls=tls,
+                    ca_cert=ca_cert,
                 )
             )
         except BaseException:

@@ -16,8 +16,10 @@ import contextlib
 import functools
 import hashlib
 import importlib.util
+import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -152,6 +154,21 @@ class ChildProcess:
             return ""
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """Certificates of an etcd that speaks only TLS and requires client certificates.
+
+    Attributes:
+        cert: PEM certificate etcd serves (valid for 127.0.0.1) and presents to peers.
+        key: PEM private key of `cert`.
+        ca: PEM CA whose client (and peer) certificates etcd accepts.
+    """
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
 class EtcdProcess:
     """An etcd server on loopback with its data under `data_dir`.
 
@@ -167,24 +184,37 @@ class EtcdProcess:
         fast: bool = True,
         log_path: Path | None = None,
         die_with_parent: bool = False,
+        tls: EtcdTls | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.client_port = client_port or free_port()
         self.peer_port = free_port()
         self.metrics_port = free_port()
         self.fast = fast
+        self.tls = tls
+        scheme = "https" if tls is not None else "http"
         argv = [
             find_etcd(),
             "--name", "weft",
             "--data-dir", str(data_dir / "etcd"),
-            "--listen-client-urls", f"http://127.0.0.1:{self.client_port}",
-            "--advertise-client-urls", f"http://127.0.0.1:{self.client_port}",
-            "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
-            "--initial-cluster", f"weft=http://127.0.0.1:{self.peer_port}",
+            "--listen-client-urls", f"{scheme}://127.0.0.1:{self.client_port}",
+            "--advertise-client-urls", f"{scheme}://127.0.0.1:{self.client_port}",
+            "--listen-peer-urls", f"{scheme}://127.0.0.1:{self.peer_port}",
+            "--initial-advertise-peer-urls", f"{scheme}://127.0.0.1:{self.peer_port}",
+            "--initial-cluster", f"weft={scheme}://127.0.0.1:{self.peer_port}",
             "--initial-cluster-state", "new",
+            # Plain HTTP on its own port, so health is polled without client certificates.
             "--listen-metrics-urls", f"http://127.0.0.1:{self.metrics_port}",
         ]  # fmt: skip
+        if tls is not None:
+            # Clients and peers alike must present a certificate of the CA (etcd's own docs'
+            # "client-to-server and peer with client certificate authentication").
+            argv += [
+                "--cert-file", str(tls.cert), "--key-file", str(tls.key),
+                "--trusted-ca-file", str(tls.ca), "--client-cert-auth",
+                "--peer-cert-file", str(tls.cert), "--peer-key-file", str(tls.key),
+                "--peer-trusted-ca-file", str(tls.ca), "--peer-client-cert-auth",
+            ]  # fmt: skip
         if fast:
             # A one-member cluster elects itself in ~0.1 s with these (RECIPES.md).
             argv += ["--heartbeat-interval", "10", "--election-timeout", "100"]
@@ -192,7 +222,7 @@ class EtcdProcess:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls is not None else 'http'}://127.0.0.1:{self.client_port}"
 
     def start(self, timeout: float = 20.0) -> None:
         self.child.start()
@@ -225,15 +255,21 @@ def find_service(command: str) -> str | None:
     return shutil.which(command)
 
 
-def grpc_health(target: str, timeout: float = 1.0) -> bool:
+def grpc_health(target: str, timeout: float = 1.0, *, ca_cert: Path | None = None) -> bool:
     """True when the gRPC server at `target` answers the standard health check with SERVING.
 
     The request and response are handled as raw bytes so the SDK needs no dependency on
     grpcio-health-checking: an empty `HealthCheckRequest` is b"", and SERVING is field 1
     = 1, i.e. b"\\x08\\x01". A server without a health service (UNIMPLEMENTED) is
     reachable and answering, which is what a launcher needs to know, so it counts as up.
+    With `ca_cert` the check speaks TLS, trusting that CA (health needs no token).
     """
-    with grpc.insecure_channel(target) as channel:
+    channel = (
+        grpc.secure_channel(target, grpc.ssl_channel_credentials(ca_cert.read_bytes()))
+        if ca_cert is not None
+        else grpc.insecure_channel(target)
+    )
+    with channel:
         check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None)
         try:
             response = check(b"", timeout=timeout)
@@ -266,10 +302,12 @@ class ServiceProcess:
         health: bool = False,
         env: dict[str, str] | None = None,
         die_with_parent: bool = False,
+        health_ca: Path | None = None,
     ) -> None:
         self.name = name
         self._announce = re.compile(announce.encode())
         self._health = health
+        self._health_ca = health_ca
         self.child = ChildProcess(argv, log_path, env=env, die_with_parent=die_with_parent)
         self.address = ""
 
@@ -297,7 +335,7 @@ class ServiceProcess:
                     match = self._announce.search(self.log_path.read_bytes()[offset:])
                     if match:
                         self.address = match.group(1).decode()
-            if self.address and (not self._health or grpc_health(self.address)):
+            if self.address and (not self._health or grpc_health(self.address, ca_cert=self._health_ca)):
                 return self.address
             if not self.child.alive():
                 raise RuntimeError(f"{self.name} exited at start; the end of {self.log_path}:\n{self.child.tail(30)}")
@@ -334,12 +372,16 @@ def api_process(
     env: dict[str, str] | None = None,
     die_with_parent: bool = False,
     blob_store: str = "",
+    extra_args: Sequence[str] = (),
+    health_ca: Path | None = None,
     metrics_port: int | None = None,
 ) -> ServiceProcess:
     """A `weft-api` child process (not started): what `weft up`, the benches and the tests run.
 
-    `blob_store` (a URL such as `s3://bucket/prefix`) replaces the directory `blob_dir`.
-    `metrics_port` serves Prometheus metrics there (on the listen host); None serves none.
+    `blob_store` (a URL such as `s3://bucket/prefix`) replaces the directory `blob_dir`;
+    `extra_args` are further flags (auth, TLS); `health_ca` makes the health check speak
+    TLS trusting that CA. `metrics_port` serves Prometheus metrics there (on the listen
+    host); None serves none.
 
     Raises:
         FileNotFoundError: The weft-api console script is not installed.
@@ -351,11 +393,113 @@ def api_process(
     argv = [command, "--etcd-endpoints", etcd_endpoint, "--listen", listen, *store]
     if etcd_root:
         argv += ["--etcd-root", etcd_root]
+    argv += list(extra_args)
     if metrics_port is not None:
         argv += ["--metrics-port", str(metrics_port)]
     return ServiceProcess(
-        "weft-api", argv, log_path, announce=API_ANNOUNCE, health=health, env=env, die_with_parent=die_with_parent
+        "weft-api",
+        argv,
+        log_path,
+        announce=API_ANNOUNCE,
+        health=health,
+        env=env,
+        die_with_parent=die_with_parent,
+        health_ca=health_ca,
     )
+
+
+@dataclass(frozen=True)
+class LocalSecurity:
+    """The CA, certificates and tokens of a `weft up --secure` stack, in one directory.
+
+    The CA and the tokens are made once and kept (clients keep trusting the CA and keep
+    their token across restarts); the certificates are issued again at every start.
+    Token files are mode 0600: `admin.token` is the caller's credential, `service.token`
+    what the services present to each other; `tokens.yaml`, which the services read,
+    holds only their sha256.
+    """
+
+    directory: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.directory / "ca.crt"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.directory / "server.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.directory / "server.key"
+
+    @property
+    def client_cert(self) -> Path:
+        return self.directory / "client.crt"
+
+    @property
+    def client_key(self) -> Path:
+        return self.directory / "client.key"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.directory / "admin.token"
+
+    @property
+    def tokens_file(self) -> Path:
+        return self.directory / "tokens.yaml"
+
+    def admin_token(self) -> str:
+        return self.admin_token_file.read_text().strip()
+
+    def service_token(self) -> str:
+        return (self.directory / "service.token").read_text().strip()
+
+    @classmethod
+    def prepare(cls, directory: Path) -> LocalSecurity:
+        """Creates what is missing (CA, tokens) and issues fresh certificates for 127.0.0.1."""
+        from weft._pki import LocalCA
+
+        security = cls(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        ca = LocalCA(directory)
+        if not ca.cert.exists() or not ca.key.exists():
+            ca = LocalCA.create(directory, "weft up local CA")
+        ca.issue("server", ("localhost", "127.0.0.1"))
+        ca.issue("client", (), client=True)
+        tokens = {}
+        for subject, name in (("admin", "admin.token"), ("weft-services", "service.token")):
+            path = directory / name
+            if not path.exists():
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as out:
+                    out.write(secrets.token_urlsafe(32) + "\n")
+            tokens[subject] = path.read_text().strip()
+        # JSON is YAML: the services read this with their YAML token file parser.
+        entries = [
+            {"subject": subject, "sha256": hashlib.sha256(token.encode()).hexdigest(), "roles": {"*": "admin"}}
+            for subject, token in tokens.items()
+        ]
+        security.tokens_file.write_text(json.dumps({"tokens": entries}, indent=2) + "\n")
+        return security
+
+    def service_args(self, *, etcd: bool = True) -> list[str]:
+        """The TLS and auth flags every weft service of the stack gets."""
+        args = [
+            "--tls-cert", str(self.server_cert), "--tls-key", str(self.server_key),
+            "--auth-tokens-file", str(self.tokens_file),
+            "--peer-ca-cert", str(self.ca_cert),
+        ]  # fmt: skip
+        if etcd:
+            args += [
+                "--etcd-ca-cert", str(self.ca_cert),
+                "--etcd-client-cert", str(self.client_cert), "--etcd-client-key", str(self.client_key),
+            ]  # fmt: skip
+        return args
+
+    def etcd_tls(self) -> EtcdTls:
+        return EtcdTls(self.server_cert, self.server_key, self.ca_cert)
 
 
 def tracer_process(
@@ -446,6 +590,9 @@ class LocalStack:
         etcd_root: Key prefix of this stack in etcd; None means the services' default.
         die_with_parent: Have the kernel stop the children if this process dies
             (for `weft up`, which owns them from its main thread).
+        secure: TLS everywhere (etcd with client certificates too) and token auth, with a
+            local CA, certificates and an admin token under `{state_dir}/secure`
+            (`LocalSecurity`); off, everything is plaintext on loopback without auth.
         blob_store: The artifact store's URL (`s3://bucket/prefix`, `gs://…`, `az://…`);
             "" keeps blobs in `blobs/` under the state dir. With object storage the
             executors read and write it directly; credentials and endpoint come from the
@@ -466,6 +613,7 @@ class LocalStack:
         max_parallel: int | None = None,
         etcd_root: str | None = None,
         die_with_parent: bool = False,
+        secure: bool = False,
         blob_store: str = "",
         tracer: bool = True,
         tracer_port: int = 0,
@@ -473,6 +621,8 @@ class LocalStack:
         metrics: bool = False,
     ) -> None:
         self.state_dir = state_dir.resolve()
+        self.secure = secure
+        self.security: LocalSecurity | None = None
         self.blob_store = blob_store
         self.tracer_enabled = tracer
         self.tracer_port = tracer_port
@@ -540,7 +690,13 @@ class LocalStack:
             # (which forwards there instead: see `weft up --jaeger`).
             env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
             env.update(otlp_env(self.tracer.address))
+        if self.security is not None:
+            # In the environment, not on the command line, which `ps` shows everyone.
+            env["WEFT_PEER_TOKEN"] = self.security.service_token()
         return env
+
+    def _security_args(self) -> list[str]:
+        return self.security.service_args() if self.security is not None else []
 
     def _root_args(self) -> list[str]:
         return ["--etcd-root", self.etcd_root] if self.etcd_root else []
@@ -568,9 +724,15 @@ class LocalStack:
 
     def _start(self, progress: Callable[[str], None]) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
+        if self.secure:
+            progress("certificates and tokens")
+            self.security = LocalSecurity.prepare(self.state_dir / "secure")
         progress("etcd")
         self.etcd = EtcdProcess(
-            self.state_dir, log_path=self.logs_dir / "etcd.log", die_with_parent=self.die_with_parent
+            self.state_dir,
+            log_path=self.logs_dir / "etcd.log",
+            die_with_parent=self.die_with_parent,
+            tls=self.security.etcd_tls() if self.security is not None else None,
         )
         self.etcd.start()
         if self.serve_metrics:
@@ -589,6 +751,8 @@ class LocalStack:
             health=True,
             env=self._env(),
             die_with_parent=self.die_with_parent,
+            extra_args=self._security_args(),
+            health_ca=self.security.ca_cert if self.security is not None else None,
             blob_store=self.blob_store,
             metrics_port=self._metrics_port("weft-api"),
         )
@@ -619,6 +783,7 @@ class LocalStack:
                     "--work-dir", str(self.work_dir),
                     "--listen", "127.0.0.1:0",
                     *self._root_args(),
+                    *self._security_args(),
                     *(["--blob-store", self.blob_store] if self.blob_store else []),
                     *(["--metrics-port", str(metrics_port)] if metrics_port is not None else []),
                 ],

@@ -78,6 +78,7 @@ class AttemptSpec:
         timeout: Wall-clock limit in seconds, or None.
         dna: The step's DNA (`sha256:<hex>`), for labels and annotations.
         resources: The container's resources, for runtimes that schedule by them.
+        security: What the step may do beyond the hardened default (kubernetes runtime).
     """
 
     namespace: str
@@ -94,6 +95,7 @@ class AttemptSpec:
     timeout: float | None
     dna: str
     resources: pipeline_pb2.Resources = field(default_factory=pipeline_pb2.Resources)
+    security: pipeline_pb2.StepSecurity = field(default_factory=pipeline_pb2.StepSecurity)
 
     @property
     def key(self) -> tuple[str, str, str, int]:

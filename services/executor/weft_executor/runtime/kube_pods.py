@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from weft.v1 import pipeline_pb2
 from weft_executor import podio
 from weft_executor.config import ExecutorConfig
 from weft_executor.runtime import AttemptSpec
@@ -181,6 +182,27 @@ def _resources(spec: AttemptSpec) -> JSON:
     return resources
 
 
+#: Where the helpers find the CA of weft-api's certificate (`KubeSettings.pod_api_ca_secret`).
+API_CA_DIR = "/var/run/weft/api-ca"
+API_CA_VOLUME = "weft-api-ca"
+
+
+def helper_credentials(spec: AttemptSpec, config: ExecutorConfig) -> tuple[list[JSON], list[JSON], list[JSON]]:
+    """(env, volume mounts, volumes) that let the helper containers reach weft-api as the
+    namespace of the step: its namespace, the token from a Secret, the CA from a Secret."""
+    env: list[JSON] = [{"name": "WEFT_NAMESPACE", "value": spec.namespace}]
+    mounts: list[JSON] = []
+    volumes: list[JSON] = []
+    if config.kube.pod_api_token_secret:
+        reference = {"name": config.kube.pod_api_token_secret, "key": "token"}
+        env.append({"name": "WEFT_PEER_TOKEN", "valueFrom": {"secretKeyRef": reference}})
+    if config.kube.pod_api_ca_secret:
+        env.append({"name": "WEFT_PEER_CA_CERT", "value": f"{API_CA_DIR}/ca.crt"})
+        mounts.append({"name": API_CA_VOLUME, "mountPath": API_CA_DIR, "readOnly": True})
+        volumes.append({"name": API_CA_VOLUME, "secret": {"secretName": config.kube.pod_api_ca_secret}})
+    return env, mounts, volumes
+
+
 def _store_args(config: ExecutorConfig) -> list[str]:
     """How a helper container reaches the artifact store: the object store directly, or weft-api."""
     return ["--blob-store", config.pod_blob_store] if config.pod_blob_store else ["--api", config.pod_api]
@@ -199,6 +221,7 @@ def build_pod(spec: AttemptSpec, config: ExecutorConfig) -> JSON:
     settings = config.kube
     name = pod_name(*spec.key)
     mount = [{"name": SHARED_VOLUME, "mountPath": podio.SHARED_DIR}]
+    helper_env, helper_mounts, helper_volumes = helper_credentials(spec, config)
     main: JSON = {
         "name": MAIN_CONTAINER,
         "image": spec.image,
@@ -211,6 +234,7 @@ def build_pod(spec: AttemptSpec, config: ExecutorConfig) -> JSON:
         ],
         "env": _env(spec),
         "volumeMounts": mount,
+        "securityContext": container_security_context(spec.security),
     }
     if spec.working_dir.startswith("/"):
         main["workingDir"] = spec.working_dir
@@ -232,8 +256,10 @@ def build_pod(spec: AttemptSpec, config: ExecutorConfig) -> JSON:
             f"{config.api_patience:g}",
             *(f"{input_name}={digest}" for input_name, digest in sorted(spec.inputs.items())),
         ],
-        "volumeMounts": mount,
+        "env": helper_env,
+        "volumeMounts": mount + helper_mounts,
         "resources": HELPER_RESOURCES,
+        "securityContext": container_security_context(),
         **_helper_store_env(config),
     }
     upload: JSON = {
@@ -253,8 +279,10 @@ def build_pod(spec: AttemptSpec, config: ExecutorConfig) -> JSON:
             str(config.max_output_bytes),
             *spec.outputs,
         ],
-        "volumeMounts": mount,
+        "env": helper_env,
+        "volumeMounts": mount + helper_mounts,
         "resources": HELPER_RESOURCES,
+        "securityContext": container_security_context(),
         **_helper_store_env(config),
     }
     pod_spec: JSON = {
@@ -263,7 +291,10 @@ def build_pod(spec: AttemptSpec, config: ExecutorConfig) -> JSON:
         # environment: the same step would see a different environment on another cluster.
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": max(0, round(config.kill_grace)),
-        "volumes": [{"name": SHARED_VOLUME, "emptyDir": {}}],
+        # Hardened unless the step asked otherwise (validated against its namespace's policy).
+        "securityContext": pod_security_context(spec.security),
+        "automountServiceAccountToken": spec.security.mount_service_account_token,
+        "volumes": [{"name": SHARED_VOLUME, "emptyDir": {}}, *helper_volumes],
         "initContainers": [fetch],
         "containers": [main, upload],
     }
@@ -289,6 +320,42 @@ def build_pod(spec: AttemptSpec, config: ExecutorConfig) -> JSON:
         "metadata": {"name": name, "namespace": settings.namespace, "labels": labels, "annotations": annotations},
         "spec": pod_spec,
     }
+
+
+# Security ---------------------------------------------------------------------------------
+
+#: The user step pods run as unless a step may run as root: the conventional "nonroot" uid
+#: of distroless images. Set explicitly, since most images declare no USER and
+#: runAsNonRoot alone would make the kubelet refuse them.
+STEP_UID = 65532
+
+
+def pod_security_context(security: pipeline_pb2.StepSecurity) -> JSON:
+    """The pod's securityContext: a non-root user and group (also owning the shared
+    volume, so the helpers and the step can read each other's files) and RuntimeDefault
+    seccomp."""
+    context: JSON = {"seccompProfile": {"type": "RuntimeDefault"}}
+    if security.run_as_root:
+        context.update({"runAsUser": 0, "runAsGroup": 0, "fsGroup": 0})
+    else:
+        context.update({"runAsNonRoot": True, "runAsUser": STEP_UID, "runAsGroup": STEP_UID, "fsGroup": STEP_UID})
+    return context
+
+
+def container_security_context(security: pipeline_pb2.StepSecurity | None = None) -> JSON:
+    """A container's securityContext: no privilege escalation and every capability
+    dropped, except those the step adds back (None: weft's own helper containers, which
+    never get any)."""
+    capabilities: JSON = {"drop": ["ALL"]}
+    if security is not None and security.add_capabilities:
+        capabilities["add"] = list(security.add_capabilities)
+    context: JSON = {"allowPrivilegeEscalation": False, "capabilities": capabilities}
+    if security is None:
+        # weft's helpers stay unprivileged even in a pod whose step runs as root.
+        context.update({"runAsNonRoot": True, "runAsUser": STEP_UID, "runAsGroup": STEP_UID})
+    elif not security.run_as_root:
+        context["runAsNonRoot"] = True
+    return context
 
 
 # Reading a pod ----------------------------------------------------------------------------

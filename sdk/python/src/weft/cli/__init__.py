@@ -19,7 +19,8 @@
 
 Global options (before or after the command): `-s/--server` (env WEFT_SERVER, default
 127.0.0.1:50051), `-n/--namespace` (env WEFT_NAMESPACE, default "default"), `-o
-table|json|yaml`; WEFT_RETRY_SECONDS (default 5) bounds how long an unreachable server
+table|json|yaml`, `--token` (env WEFT_TOKEN), `--ca-cert` (env WEFT_CA_CERT) and `--tls`
+(env WEFT_TLS) for a secured weft-api; WEFT_RETRY_SECONDS (default 5) bounds how long an unreachable server
 is retried. Exit codes: 0 success, 1 failure (an API error, a run that did not
 succeed), 2 bad usage, 130 interrupted. API errors are printed as one message, never a
 traceback. The CLI is a client of the SDK only: it never reads etcd or imports server code
@@ -79,6 +80,22 @@ def _common_options(defaults: bool) -> argparse.ArgumentParser:
         help=f"namespace (env WEFT_NAMESPACE; default {_help_literal(namespace)})",
     )
     parser.add_argument(
+        "--token",
+        default=os.environ.get("WEFT_TOKEN", "") if defaults else suppress,
+        help="bearer token for a weft-api with authentication on (env WEFT_TOKEN, which keeps it out of `ps`)",
+    )
+    parser.add_argument(
+        "--ca-cert",
+        default=os.environ.get("WEFT_CA_CERT") or None if defaults else suppress,
+        help="PEM file of the CA of weft-api's certificate; implies --tls (env WEFT_CA_CERT)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=os.environ.get("WEFT_TLS", "") not in ("", "0", "false") if defaults else suppress,
+        help="talk TLS to weft-api, trusting the system's CAs unless --ca-cert (env WEFT_TLS=1)",
+    )
+    parser.add_argument(
         "-o",
         "--output",
         choices=("table", "json", "yaml"),
@@ -128,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="attempts per executor at once (default: the executor's, 4 per CPU, at least 8)",
     )
     up.add_argument("--no-executor", action="store_true", help="start no executor (runs stay PENDING)")
+    up.add_argument(
+        "--secure",
+        action="store_true",
+        help="TLS everywhere and token auth: a local CA, certificates and an admin token under STATE_DIR/secure",
+    )
     up.add_argument(
         "--blob-store",
         default="",
@@ -302,7 +324,14 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 async def _run_command(handler: Command, args: argparse.Namespace) -> int:
-    async with await AsyncClient.connect(args.server, namespace=args.namespace, retry=_retry_settings()) as client:
+    async with await AsyncClient.connect(
+        args.server,
+        namespace=args.namespace,
+        retry=_retry_settings(),
+        token=args.token,
+        tls=args.tls,
+        ca_cert=args.ca_cert,
+    ) as client:
         return await handler(args, client)
 
 

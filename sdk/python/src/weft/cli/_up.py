@@ -2,10 +2,11 @@
 
 It starts etcd (data under the state dir), weft-tracer (spans under the state dir; every
 service exports to it, and it forwards to `--jaeger`, or to the OTEL_EXPORTER_OTLP_*ENDPOINT
-this shell had set, when given), weft-api and the
-weft-executors through
-`weft.localstack.LocalStack` (the same code the demo and the tests use), prints where
-everything is, watches the children, and on Ctrl-C/SIGTERM stops them in reverse order.
+this shell had set, when given), weft-api and the weft-executors through
+`weft.localstack.LocalStack` (the same code the demo and the tests use), plaintext on
+loopback without auth unless `--secure` (TLS everywhere, token auth, a local CA and an
+admin token under the state dir), prints where everything is, watches the children, and
+on Ctrl-C/SIGTERM stops them in reverse order.
 Children run in their own process groups (so a terminal's Ctrl-C reaches only `weft up`,
 which stops them in order) and are tied to this process with PR_SET_PDEATHSIG (so even
 a SIGKILLed `weft up` leaves no orphans). Only one `weft up` may use a state dir at a
@@ -91,6 +92,10 @@ def _endpoints(stack: LocalStack) -> Table:
     grid.add_row("state", str(stack.state_dir))
     grid.add_row("logs", f"{stack.logs_dir}/*.log")
     grid.add_row("", "")
+    if stack.security is not None:
+        for i, line in enumerate(secure_usage(stack)):
+            grid.add_row("secure" if i == 0 else "", line)
+        grid.add_row("", "")
     server_flag = "" if stack.api_target == "127.0.0.1:50051" else f" -s {stack.api_target}"
     grid.add_row("try", f"weft{server_flag} apply -f examples/etl/pipeline.yaml")
     grid.add_row("", f"weft{server_flag} run etl -p rows=1000 --watch")
@@ -98,6 +103,17 @@ def _endpoints(stack: LocalStack) -> Table:
         tracer_flag = "" if stack.tracer_target == "127.0.0.1:50052" else f" --tracer {stack.tracer_target}"
         grid.add_row("", f"weft{server_flag} trace RUN{tracer_flag}")
     return grid
+
+
+def secure_usage(stack: LocalStack) -> list[str]:
+    """How to call a `--secure` stack: the CLI's variables and a grpcurl line."""
+    assert stack.security is not None
+    security = stack.security
+    return [
+        f"TLS (CA {security.ca_cert}) and token auth are on",
+        f'export WEFT_TOKEN="$(cat {security.admin_token_file})" WEFT_CA_CERT={security.ca_cert}',
+        f'grpcurl -cacert {security.ca_cert} -H "authorization: Bearer $WEFT_TOKEN" {stack.api_target} list',
+    ]
 
 
 def forward_target(jaeger: str, environ: Mapping[str, str]) -> str:
@@ -125,6 +141,7 @@ def up(args: argparse.Namespace) -> int:
         executors=0 if args.no_executor else args.executors,
         max_parallel=args.max_parallel,
         die_with_parent=True,
+        secure=args.secure,
         blob_store=args.blob_store,
         tracer=not args.no_tracer,
         tracer_port=tracer_port,

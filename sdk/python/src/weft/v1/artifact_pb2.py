@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16weft/v1/artifact.proto\x12\x07weft.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"[\n\x04\x42lob\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x0ePutBlobRequest\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x13.weft.v1.BlobHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"0\n\nBlobHeader\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"0\n\x0eGetBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"\x1f\n\x0fGetBlobResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t2\xc5\x01\n\x0f\x41rtifactService\x12\x33\n\x07PutBlob\x12\x17.weft.v1.PutBlobRequest\x1a\r.weft.v1.Blob(\x01\x12\x43\n\x07GetBlob\x12\x17.weft.v1.GetBlobRequest\x1a\x18.weft.v1.GetBlobResponse\"\x03\x90\x02\x01\x30\x01\x12\x38\n\x08StatBlob\x12\x18.weft.v1.StatBlobRequest\x1a\r.weft.v1.Blob\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16weft/v1/artifact.proto\x12\x07weft.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"[\n\x04\x42lob\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x0ePutBlobRequest\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x13.weft.v1.BlobHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"C\n\nBlobHeader\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x11\n\tnamespace\x18\x03 \x01(\t\"C\n\x0eGetBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x11\n\tnamespace\x18\x03 \x01(\t\"\x1f\n\x0fGetBlobResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"4\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t2\xc5\x01\n\x0f\x41rtifactService\x12\x33\n\x07PutBlob\x12\x17.weft.v1.PutBlobRequest\x1a\r.weft.v1.Blob(\x01\x12\x43\n\x07GetBlob\x12\x17.weft.v1.GetBlobRequest\x1a\x18.weft.v1.GetBlobResponse\"\x03\x90\x02\x01\x30\x01\x12\x38\n\x08StatBlob\x12\x18.weft.v1.StatBlobRequest\x1a\r.weft.v1.Blob\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,13 +41,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUTBLOBREQUEST']._serialized_start=161
   _globals['_PUTBLOBREQUEST']._serialized_end=240
   _globals['_BLOBHEADER']._serialized_start=242
-  _globals['_BLOBHEADER']._serialized_end=290
-  _globals['_GETBLOBREQUEST']._serialized_start=292
-  _globals['_GETBLOBREQUEST']._serialized_end=340
-  _globals['_GETBLOBRESPONSE']._serialized_start=342
-  _globals['_GETBLOBRESPONSE']._serialized_end=373
-  _globals['_STATBLOBREQUEST']._serialized_start=375
-  _globals['_STATBLOBREQUEST']._serialized_end=408
-  _globals['_ARTIFACTSERVICE']._serialized_start=411
-  _globals['_ARTIFACTSERVICE']._serialized_end=608
+  _globals['_BLOBHEADER']._serialized_end=309
+  _globals['_GETBLOBREQUEST']._serialized_start=311
+  _globals['_GETBLOBREQUEST']._serialized_end=378
+  _globals['_GETBLOBRESPONSE']._serialized_start=380
+  _globals['_GETBLOBRESPONSE']._serialized_end=411
+  _globals['_STATBLOBREQUEST']._serialized_start=413
+  _globals['_STATBLOBREQUEST']._serialized_end=465
+  _globals['_ARTIFACTSERVICE']._serialized_start=468
+  _globals['_ARTIFACTSERVICE']._serialized_end=665
 # @@protoc_insertion_point(module_scope)

@@ -27,20 +27,24 @@ class PutBlobRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[BlobHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class BlobHeader(_message.Message):
-    __slots__ = ("digest", "size_bytes")
+    __slots__ = ("digest", "size_bytes", "namespace")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     digest: str
     size_bytes: int
-    def __init__(self, digest: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    namespace: str
+    def __init__(self, digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class GetBlobRequest(_message.Message):
-    __slots__ = ("digest", "offset")
+    __slots__ = ("digest", "offset", "namespace")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     digest: str
     offset: int
-    def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+    namespace: str
+    def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class GetBlobResponse(_message.Message):
     __slots__ = ("data",)
@@ -49,7 +53,9 @@ class GetBlobResponse(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class StatBlobRequest(_message.Message):
-    __slots__ = ("digest",)
+    __slots__ = ("digest", "namespace")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     digest: str
-    def __init__(self, digest: _Optional[str] = ...) -> None: ...
+    namespace: str
+    def __init__(self, digest: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...

@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Pipeline(_message.Message):
-    __slots__ = ("name", "version", "spec", "description", "labels", "create_time", "version_create_time", "version_count", "etag")
+    __slots__ = ("name", "version", "spec", "description", "labels", "create_time", "version_create_time", "version_count", "etag", "created_by")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class Pipeline(_message.Message):
     VERSION_CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     VERSION_COUNT_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     spec: PipelineSpec
@@ -38,7 +39,8 @@ class Pipeline(_message.Message):
     version_create_time: _timestamp_pb2.Timestamp
     version_count: int
     etag: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., spec: _Optional[_Union[PipelineSpec, _Mapping]] = ..., description: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version_create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version_count: _Optional[int] = ..., etag: _Optional[str] = ...) -> None: ...
+    created_by: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., spec: _Optional[_Union[PipelineSpec, _Mapping]] = ..., description: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version_create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version_count: _Optional[int] = ..., etag: _Optional[str] = ..., created_by: _Optional[str] = ...) -> None: ...
 
 class PipelineSpec(_message.Message):
     __slots__ = ("parameters", "steps", "uses")
@@ -101,20 +103,32 @@ class Step(_message.Message):
     def __init__(self, name: _Optional[str] = ..., container: _Optional[_Union[Container, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[Output, _Mapping]]] = ..., depends_on: _Optional[_Iterable[str]] = ..., cache: _Optional[_Union[CachePolicy, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., redundancy: _Optional[_Union[Redundancy, _Mapping]] = ..., pipeline: _Optional[_Union[PipelineRef, _Mapping]] = ...) -> None: ...
 
 class Container(_message.Message):
-    __slots__ = ("image", "command", "args", "env", "working_dir", "resources")
+    __slots__ = ("image", "command", "args", "env", "working_dir", "resources", "security")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
     WORKING_DIR_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    SECURITY_FIELD_NUMBER: _ClassVar[int]
     image: str
     command: _containers.RepeatedScalarFieldContainer[str]
     args: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.RepeatedCompositeFieldContainer[EnvVar]
     working_dir: str
     resources: Resources
-    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[_Union[EnvVar, _Mapping]]] = ..., working_dir: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
+    security: StepSecurity
+    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[_Union[EnvVar, _Mapping]]] = ..., working_dir: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., security: _Optional[_Union[StepSecurity, _Mapping]] = ...) -> None: ...
+
+class StepSecurity(_message.Message):
+    __slots__ = ("run_as_root", "mount_service_account_token", "add_capabilities")
+    RUN_AS_ROOT_FIELD_NUMBER: _ClassVar[int]
+    MOUNT_SERVICE_ACCOUNT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ADD_CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    run_as_root: bool
+    mount_service_account_token: bool
+    add_capabilities: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_as_root: _Optional[bool] = ..., mount_service_account_token: _Optional[bool] = ..., add_capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EnvVar(_message.Message):
     __slots__ = ("name", "value", "secret")

@@ -42,7 +42,7 @@ LINEAGE_DIRECTION_DOWNSTREAM: LineageDirection
 LINEAGE_DIRECTION_BOTH: LineageDirection
 
 class Run(_message.Message):
-    __slots__ = ("name", "pipeline", "pipeline_version", "parameters", "parameter_digests", "state", "options", "create_time", "start_time", "end_time", "message", "failed_step", "traceparent", "resumed_from", "steps", "step_counts", "labels", "etag", "replay_of")
+    __slots__ = ("name", "pipeline", "pipeline_version", "parameters", "parameter_digests", "state", "options", "create_time", "start_time", "end_time", "message", "failed_step", "traceparent", "resumed_from", "steps", "step_counts", "labels", "etag", "replay_of", "created_by", "cancelled_by")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Run.State]
@@ -106,6 +106,8 @@ class Run(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
     REPLAY_OF_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_BY_FIELD_NUMBER: _ClassVar[int]
     name: str
     pipeline: str
     pipeline_version: str
@@ -125,7 +127,9 @@ class Run(_message.Message):
     labels: _containers.ScalarMap[str, str]
     etag: str
     replay_of: str
-    def __init__(self, name: _Optional[str] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., parameter_digests: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[Run.State, str]] = ..., options: _Optional[_Union[RunOptions, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., failed_step: _Optional[str] = ..., traceparent: _Optional[str] = ..., resumed_from: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepRun, _Mapping]]] = ..., step_counts: _Optional[_Mapping[str, int]] = ..., labels: _Optional[_Mapping[str, str]] = ..., etag: _Optional[str] = ..., replay_of: _Optional[str] = ...) -> None: ...
+    created_by: str
+    cancelled_by: str
+    def __init__(self, name: _Optional[str] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., parameter_digests: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[Run.State, str]] = ..., options: _Optional[_Union[RunOptions, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., failed_step: _Optional[str] = ..., traceparent: _Optional[str] = ..., resumed_from: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepRun, _Mapping]]] = ..., step_counts: _Optional[_Mapping[str, int]] = ..., labels: _Optional[_Mapping[str, str]] = ..., etag: _Optional[str] = ..., replay_of: _Optional[str] = ..., created_by: _Optional[str] = ..., cancelled_by: _Optional[str] = ...) -> None: ...
 
 class RunOptions(_message.Message):
     __slots__ = ("cache_mode",)

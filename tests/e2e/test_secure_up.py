@@ -1,0 +1,103 @@
+"""`weft up --secure`: TLS everywhere and token auth from one command, then the CLI and the
+README's grpcurl lines against it; without a token or with plaintext, nothing works."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_cli import WEFT, Up, start_up, stop_up
+from tests.e2e.test_grpcurl import grpcurl_binary
+
+pytestmark = pytest.mark.timeout(180)
+ROOT = Path(__file__).resolve().parents[2]
+
+PIPELINE = """
+name: hello
+spec:
+  steps:
+    - name: greet
+      container: {image: "busybox:1.36", command: [sh, -c, 'printf hi > "$WEFT_OUTPUTS/out"']}
+      outputs: [{name: out}]
+"""
+
+
+@pytest.fixture(scope="module")
+def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    up = start_up(tmp_path_factory.mktemp("secure-up") / "state", "--secure")
+    yield up
+    stop_up(up)
+
+
+def weft(up: Up, *args: str, token: str | None, ca: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEFT_")}
+    env.update({"WEFT_SERVER": up.api, "NO_COLOR": "1", "COLUMNS": "250"})
+    if token is not None:
+        env["WEFT_TOKEN"] = token
+    if ca:
+        env["WEFT_CA_CERT"] = str(up.state_dir / "secure" / "ca.crt")
+    return subprocess.run([WEFT, *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def readme_block(heading: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split(f"## {heading}\n", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_secure_up_prints_how_to_use_it_and_keeps_secrets_out_of_its_files(secure_stack: Up) -> None:
+    output = secure_stack.output.read_text()
+    secure = secure_stack.state_dir / "secure"
+    assert f'export WEFT_TOKEN="$(cat {secure / "admin.token"})" WEFT_CA_CERT={secure / "ca.crt"}' in output
+    assert f"grpcurl -cacert {secure / 'ca.crt'}" in output
+    token = (secure / "admin.token").read_text().strip()
+    assert (secure / "admin.token").stat().st_mode & 0o077 == 0
+    assert (secure / "server.key").stat().st_mode & 0o077 == 0
+    for path in (secure / "tokens.yaml", secure_stack.output, *secure_stack.state_dir.glob("logs/*.log")):
+        assert token not in path.read_text(errors="replace"), path
+
+
+def test_the_cli_needs_the_token_and_the_ca(secure_stack: Up, tmp_path: Path) -> None:
+    token = (secure_stack.state_dir / "secure" / "admin.token").read_text().strip()
+    refused = weft(secure_stack, "runs", "list", token=None)
+    assert refused.returncode == 1
+    assert "no credentials" in refused.stderr
+    wrong_ca = weft(secure_stack, "runs", "list", token=token, ca=False)
+    assert wrong_ca.returncode == 1
+    pipeline = tmp_path / "hello.yaml"
+    pipeline.write_text(PIPELINE)
+    assert weft(secure_stack, "apply", "-f", str(pipeline), token=token).returncode == 0
+    ran = weft(secure_stack, "run", "hello", "--watch", token=token)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    outputs = weft(secure_stack, "outputs", _run_name(ran.stdout), token=token)
+    assert outputs.returncode == 0, outputs.stderr
+    assert "hi" in outputs.stdout
+
+
+def _run_name(text: str) -> str:
+    match = re.search(r"hello-[a-z0-9]{5}", text)
+    assert match, text
+    return match.group(0)
+
+
+def test_the_readme_commands_work_against_a_secure_stack(secure_stack: Up) -> None:
+    block = readme_block("Who may do what").replace("\\\n", "")
+    lines = [line for line in block.splitlines() if line.startswith(("export", "weft runs", "grpcurl"))]
+    assert len(lines) == 4, lines
+    script = "\n".join(lines)
+    script = script.replace(".weft/", f"{secure_stack.state_dir}/").replace("127.0.0.1:50051", secure_stack.api)
+    script = script.replace("grpcurl ", f"{grpcurl_binary()} ").replace("weft runs", f"{WEFT} runs")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEFT_")}
+    env["WEFT_SERVER"] = secure_stack.api
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "weft.v1.RunService" in result.stdout
+    plaintext = subprocess.run(
+        [grpcurl_binary(), "-plaintext", secure_stack.api, "list"], capture_output=True, text=True, timeout=30
+    )
+    assert plaintext.returncode != 0
