@@ -199,14 +199,16 @@ class Output(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class CachePolicy(_message.Message):
-    __slots__ = ("enabled", "version", "max_age")
+    __slots__ = ("enabled", "version", "max_age", "share_in_flight")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_AGE_FIELD_NUMBER: _ClassVar[int]
+    SHARE_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     version: str
     max_age: _duration_pb2.Duration
-    def __init__(self, enabled: _Optional[bool] = ..., version: _Optional[str] = ..., max_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    share_in_flight: bool
+    def __init__(self, enabled: _Optional[bool] = ..., version: _Optional[str] = ..., max_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., share_in_flight: _Optional[bool] = ...) -> None: ...
 
 class RetryPolicy(_message.Message):
     __slots__ = ("max_attempts", "backoff", "backoff_factor", "max_backoff")

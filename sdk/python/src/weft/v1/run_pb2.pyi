@@ -138,7 +138,7 @@ class RunOptions(_message.Message):
     def __init__(self, cache_mode: _Optional[_Union[CacheMode, str]] = ...) -> None: ...
 
 class StepRun(_message.Message):
-    __slots__ = ("step", "state", "attempts", "dna", "outcome", "message", "ready_time", "end_time", "executor", "explanation", "reused_from_run")
+    __slots__ = ("step", "state", "attempts", "dna", "outcome", "message", "ready_time", "end_time", "executor", "explanation", "reused_from_run", "replicas", "replica_decision")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[StepRun.State]
@@ -170,6 +170,8 @@ class StepRun(_message.Message):
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     REUSED_FROM_RUN_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_DECISION_FIELD_NUMBER: _ClassVar[int]
     step: str
     state: StepRun.State
     attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
@@ -181,7 +183,9 @@ class StepRun(_message.Message):
     executor: str
     explanation: StepExplanation
     reused_from_run: str
-    def __init__(self, step: _Optional[str] = ..., state: _Optional[_Union[StepRun.State, str]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., dna: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., message: _Optional[str] = ..., ready_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., executor: _Optional[str] = ..., explanation: _Optional[_Union[StepExplanation, _Mapping]] = ..., reused_from_run: _Optional[str] = ...) -> None: ...
+    replicas: _containers.RepeatedCompositeFieldContainer[Attempt]
+    replica_decision: str
+    def __init__(self, step: _Optional[str] = ..., state: _Optional[_Union[StepRun.State, str]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., dna: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., message: _Optional[str] = ..., ready_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., executor: _Optional[str] = ..., explanation: _Optional[_Union[StepExplanation, _Mapping]] = ..., reused_from_run: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., replica_decision: _Optional[str] = ...) -> None: ...
 
 class Attempt(_message.Message):
     __slots__ = ("number", "state", "executor", "handle", "start_time", "end_time", "exit_code", "message", "stdout_digest", "stderr_digest", "replica", "output_digests")
@@ -235,7 +239,7 @@ class Attempt(_message.Message):
     def __init__(self, number: _Optional[int] = ..., state: _Optional[_Union[Attempt.State, str]] = ..., executor: _Optional[str] = ..., handle: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., stdout_digest: _Optional[str] = ..., stderr_digest: _Optional[str] = ..., replica: _Optional[int] = ..., output_digests: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Outcome(_message.Message):
-    __slots__ = ("dna", "outputs", "run", "step", "attempt", "executor", "handle", "start_time", "end_time", "input_outcomes", "commit_time", "input_outcomes_digest", "image_id")
+    __slots__ = ("dna", "outputs", "run", "step", "attempt", "executor", "handle", "start_time", "end_time", "input_outcomes", "commit_time", "input_outcomes_digest", "image_id", "replica", "replicas", "replica_decision")
     class OutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +267,9 @@ class Outcome(_message.Message):
     COMMIT_TIME_FIELD_NUMBER: _ClassVar[int]
     INPUT_OUTCOMES_DIGEST_FIELD_NUMBER: _ClassVar[int]
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_DECISION_FIELD_NUMBER: _ClassVar[int]
     dna: str
     outputs: _containers.ScalarMap[str, str]
     run: str
@@ -276,7 +283,10 @@ class Outcome(_message.Message):
     commit_time: _timestamp_pb2.Timestamp
     input_outcomes_digest: str
     image_id: str
-    def __init__(self, dna: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., run: _Optional[str] = ..., step: _Optional[str] = ..., attempt: _Optional[int] = ..., executor: _Optional[str] = ..., handle: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_outcomes: _Optional[_Mapping[str, str]] = ..., commit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_outcomes_digest: _Optional[str] = ..., image_id: _Optional[str] = ...) -> None: ...
+    replica: int
+    replicas: _containers.RepeatedCompositeFieldContainer[Attempt]
+    replica_decision: str
+    def __init__(self, dna: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., run: _Optional[str] = ..., step: _Optional[str] = ..., attempt: _Optional[int] = ..., executor: _Optional[str] = ..., handle: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_outcomes: _Optional[_Mapping[str, str]] = ..., commit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_outcomes_digest: _Optional[str] = ..., image_id: _Optional[str] = ..., replica: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., replica_decision: _Optional[str] = ...) -> None: ...
 
 class DnaComponent(_message.Message):
     __slots__ = ("name", "value")
@@ -339,18 +349,42 @@ class WatchRunRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., start_revision: _Optional[int] = ..., view: _Optional[_Union[RunView, str]] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("revision", "run", "step", "snapshot", "last_in_revision")
+    __slots__ = ("revision", "run", "step", "replica", "snapshot", "last_in_revision")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     LAST_IN_REVISION_FIELD_NUMBER: _ClassVar[int]
     revision: int
     run: Run
     step: StepRun
+    replica: ReplicaEvent
     snapshot: bool
     last_in_revision: bool
-    def __init__(self, revision: _Optional[int] = ..., run: _Optional[_Union[Run, _Mapping]] = ..., step: _Optional[_Union[StepRun, _Mapping]] = ..., snapshot: _Optional[bool] = ..., last_in_revision: _Optional[bool] = ...) -> None: ...
+    def __init__(self, revision: _Optional[int] = ..., run: _Optional[_Union[Run, _Mapping]] = ..., step: _Optional[_Union[StepRun, _Mapping]] = ..., replica: _Optional[_Union[ReplicaEvent, _Mapping]] = ..., snapshot: _Optional[bool] = ..., last_in_revision: _Optional[bool] = ...) -> None: ...
+
+class ReplicaEvent(_message.Message):
+    __slots__ = ("kind", "step", "attempt", "decision")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[ReplicaEvent.Kind]
+        KIND_STARTED: _ClassVar[ReplicaEvent.Kind]
+        KIND_FINISHED: _ClassVar[ReplicaEvent.Kind]
+        KIND_DECIDED: _ClassVar[ReplicaEvent.Kind]
+    KIND_UNSPECIFIED: ReplicaEvent.Kind
+    KIND_STARTED: ReplicaEvent.Kind
+    KIND_FINISHED: ReplicaEvent.Kind
+    KIND_DECIDED: ReplicaEvent.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    kind: ReplicaEvent.Kind
+    step: str
+    attempt: Attempt
+    decision: str
+    def __init__(self, kind: _Optional[_Union[ReplicaEvent.Kind, str]] = ..., step: _Optional[str] = ..., attempt: _Optional[_Union[Attempt, _Mapping]] = ..., decision: _Optional[str] = ...) -> None: ...
 
 class CancelRunRequest(_message.Message):
     __slots__ = ("name", "reason")
@@ -391,7 +425,7 @@ class ExplainStepRequest(_message.Message):
     def __init__(self, run: _Optional[str] = ..., step: _Optional[str] = ...) -> None: ...
 
 class StepExplanation(_message.Message):
-    __slots__ = ("dna", "components", "decision", "reason", "outcome", "components_digest", "image_hashed_as", "compared_run", "compared_step", "compared_outcome", "changes")
+    __slots__ = ("dna", "components", "decision", "reason", "outcome", "components_digest", "image_hashed_as", "compared_run", "compared_step", "compared_outcome", "changes", "replicas", "replica_decision")
     class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         DECISION_UNSPECIFIED: _ClassVar[StepExplanation.Decision]
@@ -413,6 +447,8 @@ class StepExplanation(_message.Message):
     COMPARED_STEP_FIELD_NUMBER: _ClassVar[int]
     COMPARED_OUTCOME_FIELD_NUMBER: _ClassVar[int]
     CHANGES_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_DECISION_FIELD_NUMBER: _ClassVar[int]
     dna: str
     components: _containers.RepeatedCompositeFieldContainer[DnaComponent]
     decision: StepExplanation.Decision
@@ -424,7 +460,9 @@ class StepExplanation(_message.Message):
     compared_step: str
     compared_outcome: Outcome
     changes: _containers.RepeatedCompositeFieldContainer[ComponentChange]
-    def __init__(self, dna: _Optional[str] = ..., components: _Optional[_Iterable[_Union[DnaComponent, _Mapping]]] = ..., decision: _Optional[_Union[StepExplanation.Decision, str]] = ..., reason: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., components_digest: _Optional[str] = ..., image_hashed_as: _Optional[str] = ..., compared_run: _Optional[str] = ..., compared_step: _Optional[str] = ..., compared_outcome: _Optional[_Union[Outcome, _Mapping]] = ..., changes: _Optional[_Iterable[_Union[ComponentChange, _Mapping]]] = ...) -> None: ...
+    replicas: _containers.RepeatedCompositeFieldContainer[Attempt]
+    replica_decision: str
+    def __init__(self, dna: _Optional[str] = ..., components: _Optional[_Iterable[_Union[DnaComponent, _Mapping]]] = ..., decision: _Optional[_Union[StepExplanation.Decision, str]] = ..., reason: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., components_digest: _Optional[str] = ..., image_hashed_as: _Optional[str] = ..., compared_run: _Optional[str] = ..., compared_step: _Optional[str] = ..., compared_outcome: _Optional[_Union[Outcome, _Mapping]] = ..., changes: _Optional[_Iterable[_Union[ComponentChange, _Mapping]]] = ..., replicas: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., replica_decision: _Optional[str] = ...) -> None: ...
 
 class ComponentChange(_message.Message):
     __slots__ = ("name", "old_value", "new_value", "cause", "upstream_step")
