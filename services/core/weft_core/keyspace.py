@@ -31,6 +31,20 @@ Runs
                                                        step's commit can check "this upstream is
                                                        committed" with one compare (done records
                                                        exist for failed and skipped steps too)
+    {root}/runs/{ns}/{run}/replicas/{step}/{attempt:04d}/planned    how many replicas attempt `attempt`
+                                                       of a redundant step runs (ASCII; a hedge
+                                                       raises it from 1 to 2), written by the
+                                                       step's claim holder
+    {root}/runs/{ns}/{run}/replicas/{step}/{attempt:04d}/running/{replica:02d}  Attempt: the replica
+                                                       as launched (before the launch: UNCONFIRMED,
+                                                       or RUNNING with a pod name), guarded by the
+                                                       claim of its replica item
+    {root}/runs/{ns}/{run}/replicas/{step}/{attempt:04d}/result/{replica:02d}   Attempt: how the
+                                                       replica ended; create-if-absent, so the
+                                                       order of their create revisions decides
+                                                       the winner (`weft_executor.replicas`)
+    {root}/runs/{ns}/{run}/replicas/{step}/{attempt:04d}/decided  why the winner won; written in the
+                                                       transaction that commits the step
     {root}/runindex/{ns}/{run}                         Run summary (`weft_core.runs.run_summary`:
                                                        no parameters, parameter digests or
                                                        traceparent): written in the same
@@ -59,6 +73,10 @@ step never looks unclaimed-but-ready to another executor in between)
                                                        successors were derived, so a crash between
                                                        commit and derivation leaves the mark for
                                                        another executor to finish (invariant 3).
+    {root}/sched/ready/{ns}/{run}/{step}#{attempt}.{replica}  a replica item: replica `replica` (≥ 2)
+                                                       of attempt `attempt` of a redundant step,
+                                                       claimed like a step so another executor
+                                                       can run it ('#' is never in a step name)
     {root}/sched/claims/{ns}/{run}/{step}              executor id; bound to the executor's lease, so
                                                        it vanishes when the executor dies
                                                        (invariant 4)
@@ -183,6 +201,26 @@ class Keyspace:
 
     def committed(self, ns: str, run: str, step: str) -> bytes:
         return self._key("runs", ns, run, "ok", step)
+
+    def replicas(self, ns: str, run: str, step: str) -> bytes:
+        """Every replica record of every attempt of a redundant step."""
+        return self._key("runs", ns, run, "replicas", step, "")
+
+    def replica_round(self, ns: str, run: str, step: str, attempt: int) -> bytes:
+        """Every replica record of one attempt of a redundant step."""
+        return self._key("runs", ns, run, "replicas", step, f"{attempt:04d}", "")
+
+    def replica_planned(self, ns: str, run: str, step: str, attempt: int) -> bytes:
+        return self._key("runs", ns, run, "replicas", step, f"{attempt:04d}", "planned")
+
+    def replica_decided(self, ns: str, run: str, step: str, attempt: int) -> bytes:
+        return self._key("runs", ns, run, "replicas", step, f"{attempt:04d}", "decided")
+
+    def replica_running(self, ns: str, run: str, step: str, attempt: int, replica: int) -> bytes:
+        return self._key("runs", ns, run, "replicas", step, f"{attempt:04d}", "running", f"{replica:02d}")
+
+    def replica_result(self, ns: str, run: str, step: str, attempt: int, replica: int) -> bytes:
+        return self._key("runs", ns, run, "replicas", step, f"{attempt:04d}", "result", f"{replica:02d}")
 
     def run_index(self, ns: str, run: str) -> bytes:
         return self._key("runindex", ns, run)

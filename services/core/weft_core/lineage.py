@@ -31,7 +31,11 @@ def _hex(digest: str) -> str:
 
 
 def lineage_keys(
-    keyspace: Keyspace, namespace: str, outcome: run_pb2.Outcome, input_digests: Mapping[str, str]
+    keyspace: Keyspace,
+    namespace: str,
+    outcome: run_pb2.Outcome,
+    input_digests: Mapping[str, str],
+    input_outcomes: Mapping[str, str] | None = None,
 ) -> list[bytes]:
     """Every index key of a committed outcome.
 
@@ -40,7 +44,10 @@ def lineage_keys(
         namespace: The namespace of the outcome's run.
         outcome: The committed outcome (its run, step, DNA, outputs and input outcomes).
         input_digests: The content digest of each input by input name.
+        input_outcomes: The producing outcome of each input, when the outcome's own
+            `input_outcomes` were spilled to a blob (a wide join); default: the outcome's.
     """
+    producers = outcome.input_outcomes if input_outcomes is None else input_outcomes
     _, run_id = parse_run_name(outcome.run, "outcome.run")
     dna = _hex(outcome.dna)
     keys = [keyspace.lineage_made(namespace, dna, run_id, outcome.step)]
@@ -48,20 +55,25 @@ def lineage_keys(
         keys.append(keyspace.lineage_producer(namespace, _hex(digest), dna, output))
     for name, digest in sorted(input_digests.items()):
         keys.append(keyspace.lineage_consumed(namespace, _hex(digest), dna, name))
-        producer = outcome.input_outcomes.get(name)
+        producer = producers.get(name)
         if producer:
             keys.append(keyspace.lineage_consumer(namespace, _hex(producer), dna, name))
     return keys
 
 
 async def index_outcome(
-    store: Store, keyspace: Keyspace, namespace: str, outcome: run_pb2.Outcome, input_digests: Mapping[str, str]
+    store: Store,
+    keyspace: Keyspace,
+    namespace: str,
+    outcome: run_pb2.Outcome,
+    input_digests: Mapping[str, str],
+    input_outcomes: Mapping[str, str] | None = None,
 ) -> int:
     """Writes the lineage index of a committed outcome; returns the number of keys written.
 
     The executor calls this once its commit of a new outcome won.
     """
-    keys = lineage_keys(keyspace, namespace, outcome, input_digests)
+    keys = lineage_keys(keyspace, namespace, outcome, input_digests, input_outcomes)
     for start in range(0, len(keys), MAX_TXN_OPS):
         await store.txn([], [op_put(key, b"") for key in keys[start : start + MAX_TXN_OPS]])
     return len(keys)

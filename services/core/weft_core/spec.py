@@ -504,15 +504,32 @@ def _step_problems(
     if redundancy.select not in pipeline_pb2.Redundancy.Select.values():
         problems.append((f"{path}.redundancy.select", "must be SELECT_FIRST or SELECT_MAJORITY"))
     problems.extend(_duration_problem(redundancy.hedge_after, f"{path}.redundancy.hedge_after"))
-    # The contract models redundancy, but no executor runs replicas or hedges yet: accepting
-    # it would silently run one replica, so it is refused until executors implement it.
-    if 1 < redundancy.replicas <= MAX_REPLICAS or redundancy.HasField("hedge_after"):
-        problems.append(
-            (
-                f"{path}.redundancy",
-                "replicas and hedging are not supported by this weft version's executors yet; "
-                "remove `redundancy` (or set replicas to 1 without hedge_after)",
+    replicas = max(1, redundancy.replicas)
+    majority = redundancy.select == pipeline_pb2.Redundancy.SELECT_MAJORITY
+    if redundancy.HasField("hedge_after"):
+        if replicas > 1:
+            problems.append(
+                (
+                    f"{path}.redundancy.hedge_after",
+                    "a hedge is the backup of a single attempt: use it with replicas 1, or drop it "
+                    "and run the replicas at once",
+                )
             )
+        if majority:
+            problems.append(
+                (
+                    f"{path}.redundancy.hedge_after",
+                    "a hedge takes the first success: use it with select SELECT_FIRST",
+                )
+            )
+        hedge = redundancy.hedge_after
+        if hedge.seconds == 0 and hedge.nanos == 0:
+            problems.append(
+                (f"{path}.redundancy.hedge_after", "must be more than 0s (e.g. 30s), or unset for no hedge")
+            )
+    elif majority and redundancy.replicas < 2:
+        problems.append(
+            (f"{path}.redundancy.replicas", "SELECT_MAJORITY needs at least 2 replicas to compare (3 to outvote one)")
         )
     return problems
 

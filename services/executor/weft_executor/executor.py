@@ -202,6 +202,7 @@ class Executor:
             runtime=self._runtime,
             is_cancelling=lambda ns, run: (ns, run) in self.cancelling,
             live_attempts=self.live_attempts,
+            on_slot_freed=self.queue.changed.set,
         )
         servicer = ExecutorServicer(self.executor_id, self.live_attempts)
         binding = ServiceBinding(
@@ -453,12 +454,16 @@ class Executor:
         while True:
             await self.queue.changed.wait()
             self.queue.changed.clear()
-            while len(self._tasks) < self.config.max_parallel:
+            while self._busy_slots() < self.config.max_parallel:
                 await self.registration.valid.wait()
                 key = self.queue.pick(self._tasks)
                 if key is None:
                     break
                 self._start_step(key)
+
+    def _busy_slots(self) -> int:
+        """Tasks holding a slot: not those parked waiting for other executors' replicas."""
+        return sum(1 for task, _ in self._tasks.values() if not task.parked)
 
     def _start_step(self, key: StepKey) -> None:
         # The slot is taken before the claim, so claims for several free slots are in
@@ -532,7 +537,7 @@ class Executor:
         try:
             if not await self._holds_claim(task):
                 return
-            if len(self._tasks) > self.config.max_parallel:
+            if self._busy_slots() > self.config.max_parallel:
                 log.info("giving back the claim of %s found unattended: no free slot", "/".join(key))
                 await self.progress.release_claim(*key, task.claim.lease)
                 return

@@ -9,6 +9,12 @@ with its lease, the DELETE events make its steps candidates again, and any execu
 claims them (failover within two lease TTLs, invariant 4). Finding work after a slot
 frees costs no etcd read at all.
 
+Replica items of a redundant step (`step#attempt.replica`, `weft_core.replicas`) are
+candidates like steps, but an executor prefers those of steps it does not already work
+on, and takes one of its own steps' replicas only when nothing else is offered and the
+item has waited SIBLING_GRACE_SECONDS, so that an idle executor elsewhere gets it first:
+replicas spread over executors when there are several.
+
 The mirror may lag etcd: it only suggests candidates. The claim itself is a transaction
 (claim absent and ready mark present → create the claim bound to the lease) and is the
 only authority on who runs a step.
@@ -20,9 +26,11 @@ import asyncio
 import itertools
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
 from weft_core.errors import ServiceError
+from weft_core.replicas import ITEM_SEPARATOR
 from weft_core.store import Compacted, KeyValue, Store, WatchEvent
 
 log = logging.getLogger(__name__)
@@ -33,6 +41,9 @@ StepKey = tuple[str, str, str]
 #: Executors pick among this many of the oldest candidates at random, so several idle
 #: executors do not all race for the same step.
 PICK_SPREAD = 8
+#: How long a replica item of a step this executor works on waits before this executor
+#: takes it itself (another executor, idle, takes it at once).
+SIBLING_GRACE_SECONDS = 0.1
 #: Seconds between attempts to list a prefix while etcd is unreachable.
 RETRY_SECONDS = 1.0
 
@@ -82,6 +93,9 @@ class ReadyQueue:
         self._candidates: dict[StepKey, None] = {}
         self._taken_over: dict[StepKey, None] = {}
         self._random = random.Random(seed)
+        # When each replica item became a candidate (see SIBLING_GRACE_SECONDS).
+        self._offered: dict[StepKey, float] = {}
+        self._wake_pending = False
         #: Set whenever a candidate may have appeared.
         self.changed = asyncio.Event()
 
@@ -92,10 +106,13 @@ class ReadyQueue:
         if key in self._ready and key not in self._claims:
             if key not in self._candidates and key not in self._taken_over:
                 (self._taken_over if freed else self._candidates)[key] = None
+                if ITEM_SEPARATOR in key[2]:
+                    self._offered[key] = time.monotonic()
                 self.changed.set()
         else:
             self._candidates.pop(key, None)
             self._taken_over.pop(key, None)
+            self._offered.pop(key, None)
 
     def reset_ready(self, keys: Sequence[StepKey]) -> None:
         stale = self._ready - set(keys)
@@ -134,9 +151,33 @@ class ReadyQueue:
         return self._claims.get(key)
 
     def pick(self, busy: Collection[StepKey]) -> StepKey | None:
-        """A candidate not in `busy` (this executor's own steps), or None."""
+        """A candidate not in `busy` (this executor's own steps), or None; a replica item
+        of a step in `busy` only as a last resort (see the module docstring)."""
+        held = {(ns, run, step.partition(ITEM_SEPARATOR)[0]) for ns, run, step in busy}
+        deferred: list[StepKey] = []
+
+        def sibling(key: StepKey) -> bool:
+            ns, run, step = key
+            if ITEM_SEPARATOR not in step or (ns, run, step.partition(ITEM_SEPARATOR)[0]) not in held:
+                return False
+            deferred.append(key)
+            return True
+
         for pool in (self._taken_over, self._candidates):
-            choices = [key for key in itertools.islice(pool, PICK_SPREAD * 4) if key not in busy]
+            window = itertools.islice(pool, PICK_SPREAD * 4)
+            choices = [key for key in window if key not in busy and not sibling(key)]
             if choices:
                 return self._random.choice(choices[:PICK_SPREAD])
+        now = time.monotonic()
+        for key in deferred:
+            if now - self._offered.get(key, 0.0) >= SIBLING_GRACE_SECONDS:
+                return key
+        if deferred and not self._wake_pending:
+            # Look again once the grace has passed, should nothing else wake the dispatcher.
+            self._wake_pending = True
+            asyncio.get_running_loop().call_later(SIBLING_GRACE_SECONDS, self._wake)
         return None
+
+    def _wake(self) -> None:
+        self._wake_pending = False
+        self.changed.set()

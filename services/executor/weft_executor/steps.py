@@ -62,6 +62,7 @@ from weft_core.errors import NotFound, ResourceExhausted, ServiceError, Unavaila
 from weft_core.keyspace import Keyspace, ready_mark, ready_time_of
 from weft_core.lineage import index_outcome
 from weft_core.logs import log_context, trace_id_of
+from weft_core.replicas import Redundancy, parse_replica_item
 from weft_core.store import (
     KeyValue,
     Store,
@@ -173,6 +174,9 @@ class StepTask:
         cancelled: Set together with `cancel_reason`; wakes a retry backoff.
         attempt: The attempt running now, if any (killed on cancel).
         snapshot: The step's records as the claim read them (used once; a retry re-reads).
+        parked: Waiting for other executors' replicas of a redundant step: its slot does
+            not count against `--max-parallel` meanwhile (`weft_executor.races`).
+        lost_race: Why the replica running now was stopped: another replica won.
     """
 
     claim: Claim
@@ -180,6 +184,8 @@ class StepTask:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     attempt: LaunchedAttempt | None = None
     snapshot: StepSnapshot | None = None
+    parked: bool = False
+    lost_race: str = ""
 
 
 @dataclass(frozen=True)
@@ -306,6 +312,7 @@ class StepRunner:
         runtime: Launches attempts.
         is_cancelling: Whether this executor has seen the run enter CANCELLING.
         live_attempts: Attempts running now, by (run name, step, attempt), for live logs.
+        on_slot_freed: Called when a task parks (its slot is free for other work).
     """
 
     def __init__(
@@ -320,6 +327,7 @@ class StepRunner:
         runtime: Runtime,
         is_cancelling: Callable[[str, str], bool],
         live_attempts: dict[tuple[str, str, int], tuple[Runtime, LaunchedAttempt]],
+        on_slot_freed: Callable[[], None] = lambda: None,
     ) -> None:
         self.executor_id = executor_id
         self.store = store
@@ -331,6 +339,11 @@ class StepRunner:
         self.is_cancelling = is_cancelling
         self.live_attempts = live_attempts
         self.cache = CacheDecider(store, keyspace, blobs)
+        self.on_slot_freed = on_slot_freed
+        # Imported here: `races` builds on this module (StepWork, the commit).
+        from weft_executor.races import ReplicaRaces
+
+        self.races = ReplicaRaces(self)
         #: Processes launched by this runner, for tests and the benchmark.
         self.launches = 0
         # The run record's last mod revision seen, per run: commits are guarded on it so
@@ -358,6 +371,12 @@ class StepRunner:
             ClaimLost: The claim vanished; nothing more was written.
         """
         claim = task.claim
+        item = parse_replica_item(claim.step)
+        if item is not None:
+            # A replica of a redundant step (not a step): `weft_executor.races`.
+            task.snapshot = None
+            await self.races.run_item(task, *item)
+            return
         snapshot, task.snapshot = task.snapshot or await self.read_snapshot(claim), None
         waited = 0.0
         while snapshot.run is not None and parse_run(snapshot.run).state == Run.STATE_PENDING:
@@ -512,6 +531,9 @@ class StepRunner:
             # The orphan's work is not needed: a pod left by a dead executor must not run on.
             await self._stop_orphan(ref, step, orphan, f"step reused ({decision.explanation.reason})")
             await self._commit_reuse(work, decision)
+            return
+        if Redundancy.of(step) is not None:
+            await self.races.run_attempts(work, decision.explanation)
             return
         await self._run_attempts(work, decision.explanation, orphan)
 
@@ -1118,9 +1140,6 @@ class StepRunner:
         outcome.start_time.CopyFrom(attempt.start_time)
         outcome.end_time.CopyFrom(attempt.end_time)
         outcome.commit_time.CopyFrom(now())
-        # The lineage index needs every input outcome, also those a wide join spills to a blob.
-        indexed = run_pb2.Outcome()
-        indexed.CopyFrom(outcome)
         spilled = spill_input_outcomes(outcome)
         if spilled is not None:
             await self.blobs.put(spilled)
@@ -1142,7 +1161,15 @@ class StepRunner:
             # Lineage (weft_core/lineage.py): idempotent puts of a new outcome's edges, in
             # batches of their own; never inside the commit, which a wide join would overflow.
             await until_written(
-                lambda: index_outcome(self.store, self.keyspace, ref.namespace, indexed, work.inputs.digests),
+                # Every input outcome, also those a wide join spilled to a blob.
+                lambda: index_outcome(
+                    self.store,
+                    self.keyspace,
+                    ref.namespace,
+                    outcome,
+                    work.inputs.digests,
+                    work.inputs.input_outcomes,
+                ),
                 f"indexing the lineage of step {record.step} of {ref.name}",
             )
         if commit.winner is not None:

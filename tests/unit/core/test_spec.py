@@ -334,12 +334,41 @@ def test_dag_of_a_wide_fan_out() -> None:
     assert dag.topological_order()[-1] == "sink"
 
 
-def test_redundancy_is_refused_until_executors_run_replicas() -> None:
+def _redundant(**fields: object) -> pipeline_pb2.PipelineSpec:
     spec = pipeline_pb2.PipelineSpec(
         steps=[pipeline_pb2.Step(name="a", container=pipeline_pb2.Container(image="busybox", command=["true"]))]
     )
-    spec.steps[0].redundancy.replicas = 3
-    with pytest.raises(InvalidArgument, match=r"steps\[0\]\.redundancy: replicas and hedging are not supported"):
-        validate_spec(spec)
-    spec.steps[0].redundancy.replicas = 1
-    validate_spec(spec)
+    redundancy = spec.steps[0].redundancy
+    for name, value in fields.items():
+        if name == "hedge_after":
+            redundancy.hedge_after.FromNanoseconds(int(float(value) * 1e9))  # type: ignore[arg-type]
+        else:
+            setattr(redundancy, name, value)
+    return spec
+
+
+def test_redundancy_is_accepted_within_its_bounds() -> None:
+    majority = pipeline_pb2.Redundancy.SELECT_MAJORITY
+    validate_spec(_redundant(replicas=3))
+    validate_spec(_redundant(replicas=16, select=majority))
+    validate_spec(_redundant(replicas=2, select=majority))
+    validate_spec(_redundant(replicas=1, hedge_after=30))
+    validate_spec(_redundant(hedge_after=0.5))
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"replicas": 17}, r"steps\[0\]\.redundancy\.replicas: must be between 0 and 16"),
+        ({"replicas": -1}, r"steps\[0\]\.redundancy\.replicas: must be between 0 and 16"),
+        ({"select": 7}, r"steps\[0\]\.redundancy\.select: must be SELECT_FIRST or SELECT_MAJORITY"),
+        ({"replicas": 1, "select": 2}, r"steps\[0\]\.redundancy\.replicas: SELECT_MAJORITY needs at least 2"),
+        ({"replicas": 3, "hedge_after": 5}, r"steps\[0\]\.redundancy\.hedge_after: a hedge is the backup"),
+        ({"select": 2, "hedge_after": 5}, r"steps\[0\]\.redundancy\.hedge_after: a hedge takes the first success"),
+        ({"hedge_after": 0}, r"steps\[0\]\.redundancy\.hedge_after: must be more than 0s"),
+        ({"hedge_after": -1}, r"steps\[0\]\.redundancy\.hedge_after: must not be negative"),
+    ],
+)
+def test_bad_redundancy_names_the_field(fields: dict[str, object], expected: str) -> None:
+    with pytest.raises(InvalidArgument, match=expected):
+        validate_spec(_redundant(**fields))

@@ -79,6 +79,9 @@ class AttemptSpec:
         dna: The step's DNA (`sha256:<hex>`), for labels and annotations.
         resources: The container's resources, for runtimes that schedule by them.
         security: What the step may do beyond the hardened default (kubernetes runtime).
+        replica: The replica of a redundant step (1 for the first), 0 when the step is not
+            redundant. Replicas of one attempt run at once, so each has its own identity.
+        spread: Replicas run at once: ask the scheduler to place them apart (kubernetes).
     """
 
     namespace: str
@@ -96,11 +99,16 @@ class AttemptSpec:
     dna: str
     resources: pipeline_pb2.Resources = field(default_factory=pipeline_pb2.Resources)
     security: pipeline_pb2.StepSecurity = field(default_factory=pipeline_pb2.StepSecurity)
+    replica: int = 0
+    spread: bool = False
 
     @property
     def key(self) -> tuple[str, str, str, int]:
-        """(namespace, run, step, attempt): what names the attempt everywhere."""
-        return (self.namespace, self.run, self.step, self.attempt)
+        """(namespace, run, step, attempt): what names the attempt everywhere. A replica's
+        step part is `<step>.r<replica>` ('.' is never in a step name), so each replica of
+        an attempt has its own process directory and pod name (invariant 1 per replica)."""
+        step = f"{self.step}.r{self.replica}" if self.replica else self.step
+        return (self.namespace, self.run, step, self.attempt)
 
 
 @dataclass

@@ -358,7 +358,8 @@ class LocalRuntime:
     # Launch ---------------------------------------------------------------------------
 
     def attempt_dir(self, spec: AttemptSpec) -> Path:
-        return self.work_dir / spec.namespace / spec.run / spec.step / str(spec.attempt)
+        namespace, run, step, attempt = spec.key  # a replica has a directory of its own
+        return self.work_dir / namespace / run / step / str(attempt)
 
     def planned_handle(self, spec: AttemptSpec) -> str:
         return ""  # a process id, known only once the process exists

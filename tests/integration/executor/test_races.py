@@ -1,0 +1,103 @@
+"""Redundant steps on several real executors: replicas raced for a recorded winner.
+
+Each test runs real `weft-executor` processes on one etcd. A replica's script reads
+`$WEFT_REPLICA` to take longer or shorter, so which replica wins is known, and writes
+its shell's pid so the test can check that losers were killed. The winner must be the
+one the commit order in etcd names (`weft_core.replicas.decide`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf.duration_pb2 import Duration
+
+from tests.integration.executor.support import Harness, process_alive, states, steps_by_name, until
+from weft.v1 import pipeline_pb2, run_pb2
+from weft_core.replicas import Redundancy, decide, parse_rounds
+from weft_core.spec import parse_run_name
+
+Attempt = run_pb2.Attempt
+Run = run_pb2.Run
+StepRun = run_pb2.StepRun
+FIRST = pipeline_pb2.Redundancy.SELECT_FIRST
+MAJORITY = pipeline_pb2.Redundancy.SELECT_MAJORITY
+
+
+def redundant(
+    h: Harness, name: str, script: str, replicas: int, select: int = FIRST, hedge_after: float = 0.0
+) -> pipeline_pb2.Step:
+    step = h.step(name, script)
+    step.redundancy.replicas = replicas
+    step.redundancy.select = select  # type: ignore[assignment]
+    if hedge_after:
+        hedge = Duration()
+        hedge.FromNanoseconds(int(hedge_after * 1e9))
+        step.redundancy.hedge_after.CopyFrom(hedge)
+    return step
+
+
+def recorded_pids(pids: Path) -> dict[int, int]:
+    """replica → pid of its shell, as each replica wrote it."""
+    return {int(p.name): int(p.read_text()) for p in pids.iterdir() if p.read_text().strip()}
+
+
+async def replica_rounds(h: Harness, run: str, step: str) -> dict[int, object]:
+    ns, run_id = parse_run_name(run)
+    listed = await h.store.range_all(h.keyspace.replicas(ns, run_id, step))
+    return dict(parse_rounds(listed.kvs, h.keyspace, ns, run_id, step))
+
+
+async def test_first_commits_the_first_success_once_and_kills_the_losers(harness: Harness) -> None:
+    h = harness
+    for _ in range(3):
+        h.start_process(max_parallel=2)
+    pids = h.tmp / "pids"
+    pids.mkdir()
+    # Replica 2 is fast; 1 and 3 would run for a minute.
+    script = (
+        f'echo $$ > {pids}/$WEFT_REPLICA; if [ "$WEFT_REPLICA" = 2 ]; then sleep 0.3; else sleep 60; fi; '
+        'printf %s "$WEFT_REPLICA" > "$WEFT_OUTPUTS/out"'
+    )
+    pipeline = await h.apply("first", [redundant(h, "race", script, 3), h.step("after", reads={"in": ("race", "out")})])
+
+    run = await h.wait((await h.run(pipeline.name)).name, timeout=60)
+
+    assert run.state == Run.STATE_SUCCEEDED, (run.message, states(run))
+    race = steps_by_name(run)["race"]
+    assert race.outcome.replica == 2
+    assert await h.output(run, "race") == b"2"
+    assert "first success at revision" in race.outcome.replica_decision
+    assert sorted(a.replica for a in race.outcome.replicas) == [1, 2, 3]
+    assert h.launches()["race"] == 3  # one launch per replica, never more
+    done = await h.done_records(run.name)
+    assert done["race"][1] == 1  # committed once, never rewritten
+    # The losers' processes are gone and their results say they lost.
+    started = recorded_pids(pids)
+    assert set(started) == {1, 2, 3}
+    await until(lambda: not any(process_alive(started[r]) for r in (1, 3)), timeout=15, what="the losers killed")
+    rounds = await replica_rounds(h, run.name, "race")
+
+    async def losers_recorded() -> bool:
+        rounds.update(await replica_rounds(h, run.name, "race"))
+        return len(rounds[1].results) == 3  # type: ignore[attr-defined]
+
+    await until_async(losers_recorded, "every replica's result recorded")
+    found = rounds[1]
+    results = {a.replica: a for _, a in found.results}  # type: ignore[attr-defined]
+    for loser in (1, 3):
+        assert results[loser].state == Attempt.STATE_CANCELLED, results[loser]
+        assert results[loser].message.startswith("lost the race and was stopped"), results[loser].message
+    # The winner is the first success in etcd's commit order, re-derived from the records.
+    decision = decide(Redundancy(3, False, None), found)  # type: ignore[arg-type]
+    assert decision is not None
+    assert decision.winner is not None
+    assert decision.winner.replica == race.outcome.replica
+    executors = {a.executor for a in results.values()}
+    assert len(executors) >= 2, "the replicas did not spread over the executors"
+
+
+async def until_async(predicate: object, what: str, timeout: float = 15.0) -> None:
+    from tests.support import assert_eventually_async
+
+    await assert_eventually_async(predicate, timeout=timeout, what=what)  # type: ignore[arg-type]
