@@ -430,6 +430,11 @@ class ReplicaRaces:
             attempt.stderr_digest = result.stderr_digest
             attempt.output_digests.update(result.output_digests)
             attempt.end_time.CopyFrom(_stamp(result.end_time))
+            if launched is not None and not task.lost_race and result.state == Attempt.STATE_CANCELLED:
+                # Stopped before the decision's watch event arrived (the run ended first):
+                # the decision, if any, says why.
+                decided = await runner.store.get(ks.replica_decided(ns, run_id, step.name, number))
+                task.lost_race = decided.value.decode() if decided is not None else ""
             if task.lost_race and result.state != Attempt.STATE_SUCCEEDED:
                 attempt.state = Attempt.STATE_CANCELLED
                 attempt.message = f"lost the race and was stopped: {task.lost_race}"

@@ -97,6 +97,70 @@ async def test_first_commits_the_first_success_once_and_kills_the_losers(harness
     assert len(executors) >= 2, "the replicas did not spread over the executors"
 
 
+async def test_majority_of_a_deterministic_step_commits_once_a_majority_agrees(harness: Harness) -> None:
+    h = harness
+    for _ in range(2):
+        h.start_process(max_parallel=2)
+    # Replica 3 is slow: the two others agree first and it is cancelled.
+    script = '[ "$WEFT_REPLICA" = 3 ] && sleep 60; printf same > "$WEFT_OUTPUTS/out"'
+    pipeline = await h.apply("majority", [redundant(h, "vote", script, 3, MAJORITY)])
+
+    run = await h.wait((await h.run(pipeline.name)).name, timeout=60)
+
+    assert run.state == Run.STATE_SUCCEEDED, (run.message, states(run))
+    vote = steps_by_name(run)["vote"]
+    assert await h.output(run, "vote") == b"same"
+    assert vote.outcome.replica in (1, 2)
+    assert vote.outcome.replica_decision.startswith("2 of 3 replicas agree on out=sha256:")
+    assert (await h.done_records(run.name))["vote"][1] == 1
+
+
+async def test_majority_of_a_step_writing_random_bytes_fails_with_every_digest(harness: Harness) -> None:
+    h = harness
+    for _ in range(3):
+        h.start_process(max_parallel=2)
+    script = 'head -c 16 /dev/urandom > "$WEFT_OUTPUTS/out"'
+    steps = [redundant(h, "dice", script, 3, MAJORITY), h.step("after", reads={"in": ("dice", "out")})]
+    pipeline = await h.apply("dice", steps)
+
+    run = await h.wait((await h.run(pipeline.name)).name, timeout=60)
+
+    assert run.state == Run.STATE_FAILED
+    dice = steps_by_name(run)["dice"]
+    assert dice.state == StepRun.STATE_FAILED
+    assert dice.message.startswith("nondeterministic step: replicas disagree, no 2 of 3 agree")
+    for replica in (1, 2, 3):
+        assert f"replica {replica}: out=sha256:" in dice.message, dice.message
+    assert len({a.output_digests["out"] for a in dice.replicas}) == 3
+    assert steps_by_name(run)["after"].state == StepRun.STATE_SKIPPED
+    assert h.launches()["dice"] == 3
+    assert "after" not in h.launches()
+
+
+async def test_a_hedge_beats_a_slow_first_attempt_and_is_no_retry(harness: Harness) -> None:
+    h = harness
+    for _ in range(2):
+        h.start_process(max_parallel=2)
+    pids = h.tmp / "pids"
+    pids.mkdir()
+    script = (
+        f'echo $$ > {pids}/$WEFT_REPLICA; [ "$WEFT_REPLICA" = 1 ] && sleep 60; '
+        'printf "%s" "$WEFT_REPLICA" > "$WEFT_OUTPUTS/out"'
+    )
+    pipeline = await h.apply("hedge", [redundant(h, "slow", script, 1, hedge_after=0.5)])
+
+    run = await h.wait((await h.run(pipeline.name)).name, timeout=60)
+
+    assert run.state == Run.STATE_SUCCEEDED, (run.message, states(run))
+    slow = steps_by_name(run)["slow"]
+    assert slow.outcome.replica == 2
+    assert slow.outcome.attempt == 1  # a hedge is a replica of attempt 1, never a retry
+    assert slow.outcome.replica_decision.startswith("hedge overtook attempt 1 after 0.5s")
+    assert h.launches()["slow"] == 2
+    started = recorded_pids(pids)
+    await until(lambda: not process_alive(started[1]), timeout=15, what="the slow first attempt killed")
+
+
 async def until_async(predicate: object, what: str, timeout: float = 15.0) -> None:
     from tests.support import assert_eventually_async
 
