@@ -888,3 +888,34 @@ def test_explain_shows_what_changed_and_diff_names_the_root_cause(executor_stack
     replayed = cli("replay", "seeded-2", "--run-id", "seeded-2-replay", timeout=120)
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert "identical: every step produced the same outputs" in replayed.stdout
+
+
+VOTE = """
+name: vote
+spec:
+  steps:
+    - name: count
+      container:
+        image: "python:3.11-slim"
+        command: [sh, -c, 'printf 42 > $WEFT_OUTPUTS/total']
+      outputs: [{name: total}]
+      redundancy: {replicas: 3, select: SELECT_MAJORITY}
+"""
+
+
+@pytest.mark.slow
+@needs_executor
+def test_explain_shows_the_replica_table_of_a_redundant_step(executor_stack: Up, tmp_path: Path) -> None:
+    cli = Cli(executor_stack.api, "default")
+    cli.ok("apply", "-f", str(_write(tmp_path / "vote.yaml", VOTE)))
+    ran = cli("run", "vote", "--run-id", "vote-1", "--watch", timeout=120)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    explained = cli.ok("explain", "vote-1", "count")
+    assert "Replicas (2 of 3 replicas agree on total=sha256:" in explained, explained
+    for column in ("REPLICA", "STATE", "EXECUTOR", "PROCESS", "OUTPUTS"):
+        assert column in explained
+    assert explained.count("SUCCEEDED") >= 2
+    as_json = cli.json("explain", "vote-1", "count")
+    assert isinstance(as_json, dict)
+    assert len(as_json["replicas"]) == 3
+    assert as_json["replicaDecision"].startswith("2 of 3 replicas agree")

@@ -55,6 +55,7 @@ from weft_core.errors import (
 )
 from weft_core.keyspace import Keyspace, ready_time_of
 from weft_core.pipelines import PipelineReader
+from weft_core.replicas import latest_table, parse_rounds, replica_event_of
 from weft_core.requests import RequestIdLeases, RequestRecord, request_digest
 from weft_core.runs import run_summary
 from weft_core.spec import (
@@ -785,6 +786,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
 
         prefix = run_key if run_only else keyspace.run_prefix(ns, run_id)
         steps_prefix, done_prefix = keyspace.steps_prefix(ns, run_id), keyspace.done_prefix(ns, run_id)
+        replicas_prefix = keyspace.replicas_run_prefix(ns, run_id)
         try:
             # Closed with the stream (a client that leaves), so the etcd watch ends at once.
             async with contextlib.aclosing(self.store.watch(prefix, start)) as batches:
@@ -805,6 +807,10 @@ class RunService(run_pb2_grpc.RunServiceServicer):
                             step.step = keyspace.tail(event.key, done_prefix)
                             done.add(step.step)
                             events.append(run_pb2.RunEvent(revision=event.revision, step=step))
+                        elif event.key.startswith(replicas_prefix):
+                            replica = replica_event_of(keyspace, ns, run_id, event.key, event.value)
+                            if replica is not None:
+                                events.append(run_pb2.RunEvent(revision=event.revision, replica=replica))
                         elif event.key.startswith(steps_prefix):
                             step = decode_step(event.value, event.key)
                             step.step = keyspace.tail(event.key, steps_prefix)
@@ -863,7 +869,14 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             # A wide join's components live in a blob (invariant 6): show them all the same.
             restore_components(record.explanation, await self.blobs.get(record.explanation.components_digest))
         record.step = request.step
-        return await self.provenance.explain(ns, run_id, record)
+        explanation = await self.provenance.explain(ns, run_id, record)
+        # A redundant step: the replicas' own records (empty for any other step), so that a
+        # running replica, or a loser stopped after the decision, shows where it is.
+        listed = await self.store.range_all(self.keyspace.replicas(ns, run_id, request.step))
+        table, decided = latest_table(parse_rounds(listed.kvs, self.keyspace, ns, run_id, request.step))
+        explanation.replicas.extend(table or record.replicas)
+        explanation.replica_decision = decided or record.replica_decision
+        return explanation
 
     async def DiffRuns(
         self, request: run_pb2.DiffRunsRequest, context: grpc.aio.ServicerContext[Any, Any]

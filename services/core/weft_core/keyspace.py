@@ -202,6 +202,10 @@ class Keyspace:
     def committed(self, ns: str, run: str, step: str) -> bytes:
         return self._key("runs", ns, run, "ok", step)
 
+    def replicas_run_prefix(self, ns: str, run: str) -> bytes:
+        """Every replica record of every redundant step of a run."""
+        return self._key("runs", ns, run, "replicas", "")
+
     def replicas(self, ns: str, run: str, step: str) -> bytes:
         """Every replica record of every attempt of a redundant step."""
         return self._key("runs", ns, run, "replicas", step, "")

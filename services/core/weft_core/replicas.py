@@ -194,6 +194,28 @@ def replica_table(found: Round) -> tuple[Attempt, ...]:
     return tuple(table)
 
 
+def replica_event_of(keyspace: Keyspace, ns: str, run: str, key: bytes, value: bytes) -> run_pb2.ReplicaEvent | None:
+    """The WatchRun event of a written replica record (None for the planned count)."""
+    step, _, rest = keyspace.tail(key, keyspace.replicas_run_prefix(ns, run)).partition("/")
+    parts = rest.split("/")
+    if parts[1:] == ["decided"]:
+        return run_pb2.ReplicaEvent(kind=run_pb2.ReplicaEvent.KIND_DECIDED, step=step, decision=value.decode())
+    if len(parts) != 3 or parts[1] not in ("running", "result"):
+        return None
+    attempt = Attempt()
+    attempt.ParseFromString(value)
+    kind = run_pb2.ReplicaEvent.KIND_STARTED if parts[1] == "running" else run_pb2.ReplicaEvent.KIND_FINISHED
+    return run_pb2.ReplicaEvent(kind=kind, step=step, attempt=attempt)
+
+
+def latest_table(rounds: Mapping[int, Round]) -> tuple[tuple[Attempt, ...], str]:
+    """The replica table of the latest attempt and its recorded decision ("" if open)."""
+    if not rounds:
+        return (), ""
+    found = rounds[max(rounds)]
+    return replica_table(found), found.decided
+
+
 def decide(policy: Redundancy, found: Round) -> Decision | None:
     """The decision the results of `found` make, or None while it is open (module docstring)."""
     planned = found.planned or policy.launched_at_once

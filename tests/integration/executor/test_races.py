@@ -95,6 +95,13 @@ async def test_first_commits_the_first_success_once_and_kills_the_losers(harness
     assert decision.winner.replica == race.outcome.replica
     executors = {a.executor for a in results.values()}
     assert len(executors) >= 2, "the replicas did not spread over the executors"
+    # ExplainStep shows the table from the replicas' own records: the losers as they ended.
+    explanation = await h.explain(run.name, "race")
+    assert explanation.replica_decision == race.outcome.replica_decision
+    shown = {a.replica: a for a in explanation.replicas}
+    assert shown[2].state == Attempt.STATE_SUCCEEDED
+    assert shown[1].state == shown[3].state == Attempt.STATE_CANCELLED
+    assert all(a.handle and a.executor and a.HasField("end_time") for a in shown.values())
 
 
 async def test_majority_of_a_deterministic_step_commits_once_a_majority_agrees(harness: Harness) -> None:
@@ -159,6 +166,31 @@ async def test_a_hedge_beats_a_slow_first_attempt_and_is_no_retry(harness: Harne
     assert h.launches()["slow"] == 2
     started = recorded_pids(pids)
     await until(lambda: not process_alive(started[1]), timeout=15, what="the slow first attempt killed")
+
+
+async def test_watch_run_sends_each_replica_start_finish_and_the_decision(harness: Harness) -> None:
+    h = harness
+    for _ in range(2):
+        h.start_process(max_parallel=2)
+    pipeline = await h.apply(
+        "watched", [redundant(h, "vote", 'sleep 1; printf same > "$WEFT_OUTPUTS/out"', 3, MAJORITY)]
+    )
+    run = await h.run(pipeline.name)
+    events: list[run_pb2.ReplicaEvent] = []
+    stream = h.clients.runs.WatchRun(run_pb2.WatchRunRequest(name=run.name, view=run_pb2.RUN_VIEW_FULL))
+    async for event in stream:
+        if event.HasField("replica"):
+            events.append(event.replica)
+        if event.HasField("run") and event.run.state in (Run.STATE_SUCCEEDED, Run.STATE_FAILED):
+            break
+    kinds = [e.kind for e in events]
+    assert kinds.count(run_pb2.ReplicaEvent.KIND_DECIDED) == 1
+    assert {e.attempt.replica for e in events if e.kind == run_pb2.ReplicaEvent.KIND_STARTED} == {1, 2, 3}
+    finished = [e for e in events if e.kind == run_pb2.ReplicaEvent.KIND_FINISHED]
+    assert len([e for e in finished if e.attempt.state == Attempt.STATE_SUCCEEDED]) >= 2
+    decided = next(e for e in events if e.kind == run_pb2.ReplicaEvent.KIND_DECIDED)
+    assert decided.step == "vote"
+    assert decided.decision.startswith("2 of 3 replicas agree")
 
 
 async def until_async(predicate: object, what: str, timeout: float = 15.0) -> None:

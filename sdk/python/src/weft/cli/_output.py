@@ -376,9 +376,37 @@ def explanation_view(run: str, step: str, explanation: Explanation) -> Renderabl
     table.add_column("VALUE", overflow="fold")
     for name, value in explanation.components:
         table.add_row(name, value)
-    if not changes:
-        return Group(grid, Text(""), table)
-    return Group(grid, Text(""), component_changes_view(changes, "What changed (old → new)"), Text(""), table)
+    parts: list[RenderableType] = [grid, Text("")]
+    if explanation.pb.replicas:
+        parts += [replica_table_view(explanation.pb.replicas, explanation.pb.replica_decision), Text("")]
+    if changes:
+        parts += [component_changes_view(changes, "What changed (old → new)"), Text("")]
+    return Group(*parts, table)
+
+
+def replica_table_view(replicas: Iterable[run_pb2.Attempt], decision: str) -> Table:
+    """The replicas of a redundant step, in the order etcd committed their results, and
+    why the winner won."""
+    table = Table(
+        title=f"Replicas ({decision or 'not decided yet'})", title_justify="left", box=None, header_style="bold"
+    )
+    for column in ("REPLICA", "ATTEMPT", "STATE", "EXECUTOR", "PROCESS", "STARTED", "ENDED", "EXIT", "OUTPUTS"):
+        table.add_column(column, overflow="fold")
+    for replica in replicas:
+        state = run_pb2.Attempt.State.Name(replica.state).removeprefix("STATE_") if replica.state else "NOT LAUNCHED"
+        outputs = ", ".join(f"{name}={short_digest(d)}" for name, d in sorted(replica.output_digests.items()))
+        table.add_row(
+            str(replica.replica),
+            str(replica.number),
+            Text(state, style="green" if state == "SUCCEEDED" else ""),
+            replica.executor or "-",
+            replica.handle or "-",
+            time_text(replica.start_time.ToDatetime(tzinfo=UTC)) if replica.HasField("start_time") else "-",
+            time_text(replica.end_time.ToDatetime(tzinfo=UTC)) if replica.HasField("end_time") else "-",
+            str(replica.exit_code) if replica.HasField("end_time") else "-",
+            outputs or (replica.message.splitlines()[0] if replica.message else "-"),
+        )
+    return table
 
 
 #: Longest component value shown in a changes table (the -o json output has it whole).
