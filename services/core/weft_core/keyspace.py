@@ -88,6 +88,13 @@ Outcomes (the cache)
                                                        runs of that namespace only (the DNA has no
                                                        namespace; an outcome computed with one
                                                        namespace's secrets must not serve another)
+    {root}/inflight/{ns}/{dna_hex}                     "<run name> step <step>": that step is computing
+                                                       the outcome with that DNA right now; created
+                                                       if absent before its launch, bound to its
+                                                       executor's lease (gone when it dies), deleted
+                                                       once its outcome is committed. Another run's
+                                                       step with the same DNA waits for it and reuses
+                                                       the outcome (single flight, weft_executor.cache)
 Lineage (written when a step commits a new outcome, `weft_core.lineage`; empty values:
 the key says everything, so every write is an idempotent put, safe alone and in any order)
     {root}/lineage/{ns}/made/{dna_hex}/{run}/{step}     the outcome with that DNA was produced by
@@ -292,6 +299,9 @@ class Keyspace:
     # Outcomes
     def outcome(self, namespace: str, dna_hex: str) -> bytes:
         return self._key("outcomes", namespace, dna_hex)
+
+    def in_flight(self, namespace: str, dna_hex: str) -> bytes:
+        return self._key("inflight", namespace, dna_hex)
 
     # Lineage
     def lineage_made(self, ns: str, dna_hex: str, run: str = "", step: str = "") -> bytes:

@@ -10,6 +10,7 @@ artifact store (blob existence); it never writes and never launches anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from weft_core.dna import StepDNA, image_for_dna
 from weft_core.errors import ServiceError
 from weft_core.keyspace import Keyspace
 from weft_core.spec import parse_run_name
-from weft_core.store import Store
+from weft_core.store import KeyValue, Store, absent, op_delete, op_get, op_put, unchanged_since
 from weft_executor.progress import COMMITTED_STEP_STATES, RunRef, parse_step_run
 
 Run = run_pb2.Run
@@ -35,6 +36,54 @@ class CacheDecision:
     explanation: Explanation
     outcome: run_pb2.Outcome | None = None
     reused_from_run: str = ""
+
+
+def shares_in_flight(run: Run, step: pipeline_pb2.Step) -> bool:
+    """Whether the step waits for an identical attempt in flight instead of launching its
+    own: only when it could reuse that attempt's outcome (cache on, mode USE) and does not
+    opt out with `cache.share_in_flight: false`."""
+    cache = step.cache
+    if run.options.cache_mode in (run_pb2.CACHE_MODE_REFRESH, run_pb2.CACHE_MODE_OFF) or run.resumed_from:
+        return False
+    if cache.HasField("enabled") and not cache.enabled:
+        return False
+    return not cache.HasField("share_in_flight") or cache.share_in_flight
+
+
+class SingleFlight:
+    """Who computes each namespace's DNA right now (see the module docstring)."""
+
+    def __init__(self, store: Store, keyspace: Keyspace) -> None:
+        self.store = store
+        self.keyspace = keyspace
+
+    async def lead(self, namespace: str, dna_hex: str, holder: str, lease: int) -> tuple[KeyValue | None, int]:
+        """Takes the DNA for `holder` unless another step holds it: (None, revision) when
+        `holder` leads now, else (the holder's record, the revision it was read at)."""
+        key = self.keyspace.in_flight(namespace, dna_hex)
+        result = await self.store.txn([absent(key)], [op_put(key, holder.encode(), lease)], [op_get(key)])
+        if result.succeeded:
+            return None, result.revision
+        found = result.range_kvs(0)
+        if not found or (found[0].value == holder.encode() and found[0].lease == lease):
+            return None, result.revision  # ours, from an earlier try whose answer was lost
+        return found[0], result.revision
+
+    async def gone(self, namespace: str, dna_hex: str, after: int) -> None:
+        """Returns once the DNA's in-flight record is deleted after revision `after`."""
+        key = self.keyspace.in_flight(namespace, dna_hex)
+        async with contextlib.aclosing(self.store.watch(key, after + 1)) as batches:
+            async for batch in batches:
+                if any(event.key == key and event.deleted for event in batch):
+                    return
+
+    async def release(self, namespace: str, dna_hex: str, holder: str, lease: int) -> None:
+        """Lets go of the DNA if `holder` holds it. A successful commit deletes the record
+        in its own transaction; this is for the other ends (failure, cancel, lost claim)."""
+        key = self.keyspace.in_flight(namespace, dna_hex)
+        found = await self.store.get(key)
+        if found is not None and found.value == holder.encode() and found.lease == lease:
+            await self.store.txn([unchanged_since(key, found.mod_revision)], [op_delete(key)])
 
 
 def duration_seconds(duration: object, default: float) -> float:

@@ -569,8 +569,12 @@ class ReplicaRaces:
         ]
         if work.run.options.cache_mode != run_pb2.CACHE_MODE_OFF:
             extra.append(op_put(ks.outcome(ns, work.dna.hex), outcome.SerializeToString()))
+        if holder and work.task.in_flight:
+            extra.append(op_delete(ks.in_flight(ns, work.task.in_flight)))  # single flight: see cache.py
         commit = await runner._commit_done(ref, done, extra, claim if holder else None)
         if commit.winner is None:
+            if holder:
+                work.task.in_flight = ""
             log.info("step %s of %s: %s", name, ref.name, decision.reason)
             await index_outcome(runner.store, ks, ns, outcome, work.inputs.digests, work.inputs.input_outcomes)
             if not holder and commit.underived:

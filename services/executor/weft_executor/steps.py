@@ -86,7 +86,7 @@ from weft_core.telemetry import (
     traceparent_of,
     tracer,
 )
-from weft_executor.cache import CacheDecider, CacheDecision, duration_seconds
+from weft_executor.cache import CacheDecider, CacheDecision, SingleFlight, duration_seconds, shares_in_flight
 from weft_executor.progress import (
     COMMITTED_STEP_STATES,
     TERMINAL_RUN_STATES,
@@ -177,6 +177,8 @@ class StepTask:
         parked: Waiting for other executors' replicas of a redundant step: its slot does
             not count against `--max-parallel` meanwhile (`weft_executor.races`).
         lost_race: Why the replica running now was stopped: another replica won.
+        in_flight: The DNA (hex) this task computes for every run of the namespace
+            (`cache.SingleFlight`), while it holds that record.
     """
 
     claim: Claim
@@ -186,6 +188,7 @@ class StepTask:
     snapshot: StepSnapshot | None = None
     parked: bool = False
     lost_race: str = ""
+    in_flight: str = ""
 
 
 @dataclass(frozen=True)
@@ -339,6 +342,7 @@ class StepRunner:
         self.is_cancelling = is_cancelling
         self.live_attempts = live_attempts
         self.cache = CacheDecider(store, keyspace, blobs)
+        self.single_flight = SingleFlight(store, keyspace)
         self.on_slot_freed = on_slot_freed
         # Imported here: `races` builds on this module (StepWork, the commit).
         from weft_executor.races import ReplicaRaces
@@ -532,10 +536,62 @@ class StepRunner:
             await self._stop_orphan(ref, step, orphan, f"step reused ({decision.explanation.reason})")
             await self._commit_reuse(work, decision)
             return
-        if Redundancy.of(step) is not None:
-            await self.races.run_attempts(work, decision.explanation)
+        if shares_in_flight(run, step) and await self._reuse_in_flight(work):
+            await self._stop_orphan(ref, step, orphan, "step reused (its DNA was computed by another run)")
             return
-        await self._run_attempts(work, decision.explanation, orphan)
+        try:
+            if Redundancy.of(step) is not None:
+                await self.races.run_attempts(work, decision.explanation)
+            else:
+                await self._run_attempts(work, decision.explanation, orphan)
+        finally:
+            if task.in_flight:
+                await self.single_flight.release(
+                    ref.namespace, task.in_flight, self._in_flight_holder(work), claim.lease
+                )
+                task.in_flight = ""
+
+    @staticmethod
+    def _in_flight_holder(work: StepWork) -> str:
+        return f"{work.ref.name} step {work.step.name}"
+
+    async def _reuse_in_flight(self, work: StepWork) -> bool:
+        """Single flight (`cache.SingleFlight`): takes the step's DNA for this step (False:
+        launch), or waits, its slot parked, for the step of another run that computes it,
+        and reuses its outcome (True). When that attempt ends without an outcome (it
+        failed, or its executor died), tries again to take the DNA and launch."""
+        task, ref, claim, dna = work.task, work.ref, work.claim, work.dna
+        holder = self._in_flight_holder(work)
+        while True:
+            held, revision = await self.single_flight.lead(ref.namespace, dna.hex, holder, claim.lease)
+            if held is None:
+                task.in_flight = dna.hex
+                return False
+            if task.cancel_reason:
+                return False  # the attempt loop commits the cancel
+            log.info(
+                "step %s of %s: waiting for %s, which computes the same DNA",
+                work.step.name,
+                ref.name,
+                held.value.decode(),
+            )
+            task.parked = True
+            self.on_slot_freed()
+            gone = asyncio.ensure_future(self.single_flight.gone(ref.namespace, dna.hex, revision))
+            cancelled = asyncio.ensure_future(task.cancelled.wait())
+            try:
+                await asyncio.wait({gone, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                task.parked = False
+                for waiter in (gone, cancelled):
+                    waiter.cancel()
+                await asyncio.gather(gone, cancelled, return_exceptions=True)
+            decision = await self.cache.decide(ref, work.run, work.step, dna)
+            if decision.outcome is not None:
+                source = f"{decision.outcome.run} step {decision.outcome.step}"
+                decision.explanation.reason = f"hit: computed once, by the attempt of {source} that was in flight"
+                await self._commit_reuse(work, decision)
+                return True
 
     async def stop_orphan(self, ref: RunRef, step: str, orphan: Attempt, reason: str) -> None:
         """Asks the runtime to stop an attempt another executor left running (a pod whose
@@ -1151,6 +1207,9 @@ class StepRunner:
         extra: list[object] = []
         if run.options.cache_mode != run_pb2.CACHE_MODE_OFF:
             extra.append(op_put(self.keyspace.outcome(ref.namespace, dna.hex), outcome.SerializeToString()))
+        if work.task.in_flight:
+            # Those waiting for this DNA wake when it goes: the outcome is there by then.
+            extra.append(op_delete(self.keyspace.in_flight(ref.namespace, work.task.in_flight)))
         with _child_span("weft.commit", {"weft.state": "SUCCEEDED"}):
             try:
                 commit = await self._commit_done(ref, done, extra, claim)
@@ -1158,6 +1217,7 @@ class StepRunner:
                 await self._commit_too_large(ref, record, claim, error)
                 return
         if commit.winner is None:
+            work.task.in_flight = ""  # deleted by the commit
             # Lineage (weft_core/lineage.py): idempotent puts of a new outcome's edges, in
             # batches of their own; never inside the commit, which a wide join would overflow.
             await until_written(
