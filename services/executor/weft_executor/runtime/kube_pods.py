@@ -37,6 +37,8 @@ LABEL_NAMESPACE = "weft.dev/namespace"
 LABEL_RUN = "weft.dev/run"
 LABEL_STEP = "weft.dev/step"
 LABEL_ATTEMPT = "weft.dev/attempt"
+#: The replica of a redundant step a pod runs (absent for other pods).
+LABEL_REPLICA = "weft.dev/replica"
 #: The step's DNA (`sha256:<hex>`; too long for a label value).
 ANNOTATION_DNA = "weft.dev/dna"
 #: The exact (namespace, run, step, attempt), since labels are sanitised and names hashed.
@@ -313,6 +315,25 @@ def build_pod(spec: AttemptSpec, config: ExecutorConfig) -> JSON:
         LABEL_STEP: label_value(spec.step),
         LABEL_ATTEMPT: str(spec.attempt),
     }
+    if spec.replica:
+        labels[LABEL_REPLICA] = str(spec.replica)
+    if spec.spread:
+        # Replicas of one attempt race each other: on different nodes a node's trouble is
+        # not shared. Soft, so that replicas still run on a one-node cluster.
+        same_attempt = {k: labels[k] for k in (LABEL_NAMESPACE, LABEL_RUN, LABEL_STEP, LABEL_ATTEMPT)}
+        pod_spec["affinity"] = {
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "podAffinityTerm": {
+                            "labelSelector": {"matchLabels": same_attempt},
+                            "topologyKey": "kubernetes.io/hostname",
+                        },
+                    }
+                ]
+            }
+        }
     annotations = {ANNOTATION_DNA: spec.dna, ANNOTATION_ATTEMPT_KEY: attempt_key_annotation(*spec.key)}
     return {
         "apiVersion": "v1",
