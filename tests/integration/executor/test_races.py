@@ -193,6 +193,28 @@ async def test_watch_run_sends_each_replica_start_finish_and_the_decision(harnes
     assert decided.decision.startswith("2 of 3 replicas agree")
 
 
+async def test_cancelling_a_run_stops_every_replica_on_every_executor(harness: Harness) -> None:
+    h = harness
+    for _ in range(2):
+        h.start_process(max_parallel=2)
+    pids = h.tmp / "pids"
+    pids.mkdir()
+    script = f'echo $$ > {pids}/$WEFT_REPLICA; sleep 60; printf x > "$WEFT_OUTPUTS/out"'
+    pipeline = await h.apply("cancelled", [redundant(h, "stuck", script, 3)])
+    run = await h.run(pipeline.name)
+    await until(lambda: len(recorded_pids(pids)) == 3, timeout=30, what="every replica running")
+
+    await h.cancel(run.name)
+    ended = await h.wait(run.name, timeout=30)
+
+    assert ended.state == Run.STATE_CANCELLED
+    assert steps_by_name(ended)["stuck"].state == StepRun.STATE_CANCELLED
+    started = recorded_pids(pids)
+    await until(lambda: not any(process_alive(pid) for pid in started.values()), timeout=15, what="replicas killed")
+    found = (await replica_rounds(h, run.name, "stuck"))[1]
+    assert {a.state for _, a in found.results} == {Attempt.STATE_CANCELLED}  # type: ignore[attr-defined]
+
+
 async def until_async(predicate: object, what: str, timeout: float = 15.0) -> None:
     from tests.support import assert_eventually_async
 

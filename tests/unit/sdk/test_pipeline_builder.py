@@ -59,10 +59,16 @@ def test_builder_produces_the_spec() -> None:
     assert total.cache.enabled is True
     assert total.cache.version == "2"
     assert total.cache.max_age.seconds == 3600
+    assert not total.cache.HasField("share_in_flight")  # unset means shared
     assert total.timeout.seconds == 90
     assert total.redundancy.replicas == 3
     assert total.redundancy.select == pipeline_pb2.Redundancy.SELECT_MAJORITY
     assert total.redundancy.hedge_after.seconds == 30
+
+
+def test_a_step_can_opt_out_of_sharing_an_attempt_in_flight() -> None:
+    assert Cache(share_in_flight=False).to_proto().share_in_flight is False
+    assert Cache(share_in_flight=False).to_proto().HasField("share_in_flight")
 
 
 def test_unset_policies_stay_unset() -> None:

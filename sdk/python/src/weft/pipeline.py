@@ -151,15 +151,20 @@ class Cache:
         enabled: Reuse outcomes with the same DNA.
         version: Bumping it invalidates the step's earlier outcomes (it is part of the DNA).
         max_age: Outcomes older than this are not reused; None means no limit.
+        share_in_flight: Wait for an identical attempt another run has in flight and reuse
+            its outcome, instead of launching the same work again.
     """
 
     enabled: bool = True
     version: str = ""
     max_age: Seconds | None = None
+    share_in_flight: bool = True
 
     def to_proto(self) -> pipeline_pb2.CachePolicy:
         """The policy as a message."""
         policy = pipeline_pb2.CachePolicy(enabled=self.enabled, version=self.version)
+        if not self.share_in_flight:
+            policy.share_in_flight = False
         if self.max_age is not None:
             policy.max_age.CopyFrom(_duration(self.max_age))
         return policy
