@@ -77,6 +77,20 @@ class SingleFlight:
                 if any(event.key == key and event.deleted for event in batch):
                     return
 
+    async def clear_if_stale(self, namespace: str, dna_hex: str, held: KeyValue) -> bool:
+        """Deletes the in-flight record `held` if the step it names is done already (its
+        holder could not delete it: etcd was away as it let go) and returns True."""
+        run_name, _, step = held.value.decode().partition(" step ")
+        try:
+            ns, run_id = parse_run_name(run_name, "holder")
+        except ServiceError:
+            return False
+        if await self.store.get(self.keyspace.done(ns, run_id, step)) is None:
+            return False
+        key = self.keyspace.in_flight(namespace, dna_hex)
+        result = await self.store.txn([unchanged_since(key, held.mod_revision)], [op_delete(key)])
+        return result.succeeded
+
     async def release(self, namespace: str, dna_hex: str, holder: str, lease: int) -> None:
         """Lets go of the DNA if `holder` holds it. A successful commit deletes the record
         in its own transaction; this is for the other ends (failure, cancel, lost claim)."""

@@ -121,6 +121,9 @@ PENDING_WAIT_SECONDS = 2.0
 #: it must not be retried forever: after this many the step fails.
 MAX_LOST_ATTEMPTS = 3
 PENDING_POLL_SECONDS = 0.2
+#: How often a step waiting for an identical attempt in flight checks that the attempt's
+#: step is not done already (a record its holder failed to delete).
+IN_FLIGHT_RECHECK_SECONDS = 5.0
 #: Largest commit a step may write: below etcd's default 1.5 MiB request limit, with room
 #: for the transaction's other operations.
 MAX_RECORD_BYTES = 1024 * 1024
@@ -546,9 +549,12 @@ class StepRunner:
                 await self._run_attempts(work, decision.explanation, orphan)
         finally:
             if task.in_flight:
-                await self.single_flight.release(
-                    ref.namespace, task.in_flight, self._in_flight_holder(work), claim.lease
-                )
+                # Best effort: should etcd be away, a waiter finds the record stale (its step
+                # is done) and deletes it; with this executor's lease it goes anyway.
+                with contextlib.suppress(ServiceError):
+                    await self.single_flight.release(
+                        ref.namespace, task.in_flight, self._in_flight_holder(work), claim.lease
+                    )
                 task.in_flight = ""
 
     @staticmethod
@@ -580,7 +586,14 @@ class StepRunner:
             gone = asyncio.ensure_future(self.single_flight.gone(ref.namespace, dna.hex, revision))
             cancelled = asyncio.ensure_future(task.cancelled.wait())
             try:
-                await asyncio.wait({gone, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+                while not (gone.done() or cancelled.done()):
+                    await asyncio.wait(
+                        {gone, cancelled}, timeout=IN_FLIGHT_RECHECK_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if not (gone.done() or cancelled.done()) and await self.single_flight.clear_if_stale(
+                        ref.namespace, dna.hex, held
+                    ):
+                        break
             finally:
                 task.parked = False
                 for waiter in (gone, cancelled):

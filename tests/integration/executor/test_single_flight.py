@@ -92,3 +92,22 @@ async def test_sharing_survives_sigkill_of_the_executor_running_the_shared_attem
     assert [r.state for r in runs] == [Run.STATE_SUCCEEDED] * 2, [states(r) for r in runs]
     # The killed attempt, then exactly one more for both runs.
     assert h.launches() == {"slow": 2}
+
+
+async def test_an_in_flight_record_left_behind_is_cleared_once_its_step_is_done(harness: Harness) -> None:
+    h = harness
+    await h.start_executor(max_parallel=4)
+    pipeline = await h.apply("left-behind", [h.step("a")])
+    first = await h.wait((await h.run(pipeline.name)).name, timeout=30)
+    dna_hex = steps_by_name(first)["a"].dna.removeprefix("sha256:")
+    ns = first.name.split("/")[1]
+    # As if the first run's executor could not delete it (etcd away as it let go), and the
+    # outcome is not reusable (so the next run must compute it again).
+    await h.store.put(h.keyspace.in_flight(ns, dna_hex), f"{first.name} step a".encode())
+    await h.store.delete(h.keyspace.outcome(ns, dna_hex))
+
+    second = await h.wait((await h.run(pipeline.name)).name, timeout=30)
+
+    assert second.state == Run.STATE_SUCCEEDED
+    assert steps_by_name(second)["a"].state == StepRun.STATE_SUCCEEDED
+    assert h.launches() == {"a": 2}
