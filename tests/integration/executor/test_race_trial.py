@@ -18,6 +18,7 @@ import collections
 import os
 import random
 
+import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from tests.integration.executor.support import ExecutorProcess, Harness, states
@@ -29,6 +30,8 @@ Run = run_pb2.Run
 StepRun = run_pb2.StepRun
 TRIALS = int(os.environ.get("WEFT_RACE_TRIALS", "3"))
 LEASE_TTL = 2
+#: A repetition takes 5-10 s on 2 busy cores (a take-over waits for the victim's lease).
+pytestmark = pytest.mark.timeout(60 + 20 * TRIALS)
 
 
 def trial_steps(h: Harness, launches: str) -> list[pipeline_pb2.Step]:
