@@ -212,6 +212,9 @@ class AsyncClient:
         tracer: str = "",
         channel_options: Sequence[tuple[str, Any]] = (),
         credentials: grpc.ChannelCredentials | None = None,
+        token: str = "",
+        tls: bool = False,
+        ca_cert: Path | None = None,
     ) -> None:
         self._channel = channel
         self.target = target
@@ -221,6 +224,8 @@ class AsyncClient:
         self.tracer = tracer or os.environ.get("WEFT_TRACER", "") or DEFAULT_TRACER_TARGET
         self._channel_options = list(channel_options)
         self._credentials = credentials
+        # weft-tracer is reached with the same token and TLS settings as weft-api.
+        self._token, self._tls, self._ca_cert = token, tls, ca_cert
         self._tracer_channel: grpc.aio.Channel | None = None
 
     @classmethod
@@ -285,6 +290,9 @@ class AsyncClient:
             tracer=tracer,
             channel_options=channel_options,
             credentials=credentials,
+            token=token,
+            tls=tls,
+            ca_cert=Path(ca_cert) if ca_cert is not None else None,
         )
 
     async def close(self) -> None:
@@ -786,12 +794,14 @@ class AsyncClient:
 
     def _tracer(self) -> grpc.aio.Channel:
         if self._tracer_channel is None:
-            if self._credentials is None:
-                self._tracer_channel = grpc.aio.insecure_channel(self.tracer, options=self._channel_options)
-            else:
-                self._tracer_channel = grpc.aio.secure_channel(
-                    self.tracer, self._credentials, options=self._channel_options
-                )
+            self._tracer_channel = open_channel(
+                self.tracer,
+                token=self._token,
+                tls=self._tls,
+                ca_cert=self._ca_cert,
+                credentials=self._credentials,
+                options=self._channel_options,
+            )
         return self._tracer_channel
 
     async def get_run_trace(self, run: str) -> trace_pb2.RunTrace:
