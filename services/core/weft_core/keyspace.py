@@ -85,7 +85,9 @@ Access
                                                        namespace ns (PutBlob with a namespace), so
                                                        ns's viewers may read it. Written by weft-api
                                                        only while authentication is on: a digest
-                                                       alone is no capability (weft_api.artifacts)
+                                                       alone is no capability (weft_api.artifacts).
+                                                       Blobs an outcome of ns produced or read are
+                                                       readable in ns through its lineage keys
 
 A WatchRun is one etcd watch of the prefix `{root}/runs/{ns}/{run}/`, so run and step events
 come in commit order and resume by revision.
