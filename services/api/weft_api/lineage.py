@@ -24,7 +24,7 @@ from weft.v1 import run_pb2
 from weft_core.dna import SHA256_PREFIX
 from weft_core.errors import FailedPrecondition, InvalidArgument, NotFound
 from weft_core.keyspace import Keyspace
-from weft_core.provenance import COMMITTED_STEP_STATES, INPUT_PREFIX, dna_components
+from weft_core.provenance import COMMITTED_STEP_STATES, INPUT_PREFIX, BlobReader, dna_components, restore_spilled
 from weft_core.spec import parse_namespace, parse_run_name, run_name
 from weft_core.store import MAX_TXN_OPS, Store, op_get
 
@@ -72,9 +72,10 @@ class _Walk:
 class LineageReader:
     """Answers GetLineage from the lineage index and the done records it points at."""
 
-    def __init__(self, store: Store, keyspace: Keyspace) -> None:
+    def __init__(self, store: Store, keyspace: Keyspace, blobs: BlobReader) -> None:
         self.store = store
         self.keyspace = keyspace
+        self.blobs = blobs
 
     async def _range_tails(self, prefix: bytes) -> list[str]:
         """The key tails under `prefix` (keys only, paged)."""
@@ -117,6 +118,8 @@ class LineageReader:
                 continue
             record = run_pb2.StepRun()
             record.ParseFromString(kv.value)
+            # A wide join keeps its components and input outcomes in blobs (weft_core.dna).
+            await restore_spilled(record, self.blobs)
             outcome = record.outcome
             node.outputs.update(outcome.outputs)
             node.input_outcomes.update(outcome.input_outcomes)

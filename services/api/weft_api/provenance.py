@@ -32,11 +32,16 @@ from weft_core.pipelines import PipelineReader
 from weft_core.provenance import (
     COMMITTED_STEP_STATES,
     INPUT_PREFIX,
+    BlobReader,
     component_changes,
     describe_changes,
     dna_components,
+    has_components,
     input_sources,
     is_own_change,
+    is_spilled,
+    restore_spilled,
+    run_scope,
     shorten,
 )
 from weft_core.spec import parse_pipeline_name, parse_run_name, run_name
@@ -102,10 +107,17 @@ class RunRecords:
 class Provenance:
     """ExplainStep's miss analysis and DiffRuns, over the committed records in etcd."""
 
-    def __init__(self, store: Store, keyspace: Keyspace, reader: PipelineReader) -> None:
+    def __init__(self, store: Store, keyspace: Keyspace, reader: PipelineReader, blobs: BlobReader) -> None:
         self.store = store
         self.keyspace = keyspace
         self.reader = reader
+        self.blobs = blobs
+
+    async def components(self, record: run_pb2.StepRun) -> list[tuple[str, str]]:
+        """The record's DNA components, read from their blob first when a wide join spilled them."""
+        if is_spilled(record):
+            await restore_spilled(record, self.blobs)
+        return dna_components(record)
 
     # Reading --------------------------------------------------------------------------
 
@@ -119,7 +131,9 @@ class Provenance:
         run.ParseFromString(kv.value)
         p_ns, p = parse_pipeline_name(run.pipeline, "run.pipeline")
         try:
-            spec: pipeline_pb2.PipelineSpec | None = (await self.reader.spec(p_ns, p, run.pipeline_version))[0]
+            spec: pipeline_pb2.PipelineSpec | None = run_scope(
+                (await self.reader.spec(p_ns, p, run.pipeline_version))[0], run.options.only_steps
+            )
         except NotFound:
             spec = None
         records = RunRecords(ns, run_id, run, spec)
@@ -159,7 +173,7 @@ class Provenance:
                 if done_kv is None or index_kv is None:
                     continue
                 record = _decode_step(done_kv.value, done_kv.key)
-                if record.state not in COMMITTED_STEP_STATES or not dna_components(record):
+                if record.state not in COMMITTED_STEP_STATES or not has_components(record):
                     continue
                 summary = run_pb2.Run()
                 summary.ParseFromString(index_kv.value)
@@ -228,7 +242,7 @@ class Provenance:
             return f"upstream {upstream} produced a different {output}"
         if after.outcome.dna == before.outcome.dna:
             return f"upstream {upstream} has the same DNA but produced a different {output}: it is nondeterministic"
-        changes = component_changes(dna_components(before), dna_components(after))
+        changes = component_changes(await self.components(before), await self.components(after))
         if depth <= 0 or not changes:
             return f"upstream {upstream} re-ran"
         await self.trace_changes(new, old, upstream, changes, depth - 1)
@@ -254,7 +268,7 @@ class Provenance:
         if previous is None:
             return explanation  # the first outcome of this step: nothing to compare with
         old, old_record = previous
-        changes = component_changes(dna_components(old_record), dna_components(record))
+        changes = component_changes(await self.components(old_record), await self.components(record))
         await self.trace_changes(current, old, record.step, changes, TRACE_DEPTH)
         explanation.compared_run = old.name
         explanation.compared_step = record.step
@@ -276,6 +290,12 @@ class Provenance:
         b = await self.run_records(*parse_run_name(name_b, "run_b"), all_done=True)
         names_a = [s.name for s in a.spec.steps] if a.spec is not None else sorted(a.done)
         names_b = [s.name for s in b.spec.steps] if b.spec is not None else sorted(b.done)
+        # A run limited to some steps (a replay of a step) is compared on those steps only:
+        # the steps it left out were not removed, just not part of it.
+        if b.run.options.only_steps:
+            names_a = [n for n in names_a if n in set(names_b)]
+        if a.run.options.only_steps:
+            names_b = [n for n in names_b if n in set(names_a)]
         set_a, set_b = set(names_a), set(names_b)
         ordered = names_b + [n for n in names_a if n not in set_b]
         diffs = [await self._diff_step(a, b, name, name in set_a, name in set_b) for name in ordered]
@@ -314,7 +334,7 @@ class Provenance:
             else:
                 diff.kind = StepDiff.KIND_SAME
             return diff
-        changes = component_changes(dna_components(record_a), dna_components(record_b))
+        changes = component_changes(await self.components(record_a), await self.components(record_b))
         await self.trace_changes(b, a, step, changes, 0)
         diff.changes.extend(changes)
         diff.caused_by.extend(sorted({c.upstream_step for c in changes if c.upstream_step}))

@@ -659,7 +659,15 @@ class AsyncClient:
         )
         return AsyncRun(await self._unary(_RESUME_RUN, request, run_pb2.Run, retry=True), self)
 
-    async def replay_run(self, name: str, *, run_id: str | None = None, request_id: str | None = None) -> AsyncRun:
+    async def replay_run(
+        self,
+        name: str,
+        *,
+        run_id: str | None = None,
+        request_id: str | None = None,
+        steps: Sequence[str] = (),
+        with_upstream: bool = False,
+    ) -> AsyncRun:
         """Starts a run of exactly the same pipeline version and parameters as `name`, cache off.
 
         When it ends, `diff_runs(name, replay)` names the nondeterministic steps: those whose
@@ -669,9 +677,16 @@ class AsyncClient:
             name: The finished run to replay.
             run_id: Id of the new run; generated when None.
             request_id: Makes retries safe; generated when None.
+            steps: Replay only these steps, on their recorded inputs: their upstream steps
+                are resumed from `name` and their downstream steps are not part of the replay.
+            with_upstream: With `steps`, replay their upstream steps too instead of resuming them.
         """
         request = run_pb2.ReplayRunRequest(
-            name=self._run(name), run_id=run_id or "", request_id=request_id or _request_id()
+            name=self._run(name),
+            run_id=run_id or "",
+            request_id=request_id or _request_id(),
+            steps=list(steps),
+            with_upstream=with_upstream,
         )
         return AsyncRun(await self._unary(_REPLAY_RUN, request, run_pb2.Run, retry=True), self)
 
@@ -1265,9 +1280,23 @@ class Client:
             )
         )
 
-    def replay_run(self, name: str, *, run_id: str | None = None, request_id: str | None = None) -> Run:
+    def replay_run(
+        self,
+        name: str,
+        *,
+        run_id: str | None = None,
+        request_id: str | None = None,
+        steps: Sequence[str] = (),
+        with_upstream: bool = False,
+    ) -> Run:
         """Starts a cache-off replay of a finished run (see `AsyncClient.replay_run`)."""
-        return self._wrap(self._bridge.run(self._aio.replay_run(name, run_id=run_id, request_id=request_id)))
+        return self._wrap(
+            self._bridge.run(
+                self._aio.replay_run(
+                    name, run_id=run_id, request_id=request_id, steps=steps, with_upstream=with_upstream
+                )
+            )
+        )
 
     def explain_step(self, run: str, step: str) -> Explanation:
         """A step's DNA and cache decision (see `AsyncClient.explain_step`)."""
