@@ -565,7 +565,7 @@ class GetLineageRequest(_message.Message):
     def __init__(self, parent: _Optional[str] = ..., run: _Optional[str] = ..., step: _Optional[str] = ..., outcome: _Optional[str] = ..., blob: _Optional[str] = ..., direction: _Optional[_Union[LineageDirection, str]] = ..., depth: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class LineageNode(_message.Message):
-    __slots__ = ("dna", "run", "step", "outputs", "inputs", "input_outcomes", "components", "distance", "end_time")
+    __slots__ = ("dna", "run", "step", "outputs", "inputs", "input_outcomes", "components", "distance", "end_time", "unindexed")
     class OutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -596,6 +596,7 @@ class LineageNode(_message.Message):
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    UNINDEXED_FIELD_NUMBER: _ClassVar[int]
     dna: str
     run: str
     step: str
@@ -605,7 +606,8 @@ class LineageNode(_message.Message):
     components: _containers.RepeatedCompositeFieldContainer[DnaComponent]
     distance: int
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, dna: _Optional[str] = ..., run: _Optional[str] = ..., step: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., inputs: _Optional[_Mapping[str, str]] = ..., input_outcomes: _Optional[_Mapping[str, str]] = ..., components: _Optional[_Iterable[_Union[DnaComponent, _Mapping]]] = ..., distance: _Optional[int] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    unindexed: bool
+    def __init__(self, dna: _Optional[str] = ..., run: _Optional[str] = ..., step: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., inputs: _Optional[_Mapping[str, str]] = ..., input_outcomes: _Optional[_Mapping[str, str]] = ..., components: _Optional[_Iterable[_Union[DnaComponent, _Mapping]]] = ..., distance: _Optional[int] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unindexed: _Optional[bool] = ...) -> None: ...
 
 class LineageEdge(_message.Message):
     __slots__ = ("producer", "consumer", "input")
