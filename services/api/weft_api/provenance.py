@@ -21,6 +21,8 @@ This module only reads; it must never write to etcd, and never show a secret's v
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -57,6 +59,8 @@ LOOKBACK_RUNS = 1000
 LOOKBACK_PAGE = 50
 #: How many upstream steps deep an input change is traced in an explanation.
 TRACE_DEPTH = 4
+#: Steps per DiffRuns page when the request leaves page_size 0, and the most allowed.
+DEFAULT_DIFF_PAGE_SIZE, MAX_DIFF_PAGE_SIZE = 100, 1000
 #: The reason the executor gives a miss that no stored outcome matched.
 _NO_OUTCOME_REASON = "miss: no outcome with this DNA"
 #: The order DiffRuns lists its steps in.
@@ -280,8 +284,22 @@ class Provenance:
 
     # DiffRuns -------------------------------------------------------------------------
 
-    async def diff_runs(self, name_a: str, name_b: str) -> run_pb2.DiffRunsResponse:
-        """Every step of two runs, matched by name, classified and ordered (see the proto)."""
+    async def diff_runs(
+        self, name_a: str, name_b: str, page_size: int = 0, page_token: str = ""
+    ) -> run_pb2.DiffRunsResponse:
+        """One page of every step of two runs, matched by name, classified and ordered (see
+        the proto).
+
+        Each page computes the whole ordered diff and answers its slice: the order needs
+        every step's kind, and committed records never change, so pages of two finished
+        runs fit together exactly (of a run still going, a later page may see a step
+        moved to another kind). The token binds the offset to the two runs.
+        """
+        if page_size < 0 or page_size > MAX_DIFF_PAGE_SIZE:
+            raise InvalidArgument(
+                f"page_size: must be 0 (meaning {DEFAULT_DIFF_PAGE_SIZE}) to {MAX_DIFF_PAGE_SIZE}", field="page_size"
+            )
+        offset = _decode_diff_token(page_token, name_a, name_b)
         if not name_a:
             raise InvalidArgument("run_a: is required; name a run, e.g. namespaces/default/runs/r1", field="run_a")
         if not name_b:
@@ -302,7 +320,10 @@ class Provenance:
         rank = {kind: i for i, kind in enumerate(_KIND_ORDER)}
         position = {name: i for i, name in enumerate(ordered)}
         diffs.sort(key=lambda d: (rank[d.kind], position[d.step]))
-        return run_pb2.DiffRunsResponse(run_a=a.name, run_b=b.name, steps=diffs)
+        size = page_size or DEFAULT_DIFF_PAGE_SIZE
+        end = offset + size
+        token = _encode_diff_token(end, name_a, name_b) if end < len(diffs) else ""
+        return run_pb2.DiffRunsResponse(run_a=a.name, run_b=b.name, steps=diffs[offset:end], next_page_token=token)
 
     async def _diff_step(self, a: RunRecords, b: RunRecords, step: str, in_a: bool, in_b: bool) -> run_pb2.StepDiff:
         if not in_a:
@@ -342,3 +363,34 @@ class Provenance:
         diff.kind = StepDiff.KIND_ROOT_CAUSE if own or not changes else StepDiff.KIND_INPUT_CHANGED
         diff.message = describe_changes(changes) or "DNA differs"
         return diff
+
+
+def _runs_fingerprint(name_a: str, name_b: str) -> str:
+    return hashlib.sha256(f"{name_a}\n{name_b}".encode()).hexdigest()[:16]
+
+
+def _encode_diff_token(offset: int, name_a: str, name_b: str) -> str:
+    """An opaque token: the next offset, bound to the two runs it pages through (AIP-158)."""
+    return base64.urlsafe_b64encode(f"diff:{_runs_fingerprint(name_a, name_b)}:{offset}".encode()).decode()
+
+
+def _decode_diff_token(token: str, name_a: str, name_b: str) -> int:
+    if not token:
+        return 0
+    try:
+        kind, fingerprint, offset = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+    except ValueError:
+        kind, fingerprint, offset = "", "", ""
+    if kind != "diff" or not offset.isdigit():
+        raise InvalidArgument(
+            "page_token: not a token of DiffRuns; pass next_page_token of the previous page, or leave it empty "
+            "to start over",
+            field="page_token",
+        )
+    if fingerprint != _runs_fingerprint(name_a, name_b):
+        raise InvalidArgument(
+            "page_token: it pages through another pair of runs; send the same run_a and run_b as the first page, "
+            "or leave it empty to start over",
+            field="page_token",
+        )
+    return int(offset)

@@ -908,7 +908,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
     async def DiffRuns(
         self, request: run_pb2.DiffRunsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> run_pb2.DiffRunsResponse:
-        return await self.provenance.diff_runs(request.run_a, request.run_b)
+        return await self.provenance.diff_runs(request.run_a, request.run_b, request.page_size, request.page_token)
 
     async def GetLineage(
         self, request: run_pb2.GetLineageRequest, context: grpc.aio.ServicerContext[Any, Any]

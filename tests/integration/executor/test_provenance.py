@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from tests.integration.executor.support import Harness, steps_by_name
+from weft import AsyncClient
 from weft.v1 import pipeline_pb2, run_pb2
 
 Explanation = run_pb2.StepExplanation
@@ -366,3 +367,47 @@ async def test_a_wide_join_whose_components_spilled_is_explained_diffed_and_walk
     assert {(e.producer, e.input) for e in lineage.edges} == {(fan_dna, f"i{i}") for i in range(width)}
     join_node = next(n for n in lineage.nodes if n.step == "join")
     assert sum(1 for c in join_node.components if c.name.startswith("input:")) == width
+
+
+async def test_diff_runs_pages_follow_one_order_and_a_bad_token_names_the_field(harness: Harness) -> None:
+    """page_size/page_token per AIP-158: the pages put together are the unpaged answer,
+    the SDK follows them, and a foreign or garbled token is INVALID_ARGUMENT naming it."""
+    h = harness
+    await h.start_executor()
+    pipeline = await h.apply("paged", chain(h), {"seed": "1"})
+    first = await h.wait((await h.run(pipeline.name)).name)
+    second = await h.wait((await h.run(pipeline.name, {"seed": "2"})).name)
+    runs = h.clients.runs
+
+    whole = await runs.DiffRuns(run_pb2.DiffRunsRequest(run_a=first.name, run_b=second.name))
+    pages, token = [], ""
+    while True:
+        page = await runs.DiffRuns(
+            run_pb2.DiffRunsRequest(run_a=first.name, run_b=second.name, page_size=1, page_token=token)
+        )
+        pages.append(list(page.steps))
+        token = page.next_page_token
+        if not token:
+            break
+    async with await AsyncClient.connect(h.api_address) as client:
+        followed = await client.diff_runs(first.name, second.name, page_size=1)
+
+    assert not whole.next_page_token
+    assert [len(p) for p in pages] == [1, 1, 1]
+    assert [d for p in pages for d in p] == list(whole.steps)
+    assert list(followed.steps) == list(whole.steps)
+    assert [d.step for d in whole.steps] == ["generate", "middle", "report"]
+    one = await runs.DiffRuns(run_pb2.DiffRunsRequest(run_a=first.name, run_b=second.name, page_size=1))
+    for request, message in (
+        (run_pb2.DiffRunsRequest(run_a=first.name, run_b=second.name, page_token="garbage"), "page_token: not a token"),
+        (
+            run_pb2.DiffRunsRequest(run_a=second.name, run_b=first.name, page_token=one.next_page_token),
+            "page_token: it pages through another pair of runs",
+        ),
+        (run_pb2.DiffRunsRequest(run_a=first.name, run_b=second.name, page_size=-1), "page_size: must be 0"),
+        (run_pb2.DiffRunsRequest(run_a=first.name, run_b=second.name, page_size=1001), "page_size: must be 0"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await runs.DiffRuns(request)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (refused.value.details() or "").startswith(message)
