@@ -39,6 +39,7 @@ from weft_core.provenance import (
     describe_changes,
     dna_components,
     has_components,
+    image_resolution_change,
     input_sources,
     is_own_change,
     is_spilled,
@@ -280,6 +281,9 @@ class Provenance:
         explanation.changes.extend(changes)
         if changes and explanation.reason == _NO_OUTCOME_REASON:
             explanation.reason = f"miss: {describe_changes(changes)} (compared with {old.name} step {record.step})"
+        moved = image_resolution_change(record, old_record)
+        if moved:
+            explanation.reason += f"; {moved}"
         return explanation
 
     # DiffRuns -------------------------------------------------------------------------
@@ -348,12 +352,18 @@ class Provenance:
         assert record_a is not None
         assert record_b is not None
         diff.outputs_differ = dict(record_a.outcome.outputs) != dict(record_b.outcome.outputs)
+        await self.components(record_a)
+        await self.components(record_b)
+        moved = image_resolution_change(record_b, record_a)
         if diff.dna_a == diff.dna_b:
             if diff.outputs_differ:
                 diff.kind = StepDiff.KIND_NONDETERMINISTIC
                 diff.message = "same DNA, different outputs: the step is nondeterministic"
+                if moved:
+                    diff.message = f"same DNA, different outputs; {moved}, which may be why"
             else:
                 diff.kind = StepDiff.KIND_SAME
+                diff.message = moved
             return diff
         changes = component_changes(await self.components(record_a), await self.components(record_b))
         await self.trace_changes(b, a, step, changes, 0)
@@ -362,6 +372,8 @@ class Provenance:
         own = [c for c in changes if is_own_change(c)]
         diff.kind = StepDiff.KIND_ROOT_CAUSE if own or not changes else StepDiff.KIND_INPUT_CHANGED
         diff.message = describe_changes(changes) or "DNA differs"
+        if moved:
+            diff.message += f"; {moved}"
         return diff
 
 

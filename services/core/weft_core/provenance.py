@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from weft.v1 import pipeline_pb2, run_pb2
-from weft_core.dna import restore_components
+from weft_core.dna import SHA256_PREFIX, restore_components
 from weft_core.errors import Internal
 
 #: Step states whose record holds a committed outcome.
@@ -114,6 +114,31 @@ def upstream_steps(spec: pipeline_pb2.PipelineSpec, steps: Iterable[str]) -> lis
     """Every step upstream of `steps` (not `steps` themselves), in spec order."""
     wanted = set(steps)
     return [step.name for step in run_scope(spec, wanted).steps if step.name not in wanted]
+
+
+def image_digest(image_id: str) -> str:
+    """The `sha256:…` repo digest in a container runtime's `imageID`
+    (`docker.io/library/busybox@sha256:…`, `docker-pullable://busybox@sha256:…`), or ""
+    (none reported, or an image config id without a repository)."""
+    _, at, digest = image_id.rpartition("@")
+    return digest if at and digest.startswith(SHA256_PREFIX) else ""
+
+
+def image_resolution_change(record: run_pb2.StepRun, old: run_pb2.StepRun) -> str:
+    """"image tag X now resolves to sha256:…, was sha256:…" when the two outcomes ran the
+    same tag (an image hashed as written) as different digests; else "".
+
+    Not a DNA component: the digest is known only once the runtime pulled the image,
+    after the cache decision, so a moved tag cannot make a miss (a reused outcome never
+    runs to find out); it explains a run that did run, and a diff.
+    """
+    image = dict(dna_components(record)).get("image", "")
+    before, after = image_digest(old.outcome.image_id), image_digest(record.outcome.image_id)
+    if not image or "@" in image or not before or not after or before == after:
+        return ""
+    if dict(dna_components(old)).get("image", "") != image:
+        return ""  # another image altogether: the component change says so
+    return f"image tag {image} now resolves to {after}, was {before}"
 
 
 def shorten(value: str, limit: int = SHOWN_VALUE_CHARS) -> str:

@@ -350,6 +350,11 @@ async def provenance(args: argparse.Namespace, client: AsyncClient) -> int:
                 raise NotFound(f"run {run.name} has no step {args.step!r}")
             out.emit_messages(records, "json")
             return 0
+        for record in run.steps:
+            if record.explanation.components_digest and not record.explanation.components:
+                # A wide join's DNA components live in a blob; ExplainStep reads them back.
+                explained = await client.explain_step(run.name, record.step)
+                record.explanation.components.extend(explained.pb.components)
         document = slsa.slsa_statement(run, args.step)
         if args.sign_key:
             document = slsa.sign_with_file(document, Path(args.sign_key))
