@@ -43,7 +43,7 @@ DEFAULT_INTERVAL = 600.0
 #: Runs checked per tick; the cursor is saved after each.
 RUNS_PER_TICK = 200
 #: Done records read per range read of one run.
-DONE_PAGE = 500
+DONE_PAGE = 100
 #: Seconds between the ticks of one pass.
 TICK_PAUSE = 0.05
 
