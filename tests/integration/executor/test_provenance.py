@@ -7,7 +7,11 @@ test builds its runs and asserts the changes it made itself.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -17,6 +21,7 @@ from weft import AsyncClient
 from weft.v1 import pipeline_pb2, run_pb2
 
 Explanation = run_pb2.StepExplanation
+WEFT = str(Path(sys.executable).parent / "weft")
 StepDiff = run_pb2.StepDiff
 
 
@@ -367,6 +372,17 @@ async def test_a_wide_join_whose_components_spilled_is_explained_diffed_and_walk
     assert {(e.producer, e.input) for e in lineage.edges} == {(fan_dna, f"i{i}") for i in range(width)}
     join_node = next(n for n in lineage.nodes if n.step == "join")
     assert sum(1 for c in join_node.components if c.name.startswith("input:")) == width
+    # `weft provenance` reads the spilled components back: every input is a dependency.
+    exported = await asyncio.to_thread(
+        subprocess.run,
+        [WEFT, "--server", h.api_address, "provenance", second.name, "--step", "join"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert exported.returncode == 0, exported.stderr
+    dependencies = json.loads(exported.stdout)["predicate"]["buildDefinition"]["resolvedDependencies"]
+    assert sum(1 for d in dependencies if d["name"].startswith("join/inputs/")) == width
 
 
 async def test_diff_runs_pages_follow_one_order_and_a_bad_token_names_the_field(harness: Harness) -> None:
