@@ -195,12 +195,17 @@ def _skip_indexing(monkeypatch: pytest.MonkeyPatch, step: str) -> list[str]:
     skipped: list[str] = []
 
     async def index_all_but_one(
-        store: Store, keyspace: Keyspace, namespace: str, outcome: run_pb2.Outcome, digests: Mapping[str, str]
+        store: Store,
+        keyspace: Keyspace,
+        namespace: str,
+        outcome: run_pb2.Outcome,
+        digests: Mapping[str, str],
+        input_outcomes: Mapping[str, str] | None = None,
     ) -> int:
         if outcome.step == step:
             skipped.append(outcome.run)
             return 0
-        return await real(store, keyspace, namespace, outcome, digests)
+        return await real(store, keyspace, namespace, outcome, digests, input_outcomes)
 
     monkeypatch.setattr(steps_module, "index_outcome", index_all_but_one)
     return skipped
