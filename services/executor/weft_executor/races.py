@@ -73,6 +73,8 @@ StepRun = run_pb2.StepRun
 #: How often a holder waiting for a decision looks again without being told (a safety
 #: net: the watch of the attempt's records wakes it as soon as anything changes).
 DECISION_RECHECK_SECONDS = 5.0
+#: How long a replica runs before it watches for another replica's win (see `_wait_replica`).
+WATCH_AFTER_SECONDS = 0.2
 
 
 class ReplicaRaces:
@@ -479,27 +481,42 @@ class ReplicaRaces:
         attempt.start_time.CopyFrom(_stamp(launched.start_time))
         running_key = runner.keyspace.replica_running(ns, run_id, step.name, number, replica)
         waiting = asyncio.ensure_future(runner.runtime.wait(launched))
-        decided = asyncio.ensure_future(self._watch_round(ns, run_id, step.name, number, revision, decided=True))
         recording = asyncio.ensure_future(
             runner.store.txn([lease_is(claim_key, claim.lease)], [op_put(running_key, attempt.SerializeToString())])
         )
-        pending: set[asyncio.Future[object]] = {waiting, decided, recording}  # type: ignore[arg-type]
+        # The decision's watch starts only if the replica is still running after a moment
+        # (most short steps end first); from the revision of the running record, so that a
+        # decision made meanwhile is still seen.
+        decided: asyncio.Future[str] | None = None
+        pending: set[asyncio.Future[object]] = {waiting, recording}  # type: ignore[arg-type]
         deadline = time.monotonic() + hedge if hedge else None
         try:
             if task.cancel_reason:
                 await runner.runtime.kill(launched, task.cancel_reason)
             while not waiting.done():
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-                finished, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if not finished and deadline is not None:
+                moment = time.monotonic()
+                if deadline is not None and moment >= deadline:
                     deadline = None
                     await self._launch_hedge(work, number)
+                    continue
+                limits = [deadline - moment] if deadline is not None else []
+                if decided is None:
+                    limits.append(WATCH_AFTER_SECONDS)
+                finished, _ = await asyncio.wait(
+                    pending, timeout=min(limits) if limits else None, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not finished:
+                    if decided is None:
+                        decided = asyncio.ensure_future(
+                            self._watch_round(ns, run_id, step.name, number, revision, decided=True)
+                        )
+                        pending.add(decided)  # type: ignore[arg-type]
                     continue
                 if recording in finished:
                     pending.discard(recording)
                     if not recording.result().succeeded:
                         raise ClaimLost(f"lost the claim of replica {replica} of step {step.name} of {ref.name}")
-                if decided in finished:
+                if decided is not None and decided in finished:
                     pending.discard(decided)
                     task.lost_race = str(decided.result()) or "another replica won"
                     await runner.runtime.kill(launched, f"lost the race: {task.lost_race}")
@@ -512,9 +529,9 @@ class ReplicaRaces:
             task.attempt = None
             runner.live_attempts.pop((ref.name, step.name, number), None)
             for future in (waiting, decided, recording):
-                if not future.done():
+                if future is not None and not future.done():
                     future.cancel()
-            await asyncio.gather(decided, recording, return_exceptions=True)
+            await asyncio.gather(recording, *([decided] if decided is not None else []), return_exceptions=True)
         metrics.attempt_ended(
             runner.runtime.name, Attempt.State.Name(result.state).removeprefix("STATE_"), time.monotonic() - started
         )
