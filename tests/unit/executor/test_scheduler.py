@@ -56,3 +56,25 @@ def test_resets_replace_the_mirror() -> None:
     assert queue.pick(set()) == C
     queue.reset_claims([])
     assert {queue.pick({C}), queue.pick({B})} == {B, C}
+
+
+async def test_an_executor_prefers_replicas_of_steps_it_does_not_hold() -> None:
+    import asyncio
+
+    from weft_executor.scheduler import SIBLING_GRACE_SECONDS
+
+    queue = ReadyQueue(seed=1)
+    own_replica = ("default", "r1", "a#1.2")
+    other_replica = ("default", "r1", "b#1.2")
+    for key in (own_replica, other_replica):
+        queue.ready_added(key)
+    holding = {A}  # this executor runs replica 1 of step a
+    assert queue.pick(holding) == other_replica
+    queue.claimed(other_replica, "me")
+    # Only its own step's replica is left: another executor gets the first chance...
+    queue.changed.clear()
+    assert queue.pick(holding) is None
+    # ...and this one takes it once the grace passed (it is woken to look again).
+    await asyncio.wait_for(queue.changed.wait(), SIBLING_GRACE_SECONDS * 20)
+    assert queue.pick(holding) == own_replica
+    assert queue.pick(set()) == own_replica  # an executor not holding step a takes it at once
