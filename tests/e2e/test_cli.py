@@ -720,6 +720,28 @@ def test_failed_run_exits_1_shows_logs_and_resumes_only_the_failed_part(executor
     shutil.rmtree(shared)
 
 
+@pytest.mark.slow
+@needs_executor
+def test_a_raising_function_shows_its_exception_and_traceback_in_run_and_get(executor_stack: Up) -> None:
+    from tests.integration.authoring import functions_module as fm
+
+    with weft.Pipeline("raises") as p:
+        fm.fails(depth=2)
+    cli = Cli(executor_stack.api, "functions")
+    with weft.Client.connect(executor_stack.api, namespace="functions") as client:
+        client.apply(p)
+    failed = cli("run", "raises", "--run-id", "raises-1", "--watch", timeout=120)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    # What `weft run --watch` ends with and what `weft runs get` shows: the exception's
+    # type and message on the first line, then the traceback's last frames.
+    for shown in (failed.stderr, cli.ok("runs", "get", "raises-1")):
+        assert "step fails failed: exit code 1: ValueError: no data for shard 2" in shown, shown
+        assert "Traceback (most recent call last):" in shown
+        assert "in dive" in shown
+        assert "raise ValueError(f'no data for shard {depth}')" in shown
+    assert "weft logs raises-1 fails" in failed.stderr
+
+
 def _follow_chatty(cli: Cli, tmp_path: Path, run_id: str) -> subprocess.CompletedProcess[str]:
     # The step prints its first line, then waits for the test: `logs -f` is seen following a
     # running attempt however slowly the machine runs the CLI.
