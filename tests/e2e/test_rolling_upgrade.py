@@ -6,8 +6,10 @@ the order of deletes and creates), helm itself, and the weft processes behind ev
 the simulated kubelet (tests/kube/kubelet.py) starts a real weft-api, weft-executor
 (kubernetes runtime) or etcd for each pod the controllers create, reports the pod Ready
 when the process's own readiness (gRPC health of its service) says SERVING, and on the
-pod's deletion stops the process gracefully (SIGTERM), as a node would. The run's step
-pods are run for real too (tests.integration.kube.conftest.weft_pods).
+pod's deletion stops the process gracefully (SIGTERM), as a node would. The runs' step
+pods are run for real too (tests.integration.kube.conftest.weft_pods). One run holds three
+steps running across the whole rollout; another claims and commits a chain of steps
+through it.
 
 What is simulated, because no container runtime, image registry or kube-proxy runs here:
 each pod's process is this checkout's console script (the image tag only marks the pod
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,8 @@ RELEASE = "rel"
 NAMESPACE = "weft-upgrade"
 STEPS_NAMESPACE = "weft-upgrade-steps"
 Attempt = run_pb2.Attempt
+#: Steps of the run that claims and commits through the rollout, one after the other.
+CHAIN = 5
 
 
 class ServiceForwarder:
@@ -305,6 +310,12 @@ async def test_a_rolling_upgrade_with_a_run_in_flight_loses_nothing(cluster: Kub
                 steps.append(h.step("finish", reads={f"in{i}": (f"hold-{i}", "out") for i in range(3)}))
                 pipeline = await h.apply("upgraded", steps)
                 run_name = (await h.run(pipeline.name)).name
+                # A second run keeps claiming and committing steps through the rollout.
+                chain = [h.step("chain-0", "sleep 0.5; printf 0 > $WEFT_OUTPUTS/out")]
+                for i in range(1, CHAIN):
+                    script = f"sleep 0.5; cat $WEFT_INPUTS/prev > $WEFT_OUTPUTS/out; printf {i} >> $WEFT_OUTPUTS/out"
+                    chain.append(h.step(f"chain-{i}", script, reads={"prev": (f"chain-{i - 1}", "out")}))
+                chained = await h.apply("chained", chain)
                 await asyncio.to_thread(
                     assert_eventually,
                     lambda: len(list_pods(core, STEPS_NAMESPACE)) == 3,
@@ -313,7 +324,9 @@ async def test_a_rolling_upgrade_with_a_run_in_flight_loses_nothing(cluster: Kub
                 )
 
                 # A values change that rolls every Deployment and the StatefulSet.
+                chain_name = (await h.run(chained.name)).name
                 forwarder.watch_backends()
+                upgrade_began = time.time()
                 upgraded = await asyncio.to_thread(
                     _helm,
                     "upgrade", RELEASE, str(CHART), "--namespace", NAMESPACE, "--reuse-values",
@@ -322,9 +335,11 @@ async def test_a_rolling_upgrade_with_a_run_in_flight_loses_nothing(cluster: Kub
                     env=env, check=False,
                 )  # fmt: skip
                 assert upgraded.returncode == 0, upgraded.stderr
+                upgrade_ended = time.time()
                 after = chart_pods(core)
                 gate.touch()
                 run = await h.wait(run_name, timeout=90)
+                chain_run = await h.wait(chain_name, timeout=90)
 
                 assert run.state == run_pb2.Run.STATE_SUCCEEDED, run.message
                 # Every pod was replaced, and the old processes were stopped.
@@ -336,11 +351,17 @@ async def test_a_rolling_upgrade_with_a_run_in_flight_loses_nothing(cluster: Kub
                 assert forwarder.fewest_backends >= 1, "the api Service had no endpoint during the rollout"
                 # The held steps ran through the rollout: each launched once, in one pod,
                 # with one attempt; the replacement executor adopted their pods.
-                assert h.launches() == {"hold-0": 1, "hold-1": 1, "hold-2": 1, "finish": 1}
+                chained_steps = {f"chain-{i}": 1 for i in range(CHAIN)}
+                assert h.launches() == {"hold-0": 1, "hold-1": 1, "hold-2": 1, "finish": 1, **chained_steps}
+                assert chain_run.state == run_pb2.Run.STATE_SUCCEEDED, chain_run.message
+                assert await h.output(chain_run, f"chain-{CHAIN - 1}") == "".join(map(str, range(CHAIN))).encode()
+                ends = [step.end_time.ToDatetime().timestamp() for step in chain_run.steps]
+                during = [end for end in ends if upgrade_began < end < upgrade_ended]
+                assert during, f"no chained step ended during the rollout ({upgrade_began}..{upgrade_ended}: {ends})"
                 by_name_ = steps_by_name(run)
-                for step in run.steps:
+                for step in [*run.steps, *chain_run.steps]:
                     assert [(a.number, a.state) for a in step.attempts] == [(1, Attempt.STATE_SUCCEEDED)], step.step
-                assert len(list_pods(core, STEPS_NAMESPACE)) <= 4
+                assert len(list_pods(core, STEPS_NAMESPACE)) <= 4 + CHAIN
                 assert await h.output(run, "hold-0") == b"held"
                 # The replacement executor took the held steps over by re-attaching to their
                 # pods (the old one stopped gracefully and revoked its lease).
