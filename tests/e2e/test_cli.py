@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import weft
 from tests.support import assert_eventually, assert_eventually_async
-from weft.localstack import EtcdProcess, ServiceProcess, find_service, free_port
+from weft.localstack import EtcdProcess, ServiceProcess, find_etcd, find_service, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "etl" / "pipeline.yaml"
@@ -432,6 +434,44 @@ def test_up_killed_by_sigkill_still_leaves_no_orphans(tmp_path: Path) -> None:
     assert_eventually(
         lambda: not any(_exists(pid) for pid in children), timeout=15, what="every child exits after its parent"
     )
+
+
+def _etcd_put(endpoint: str, key: bytes, value: bytes) -> None:
+    body = json.dumps({"key": base64.b64encode(key).decode(), "value": base64.b64encode(value).decode()})
+    request = urllib.request.Request(f"{endpoint}/v3/kv/put", data=body.encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+def test_up_recovers_its_etcd_when_the_quota_fills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # etcd with an 8 MiB quota (a wrapper adds the flag), so superseded values fill it in seconds.
+    wrapper = tmp_path / "etcd"
+    wrapper.write_text(f'#!/bin/sh\nexec {find_etcd()} "$@" --quota-backend-bytes={8 * 1024 * 1024}\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("WEFT_ETCD", str(wrapper))
+    up = start_up(tmp_path / "state", "--no-executor")
+    try:
+        found = re.search(r"etcd\s+(http://127\.0\.0\.1:\d+)", up.output.read_text())
+        assert found, up.output.read_text()
+        endpoint = found.group(1)
+        refused = b""
+        for _ in range(200):
+            try:
+                _etcd_put(endpoint, b"/filler", b"x" * 100_000)
+            except urllib.error.HTTPError as error:
+                refused = error.read()
+                break
+        assert b"database space exceeded" in refused, refused
+
+        # weft up's supervisor looks at etcd's alarms every 10 s and recovers it.
+        assert_eventually(
+            lambda: "cleared its NOSPACE alarm" in up.output.read_text(), timeout=40, what="weft up recovered etcd"
+        )
+        _etcd_put(endpoint, b"/filler", b"small")
+        with weft.Client.connect(up.api, namespace="quota") as client:
+            assert client.apply(weft.load_pipeline(EXAMPLE)).change == "created"
+    finally:
+        assert stop_up(up) == 0
 
 
 def test_up_refuses_a_state_dir_in_use(stack: Up) -> None:

@@ -280,15 +280,19 @@ class EtcdProcess:
             answer: dict[str, Any] = json.loads(response.read() or b"{}")
         return answer
 
+    def alarms(self) -> tuple[str, ...]:
+        """The alarms raised in the cluster (NOSPACE, CORRUPT), once each."""
+        raised = self.call("maintenance/alarm", {"action": "GET"}).get("alarms", [])
+        return tuple(sorted({str(alarm.get("alarm", "")) for alarm in raised}))
+
     def status(self) -> EtcdStatus:
         """The member's database size, its part in use, its revision and its alarms."""
         status = self.call("maintenance/status", {})
-        alarms = self.call("maintenance/alarm", {"action": "GET"}).get("alarms", [])
         return EtcdStatus(
             db_size=int(status.get("dbSize", 0)),
             db_size_in_use=int(status.get("dbSizeInUse", 0)),
             revision=int(status.get("header", {}).get("revision", 0)),
-            alarms=tuple(sorted({str(alarm.get("alarm", "")) for alarm in alarms})),
+            alarms=self.alarms(),
         )
 
     def disarm(self, alarm: str) -> None:
@@ -327,16 +331,20 @@ class EtcdMaintenance:
 
     If etcd has raised its NOSPACE alarm (the quota is full; writes fail), tick() applies
     etcd's documented recovery at once: compact to the current revision, defragment,
-    disarm the alarm. Watches of the services that were behind the compaction re-list.
+    disarm the alarm. The alarm is looked at every `alarm_every` seconds (one cheap call),
+    since weft can write nothing until it is cleared. Watches of the services that were
+    behind the compaction re-list.
     """
 
     etcd: EtcdProcess
     every: float = 300.0
+    alarm_every: float = 10.0
     min_free_bytes: int = 64 * 1024 * 1024
     free_ratio: float = 0.5
     #: Called with a line saying what was done (the supervisor prints it).
     report: Callable[[str], None] = lambda _: None
     _due: float = field(default=0.0, init=False)
+    _alarm_due: float = field(default=0.0, init=False)
 
     def tick(self, now: float | None = None) -> EtcdStatus | None:
         """Defragments if due and worth it; returns the status after, or None if nothing was done.
@@ -345,10 +353,15 @@ class EtcdMaintenance:
         and a busy one is asked again next time.
         """
         now = time.monotonic() if now is None else now
-        if now < self._due:
+        full = now >= self._due
+        if not full and now < self._alarm_due:
             return None
-        self._due = now + self.every
+        self._alarm_due = now + self.alarm_every
+        if full:
+            self._due = now + self.every
         try:
+            if not full and "NOSPACE" not in self.etcd.alarms():
+                return None
             before = self.etcd.status()
             if "NOSPACE" in before.alarms:
                 self.etcd.call("kv/compaction", {"revision": before.revision, "physical": True})
