@@ -33,6 +33,17 @@ step shares the spawner's real uid, so it may signal it (the executor then kills
 step and starts a new spawner); if executor and spawner are SIGKILLed at once (an OOM
 kill of both), the steps keep running.
 
+A held spawn (the local runtime's launches) starts the step behind a gate: the spawner
+forks (it is single-threaded, so fork is safe there), the child sets up its session and
+files and then blocks reading a pipe whose only write end the executor holds. The
+executor records the attempt with the child's pid and only then writes one byte to the
+gate, and the child execs the step's command; if the gate closes unwritten (the record
+failed, the executor died, the spawner died), the child exits without running anything.
+So a launch is one etcd write, and a command never runs unrecorded. Checks posix_spawn
+would report at once (cwd, exec permission for the steps' real ids) are made before the
+fork; an exec that still fails after the gate opened exits 127 and its errno rides on
+the exit report.
+
 It signals a process group only while its leader is its own unreaped child, so a pid the
 kernel has reused is never signalled. At a leader's exit it SIGKILLs what is left of the
 group (background children of a shell step), reaps the leader and reports the exit code.
@@ -48,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -60,7 +72,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +89,12 @@ DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGCHLD
 SPAWN_TIMEOUT = 30.0
 #: Seconds `close` waits for the spawner to kill its groups and exit.
 CLOSE_TIMEOUT = 10.0
+#: The byte that opens a held child's gate; EOF (or anything else) makes it exit unrun.
+GATE_OPEN = b"\x01"
+#: Exit code of a held child whose gate closed without opening: its command never ran.
+GATE_CLOSED_EXIT = 125
+#: Exit code of a held child whose exec failed (as a shell's "cannot execute").
+EXEC_FAILED_EXIT = 127
 
 
 class SpawnError(Exception):
@@ -144,8 +162,39 @@ def serve(connection: socket.socket, *, drop_ids: bool) -> None:
     selector.register(connection, selectors.EVENT_READ)
     selector.register(wake_read, selectors.EVENT_READ)
 
+    #: Held children's exec-failure pipes (read ends), by pid: read when they exit.
+    failures: dict[int, int] = {}
+
     def send(message: dict[str, Any]) -> None:
         connection.sendall(json.dumps(message).encode() + b"\n")
+
+    def spawn_held(request: dict[str, Any], stdout: int, stderr: int, gate: int) -> None:
+        executable = request["executable"]
+        try:
+            os.chdir(request["cwd"])  # the child inherits it; a refusal is reported now
+            # os.access checks the real ids: the steps'. The same refusal posix_spawn reports.
+            if not os.access(executable, os.X_OK):
+                number = errno.ENOENT if not os.path.exists(executable) else errno.EACCES
+                raise OSError(number, os.strerror(number), executable)
+            failure_read, failure_write = os.pipe2(os.O_CLOEXEC)
+            try:
+                pid = os.fork()
+            except OSError:
+                os.close(failure_read)
+                os.close(failure_write)
+                raise
+            if pid == 0:
+                _held_child(request, (devnull, stdout, stderr), gate, failure_write, drop_ids)
+        except OSError as error:
+            detail = f"{error.strerror} ({error.filename})" if error.filename else error.strerror
+            send({"id": request["id"], "errno": error.errno or 0, "detail": detail or ""})
+            return
+        finally:
+            os.chdir("/")
+        os.close(failure_write)
+        failures[pid] = failure_read
+        live.add(pid)
+        send({"id": request["id"], "pid": pid, "start": start_time_of(pid)})
 
     def spawn(request: dict[str, Any], stdout: int, stderr: int) -> None:
         try:
@@ -189,7 +238,15 @@ def serve(connection: socket.socket, *, drop_ids: bool) -> None:
             _, status = os.waitpid(pid, 0)
             if pid in live:
                 live.discard(pid)
-                send({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+                report: dict[str, Any] = {"exit": pid, "code": os.waitstatus_to_exitcode(status)}
+                failure = failures.pop(pid, -1)
+                if failure >= 0:
+                    # Its writer is gone: this read never blocks.
+                    number, _, detail = os.read(failure, 4096).decode(errors="replace").partition("\n")
+                    os.close(failure)
+                    if number:
+                        report.update(errno=int(number), detail=detail)
+                send(report)
 
     try:
         while True:
@@ -201,7 +258,9 @@ def serve(connection: socket.socket, *, drop_ids: bool) -> None:
                     continue
                 request, fds = _read_frame(connection)
                 try:
-                    if request["op"] == "spawn":
+                    if request["op"] == "spawn" and len(fds) > 2:
+                        spawn_held(request, fds[0], fds[1], fds[2])
+                    elif request["op"] == "spawn":
                         spawn(request, fds[0], fds[1])
                     elif request["op"] == "signal" and request["pid"] in live:
                         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -216,9 +275,49 @@ def serve(connection: socket.socket, *, drop_ids: bool) -> None:
     for pid in live:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
+        # A held child that has not made its session yet has no group to signal.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     for pid in live:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
+
+
+def _held_child(
+    request: dict[str, Any], stdio: tuple[int, int, int], gate: int, failure: int, drop_ids: bool
+) -> NoReturn:
+    """A held spawn's child (a fork of the single-threaded spawner): its session, its
+    files and signals, then the gate; it execs the command only once the gate opens."""
+    try:
+        os.setsid()  # first: from now on a signal to its group reaches it
+        signal.set_wakeup_fd(-1)
+        for number in DEFAULT_SIGNALS:
+            signal.signal(number, signal.SIG_DFL)
+        for target, source in enumerate(stdio):
+            os.dup2(source, target)
+        # Nothing of the spawner's may stay open in the step: above all not the socket,
+        # whose EOF tells the executor the spawner died.
+        low = 3
+        for keep in sorted({gate, failure}):
+            os.closerange(low, keep)
+            low = keep + 1
+        os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+        if os.read(gate, 1) != GATE_OPEN:
+            os._exit(GATE_CLOSED_EXIT)  # the attempt was never recorded: run nothing
+        os.close(gate)
+        if drop_ids:
+            # POSIX_SPAWN_RESETIDS by hand: the real ids (the steps') become all of them.
+            real_gid, real_uid = os.getresgid()[0], os.getresuid()[0]
+            os.setresgid(real_gid, real_gid, real_gid)
+            os.setresuid(real_uid, real_uid, real_uid)
+        os.execve(request["executable"], request["argv"], request["env"])
+    except OSError as error:
+        detail = f"{error.strerror} ({error.filename})" if error.filename else error.strerror or ""
+        with contextlib.suppress(OSError):
+            os.write(failure, f"{error.errno or 0}\n{detail}".encode())
+    except BaseException:  # a fork must never return into the spawner's loop
+        pass
+    os._exit(EXEC_FAILED_EXIT)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -278,9 +377,44 @@ class SpawnRequest:
 
 
 @dataclass
-class _Spawned:
+class Child:
+    """A process the spawner started.
+
+    Attributes:
+        pid: Its pid, the leader of its own process group.
+        start_time: Its start time (with the pid, it names the process for good).
+        exited: Its exit code once it exited (negative: the signal that killed it).
+        gate: The write end of a held child's gate (-1 when not held, or opened or
+            closed already).
+        failure: Why its exec failed after the gate opened, set before `exited` resolves.
+    """
+
+    pid: int
     start_time: int
     exited: asyncio.Future[int]
+    gate: int = -1
+    failure: SpawnError | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether it waits at its gate (its command has not been started)."""
+        return self.gate >= 0
+
+    def release(self) -> None:
+        """Opens the gate: a held child execs its command. A no-op when not held."""
+        if self.gate < 0:
+            return
+        gate, self.gate = self.gate, -1
+        try:
+            os.write(gate, GATE_OPEN)
+        finally:
+            os.close(gate)
+
+    def close_gate(self) -> None:
+        """Closes the gate unopened: a held child exits without running its command."""
+        if self.gate >= 0:
+            gate, self.gate = self.gate, -1
+            os.close(gate)
 
 
 class Spawner:
@@ -302,7 +436,7 @@ class Spawner:
         self._buffer = b""
         self._next_id = 0
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._spawned: dict[int, _Spawned] = {}
+        self._spawned: dict[int, Child] = {}
         self._send_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -361,16 +495,20 @@ class Spawner:
         for line in lines:
             message = json.loads(line)
             if "exit" in message:
-                spawned = self._spawned.pop(message["exit"], None)
-                if spawned is not None and not spawned.exited.done():
-                    spawned.exited.set_result(message["code"])
+                child = self._spawned.pop(message["exit"], None)
+                if child is not None:
+                    child.close_gate()
+                    if "errno" in message:
+                        child.failure = SpawnError(message["errno"], message["detail"])
+                    if not child.exited.done():
+                        child.exited.set_result(message["code"])
                 continue
             if "pid" in message:
                 # Registered before any later message is read: its exit comes after.
                 assert self._loop is not None
-                spawned = _Spawned(message["start"], self._loop.create_future())
-                self._spawned[message["pid"]] = spawned
-                message["exited"] = spawned.exited
+                child = Child(message["pid"], message["start"], self._loop.create_future())
+                self._spawned[child.pid] = child
+                message["child"] = child
             reply = self._replies.pop(message["id"], None)
             if reply is not None and not reply.done():
                 reply.set_result(message)
@@ -394,15 +532,16 @@ class Spawner:
                 self._process.returncode,
                 len(self._spawned),
             )
-        for pid, spawned in self._spawned.items():
+        for pid, child in self._spawned.items():
+            child.close_gate()  # a held child exits unrun
             # Reparented now, so not the spawner's zombie any more: signal the group only
             # while the pid is free (its leftovers keep the group id reserved) or still
             # names the process we started.
-            if pid > 0 and start_time_of(pid) in (0, spawned.start_time):
+            if pid > 0 and start_time_of(pid) in (0, child.start_time):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
-            if not spawned.exited.done():
-                spawned.exited.set_result(-signal.SIGKILL)
+            if not child.exited.done():
+                child.exited.set_result(-signal.SIGKILL)
         for reply in self._replies.values():
             if not reply.done():
                 reply.set_exception(ConnectionError("the step spawner exited"))
@@ -425,14 +564,29 @@ class Spawner:
             if sent < len(frame):
                 await loop.sock_sendall(self._socket, frame[sent:])
 
-    async def spawn(self, request: SpawnRequest, stdout: int, stderr: int) -> tuple[int, asyncio.Future[int]]:
+    async def spawn(self, request: SpawnRequest, stdout: int, stderr: int, *, held: bool = False) -> Child:
         """Starts a process with `stdout` and `stderr` as its output files.
 
-        Returns its pid (the leader of its own process group) and a future of its exit
-        code (negative: the signal that killed it). Raises SpawnError when it could not
-        start, ConnectionError when the spawner died meanwhile.
+        With `held`, the process waits at its gate (see the module docstring) until
+        `Child.release`; closing the gate (`Child.close_gate`, or this process exiting)
+        ends it without running its command. Raises SpawnError when it could not start,
+        ConnectionError when the spawner died meanwhile.
         """
         self.start()
+        gate_read, gate_write = os.pipe2(os.O_CLOEXEC) if held else (-1, -1)
+        try:
+            child = await self._spawn(request, (stdout, stderr, gate_read) if held else (stdout, stderr))
+        except BaseException:
+            if held:
+                os.close(gate_write)
+            raise
+        finally:
+            if held:
+                os.close(gate_read)  # the child holds it now; ours would hide the EOF of a close
+        child.gate = gate_write
+        return child
+
+    async def _spawn(self, request: SpawnRequest, fds: Sequence[int]) -> Child:
         self._next_id += 1
         ident = self._next_id
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -446,7 +600,7 @@ class Spawner:
             "cwd": request.cwd,
         }
         try:
-            await self._send(message, (stdout, stderr))
+            await self._send(message, fds)
         except BaseException:
             self._replies.pop(ident, None)
             raise
@@ -460,7 +614,8 @@ class Spawner:
             raise ConnectionError(f"the step spawner did not answer for {SPAWN_TIMEOUT:.0f}s") from None
         if "pid" not in answer:
             raise SpawnError(answer["errno"], answer["detail"])
-        return answer["pid"], answer["exited"]
+        child: Child = answer["child"]
+        return child
 
     async def signal_group(self, pid: int, number: int) -> None:
         """Sends signal `number` to the process group of `pid` while its leader runs."""
@@ -479,9 +634,10 @@ class Spawner:
             except subprocess.TimeoutExpired:
                 process.kill()
                 await asyncio.to_thread(process.wait)
-        for spawned in self._spawned.values():
-            if not spawned.exited.done():
-                spawned.exited.set_result(-signal.SIGKILL)
+        for child in self._spawned.values():
+            child.close_gate()
+            if not child.exited.done():
+                child.exited.set_result(-signal.SIGKILL)
         self._spawned.clear()
         self._process = None
 
