@@ -36,7 +36,6 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from weft.v1 import executor_pb2, executor_pb2_grpc, pipeline_pb2, run_pb2, run_pb2_grpc
-from weft_api.group_commit import GroupCommit
 from weft_api.lineage import LineageReader
 from weft_api.listing import check_request_id, decode_token, encode_token, page_size
 from weft_api.provenance import Provenance
@@ -67,7 +66,17 @@ from weft_core.spec import (
     raise_problems,
     run_name,
 )
-from weft_core.store import Compacted, KeyValue, LeaseNotFound, Store, absent, op_get, op_put, unchanged_since
+from weft_core.store import (
+    Compacted,
+    KeyValue,
+    LeaseNotFound,
+    Store,
+    TxnGroup,
+    absent,
+    op_get,
+    op_put,
+    unchanged_since,
+)
 from weft_core.telemetry import ATTR_RUN, run_root_span
 from weft_core.tls import Peer
 
@@ -242,8 +251,8 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         #: How the api calls executors (ReadAttemptLogs): its peer token and TLS.
         self.peer = peer or Peer()
         self._heads: OrderedDict[tuple[str, str], _PipelineAt] = OrderedDict()
-        #: CreateRun's transactions, grouped with the concurrent ones (weft_api/group_commit.py).
-        self.run_writes = GroupCommit(store)
+        #: CreateRun's transactions, grouped with the concurrent ones (weft_core.store.TxnGroup).
+        self.run_writes = TxnGroup(store)
         self.provenance = Provenance(store, keyspace, reader)
         self.lineage = LineageReader(store, keyspace)
 
