@@ -5,7 +5,9 @@ Prints, measured in the same run on the same machine, the cost per spawn of `tru
 - floor: `os.posix_spawn` + `waitpid` from this process (nothing else);
 - spawner: through the local runtime's spawner process (`runtime/spawner.py`: a request
   over its socket, posix_spawn there with a new session and the step user's ids, the
-  exit reported back), which is how every local step starts;
+  exit reported back);
+- spawner, held: the same with the spawn gate (fork, wait at the gate, exec once it
+  opens), which is how every local step starts;
 - setpriv: the previous way, `subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "--",
   "true"], start_new_session=True)` (two execs), when setpriv is installed;
 - runtime: a whole `LocalRuntime.launch` + `wait` of `true` (attempt directory, unnamed
@@ -67,6 +69,11 @@ async def bench(count: int, rounds: int, parallel: int) -> None:
         child = await spawner.spawn(request, log, log)
         await child.exited
 
+    async def spawn_one_held(_: int) -> None:
+        child = await spawner.spawn(request, log, log, held=True)
+        child.release()
+        await child.exited
+
     async def attempt_one(index: int) -> None:
         spec = AttemptSpec("ns", "bench", "s", index + 1, "x", ("true",), "", {}, {}, {}, (), None, "sha256:0")
         attempt = await runtime.launch(spec)
@@ -81,7 +88,8 @@ async def bench(count: int, rounds: int, parallel: int) -> None:
             for at_once in sorted({1, parallel}):
                 measured = {
                     "floor: posix_spawn": posix_spawn_true(count, at_once),
-                    "spawner (the runtime's)": await in_flight(count, at_once, spawn_one),
+                    "spawner, posix_spawn": await in_flight(count, at_once, spawn_one),
+                    "spawner, held (fork + gate)": await in_flight(count, at_once, spawn_one_held),
                     "runtime launch + wait": await in_flight(count, at_once, attempt_one),
                 }
                 if shutil.which("setpriv"):

@@ -22,13 +22,14 @@ api keeps no state and can be killed at any moment (invariant 5):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import secrets
 import string
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,7 @@ from weft_core.store import (
     LeaseNotFound,
     Store,
     TxnGroup,
+    WatchEvent,
     absent,
     op_get,
     op_put,
@@ -110,6 +112,35 @@ class OutOfRange(ServiceError):
     """A requested revision is outside what etcd has: compacted, or beyond its current revision."""
 
     code = grpc.StatusCode.OUT_OF_RANGE
+
+
+#: Index of the ready marks' watch in WatchRun's `merged_watches` (0 is the run's own).
+READY_WATCH = 1
+
+
+async def merged_watches(
+    watches: Sequence[AsyncGenerator[list[WatchEvent], None]],
+) -> AsyncGenerator[tuple[int, list[WatchEvent]], None]:
+    """(index of the watch, its batch) from several watches, as each batch arrives.
+
+    Each watch's batches keep their order; batches of different watches are not ordered
+    by revision with each other. Closing this closes every watch.
+    """
+    reading = {asyncio.ensure_future(anext(watch)): index for index, watch in enumerate(watches)}
+    try:
+        while reading:
+            arrived, _ = await asyncio.wait(reading, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(arrived, key=reading.__getitem__):
+                index = reading.pop(task)
+                batch = task.result()  # a watch's error (Compacted, Unavailable) ends them all
+                reading[asyncio.ensure_future(anext(watches[index]))] = index
+                yield index, batch
+    finally:
+        for task in reading:
+            task.cancel()
+        await asyncio.gather(*reading, return_exceptions=True)
+        for watch in watches:
+            await watch.aclose()
 
 
 def check_view(view: int) -> int:
@@ -760,6 +791,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         keyspace = self.keyspace
         run_key = keyspace.run(ns, run_id)
         done: set[str] = set()
+        past_ready: dict[str, int] = {}
         if request.start_revision == 0:
             if run_only:
                 run, revision = await self._read_run_at_now(ns, run_id)
@@ -768,6 +800,11 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             else:
                 snap = await self.snapshot(ns, run_id)
                 run, revision, done_now = snap.run, snap.revision, snap.done
+                past_ready = {
+                    step.step: revision
+                    for step in snap.steps
+                    if step.state not in (StepRun.STATE_WAITING, StepRun.STATE_READY)
+                }
                 snapshot = [run_pb2.RunEvent(revision=revision, run=run, snapshot=True)]
                 snapshot += [run_pb2.RunEvent(revision=revision, step=step, snapshot=True) for step in snap.steps]
             snapshot[-1].last_in_revision = True
@@ -794,17 +831,33 @@ class RunService(run_pb2_grpc.RunServiceServicer):
 
         prefix = run_key if run_only else keyspace.run_prefix(ns, run_id)
         steps_prefix, done_prefix = keyspace.steps_prefix(ns, run_id), keyspace.done_prefix(ns, run_id)
+        ready_prefix = keyspace.ready_run_prefix(ns, run_id)
+        watches = [self.store.watch(prefix, start)]
+        if not run_only:
+            # Ready marks live with the scheduler's keys, outside the run's prefix.
+            watches.append(self.store.watch(ready_prefix, start))
+        #: The revision of the latest step event sent, by step: a ready mark of a step past
+        #: READY (made again, or arriving late: the two watches are not ordered with each
+        #: other) must not undo a later state.
+        latest: dict[str, int] = dict(past_ready)
         try:
-            # Closed with the stream (a client that leaves), so the etcd watch ends at once.
-            async with contextlib.aclosing(self.store.watch(prefix, start)) as batches:
-                async for batch in batches:
+            # Closed with the stream (a client that leaves), so the etcd watches end at once.
+            async with contextlib.aclosing(merged_watches(watches)) as batches:
+                async for source, batch in batches:
                     # etcd delivers a revision's changes in one response: mark the last event of
                     # each revision so a client knows from where it may resume without a gap.
                     events: list[run_pb2.RunEvent] = []
                     for event in batch:
                         if event.deleted:
                             continue
-                        if event.key == run_key:
+                        if source == READY_WATCH:
+                            name = keyspace.tail(event.key, ready_prefix)
+                            if name in done or name in latest:
+                                continue  # past READY already
+                            ready = StepRun(step=name, state=StepRun.STATE_READY, ready_time=ready_time_of(event.value))
+                            events.append(run_pb2.RunEvent(revision=event.revision, step=ready))
+                            latest[name] = event.revision
+                        elif event.key == run_key:
                             changed = decode_run(event.value, event.key, event.revision)
                             events.append(run_pb2.RunEvent(revision=event.revision, run=changed))
                         elif run_only:
@@ -813,11 +866,13 @@ class RunService(run_pb2_grpc.RunServiceServicer):
                             step = decode_step(event.value, event.key)
                             step.step = keyspace.tail(event.key, done_prefix)
                             done.add(step.step)
+                            latest[step.step] = event.revision
                             events.append(run_pb2.RunEvent(revision=event.revision, step=step))
                         elif event.key.startswith(steps_prefix):
                             step = decode_step(event.value, event.key)
                             step.step = keyspace.tail(event.key, steps_prefix)
                             if step.step not in done:  # a late record must not undo the terminal state
+                                latest[step.step] = event.revision
                                 events.append(run_pb2.RunEvent(revision=event.revision, step=step))
                     for i, out in enumerate(events):
                         out.last_in_revision = i + 1 == len(events) or events[i + 1].revision != out.revision

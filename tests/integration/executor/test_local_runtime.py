@@ -333,12 +333,19 @@ async def test_a_held_attempt_given_up_before_its_start_never_runs(
 
 async def test_a_held_attempt_runs_its_command_only_at_start(runtime: LocalRuntime, shared_dir: Path) -> None:
     marker = marker_in(shared_dir)
-    attempt = await runtime.launch(spec(f"touch {marker}"))
+    script = f'touch {marker}; ls -l /proc/$$/fd > "$WEFT_OUTPUTS/fds"'
+    attempt = await runtime.launch(spec(script, outputs=("fds",)))
     await asyncio.sleep(0.3)
     assert not marker.exists()
     attempt.start()
-    assert (await runtime.wait(attempt)).state == Attempt.STATE_SUCCEEDED
+    result = await runtime.wait(attempt)
+    assert result.state == Attempt.STATE_SUCCEEDED, result.message
     assert marker.exists()
+    # Nothing of the spawner's (its socket above all) is left open in the step.
+    fds = await runtime.blobs.get(result.output_digests["fds"])
+    held_open = [line for line in fds.decode().splitlines() if " -> " in line]
+    assert not [line for line in held_open if "socket:" in line or "pipe:" in line], held_open
+    assert len(held_open) <= 4, held_open  # 0, 1, 2, and the shell's saved stdout (10)
 
 
 async def test_an_exec_that_fails_past_the_gate_fails_the_attempt_with_the_reason(

@@ -84,6 +84,8 @@ PR_SET_NO_NEW_PRIVS = 38
 FRAME_HEADER = struct.Struct("!II")
 #: Signals Python ignores (an exec would keep them ignored) or handles, back to default in steps.
 DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGCHLD)
+#: Those of them Python ignores: an exec resets handled signals, not ignored ones.
+IGNORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 #: Seconds a spawn may take before the spawner is deemed stuck (e.g. SIGSTOPped by a step
 #: of its real uid) and replaced.
 SPAWN_TIMEOUT = 30.0
@@ -184,7 +186,7 @@ def serve(connection: socket.socket, *, drop_ids: bool) -> None:
                 os.close(failure_write)
                 raise
             if pid == 0:
-                _held_child(request, (devnull, stdout, stderr), gate, failure_write, drop_ids)
+                _held_child(request, (devnull, stdout, stderr), gate, failure_write, connection.fileno(), drop_ids)
         except OSError as error:
             detail = f"{error.strerror} ({error.filename})" if error.filename else error.strerror
             send({"id": request["id"], "errno": error.errno or 0, "detail": detail or ""})
@@ -284,24 +286,25 @@ def serve(connection: socket.socket, *, drop_ids: bool) -> None:
 
 
 def _held_child(
-    request: dict[str, Any], stdio: tuple[int, int, int], gate: int, failure: int, drop_ids: bool
+    request: dict[str, Any], stdio: tuple[int, int, int], gate: int, failure: int, connection: int, drop_ids: bool
 ) -> NoReturn:
     """A held spawn's child (a fork of the single-threaded spawner): its session, its
-    files and signals, then the gate; it execs the command only once the gate opens."""
+    files and signals, then the gate; it execs the command only once the gate opens.
+
+    As little as possible runs here (it is all CPU on every launch): the spawner's own
+    descriptors are close-on-exec, and handled signals are reset by the exec itself. The
+    socket is closed at once, so that the executor sees the spawner's EOF even while
+    children are held; the received files once they are in place.
+    """
     try:
         os.setsid()  # first: from now on a signal to its group reaches it
-        signal.set_wakeup_fd(-1)
-        for number in DEFAULT_SIGNALS:
+        os.close(connection)
+        for number in IGNORED_SIGNALS:
             signal.signal(number, signal.SIG_DFL)
         for target, source in enumerate(stdio):
-            os.dup2(source, target)
-        # Nothing of the spawner's may stay open in the step: above all not the socket,
-        # whose EOF tells the executor the spawner died.
-        low = 3
-        for keep in sorted({gate, failure}):
-            os.closerange(low, keep)
-            low = keep + 1
-        os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+            os.dup2(source, target)  # without close-on-exec: the step's stdin, stdout, stderr
+        for received in stdio[1:]:
+            os.close(received)  # the executor's log files, now the step's fds 1 and 2
         if os.read(gate, 1) != GATE_OPEN:
             os._exit(GATE_CLOSED_EXIT)  # the attempt was never recorded: run nothing
         os.close(gate)
