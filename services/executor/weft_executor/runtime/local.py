@@ -77,6 +77,7 @@ from weft.v1 import run_pb2
 from weft_core.blobs import BlobStore
 from weft_core.errors import NotFound, ServiceError, Unavailable
 from weft_core.telemetry import tracer
+from weft_core.units import human_bytes, human_seconds
 from weft_executor.runtime import (
     STDERR,
     STDOUT,
@@ -123,26 +124,6 @@ NOBODY_ID = 65534
 def secret_variable(secret: str, key: str) -> str:
     """The executor environment variable holding a secret's key, e.g. WEFT_SECRET_DB_PASSWORD."""
     return SECRET_ENV_PREFIX + re.sub(r"[^A-Z0-9]", "_", f"{secret}_{key}".upper())
-
-
-def human_bytes(size: int) -> str:
-    """`1536` → "1.5 KiB"."""
-    value = float(size)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
-def human_seconds(seconds: float) -> str:
-    """`90` → "1m30s", `2.5` → "2.5s"."""
-    if seconds < 60:
-        return f"{seconds:g}s"
-    minutes, rest = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "") + (f"{rest}s" if rest else "")
-    return text
 
 
 class Redactor:

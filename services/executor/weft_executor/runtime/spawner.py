@@ -60,6 +60,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import gc
 import json
 import logging
 import os
@@ -341,6 +342,11 @@ def main(argv: Sequence[str]) -> None:
         os.setgroups([])
         os.setresgid(int(argv[3]), os.getegid(), os.getegid())
         os.setresuid(int(argv[2]), os.geteuid(), os.geteuid())
+    # A held child shares our pages until it execs: the collector writing to every object
+    # header would copy them all (copy-on-write) on every launch. Nothing here makes
+    # cycles (requests are JSON), so it is off, and what exists now is never scanned.
+    gc.disable()
+    gc.freeze()
     serve(connection, drop_ids=drop_ids)
 
 
