@@ -100,6 +100,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import urllib3
+
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
@@ -1593,8 +1595,9 @@ class SimulatedKubelet:
         }
         try:
             self._request("POST", f"/api/v1/namespaces/{run.namespace}/events", body=event)
-        except ApiException as error:
-            # A namespace being deleted refuses new events; a kubelet drops them too.
+        except (ApiException, urllib3.exceptions.HTTPError) as error:
+            # A namespace being deleted refuses new events, an API server restarting refuses
+            # connections; a kubelet drops them too.
             _log.debug("event %s for %s/%s dropped: %s", reason, run.namespace, run.name, error)
 
     def _read_secret(self, namespace: str, name: str) -> dict[str, str]:
