@@ -56,7 +56,7 @@ from weft_core.errors import (
 from weft_core.keyspace import Keyspace, ready_time_of
 from weft_core.pipelines import PipelineReader
 from weft_core.requests import RequestIdLeases, RequestRecord, request_digest
-from weft_core.runs import run_summary
+from weft_core.runs import run_writes, update_run
 from weft_core.spec import (
     check_dns_label,
     label_problems,
@@ -605,8 +605,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
                 created_nanos = record.create_time.seconds * 1_000_000_000 + record.create_time.nanos
                 compares = [absent(run_key), unchanged_since(head_key, at.head_revision)]
                 success = [
-                    op_put(run_key, data),
-                    op_put(keyspace.run_index(ns, chosen), run_summary(record).SerializeToString()),
+                    *run_writes(keyspace, ns, chosen, record),
                     op_put(keyspace.run_order(ns, created_nanos, chosen), b""),
                 ]
                 failure = [op_get(head_key), op_get(run_key, count_only=True)]
@@ -743,15 +742,17 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         ns, run_id = parse_run_name(request.name)
         if len(request.reason) > 1024:
             raise InvalidArgument("reason: keep it under 1024 characters", field="reason")
-        for _ in range(WRITE_ATTEMPTS):
-            run, kv = await self.read_run(ns, run_id)
+        seen: list[run_pb2.Run] = []
+
+        def cancelled(run: run_pb2.Run) -> run_pb2.Run | None:
+            seen.append(run)
             if run.state in TERMINAL_RUN_STATES:
                 raise FailedPrecondition(
                     f'run "{run.name}" already finished ({Run.State.Name(run.state).removeprefix("STATE_")}); '
                     "only PENDING or RUNNING runs can be cancelled"
                 )
             if run.state == Run.STATE_CANCELLING:
-                return run
+                return None  # asked already: nothing to write
             if run.state == Run.STATE_PENDING:
                 # No executor has started it: nothing to stop, so it is cancelled at once.
                 run.state = Run.STATE_CANCELLED
@@ -760,20 +761,16 @@ class RunService(run_pb2_grpc.RunServiceServicer):
                 run.state = Run.STATE_CANCELLING
             run.message = request.reason or "cancelled by request"
             run.cancelled_by = current_subject()
-            run.ClearField("etag")
-            data = run.SerializeToString()
-            result = await self.store.txn(
-                [unchanged_since(kv.key, kv.mod_revision)],
-                [
-                    op_put(kv.key, data),
-                    op_put(self.keyspace.run_index(ns, run_id), run_summary(run).SerializeToString()),
-                ],
-            )
-            if result.succeeded:
-                log.info("run %s is %s", run.name, Run.State.Name(run.state))
-                run.etag = str(result.revision)
-                return run
-        raise Aborted(f'run "{run_name(ns, run_id)}" kept changing while it was cancelled; retry')
+            return run
+
+        written = await update_run(self.store, self.keyspace, ns, run_id, cancelled, attempts=WRITE_ATTEMPTS)
+        if written is not None:
+            log.info("run %s is %s", written.name, Run.State.Name(written.state))
+            return written
+        if not seen:
+            raise NotFound(f'run "{run_name(ns, run_id)}" does not exist; see `weft runs list`')
+        run, _ = await self.read_run(ns, run_id)  # CANCELLING: answered with its etag
+        return run
 
     # Streaming ----------------------------------------------------------------------
 

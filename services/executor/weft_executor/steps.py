@@ -62,6 +62,7 @@ from weft_core.errors import NotFound, ResourceExhausted, ServiceError, Unavaila
 from weft_core.keyspace import Keyspace, ready_mark, ready_time_of
 from weft_core.lineage import index_outcome
 from weft_core.logs import log_context, trace_id_of
+from weft_core.runs import parse_run
 from weft_core.store import (
     KeyValue,
     Store,
@@ -94,7 +95,6 @@ from weft_executor.progress import (
     RunRef,
     RunRefs,
     now,
-    parse_run,
     parse_step_run,
 )
 from weft_executor.runtime import AttemptResult, AttemptSetupError, AttemptSpec, LaunchedAttempt, Runtime
