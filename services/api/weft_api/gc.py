@@ -21,6 +21,7 @@ from weft_core.errors import ServiceError
 from weft_core.gc import DEFAULT_MIN_AGE_SECONDS, SweepableBlobStore, SweepReport, check_min_age, sweep
 from weft_core.objectstore import open_blob_store
 from weft_core.store import Store
+from weft_core.units import human_bytes
 
 FLAGS = (
     ETCD_FLAGS[0],
@@ -32,15 +33,6 @@ FLAGS = (
     Flag("--min-age", "WEFT_GC_MIN_AGE", "seconds an unreferenced blob is kept after its last write or use",
          default=str(int(DEFAULT_MIN_AGE_SECONDS)), convert=lambda v: check_min_age(float(v))),
 )  # fmt: skip
-
-
-def human_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def render(report: SweepReport) -> str:

@@ -52,6 +52,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from weft_core.units import human_bytes
+
 if TYPE_CHECKING:
     from weft_core.blobs import BlobStore
 
@@ -164,16 +166,6 @@ class Manifest:
             outputs={str(k): str(v) for k, v in outputs.items()},
             sizes={str(k): int(v) for k, v in sizes.items()},
         )
-
-
-def human_bytes(size: int) -> str:
-    """`1536` → "1.5 KiB"."""
-    value = float(size)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def write_termination_message(path: Path, message: TerminationMessage) -> None:

@@ -31,7 +31,7 @@ from weft_core.errors import Internal
 from weft_core.keyspace import Keyspace, ready_mark
 from weft_core.pipelines import PipelineReader
 from weft_core.provenance import run_scope
-from weft_core.runs import run_summary
+from weft_core.runs import parse_run, run_writes, update_run
 from weft_core.spec import Dag, parse_pipeline_name, run_name
 from weft_core.store import MAX_TXN_OPS, KeyValue, Store, absent, lease_is, op_delete, op_get, op_put, unchanged_since
 
@@ -117,15 +117,6 @@ def summary(message: str) -> str:
     while kept and (len(render(kept)) > SUMMARY_TRACEBACK_LINES or len("\n".join(render(kept))) > SUMMARY_MAX_CHARS):
         kept = kept[1:]
     return "\n".join(render(kept))[:SUMMARY_MAX_CHARS]
-
-
-def parse_run(kv: KeyValue) -> Run:
-    run = Run()
-    try:
-        run.ParseFromString(kv.value)
-    except Exception as error:  # protobuf raises several kinds on garbage
-        raise Internal(f"the run record at {kv.key.decode()} does not parse ({error}); it is corrupt") from error
-    return run
 
 
 def parse_step_run(kv: KeyValue) -> StepRun:
@@ -235,32 +226,11 @@ class RunProgress:
         return None if kv is None else (parse_run(kv), kv)
 
     def _run_writes(self, namespace: str, run_id: str, run: Run) -> list[object]:
-        # The index holds only the small summary (no parameters): executors and ListRuns
-        # read it 1,000 entries at a time.
-        return [
-            op_put(self.keyspace.run(namespace, run_id), run.SerializeToString()),
-            op_put(self.keyspace.run_index(namespace, run_id), run_summary(run).SerializeToString()),
-        ]
+        return run_writes(self.keyspace, namespace, run_id, run)
 
     async def _update_run(self, namespace: str, run_id: str, change: Callable[[Run], Run | None]) -> Run | None:
-        """Applies `change` to the run record until the guarded write wins.
-
-        `change` returns the new run, or None when nothing is to be written (e.g. the run
-        is no longer in the state the caller expected). Returns what was written, or None.
-        """
-        while True:
-            found = await self.read_run(namespace, run_id)
-            if found is None:
-                return None
-            run, kv = found
-            updated = change(run)
-            if updated is None:
-                return None
-            result = await self.store.txn(
-                [unchanged_since(kv.key, kv.mod_revision)], self._run_writes(namespace, run_id, updated)
-            )
-            if result.succeeded:
-                return updated
+        """Applies `change` to the run record until the guarded write wins (weft_core.runs)."""
+        return await update_run(self.store, self.keyspace, namespace, run_id, change)
 
     async def start_run(self, ref: RunRef) -> bool:
         """Derives a PENDING run's root readiness, then sets it RUNNING.

@@ -6,9 +6,10 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from weft.v1 import pipeline_pb2
+from weft_core.units import human_bytes, human_seconds
 from weft_executor.config import ExecutorConfig
 from weft_executor.progress import SUMMARY_MAX_CHARS, SUMMARY_TRACEBACK_LINES, summary
-from weft_executor.runtime.local import Redactor, human_bytes, human_seconds, secret_variable
+from weft_executor.runtime.local import Redactor, secret_variable
 from weft_executor.steps import backoff_seconds, env_suffix
 
 

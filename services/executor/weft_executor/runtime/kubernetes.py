@@ -96,6 +96,7 @@ from weft_core.errors import ServiceError, Unavailable
 from weft_core.keyspace import Keyspace
 from weft_core.store import Store
 from weft_core.telemetry import tracer
+from weft_core.units import human_seconds
 from weft_executor import podio
 from weft_executor.config import ExecutorConfig
 from weft_executor.runtime import STDOUT, AttemptResult, AttemptSetupError, AttemptSpec, LaunchedAttempt
@@ -126,7 +127,6 @@ from weft_executor.runtime.kube_pods import (
     read_pod,
 )
 from weft_executor.runtime.kube_watch import PodSubscription, PodWatcher
-from weft_executor.runtime.local import human_seconds
 
 log = logging.getLogger(__name__)
 
