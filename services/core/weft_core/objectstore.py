@@ -80,6 +80,8 @@ from weft_core.errors import InvalidArgument, NotFound, ServiceError, Unavailabl
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
 
+    from weft_core.s3uploads import IncompleteUpload
+
 #: URL schemes of the object-storage backend (obstore's names and their usual aliases).
 OBJECT_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "azure", "abfs", "abfss"})
 #: Content up to this size is verified in memory and stored with one conditional put.
@@ -642,6 +644,32 @@ class ObjectBlobStore:
         stale += [key for key, when in markers if when < cutoff and key.rsplit("/", 1)[-1] not in stored]
         await self._delete_quietly(stale)
         return len(stale)
+
+    async def stale_multipart_uploads(self, cutoff: datetime, *, abort: bool) -> tuple[list[IncompleteUpload], str]:
+        """The incomplete multipart uploads under this store's prefix started before
+        `cutoff` (a crashed writer's), aborted when `abort`; and, when they could not be
+        looked for, why (another cloud, or no static S3 credentials)."""
+        from weft_core.s3uploads import S3RequestError, S3Uploads
+
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("s3", "s3a"):
+            return [], (
+                f"{parts.scheme}:// stores keep uncommitted uploads out of sight and expire them themselves "
+                "(Azure after 7 days) or by a bucket lifecycle rule (GCS AbortIncompleteMultipartUpload)"
+            )
+        client = S3Uploads.from_environment(parts.netloc)
+        if isinstance(client, str):
+            return [], client
+        prefix = parts.path.strip("/")
+        try:
+            found = await client.list_incomplete(prefix + "/" if prefix else "")
+            stale = [upload for upload in found if upload.initiated < cutoff]
+            if abort:
+                for upload in stale:
+                    await client.abort(upload)
+        except S3RequestError as error:
+            raise Unavailable(f"object store: incomplete multipart uploads: {error}; retry") from None
+        return stale, ""
 
     async def _marker(self, digest: str) -> tuple[datetime, str] | None:
         import obstore

@@ -126,3 +126,37 @@ def signatures_valid(requests: list[tuple[str, str]]) -> list[bool]:
     done = subprocess.run([str(python), "-c", _SIGV4_CHECK], input=body, capture_output=True, text=True, check=True)
     answers: list[bool] = json.loads(done.stdout)
     return answers
+
+
+_SIGV4_HEADER_CHECK = """
+import json, sys
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+body = json.loads(sys.stdin.read())
+headers = body["headers"]
+unsigned = {k: v for k, v in headers.items() if k != "authorization"}
+request = AWSRequest(method=body["method"], url=body["url"], headers=unsigned)
+request.context["timestamp"] = headers["x-amz-date"]
+auth = S3SigV4Auth(Credentials(body["key"], body["secret"], body.get("token") or None), "s3", body["region"])
+canonical = auth.canonical_request(request)
+print(json.dumps(auth.signature(auth.string_to_sign(request, canonical), request)))
+"""
+
+
+def expected_header_signature(method: str, url: str, headers: dict[str, str], region: str, token: str = "") -> str:
+    """The SigV4 signature botocore (AWS's own signer) computes for a request signed with
+    an `Authorization` header: what S3 compares that header's `Signature=` with."""
+    import json
+    import subprocess
+
+    python = Path(find_moto_server()).parent / "python"
+    body = json.dumps(
+        {"method": method, "url": url, "headers": headers, "region": region, "token": token,
+         "key": ACCESS_KEY_ID, "secret": SECRET_ACCESS_KEY}
+    )  # fmt: skip
+    done = subprocess.run(
+        [str(python), "-c", _SIGV4_HEADER_CHECK], input=body, capture_output=True, text=True, check=True
+    )
+    signature: str = json.loads(done.stdout)
+    return signature
