@@ -112,4 +112,6 @@ def test_requests_are_signed_as_aws_signs_them() -> None:
     assert SECRET_ACCESS_KEY not in repr(client)
     virtual = S3Uploads.from_environment("b", {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"})
     assert isinstance(virtual, S3Uploads)
-    assert virtual.signed_headers("GET", "", {"uploads": ""}, when)[0] == "https://b.s3.us-east-1.amazonaws.com/?uploads="
+    assert (
+        virtual.signed_headers("GET", "", {"uploads": ""}, when)[0] == "https://b.s3.us-east-1.amazonaws.com/?uploads="
+    )
