@@ -35,8 +35,8 @@ How a blob becomes visible only once verified:
   object is instead read back and written to its final key as a verified multipart
   upload (`_copy`), so blobs have no size limit beyond the store's own (5 TiB on S3).
 - A writer killed mid-upload leaves an incomplete multipart upload (invisible to
-  listings; `abort_stale_multipart_uploads` aborts those older than the stale-upload age
-  on S3, the bucket's `AbortIncompleteMultipartUpload` lifecycle rule does it everywhere)
+  listings; `stale_multipart_uploads` aborts those older than the stale-upload age on
+  S3, the bucket's `AbortIncompleteMultipartUpload` lifecycle rule does it everywhere)
   or an `uploads/` key that the sweep removes (`weft_core.gc.STALE_UPLOAD_SECONDS`).
 
 Step pods' helpers get no credentials at all: the executor signs, per attempt, a GET URL

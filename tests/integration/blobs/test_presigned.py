@@ -14,13 +14,15 @@ not shown here (docs/architecture.md, "The artifact store").
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import urllib.request
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -30,6 +32,10 @@ from weft_core.blobs import digest_of
 from weft_core.errors import InvalidArgument
 from weft_core.objectstore import MAX_SIGNED_SECONDS, ObjectBlobStore, staging_key
 from weft_executor import podio
+from weft_executor.config import ExecutorConfig, KubeSettings
+from weft_executor.runtime import AttemptSpec
+from weft_executor.runtime.kube_pods import DEADLINE_BACKSTOP_SECONDS
+from weft_executor.runtime.kubernetes import KubeAttempt, KubernetesRuntime
 
 ATTEMPT = "0123456789abcdef0123456789abcdef"
 
@@ -173,3 +179,79 @@ def test_signed_access_round_trips_and_refuses_garbage() -> None:
     assert podio.SignedAccess.decode(access.encode()) == access
     with pytest.raises(podio.HandoverError, match="presigned URLs"):
         podio.SignedAccess.decode(json.dumps({"reads": []}))
+
+
+def _runtime(url: str, tmp_path: Path, **kube: Any) -> KubernetesRuntime:
+    """The Kubernetes runtime's presigning and publication, with no cluster (never launched)."""
+    config = ExecutorConfig(
+        etcd_endpoints="127.0.0.1:1",
+        api="127.0.0.1:1",
+        work_dir=tmp_path / "work",
+        runtime="kubernetes",
+        blob_store=url,
+        kube=KubeSettings(pod_image="weft:test", unschedulable_timeout=30.0, image_pull_grace=20.0, **kube),
+    )
+    store = ObjectBlobStore.from_url(url)
+    return KubernetesRuntime(cast(Any, None), store, config, cast(Any, None))
+
+
+def _spec(inputs: dict[str, str], timeout: float | None = 100.0) -> AttemptSpec:
+    return AttemptSpec(
+        namespace="team", run="r1", step="report", attempt=1, image="busybox", command=("sh",), working_dir="",
+        env={}, secret_env={}, inputs=inputs, outputs=("report", "summary"), timeout=timeout, dna="sha256:" + "0" * 64,
+    )  # fmt: skip
+
+
+async def test_the_runtime_signs_an_attempts_urls_for_its_lifetime_and_publishes_what_it_staged(
+    s3_url: str, tmp_path: Path
+) -> None:
+    runtime = _runtime(s3_url, tmp_path)
+    store = runtime.blobs
+    assert isinstance(store, ObjectBlobStore)
+    given = await store.put(b"orders")
+    spec = _spec({"orders": given.digest})
+    # timeout + the Kubernetes backstop + the scheduling and pull graces + the upload margin
+    assert runtime.signed_lifetime(spec) == timedelta(seconds=100 + DEADLINE_BACKSTOP_SECONDS + 30 + 20 + 600)
+    assert runtime.signed_lifetime(_spec({}, timeout=None)) == timedelta(seconds=MAX_SIGNED_SECONDS)
+
+    access = await runtime.signed_access(spec)
+
+    assert access is not None
+    assert list(access.reads) == [given.digest]
+    assert set(access.writes) == {"report", "summary"}
+    assert "X-Amz-Expires=810&" in access.reads[given.digest]  # 100 + 60 + 30 + 20 + 600
+    outputs = {"report": b"eu: 3\n", "summary": b"1 region\n"}
+    for name, data in outputs.items():
+        await asyncio.to_thread(_read, _put(access.writes[name], data))
+    manifest = podio.Manifest(
+        succeeded=True,
+        outputs={name: digest_of(data) for name, data in outputs.items()},
+        sizes={name: len(data) for name, data in outputs.items()},
+    ).encode()
+    await asyncio.to_thread(_read, _put(access.manifest, manifest))
+    attempt = KubeAttempt(spec=spec, handle="pod", start_time=datetime.now(UTC))
+
+    with pytest.raises(ValueError, match="staged manifest"):
+        await runtime._publish_staged(attempt, digest_of(b"another manifest"))
+    published = await runtime._publish_staged(attempt, digest_of(manifest))
+
+    assert published.outputs == {name: digest_of(data) for name, data in outputs.items()}
+    for data in outputs.values():
+        assert await store.get(digest_of(data)) == data
+    # Helpers with credentials (--pod-blob-store-secret, or a pod from before an upgrade)
+    # stored their manifest as a blob: it is accepted when its outputs are stored too.
+    old = await store.put(podio.Manifest(succeeded=True, outputs={"report": digest_of(b"eu: 3\n")}).encode())
+    other = KubeAttempt(spec=dataclasses.replace(spec, attempt=2), handle="pod2", start_time=datetime.now(UTC))
+    assert (await runtime._publish_staged(other, old.digest)).outputs == {"report": digest_of(b"eu: 3\n")}
+    lying = await store.put(podio.Manifest(succeeded=True, outputs={"report": digest_of(b"never")}).encode())
+    with pytest.raises(ValueError, match="neither staged nor stored"):
+        await runtime._publish_staged(other, lying.digest)
+
+
+async def test_with_a_credentials_secret_the_runtime_signs_nothing(s3_url: str, tmp_path: Path) -> None:
+    runtime = _runtime(s3_url, tmp_path, pod_blob_store_secret="weft-s3")
+    assert await runtime.signed_access(_spec({})) is None
+
+
+def _put(url: str, data: bytes) -> urllib.request.Request:
+    return urllib.request.Request(url, data=data, method="PUT", headers={"Content-Type": "application/octet-stream"})

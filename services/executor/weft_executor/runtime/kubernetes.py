@@ -101,8 +101,8 @@ from typing import Any
 
 from weft.v1 import run_pb2
 from weft_core import metrics
-from weft_core.blobs import BlobStore, digest_of
-from weft_core.errors import ServiceError, Unavailable
+from weft_core.blobs import BlobStore, digest_of, missing_blobs
+from weft_core.errors import NotFound, ServiceError, Unavailable
 from weft_core.keyspace import Keyspace
 from weft_core.objectstore import MAX_SIGNED_SECONDS, ObjectBlobStore, staging_key
 from weft_core.store import Store
@@ -378,7 +378,16 @@ class KubernetesRuntime:
         store = self.signs_for_pods
         assert store is not None
         spec = attempt.spec
-        data = await store.read_staged(self._staging(spec, MANIFEST_SLOT), MANIFEST_LIMIT_BYTES)
+        try:
+            data = await store.read_staged(self._staging(spec, MANIFEST_SLOT), MANIFEST_LIMIT_BYTES)
+        except NotFound:
+            # A pod whose helpers had credentials (made before an upgrade, or with
+            # --pod-blob-store-secret then) published its manifest and outputs itself.
+            manifest = podio.Manifest.decode(await store.get(manifest_digest))
+            missing = await missing_blobs(store, manifest.outputs.values())
+            if missing:
+                raise ValueError(f"neither staged nor stored: output(s) {', '.join(missing)}") from None
+            return manifest
         if digest_of(data) != manifest_digest:
             raise ValueError(f"the staged manifest is {digest_of(data)}, not {manifest_digest}")
         manifest = podio.Manifest.decode(data)
