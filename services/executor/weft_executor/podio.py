@@ -61,9 +61,11 @@ if TYPE_CHECKING:
 
 
 class BlobReader(Protocol):
-    """What `fetch_input` reads from: a `BlobStore`, or `SignedBlobs`."""
+    """What `fetch` reads from: a `BlobStore`, or `SignedBlobs`."""
 
     def read(self, digest: str, *, offset: int = 0, chunk_size: int = ...) -> AsyncIterator[bytes]: ...
+
+    async def close(self) -> None: ...
 
 
 #: Where the shared volume is mounted in every container of a step pod.
@@ -438,7 +440,7 @@ async def fetch(
         The bytes read straight from object storage (0 through weft-api).
     """
     prepare_dirs(root)
-    store: BlobReader | BlobStore = SignedBlobs(signed_access()) if signed else open_store(api, blob_store)
+    store: BlobReader = SignedBlobs(signed_access()) if signed else open_store(api, blob_store)
     moved = 0
     try:
         for name, digest in inputs:
@@ -446,7 +448,7 @@ async def fetch(
             moved += size
             print(f"weft: fetched input {name} ({human_bytes(size)})", flush=True)
     finally:
-        await store.close()  # type: ignore[union-attr]
+        await store.close()
     return moved if (signed or blob_store) else 0
 
 
@@ -501,6 +503,19 @@ async def upload(
     staging = SignedBlobs(signed_access()) if signed else None
     store = open_store(api, blob_store) if staging is None else None
     moved = 0
+
+    async def store_output(name: str, path: Path) -> BlobInfo:
+        if staging is not None:
+            return await staging.put_output(name, path)
+        assert store is not None
+        return await store.put_file(path)
+
+    async def store_manifest(data: bytes) -> BlobInfo:
+        if staging is not None:
+            return await staging.put_manifest(data)
+        assert store is not None
+        return await store.put(data)
+
     try:
         problem = check_outputs(root / OUTPUTS, names, max_bytes)
         manifest = Manifest(succeeded=False, message=problem)
@@ -509,8 +524,7 @@ async def upload(
             sizes: dict[str, int] = {}
             for name in names:
                 path = root / OUTPUTS / name
-                put = partial(staging.put_output, name, path) if staging else partial(store.put_file, path)  # type: ignore[union-attr]
-                info = await _handed_over(f"uploading output '{name}'", put)
+                info = await _handed_over(f"uploading output '{name}'", partial(store_output, name, path))
                 outputs[name], sizes[name] = info.digest, info.size
                 moved += info.size
                 print(f"weft: stored output {name} ({human_bytes(info.size)}) as {info.digest}", flush=True)
@@ -518,8 +532,7 @@ async def upload(
         else:
             print(f"weft: {problem}", file=sys.stderr, flush=True)
         data = manifest.encode()
-        put_manifest = partial(staging.put_manifest, data) if staging else partial(store.put, data)  # type: ignore[union-attr]
-        stored = await _handed_over("storing the output manifest", put_manifest)
+        stored = await _handed_over("storing the output manifest", partial(store_manifest, data))
         moved += stored.size
         counted = moved if (staging or blob_store) else 0
         return TerminationMessage(manifest=stored.digest, moved=counted), manifest.succeeded
