@@ -405,7 +405,11 @@ class KubernetesRuntime:
         try:
             signed = await self.signed_access(spec)
         except ServiceError as error:
-            raise AttemptSetupError(f"could not presign the attempt's object store URLs: {error.message}") from None
+            raise AttemptSetupError(
+                f"could not presign the attempt's object store URLs: {error.message} (credentials that cannot "
+                "sign? give the pods' helpers the store's credentials instead: --pod-blob-store-secret, "
+                "chart value blobStore.podAccess=credentials)"
+            ) from None
         manifest = build_pod(spec, self.config, signed)
         name = manifest["metadata"]["name"]
         attributes = {
