@@ -616,5 +616,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if ok else 1
 
 
+def exit_without_finalizing(code: int) -> None:
+    """Ends a helper that used obstore without the interpreter's finalization.
+
+    obstore's Rust runtime keeps worker threads that are never told to stop; about one
+    helper exit in fifty, one of them touched interpreter state while `Py_Finalize` tore
+    it down and the process aborted (SIGABRT, exit code 134) after its handover had
+    succeeded, failing the attempt. The atexit handlers still run first (while the
+    interpreter is whole); then the process ends at once.
+    """
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if "obstore" in sys.modules:
+        exit_without_finalizing(status)
+    sys.exit(status)
