@@ -49,7 +49,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -190,6 +190,10 @@ class Manifest:
 
 #: The helpers' environment variable holding their `SignedAccess` (JSON).
 SIGNED_ACCESS_ENV = "WEFT_SIGNED_ACCESS"
+#: Longest value of one such variable: Linux refuses to exec with any single environment
+#: string over 128 KiB (MAX_ARG_STRLEN), so longer access is split over numbered variables
+#: (`WEFT_SIGNED_ACCESS_1`…, their count in `WEFT_SIGNED_ACCESS_PARTS`).
+SIGNED_ACCESS_PART_CHARS = 100_000
 #: Seconds one request to a presigned URL may stall before it is retried.
 SIGNED_REQUEST_TIMEOUT = 60.0
 
@@ -210,6 +214,28 @@ class SignedAccess:
 
     def encode(self) -> str:
         return json.dumps({"reads": self.reads, "writes": self.writes, "manifest": self.manifest}, sort_keys=True)
+
+    def environment(self) -> dict[str, str]:
+        """The variables that hand this access to a helper (see `SIGNED_ACCESS_PART_CHARS`)."""
+        text = self.encode()
+        if len(text) <= SIGNED_ACCESS_PART_CHARS:
+            return {SIGNED_ACCESS_ENV: text}
+        parts = [text[i : i + SIGNED_ACCESS_PART_CHARS] for i in range(0, len(text), SIGNED_ACCESS_PART_CHARS)]
+        env = {f"{SIGNED_ACCESS_ENV}_{n}": part for n, part in enumerate(parts, start=1)}
+        env[f"{SIGNED_ACCESS_ENV}_PARTS"] = str(len(parts))
+        return env
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> SignedAccess:
+        """The access `environment` handed over; raises HandoverError if there is none."""
+        count = environ.get(f"{SIGNED_ACCESS_ENV}_PARTS", "")
+        if count.isdigit():
+            text = "".join(environ.get(f"{SIGNED_ACCESS_ENV}_{n}", "") for n in range(1, int(count) + 1))
+        else:
+            text = environ.get(SIGNED_ACCESS_ENV, "")
+        if not text:
+            raise HandoverError(f"--signed needs ${SIGNED_ACCESS_ENV}, which the executor sets; it is not set")
+        return cls.decode(text)
 
     @classmethod
     def decode(cls, text: str) -> SignedAccess:
@@ -425,10 +451,7 @@ def open_store(api: str, blob_store: str = "") -> BlobStore:
 
 def signed_access() -> SignedAccess:
     """The presigned URLs the executor put in this container's environment."""
-    text = os.environ.get(SIGNED_ACCESS_ENV, "")
-    if not text:
-        raise HandoverError(f"--signed needs ${SIGNED_ACCESS_ENV}, which the executor sets; it is not set")
-    return SignedAccess.decode(text)
+    return SignedAccess.from_environment(os.environ)
 
 
 async def fetch(

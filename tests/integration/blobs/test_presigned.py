@@ -255,3 +255,29 @@ async def test_with_a_credentials_secret_the_runtime_signs_nothing(s3_url: str, 
 
 def _put(url: str, data: bytes) -> urllib.request.Request:
     return urllib.request.Request(url, data=data, method="PUT", headers={"Content-Type": "application/octet-stream"})
+
+
+def _exec_with(env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "-c", ""], env=env, check=False)
+
+
+async def test_access_too_long_for_one_variable_reaches_the_helper_in_parts(s3_url: str, tmp_path: Path) -> None:
+    store = ObjectBlobStore.from_url(s3_url)
+    given = await store.put(b"one of many inputs\n")
+    many = [digest_of(str(i).encode()) for i in range(300)]  # a wide fan-in step
+    reads = await store.sign_reads([given.digest, *many], timedelta(seconds=120))
+    access = podio.SignedAccess(reads=reads)
+    assert len(access.encode()) > 128 * 1024  # over Linux's limit for one environment string
+    with pytest.raises(OSError, match="Argument list too long"):
+        _exec_with({podio.SIGNED_ACCESS_ENV: access.encode()})
+    env = access.environment()
+    assert len(env) > 2
+    assert all(len(value) <= podio.SIGNED_ACCESS_PART_CHARS for value in env.values())
+
+    fetched = _helper(
+        ["fetch", "--signed", "--dir", str(tmp_path / "pod"), f"orders={given.digest}"], env, tmp_path / "fetch.msg"
+    )
+
+    assert (tmp_path / "pod" / "inputs" / "orders").read_bytes() == b"one of many inputs\n"
+    assert fetched.moved == given.size
+    assert podio.SignedAccess.from_environment(env) == access

@@ -104,10 +104,10 @@ def _pod_bytes() -> tuple[float, float]:
 
 
 def _signed_access(container: Any) -> podio.SignedAccess | None:
-    for var in container.env or []:
-        if var.name == podio.SIGNED_ACCESS_ENV:
-            return podio.SignedAccess.decode(var.value.replace("$$", "$"))
-    return None
+    env = {var.name: (var.value or "").replace("$$", "$") for var in container.env or []}
+    if not any(name.startswith(podio.SIGNED_ACCESS_ENV) for name in env):
+        return None
+    return podio.SignedAccess.from_environment(env)
 
 
 @pytest.mark.parametrize("access", ["presigned", "credentials"])

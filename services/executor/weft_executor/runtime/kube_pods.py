@@ -236,7 +236,9 @@ def _helper_store_env(config: ExecutorConfig, signed: podio.SignedAccess | None 
 
 def _signed_env(signed: podio.SignedAccess | None) -> list[JSON]:
     # Kubernetes expands $(VAR) in env values: URLs must reach the helper verbatim.
-    return [] if signed is None else [{"name": podio.SIGNED_ACCESS_ENV, "value": escape_expansion(signed.encode())}]
+    if signed is None:
+        return []
+    return [{"name": name, "value": escape_expansion(value)} for name, value in signed.environment().items()]
 
 
 def build_pod(spec: AttemptSpec, config: ExecutorConfig, signed: podio.SignedAccess | None = None) -> JSON:
