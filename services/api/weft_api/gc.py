@@ -46,6 +46,14 @@ def render(report: SweepReport) -> str:
         f"kept {report.referenced} referenced and {len(report.kept_young)} younger than {report.min_age:g}s"
         + ("" if report.dry_run else f"; removed {report.stale_uploads} stale temporary uploads")
     )
+    abort_verb = "would abort" if report.dry_run else "aborted"
+    for upload in report.incomplete_uploads:
+        started = f"{upload.initiated:%Y-%m-%d %H:%M:%S}Z"
+        lines.append(f"{abort_verb} incomplete multipart upload of {upload.key}  started {started}")
+    if report.incomplete_uploads:
+        lines.append(f"{abort_verb} {len(report.incomplete_uploads)} incomplete multipart uploads")
+    if report.incomplete_uploads_unchecked:
+        lines.append(f"incomplete multipart uploads not checked: {report.incomplete_uploads_unchecked}")
     return "\n".join(lines)
 
 
