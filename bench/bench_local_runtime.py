@@ -32,15 +32,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from floors import spawn_true
 
 from weft.localstack import LocalStack
 from weft.v1 import pipeline_pb2, pipeline_pb2_grpc, run_pb2, run_pb2_grpc
@@ -59,21 +58,23 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return (utime + stime) / TICKS, (cutime + cstime) / TICKS
 
 
+def spawner_of(executor: int) -> int:
+    """The pid of the executor's step spawner (0 when it has none running)."""
+    for task in Path(f"/proc/{executor}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                if Path(f"/proc/{child}/comm").read_text().strip() == "weft-spawner":
+                    return int(child)
+            except OSError:
+                continue
+    return 0
+
+
 # Floors --------------------------------------------------------------------------------
-
-
-def spawn_true(count: int, parallel: int, wrapper: Sequence[str] = ()) -> float:
-    """Seconds to spawn and reap `true` `count` times, `parallel` at a time."""
-    argv = [*wrapper, "true"]
-    started = time.perf_counter()
-    running: list[subprocess.Popen[bytes]] = []
-    for _ in range(count):
-        running.append(subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL))
-        if len(running) >= parallel:
-            running.pop(0).wait()
-    for process in running:
-        process.wait()
-    return time.perf_counter() - started
 
 
 async def etcd_txn_rate(store: Store, keyspace: Keyspace, count: int, in_flight: int) -> float:
@@ -128,6 +129,10 @@ class Bench:
 
     def cpu(self) -> dict[str, float]:
         readings = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        # The step processes are the spawner's children: its own CPU and theirs, apart.
+        spawner = spawner_of(self.pids.get("weft-executor", 0))
+        if spawner:
+            readings["weft-spawner"] = cpu_seconds(spawner)
         found = {name: own for name, (own, _) in readings.items()}
         found["steps"] = sum(children for _, children in readings.values())
         return found

@@ -5,7 +5,9 @@ Prints, measured in the same run on the same machine, the cost per spawn of `tru
 - floor: `os.posix_spawn` + `waitpid` from this process (nothing else);
 - spawner: through the local runtime's spawner process (`runtime/spawner.py`: a request
   over its socket, posix_spawn there with a new session and the step user's ids, the
-  exit reported back), which is how every local step starts;
+  exit reported back);
+- spawner, held: the same with the spawn gate (fork, wait at the gate, exec once it
+  opens), which is how every local step starts;
 - setpriv: the previous way, `subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "--",
   "true"], start_new_session=True)` (two execs), when setpriv is installed;
 - runtime: a whole `LocalRuntime.launch` + `wait` of `true` (attempt directory, unnamed
@@ -24,43 +26,22 @@ import asyncio
 import os
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from floors import TRUE, posix_spawn_true, spawn_true
 
 from weft_core.blobs import DirectoryBlobStore
 from weft_executor.runtime import AttemptSpec
 from weft_executor.runtime.local import LocalRuntime
 from weft_executor.runtime.spawner import Spawner, SpawnRequest
 
-TRUE = shutil.which("true") or "/bin/true"
-
-
-def floor(count: int, parallel: int) -> float:
-    started = time.perf_counter()
-    running: list[int] = []
-    for _ in range(count):
-        running.append(os.posix_spawn(TRUE, ["true"], {}, setsid=True))
-        if len(running) >= parallel:
-            os.waitpid(running.pop(0), 0)
-    for pid in running:
-        os.waitpid(pid, 0)
-    return time.perf_counter() - started
-
 
 def setpriv(count: int, parallel: int) -> float:
-    argv = ["setpriv", "--pdeathsig", "KILL", "--", TRUE]
-    started = time.perf_counter()
-    running: list[subprocess.Popen[bytes]] = []
-    for _ in range(count):
-        running.append(subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL))
-        if len(running) >= parallel:
-            running.pop(0).wait()
-    for process in running:
-        process.wait()
-    return time.perf_counter() - started
+    """The spawn before the spawner: `setpriv --pdeathsig KILL` before every step (two execs)."""
+    return spawn_true(count, parallel, ["setpriv", "--pdeathsig", "KILL", "--"])
 
 
 async def in_flight(count: int, parallel: int, one: Callable[[int], Awaitable[None]]) -> float:
@@ -85,12 +66,19 @@ async def bench(count: int, rounds: int, parallel: int) -> None:
     request = SpawnRequest(executable=TRUE, argv=["true"], env={}, cwd="/")
 
     async def spawn_one(_: int) -> None:
-        _, exited = await spawner.spawn(request, log, log)
-        await exited
+        child = await spawner.spawn(request, log, log)
+        await child.exited
+
+    async def spawn_one_held(_: int) -> None:
+        child = await spawner.spawn(request, log, log, held=True)
+        child.release()
+        await child.exited
 
     async def attempt_one(index: int) -> None:
         spec = AttemptSpec("ns", "bench", "s", index + 1, "x", ("true",), "", {}, {}, {}, (), None, "sha256:0")
-        await runtime.wait(await runtime.launch(spec))
+        attempt = await runtime.launch(spec)
+        attempt.start()
+        await runtime.wait(attempt)
 
     try:
         spawner.start()
@@ -99,8 +87,9 @@ async def bench(count: int, rounds: int, parallel: int) -> None:
         for _ in range(rounds):
             for at_once in sorted({1, parallel}):
                 measured = {
-                    "floor: posix_spawn": floor(count, at_once),
-                    "spawner (the runtime's)": await in_flight(count, at_once, spawn_one),
+                    "floor: posix_spawn": posix_spawn_true(count, at_once),
+                    "spawner, posix_spawn": await in_flight(count, at_once, spawn_one),
+                    "spawner, held (fork + gate)": await in_flight(count, at_once, spawn_one_held),
                     "runtime launch + wait": await in_flight(count, at_once, attempt_one),
                 }
                 if shutil.which("setpriv"):

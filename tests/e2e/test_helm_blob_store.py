@@ -30,7 +30,12 @@ def test_with_an_object_store_no_pvc_is_made_and_nothing_mounts_a_blob_volume() 
         assert "--blob-store=s3://weft-artifacts/prod" in container["command"], name
         assert not any(arg.startswith("--blob-dir") for arg in container["command"]), name
         assert container["envFrom"] == [{"secretRef": {"name": "weft-s3"}}], name
-    assert "--pod-blob-store-secret=weft-s3" in containers["rel-weft-executor/executor"]["command"]
+    # By default the step pods get presigned URLs from the executor, not the credentials.
+    executor = containers["rel-weft-executor/executor"]["command"]
+    assert not any(arg.startswith("--pod-blob-store-secret") for arg in executor)
+    credentials = _objects(*S3, "--set", "blobStore.credentials.existingSecret=weft-s3",
+                           "--set", "blobStore.podAccess=credentials")  # fmt: skip
+    assert "--pod-blob-store-secret=weft-s3" in _containers(credentials)["rel-weft-executor/executor"]["command"]
 
 
 def test_the_chart_can_make_the_credentials_secret_in_both_namespaces() -> None:
@@ -39,6 +44,7 @@ def test_the_chart_can_make_the_credentials_secret_in_both_namespaces() -> None:
         "--set", "blobStore.credentials.env.AWS_ACCESS_KEY_ID=AKIA-test",
         "--set", "blobStore.credentials.env.AWS_REGION=eu-west-1",
         "--set", "executor.stepsNamespace=weft-steps",
+        "--set", "blobStore.podAccess=credentials",
     )  # fmt: skip
 
     secrets = [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == "rel-weft-blob-store"]
@@ -46,6 +52,25 @@ def test_the_chart_can_make_the_credentials_secret_in_both_namespaces() -> None:
     assert secrets[0]["stringData"] == {"AWS_ACCESS_KEY_ID": "AKIA-test", "AWS_REGION": "eu-west-1"}
     executor = _containers(objects)["rel-weft-executor/executor"]
     assert "--pod-blob-store-secret=rel-weft-blob-store" in executor["command"]
+
+
+def test_with_presigned_access_the_credentials_stay_out_of_the_steps_namespace() -> None:
+    objects = _objects(
+        *S3,
+        "--set", "blobStore.credentials.env.AWS_ACCESS_KEY_ID=AKIA-test",
+        "--set", "executor.stepsNamespace=weft-steps",
+    )  # fmt: skip
+
+    secrets = [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == "rel-weft-blob-store"]
+    assert [s["metadata"]["namespace"] for s in secrets] == ["weft"]
+    executor = _containers(objects)["rel-weft-executor/executor"]
+    assert not any(arg.startswith("--pod-blob-store-secret") for arg in executor["command"])
+
+
+def test_the_schema_refuses_an_unknown_pod_access() -> None:
+    result = _helm("template", "rel", str(CHART), *S3, "--set", "blobStore.podAccess=anonymous", check=False)
+    assert result.returncode != 0
+    assert "podAccess" in result.stderr
 
 
 def test_workload_identity_needs_no_secret() -> None:

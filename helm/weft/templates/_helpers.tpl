@@ -310,8 +310,10 @@ the commands stay the same with and without TLS. */}}
 {{- if .Values.blobStore.url }}
 {{- /* The executor and the step pods' helpers use the bucket directly, not the api. */}}
 - --blob-store={{ .Values.blobStore.url }}
+{{- if eq .Values.blobStore.podAccess "credentials" }}
 {{- with include "weft.blobs.secretName" . }}
 - --pod-blob-store-secret={{ . }}
+{{- end }}
 {{- end }}
 {{- end }}
 - --max-parallel={{ .Values.executor.maxParallel }}

@@ -21,6 +21,7 @@ from weft_core.errors import ServiceError
 from weft_core.gc import DEFAULT_MIN_AGE_SECONDS, SweepableBlobStore, SweepReport, check_min_age, sweep
 from weft_core.objectstore import open_blob_store
 from weft_core.store import Store
+from weft_core.units import human_bytes
 
 FLAGS = (
     ETCD_FLAGS[0],
@@ -34,15 +35,6 @@ FLAGS = (
 )  # fmt: skip
 
 
-def human_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
 def render(report: SweepReport) -> str:
     verb = "would delete" if report.dry_run else "deleted"
     lines = [
@@ -54,6 +46,14 @@ def render(report: SweepReport) -> str:
         f"kept {report.referenced} referenced and {len(report.kept_young)} younger than {report.min_age:g}s"
         + ("" if report.dry_run else f"; removed {report.stale_uploads} stale temporary uploads")
     )
+    abort_verb = "would abort" if report.dry_run else "aborted"
+    for upload in report.incomplete_uploads:
+        started = f"{upload.initiated:%Y-%m-%d %H:%M:%S}Z"
+        lines.append(f"{abort_verb} incomplete multipart upload of {upload.key}  started {started}")
+    if report.incomplete_uploads:
+        lines.append(f"{abort_verb} {len(report.incomplete_uploads)} incomplete multipart uploads")
+    if report.incomplete_uploads_unchecked:
+        lines.append(f"incomplete multipart uploads not checked: {report.incomplete_uploads_unchecked}")
     return "\n".join(lines)
 
 

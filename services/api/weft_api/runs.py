@@ -22,13 +22,14 @@ api keeps no state and can be killed at any moment (invariant 5):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import secrets
 import string
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,6 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from weft.v1 import executor_pb2, executor_pb2_grpc, pipeline_pb2, run_pb2, run_pb2_grpc
-from weft_api.group_commit import GroupCommit
 from weft_api.lineage import LineageReader
 from weft_api.listing import check_request_id, decode_token, encode_token, page_size
 from weft_api.provenance import Provenance
@@ -57,7 +57,7 @@ from weft_core.pipelines import PipelineReader
 from weft_core.provenance import restore_spilled, run_scope
 from weft_core.replicas import latest_table, parse_rounds, replica_event_of
 from weft_core.requests import RequestIdLeases, RequestRecord, request_digest
-from weft_core.runs import run_summary
+from weft_core.runs import run_writes, update_run
 from weft_core.spec import (
     check_dns_label,
     label_problems,
@@ -68,7 +68,18 @@ from weft_core.spec import (
     raise_problems,
     run_name,
 )
-from weft_core.store import Compacted, KeyValue, LeaseNotFound, Store, absent, op_get, op_put, unchanged_since
+from weft_core.store import (
+    Compacted,
+    KeyValue,
+    LeaseNotFound,
+    Store,
+    TxnGroup,
+    WatchEvent,
+    absent,
+    op_get,
+    op_put,
+    unchanged_since,
+)
 from weft_core.telemetry import ATTR_RUN, run_root_span
 from weft_core.tls import Peer
 
@@ -114,6 +125,35 @@ class OutOfRange(ServiceError):
     """A requested revision is outside what etcd has: compacted, or beyond its current revision."""
 
     code = grpc.StatusCode.OUT_OF_RANGE
+
+
+#: Index of the ready marks' watch in WatchRun's `merged_watches` (0 is the run's own).
+READY_WATCH = 1
+
+
+async def merged_watches(
+    watches: Sequence[AsyncGenerator[list[WatchEvent], None]],
+) -> AsyncGenerator[tuple[int, list[WatchEvent]], None]:
+    """(index of the watch, its batch) from several watches, as each batch arrives.
+
+    Each watch's batches keep their order; batches of different watches are not ordered
+    by revision with each other. Closing this closes every watch.
+    """
+    reading = {asyncio.ensure_future(anext(watch)): index for index, watch in enumerate(watches)}
+    try:
+        while reading:
+            arrived, _ = await asyncio.wait(reading, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(arrived, key=reading.__getitem__):
+                index = reading.pop(task)
+                batch = task.result()  # a watch's error (Compacted, Unavailable) ends them all
+                reading[asyncio.ensure_future(anext(watches[index]))] = index
+                yield index, batch
+    finally:
+        for task in reading:
+            task.cancel()
+        await asyncio.gather(*reading, return_exceptions=True)
+        for watch in watches:
+            await watch.aclose()
 
 
 def check_view(view: int) -> int:
@@ -255,8 +295,8 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         #: How the api calls executors (ReadAttemptLogs): its peer token and TLS.
         self.peer = peer or Peer()
         self._heads: OrderedDict[tuple[str, str], _PipelineAt] = OrderedDict()
-        #: CreateRun's transactions, grouped with the concurrent ones (weft_api/group_commit.py).
-        self.run_writes = GroupCommit(store)
+        #: CreateRun's transactions, grouped with the concurrent ones (weft_core.store.TxnGroup).
+        self.run_writes = TxnGroup(store)
         self.provenance = Provenance(store, keyspace, reader, blobs)
         self.lineage = LineageReader(store, keyspace, blobs)
 
@@ -579,8 +619,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
                 created_nanos = record.create_time.seconds * 1_000_000_000 + record.create_time.nanos
                 compares = [absent(run_key), unchanged_since(head_key, at.head_revision)]
                 success = [
-                    op_put(run_key, data),
-                    op_put(keyspace.run_index(ns, chosen), run_summary(record).SerializeToString()),
+                    *run_writes(keyspace, ns, chosen, record),
                     op_put(keyspace.run_order(ns, created_nanos, chosen), b""),
                 ]
                 failure = [op_get(head_key), op_get(run_key, count_only=True)]
@@ -745,15 +784,17 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         ns, run_id = parse_run_name(request.name)
         if len(request.reason) > 1024:
             raise InvalidArgument("reason: keep it under 1024 characters", field="reason")
-        for _ in range(WRITE_ATTEMPTS):
-            run, kv = await self.read_run(ns, run_id)
+        seen: list[run_pb2.Run] = []
+
+        def cancelled(run: run_pb2.Run) -> run_pb2.Run | None:
+            seen.append(run)
             if run.state in TERMINAL_RUN_STATES:
                 raise FailedPrecondition(
                     f'run "{run.name}" already finished ({Run.State.Name(run.state).removeprefix("STATE_")}); '
                     "only PENDING or RUNNING runs can be cancelled"
                 )
             if run.state == Run.STATE_CANCELLING:
-                return run
+                return None  # asked already: nothing to write
             if run.state == Run.STATE_PENDING:
                 # No executor has started it: nothing to stop, so it is cancelled at once.
                 run.state = Run.STATE_CANCELLED
@@ -762,20 +803,16 @@ class RunService(run_pb2_grpc.RunServiceServicer):
                 run.state = Run.STATE_CANCELLING
             run.message = request.reason or "cancelled by request"
             run.cancelled_by = current_subject()
-            run.ClearField("etag")
-            data = run.SerializeToString()
-            result = await self.store.txn(
-                [unchanged_since(kv.key, kv.mod_revision)],
-                [
-                    op_put(kv.key, data),
-                    op_put(self.keyspace.run_index(ns, run_id), run_summary(run).SerializeToString()),
-                ],
-            )
-            if result.succeeded:
-                log.info("run %s is %s", run.name, Run.State.Name(run.state))
-                run.etag = str(result.revision)
-                return run
-        raise Aborted(f'run "{run_name(ns, run_id)}" kept changing while it was cancelled; retry')
+            return run
+
+        written = await update_run(self.store, self.keyspace, ns, run_id, cancelled, attempts=WRITE_ATTEMPTS)
+        if written is not None:
+            log.info("run %s is %s", written.name, Run.State.Name(written.state))
+            return written
+        if not seen:
+            raise NotFound(f'run "{run_name(ns, run_id)}" does not exist; see `weft runs list`')
+        run, _ = await self.read_run(ns, run_id)  # CANCELLING: answered with its etag
+        return run
 
     # Streaming ----------------------------------------------------------------------
 
@@ -793,6 +830,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         keyspace = self.keyspace
         run_key = keyspace.run(ns, run_id)
         done: set[str] = set()
+        past_ready: dict[str, int] = {}
         if request.start_revision == 0:
             if run_only:
                 run, revision = await self._read_run_at_now(ns, run_id)
@@ -801,6 +839,11 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             else:
                 snap = await self.snapshot(ns, run_id)
                 run, revision, done_now = snap.run, snap.revision, snap.done
+                past_ready = {
+                    step.step: revision
+                    for step in snap.steps
+                    if step.state not in (StepRun.STATE_WAITING, StepRun.STATE_READY)
+                }
                 snapshot = [run_pb2.RunEvent(revision=revision, run=run, snapshot=True)]
                 snapshot += [run_pb2.RunEvent(revision=revision, step=step, snapshot=True) for step in snap.steps]
             snapshot[-1].last_in_revision = True
@@ -828,17 +871,33 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         prefix = run_key if run_only else keyspace.run_prefix(ns, run_id)
         steps_prefix, done_prefix = keyspace.steps_prefix(ns, run_id), keyspace.done_prefix(ns, run_id)
         replicas_prefix = keyspace.replicas_run_prefix(ns, run_id)
+        ready_prefix = keyspace.ready_run_prefix(ns, run_id)
+        watches = [self.store.watch(prefix, start)]
+        if not run_only:
+            # Ready marks live with the scheduler's keys, outside the run's prefix.
+            watches.append(self.store.watch(ready_prefix, start))
+        #: The revision of the latest step event sent, by step: a ready mark of a step past
+        #: READY (made again, or arriving late: the two watches are not ordered with each
+        #: other) must not undo a later state.
+        latest: dict[str, int] = dict(past_ready)
         try:
-            # Closed with the stream (a client that leaves), so the etcd watch ends at once.
-            async with contextlib.aclosing(self.store.watch(prefix, start)) as batches:
-                async for batch in batches:
+            # Closed with the stream (a client that leaves), so the etcd watches end at once.
+            async with contextlib.aclosing(merged_watches(watches)) as batches:
+                async for source, batch in batches:
                     # etcd delivers a revision's changes in one response: mark the last event of
                     # each revision so a client knows from where it may resume without a gap.
                     events: list[run_pb2.RunEvent] = []
                     for event in batch:
                         if event.deleted:
                             continue
-                        if event.key == run_key:
+                        if source == READY_WATCH:
+                            name = keyspace.tail(event.key, ready_prefix)
+                            if name in done or name in latest:
+                                continue  # past READY already
+                            ready = StepRun(step=name, state=StepRun.STATE_READY, ready_time=ready_time_of(event.value))
+                            events.append(run_pb2.RunEvent(revision=event.revision, step=ready))
+                            latest[name] = event.revision
+                        elif event.key == run_key:
                             changed = decode_run(event.value, event.key, event.revision)
                             events.append(run_pb2.RunEvent(revision=event.revision, run=changed))
                         elif run_only:
@@ -847,6 +906,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
                             step = decode_step(event.value, event.key)
                             step.step = keyspace.tail(event.key, done_prefix)
                             done.add(step.step)
+                            latest[step.step] = event.revision
                             events.append(run_pb2.RunEvent(revision=event.revision, step=step))
                         elif event.key.startswith(replicas_prefix):
                             replica = replica_event_of(keyspace, ns, run_id, event.key, event.value)
@@ -856,6 +916,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
                             step = decode_step(event.value, event.key)
                             step.step = keyspace.tail(event.key, steps_prefix)
                             if step.step not in done:  # a late record must not undo the terminal state
+                                latest[step.step] = event.revision
                                 events.append(run_pb2.RunEvent(revision=event.revision, step=step))
                     for i, out in enumerate(events):
                         out.last_in_revision = i + 1 == len(events) or events[i + 1].revision != out.revision

@@ -21,7 +21,10 @@ each deletion re-checks the blob's age (`delete_unused`), so a touch between the
 and the deletion keeps it.
 
 The sweep also removes temporary upload keys older than the stale-upload age (left by
-writers killed mid-upload). It never reads blob content and never writes etcd.
+writers killed mid-upload) and, on S3, aborts incomplete multipart uploads started before
+it (`ObjectBlobStore.stale_multipart_uploads`: S3 keeps their parts out of every listing).
+A multipart upload running longer than `STALE_UPLOAD_SECONDS` is therefore cut short. It
+never reads blob content and never writes etcd.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from weft_core.blobs import StoredBlob
+from weft_core.objectstore import ObjectBlobStore
+from weft_core.s3uploads import IncompleteUpload
 from weft_core.store import Store
 
 #: The least `min_age` accepted (see the module docstring).
@@ -64,6 +69,10 @@ class SweepReport:
         kept_young: Unreferenced blobs written or touched within `min_age`.
         referenced: Blobs something in etcd names.
         stale_uploads: Temporary upload keys removed (0 in a dry run).
+        incomplete_uploads: Incomplete multipart uploads older than the stale-upload age,
+            aborted unless `dry_run`.
+        incomplete_uploads_unchecked: Why they were not looked for ("" when they were or
+            the store has none: a directory).
     """
 
     dry_run: bool
@@ -72,6 +81,8 @@ class SweepReport:
     kept_young: list[StoredBlob] = field(default_factory=list)
     referenced: int = 0
     stale_uploads: int = 0
+    incomplete_uploads: list[IncompleteUpload] = field(default_factory=list)
+    incomplete_uploads_unchecked: str = ""
 
     @property
     def deleted_bytes(self) -> int:
@@ -132,6 +143,10 @@ async def sweep(
             report.deleted.append(blob)
         else:
             report.kept_young.append(blob)
+    stale_cutoff = now - timedelta(seconds=STALE_UPLOAD_SECONDS)
     if not dry_run:
-        report.stale_uploads = await blobs.remove_stale_uploads(now - timedelta(seconds=STALE_UPLOAD_SECONDS))
+        report.stale_uploads = await blobs.remove_stale_uploads(stale_cutoff)
+    if isinstance(blobs, ObjectBlobStore):
+        found, why_not = await blobs.stale_multipart_uploads(stale_cutoff, abort=not dry_run)
+        report.incomplete_uploads, report.incomplete_uploads_unchecked = found, why_not
     return report

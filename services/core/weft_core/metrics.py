@@ -110,6 +110,12 @@ BLOB_BYTES = Counter(
     "Blob content moved through the artifact service: in (PutBlob) and out (GetBlob).",
     ["direction"],
 )
+BLOB_STORE_BYTES = Counter(
+    "weft_blob_store_bytes_total",
+    "Blob content moved straight to or from object storage, around the artifact service: written (in) "
+    "or read (out), by the executor itself or by the step pods' helpers (as their executor learnt it).",
+    ["direction", "mover"],
+)
 
 
 # Gauges computed at scrape time ---------------------------------------------------------
@@ -212,6 +218,12 @@ def pod_deleted() -> None:
 def blob_bytes(direction: str, size: int) -> None:
     """`direction` is "in" (stored) or "out" (served)."""
     BLOB_BYTES.labels(direction).inc(size)
+
+
+def blob_store_bytes(direction: str, mover: str, size: int) -> None:
+    """`direction` is "in" (written to object storage) or "out" (read from it); `mover`
+    is "executor" or "pod" (a step pod's helpers, through presigned URLs or credentials)."""
+    BLOB_STORE_BYTES.labels(direction, mover).inc(size)
 
 
 def run_state(namespace: str, run_id: str, state: str) -> None:

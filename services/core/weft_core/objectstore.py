@@ -23,16 +23,28 @@ How a blob becomes visible only once verified:
   conditional put (`If-None-Match: *`, obstore's `mode="create"`) at its final key: the
   object appears whole or not at all, and a concurrent writer of the same digest simply
   finds it there (`AlreadyExistsError`).
-- Larger content is streamed as a multipart upload to `uploads/<uuid>` while it is hashed;
-  when the stream ends with the wrong digest or size, the generator feeding the upload
-  raises, obstore abandons the multipart upload, and nothing is ever visible. A verified
-  upload is copied server-side to its final key (a copy is atomic; two writers of the same
-  digest copy the same bytes) and the temporary key is deleted. A writer killed mid-upload
-  leaves an incomplete multipart upload (invisible; expired by the bucket's
-  `AbortIncompleteMultipartUpload` lifecycle rule, see `blobStore` in the chart's values.yaml) or an
-  `uploads/` key that the sweep removes (`weft_core.gc.STALE_UPLOAD_SECONDS`). S3 copies objects of
-  at most 5 GiB in one request, so this backend stores blobs up to 5 GiB (the executor's
-  default `--max-output-bytes` is 1 GiB).
+- Larger content whose digest the writer declares (files, the executor's uploads, SDK
+  uploads that send the digest) is streamed as a multipart upload straight to its final
+  key while it is hashed; when the stream ends with the wrong digest or size, the
+  generator feeding the upload raises before the last part, obstore abandons the
+  multipart upload, and nothing is ever visible. Completing a multipart upload is atomic,
+  and two writers of the same digest complete the same bytes.
+- Larger content of an undeclared digest is streamed to `uploads/<uuid>` (its final key
+  is only known at its end), then copied server-side to its final key and the temporary
+  key is deleted. S3 copies at most 5 GiB in one request (`COPY_LIMIT_BYTES`): a bigger
+  object is instead read back and written to its final key as a verified multipart
+  upload (`_copy`), so blobs have no size limit beyond the store's own (5 TiB on S3).
+- A writer killed mid-upload leaves an incomplete multipart upload (invisible to
+  listings; `stale_multipart_uploads` aborts those older than the stale-upload age on
+  S3, the bucket's `AbortIncompleteMultipartUpload` lifecycle rule does it everywhere)
+  or an `uploads/` key that the sweep removes (`weft_core.gc.STALE_UPLOAD_SECONDS`).
+
+Step pods' helpers get no credentials at all: the executor signs, per attempt, a GET URL
+for each input blob and a PUT URL for each output's *staging* key
+(`uploads/attempts/<id>/<n>`, `staging_key`), expiring with the attempt (`sign_reads`,
+`sign_staged_writes`); it then reads each staged output back, verifying its digest and
+size as it writes it to its final key (`publish_staged`), so a wrong or replaced staged
+object is never published.
 
 Credentials come only from where each cloud's own tools look for them: environment
 variables (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`,
@@ -47,10 +59,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from weft_core.blobs import (
@@ -68,6 +80,8 @@ from weft_core.errors import InvalidArgument, NotFound, ServiceError, Unavailabl
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
 
+    from weft_core.s3uploads import IncompleteUpload
+
 #: URL schemes of the object-storage backend (obstore's names and their usual aliases).
 OBJECT_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "azure", "abfs", "abfss"})
 #: Content up to this size is verified in memory and stored with one conditional put.
@@ -76,11 +90,24 @@ SMALL_BLOB_BYTES = 8 * 1024 * 1024
 PART_BYTES = 8 * 1024 * 1024
 #: Object requests in flight at once for a batched check (`stat_many`).
 STAT_CONCURRENCY = 64
+#: The largest object S3 copies in one request (CopyObject); larger ones are streamed.
+COPY_LIMIT_BYTES = 5 * 1024**3
+#: The longest a presigned URL may live (AWS SigV4's and GCS V4's limit).
+MAX_SIGNED_SECONDS = 7 * 24 * 3600
 
 BLOBS = "sha256"
 UPLOADS = "uploads"
 TOUCHED = "touched"
 TRASH = "trash"
+#: Where step pods' helpers put outputs through presigned URLs, one folder per attempt.
+STAGING = f"{UPLOADS}/attempts"
+
+
+def staging_key(attempt_id: str, slot: str) -> str:
+    """The staging key of one output (`slot`: its position, or "manifest") of an attempt."""
+    if not attempt_id or not all(c in "0123456789abcdef" for c in attempt_id):
+        raise ValueError(f"attempt id {attempt_id!r} is not lower-case hex")
+    return f"{STAGING}/{attempt_id}/{slot}"
 
 
 def blob_store_url(value: str) -> str:
@@ -122,11 +149,14 @@ def directory_of(url: str) -> Path:
     return Path(parts.path) if parts.scheme == "file" else Path(url)
 
 
-def open_blob_store(url: str) -> BlobStore:
+def open_blob_store(url: str, *, counted_as: str = "") -> BlobStore:
     """The backend `url` names (see the module docstring).
 
     Args:
         url: `s3://…`, `gs://…`, `az://…`, `file:///dir` or a directory path.
+        counted_as: Who moves bytes straight to object storage through it ("executor"):
+            counted in `weft_blob_store_bytes_total`. "" (weft-api, whose ArtifactService
+            counts its own traffic) counts nothing.
 
     Raises:
         InvalidArgument: The URL is not a valid blob store URL.
@@ -137,7 +167,9 @@ def open_blob_store(url: str) -> BlobStore:
         raise InvalidArgument(f"blob store URL {url!r}: {error}") from None
     if not is_object_store_url(url):
         return DirectoryBlobStore(directory_of(url))
-    return ObjectBlobStore.from_url(url)
+    store = ObjectBlobStore.from_url(url)
+    store.counted_as = counted_as
+    return store
 
 
 def _blob_error(what: str, error: Exception) -> ServiceError:
@@ -156,6 +188,15 @@ class ObjectBlobStore:
         self._store = store
         self.url = url
         self._stat_slots = asyncio.Semaphore(STAT_CONCURRENCY)
+        #: Who moves bytes through this store, for `weft_blob_store_bytes_total` ("": not counted).
+        self.counted_as = ""
+
+    def _moved(self, direction: str, size: int) -> None:
+        """Counts `size` bytes written to ("in") or read from ("out") the store."""
+        if self.counted_as and size:
+            from weft_core import metrics
+
+            metrics.blob_store_bytes(direction, self.counted_as, size)
 
     @classmethod
     def from_url(cls, url: str) -> ObjectBlobStore:
@@ -249,6 +290,7 @@ class ObjectBlobStore:
                 continue
             except Exception as error:
                 raise _blob_error(f"storing {digest}", error) from error
+            self._moved("in", len(data))
             return BlobInfo(digest, len(data), datetime.now(UTC))
         raise Unavailable(f"object store: {digest} keeps vanishing while it is stored (a sweep?); retry")
 
@@ -289,22 +331,56 @@ class ObjectBlobStore:
                 refused.append(InvalidArgument(mismatch_message(digest, size, actual, written)))
                 raise refused[-1]
 
-        temporary = f"{UPLOADS}/{uuid.uuid4().hex}"
+        # A declared digest names the final key up front: the multipart upload completes
+        # there only once verified (no copy, so no copy size limit). Overwriting is
+        # harmless: whoever else wrote this key wrote the same bytes.
+        target = self.key_of(digest) if digest is not None else f"{UPLOADS}/{uuid.uuid4().hex}"
         try:
-            await obstore.put_async(self._store, temporary, verified(), chunk_size=PART_BYTES, max_concurrency=4)
+            await obstore.put_async(self._store, target, verified(), chunk_size=PART_BYTES, max_concurrency=4)
         except Exception as error:
             if refused:
                 raise refused[-1] from None
             raise _blob_error("a multipart upload", error) from error
+        self._moved("in", written)
         actual = "sha256:" + hasher.hexdigest()
+        if digest is not None:
+            return BlobInfo(actual, written, datetime.now(UTC))
         try:
-            # Overwriting is harmless: whoever else wrote this key wrote the same bytes.
-            await obstore.copy_async(self._store, temporary, self.key_of(actual))
+            await self._copy(target, self.key_of(actual), written, actual)
+        except InvalidArgument:
+            raise
         except Exception as error:
             raise _blob_error(f"publishing {actual}", error) from error
         finally:
-            await self._delete_quietly([temporary])
+            await self._delete_quietly([target])
         return BlobInfo(actual, written, datetime.now(UTC))
+
+    async def _copy(self, source: str, target: str, size: int, digest: str) -> None:
+        """Copies `source` (holding `digest`, `size` bytes) to `target`: server-side up to
+        `COPY_LIMIT_BYTES`, else read back and written as a multipart upload that completes
+        only if the bytes still hash to `digest` (S3 refuses bigger CopyObject requests)."""
+        import obstore
+
+        if size <= COPY_LIMIT_BYTES:
+            await obstore.copy_async(self._store, source, target)
+            return
+        result = await obstore.get_async(self._store, source)
+        hasher = hashlib.sha256()
+        moved = 0
+
+        async def verified() -> AsyncIterator[bytes]:
+            nonlocal moved
+            async for part in result.stream(min_chunk_size=PART_BYTES):
+                hasher.update(part)
+                moved += len(part)
+                yield bytes(part)
+            actual = "sha256:" + hasher.hexdigest()
+            if actual != digest or moved != size:
+                raise InvalidArgument(f"copying {source}: {mismatch_message(digest, size, actual, moved)}")
+
+        await obstore.put_async(self._store, target, verified(), chunk_size=PART_BYTES, max_concurrency=4)
+        self._moved("out", moved)
+        self._moved("in", moved)
 
     # Reads ----------------------------------------------------------------------------
 
@@ -361,6 +437,7 @@ class ObjectBlobStore:
                 # Chunks of exactly `chunk_size` (but the last): the gRPC stream's messages
                 # must stay under its limit whatever the store's network reads return.
                 pending += bytes(part)
+                self._moved("out", len(part))
                 while len(pending) >= chunk_size:
                     yield pending[:chunk_size]
                     pending = pending[chunk_size:]
@@ -371,6 +448,112 @@ class ObjectBlobStore:
 
     async def get(self, digest: str) -> bytes:
         return b"".join([chunk async for chunk in self.read(digest)])
+
+    # Presigned access for step pods ---------------------------------------------------
+
+    @property
+    def can_sign(self) -> bool:
+        """Whether this store can presign URLs (S3, GCS and Azure can; it needs credentials
+        that sign, e.g. keys or IRSA on S3, a service account on GCS)."""
+        from obstore.store import AzureStore, GCSStore, S3Store
+
+        return isinstance(self._store, S3Store | GCSStore | AzureStore)
+
+    async def _sign(self, method: Literal["GET", "PUT"], keys: Sequence[str], expires_in: timedelta) -> list[str]:
+        import obstore
+        from obstore.store import AzureStore, GCSStore, S3Store
+
+        if not keys:
+            return []
+        store = self._store
+        if not isinstance(store, S3Store | GCSStore | AzureStore):
+            raise InvalidArgument(f"blob store {self.url}: this store cannot presign URLs")
+        seconds = min(max(1.0, expires_in.total_seconds()), float(MAX_SIGNED_SECONDS))
+        try:
+            urls = await obstore.sign_async(store, method, list(keys), timedelta(seconds=seconds))
+        except Exception as error:
+            raise _blob_error(f"presigning {len(keys)} URL(s)", error) from error
+        return [str(url) for url in urls]
+
+    async def sign_reads(self, digests: Iterable[str], expires_in: timedelta) -> dict[str, str]:
+        """A presigned GET URL for each blob (by digest), valid for `expires_in` (at most
+        `MAX_SIGNED_SECONDS`): it reads that one object and nothing else."""
+        unique = sorted(set(digests))
+        urls = await self._sign("GET", [self.key_of(digest) for digest in unique], expires_in)
+        return dict(zip(unique, urls, strict=True))
+
+    async def sign_staged_writes(self, keys: Sequence[str], expires_in: timedelta) -> list[str]:
+        """A presigned PUT URL for each staging key (`staging_key`), valid for `expires_in`.
+        What is put there is published only after `publish_staged` verified it."""
+        for key in keys:
+            if not key.startswith(STAGING + "/"):
+                raise InvalidArgument(f"{key!r} is not a staging key; presigned writes go under {STAGING}/ only")
+        return await self._sign("PUT", keys, expires_in)
+
+    async def read_staged(self, key: str, limit: int) -> bytes:
+        """The content of a small staged object (a manifest), at most `limit` bytes.
+
+        Raises:
+            NotFound: Nothing was staged there.
+            InvalidArgument: It is bigger than `limit`.
+        """
+        import obstore
+
+        try:
+            result = await obstore.get_async(self._store, key)
+            if result.meta["size"] > limit:
+                raise InvalidArgument(f"staged object {key} is {result.meta['size']} bytes, over {limit}")
+            data = bytes(await result.bytes_async())
+        except FileNotFoundError:
+            raise NotFound(f"nothing was staged at {key}") from None
+        except ServiceError:
+            raise
+        except Exception as error:
+            raise _blob_error(f"reading {key}", error) from error
+        self._moved("out", len(data))
+        return data
+
+    async def publish_staged(self, key: str, digest: str, size: int) -> BlobInfo:
+        """Publishes the object staged at `key` as blob `digest` of `size` bytes.
+
+        The staged bytes are read back and hashed as they are written to the blob's key
+        (one pass, `put_stream` with the declared digest and size): what is published is
+        exactly what was verified, even if someone holding the PUT URL replaced the staged
+        object meanwhile. The staged key is deleted afterwards. A staged key already gone
+        whose blob is stored with that size (another executor published it) is accepted.
+
+        Raises:
+            InvalidArgument: The staged object is not `digest` of `size` bytes.
+            NotFound: Nothing was staged there and the blob is not stored.
+        """
+        import obstore
+
+        check_digest(digest)
+        try:
+            result = await obstore.get_async(self._store, key)
+        except FileNotFoundError:
+            info = await self.touch(digest)
+            if info is not None and info.size == size:
+                return info
+            raise NotFound(f"output {digest} was not staged at {key}") from None
+        except Exception as error:
+            raise _blob_error(f"reading {key}", error) from error
+
+        async def staged() -> AsyncIterator[bytes]:
+            async for part in result.stream(min_chunk_size=PART_BYTES):
+                self._moved("out", len(part))
+                yield bytes(part)
+
+        try:
+            info = await self.put_stream(staged(), digest=digest, size=size)
+        except InvalidArgument as error:
+            raise InvalidArgument(f"staged output {key}: {error.message}") from None
+        await self._delete_quietly([key])
+        return info
+
+    async def remove_staged(self, keys: Sequence[str]) -> None:
+        """Deletes staging keys (a failed attempt's outputs); what is left the sweep removes."""
+        await self._delete_quietly(list(keys))
 
     # Retention ------------------------------------------------------------------------
 
@@ -425,14 +608,14 @@ class ObjectBlobStore:
             return False
         key, trash = self.key_of(digest), self.key_of(digest, TRASH)
         try:
-            await obstore.copy_async(self._store, key, trash)
+            await self._copy(key, trash, info.size, digest)
             await obstore.delete_async(self._store, key)
         except Exception as error:
             raise _blob_error(f"deleting {digest}", error) from error
         marker_after = await self._marker(digest)
         if marker_after is not None and (marker_before is None or marker_after[1] != marker_before[1]):
             try:
-                await obstore.copy_async(self._store, trash, key)
+                await self._copy(trash, key, info.size, digest)
             except Exception as error:
                 raise _blob_error(f"restoring {digest}", error) from error
             await self._delete_quietly([trash])
@@ -461,6 +644,32 @@ class ObjectBlobStore:
         stale += [key for key, when in markers if when < cutoff and key.rsplit("/", 1)[-1] not in stored]
         await self._delete_quietly(stale)
         return len(stale)
+
+    async def stale_multipart_uploads(self, cutoff: datetime, *, abort: bool) -> tuple[list[IncompleteUpload], str]:
+        """The incomplete multipart uploads under this store's prefix started before
+        `cutoff` (a crashed writer's), aborted when `abort`; and, when they could not be
+        looked for, why (another cloud, or no static S3 credentials)."""
+        from weft_core.s3uploads import S3RequestError, S3Uploads
+
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("s3", "s3a"):
+            return [], (
+                f"{parts.scheme}:// stores keep uncommitted uploads out of sight and expire them themselves "
+                "(Azure after 7 days) or by a bucket lifecycle rule (GCS AbortIncompleteMultipartUpload)"
+            )
+        client = S3Uploads.from_environment(parts.netloc)
+        if isinstance(client, str):
+            return [], client
+        prefix = parts.path.strip("/")
+        try:
+            found = await client.list_incomplete(prefix + "/" if prefix else "")
+            stale = [upload for upload in found if upload.initiated < cutoff]
+            if abort:
+                for upload in stale:
+                    await client.abort(upload)
+        except S3RequestError as error:
+            raise Unavailable(f"object store: incomplete multipart uploads: {error}; retry") from None
+        return stale, ""
 
     async def _marker(self, digest: str) -> tuple[datetime, str] | None:
         import obstore

@@ -125,8 +125,8 @@ def image_digest(image_id: str) -> str:
 
 
 def image_resolution_change(record: run_pb2.StepRun, old: run_pb2.StepRun) -> str:
-    """ "image tag X now resolves to sha256:…, was sha256:…" when the two outcomes ran the
-    same tag (an image hashed as written) as different digests; else "".
+    """The sentence "image tag X now resolves to sha256:…, was sha256:…" when the two
+    outcomes ran the same tag (an image hashed as written) as different digests; else "".
 
     Not a DNA component: the digest is known only once the runtime pulled the image,
     after the cache decision, so a moved tag cannot make a miss (a reused outcome never

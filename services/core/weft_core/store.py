@@ -376,13 +376,7 @@ class Store:
 
     async def txn(self, compare: Iterable[Any], success: Iterable[Any], failure: Iterable[Any] = ()) -> TxnResult:
         """One etcd transaction (grouped with concurrent ones when `group_commit` is on)."""
-        request = rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
-        for branch in (request.compare, request.success, request.failure):
-            if len(branch) > MAX_TXN_OPS:
-                raise ResourceExhausted(
-                    f"a transaction of {len(branch)} operations exceeds etcd's limit of {MAX_TXN_OPS}; "
-                    "this is a weft bug: batch the writes"
-                )
+        request = txn_request(compare, success, failure)
         if self._group is not None:
             return await self._group.submit(request)
         return await self.send_txn(request)
@@ -559,6 +553,18 @@ class Store:
                 call.cancel()
 
 
+def txn_request(compare: Iterable[Any], success: Iterable[Any], failure: Iterable[Any] = ()) -> Any:
+    """The TxnRequest of these branches; ResourceExhausted past etcd's operation limit."""
+    request = rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
+    for branch in (request.compare, request.success, request.failure):
+        if len(branch) > MAX_TXN_OPS:
+            raise ResourceExhausted(
+                f"a transaction of {len(branch)} operations exceeds etcd's limit of {MAX_TXN_OPS}; "
+                "this is a weft bug: batch the writes"
+            )
+    return request
+
+
 def _written_keys(request: Any) -> set[bytes] | None:
     """The keys a transaction may write (nested ones included), or None when it writes a
     range (never grouped)."""
@@ -610,6 +616,11 @@ class TxnGroup:
         self._flying = 0
         # Senders in flight (asyncio keeps only weak references to tasks).
         self._senders: set[asyncio.Task[None]] = set()
+
+    async def txn(self, compare: Iterable[Any], success: Iterable[Any], failure: Iterable[Any] = ()) -> TxnResult:
+        """Like `Store.txn`, sent with the next group (for a caller whose Store does not
+        group every transaction, e.g. weft-api's CreateRun)."""
+        return await self.submit(txn_request(compare, success, failure))
 
     async def submit(self, request: Any) -> TxnResult:
         """Sends `request` with the next group; returns its own answer."""

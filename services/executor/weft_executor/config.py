@@ -151,8 +151,8 @@ class KubeSettings:
         pod_blob_store_secret: Kubernetes Secret whose keys become environment variables
             of the pods' input and output containers only (e.g. `AWS_ACCESS_KEY_ID`,
             `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`), when the executor's `blob_store`
-            is object storage; "" relies on workload identity (IRSA, GKE/Azure workload
-            identity) through `pod_service_account`.
+            is object storage; "" (the default) gives them no credentials but presigned
+            URLs for exactly their attempt's inputs and outputs' staging keys instead.
         pod_api_token_secret: Kubernetes Secret (key `token`) whose token the step pods'
             helper containers (never the step's own) present to weft-api.
         pod_api_ca_secret: Kubernetes Secret (key `ca.crt`) of the CA of weft-api's
@@ -395,7 +395,8 @@ class ExecutorConfig:
         Flag(
             "--pod-blob-store-secret",
             "WEFT_POD_BLOB_STORE_SECRET",
-            "Secret whose keys are the store credentials of the pods' helper containers (never the step's)",
+            "Secret whose keys are the store credentials of the pods' helper containers (never the step's); "
+            "unset, they get presigned URLs for their attempt only",
             default="",
         ),
         Flag(

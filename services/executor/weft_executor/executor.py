@@ -184,7 +184,7 @@ class Executor:
         self._store = Store(self.config.etcd_endpoints, tls=etcd_tls_of(self.config), group_commit=True)
         # With object storage, step data goes straight to the store, not through weft-api.
         self._blobs = (
-            open_blob_store(self.config.blob_store)
+            open_blob_store(self.config.blob_store, counted_as="executor")
             if self.config.blob_store
             else RemoteBlobStore(self.config.api, patience=self.config.api_patience, peer=peer_of(self.config))
         )

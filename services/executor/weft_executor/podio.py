@@ -9,11 +9,14 @@ volume, mounted at `SHARED_DIR` in every container:
     /weft/outputs/<name>     `$WEFT_OUTPUTS`: written by the user's step
     /weft/status/exit-code   the step's exit code, written by the shell wrapper when it ends
 
-With ``--blob-store URL`` (`s3://…`, `gs://…`, `az://…`) instead of ``--api``, both talk to
-the object store directly (`weft_core.objectstore`), with the credentials of their own
-environment (a Secret the executor names, or workload identity): step data then never
-passes through weft-api. The step's own container gets neither the URL's credentials nor
-any other store access.
+With ``--signed`` instead of ``--api``, both talk to the object store directly with no
+credentials at all: `$WEFT_SIGNED_ACCESS` (`SignedAccess`, JSON) holds the presigned URLs the
+executor made for this attempt, a GET per input digest and a PUT per output's staging key
+and the manifest's, expiring with the attempt; the executor verifies and publishes what was
+staged. With ``--blob-store URL`` (`s3://…`, `gs://…`, `az://…`) they use the store's own
+credentials from their environment (a Secret the executor names, or workload identity).
+Either way step data never passes through weft-api, and the step's own container gets no
+store access.
 
 - ``python -m weft_executor.podio fetch --api HOST:PORT --dir /weft NAME=DIGEST ...`` runs as
   the init container: it downloads each input from weft-api's ArtifactService, verifies its
@@ -46,14 +49,26 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from weft_core.units import human_bytes
 
 if TYPE_CHECKING:
-    from weft_core.blobs import BlobStore
+    from weft_core.blobs import BlobInfo, BlobStore
+
+
+class BlobReader(Protocol):
+    """What `fetch` reads from: a `BlobStore`, or `SignedBlobs`."""
+
+    def read(self, digest: str, *, offset: int = 0, chunk_size: int = ...) -> AsyncIterator[bytes]: ...
+
+    async def close(self) -> None: ...
+
 
 #: Where the shared volume is mounted in every container of a step pod.
 SHARED_DIR = "/weft"
@@ -96,10 +111,12 @@ class TerminationMessage:
     manifest: str = ""
     skipped: str = ""
     error: str = ""
+    #: Bytes this helper moved straight to or from object storage (`--signed`, `--blob-store`).
+    moved: int = 0
 
     def encode(self) -> str:
-        body = {"weft": MESSAGE_VERSION}
-        for key in ("manifest", "skipped", "error"):
+        body: dict[str, str | int] = {"weft": MESSAGE_VERSION}
+        for key in ("manifest", "skipped", "error", "moved"):
             value = getattr(self, key)
             if value:
                 body[key] = value
@@ -107,7 +124,8 @@ class TerminationMessage:
         if len(text.encode()) > TERMINATION_LIMIT and self.error:
             # Keep the JSON valid under the kubelet's 4 KiB cut: shorten the error itself.
             room = TERMINATION_LIMIT - (len(text.encode()) - len(self.error.encode())) - 64
-            return TerminationMessage(self.manifest, self.skipped, self.error[: max(0, room)] + "…").encode()
+            shortened = self.error[: max(0, room)] + "…"
+            return TerminationMessage(self.manifest, self.skipped, shortened, self.moved).encode()
         return text
 
     @classmethod
@@ -121,7 +139,13 @@ class TerminationMessage:
             return None
         if not isinstance(body, dict) or body.get("weft") != MESSAGE_VERSION:
             return None
-        return cls(str(body.get("manifest", "")), str(body.get("skipped", "")), str(body.get("error", "")))
+        moved = body.get("moved", 0)
+        return cls(
+            str(body.get("manifest", "")),
+            str(body.get("skipped", "")),
+            str(body.get("error", "")),
+            moved if isinstance(moved, int) and moved > 0 else 0,
+        )
 
 
 @dataclass(frozen=True)
@@ -166,14 +190,171 @@ class Manifest:
         )
 
 
-def human_bytes(size: int) -> str:
-    """`1536` → "1.5 KiB"."""
-    value = float(size)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
+#: The helpers' environment variable holding their `SignedAccess` (JSON).
+SIGNED_ACCESS_ENV = "WEFT_SIGNED_ACCESS"
+#: Longest value of one such variable: Linux refuses to exec with any single environment
+#: string over 128 KiB (MAX_ARG_STRLEN), so longer access is split over numbered variables
+#: (`WEFT_SIGNED_ACCESS_1`…, their count in `WEFT_SIGNED_ACCESS_PARTS`).
+SIGNED_ACCESS_PART_CHARS = 100_000
+#: Seconds one request to a presigned URL may stall before it is retried.
+SIGNED_REQUEST_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class SignedAccess:
+    """What an attempt's helpers may do in the object store, as presigned URLs.
+
+    Attributes:
+        reads: A GET URL per input digest (that object only).
+        writes: A PUT URL per output name, to the output's staging key.
+        manifest: A PUT URL to the manifest's staging key.
+    """
+
+    reads: dict[str, str] = field(default_factory=dict)
+    writes: dict[str, str] = field(default_factory=dict)
+    manifest: str = ""
+
+    def encode(self) -> str:
+        return json.dumps({"reads": self.reads, "writes": self.writes, "manifest": self.manifest}, sort_keys=True)
+
+    def environment(self) -> dict[str, str]:
+        """The variables that hand this access to a helper (see `SIGNED_ACCESS_PART_CHARS`)."""
+        text = self.encode()
+        if len(text) <= SIGNED_ACCESS_PART_CHARS:
+            return {SIGNED_ACCESS_ENV: text}
+        parts = [text[i : i + SIGNED_ACCESS_PART_CHARS] for i in range(0, len(text), SIGNED_ACCESS_PART_CHARS)]
+        env = {f"{SIGNED_ACCESS_ENV}_{n}": part for n, part in enumerate(parts, start=1)}
+        env[f"{SIGNED_ACCESS_ENV}_PARTS"] = str(len(parts))
+        return env
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> SignedAccess:
+        """The access `environment` handed over; raises HandoverError if there is none."""
+        count = environ.get(f"{SIGNED_ACCESS_ENV}_PARTS", "")
+        if count.isdigit():
+            text = "".join(environ.get(f"{SIGNED_ACCESS_ENV}_{n}", "") for n in range(1, int(count) + 1))
+        else:
+            text = environ.get(SIGNED_ACCESS_ENV, "")
+        if not text:
+            raise HandoverError(f"--signed needs ${SIGNED_ACCESS_ENV}, which the executor sets; it is not set")
+        return cls.decode(text)
+
+    @classmethod
+    def decode(cls, text: str) -> SignedAccess:
+        """Parses `$WEFT_SIGNED_ACCESS`; raises HandoverError if it is not one."""
+        try:
+            body = json.loads(text)
+            return cls(
+                reads={str(k): str(v) for k, v in body["reads"].items()},
+                writes={str(k): str(v) for k, v in body["writes"].items()},
+                manifest=str(body["manifest"]),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise HandoverError(f"${SIGNED_ACCESS_ENV} does not hold the executor's presigned URLs") from None
+
+
+class SignedBlobs:
+    """The object store as an attempt's presigned URLs let the helpers use it (no credentials).
+
+    Requests that fail for want of the network or with a 5xx are retried for the
+    `--patience`; a 403 (expired, or a URL for another object) or a 404 is final.
+    """
+
+    def __init__(self, access: SignedAccess) -> None:
+        self.access = access
+        self.moved = 0
+
+    async def _request(
+        self, what: str, url: str, method: str, open_body: Callable[[], Any] | None = None, size: int = 0
+    ) -> Any:
+        import urllib.error
+        import urllib.request
+
+        from weft_core.errors import NotFound
+
+        deadline = time.monotonic() + _patience
+        delay = 0.2
+        while True:
+            body = open_body() if open_body is not None else None
+            # An explicit type: urllib would send a form's, which some servers then parse.
+            headers = (
+                {"Content-Length": str(size), "Content-Type": "application/octet-stream"} if method == "PUT" else {}
+            )
+            request = urllib.request.Request(url, data=body, method=method, headers=headers)
+            try:
+                return await asyncio.to_thread(urllib.request.urlopen, request, timeout=SIGNED_REQUEST_TIMEOUT)
+            except urllib.error.HTTPError as error:
+                error.close()
+                if error.code == 404:
+                    raise NotFound(f"{what}: the object store has no such object") from None
+                if error.code < 500 or time.monotonic() > deadline:
+                    raise HandoverError(
+                        f"{what}: the object store refused the presigned request (HTTP {error.code} {error.reason}); "
+                        "it may have expired (the attempt outlived its deadline)"
+                    ) from None
+            except OSError as error:
+                if time.monotonic() > deadline:
+                    raise HandoverError(
+                        f"{what}: the object store did not answer ({error}); retried for {_patience:g}s"
+                    ) from None
+            finally:
+                if body is not None and hasattr(body, "close"):
+                    body.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def read(self, digest: str, *, offset: int = 0, chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
+        """The content of an input blob, through its GET URL."""
+        url = self.access.reads.get(digest)
+        if url is None:
+            raise HandoverError(f"the executor gave no URL to read {digest}")
+        response = await self._request(f"reading {digest}", url, "GET")
+        try:
+            while chunk := await asyncio.to_thread(response.read, chunk_size):
+                self.moved += len(chunk)
+                yield chunk
+        finally:
+            response.close()
+
+    async def _put(self, what: str, url: str, open_body: Callable[[], Any], digest: str, size: int) -> BlobInfo:
+        from weft_core.blobs import BlobInfo
+
+        response = await self._request(what, url, "PUT", open_body, size)
+        response.close()
+        self.moved += size
+        return BlobInfo(digest, size, datetime.now(UTC))
+
+    async def put_output(self, name: str, path: Path) -> BlobInfo:
+        """Stages one output file through its PUT URL; its digest is computed here and
+        named in the manifest, and the executor checks it before publishing."""
+        url = self.access.writes.get(name)
+        if url is None:
+            raise HandoverError(f"the executor gave no URL to store output '{name}'")
+        digest, size = await asyncio.to_thread(_file_digest, path)
+        return await self._put(f"storing output '{name}'", url, lambda: open(path, "rb"), digest, size)
+
+    async def put_manifest(self, data: bytes) -> BlobInfo:
+        """Stages the manifest through its PUT URL."""
+        import io
+
+        from weft_core.blobs import digest_of
+
+        return await self._put(
+            "storing the output manifest", self.access.manifest, lambda: io.BytesIO(data), digest_of(data), len(data)
+        )
+
+    async def close(self) -> None:
+        """Nothing to release (one connection per request)."""
+
+
+def _file_digest(path: Path) -> tuple[str, int]:
+    hasher = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as source:
+        while chunk := source.read(1024 * 1024):
+            hasher.update(chunk)
+            size += len(chunk)
+    return "sha256:" + hasher.hexdigest(), size
 
 
 def write_termination_message(path: Path, message: TerminationMessage) -> None:
@@ -210,7 +391,7 @@ def prepare_dirs(root: Path) -> None:
         directory.chmod(0o777)  # mkdir's mode is cut by the umask
 
 
-async def fetch_input(store: BlobStore, name: str, digest: str, target: Path) -> int:
+async def fetch_input(store: BlobReader, name: str, digest: str, target: Path) -> int:
     """Downloads one blob to `target`, verifying its digest; returns its size."""
     from weft_core.errors import NotFound, ServiceError
 
@@ -260,16 +441,30 @@ def open_store(api: str, blob_store: str = "") -> BlobStore:
     return RemoteBlobStore(api, patience=_patience, peer=peer)
 
 
-async def fetch(api: str, root: Path, inputs: Sequence[tuple[str, str]], blob_store: str = "") -> None:
-    """The init container: prepares the shared directories and downloads every input."""
+def signed_access() -> SignedAccess:
+    """The presigned URLs the executor put in this container's environment."""
+    return SignedAccess.from_environment(os.environ)
+
+
+async def fetch(
+    api: str, root: Path, inputs: Sequence[tuple[str, str]], blob_store: str = "", *, signed: bool = False
+) -> int:
+    """The init container: prepares the shared directories and downloads every input.
+
+    Returns:
+        The bytes read straight from object storage (0 through weft-api).
+    """
     prepare_dirs(root)
-    store = open_store(api, blob_store)
+    store: BlobReader = SignedBlobs(signed_access()) if signed else open_store(api, blob_store)
+    moved = 0
     try:
         for name, digest in inputs:
             size = await fetch_input(store, name, digest, root / INPUTS / name)
+            moved += size
             print(f"weft: fetched input {name} ({human_bytes(size)})", flush=True)
     finally:
         await store.close()
+    return moved if (signed or blob_store) else 0
 
 
 # upload -----------------------------------------------------------------------------------
@@ -309,7 +504,7 @@ def check_outputs(outputs_dir: Path, names: Sequence[str], max_bytes: int) -> st
 
 
 async def upload(
-    api: str, root: Path, names: Sequence[str], max_bytes: int, blob_store: str = ""
+    api: str, root: Path, names: Sequence[str], max_bytes: int, blob_store: str = "", *, signed: bool = False
 ) -> tuple[TerminationMessage, bool]:
     """The output container: waits for the step, stores its outputs and the manifest.
 
@@ -320,7 +515,22 @@ async def upload(
     if exit_code != 0:
         print(f"weft: the step exited with code {exit_code}; no outputs uploaded", flush=True)
         return TerminationMessage(skipped=f"step exited with code {exit_code}"), True
-    store = open_store(api, blob_store)
+    staging = SignedBlobs(signed_access()) if signed else None
+    store = open_store(api, blob_store) if staging is None else None
+    moved = 0
+
+    async def store_output(name: str, path: Path) -> BlobInfo:
+        if staging is not None:
+            return await staging.put_output(name, path)
+        assert store is not None
+        return await store.put_file(path)
+
+    async def store_manifest(data: bytes) -> BlobInfo:
+        if staging is not None:
+            return await staging.put_manifest(data)
+        assert store is not None
+        return await store.put(data)
+
     try:
         problem = check_outputs(root / OUTPUTS, names, max_bytes)
         manifest = Manifest(succeeded=False, message=problem)
@@ -329,17 +539,21 @@ async def upload(
             sizes: dict[str, int] = {}
             for name in names:
                 path = root / OUTPUTS / name
-                info = await _handed_over(f"uploading output '{name}'", partial(store.put_file, path))
+                info = await _handed_over(f"uploading output '{name}'", partial(store_output, name, path))
                 outputs[name], sizes[name] = info.digest, info.size
+                moved += info.size
                 print(f"weft: stored output {name} ({human_bytes(info.size)}) as {info.digest}", flush=True)
             manifest = Manifest(succeeded=True, outputs=outputs, sizes=sizes)
         else:
             print(f"weft: {problem}", file=sys.stderr, flush=True)
         data = manifest.encode()
-        stored = await _handed_over("storing the output manifest", lambda: store.put(data))
-        return TerminationMessage(manifest=stored.digest), manifest.succeeded
+        stored = await _handed_over("storing the output manifest", partial(store_manifest, data))
+        moved += stored.size
+        counted = moved if (staging or blob_store) else 0
+        return TerminationMessage(manifest=stored.digest, moved=counted), manifest.succeeded
     finally:
-        await store.close()
+        if store is not None:
+            await store.close()
 
 
 # command line -----------------------------------------------------------------------------
@@ -368,6 +582,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         where = command.add_mutually_exclusive_group(required=True)
         where.add_argument("--api", help="host:port of weft-api's ArtifactService")
         where.add_argument("--blob-store", default="", help="object store URL to use directly (s3://..., gs://...)")
+        where.add_argument(
+            "--signed",
+            action="store_true",
+            help=f"use only the presigned URLs in ${SIGNED_ACCESS_ENV} (no credentials)",
+        )
         command.add_argument("--dir", type=Path, default=Path(SHARED_DIR), help="the shared volume")
         command.add_argument("--termination-log", type=Path, default=Path(TERMINATION_LOG))
         command.add_argument(
@@ -394,10 +613,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         if args.command == "fetch":
-            asyncio.run(fetch(args.api, args.dir, args.inputs, args.blob_store))
-            message, ok = TerminationMessage(), True
+            moved = asyncio.run(fetch(args.api, args.dir, args.inputs, args.blob_store, signed=args.signed))
+            message, ok = TerminationMessage(moved=moved), True
         else:
-            message, ok = asyncio.run(upload(args.api, args.dir, args.outputs, args.max_bytes, args.blob_store))
+            message, ok = asyncio.run(
+                upload(args.api, args.dir, args.outputs, args.max_bytes, args.blob_store, signed=args.signed)
+            )
     except HandoverError as error:
         print(f"weft: {error}", file=sys.stderr, flush=True)
         message, ok = TerminationMessage(error=str(error)), False
@@ -410,5 +631,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if ok else 1
 
 
+def exit_without_finalizing(code: int) -> None:
+    """Ends a helper that used obstore without the interpreter's finalization.
+
+    obstore's Rust runtime keeps worker threads that are never told to stop; about one
+    helper exit in fifty, one of them touched interpreter state while `Py_Finalize` tore
+    it down and the process aborted (SIGABRT, exit code 134) after its handover had
+    succeeded, failing the attempt. The atexit handlers still run first (while the
+    interpreter is whole); then the process ends at once.
+    """
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if "obstore" in sys.modules:
+        exit_without_finalizing(status)
+    sys.exit(status)

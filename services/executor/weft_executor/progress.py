@@ -31,7 +31,7 @@ from weft_core.errors import Internal
 from weft_core.keyspace import Keyspace, ready_mark
 from weft_core.pipelines import PipelineReader
 from weft_core.provenance import run_scope
-from weft_core.runs import run_summary
+from weft_core.runs import parse_run, run_writes, update_run
 from weft_core.spec import Dag, parse_pipeline_name, run_name
 from weft_core.store import MAX_TXN_OPS, KeyValue, Store, absent, lease_is, op_delete, op_get, op_put, unchanged_since
 
@@ -61,22 +61,62 @@ def now() -> Timestamp:
 
 
 _LOG_TAIL_SUFFIX = re.compile(r"; last (?:stderr|log) lines:$")
+_TRACEBACK_HEADER = "Traceback (most recent call last):"
+_RUNNER_RAISED = re.compile(r"^weft: \S+ raised \S")
+_FRAME = re.compile(r'^\s+File ".*", line \d+')
+_CARETS = re.compile(r"^\s*[\^~]+\s*$")
+#: Bounds on the traceback a run's message quotes: the run record is rewritten with every
+#: change of the run and read by every list, so it stays small whatever a step printed.
+SUMMARY_TRACEBACK_LINES = 16
+SUMMARY_MAX_CHARS = 2000
+_SUMMARY_LINE_CHARS = 240
 
 
 def summary(message: str) -> str:
-    """The first line of a step's failure message, without the log lines that follow it."""
-    first = message.split("\n", 1)[0] if message else "failed"
+    """What a run's message says of its failed step's failure message.
+
+    The first line (the runtime's reason, e.g. "exit code 1"), without the log lines that
+    follow it; but when those log lines end with a Python traceback (a function step
+    that raised, or any Python program), the exception's type and message and the
+    traceback's last frames follow, at most SUMMARY_TRACEBACK_LINES lines and
+    SUMMARY_MAX_CHARS characters in all: that is what the user needs to see first.
+    """
+    first, _, tail = message.partition("\n") if message else ("failed", "", "")
     # "; last stderr lines:" (local runtime) and "; last log lines:" (kubernetes).
-    return _LOG_TAIL_SUFFIX.sub("", first.removesuffix(";"))
+    head = _LOG_TAIL_SUFFIX.sub("", first.removesuffix(";"))
+    if head == first:
+        return head[:SUMMARY_MAX_CHARS]
+    # Python 3.11's markers under the failing expression (^^^^) line up only in a terminal.
+    lines = [line.rstrip() for line in tail.splitlines() if line.strip() and not _CARETS.match(line)]
+    # The last traceback is the one that ended the program (a chained one prints last).
+    starts = [i for i, line in enumerate(lines) if line.strip() == _TRACEBACK_HEADER]
+    if starts:
+        quoted = lines[starts[-1] :]
+    else:
+        # The quoted lines began inside the traceback: from its first frame that is left.
+        frame = next((i for i, line in enumerate(lines) if _FRAME.match(line)), None)
+        quoted = [_TRACEBACK_HEADER, "  ...", *lines[frame:]] if frame is not None else []
+    if len(quoted) < 3:
+        # No frame is left: the runner's last line still names the exception
+        # ("weft: NAME raised TYPE: TEXT").
+        raised = next((line for line in reversed(lines) if _RUNNER_RAISED.match(line)), "")
+        return f"{head}: {raised.removeprefix('weft: ')}"[:SUMMARY_MAX_CHARS] if raised else head[:SUMMARY_MAX_CHARS]
+    # weft's function runner ends with "weft: NAME raised TYPE: TEXT", which repeats the
+    # exception's own last line: said once is enough.
+    if len(quoted) > 2 and quoted[-1].startswith("weft: ") and quoted[-1].endswith(quoted[-2]):
+        quoted.pop()
+    quoted = [line if len(line) <= _SUMMARY_LINE_CHARS else line[: _SUMMARY_LINE_CHARS - 4] + " ..." for line in quoted]
+    header, frames, exception = quoted[0], quoted[1:-1], quoted[-1]
 
+    def render(kept: list[str]) -> list[str]:
+        elided = ["  ..."] if len(kept) < len(frames) and kept[:1] != ["  ..."] else []
+        return [f"{head}: {exception}"[:_SUMMARY_LINE_CHARS], header, *elided, *kept, exception]
 
-def parse_run(kv: KeyValue) -> Run:
-    run = Run()
-    try:
-        run.ParseFromString(kv.value)
-    except Exception as error:  # protobuf raises several kinds on garbage
-        raise Internal(f"the run record at {kv.key.decode()} does not parse ({error}); it is corrupt") from error
-    return run
+    # Drop the outermost frames first: the innermost, where it was raised, matter most.
+    kept = frames
+    while kept and (len(render(kept)) > SUMMARY_TRACEBACK_LINES or len("\n".join(render(kept))) > SUMMARY_MAX_CHARS):
+        kept = kept[1:]
+    return "\n".join(render(kept))[:SUMMARY_MAX_CHARS]
 
 
 def parse_step_run(kv: KeyValue) -> StepRun:
@@ -186,32 +226,11 @@ class RunProgress:
         return None if kv is None else (parse_run(kv), kv)
 
     def _run_writes(self, namespace: str, run_id: str, run: Run) -> list[object]:
-        # The index holds only the small summary (no parameters): executors and ListRuns
-        # read it 1,000 entries at a time.
-        return [
-            op_put(self.keyspace.run(namespace, run_id), run.SerializeToString()),
-            op_put(self.keyspace.run_index(namespace, run_id), run_summary(run).SerializeToString()),
-        ]
+        return run_writes(self.keyspace, namespace, run_id, run)
 
     async def _update_run(self, namespace: str, run_id: str, change: Callable[[Run], Run | None]) -> Run | None:
-        """Applies `change` to the run record until the guarded write wins.
-
-        `change` returns the new run, or None when nothing is to be written (e.g. the run
-        is no longer in the state the caller expected). Returns what was written, or None.
-        """
-        while True:
-            found = await self.read_run(namespace, run_id)
-            if found is None:
-                return None
-            run, kv = found
-            updated = change(run)
-            if updated is None:
-                return None
-            result = await self.store.txn(
-                [unchanged_since(kv.key, kv.mod_revision)], self._run_writes(namespace, run_id, updated)
-            )
-            if result.succeeded:
-                return updated
+        """Applies `change` to the run record until the guarded write wins (weft_core.runs)."""
+        return await update_run(self.store, self.keyspace, namespace, run_id, change)
 
     async def start_run(self, ref: RunRef) -> bool:
         """Derives a PENDING run's root readiness, then sets it RUNNING.

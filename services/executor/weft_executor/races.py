@@ -41,6 +41,7 @@ from weft_core.dna import spill_input_outcomes, step_dna
 from weft_core.lineage import index_outcome
 from weft_core.logs import log_context, trace_id_of
 from weft_core.replicas import Decision, Redundancy, Round, decide, parse_rounds, replica_item
+from weft_core.runs import parse_run
 from weft_core.store import absent, lease_is, op_delete, op_get, op_put
 from weft_core.telemetry import (
     ATTR_ATTEMPT,
@@ -52,7 +53,7 @@ from weft_core.telemetry import (
     traceparent_of,
     tracer,
 )
-from weft_executor.progress import TERMINAL_RUN_STATES, RunEnded, RunRef, now, parse_run, parse_step_run
+from weft_executor.progress import TERMINAL_RUN_STATES, RunEnded, RunRef, now, parse_step_run
 from weft_executor.runtime import AttemptResult, AttemptSetupError, AttemptSpec, LaunchedAttempt
 from weft_executor.steps import (
     MAX_LOST_ATTEMPTS,

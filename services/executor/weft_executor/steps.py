@@ -63,6 +63,7 @@ from weft_core.keyspace import Keyspace, ready_mark, ready_time_of
 from weft_core.lineage import index_outcome
 from weft_core.logs import log_context, trace_id_of
 from weft_core.replicas import Redundancy, parse_replica_item
+from weft_core.runs import parse_run
 from weft_core.store import (
     KeyValue,
     Store,
@@ -95,7 +96,6 @@ from weft_executor.progress import (
     RunRef,
     RunRefs,
     now,
-    parse_run,
     parse_step_run,
 )
 from weft_executor.runtime import AttemptResult, AttemptSetupError, AttemptSpec, LaunchedAttempt, Runtime
@@ -1102,19 +1102,17 @@ class StepRunner:
                 attempt = record.attempts.add(number=number, executor=self.executor_id)
                 attempt.start_time.CopyFrom(now())
                 attempt.handle = self.runtime.planned_handle(spec)
-                # Recorded before the launch: whatever happens next (etcd away, the lease
-                # lost, this executor killed), the attempt is in the step's history, so a
-                # launched process or pod never goes unaccounted for. With a planned handle
-                # (a pod's name) it is RUNNING at once, and whoever takes the step over
-                # adopts or loses it; a process id is known only after the launch, so until
-                # that is recorded the attempt is UNCONFIRMED (and stays so if this executor
-                # dies first: its process died with it).
-                if attempt.handle:
+                # A launch always leaves a trace, in one write. With a planned handle (a
+                # pod's name) the attempt is recorded RUNNING before the launch, and whoever
+                # takes the step over adopts or loses it. Without one (a process id), the
+                # runtime returns the launch held: the process exists but runs its command
+                # only at `start`, after the record with its handle landed; if the write
+                # fails or this executor dies first, it exits without running anything.
+                planned = bool(attempt.handle)
+                if planned:
                     attempt.state = Attempt.STATE_RUNNING
                     record.state = StepRun.STATE_RUNNING
-                else:
-                    attempt.state = Attempt.STATE_UNCONFIRMED
-                await self._put_step_record(ref, record, task.claim)
+                    await self._put_step_record(ref, record, task.claim)
                 try:
                     launched = await self.runtime.launch(spec)
                 except AttemptSetupError as error:
@@ -1124,6 +1122,16 @@ class StepRunner:
                     span.set_status(Status(StatusCode.ERROR, attempt.message))
                     result = AttemptResult(Attempt.STATE_FAILED, str(error), 0, {}, "", "", datetime.now(UTC))
                     return attempt, result, None
+                if not planned:
+                    attempt.state = Attempt.STATE_RUNNING
+                    attempt.handle = launched.handle
+                    record.state = StepRun.STATE_RUNNING
+                    try:
+                        await self._put_step_record(ref, record, task.claim)
+                    except BaseException:
+                        self.runtime.abandon(launched)  # held: its command never runs
+                        raise
+                launched.start()
                 self.launches += 1
             task.attempt = launched
             self.live_attempts[(ref.name, step.name, number)] = (self.runtime, launched)

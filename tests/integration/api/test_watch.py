@@ -87,6 +87,44 @@ async def test_a_watch_sends_a_snapshot_then_changes_and_ends_at_a_terminal_stat
     assert await drain(after_end) == []
 
 
+async def test_a_step_becoming_ready_is_a_ready_event_of_the_full_view_only(
+    api: InProcessApi, channel: grpc.aio.Channel, store: Store
+) -> None:
+    """Ready marks live with the scheduler's keys, outside the run's prefix: WatchRun
+    watches them too, and never lets a late mark undo a later state."""
+    clients = Clients.of(channel)
+    await create_pipeline(clients, "etl", simple(2))
+    run = await create_run(clients, "etl")
+    executor = ExecutorWrites(store, api.keyspace, run.name)
+    await executor.set_run_state(Run.STATE_RUNNING)
+    stream = clients.runs.WatchRun(run_pb2.WatchRunRequest(name=run.name))
+    basic = clients.runs.WatchRun(run_pb2.WatchRunRequest(name=run.name, view=run_pb2.RUN_VIEW_BASIC))
+    snapshot = [await next_event(stream) for _ in range(3)]
+    assert [describe(e) for e in snapshot if e] == ["run:STATE_RUNNING", "s0:STATE_WAITING", "s1:STATE_WAITING"]
+    assert describe(await next_event(basic) or run_pb2.RunEvent()) == "run:STATE_RUNNING"
+
+    await executor.mark_ready("s0")
+    ready = await next_event(stream)
+    assert ready is not None
+    assert describe(ready) == "s0:STATE_READY"
+    assert ready.step.ready_time.seconds > 0
+    assert not ready.snapshot
+    await executor.step_record("s0", StepRun.STATE_RUNNING)
+    assert describe(await next_event(stream) or run_pb2.RunEvent()) == "s0:STATE_RUNNING"
+    # A mark made again after a state past READY (a re-derivation after a release) is
+    # not sent: it would undo RUNNING in the client's view.
+    await store.delete(api.keyspace.ready(executor.ns, executor.run, "s0"))
+    await executor.mark_ready("s0")
+    await executor.done_record("s0", StepRun.STATE_SUCCEEDED)
+    assert describe(await next_event(stream) or run_pb2.RunEvent()) == "s0:STATE_SUCCEEDED"
+    await executor.mark_ready("s1")
+    assert describe(await next_event(stream) or run_pb2.RunEvent()) == "s1:STATE_READY"
+    await executor.done_record("s1", StepRun.STATE_SUCCEEDED)
+    await executor.set_run_state(Run.STATE_SUCCEEDED)
+    assert [describe(e) for e in await drain(stream)] == ["s1:STATE_SUCCEEDED", "run:STATE_SUCCEEDED"]
+    assert [describe(e) for e in await drain(basic)] == ["run:STATE_SUCCEEDED"]
+
+
 async def test_a_watch_resumes_after_the_api_is_killed_with_no_gap_and_no_duplicate(
     api_process: ApiProcess, store: Store
 ) -> None:

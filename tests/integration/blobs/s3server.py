@@ -87,3 +87,76 @@ class S3Server:
             "AWS_REGION": "us-east-1",
             "AWS_ALLOW_HTTP": "true",
         }
+
+
+#: Recomputes presigned URLs' signatures with botocore (AWS's own SigV4 signer), run in the
+#: S3 server's virtualenv: moto checks the signatures of `Authorization` headers but not of
+#: presigned query strings, nor their expiry, so this is how the tests learn whether S3
+#: would accept a URL for a given method, key and lifetime.
+_SIGV4_CHECK = """
+import json, sys
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from botocore.auth import S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+body = json.loads(sys.stdin.read())
+answers = []
+for method, url in body["requests"]:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    given = query.pop("X-Amz-Signature")
+    region = query["X-Amz-Credential"].split("/")[2]
+    auth = S3SigV4QueryAuth(Credentials(body["key"], body["secret"]), "s3", region, expires=int(query["X-Amz-Expires"]))
+    request = AWSRequest(method=method, url=urlunsplit(parts._replace(query=urlencode(query))))
+    request.context["timestamp"] = query["X-Amz-Date"]
+    canonical = auth.canonical_request(request)
+    answers.append(auth.signature(auth.string_to_sign(request, canonical), request) == given)
+print(json.dumps(answers))
+"""
+
+
+def signatures_valid(requests: list[tuple[str, str]]) -> list[bool]:
+    """For each (method, presigned URL), whether its signature is the one S3 expects for that
+    method on that URL's key with its stated date and lifetime (checked by botocore)."""
+    import json
+    import subprocess
+
+    python = Path(find_moto_server()).parent / "python"
+    body = json.dumps({"key": ACCESS_KEY_ID, "secret": SECRET_ACCESS_KEY, "requests": requests})
+    done = subprocess.run([str(python), "-c", _SIGV4_CHECK], input=body, capture_output=True, text=True, check=True)
+    answers: list[bool] = json.loads(done.stdout)
+    return answers
+
+
+_SIGV4_HEADER_CHECK = """
+import json, sys
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+body = json.loads(sys.stdin.read())
+headers = body["headers"]
+unsigned = {k: v for k, v in headers.items() if k != "authorization"}
+request = AWSRequest(method=body["method"], url=body["url"], headers=unsigned)
+request.context["timestamp"] = headers["x-amz-date"]
+auth = S3SigV4Auth(Credentials(body["key"], body["secret"], body.get("token") or None), "s3", body["region"])
+canonical = auth.canonical_request(request)
+print(json.dumps(auth.signature(auth.string_to_sign(request, canonical), request)))
+"""
+
+
+def expected_header_signature(method: str, url: str, headers: dict[str, str], region: str, token: str = "") -> str:
+    """The SigV4 signature botocore (AWS's own signer) computes for a request signed with
+    an `Authorization` header: what S3 compares that header's `Signature=` with."""
+    import json
+    import subprocess
+
+    python = Path(find_moto_server()).parent / "python"
+    body = json.dumps(
+        {"method": method, "url": url, "headers": headers, "region": region, "token": token,
+         "key": ACCESS_KEY_ID, "secret": SECRET_ACCESS_KEY}
+    )  # fmt: skip
+    done = subprocess.run(
+        [str(python), "-c", _SIGV4_HEADER_CHECK], input=body, capture_output=True, text=True, check=True
+    )
+    signature: str = json.loads(done.stdout)
+    return signature

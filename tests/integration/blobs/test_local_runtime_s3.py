@@ -18,12 +18,19 @@ from tests.integration.executor.support import Harness, steps_by_name
 from weft import load_pipeline
 from weft.v1 import pipeline_pb2, run_pb2
 from weft_api.artifacts import TRAFFIC
+from weft_core import metrics
 from weft_core.blobs import missing_blobs
 from weft_core.objectstore import ObjectBlobStore
 
 Run = run_pb2.Run
 StepRun = run_pb2.StepRun
 WEFT = str(Path(sys.executable).parent / "weft")
+
+
+def _executor_bytes() -> tuple[float, float]:
+    return tuple(  # type: ignore[return-value]
+        float(metrics.BLOB_STORE_BYTES.labels(direction, "executor")._value.get()) for direction in ("in", "out")
+    )
 
 
 async def test_the_example_runs_on_the_local_runtime_with_its_data_in_s3(s3_harness: tuple[Harness, str]) -> None:
@@ -33,17 +40,23 @@ async def test_the_example_runs_on_the_local_runtime_with_its_data_in_s3(s3_harn
     await h.clients.pipelines.CreatePipeline(request)
     executor = await h.start_executor(runtime="local", blob_store=url)
     through_api = (TRAFFIC.bytes_received, TRAFFIC.bytes_sent)
+    direct = _executor_bytes()
 
     first = await h.wait((await h.run("etl", {"rows": "300", "seed": "5"})).name, timeout=90)
 
     assert first.state == Run.STATE_SUCCEEDED, first.message
     assert (TRAFFIC.bytes_received, TRAFFIC.bytes_sent) == through_api, "step data went through the api"
+    # ...and what went around it is counted: weft_blob_store_bytes_total{mover="executor"}.
+    written, read = (after - before for after, before in zip(_executor_bytes(), direct, strict=True))
     bucket = ObjectBlobStore.from_url(url)
     steps = steps_by_name(first)
     outputs = [digest for step in steps.values() for digest in step.outcome.outputs.values()]
     logs = [a.stdout_digest for step in steps.values() for a in step.attempts if a.stdout_digest]
     assert outputs
     assert await missing_blobs(bucket, outputs + logs) == []
+    sizes = [(await bucket.stat(d)).size for d in set(outputs + logs)]  # type: ignore[union-attr]
+    assert written >= sum(sizes)
+    assert read > 0  # the downstream steps' inputs
     report = await bucket.get(steps["report"].outcome.outputs["report"])
     assert report.startswith(b"Orders by region (300 generated)")
     assert await h.output(first, "report", "report") == report  # ArtifactService reads the same bucket

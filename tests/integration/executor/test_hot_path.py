@@ -6,6 +6,7 @@ other's records, and no record grows with the number of a step's inputs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -58,12 +59,13 @@ async def set_running(h: Harness, run: Run) -> None:
     await h.store.put(h.keyspace.run_index(ns, run_id), data)
 
 
-async def test_a_process_launched_as_the_lease_is_lost_is_in_the_attempt_history(
+async def test_a_process_launched_as_the_lease_is_lost_never_runs_unrecorded(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue #15's "launch that leaves no trace": the lease goes away the moment the
-    process exists, so no write of this executor lands after the launch. The attempt
-    must still be in the step's history (written before the launch) and be taken over."""
+    """Issue #15's "launch that leaves no trace", with one write per launch: the lease goes
+    away the moment the process exists, so its record (with its pid) cannot land. The
+    process is held at its gate until that record lands, so it never runs its command;
+    the step is taken over and its command runs once, recorded."""
     h = harness
     executor = await h.start_executor(lease_ttl=2)
     real_launch = executor.runtime.launch
@@ -77,19 +79,47 @@ async def test_a_process_launched_as_the_lease_is_lost_is_in_the_attempt_history
         return launched
 
     monkeypatch.setattr(executor.runtime, "launch", launch_then_lose_the_lease)
-    pipeline = await h.apply("trace", [h.step("only", 'sleep 0.3; printf done > "$WEFT_OUTPUTS/out"')])
+    ran = h.tmp / "ran.txt"
+    pipeline = await h.apply(
+        "trace", [h.step("only", f'echo "$WEFT_ATTEMPT" >> {ran}; printf done > "$WEFT_OUTPUTS/out"')]
+    )
     run = await h.run(pipeline.name)
-
     ended = await h.wait(run.name, timeout=30)
 
     assert lost_at_launch == [1]
     assert ended.state == Run.STATE_SUCCEEDED, ended.message
+    # The held process of the first launch never ran: the command ran once, recorded.
+    assert ran.read_text().split() == ["1"]
     attempts = steps_by_name(ended)["only"].attempts
-    # The process id of attempt 1 never reached etcd (the lease was gone), so it stays
-    # UNCONFIRMED, saying why; its process was stopped when the executor gave the step up.
-    assert [(a.number, state_name(a.state, Attempt.State)) for a in attempts] == [(1, "UNCONFIRMED"), (2, "SUCCEEDED")]
-    assert attempts[0].executor == executor.executor_id
-    assert attempts[0].message.startswith(f"launch not confirmed: executor {executor.executor_id} died or lost")
+    assert [(a.number, state_name(a.state, Attempt.State)) for a in attempts] == [(1, "SUCCEEDED")]
+    assert attempts[0].handle.isdigit()
+
+
+async def test_a_local_launch_is_one_write_of_the_step_record_with_its_pid(harness: Harness) -> None:
+    """The spawn gate's point: the attempt is recorded once, RUNNING with its process id,
+    rather than UNCONFIRMED before the launch and again once the pid is known."""
+    h = harness
+    await h.start_executor()
+    pipeline = await h.apply("one-write", [h.step("only")])
+    run = await h.run(pipeline.name)
+    ns, run_id = parse_run_name(run.name)
+    created = await h.store.get(h.keyspace.run(ns, run_id))
+    assert created is not None
+    ended = await h.wait(run.name, timeout=30)
+    assert ended.state == Run.STATE_SUCCEEDED, ended.message
+
+    written: list[StepRun] = []
+
+    async def collect() -> None:
+        async for batch in h.store.watch(h.keyspace.step(ns, run_id, "only"), created.create_revision):
+            written.extend(StepRun.FromString(event.value) for event in batch if not event.deleted)
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(collect(), 1.0)
+    assert [state_name(record.state) for record in written] == ["RUNNING"]
+    (attempt,) = written[0].attempts
+    assert state_name(attempt.state, Attempt.State) == "RUNNING"
+    assert attempt.handle.isdigit()
 
 
 async def test_readiness_derived_again_does_not_mark_a_done_step(harness: Harness) -> None:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -77,6 +78,13 @@ async def runtime(shared_dir: Path) -> AsyncIterator[LocalRuntime]:
     await local.close()
 
 
+async def started(runtime: LocalRuntime, attempt_spec: AttemptSpec) -> LocalAttempt:
+    """An attempt launched and let past its gate, as the executor does once it is recorded."""
+    attempt = await runtime.launch(attempt_spec)
+    attempt.start()
+    return attempt
+
+
 def group_members(pgid: int) -> list[int]:
     """Live processes (not zombies) of process group `pgid`."""
     members = []
@@ -93,7 +101,7 @@ def group_members(pgid: int) -> list[int]:
 
 async def start_group(runtime: LocalRuntime, *, timeout: float | None = None) -> LocalAttempt:
     """An attempt whose process group has a background child besides its leader."""
-    attempt = await runtime.launch(spec("sleep 60 & sleep 60", timeout=timeout))
+    attempt = await started(runtime, spec("sleep 60 & sleep 60", timeout=timeout))
     await assert_eventually_async(
         lambda: _true(len(group_members(attempt.pid)) >= 2), what="the step started its background child"
     )
@@ -113,13 +121,13 @@ async def _true(value: bool) -> bool:
 
 
 async def test_success_and_failure_remove_the_attempt_directory(runtime: LocalRuntime) -> None:
-    ok = await runtime.launch(spec('echo hi; printf x > "$WEFT_OUTPUTS/out"', outputs=("out",)))
+    ok = await started(runtime, spec('echo hi; printf x > "$WEFT_OUTPUTS/out"', outputs=("out",)))
     assert ok.root.is_dir()
     result = await runtime.wait(ok)
     assert result.state == Attempt.STATE_SUCCEEDED
     assert not ok.root.exists()
 
-    failed = await runtime.launch(spec("echo bad >&2; exit 3", attempt=2))
+    failed = await started(runtime, spec("echo bad >&2; exit 3", attempt=2))
     result = await runtime.wait(failed)
     assert (result.state, result.exit_code) == (Attempt.STATE_FAILED, 3)
     assert result.message == "exit code 3; last stderr lines:\nbad"
@@ -210,6 +218,7 @@ EXECUTOR = textwrap.dedent(
         spec = AttemptSpec("ns", "r", "s", 1, "busybox", ("sh", "-c", "sleep 60 & sleep 60"), "", {}, {}, {}, (),
                            None, "sha256:" + "0" * 64)
         attempt = await runtime.launch(spec)
+        attempt.start()
         print(attempt.pid, runtime.spawner_pid, flush=True)
         await asyncio.sleep(60)
 
@@ -240,6 +249,118 @@ def test_a_sigkilled_executor_leaves_no_step_process(shared_dir: Path, how: str)
             executor.wait()
 
 
+# The spawn gate: a command runs only once its attempt is recorded ----------------------
+
+
+def marker_in(shared_dir: Path) -> Path:
+    """Where a step (nobody, under a root test run) can leave a file."""
+    directory = shared_dir / "markers"
+    directory.mkdir(exist_ok=True)
+    directory.chmod(0o777)
+    return directory / "ran"
+
+
+HELD_EXECUTOR = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from weft_core.blobs import DirectoryBlobStore
+    from weft_executor.runtime import AttemptSpec
+    from weft_executor.runtime.local import LocalRuntime
+
+    async def main():
+        work, marker = Path(sys.argv[1]), sys.argv[2]
+        runtime = LocalRuntime(work / "work", DirectoryBlobStore(work / "blobs"))
+        spec = AttemptSpec("ns", "r", "s", 1, "busybox", ("sh", "-c", f"touch {marker}"), "", {}, {}, {}, (),
+                           None, "sha256:" + "0" * 64)
+        attempt = await runtime.launch(spec)  # held: as if its record were still being written
+        print(attempt.pid, flush=True)
+        await asyncio.sleep(60)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_an_executor_killed_between_spawn_and_record_never_runs_the_command(shared_dir: Path) -> None:
+    """Invariant "a launch always leaves a trace" with one write: the process exists before
+    its record, so an executor SIGKILLed in between must take it down unrun."""
+    marker = marker_in(shared_dir)
+    executor = subprocess.Popen(
+        [sys.executable, "-c", HELD_EXECUTOR, str(shared_dir), str(marker)],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert executor.stdout is not None
+        held = int(executor.stdout.readline())
+        assert process_alive(held)
+        time.sleep(0.5)  # time enough for `touch` to run, were the process not held
+        assert process_alive(held)
+        assert not marker.exists()
+        executor.kill()
+        executor.wait()
+        assert_eventually(lambda: not process_alive(held), timeout=10, what="the held process is gone")
+        time.sleep(0.2)
+        assert not marker.exists()
+    finally:
+        if executor.poll() is None:
+            executor.kill()
+            executor.wait()
+
+
+@pytest.mark.parametrize("how", ["abandon", "release", "kill"])
+async def test_a_held_attempt_given_up_before_its_start_never_runs(
+    runtime: LocalRuntime, shared_dir: Path, how: str
+) -> None:
+    marker = marker_in(shared_dir)
+    attempt = await runtime.launch(spec(f"touch {marker}"))
+    assert attempt.held
+    assert process_alive(attempt.pid)
+    if how == "abandon":
+        runtime.abandon(attempt)
+    elif how == "release":
+        await runtime.release(attempt)
+    else:
+        await runtime.kill(attempt, "run cancelled")
+        result = await runtime.wait(attempt)
+        assert result.state == Attempt.STATE_CANCELLED
+    attempt.start()  # too late: the gate is closed
+    await assert_eventually_async(lambda: _true(not process_alive(attempt.pid)), what="the held process exited")
+    assert not marker.exists()
+    assert not runtime.attempt_dir(attempt.spec).exists() or how == "kill"
+
+
+async def test_a_held_attempt_runs_its_command_only_at_start(runtime: LocalRuntime, shared_dir: Path) -> None:
+    marker = marker_in(shared_dir)
+    script = f'touch {marker}; ls -l /proc/$$/fd > "$WEFT_OUTPUTS/fds"'
+    attempt = await runtime.launch(spec(script, outputs=("fds",)))
+    await asyncio.sleep(0.3)
+    assert not marker.exists()
+    attempt.start()
+    result = await runtime.wait(attempt)
+    assert result.state == Attempt.STATE_SUCCEEDED, result.message
+    assert marker.exists()
+    # Nothing of the spawner's (its socket above all) is left open in the step.
+    fds = await runtime.blobs.get(result.output_digests["fds"])
+    held_open = [line for line in fds.decode().splitlines() if " -> " in line]
+    assert not [line for line in held_open if "socket:" in line or "pipe:" in line], held_open
+    assert len(held_open) <= 4, held_open  # 0, 1, 2, and the shell's saved stdout (10)
+
+
+async def test_an_exec_that_fails_past_the_gate_fails_the_attempt_with_the_reason(
+    runtime: LocalRuntime, shared_dir: Path
+) -> None:
+    # Executable by its mode, so every check before the fork passes; the kernel refuses it.
+    program = shared_dir / "not-a-program"
+    program.write_bytes(b"\x00\x01\x02 not an executable format")
+    program.chmod(0o755)
+    attempt = await started(runtime, spec("", command=(str(program),)))
+    result = await runtime.wait(attempt)
+    assert result.state == Attempt.STATE_FAILED
+    assert result.message.startswith(f"command '{program}' could not be started: Exec format error"), result.message
+
+
 async def test_a_dead_spawner_takes_its_steps_with_it_and_is_replaced(runtime: LocalRuntime) -> None:
     attempt = await start_group(runtime)
     assert runtime.spawner_pid > 0
@@ -247,7 +368,7 @@ async def test_a_dead_spawner_takes_its_steps_with_it_and_is_replaced(runtime: L
     result = await runtime.wait(attempt)
     assert result.message.startswith("killed by signal SIGKILL")
     await group_gone(attempt)
-    again = await runtime.launch(spec("exit 0", attempt=2))
+    again = await started(runtime, spec("exit 0", attempt=2))
     assert (await runtime.wait(again)).state == Attempt.STATE_SUCCEEDED
 
 
@@ -277,17 +398,19 @@ async def test_a_working_dir_outside_the_attempt_is_refused(
 
 async def test_an_empty_working_dir_is_a_fresh_directory_and_a_relative_one_is_inside(runtime: LocalRuntime) -> None:
     script = 'pwd > "$WEFT_OUTPUTS/pwd"; ls -A > "$WEFT_OUTPUTS/ls"; touch leftover'
-    first = await runtime.launch(spec(script, outputs=("pwd", "ls")))
+    first = await started(runtime, spec(script, outputs=("pwd", "ls")))
     fresh = runtime.attempt_dir(first.spec) / "work"
     result = await runtime.wait(first)
     assert result.state == Attempt.STATE_SUCCEEDED, result.message
     assert await runtime.blobs.get(result.output_digests["pwd"]) == f"{fresh}\n".encode()
     # The next attempt does not see what the first left behind.
-    second = await runtime.launch(spec(script, attempt=2, outputs=("pwd", "ls")))
+    second = await started(runtime, spec(script, attempt=2, outputs=("pwd", "ls")))
     result = await runtime.wait(second)
     assert await runtime.blobs.get(result.output_digests["ls"]) == b""
 
-    inside = await runtime.launch(spec('pwd > "$WEFT_OUTPUTS/pwd"', attempt=3, outputs=("pwd",), working_dir="a/../b"))
+    inside = await started(
+        runtime, spec('pwd > "$WEFT_OUTPUTS/pwd"', attempt=3, outputs=("pwd",), working_dir="a/../b")
+    )
     where = runtime.attempt_dir(inside.spec) / "work" / "b"
     result = await runtime.wait(inside)
     assert await runtime.blobs.get(result.output_digests["pwd"]) == f"{where}\n".encode()
@@ -299,7 +422,7 @@ async def test_an_empty_working_dir_is_a_fresh_directory_and_a_relative_one_is_i
 @pytest.mark.skipif(not ROOT, reason="needs root")
 async def test_a_root_executors_steps_run_as_nobody_without_new_privileges(runtime: LocalRuntime) -> None:
     script = '{ id -u; id -G; grep NoNewPrivs /proc/self/status; echo "$HOME"; } > "$WEFT_OUTPUTS/out"'
-    attempt = await runtime.launch(spec(script, outputs=("out",)))
+    attempt = await started(runtime, spec(script, outputs=("out",)))
     home = runtime.attempt_dir(attempt.spec) / "work"
     result = await runtime.wait(attempt)
     assert result.state == Attempt.STATE_SUCCEEDED, result.message
@@ -343,12 +466,13 @@ async def test_a_large_log_is_redacted_in_bounded_memory_off_the_event_loop(runt
     size = 40 * 1024 * 1024
     # One secret split across the first chunk boundary, one across the twentieth, others inside.
     offsets = [chunk - 7, 3 * chunk + 100, 20 * chunk - 1, 33 * chunk + 5]
-    attempt = await runtime.launch(
+    attempt = await started(
+        runtime,
         spec(
             "",
             command=("python3", "-c", LARGE_LOG, str(size), *map(str, offsets)),
             secret_env={"SHOWN": ("db", "password")},
-        )
+        ),
     )
     await asyncio.shield(attempt.exited)  # type: ignore[arg-type]
 
@@ -397,7 +521,7 @@ def test_redacted_copy_replaces_a_secret_split_by_every_chunk_boundary(
 
 async def test_logs_read_after_the_end_are_the_stored_redacted_ones(runtime: LocalRuntime) -> None:
     # Between the end of the attempt and its commit, ReadAttemptLogs still asks us.
-    attempt = await runtime.launch(spec('echo "$SHOWN is here"', secret_env={"SHOWN": ("db", "password")}))
+    attempt = await started(runtime, spec('echo "$SHOWN is here"', secret_env={"SHOWN": ("db", "password")}))
     result = await runtime.wait(attempt)
     assert result.state == Attempt.STATE_SUCCEEDED
     read = [(stream, data) async for stream, data in runtime.read_logs(attempt, follow=False)]

@@ -22,12 +22,13 @@ It must never import server code (`weft_core`, services); the contract is the pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -366,6 +367,31 @@ class AsyncClient:
         )
         return call(request)
 
+    async def _reopening_stream(
+        self, method: str, request: Message, response_type: type[R], backoff: _Backoff
+    ) -> AsyncGenerator[tuple[int, R], None]:
+        """(opening, item) of a server stream that is opened again when it breaks UNAVAILABLE.
+
+        Each opening sends `request` as it is then, so a caller that moves it on (a resume
+        revision, an offset) resumes there; `opening` counts from 0, so the caller knows
+        when items start again. `backoff` waits between openings until its deadline; the
+        caller resets it when the stream made progress.
+        """
+        opening = 0
+        while True:
+            call = self._stream_call(method, request, response_type)
+            try:
+                async for item in call:
+                    yield opening, item
+                return
+            except grpc.aio.AioRpcError as error:
+                if error.code() in _STREAM_RETRYABLE and await backoff.wait():
+                    opening += 1
+                    continue
+                raise from_rpc_error(error) from error
+            finally:
+                call.cancel()
+
     async def _pages(self, method: str, request: Any, response_type: type[R], items: str) -> AsyncIterator[Any]:
         seen_tokens: set[str] = set()
         while True:
@@ -604,32 +630,27 @@ class AsyncClient:
         # Events already delivered of a revision whose last event has not arrived yet: the
         # server sends that revision again from its start after a reconnect.
         partial_revision, partial_count = 0, 0
-        while True:
-            call = self._stream_call(_WATCH_RUN, request, run_pb2.RunEvent)
-            # A reconnected stream starts with the partial revision's events we already gave.
-            to_skip = partial_count
-            try:
-                async for event in call:
-                    backoff.reset()
-                    if to_skip and event.revision == partial_revision:
-                        to_skip -= 1
-                        continue
-                    to_skip = 0
-                    if event.last_in_revision:
-                        request.start_revision = max(request.start_revision, event.revision + 1)
-                        partial_revision, partial_count = 0, 0
-                    elif event.revision == partial_revision:
-                        partial_count += 1
-                    else:
-                        partial_revision, partial_count = event.revision, 1
-                    yield RunEvent(event)
-                return
-            except grpc.aio.AioRpcError as error:
-                if error.code() in _STREAM_RETRYABLE and await backoff.wait():
+        current, to_skip = 0, 0
+        # Closed with this generator, so a caller that stops early cancels the call at once.
+        stream = contextlib.aclosing(self._reopening_stream(_WATCH_RUN, request, run_pb2.RunEvent, backoff))
+        async with stream as events:
+            async for opening, event in events:
+                if opening != current:
+                    # A reconnected stream starts with the partial revision's events we already gave.
+                    current, to_skip = opening, partial_count
+                backoff.reset()
+                if to_skip and event.revision == partial_revision:
+                    to_skip -= 1
                     continue
-                raise from_rpc_error(error) from error
-            finally:
-                call.cancel()
+                to_skip = 0
+                if event.last_in_revision:
+                    request.start_revision = max(request.start_revision, event.revision + 1)
+                    partial_revision, partial_count = 0, 0
+                elif event.revision == partial_revision:
+                    partial_count += 1
+                else:
+                    partial_revision, partial_count = event.revision, 1
+                yield RunEvent(event)
 
     async def cancel_run(self, name: str, *, reason: str = "") -> AsyncRun:
         """Asks a run to stop: running attempts are stopped, unfinished steps end CANCELLED. Never retried.
@@ -792,31 +813,26 @@ class AsyncClient:
         request = run_pb2.ReadLogsRequest(run=self._run(run, "run"), step=step, attempt=attempt, follow=follow)
         delivered: dict[tuple[int, int], int] = {}
         backoff = _Backoff(self.retry)
-        while True:
-            seen: dict[tuple[int, int], int] = {}
-            call = self._stream_call(_READ_LOGS, request, run_pb2.LogChunk)
-            try:
-                async for chunk in call:
-                    key = (chunk.attempt, chunk.stream)
-                    start = seen.get(key, 0)
-                    seen[key] = start + len(chunk.data)
-                    skip = max(0, delivered.get(key, 0) - start)
-                    data = chunk.data[skip:]
-                    if not data:
-                        continue
-                    backoff.reset()
-                    delivered[key] = seen[key]
-                    stream: Literal["stdout", "stderr"] = (
-                        "stderr" if chunk.stream == run_pb2.LogChunk.STREAM_STDERR else "stdout"
-                    )
-                    yield LogChunk(stream=stream, data=data, attempt=chunk.attempt)
-                return
-            except grpc.aio.AioRpcError as error:
-                if error.code() in _STREAM_RETRYABLE and await backoff.wait():
+        current, seen = 0, dict[tuple[int, int], int]()
+        async with contextlib.aclosing(
+            self._reopening_stream(_READ_LOGS, request, run_pb2.LogChunk, backoff)
+        ) as chunks:
+            async for opening, chunk in chunks:
+                if opening != current:
+                    current, seen = opening, {}  # a reopened stream starts from the first byte again
+                key = (chunk.attempt, chunk.stream)
+                start = seen.get(key, 0)
+                seen[key] = start + len(chunk.data)
+                skip = max(0, delivered.get(key, 0) - start)
+                data = chunk.data[skip:]
+                if not data:
                     continue
-                raise from_rpc_error(error) from error
-            finally:
-                call.cancel()
+                backoff.reset()
+                delivered[key] = seen[key]
+                stream: Literal["stdout", "stderr"] = (
+                    "stderr" if chunk.stream == run_pb2.LogChunk.STREAM_STDERR else "stdout"
+                )
+                yield LogChunk(stream=stream, data=data, attempt=chunk.attempt)
 
     # Traces (weft-tracer) ---------------------------------------------------------------------
 
@@ -963,21 +979,13 @@ class AsyncClient:
         """
         request = artifact_pb2.GetBlobRequest(digest=digest, offset=offset, namespace=self.namespace)
         backoff = _Backoff(self.retry)
-        while True:
-            call = self._stream_call(_GET_BLOB, request, artifact_pb2.GetBlobResponse)
-            try:
-                async for chunk in call:
-                    if chunk.data:
-                        backoff.reset()
-                        request.offset += len(chunk.data)
-                        yield chunk.data
-                return
-            except grpc.aio.AioRpcError as error:
-                if error.code() in _STREAM_RETRYABLE and await backoff.wait():
-                    continue
-                raise from_rpc_error(error) from error
-            finally:
-                call.cancel()
+        stream = contextlib.aclosing(self._reopening_stream(_GET_BLOB, request, artifact_pb2.GetBlobResponse, backoff))
+        async with stream as chunks:
+            async for _, chunk in chunks:
+                if chunk.data:
+                    backoff.reset()
+                    request.offset += len(chunk.data)
+                    yield chunk.data
 
     async def get_blob(self, digest: str) -> bytes:
         """A blob's whole content, verified against its digest.

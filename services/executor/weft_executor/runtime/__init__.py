@@ -10,7 +10,11 @@ Contract every runtime keeps:
 
 - `launch` starts exactly one process/pod for the attempt it is given, named
   deterministically by (namespace, run, step, attempt), and returns once it runs (or
-  raises `AttemptSetupError` with a message for the attempt when it cannot start).
+  raises `AttemptSetupError` with a message for the attempt when it cannot start). A
+  runtime without a `planned_handle` may return the attempt *held*: its process exists
+  (so its handle is known) but runs its command only at `LaunchedAttempt.start`, which
+  the executor calls once the attempt is recorded with that handle; a held attempt that
+  is abandoned, released or killed, or whose executor dies, never runs its command.
 - `wait` returns when the attempt ended, with its outputs uploaded and its logs stored
   as blobs; it enforces the attempt's timeout. Cancelling the task that awaits `wait`
   abandons the attempt (as `abandon` does).
@@ -124,6 +128,9 @@ class LaunchedAttempt:
     spec: AttemptSpec
     handle: str
     start_time: datetime
+
+    def start(self) -> None:
+        """Lets a held attempt run (see `Runtime.launch`); a no-op for one that runs already."""
 
 
 @dataclass(frozen=True)

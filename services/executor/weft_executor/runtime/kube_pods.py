@@ -205,21 +205,53 @@ def helper_credentials(spec: AttemptSpec, config: ExecutorConfig) -> tuple[list[
     return env, mounts, volumes
 
 
-def _store_args(config: ExecutorConfig) -> list[str]:
-    """How a helper container reaches the artifact store: the object store directly, or weft-api."""
+def attempt_staging_id(namespace: str, run: str, step: str, attempt: int) -> str:
+    """The attempt's folder among the object store's staging keys (`weft_core.objectstore.staging_key`):
+    a hash of the exact attempt key, so an executor that re-attaches to the pod finds it again."""
+    key = "\0".join((namespace, run, step, str(attempt)))
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def output_slot(spec: AttemptSpec, name: str) -> str:
+    """An output's staging slot: its position among the step's declared outputs."""
+    return str(list(spec.outputs).index(name))
+
+
+MANIFEST_SLOT = "manifest"
+
+
+def _store_args(config: ExecutorConfig, signed: podio.SignedAccess | None = None) -> list[str]:
+    """How a helper container reaches the artifact store: presigned URLs, the object store
+    with credentials, or weft-api."""
+    if signed is not None:
+        return ["--signed"]
     return ["--blob-store", config.pod_blob_store] if config.pod_blob_store else ["--api", config.pod_api]
 
 
-def _helper_store_env(config: ExecutorConfig) -> JSON:
-    """What the helper containers, and only they, get for the object store: its credentials."""
-    if config.pod_blob_store and config.kube.pod_blob_store_secret:
+def _helper_store_env(config: ExecutorConfig, signed: podio.SignedAccess | None = None) -> JSON:
+    """What the helper containers, and only they, get for the object store: its credentials
+    (`--pod-blob-store-secret`), or nothing when they use presigned URLs."""
+    if signed is None and config.pod_blob_store and config.kube.pod_blob_store_secret:
         return {"envFrom": [{"secretRef": {"name": config.kube.pod_blob_store_secret}}]}
     return {}
 
 
-def build_pod(spec: AttemptSpec, config: ExecutorConfig) -> JSON:
+def _signed_env(signed: podio.SignedAccess | None) -> list[JSON]:
+    # Kubernetes expands $(VAR) in env values: URLs must reach the helper verbatim.
+    if signed is None:
+        return []
+    return [{"name": name, "value": escape_expansion(value)} for name, value in signed.environment().items()]
+
+
+def build_pod(spec: AttemptSpec, config: ExecutorConfig, signed: podio.SignedAccess | None = None) -> JSON:
     """The pod manifest of one attempt (see the runtime's module docstring for its layout),
-    with what the executor's configuration adds to every step pod."""
+    with what the executor's configuration adds to every step pod.
+
+    Args:
+        signed: The attempt's presigned URLs, when its helpers use them instead of
+            credentials; the input container gets the reads only, the output container
+            the writes only.
+    """
     settings = config.kube
     name = pod_name(*spec.key)
     mount = [{"name": SHARED_VOLUME, "mountPath": podio.SHARED_DIR}]
@@ -251,18 +283,18 @@ def build_pod(spec: AttemptSpec, config: ExecutorConfig) -> JSON:
             "-m",
             "weft_executor.podio",
             "fetch",
-            *_store_args(config),
+            *_store_args(config, signed),
             "--dir",
             podio.SHARED_DIR,
             "--patience",
             f"{config.api_patience:g}",
             *(f"{input_name}={digest}" for input_name, digest in sorted(spec.inputs.items())),
         ],
-        "env": helper_env,
+        "env": helper_env + _signed_env(signed and podio.SignedAccess(reads=signed.reads)),
         "volumeMounts": mount + helper_mounts,
         "resources": HELPER_RESOURCES,
         "securityContext": container_security_context(),
-        **_helper_store_env(config),
+        **_helper_store_env(config, signed),
     }
     upload: JSON = {
         "name": UPLOAD_CONTAINER,
@@ -272,7 +304,7 @@ def build_pod(spec: AttemptSpec, config: ExecutorConfig) -> JSON:
             "-m",
             "weft_executor.podio",
             "upload",
-            *_store_args(config),
+            *_store_args(config, signed),
             "--dir",
             podio.SHARED_DIR,
             "--patience",
@@ -281,11 +313,11 @@ def build_pod(spec: AttemptSpec, config: ExecutorConfig) -> JSON:
             str(config.max_output_bytes),
             *spec.outputs,
         ],
-        "env": helper_env,
+        "env": helper_env + _signed_env(signed and podio.SignedAccess(writes=signed.writes, manifest=signed.manifest)),
         "volumeMounts": mount + helper_mounts,
         "resources": HELPER_RESOURCES,
         "securityContext": container_security_context(),
-        **_helper_store_env(config),
+        **_helper_store_env(config, signed),
     }
     pod_spec: JSON = {
         "restartPolicy": "Never",

@@ -30,8 +30,18 @@ Data handover with ANY image that has /bin/sh
 
     The executor learns the outputs from the pod status alone: the termination message of
     `weft-outputs` names the manifest, which it reads from the artifact store. No other
-    channel from the pod to the executor exists. Command, args and env values are escaped
-    so that Kubernetes' `$(VAR)` expansion leaves them as declared.
+    channel from the pod to the executor exists.
+
+    With object storage the helpers skip weft-api and get no credentials: the executor
+    presigns, per attempt, a GET URL per input blob and a PUT URL per output's staging key
+    (`uploads/attempts/<attempt id>/<slot>`) and the manifest's, expiring with the attempt
+    (`signed_lifetime`), and hands them to the helpers only (`$WEFT_SIGNED_ACCESS`). It then
+    reads the staged manifest, checks its digest against the termination message, and
+    publishes each staged output under its digest while verifying it (`publish_staged`).
+    `--pod-blob-store-secret` instead gives the helpers the store's own credentials.
+
+    Command, args and env values are escaped so that Kubernetes' `$(VAR)` expansion leaves
+    them as declared.
 
 Watching (`kube_watch.PodWatcher`)
     One list+watch per executor of the pods labelled managed-by=weft in its namespace,
@@ -91,11 +101,13 @@ from typing import Any
 
 from weft.v1 import run_pb2
 from weft_core import metrics
-from weft_core.blobs import BlobStore
-from weft_core.errors import ServiceError, Unavailable
+from weft_core.blobs import BlobStore, digest_of, missing_blobs
+from weft_core.errors import NotFound, ServiceError, Unavailable
 from weft_core.keyspace import Keyspace
+from weft_core.objectstore import MAX_SIGNED_SECONDS, ObjectBlobStore, staging_key
 from weft_core.store import Store
 from weft_core.telemetry import tracer
+from weft_core.units import human_seconds
 from weft_executor import podio
 from weft_executor.config import ExecutorConfig
 from weft_executor.runtime import STDOUT, AttemptResult, AttemptSetupError, AttemptSpec, LaunchedAttempt
@@ -108,29 +120,37 @@ from weft_executor.runtime.kube_client import (
 )
 from weft_executor.runtime.kube_pods import (
     CONFIG_REASONS,
+    DEADLINE_BACKSTOP_SECONDS,
     FETCH_CONTAINER,
     HOPELESS_REASONS,
     IMAGE_PULL_REASONS,
     MAIN_CONTAINER,
+    MANIFEST_SLOT,
     POD_SELECTOR,
     UPLOAD_CONTAINER,
     ContainerReading,
     PodReading,
     attempt_key_of,
+    attempt_staging_id,
     build_pod,
     container_image,
     finished_at,
     memory_limit,
+    output_slot,
     parse_time,
     pod_name,
     read_pod,
 )
 from weft_executor.runtime.kube_watch import PodSubscription, PodWatcher
-from weft_executor.runtime.local import human_seconds
 
 log = logging.getLogger(__name__)
 
 Attempt = run_pb2.Attempt
+
+#: Seconds a pod's presigned URLs outlive its deadline (uploading outputs after the step).
+SIGNED_MARGIN_SECONDS = 600.0
+#: The largest output manifest read back from its staging key.
+MANIFEST_LIMIT_BYTES = 4 * 1024 * 1024
 
 #: The least `--keep-failed-pods` accepted. Below it a pod could be swept in the window
 #: where no claim protects it: its executor died, the lease expired and no executor has
@@ -318,9 +338,79 @@ class KubernetesRuntime:
 
     # Launch and adopt -----------------------------------------------------------------
 
+    # Presigned access (object storage) ------------------------------------------------
+
+    @property
+    def signs_for_pods(self) -> ObjectBlobStore | None:
+        """The object store whose URLs the executor presigns for its pods' helpers, or None
+        when they use weft-api or the credentials of `--pod-blob-store-secret`."""
+        if not self.config.pod_blob_store or self.settings.pod_blob_store_secret:
+            return None
+        blobs = self.blobs
+        return blobs if isinstance(blobs, ObjectBlobStore) and blobs.can_sign else None
+
+    def _staging(self, spec: AttemptSpec, slot: str) -> str:
+        return staging_key(attempt_staging_id(*spec.key), slot)
+
+    def signed_lifetime(self, spec: AttemptSpec) -> timedelta:
+        """How long an attempt's URLs live: its timeout plus the Kubernetes backstop, the
+        time it may wait to be scheduled and pulled, and a margin for the upload; the store's
+        maximum (7 days) for a step without a timeout."""
+        if not spec.timeout:
+            return timedelta(seconds=MAX_SIGNED_SECONDS)
+        waiting = self.settings.unschedulable_timeout + self.settings.image_pull_grace
+        return timedelta(seconds=spec.timeout + DEADLINE_BACKSTOP_SECONDS + waiting + SIGNED_MARGIN_SECONDS)
+
+    async def signed_access(self, spec: AttemptSpec) -> podio.SignedAccess | None:
+        """The attempt's presigned URLs (see the module docstring), or None without them."""
+        store = self.signs_for_pods
+        if store is None:
+            return None
+        lifetime = self.signed_lifetime(spec)
+        reads = await store.sign_reads(spec.inputs.values(), lifetime)
+        slots = [self._staging(spec, output_slot(spec, name)) for name in spec.outputs]
+        urls = await store.sign_staged_writes([*slots, self._staging(spec, MANIFEST_SLOT)], lifetime)
+        return podio.SignedAccess(reads=reads, writes=dict(zip(spec.outputs, urls, strict=False)), manifest=urls[-1])
+
+    async def _publish_staged(self, attempt: KubeAttempt, manifest_digest: str) -> podio.Manifest:
+        """Reads the staged manifest (checking its digest) and, when it succeeded, publishes
+        every staged output under its digest after verifying it (`publish_staged`)."""
+        store = self.signs_for_pods
+        assert store is not None
+        spec = attempt.spec
+        try:
+            data = await store.read_staged(self._staging(spec, MANIFEST_SLOT), MANIFEST_LIMIT_BYTES)
+        except NotFound:
+            # A pod whose helpers had credentials (made before an upgrade, or with
+            # --pod-blob-store-secret then) published its manifest and outputs itself.
+            manifest = podio.Manifest.decode(await store.get(manifest_digest))
+            missing = await missing_blobs(store, manifest.outputs.values())
+            if missing:
+                raise ValueError(f"neither staged nor stored: output(s) {', '.join(missing)}") from None
+            return manifest
+        if digest_of(data) != manifest_digest:
+            raise ValueError(f"the staged manifest is {digest_of(data)}, not {manifest_digest}")
+        manifest = podio.Manifest.decode(data)
+        slots = {name: self._staging(spec, output_slot(spec, name)) for name in spec.outputs}
+        if not manifest.succeeded:
+            await store.remove_staged(list(slots.values()))
+            return manifest
+        for name in spec.outputs:
+            if name in manifest.outputs:
+                await store.publish_staged(slots[name], manifest.outputs[name], manifest.sizes.get(name, -1))
+        return manifest
+
     async def launch(self, spec: AttemptSpec) -> KubeAttempt:
         watcher = self.watcher
-        manifest = build_pod(spec, self.config)
+        try:
+            signed = await self.signed_access(spec)
+        except ServiceError as error:
+            raise AttemptSetupError(
+                f"could not presign the attempt's object store URLs: {error.message} (credentials that cannot "
+                "sign? give the pods' helpers the store's credentials instead: --pod-blob-store-secret, "
+                "chart value blobStore.podAccess=credentials)"
+            ) from None
+        manifest = build_pod(spec, self.config, signed)
         name = manifest["metadata"]["name"]
         attributes = {
             "k8s.namespace.name": self.namespace,
@@ -655,8 +745,12 @@ class KubernetesRuntime:
             return failed, _with_log_tail(message, tail), {}
         if not report.manifest:
             return failed, f"could not store the outputs: {report.error}", {}
+        self._count_pod_bytes(reading)
         try:
-            manifest = podio.Manifest.decode(await self.blobs.get(report.manifest))
+            if self.signs_for_pods is not None:
+                manifest = await self._publish_staged(attempt, report.manifest)
+            else:
+                manifest = podio.Manifest.decode(await self.blobs.get(report.manifest))
         except Unavailable:
             # The api stayed away longer than the store's patience: not the step's failure.
             # `wait` raises, the finished pod stays, and the step's next try re-attaches it.
@@ -670,6 +764,16 @@ class KubernetesRuntime:
         if missing:
             return failed, f"the output manifest {report.manifest} lacks output(s) {', '.join(missing)}", {}
         return Attempt.STATE_SUCCEEDED, "", {name: manifest.outputs[name] for name in attempt.spec.outputs}
+
+    def _count_pod_bytes(self, reading: PodReading) -> None:
+        """Counts what the pod's helpers moved straight to object storage (they report it
+        in their termination messages; the executor is what Prometheus scrapes)."""
+        if not self.config.pod_blob_store:
+            return
+        for container, direction in ((reading.init, "out"), (reading.upload, "in")):
+            report = podio.TerminationMessage.decode(container.message) if container is not None else None
+            if report is not None and report.moved:
+                metrics.blob_store_bytes(direction, "pod", report.moved)
 
     # Logs -----------------------------------------------------------------------------
 

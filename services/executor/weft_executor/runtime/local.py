@@ -5,7 +5,12 @@ cluster. An attempt gets a fresh directory `WORK/<ns>/<run>/<step>/<attempt>/` w
 
     work/      the default working directory; a `working_dir` is relative and inside it
     inputs/    `$WEFT_INPUTS`: every input fetched from the artifact store by digest
-    outputs/   `$WEFT_OUTPUTS`: where the step writes its declared outputs
+               (made only for a step with inputs)
+    outputs/   `$WEFT_OUTPUTS`: where the step writes its declared outputs (made only
+               for a step that declares outputs)
+
+Each directory operation costs a millisecond or more of wall time on a busy disk, so a
+launch makes no more of them than the step needs, all in one thread hop.
 
 Its stdout and stderr go to two unnamed files (O_TMPFILE) that only the executor and the
 step hold open: no path on disk ever names a raw, unredacted log. The directory is
@@ -13,11 +18,18 @@ removed when the attempt ends, whichever way it ends (success, failure, timeout,
 abandon, a shutdown): the outputs and the redacted logs are in the artifact store by then.
 The image is recorded in the DNA but not pulled: the command runs on the host.
 
-Processes are started by one spawner process per runtime (`spawner.py`): a posix_spawn
-(vfork + exec) each, the step the leader of its own session and process group, so a
-timeout or a cancel stops the whole group (SIGTERM, then SIGKILL after the grace). A
-process must not outlive its executor: when the executor dies, the spawner reads EOF on
-its socket and SIGKILLs every group it started, grandchildren included.
+Processes are started by one spawner process per runtime (`spawner.py`), the step the
+leader of its own session and process group, so a timeout or a cancel stops the whole
+group (SIGTERM, then SIGKILL after the grace). A process must not outlive its executor:
+when the executor dies, the spawner reads EOF on its socket and SIGKILLs every group it
+started, grandchildren included.
+
+A launch is held: `launch` returns once the process exists (its pid known) but waits at
+its gate, and its command runs only at `LocalAttempt.start`, which the executor calls once
+the attempt's record, pid included, is in etcd. So a launch costs one etcd write, and a
+command never runs unrecorded: an attempt abandoned, released or killed before `start`
+(the record failed), or an executor that dies first, closes the gate and the process
+exits without running anything.
 
 Who a step runs as (`--step-user`): when the executor runs as root, steps run as an
 unprivileged user (default `nobody`, uid 65534) with no supplementary groups and
@@ -65,6 +77,7 @@ from weft.v1 import run_pb2
 from weft_core.blobs import BlobStore
 from weft_core.errors import NotFound, ServiceError, Unavailable
 from weft_core.telemetry import tracer
+from weft_core.units import human_bytes, human_seconds
 from weft_executor.runtime import (
     STDERR,
     STDOUT,
@@ -73,7 +86,7 @@ from weft_executor.runtime import (
     AttemptSpec,
     LaunchedAttempt,
 )
-from weft_executor.runtime.spawner import Spawner, SpawnError, SpawnRequest
+from weft_executor.runtime.spawner import Child, Spawner, SpawnError, SpawnRequest
 
 log = logging.getLogger(__name__)
 
@@ -111,26 +124,6 @@ NOBODY_ID = 65534
 def secret_variable(secret: str, key: str) -> str:
     """The executor environment variable holding a secret's key, e.g. WEFT_SECRET_DB_PASSWORD."""
     return SECRET_ENV_PREFIX + re.sub(r"[^A-Z0-9]", "_", f"{secret}_{key}".upper())
-
-
-def human_bytes(size: int) -> str:
-    """`1536` → "1.5 KiB"."""
-    value = float(size)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
-def human_seconds(seconds: float) -> str:
-    """`90` → "1m30s", `2.5` → "2.5s"."""
-    if seconds < 60:
-        return f"{seconds:g}s"
-    minutes, rest = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "") + (f"{rest}s" if rest else "")
-    return text
 
 
 class Redactor:
@@ -260,10 +253,14 @@ class LocalAttempt(LaunchedAttempt):
         root: The attempt's directory (removed when the attempt ends).
         log_fds: stdout and stderr (unnamed files); -1 once closed.
         log_digests: The stored (redacted) stdout and stderr, once stored.
+        child: The spawner's handle on the process (its gate, its exit).
+        command: argv[0] as the step wrote it and the executable it resolved to.
     """
 
     pid: int = 0
     root: Path = Path()
+    child: Child | None = field(default=None, repr=False)
+    command: tuple[str, str] = ("", "")
     log_fds: list[int] = field(default_factory=lambda: [-1, -1])
     log_digests: tuple[str, str] | None = None
     started: float = 0.0
@@ -282,6 +279,22 @@ class LocalAttempt(LaunchedAttempt):
     def ended(self) -> bool:
         """Whether the process exited (its leftovers are killed with it)."""
         return self.exited is not None and self.exited.done()
+
+    @property
+    def held(self) -> bool:
+        """Whether the process waits at its gate: its command has not run."""
+        return self.child is not None and self.child.held
+
+    def start(self) -> None:
+        """Lets the held process run its command; call it once the attempt is recorded."""
+        if self.child is not None and self.child.held and not self.finished:
+            self.started = time.monotonic()  # the timeout counts from here
+            self.child.release()
+
+    def close_gate(self) -> None:
+        """A held process exits without running its command (a no-op once started)."""
+        if self.child is not None:
+            self.child.close_gate()
 
 
 class LocalRuntime:
@@ -336,6 +349,8 @@ class LocalRuntime:
             value.encode() for key, value in self.environ.items() if key.startswith(SECRET_ENV_PREFIX) and value
         )
         self._running: dict[tuple[str, str, str, int], LocalAttempt] = {}
+        #: Commands found on PATH: (name, PATH) → executable (see `_find_command`).
+        self._commands: dict[tuple[str, str], str] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
         self._spawner = Spawner(
             self.step_user.uid if self.step_user else None, self.step_user.gid if self.step_user else None
@@ -371,10 +386,6 @@ class LocalRuntime:
 
     async def launch(self, spec: AttemptSpec) -> LocalAttempt:
         root = self.attempt_dir(spec)
-        if root.exists():
-            # A launch of this attempt that was never recorded: its executor died before
-            # writing the step record, and its spawner killed the process. Start clean.
-            await asyncio.to_thread(shutil.rmtree, root, True)
         attempt = LocalAttempt(spec=spec, handle="", start_time=datetime.now(UTC), root=root, secrets=self.secrets)
         try:
             await self._prepare_and_spawn(attempt)
@@ -387,15 +398,17 @@ class LocalRuntime:
 
     async def _prepare_and_spawn(self, attempt: LocalAttempt) -> None:
         spec, root = attempt.spec, attempt.root
-        for sub in ("work", "inputs", "outputs"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
         cwd = self._working_dir(spec, root)
-
-        with tracer().start_as_current_span("weft.input_fetch", attributes={"weft.inputs": len(spec.inputs)}):
-            for name, digest in spec.inputs.items():
-                await self._fetch_input(name, digest, root / "inputs" / name)
-        if self.step_user is not None:
-            self._give_to_step_user(root, cwd)  # a few chowns: cheaper than a thread hop
+        # Directory operations cost a millisecond or more of wall time each on a busy disk
+        # (the journal), though little CPU: all of them in one thread hop, off the event loop.
+        attempt.log_fds = await asyncio.to_thread(self._make_attempt_dir, spec, root, cwd)
+        if spec.inputs:
+            with tracer().start_as_current_span("weft.input_fetch", attributes={"weft.inputs": len(spec.inputs)}):
+                for name, digest in spec.inputs.items():
+                    await self._fetch_input(name, digest, root / "inputs" / name)
+            if self.step_user is not None:
+                for name in spec.inputs:  # a chown each: cheaper than a thread hop
+                    os.chown(root / "inputs" / name, self.step_user.uid, self.step_user.gid)
 
         granted = self._resolve_secrets(spec)
         env = self._environment(spec, root, granted)
@@ -403,12 +416,13 @@ class LocalRuntime:
         if not argv:
             raise AttemptSetupError('the step has no command: set container.command (e.g. ["sh", "-c", "..."])')
         executable = self._find_command(argv[0], cwd, env.get("PATH", os.defpath))
-        attempt.log_fds = [_unnamed_file(root), _unnamed_file(root)]
 
         with tracer().start_as_current_span("weft.launch", attributes={"process.command": argv[0]}) as span:
             request = SpawnRequest(executable=executable, argv=argv, env=env, cwd=str(cwd))
+            attempt.command = (argv[0], executable)
             try:
-                attempt.pid, attempt.exited = await self._spawner.spawn(request, *attempt.log_fds)
+                attempt.child = await self._spawner.spawn(request, *attempt.log_fds, held=True)
+                attempt.pid, attempt.exited = attempt.child.pid, attempt.child.exited
             except SpawnError as error:
                 raise AttemptSetupError(self._spawn_failure(argv[0], executable, error)) from None
             except ConnectionError as error:
@@ -418,19 +432,47 @@ class LocalRuntime:
         attempt.handle = str(attempt.pid)
         attempt.started = time.monotonic()
 
-    def _give_to_step_user(self, root: Path, cwd: Path) -> None:
-        """The step user owns what the step writes and reads; the attempt's directory
-        itself stays the executor's (the unnamed log files live there)."""
-        assert self.step_user is not None
-        uid, gid = self.step_user.uid, self.step_user.gid
-        for sub in ("work", "inputs", "outputs"):
-            top = root / sub
-            os.chown(top, uid, gid)
-            for directory, dirs, files in os.walk(top):
-                for name in dirs + files:
-                    os.chown(os.path.join(directory, name), uid, gid, follow_symlinks=False)
-        os.chown(cwd, uid, gid)
-        os.chmod(root, 0o711)  # enter, not list
+    def _make_attempt_dir(self, spec: AttemptSpec, root: Path, cwd: Path) -> list[int]:
+        """Creates the attempt's directory and returns its two unnamed log files (run in a
+        thread). `work/` always; `inputs/` and `outputs/` only when the step has inputs or
+        declares outputs: the fewer directory operations, the cheaper a launch."""
+        try:
+            root.mkdir()
+        except FileNotFoundError:
+            root.mkdir(parents=True)  # the step's first attempt on this machine
+        except FileExistsError:
+            # A launch of this attempt that was never recorded: its executor died before the
+            # step record landed, so its process never ran (it was held). Start clean.
+            shutil.rmtree(root, True)
+            root.mkdir()
+        made = [root / "work"]
+        if spec.inputs:
+            made.append(root / "inputs")
+        if spec.outputs:
+            made.append(root / "outputs")
+        for directory in made:
+            directory.mkdir()
+        work = root / "work"
+        if cwd != work:
+            cwd.mkdir(parents=True, exist_ok=True)
+            # The final guard: nothing (a symlink included) may lead the step outside.
+            if not cwd.resolve().is_relative_to(work.resolve()):
+                raise AttemptSetupError(
+                    f"working_dir '{spec.working_dir}' leaves the attempt's directory; give a path inside it"
+                )
+        if self.step_user is not None:
+            # The step user owns what the step writes and reads; the attempt's directory
+            # itself stays the executor's (the unnamed log files live there).
+            uid, gid = self.step_user.uid, self.step_user.gid
+            for directory in made:
+                os.chown(directory, uid, gid)
+            if cwd != work:
+                for directory in [cwd, *cwd.parents]:
+                    if directory == work:
+                        break
+                    os.chown(directory, uid, gid)
+            os.chmod(root, 0o711)  # enter, not list
+        return [_unnamed_file(root), _unnamed_file(root)]
 
     async def _fetch_input(self, name: str, digest: str, path: Path) -> None:
         try:
@@ -487,37 +529,46 @@ class LocalRuntime:
                 f"working_dir '{requested}' leaves the attempt's directory; "
                 "give a relative path without '..' components that climb out (e.g. 'src/data')"
             )
-        cwd = work / normalized
-        cwd.mkdir(parents=True, exist_ok=True)
-        # The final guard: nothing (a symlink included) may lead the step outside.
-        if not cwd.resolve().is_relative_to(work.resolve()):
-            raise AttemptSetupError(f"working_dir '{requested}' leaves the attempt's directory; give a path inside it")
-        return cwd
+        return work / normalized  # created (and checked once more) with the attempt's directory
 
     def _find_command(self, command: str, cwd: Path, path: str) -> str:
-        """The executable to spawn; the checks come first for messages a person can act on."""
+        """The executable to spawn; the checks come first for messages a person can act on.
+
+        A command found on PATH is remembered (by name and PATH) while it stays there: the
+        search costs a stat per PATH entry, on every launch of a wide fan-out. A command
+        installed later in an earlier PATH directory is found once the remembered one goes.
+        """
         if "/" not in command:
-            found = shutil.which(command, path=path)
-            if found is None:
-                raise AttemptSetupError(f"command '{command}' not found (PATH={path})")
-            if self.step_user is None:
-                return found
-            # The executor's rights may find a file the step user cannot run (a Python
-            # under /root): look again as the step user would.
-            for directory in path.split(os.pathsep):
-                candidate = Path(directory or ".") / command
-                if candidate.is_file() and self._step_user_may_run(candidate):
-                    return str(candidate)
-            raise AttemptSetupError(
-                f"command '{command}' is not executable by the step user {self.step_user} "
-                f"anywhere on PATH={path}: install it where that user can run it, or choose another --step-user"
-            )
+            remembered = self._commands.get((command, path))
+            if remembered is not None and os.access(remembered, os.X_OK):
+                return remembered
+            found = self._search_path(command, path)
+            self._commands[(command, path)] = found
+            return found
         target = Path(command) if os.path.isabs(command) else cwd / command
         if not target.is_file():
             raise AttemptSetupError(f"command '{command}' not found (no file {target})")
         if not os.access(target, os.X_OK):
             raise AttemptSetupError(f"command '{command}' is not executable (chmod +x {target})")
         return str(target)
+
+    def _search_path(self, command: str, path: str) -> str:
+        """The executable `command` names on `path`, as the step user would find it."""
+        found = shutil.which(command, path=path)
+        if found is None:
+            raise AttemptSetupError(f"command '{command}' not found (PATH={path})")
+        if self.step_user is None:
+            return found
+        # The executor's rights may find a file the step user cannot run (a Python
+        # under /root): look again as the step user would.
+        for directory in path.split(os.pathsep):
+            candidate = Path(directory or ".") / command
+            if candidate.is_file() and self._step_user_may_run(candidate):
+                return str(candidate)
+        raise AttemptSetupError(
+            f"command '{command}' is not executable by the step user {self.step_user} "
+            f"anywhere on PATH={path}: install it where that user can run it, or choose another --step-user"
+        )
 
     def _step_user_may_run(self, candidate: Path) -> bool:
         assert self.step_user is not None
@@ -586,6 +637,9 @@ class LocalRuntime:
         if exit_code < 0:
             name = _signal_name(-exit_code)
             return failed(_with_log_tail(f"killed by signal {name}", self._stderr_tail(attempt)))
+        if attempt.child is not None and attempt.child.failure is not None:
+            # The exec failed after the gate opened (the checks before the fork passed).
+            return failed(self._spawn_failure(*attempt.command, attempt.child.failure))
         if exit_code > 0:
             return failed(_with_log_tail(f"exit code {exit_code}", self._stderr_tail(attempt)))
         problem = self._check_outputs(attempt)
@@ -643,6 +697,7 @@ class LocalRuntime:
     async def _stop(self, attempt: LocalAttempt) -> None:
         """SIGTERM to the group, then SIGKILL once the grace period is over."""
         assert attempt.exited is not None
+        attempt.close_gate()  # held: it ends without running its command
         if attempt.ended:
             return
         await self._spawner.signal_group(attempt.pid, signal.SIGTERM)
@@ -664,11 +719,13 @@ class LocalRuntime:
         # The executor gave up on the attempt (lease lost, shutdown): nothing may outlive it.
         if attempt.finished:
             return
+        attempt.close_gate()  # at once: a held process must never start after this
         task = asyncio.get_running_loop().create_task(self._abandon(attempt))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
 
     async def _abandon(self, attempt: LocalAttempt) -> None:
+        attempt.close_gate()
         if not attempt.ended:
             await self._spawner.signal_group(attempt.pid, signal.SIGKILL)
         await self._finish(attempt)
@@ -678,6 +735,7 @@ class LocalRuntime:
         if attempt.finished:
             return
         attempt.finished = True
+        attempt.close_gate()
         self._running.pop(attempt.spec.key, None)
         self._close_logs(attempt)
         await asyncio.to_thread(shutil.rmtree, attempt.root, True)
@@ -785,6 +843,7 @@ class LocalRuntime:
         # `wait` or `abandon` removed everything already; this is for an attempt whose
         # wait never ran.
         if not attempt.finished:
+            attempt.close_gate()
             if not attempt.ended:
                 await self._spawner.signal_group(attempt.pid, signal.SIGKILL)
             await self._finish(attempt)

@@ -3,9 +3,11 @@
 Why it exists: the executor has gRPC's threads, so it must not run Python between fork
 and exec (a forked child of a threaded process crashed in tests), and wrapping each step
 in `setpriv --pdeathsig KILL` cost a second exec per step. The spawner is started once
-per local runtime (`python -I -S spawner.py FD [UID GID]`: standard library only, an
-environment without the executor's variables, its own session) and starts each step
-with `os.posix_spawn` (vfork + exec: one exec per step, no copy of any address space).
+per local runtime (`python -I -S spawner_process.py FD [UID GID]`: a small part of the
+standard library, an environment without the executor's variables, its own session)
+and starts each step with `os.posix_spawn` (vfork + exec: one exec per step, no copy of
+any address space), or, for a held launch, a fork of itself (see below). This module is
+the executor's side; `spawner_process.py` is the process.
 
 What every step gets, all set up once on the spawner itself, since posix_spawn cannot
 change ids or set prctl flags in the child:
@@ -33,6 +35,17 @@ step shares the spawner's real uid, so it may signal it (the executor then kills
 step and starts a new spawner); if executor and spawner are SIGKILLed at once (an OOM
 kill of both), the steps keep running.
 
+A held spawn (the local runtime's launches) starts the step behind a gate: the spawner
+forks (it is single-threaded, so fork is safe there), the child sets up its session and
+files and then blocks reading a pipe whose only write end the executor holds. The
+executor records the attempt with the child's pid and only then writes one byte to the
+gate, and the child execs the step's command; if the gate closes unwritten (the record
+failed, the executor died, the spawner died), the child exits without running anything.
+So a launch is one etcd write, and a command never runs unrecorded. Checks posix_spawn
+would report at once (cwd, exec permission for the steps' real ids) are made before the
+fork; an exec that still fails after the gate opened exits 127 and its errno rides on
+the exit report.
+
 It signals a process group only while its leader is its own unreaped child, so a pid the
 kernel has reused is never signalled. At a leader's exit it SIGKILLs what is left of the
 group (background children of a shell step), reaps the leader and reports the exit code.
@@ -47,31 +60,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
-import selectors
 import signal
 import socket
-import struct
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from weft_executor.runtime import spawner_process
+from weft_executor.runtime.spawner_process import FRAME_HEADER, GATE_OPEN, start_time_of
 
 log = logging.getLogger(__name__)
 
-#: prctl(2) options.
-PR_SET_DUMPABLE = 4
-PR_SET_NAME = 15
-PR_SET_NO_NEW_PRIVS = 38
-#: Header of an executor → spawner frame: body length, number of file descriptors.
-FRAME_HEADER = struct.Struct("!II")
-#: Signals Python ignores (an exec would keep them ignored) or handles, back to default in steps.
-DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGCHLD)
 #: Seconds a spawn may take before the spawner is deemed stuck (e.g. SIGSTOPped by a step
 #: of its real uid) and replaced.
 SPAWN_TIMEOUT = 30.0
@@ -88,158 +92,6 @@ class SpawnError(Exception):
 
 
 # The spawner process ----------------------------------------------------------------
-
-
-def _prctl(option: int, value: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, value, 0, 0, 0) != 0:
-        number = ctypes.get_errno()
-        raise OSError(number, os.strerror(number))
-
-
-def start_time_of(pid: int) -> int:
-    """The process's start time in clock ticks since boot (0 if it is gone): with the pid,
-    it names one process for good."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return 0
-    return int(stat.rpartition(b")")[2].split()[19])
-
-
-def _read_exactly(connection: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = connection.recv(size - len(data))
-        if not chunk:
-            raise EOFError
-        data += chunk
-    return data
-
-
-def _read_frame(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:
-    header, fds, _, _ = socket.recv_fds(connection, FRAME_HEADER.size, 16, socket.MSG_CMSG_CLOEXEC)
-    if not header:
-        raise EOFError
-    if len(header) < FRAME_HEADER.size:
-        header += _read_exactly(connection, FRAME_HEADER.size - len(header))
-    size, _ = FRAME_HEADER.unpack(header)
-    return json.loads(_read_exactly(connection, size)), fds
-
-
-def serve(connection: socket.socket, *, drop_ids: bool) -> None:
-    """The spawner's loop: spawn and signal on request, report exits, stop at EOF.
-
-    With `drop_ids`, each step gets the spawner's real uid and gid as its effective
-    ones (`POSIX_SPAWN_RESETIDS`; the exec makes them its saved ids too).
-    """
-    live: set[int] = set()
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    wake_read, wake_write = socket.socketpair()
-    wake_read.setblocking(False)
-    wake_write.setblocking(False)
-    signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    selector = selectors.DefaultSelector()
-    selector.register(connection, selectors.EVENT_READ)
-    selector.register(wake_read, selectors.EVENT_READ)
-
-    def send(message: dict[str, Any]) -> None:
-        connection.sendall(json.dumps(message).encode() + b"\n")
-
-    def spawn(request: dict[str, Any], stdout: int, stderr: int) -> None:
-        try:
-            # chdir in the spawner: the child (a vfork) starts where its parent is.
-            os.chdir(request["cwd"])
-            pid = os.posix_spawn(
-                request["executable"],
-                request["argv"],
-                request["env"],
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, devnull, 0),
-                    (os.POSIX_SPAWN_DUP2, stdout, 1),
-                    (os.POSIX_SPAWN_DUP2, stderr, 2),
-                ],
-                setsid=True,
-                setsigdef=DEFAULT_SIGNALS,
-                resetids=drop_ids,
-            )
-        except OSError as error:
-            detail = f"{error.strerror} ({error.filename})" if error.filename else error.strerror
-            send({"id": request["id"], "errno": error.errno or 0, "detail": detail or ""})
-            return
-        finally:
-            os.chdir("/")
-        live.add(pid)
-        send({"id": request["id"], "pid": pid, "start": start_time_of(pid)})
-
-    def reap() -> None:
-        while True:
-            try:
-                found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return
-            if found is None:
-                return
-            pid = found.si_pid
-            if pid in live:
-                # The leader is a zombie, so its group id is still ours: end its leftovers.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-            _, status = os.waitpid(pid, 0)
-            if pid in live:
-                live.discard(pid)
-                send({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
-
-    try:
-        while True:
-            for key, _ in selector.select():
-                if key.fileobj is wake_read:
-                    with contextlib.suppress(BlockingIOError):
-                        while wake_read.recv(4096):
-                            pass
-                    continue
-                request, fds = _read_frame(connection)
-                try:
-                    if request["op"] == "spawn":
-                        spawn(request, fds[0], fds[1])
-                    elif request["op"] == "signal" and request["pid"] in live:
-                        with contextlib.suppress(ProcessLookupError, PermissionError):
-                            os.killpg(request["pid"], request["signal"])
-                finally:
-                    for fd in fds:
-                        os.close(fd)
-                del request  # it may hold granted secret values
-            reap()
-    except (EOFError, ConnectionError):
-        pass  # the executor is gone: nothing it started may outlive it
-    for pid in live:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-    for pid in live:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-
-
-def main(argv: Sequence[str]) -> None:
-    """Entry point: `spawner.py FD [UID GID]`: FD is the spawner's end of the executor's
-    socket; UID and GID are the steps' when they differ from the spawner's."""
-    ctypes.CDLL(None).prctl(PR_SET_NAME, b"weft-spawner", 0, 0, 0)  # its name in ps and top
-    # Inherited by every step: no privilege gained through exec.
-    _prctl(PR_SET_NO_NEW_PRIVS, 1)
-    # Same-user steps cannot read our memory (it briefly holds granted secrets).
-    _prctl(PR_SET_DUMPABLE, 0)
-    connection = socket.socket(fileno=int(argv[1]))
-    connection.set_inheritable(False)  # a step must neither hold it open nor talk to the executor
-    connection.setblocking(True)
-    drop_ids = len(argv) > 3
-    if drop_ids:
-        # Real ids: the steps'; effective ids stay ours, to keep spawning and signalling.
-        # No supplementary groups, so no step inherits root's.
-        os.setgroups([])
-        os.setresgid(int(argv[3]), os.getegid(), os.getegid())
-        os.setresuid(int(argv[2]), os.geteuid(), os.geteuid())
-    serve(connection, drop_ids=drop_ids)
 
 
 # The executor's side ----------------------------------------------------------------
@@ -278,9 +130,44 @@ class SpawnRequest:
 
 
 @dataclass
-class _Spawned:
+class Child:
+    """A process the spawner started.
+
+    Attributes:
+        pid: Its pid, the leader of its own process group.
+        start_time: Its start time (with the pid, it names the process for good).
+        exited: Its exit code once it exited (negative: the signal that killed it).
+        gate: The write end of a held child's gate (-1 when not held, or opened or
+            closed already).
+        failure: Why its exec failed after the gate opened, set before `exited` resolves.
+    """
+
+    pid: int
     start_time: int
     exited: asyncio.Future[int]
+    gate: int = -1
+    failure: SpawnError | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether it waits at its gate (its command has not been started)."""
+        return self.gate >= 0
+
+    def release(self) -> None:
+        """Opens the gate: a held child execs its command. A no-op when not held."""
+        if self.gate < 0:
+            return
+        gate, self.gate = self.gate, -1
+        try:
+            os.write(gate, GATE_OPEN)
+        finally:
+            os.close(gate)
+
+    def close_gate(self) -> None:
+        """Closes the gate unopened: a held child exits without running its command."""
+        if self.gate >= 0:
+            gate, self.gate = self.gate, -1
+            os.close(gate)
 
 
 class Spawner:
@@ -302,7 +189,7 @@ class Spawner:
         self._buffer = b""
         self._next_id = 0
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._spawned: dict[int, _Spawned] = {}
+        self._spawned: dict[int, Child] = {}
         self._send_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -325,7 +212,7 @@ class Spawner:
             # Without a preexec_fn: CPython forks and execs in C, safe under threads.
             # /proc/self/exe: this interpreter, even where its path is not searchable.
             self._process = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(Path(__file__)), str(theirs.fileno()), *ids],
+                [sys.executable, "-I", "-S", spawner_process.__file__, str(theirs.fileno()), *ids],
                 executable="/proc/self/exe",
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
@@ -361,16 +248,20 @@ class Spawner:
         for line in lines:
             message = json.loads(line)
             if "exit" in message:
-                spawned = self._spawned.pop(message["exit"], None)
-                if spawned is not None and not spawned.exited.done():
-                    spawned.exited.set_result(message["code"])
+                child = self._spawned.pop(message["exit"], None)
+                if child is not None:
+                    child.close_gate()
+                    if "errno" in message:
+                        child.failure = SpawnError(message["errno"], message["detail"])
+                    if not child.exited.done():
+                        child.exited.set_result(message["code"])
                 continue
             if "pid" in message:
                 # Registered before any later message is read: its exit comes after.
                 assert self._loop is not None
-                spawned = _Spawned(message["start"], self._loop.create_future())
-                self._spawned[message["pid"]] = spawned
-                message["exited"] = spawned.exited
+                child = Child(message["pid"], message["start"], self._loop.create_future())
+                self._spawned[child.pid] = child
+                message["child"] = child
             reply = self._replies.pop(message["id"], None)
             if reply is not None and not reply.done():
                 reply.set_result(message)
@@ -394,15 +285,16 @@ class Spawner:
                 self._process.returncode,
                 len(self._spawned),
             )
-        for pid, spawned in self._spawned.items():
+        for pid, child in self._spawned.items():
+            child.close_gate()  # a held child exits unrun
             # Reparented now, so not the spawner's zombie any more: signal the group only
             # while the pid is free (its leftovers keep the group id reserved) or still
             # names the process we started.
-            if pid > 0 and start_time_of(pid) in (0, spawned.start_time):
+            if pid > 0 and start_time_of(pid) in (0, child.start_time):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
-            if not spawned.exited.done():
-                spawned.exited.set_result(-signal.SIGKILL)
+            if not child.exited.done():
+                child.exited.set_result(-signal.SIGKILL)
         for reply in self._replies.values():
             if not reply.done():
                 reply.set_exception(ConnectionError("the step spawner exited"))
@@ -425,14 +317,29 @@ class Spawner:
             if sent < len(frame):
                 await loop.sock_sendall(self._socket, frame[sent:])
 
-    async def spawn(self, request: SpawnRequest, stdout: int, stderr: int) -> tuple[int, asyncio.Future[int]]:
+    async def spawn(self, request: SpawnRequest, stdout: int, stderr: int, *, held: bool = False) -> Child:
         """Starts a process with `stdout` and `stderr` as its output files.
 
-        Returns its pid (the leader of its own process group) and a future of its exit
-        code (negative: the signal that killed it). Raises SpawnError when it could not
-        start, ConnectionError when the spawner died meanwhile.
+        With `held`, the process waits at its gate (see the module docstring) until
+        `Child.release`; closing the gate (`Child.close_gate`, or this process exiting)
+        ends it without running its command. Raises SpawnError when it could not start,
+        ConnectionError when the spawner died meanwhile.
         """
         self.start()
+        gate_read, gate_write = os.pipe2(os.O_CLOEXEC) if held else (-1, -1)
+        try:
+            child = await self._spawn(request, (stdout, stderr, gate_read) if held else (stdout, stderr))
+        except BaseException:
+            if held:
+                os.close(gate_write)
+            raise
+        finally:
+            if held:
+                os.close(gate_read)  # the child holds it now; ours would hide the EOF of a close
+        child.gate = gate_write
+        return child
+
+    async def _spawn(self, request: SpawnRequest, fds: Sequence[int]) -> Child:
         self._next_id += 1
         ident = self._next_id
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -446,7 +353,7 @@ class Spawner:
             "cwd": request.cwd,
         }
         try:
-            await self._send(message, (stdout, stderr))
+            await self._send(message, fds)
         except BaseException:
             self._replies.pop(ident, None)
             raise
@@ -460,7 +367,8 @@ class Spawner:
             raise ConnectionError(f"the step spawner did not answer for {SPAWN_TIMEOUT:.0f}s") from None
         if "pid" not in answer:
             raise SpawnError(answer["errno"], answer["detail"])
-        return answer["pid"], answer["exited"]
+        child: Child = answer["child"]
+        return child
 
     async def signal_group(self, pid: int, number: int) -> None:
         """Sends signal `number` to the process group of `pid` while its leader runs."""
@@ -479,12 +387,9 @@ class Spawner:
             except subprocess.TimeoutExpired:
                 process.kill()
                 await asyncio.to_thread(process.wait)
-        for spawned in self._spawned.values():
-            if not spawned.exited.done():
-                spawned.exited.set_result(-signal.SIGKILL)
+        for child in self._spawned.values():
+            child.close_gate()
+            if not child.exited.done():
+                child.exited.set_result(-signal.SIGKILL)
         self._spawned.clear()
         self._process = None
-
-
-if __name__ == "__main__":
-    main(sys.argv)

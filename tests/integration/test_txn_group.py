@@ -1,14 +1,14 @@
 """Group commit against a real etcd: transactions in flight together share one, and each
-still gets exactly the outcome it would get alone (weft_api/group_commit.py)."""
+still gets exactly the outcome it would get alone (weft_core.store.TxnGroup, which the
+executor's Store and weft-api's CreateRun both send through)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 
-from weft_api.group_commit import GroupCommit
 from weft_core.keyspace import Keyspace
-from weft_core.store import Store, TxnResult, absent, op_delete, op_get, op_put
+from weft_core.store import Store, TxnGroup, TxnResult, absent, op_delete, op_get, op_put
 
 
 def keys_under(keyspace: Keyspace, folder: str) -> Callable[[str], bytes]:
@@ -18,7 +18,7 @@ def keys_under(keyspace: Keyspace, folder: str) -> Callable[[str], bytes]:
 async def test_a_failing_member_sends_the_group_alone_and_only_it_fails(store: Store, keyspace: Keyspace) -> None:
     key = keys_under(keyspace, "group")
     await store.put(key("taken"), b"before")
-    group = GroupCommit(store)
+    group = TxnGroup(store)
 
     def create(name: str) -> asyncio.Future[TxnResult]:
         return asyncio.ensure_future(
@@ -45,7 +45,7 @@ async def test_a_failing_member_sends_the_group_alone_and_only_it_fails(store: S
 
 async def test_members_that_succeed_together_share_one_revision(store: Store, keyspace: Keyspace) -> None:
     key = keys_under(keyspace, "together")
-    group = GroupCommit(store)
+    group = TxnGroup(store)
     names = [f"k{i}" for i in range(20)]
     results = await asyncio.gather(*(group.txn([absent(key(n))], [op_put(key(n), b"v")]) for n in names))
     assert all(r.succeeded for r in results)
@@ -59,11 +59,28 @@ async def test_members_that_succeed_together_share_one_revision(store: Store, ke
 
 async def test_conflicting_and_ungroupable_members_never_share_a_transaction(store: Store, keyspace: Keyspace) -> None:
     key = f"{keyspace.root}/contested".encode()
-    group = GroupCommit(store)
+    group = TxnGroup(store)
     # Ten creates of one key: exactly one wins, as if each had been sent alone.
     results = await asyncio.gather(*(group.txn([absent(key)], [op_put(key, str(i).encode())]) for i in range(10)))
     assert sum(r.succeeded for r in results) == 1
-    # A delete is sent alone (its range is not a key the group can reason about).
-    deleted = await group.txn([], [op_delete(key)])
+    # A range delete is sent alone (its range is not a key the group can reason about).
+    other = f"{keyspace.root}/contested-other".encode()
+    deleted, put = await asyncio.gather(
+        group.txn([], [op_delete(key, prefix=True)]), group.txn([absent(other)], [op_put(other, b"v")])
+    )
     assert deleted.succeeded
+    assert put.succeeded
+    assert deleted.revision != put.revision
     assert await store.get(key) is None
+
+
+async def test_each_member_of_a_group_gets_the_answers_of_its_own_operations(store: Store, keyspace: Keyspace) -> None:
+    key = keys_under(keyspace, "answers")
+    await store.put(key("read"), b"value")
+    group = TxnGroup(store)
+    writes = [group.txn([absent(key(f"w{i}"))], [op_put(key(f"w{i}"), b"v")]) for i in range(5)]
+    reading = group.txn([], [op_get(key("read"))])
+    *written, read = await asyncio.gather(*writes, reading)
+    assert all(r.succeeded for r in written)
+    assert len({r.revision for r in (*written, read)}) < 6  # grouped
+    assert [kv.value for kv in read.range_kvs(0)] == [b"value"]
