@@ -481,15 +481,27 @@ class ReplicaRaces:
         attempt.handle = launched.handle
         attempt.start_time.CopyFrom(_stamp(launched.start_time))
         running_key = runner.keyspace.replica_running(ns, run_id, step.name, number, replica)
+        # A held local launch runs its command only once the replica is recorded with its
+        # process id (`Runtime.launch`): never a process that its record does not name.
+        try:
+            recorded = await runner.store.txn(
+                [lease_is(claim_key, claim.lease)], [op_put(running_key, attempt.SerializeToString())]
+            )
+            if not recorded.succeeded:
+                raise ClaimLost(f"lost the claim of replica {replica} of step {step.name} of {ref.name}")
+        except BaseException:
+            runner.runtime.abandon(launched)
+            task.attempt = None
+            runner.live_attempts.pop((ref.name, step.name, number), None)
+            metrics.attempt_ended(runner.runtime.name, None, 0.0)
+            raise
+        launched.start()
         waiting = asyncio.ensure_future(runner.runtime.wait(launched))
-        recording = asyncio.ensure_future(
-            runner.store.txn([lease_is(claim_key, claim.lease)], [op_put(running_key, attempt.SerializeToString())])
-        )
         # The decision's watch starts only if the replica is still running after a moment
         # (most short steps end first); from the revision of the running record, so that a
         # decision made meanwhile is still seen.
         decided: asyncio.Future[str] | None = None
-        pending: set[asyncio.Future[object]] = {waiting, recording}  # type: ignore[arg-type]
+        pending: set[asyncio.Future[object]] = {waiting}  # type: ignore[arg-type]
         deadline = time.monotonic() + hedge if hedge else None
         try:
             if task.cancel_reason:
@@ -513,10 +525,6 @@ class ReplicaRaces:
                         )
                         pending.add(decided)  # type: ignore[arg-type]
                     continue
-                if recording in finished:
-                    pending.discard(recording)
-                    if not recording.result().succeeded:
-                        raise ClaimLost(f"lost the claim of replica {replica} of step {step.name} of {ref.name}")
                 if decided is not None and decided in finished:
                     pending.discard(decided)
                     task.lost_race = str(decided.result()) or "another replica won"
@@ -529,10 +537,11 @@ class ReplicaRaces:
         finally:
             task.attempt = None
             runner.live_attempts.pop((ref.name, step.name, number), None)
-            for future in (waiting, decided, recording):
+            for future in (waiting, decided):
                 if future is not None and not future.done():
                     future.cancel()
-            await asyncio.gather(recording, *([decided] if decided is not None else []), return_exceptions=True)
+            if decided is not None:
+                await asyncio.gather(decided, return_exceptions=True)
         metrics.attempt_ended(
             runner.runtime.name, Attempt.State.Name(result.state).removeprefix("STATE_"), time.monotonic() - started
         )
