@@ -21,7 +21,7 @@ This module only reads: it never writes etcd or the span store.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -217,9 +217,14 @@ class _SpanIndex:
         return ""
 
 
-def _where(attempt: Attempt, launch: trace_pb2.Span | None) -> str:
-    """Where an attempt ran, from its launch span's semantic-convention attributes and its handle."""
-    attrs: Mapping[str, str] = launch.attributes if launch is not None else {}
+def _where(attempt: Attempt, attempt_span: trace_pb2.Span | None, launch: trace_pb2.Span | None) -> str:
+    """Where an attempt ran, from the semantic-convention attributes of its span and its
+    launch span (the pod's node is known only after the launch, on the attempt's span),
+    else from its handle."""
+    attrs: dict[str, str] = {}
+    for span in (attempt_span, launch):
+        if span is not None:
+            attrs.update((key, value) for key, value in span.attributes.items() if value)
     pod = attrs.get("k8s.pod.name", "")
     if pod:
         node = attrs.get("k8s.node.name", "")
@@ -384,7 +389,7 @@ def _step_events(step: str, history: RunHistory, spans: _SpanIndex) -> list[Even
             Source.SOURCE_BOTH if launch is not None else Source.SOURCE_ETCD,
             attempt=attempt.number,
             executor=attempt.executor,
-            where=_where(attempt, launch),
+            where=_where(attempt, attempt_span, launch),
             span=launch,
         )
         ended = _nanos(attempt.end_time)
