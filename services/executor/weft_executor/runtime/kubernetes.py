@@ -102,6 +102,7 @@ from weft_core.telemetry import (
     ATTR_K8S_NAMESPACE_NAME,
     ATTR_K8S_NODE_NAME,
     ATTR_K8S_POD_NAME,
+    step_telemetry_env,
     tracer,
 )
 from weft_executor import podio
@@ -256,6 +257,8 @@ class KubernetesRuntime:
         self._attempts: dict[str, KubeAttempt] = {}
         #: Pods this runtime created (not adopted), for tests and the benchmark.
         self.created = 0
+        #: The exporter variables step pods get: their spans go where this executor's go.
+        self.telemetry_env = step_telemetry_env(os.environ)
 
     # Plumbing -------------------------------------------------------------------------
 
@@ -328,7 +331,7 @@ class KubernetesRuntime:
 
     async def launch(self, spec: AttemptSpec) -> KubeAttempt:
         watcher = self.watcher
-        manifest = build_pod(spec, self.config)
+        manifest = build_pod(spec, self.config, self.telemetry_env)
         name = manifest["metadata"]["name"]
         attributes = {
             ATTR_K8S_NAMESPACE_NAME: self.namespace,
