@@ -66,7 +66,8 @@ def test_auth_and_tls_are_on_by_default_for_every_service_and_etcd() -> None:
         peer = next(e for e in containers[name]["env"] if e["name"] == "WEFT_PEER_TOKEN")
         assert peer["valueFrom"]["secretKeyRef"] == {"name": "rel-weft-auth", "key": "service-token"}
         # Kubernetes' gRPC probe speaks no TLS: the exec probe does, even on 1.35.
-        assert containers[name]["readinessProbe"]["exec"]["command"][-2:] == ["--ca-cert", "/etc/weft/tls/ca.crt"]
+        probe = containers[name]["readinessProbe"]["exec"]["command"]
+        assert probe[probe.index("--ca-cert") + 1] == "/etc/weft/tls/ca.crt", probe
     executor = containers["rel-weft-executor/executor"]["command"]
     assert {"--pod-api-token-secret=rel-weft-pods-token", "--pod-api-ca-secret=rel-weft-pods-ca"} <= set(executor)
     etcd = containers["rel-weft-etcd/etcd"]["command"]
@@ -77,7 +78,8 @@ def test_auth_and_tls_are_on_by_default_for_every_service_and_etcd() -> None:
     allowed = {
         p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in policy["spec"]["ingress"][0]["from"]
     }
-    assert allowed == {"api", "executor", "tracer", "etcd"}
+    # The snapshot and defrag CronJobs (templates/operations.yaml) talk to etcd too.
+    assert allowed == {"api", "executor", "tracer", "etcd", "etcd-backup", "etcd-defrag"}
     test_pod = _find(objects, "Pod", "rel-weft-test-api-health")
     call = next(c for c in test_pod["spec"]["containers"] if c["name"] == "authenticated-call")
     assert call["command"][:2] == ["weft", "--server"]
