@@ -27,6 +27,7 @@ from pathlib import Path
 from weft.localstack import EtcdProcess
 from weft.v1 import run_pb2
 from weft_api.lineage import LineageReader
+from weft_core.blobs import DirectoryBlobStore
 from weft_core.dna import content_digest
 from weft_core.keyspace import Keyspace
 from weft_core.lineage import index_outcome
@@ -135,10 +136,10 @@ async def commit_cost(store: Store, keyspace: Keyspace, commits: int) -> tuple[f
     return statistics.median(without), statistics.median(with_index)
 
 
-async def bench(args: argparse.Namespace, endpoint: str) -> None:
+async def bench(args: argparse.Namespace, endpoint: str, blob_dir: Path) -> None:
     store = Store(endpoint)
     keyspace = Keyspace("/bench")
-    reader = LineageReader(store, keyspace)
+    reader = LineageReader(store, keyspace, DirectoryBlobStore(blob_dir))
     try:
         shared, digests = _step_record("shared", "model", {})
         await store.put(keyspace.done(NS, "shared", "model"), shared.SerializeToString())
@@ -172,7 +173,7 @@ def main() -> None:
         etcd = EtcdProcess(Path(temp), fast=False)
         etcd.start()
         try:
-            asyncio.run(bench(args, etcd.endpoint))
+            asyncio.run(bench(args, etcd.endpoint, Path(temp) / "blobs"))
         finally:
             etcd.stop()
 

@@ -888,3 +888,12 @@ def test_explain_shows_what_changed_and_diff_names_the_root_cause(executor_stack
     replayed = cli("replay", "seeded-2", "--run-id", "seeded-2-replay", timeout=120)
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert "identical: every step produced the same outputs" in replayed.stdout
+    replayed_step = cli(
+        "replay", "seeded-2", "--step", "report", "--run-id", "seeded-2-report", "-o", "json", timeout=120
+    )
+    assert replayed_step.returncode == 0, replayed_step.stdout + replayed_step.stderr
+    one = json.loads(replayed_step.stdout)
+    assert {d["step"]: d["kind"] for d in one["steps"]} == {"generate": "KIND_SAME", "report": "KIND_SAME"}
+    shown = cli.json("runs", "get", "seeded-2-report")
+    assert isinstance(shown, dict)
+    assert shown["options"]["onlySteps"] == ["report"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,3 +102,32 @@ def test_the_readme_commands_work_against_a_secure_stack(secure_stack: Up) -> No
         [grpcurl_binary(), "-plaintext", secure_stack.api, "list"], capture_output=True, text=True, timeout=30
     )
     assert plaintext.returncode != 0
+
+
+def test_the_tracer_needs_the_token_and_receives_the_services_spans_over_tls(secure_stack: Up, tmp_path: Path) -> None:
+    token = (secure_stack.state_dir / "secure" / "admin.token").read_text().strip()
+    found = re.search(r"weft-tracer\s+(127\.0\.0\.1:\d+)", secure_stack.output.read_text())
+    assert found, secure_stack.output.read_text()
+    tracer = found.group(1)
+    pipeline = tmp_path / "hello.yaml"
+    pipeline.write_text(PIPELINE)
+    assert weft(secure_stack, "apply", "-f", str(pipeline), token=token).returncode == 0
+    ran = weft(secure_stack, "run", "hello", "--watch", token=token)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    run = _run_name(ran.stdout)
+    refused = weft(secure_stack, "events", run, "--tracer", tracer, token=None)
+    assert refused.returncode == 1
+    assert "no credentials" in refused.stderr
+    # The timeline comes from etcd, which the tracer reaches over TLS with a client certificate.
+    events = weft(secure_stack, "events", run, "--tracer", tracer, token=token)
+    assert events.returncode == 0, events.stderr
+    assert "COMMITTED" in events.stdout, events.stdout
+    # The services export to the tracer over TLS with their token (batched: give it time).
+    deadline = time.monotonic() + 30
+    while True:
+        traced = weft(secure_stack, "trace", run, "-o", "json", "--tracer", tracer, token=token)
+        assert traced.returncode == 0, traced.stderr
+        if '"spans"' in traced.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert '"spans"' in traced.stdout, traced.stdout

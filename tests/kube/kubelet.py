@@ -100,6 +100,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import urllib3
+
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
@@ -274,12 +276,14 @@ class _ContainerState:
     state: JSON = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
     ready: bool = False
     started: bool = False
+    #: What the image reference resolved to when "pulled" (reported once not waiting).
+    image_id: str = ""
 
     def as_status(self) -> JSON:
         status: JSON = {
             "name": self.name,
             "image": self.image,
-            "imageID": "",
+            "imageID": "" if "waiting" in self.state else self.image_id,
             "ready": self.ready,
             "restartCount": 0,
             "started": self.started,
@@ -335,7 +339,10 @@ class PodRun:
 
     def _container_state(self, container: JSON) -> _ContainerState:
         digest = hashlib.sha256(f"{self.uid}/{container['name']}".encode()).hexdigest()
-        return _ContainerState(container["name"], container.get("image", ""), f"weft-sim://{digest}")
+        image = container.get("image", "")
+        return _ContainerState(
+            container["name"], image, f"weft-sim://{digest}", image_id=self.kubelet.resolve_image(image)
+        )
 
     # -- what behaviours read -----------------------------------------------------------------
 
@@ -1084,6 +1091,9 @@ class SimulatedKubelet:
         self.bind_unscheduled = bind_unscheduled
         #: Unexpected errors from the kubelet's threads (tracebacks); a healthy run has none.
         self.errors: list[str] = []
+        #: The digest each image reference "pulls" as (`sha256:…`); a test moves a tag by
+        #: changing it. Unlisted references resolve to a digest of their own text.
+        self.image_digests: dict[str, str] = {}
         self._tls_cert = tls_cert
         self._tls_key = tls_key
         self._stopping = threading.Event()
@@ -1098,6 +1108,16 @@ class SimulatedKubelet:
         self._listed = threading.Event()
         self._node_registered_at = _rfc3339(_now())
         self.port = 0
+
+    def resolve_image(self, reference: str) -> str:
+        """The container `imageID` a pull of `reference` reports: `repo@sha256:…`, as a
+        container runtime reports the repo digest it pulled."""
+        name, at, pinned = reference.partition("@")
+        if at:
+            return f"{name.rsplit(':', 1)[0] if ':' in name.rsplit('/', 1)[-1] else name}@{pinned}"
+        repo = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+        digest = self.image_digests.get(reference) or "sha256:" + hashlib.sha256(reference.encode()).hexdigest()
+        return f"{repo}@{digest}"
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -1593,8 +1613,9 @@ class SimulatedKubelet:
         }
         try:
             self._request("POST", f"/api/v1/namespaces/{run.namespace}/events", body=event)
-        except ApiException as error:
-            # A namespace being deleted refuses new events; a kubelet drops them too.
+        except (ApiException, urllib3.exceptions.HTTPError) as error:
+            # A namespace being deleted refuses new events, an API server restarting refuses
+            # connections; a kubelet drops them too.
             _log.debug("event %s for %s/%s dropped: %s", reason, run.namespace, run.name, error)
 
     def _read_secret(self, namespace: str, name: str) -> dict[str, str]:

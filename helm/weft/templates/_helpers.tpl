@@ -129,7 +129,24 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.otlp.endpoint }}
 {{- .Values.otlp.endpoint }}
 {{- else if .Values.tracer.enabled }}
-{{- printf "http://%s:%d" (include "weft.tracer.fullname" .) (int .Values.tracer.otlpPort) }}
+{{- printf "%s://%s:%d" (ternary "https" "http" .Values.tls.enabled) (include "weft.tracer.fullname" .) (int .Values.tracer.otlpPort) }}
+{{- end }}
+{{- end }}
+
+{{/* How a service's exporter reaches the chart's own weft-tracer when it is secured:
+trusting the chart's CA, sending the services' token (a cluster-wide binding, which span
+export needs). Never for an explicit otlp.endpoint: that token is not for other collectors.
+After weft.security.env, whose WEFT_PEER_TOKEN the header expands. */}}
+{{- define "weft.otlp.securityEnv" -}}
+{{- if and .Values.tracer.enabled (not .Values.otlp.endpoint) }}
+{{- if .Values.tls.enabled }}
+- name: OTEL_EXPORTER_OTLP_CERTIFICATE
+  value: /etc/weft/tls/ca.crt
+{{- end }}
+{{- if .Values.auth.enabled }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  value: "authorization=Bearer%20$(WEFT_PEER_TOKEN)"
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -167,7 +184,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-api" (include "weft.fullname" .) }}
 {{- end }}
 
-{{/* Flags of weft-api and weft-executor for auth, TLS, each other and etcd. */}}
+{{/* Flags of weft-api, weft-executor and weft-tracer for auth, TLS, each other and etcd. */}}
 {{- define "weft.security.args" -}}
 {{- if .Values.auth.enabled }}
 - --auth-tokens-file=/etc/weft/auth/tokens.yaml
@@ -327,6 +344,7 @@ the commands stay the same with and without TLS. */}}
 {{- with .Values.tracer.jaegerEndpoint }}
 - --forward={{ . }}
 {{- end }}
+{{- include "weft.security.args" . }}
 {{- range .Values.tracer.extraArgs }}
 - {{ . | quote }}
 {{- end }}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from weft.v1 import artifact_pb2, artifact_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc, run_pb2, run_pb2_grpc
 from weft_api.access import API_RULES
 from weft_api.artifacts import ArtifactService, BlobReferences
+from weft_api.lineage_sweep import LineageSweep
 from weft_api.pipelines import PipelineService
 from weft_api.runs import RunService
 from weft_core.auth import load_auth
@@ -77,4 +78,10 @@ def create_api_server(config: ApiConfig) -> tuple[WeftServer, int]:
     )
     server.follow_readiness(store.reachable)  # NOT_SERVING while etcd is unreachable
     server.on_stop(store.close)
+    if config.lineage_sweep_interval > 0:
+        # Outcomes an executor committed but did not index (weft_api/lineage_sweep.py);
+        # registered after the store's close, so it stops first (clean-ups run in reverse).
+        sweep = LineageSweep(store, keyspace, blobs, interval=config.lineage_sweep_interval)
+        sweep.start()
+        server.on_stop(sweep.stop)
     return server, port

@@ -16,9 +16,14 @@ knowing a digest from another namespace gives nothing (uploading needs the conte
 itself, so a reference cannot be forged). Cluster-wide admins (executors) read any
 blob; their StatBlob in a namespace still answers for that namespace, so an executor
 uploads an output another namespace already has and the reference is recorded. Blobs
-that executors write straight to object storage get no reference (a known limit: with
-auth on, read them through a cluster-wide viewer). Without authentication nothing here
-touches etcd.
+that executors and step helpers write straight to object storage have no `blobrefs` key;
+they are readable in ns because an outcome of ns references them: the lineage index
+(`weft_core.lineage`) records every output of a committed outcome
+(`lineage/{ns}/producer/{hex}/`) and every blob it read (`lineage/{ns}/consumed/{hex}/`),
+and the reference check reads those too, in the same etcd round trip. Only committed
+outcomes count (a losing attempt's outputs stay unreadable), and the index is written
+just after the commit, so an output is readable once its step's lineage is. Without
+authentication nothing here touches etcd.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from weft_core.auth import EVERY_NAMESPACE, current_principal
 from weft_core.blobs import CHUNK_BYTES, BlobInfo, BlobStore, check_digest
 from weft_core.errors import InvalidArgument, NotFound
 from weft_core.keyspace import Keyspace
-from weft_core.store import Store
+from weft_core.store import Store, op_get
 
 
 @dataclass
@@ -61,7 +66,8 @@ def blob_message(info: BlobInfo) -> artifact_pb2.Blob:
 
 
 class BlobReferences:
-    """Which namespaces may read which blobs: `blobrefs/{ns}/{hex}` keys (auth only)."""
+    """Which namespaces may read which blobs (auth only): a `blobrefs/{ns}/{hex}` key
+    (an upload for ns), or an outcome of ns that produced or read the blob (its lineage)."""
 
     def __init__(self, store: Store, keyspace: Keyspace) -> None:
         self.store = store
@@ -79,7 +85,22 @@ class BlobReferences:
             return True
         if namespace == EVERY_NAMESPACE:
             return True  # the access rule already required the role in every namespace
-        return await self.store.get(self.keyspace.blob_ref(namespace, check_digest(digest))) is not None
+        return await self.referenced_in(namespace, digest)
+
+    async def referenced_in(self, namespace: str, digest: str) -> bool:
+        """Whether `namespace` uploaded the blob or one of its outcomes references it."""
+        hex_digest = check_digest(digest)
+        ks = self.keyspace
+        result = await self.store.txn(
+            [],
+            [
+                op_get(ks.blob_ref(namespace, hex_digest)),
+                op_get(ks.lineage_producer(namespace, hex_digest), prefix=True, count_only=True),
+                op_get(ks.lineage_consumed(namespace, hex_digest), prefix=True, count_only=True),
+            ],
+        )
+        uploaded = bool(result.range_kvs(0))
+        return uploaded or any(result.responses[i].response_range.count for i in (1, 2))
 
 
 class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):

@@ -21,6 +21,8 @@ This module only reads; it must never write to etcd, and never show a secret's v
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -32,11 +34,17 @@ from weft_core.pipelines import PipelineReader
 from weft_core.provenance import (
     COMMITTED_STEP_STATES,
     INPUT_PREFIX,
+    BlobReader,
     component_changes,
     describe_changes,
     dna_components,
+    has_components,
+    image_resolution_change,
     input_sources,
     is_own_change,
+    is_spilled,
+    restore_spilled,
+    run_scope,
     shorten,
 )
 from weft_core.spec import parse_pipeline_name, parse_run_name, run_name
@@ -52,6 +60,8 @@ LOOKBACK_RUNS = 1000
 LOOKBACK_PAGE = 50
 #: How many upstream steps deep an input change is traced in an explanation.
 TRACE_DEPTH = 4
+#: Steps per DiffRuns page when the request leaves page_size 0, and the most allowed.
+DEFAULT_DIFF_PAGE_SIZE, MAX_DIFF_PAGE_SIZE = 100, 1000
 #: The reason the executor gives a miss that no stored outcome matched.
 _NO_OUTCOME_REASON = "miss: no outcome with this DNA"
 #: The order DiffRuns lists its steps in.
@@ -102,10 +112,17 @@ class RunRecords:
 class Provenance:
     """ExplainStep's miss analysis and DiffRuns, over the committed records in etcd."""
 
-    def __init__(self, store: Store, keyspace: Keyspace, reader: PipelineReader) -> None:
+    def __init__(self, store: Store, keyspace: Keyspace, reader: PipelineReader, blobs: BlobReader) -> None:
         self.store = store
         self.keyspace = keyspace
         self.reader = reader
+        self.blobs = blobs
+
+    async def components(self, record: run_pb2.StepRun) -> list[tuple[str, str]]:
+        """The record's DNA components, read from their blob first when a wide join spilled them."""
+        if is_spilled(record):
+            await restore_spilled(record, self.blobs)
+        return dna_components(record)
 
     # Reading --------------------------------------------------------------------------
 
@@ -119,7 +136,9 @@ class Provenance:
         run.ParseFromString(kv.value)
         p_ns, p = parse_pipeline_name(run.pipeline, "run.pipeline")
         try:
-            spec: pipeline_pb2.PipelineSpec | None = (await self.reader.spec(p_ns, p, run.pipeline_version))[0]
+            spec: pipeline_pb2.PipelineSpec | None = run_scope(
+                (await self.reader.spec(p_ns, p, run.pipeline_version))[0], run.options.only_steps
+            )
         except NotFound:
             spec = None
         records = RunRecords(ns, run_id, run, spec)
@@ -159,7 +178,7 @@ class Provenance:
                 if done_kv is None or index_kv is None:
                     continue
                 record = _decode_step(done_kv.value, done_kv.key)
-                if record.state not in COMMITTED_STEP_STATES or not dna_components(record):
+                if record.state not in COMMITTED_STEP_STATES or not has_components(record):
                     continue
                 summary = run_pb2.Run()
                 summary.ParseFromString(index_kv.value)
@@ -228,7 +247,7 @@ class Provenance:
             return f"upstream {upstream} produced a different {output}"
         if after.outcome.dna == before.outcome.dna:
             return f"upstream {upstream} has the same DNA but produced a different {output}: it is nondeterministic"
-        changes = component_changes(dna_components(before), dna_components(after))
+        changes = component_changes(await self.components(before), await self.components(after))
         if depth <= 0 or not changes:
             return f"upstream {upstream} re-ran"
         await self.trace_changes(new, old, upstream, changes, depth - 1)
@@ -254,7 +273,7 @@ class Provenance:
         if previous is None:
             return explanation  # the first outcome of this step: nothing to compare with
         old, old_record = previous
-        changes = component_changes(dna_components(old_record), dna_components(record))
+        changes = component_changes(await self.components(old_record), await self.components(record))
         await self.trace_changes(current, old, record.step, changes, TRACE_DEPTH)
         explanation.compared_run = old.name
         explanation.compared_step = record.step
@@ -262,12 +281,29 @@ class Provenance:
         explanation.changes.extend(changes)
         if changes and explanation.reason == _NO_OUTCOME_REASON:
             explanation.reason = f"miss: {describe_changes(changes)} (compared with {old.name} step {record.step})"
+        moved = image_resolution_change(record, old_record)
+        if moved:
+            explanation.reason += f"; {moved}"
         return explanation
 
     # DiffRuns -------------------------------------------------------------------------
 
-    async def diff_runs(self, name_a: str, name_b: str) -> run_pb2.DiffRunsResponse:
-        """Every step of two runs, matched by name, classified and ordered (see the proto)."""
+    async def diff_runs(
+        self, name_a: str, name_b: str, page_size: int = 0, page_token: str = ""
+    ) -> run_pb2.DiffRunsResponse:
+        """One page of every step of two runs, matched by name, classified and ordered (see
+        the proto).
+
+        Each page computes the whole ordered diff and answers its slice: the order needs
+        every step's kind, and committed records never change, so pages of two finished
+        runs fit together exactly (of a run still going, a later page may see a step
+        moved to another kind). The token binds the offset to the two runs.
+        """
+        if page_size < 0 or page_size > MAX_DIFF_PAGE_SIZE:
+            raise InvalidArgument(
+                f"page_size: must be 0 (meaning {DEFAULT_DIFF_PAGE_SIZE}) to {MAX_DIFF_PAGE_SIZE}", field="page_size"
+            )
+        offset = _decode_diff_token(page_token, name_a, name_b)
         if not name_a:
             raise InvalidArgument("run_a: is required; name a run, e.g. namespaces/default/runs/r1", field="run_a")
         if not name_b:
@@ -276,13 +312,22 @@ class Provenance:
         b = await self.run_records(*parse_run_name(name_b, "run_b"), all_done=True)
         names_a = [s.name for s in a.spec.steps] if a.spec is not None else sorted(a.done)
         names_b = [s.name for s in b.spec.steps] if b.spec is not None else sorted(b.done)
+        # A run limited to some steps (a replay of a step) is compared on those steps only:
+        # the steps it left out were not removed, just not part of it.
+        if b.run.options.only_steps:
+            names_a = [n for n in names_a if n in set(names_b)]
+        if a.run.options.only_steps:
+            names_b = [n for n in names_b if n in set(names_a)]
         set_a, set_b = set(names_a), set(names_b)
         ordered = names_b + [n for n in names_a if n not in set_b]
         diffs = [await self._diff_step(a, b, name, name in set_a, name in set_b) for name in ordered]
         rank = {kind: i for i, kind in enumerate(_KIND_ORDER)}
         position = {name: i for i, name in enumerate(ordered)}
         diffs.sort(key=lambda d: (rank[d.kind], position[d.step]))
-        return run_pb2.DiffRunsResponse(run_a=a.name, run_b=b.name, steps=diffs)
+        size = page_size or DEFAULT_DIFF_PAGE_SIZE
+        end = offset + size
+        token = _encode_diff_token(end, name_a, name_b) if end < len(diffs) else ""
+        return run_pb2.DiffRunsResponse(run_a=a.name, run_b=b.name, steps=diffs[offset:end], next_page_token=token)
 
     async def _diff_step(self, a: RunRecords, b: RunRecords, step: str, in_a: bool, in_b: bool) -> run_pb2.StepDiff:
         if not in_a:
@@ -307,18 +352,57 @@ class Provenance:
         assert record_a is not None
         assert record_b is not None
         diff.outputs_differ = dict(record_a.outcome.outputs) != dict(record_b.outcome.outputs)
+        await self.components(record_a)
+        await self.components(record_b)
+        moved = image_resolution_change(record_b, record_a)
         if diff.dna_a == diff.dna_b:
             if diff.outputs_differ:
                 diff.kind = StepDiff.KIND_NONDETERMINISTIC
                 diff.message = "same DNA, different outputs: the step is nondeterministic"
+                if moved:
+                    diff.message = f"same DNA, different outputs; {moved}, which may be why"
             else:
                 diff.kind = StepDiff.KIND_SAME
+                diff.message = moved
             return diff
-        changes = component_changes(dna_components(record_a), dna_components(record_b))
+        changes = component_changes(await self.components(record_a), await self.components(record_b))
         await self.trace_changes(b, a, step, changes, 0)
         diff.changes.extend(changes)
         diff.caused_by.extend(sorted({c.upstream_step for c in changes if c.upstream_step}))
         own = [c for c in changes if is_own_change(c)]
         diff.kind = StepDiff.KIND_ROOT_CAUSE if own or not changes else StepDiff.KIND_INPUT_CHANGED
         diff.message = describe_changes(changes) or "DNA differs"
+        if moved:
+            diff.message += f"; {moved}"
         return diff
+
+
+def _runs_fingerprint(name_a: str, name_b: str) -> str:
+    return hashlib.sha256(f"{name_a}\n{name_b}".encode()).hexdigest()[:16]
+
+
+def _encode_diff_token(offset: int, name_a: str, name_b: str) -> str:
+    """An opaque token: the next offset, bound to the two runs it pages through (AIP-158)."""
+    return base64.urlsafe_b64encode(f"diff:{_runs_fingerprint(name_a, name_b)}:{offset}".encode()).decode()
+
+
+def _decode_diff_token(token: str, name_a: str, name_b: str) -> int:
+    if not token:
+        return 0
+    try:
+        kind, fingerprint, offset = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+    except ValueError:
+        kind, fingerprint, offset = "", "", ""
+    if kind != "diff" or not offset.isdigit():
+        raise InvalidArgument(
+            "page_token: not a token of DiffRuns; pass next_page_token of the previous page, or leave it empty "
+            "to start over",
+            field="page_token",
+        )
+    if fingerprint != _runs_fingerprint(name_a, name_b):
+        raise InvalidArgument(
+            "page_token: it pages through another pair of runs; send the same run_a and run_b as the first page, "
+            "or leave it empty to start over",
+            field="page_token",
+        )
+    return int(offset)

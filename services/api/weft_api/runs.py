@@ -42,7 +42,6 @@ from weft_api.listing import check_request_id, decode_token, encode_token, page_
 from weft_api.provenance import Provenance
 from weft_core.auth import current_subject
 from weft_core.blobs import BlobStore, digest_of
-from weft_core.dna import restore_components
 from weft_core.errors import (
     Aborted,
     AlreadyExists,
@@ -55,6 +54,7 @@ from weft_core.errors import (
 )
 from weft_core.keyspace import Keyspace, ready_time_of
 from weft_core.pipelines import PipelineReader
+from weft_core.provenance import restore_spilled, run_scope
 from weft_core.requests import RequestIdLeases, RequestRecord, request_digest
 from weft_core.runs import run_summary
 from weft_core.spec import (
@@ -95,6 +95,18 @@ LOG_CHUNK_BYTES = 1024 * 1024
 HEAD_CACHE_SIZE = 4096
 
 _RUN_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def _check_step_options(spec: pipeline_pb2.PipelineSpec, options: run_pb2.RunOptions) -> None:
+    """INVALID_ARGUMENT unless every step `options` names is a step of the version."""
+    known = {step.name for step in spec.steps}
+    for field_name in ("only_steps", "rerun_steps"):
+        for i, step in enumerate(getattr(options, field_name)):
+            if step not in known:
+                field = f"run.options.{field_name}[{i}]"
+                raise InvalidArgument(
+                    f'{field}: the pipeline version has no step "{step}"; name one of its steps', field=field
+                )
 
 
 class OutOfRange(ServiceError):
@@ -244,8 +256,8 @@ class RunService(run_pb2_grpc.RunServiceServicer):
         self._heads: OrderedDict[tuple[str, str], _PipelineAt] = OrderedDict()
         #: CreateRun's transactions, grouped with the concurrent ones (weft_api/group_commit.py).
         self.run_writes = GroupCommit(store)
-        self.provenance = Provenance(store, keyspace, reader)
-        self.lineage = LineageReader(store, keyspace)
+        self.provenance = Provenance(store, keyspace, reader, blobs)
+        self.lineage = LineageReader(store, keyspace, blobs)
 
     # Reading ------------------------------------------------------------------------
 
@@ -277,7 +289,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             spec, _ = await self.reader.spec(p_ns, p, run.pipeline_version)
         except NotFound:
             return None
-        return spec
+        return run_scope(spec, run.options.only_steps)
 
     async def snapshot(self, ns: str, run_id: str) -> RunSnapshot:
         """The run with every step, read at one revision (two paged range reads)."""
@@ -538,6 +550,7 @@ class RunService(run_pb2_grpc.RunServiceServicer):
                     at = await self._pipeline_at(ns, p, fresh=fresh)
                     digest = await self._version_of(ns, p, at, wanted.pipeline_version)
                     spec, _ = await self.reader.spec(ns, p, digest)
+                    _check_step_options(spec, wanted.options)
                     chosen = run_id or generate_run_id(p)
                     record = self._new_run_record(
                         ns, chosen, p, digest, spec, wanted, resumed_from, traceparent, replay_of
@@ -693,7 +706,35 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             labels=source.labels,
         )
         wanted.options.cache_mode = run_pb2.CACHE_MODE_OFF
-        return await self.create_run(ns, wanted, request.run_id, request_id, digest_of_request, replay_of=source.name)
+        resumed_from = ""
+        if request.steps:
+            wanted.options.only_steps.extend(await self._replayed_steps(source, request))
+            if not request.with_upstream:
+                # The upstream steps are resumed from the replayed run (its recorded inputs);
+                # only the named steps launch again.
+                wanted.options.rerun_steps.extend(wanted.options.only_steps)
+                resumed_from = source.name
+        elif request.with_upstream:
+            raise InvalidArgument(
+                "with_upstream: is only meaningful with steps; name the steps to replay", field="with_upstream"
+            )
+        return await self.create_run(
+            ns, wanted, request.run_id, request_id, digest_of_request, resumed_from=resumed_from, replay_of=source.name
+        )
+
+    async def _replayed_steps(self, source: run_pb2.Run, request: run_pb2.ReplayRunRequest) -> list[str]:
+        """The steps a ReplayRun names, each checked to be a step of the replayed run."""
+        spec = await self._spec_of(source)
+        if spec is None:
+            raise FailedPrecondition(f'run "{source.name}": its pipeline version was deleted; it cannot be replayed')
+        known = {step.name for step in spec.steps}
+        for i, step in enumerate(request.steps):
+            if step not in known:
+                shown = ", ".join(s.name for s in spec.steps[:10]) + (", …" if len(spec.steps) > 10 else "")
+                raise InvalidArgument(
+                    f'steps[{i}]: run "{source.name}" has no step "{step}"; its steps are: {shown}', field=f"steps[{i}]"
+                )
+        return list(dict.fromkeys(request.steps))
 
     # Changing -----------------------------------------------------------------------
 
@@ -859,16 +900,15 @@ class RunService(run_pb2_grpc.RunServiceServicer):
             return run_pb2.StepExplanation(
                 decision=run_pb2.StepExplanation.DECISION_UNSPECIFIED, reason="not claimed yet"
             )
-        if record.explanation.components_digest and not record.explanation.components:
-            # A wide join's components live in a blob (invariant 6): show them all the same.
-            restore_components(record.explanation, await self.blobs.get(record.explanation.components_digest))
+        # A wide join's components live in a blob (invariant 6): show them all the same.
+        await restore_spilled(record, self.blobs)
         record.step = request.step
         return await self.provenance.explain(ns, run_id, record)
 
     async def DiffRuns(
         self, request: run_pb2.DiffRunsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> run_pb2.DiffRunsResponse:
-        return await self.provenance.diff_runs(request.run_a, request.run_b)
+        return await self.provenance.diff_runs(request.run_a, request.run_b, request.page_size, request.page_token)
 
     async def GetLineage(
         self, request: run_pb2.GetLineageRequest, context: grpc.aio.ServicerContext[Any, Any]

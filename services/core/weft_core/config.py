@@ -146,6 +146,14 @@ def etcd_endpoints(value: str) -> str:
     return ",".join(endpoints)
 
 
+def non_negative_seconds(value: str) -> float:
+    """A number of seconds, 0 or more."""
+    seconds = float(value)
+    if not seconds >= 0:
+        raise ValueError("expected a number of seconds, 0 or more")
+    return seconds
+
+
 def metrics_port(value: str) -> int | None:
     """A TCP port for /metrics; "" or "off" turns metrics off, 0 picks a free port."""
     if value in ("", "off"):
@@ -281,6 +289,8 @@ class ApiConfig:
         auth_tokens_file .. etcd_client_key: see `SECURITY_FLAGS`.
         relaxed_security_namespaces: Namespaces whose steps may relax the hardened pod
             defaults (`Container.security`); `*` allows it everywhere.
+        lineage_sweep_interval: Seconds between passes of the lineage sweep
+            (`weft_api.lineage_sweep`), which also runs once at start; 0 turns it off.
         metrics_port: Port of /metrics on the listen host; None serves no metrics.
         log_level: Lowest level logged.
         log_format: "text" or "json".
@@ -306,6 +316,7 @@ class ApiConfig:
     etcd_client_key: Path | None = None
     relaxed_security_namespaces: frozenset[str] = frozenset()
     blob_store: str = ""
+    lineage_sweep_interval: float = 600.0
     metrics_port: int | None = None
     log_level: str = "INFO"
     log_format: str = "text"
@@ -343,6 +354,13 @@ class ApiConfig:
             "namespaces whose steps may relax the hardened pod defaults (comma-separated; * for all)",
             default="",
             convert=namespace_set,
+        ),
+        Flag(
+            "--lineage-sweep-interval",
+            "WEFT_LINEAGE_SWEEP_INTERVAL",
+            "seconds between passes that index outcomes an executor left without lineage (0: off)",
+            default="600",
+            convert=non_negative_seconds,
         ),
         *OPERATION_FLAGS,
     )

@@ -79,13 +79,18 @@ the key says everything, so every write is an idempotent put, safe alone and in 
                                                        input from the producer outcome
     {root}/lineage/{ns}/consumed/{blob_hex}/{consumer_hex}/{input}  the consumer outcome read the blob
                                                        (a step output, parameter or literal) as input
+    {root}/lineagesweep/cursor                          the run-index tail ({ns}/{run}) up to which
+                                                       weft-api's sweep has indexed outcomes the
+                                                       executor left unindexed ("" between passes)
 
 Access
     {root}/blobrefs/{ns}/{hex}                          empty; the blob sha256:{hex} was uploaded for
                                                        namespace ns (PutBlob with a namespace), so
                                                        ns's viewers may read it. Written by weft-api
                                                        only while authentication is on: a digest
-                                                       alone is no capability (weft_api.artifacts)
+                                                       alone is no capability (weft_api.artifacts).
+                                                       Blobs an outcome of ns produced or read are
+                                                       readable in ns through its lineage keys
 
 A WatchRun is one etcd watch of the prefix `{root}/runs/{ns}/{run}/`, so run and step events
 come in commit order and resume by revision.
@@ -269,6 +274,10 @@ class Keyspace:
     def lineage_consumed(self, ns: str, blob_hex: str, consumer_hex: str = "", input_name: str = "") -> bytes:
         """Without consumer and input: the prefix of every outcome that read the blob."""
         return self._key("lineage", ns, "consumed", blob_hex, *((consumer_hex, input_name) if consumer_hex else ("",)))
+
+    def lineage_sweep_cursor(self) -> bytes:
+        """The run-index key (tail) up to which weft-api's lineage sweep has checked outcomes."""
+        return self._key("lineagesweep", "cursor")
 
     def parse_ready(self, key: bytes) -> tuple[str, str, str]:
         """(namespace, run, step) of a ready-mark key."""

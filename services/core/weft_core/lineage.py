@@ -12,7 +12,9 @@ safe alone, in any order, and repeated; they are batched into transactions of at
 `MAX_TXN_OPS` puts (a 10,000-input join writes 20,000 edges in ~160 transactions) and
 never joined to the commit's own transaction, which must stay within etcd's limits. The
 index is written after the commit: an executor that dies in between leaves that outcome
-unindexed (its run's records still hold its lineage). Nothing here reads etcd.
+unindexed until weft-api's sweep (`weft_api.lineage_sweep`) finds it: the `made` key of
+an outcome is written last, so its absence marks an outcome whose index is missing or
+incomplete, and the sweep writes them all again (idempotent puts). Nothing here reads etcd.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Mapping
 from weft.v1 import run_pb2
 from weft_core.dna import SHA256_PREFIX
 from weft_core.keyspace import Keyspace
+from weft_core.provenance import INPUT_PREFIX
 from weft_core.spec import parse_run_name
 from weft_core.store import MAX_TXN_OPS, Store, op_put
 
@@ -43,7 +46,7 @@ def lineage_keys(
     """
     _, run_id = parse_run_name(outcome.run, "outcome.run")
     dna = _hex(outcome.dna)
-    keys = [keyspace.lineage_made(namespace, dna, run_id, outcome.step)]
+    keys = []
     for output, digest in sorted(outcome.outputs.items()):
         keys.append(keyspace.lineage_producer(namespace, _hex(digest), dna, output))
     for name, digest in sorted(input_digests.items()):
@@ -51,7 +54,30 @@ def lineage_keys(
         producer = outcome.input_outcomes.get(name)
         if producer:
             keys.append(keyspace.lineage_consumer(namespace, _hex(producer), dna, name))
+    # Last: its presence says every edge before it was written (the sweep's test).
+    keys.append(keyspace.lineage_made(namespace, dna, run_id, outcome.step))
     return keys
+
+
+def made_key(keyspace: Keyspace, namespace: str, record: run_pb2.StepRun, run_id: str) -> bytes:
+    """The `made` key of a SUCCEEDED step record's outcome: present once it is fully indexed."""
+    return keyspace.lineage_made(namespace, _hex(record.outcome.dna), run_id, record.step)
+
+
+def produced_outcome(record: run_pb2.StepRun) -> bool:
+    """Whether a done record holds an outcome its own run produced (and so must be indexed):
+    SUCCEEDED; a CACHED step reused another run's outcome, which that run indexed."""
+    return record.state == run_pb2.StepRun.STATE_SUCCEEDED and bool(record.outcome.dna)
+
+
+def input_digests_of(record: run_pb2.StepRun) -> dict[str, str]:
+    """The content digest of each input, from a done record's DNA components (restored
+    first when a wide join spilled them, `weft_core.provenance.restore_spilled`)."""
+    return {
+        c.name.removeprefix(INPUT_PREFIX): c.value
+        for c in record.explanation.components
+        if c.name.startswith(INPUT_PREFIX)
+    }
 
 
 async def index_outcome(
@@ -59,7 +85,9 @@ async def index_outcome(
 ) -> int:
     """Writes the lineage index of a committed outcome; returns the number of keys written.
 
-    The executor calls this once its commit of a new outcome won.
+    The executor calls this once its commit of a new outcome won; weft-api's sweep
+    (`weft_api.lineage_sweep`) calls it for an outcome it finds without its `made` key.
+    The `made` key goes last, so a cut-short indexing stays visibly incomplete.
     """
     keys = lineage_keys(keyspace, namespace, outcome, input_digests)
     for start in range(0, len(keys), MAX_TXN_OPS):

@@ -69,6 +69,11 @@ DEFAULT_GRACE = 10.0
 DEFAULT_MAX_CONNECTION_AGE = 300.0
 #: Seconds between readiness probes (see `WeftServer.follow_readiness`).
 READINESS_INTERVAL = 1.0
+#: Most request bytes, and seconds, a refused call's request stream is read and dropped for
+#: before its status is sent (see `_drain`): a wrong token on a small upload must read as
+#: UNAUTHENTICATED, and an unauthenticated caller must not make the server read gigabytes.
+DRAIN_BYTES = 8 * 1024 * 1024
+DRAIN_SECONDS = 1.0
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _propagator = TraceContextTextMapPropagator()
@@ -357,7 +362,7 @@ class ErrorInterceptor(_ServerInterceptor):
                 try:
                     return await behaviour(decoded(request), context)
                 except Exception as error:
-                    await _abort(context, method, error)
+                    await _abort(context, method, error, drain=streaming_request)
 
             return unary
 
@@ -368,7 +373,7 @@ class ErrorInterceptor(_ServerInterceptor):
                         async for response in responses:
                             yield response
                 except Exception as error:
-                    await _abort(context, method, error)
+                    await _abort(context, method, error, drain=streaming_request)
 
             return stream
 
@@ -387,10 +392,41 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str] | None:
     return None
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], method: str, error: Exception) -> None:
+async def _drain(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Reads and drops what is left of a refused call's request stream, up to `DRAIN_BYTES`
+    or `DRAIN_SECONDS`, so its status goes out after the client half-closed.
+
+    Why: a server that ends a client-streaming call early sends its trailers and then
+    RST_STREAM, and a grpc.aio client whose write was in flight then reports
+    INTERNAL "Internal error from Core" in place of the status it received (the failed
+    write overwrites it: grpc/grpc#36066, ~5% of refused 3 MiB uploads). A client that
+    has finished writing has no write in flight, so it reads the real status. Past the
+    budget the status is sent anyway: the limit of this fix is an upload larger than
+    `DRAIN_BYTES` refused mid-way, which a grpc.aio client may still see as INTERNAL
+    (the SDK asks StatBlob, a unary call, before uploading anything that large).
+    """
+    received = 0
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while received <= DRAIN_BYTES:
+                message = await context.read()
+                if message is grpc.aio.EOF:  # type: ignore[attr-defined]  # public, but not in the stubs
+                    return
+                received += message.ByteSize() if hasattr(message, "ByteSize") else 1
+    except TimeoutError:
+        return
+    except Exception as error:  # the call already ended (client gone): the abort below says so
+        log.debug("draining a refused request stream stopped: %s", error)
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], method: str, error: Exception, *, drain: bool = False
+) -> None:
     # An abort raised deeper (a servicer that called context.abort) carries its status: pass it on.
     if isinstance(error, grpc.aio.AbortError):
         raise error
+    if drain:
+        await _drain(context)
     status = status_of(error)
     if status is None:
         log.error("%s failed unexpectedly", method, exc_info=error)

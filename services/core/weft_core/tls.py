@@ -6,7 +6,10 @@ the first handshake after either file changed (cert-manager, a rotated Secret, `
 --secure` run again), so rotation needs no restart; with `client_ca` every client must
 present a certificate signed by that CA (mTLS, e.g. executors talking to the api).
 
-`ClientTls` is the other side: the CA a client trusts and the certificate it presents.
+`ClientTls` is the other side: the CA a client trusts and the certificate it presents;
+a peer's channel re-reads them when they change (weft._auth.RotatingChannel). etcd's
+channel (weft_core.store) reads them once: rotating etcd client certificates needs a
+restart of the service.
 This module never logs key material, and a pair of files that does not load keeps the
 previous certificate rather than stopping the service from accepting connections.
 """
@@ -137,9 +140,20 @@ class Peer:
         return f"Peer(token={'*****' if self.token else '<unset>'}, tls={self.tls!r})"
 
     def open_channel(self, target: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-        """An asyncio channel to `target` with this peer's credentials."""
-        credentials = self.tls.channel_credentials() if self.tls is not None else None
-        return open_channel(target, token=self.token, credentials=credentials, options=options)
+        """An asyncio channel to `target` with this peer's credentials; its client
+        certificate and CA are re-read when their files change (`weft._auth.RotatingChannel`),
+        so an executor's long-lived channel to the api survives a rotation without a restart."""
+        if self.tls is None:
+            return open_channel(target, token=self.token, options=options)
+        return open_channel(
+            target,
+            token=self.token,
+            tls=True,
+            ca_cert=self.tls.ca_cert,
+            client_cert=self.tls.client_cert,
+            client_key=self.tls.client_key,
+            options=options,
+        )
 
 
 def server_tls_of(config: Any) -> ServerTls | None:

@@ -84,7 +84,7 @@ class CacheDecider:
             return result
 
         resume_note = ""
-        if run.resumed_from:
+        if run.resumed_from and step.name not in run.options.rerun_steps:
             reused = await self.resumable_outcome(run.resumed_from, step.name, dna)
             if isinstance(reused, run_pb2.Outcome):
                 reason = f"resumed: outcome of {run.resumed_from} step {step.name} has the same DNA"

@@ -30,6 +30,7 @@ from weft.v1 import pipeline_pb2, run_pb2
 from weft_core.errors import Internal
 from weft_core.keyspace import Keyspace, ready_mark
 from weft_core.pipelines import PipelineReader
+from weft_core.provenance import run_scope
 from weft_core.runs import run_summary
 from weft_core.spec import Dag, parse_pipeline_name, run_name
 from weft_core.store import MAX_TXN_OPS, KeyValue, Store, absent, lease_is, op_delete, op_get, op_put, unchanged_since
@@ -139,6 +140,10 @@ class RunRefs:
         """
         pipeline_ns, pipeline = parse_pipeline_name(run.pipeline, "run.pipeline")
         spec, dag = await self.pipelines.spec(pipeline_ns, pipeline, run.pipeline_version)
+        if run.options.only_steps:
+            # A replay of some steps: the run is made of them and their upstream only.
+            spec = run_scope(spec, run.options.only_steps)
+            return RunRef(namespace, run_id, spec, Dag.from_spec(spec), {step.name: step for step in spec.steps})
         index = self._indexes.get(run.pipeline_version)
         if index is None:
             index = {step.name: step for step in spec.steps}

@@ -1081,6 +1081,7 @@ class StepRunner:
             attempt.stdout_digest = result.stdout_digest
             attempt.stderr_digest = result.stderr_digest
             attempt.output_digests.update(result.output_digests)
+            attempt.image_id = result.image_id
             attempt.end_time.CopyFrom(_timestamp(result.end_time))
             if result.state != Attempt.STATE_SUCCEEDED:
                 span.set_status(Status(StatusCode.ERROR, result.message.splitlines()[0] if result.message else ""))
@@ -1123,6 +1124,7 @@ class StepRunner:
             executor=self.executor_id,
             handle=attempt.handle,
             input_outcomes=dict(work.inputs.input_outcomes),
+            image_id=attempt.image_id,
         )
         outcome.start_time.CopyFrom(attempt.start_time)
         outcome.end_time.CopyFrom(attempt.end_time)

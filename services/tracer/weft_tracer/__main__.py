@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.info("starting with %s", describe_config(config))
     try:
         asyncio.run(serve(config))
-    except RuntimeError as error:
+    except (RuntimeError, ValueError) as error:  # cannot listen; a bad token, roles or TLS file
         log.error("%s", error)
         sys.exit(1)
     log.info("stopped")

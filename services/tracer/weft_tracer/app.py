@@ -2,7 +2,9 @@
 
 `create_tracer_server(config)` is what `weft-tracer` runs and what the tests start on
 port 0. One port serves both the OTLP/gRPC collector service (what exporters call) and
-`weft.v1.TraceService` (what the CLI calls), plus health and reflection.
+`weft.v1.TraceService` (what the CLI calls), plus health and reflection. With the
+security flags, both are authenticated and authorised by `weft_tracer.access`'s table
+(token or TokenReview, like weft-api), the port speaks TLS, and etcd is reached over TLS.
 
 The tracer exports no spans of its own: its exporter would send them to itself (weft up
 points every service's OTEL_EXPORTER_OTLP_ENDPOINT at it), and each export would make
@@ -20,9 +22,12 @@ from dataclasses import dataclass
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
 from weft.v1 import trace_pb2, trace_pb2_grpc
+from weft_core.auth import load_auth
 from weft_core.keyspace import Keyspace
 from weft_core.server import ServiceBinding, WeftServer, create_server
 from weft_core.store import Store
+from weft_core.tls import etcd_tls_of, server_tls_of
+from weft_tracer.access import TRACER_RULES
 from weft_tracer.config import TracerConfig
 from weft_tracer.forward import Forwarder
 from weft_tracer.ingest import OTLP_TRACE_SERVICE, Counters, Ingestor, OtlpReceiver
@@ -84,7 +89,13 @@ async def create_tracer(config: TracerConfig) -> Tracer:
 
     The server is bound, not started: `await tracer.server.start()`. Stopping it drains
     the queues and closes the store and the etcd connection.
+
+    Raises:
+        ValueError: A token, roles or TLS file of the config is missing or malformed.
     """
+    # Security first: a bad token or certificate file must stop the start, not the first call.
+    auth = load_auth(config.auth_tokens_file, config.auth_kube_roles_file, config.auth_kubeconfig)
+    tls = server_tls_of(config)
     store = await asyncio.to_thread(SpanStore, config.store)
     counters = Counters()
     ingestor = Ingestor(store, counters, queue_spans=config.queue_spans)
@@ -93,7 +104,7 @@ async def create_tracer(config: TracerConfig) -> Tracer:
         if config.forward
         else None
     )
-    etcd = Store(config.etcd_endpoints) if config.etcd_endpoints else None
+    etcd = Store(config.etcd_endpoints, tls=etcd_tls_of(config)) if config.etcd_endpoints else None
     services = [
         ServiceBinding(
             OTLP_TRACE_SERVICE,
@@ -106,7 +117,9 @@ async def create_tracer(config: TracerConfig) -> Tracer:
             trace_pb2_grpc.add_TraceServiceServicer_to_server,
         ),
     ]
-    server, port = create_server(config.listen, services)
+    server, port = create_server(
+        config.listen, services, auth=auth.with_rules(TRACER_RULES) if auth is not None else None, tls=tls
+    )
     ingestor.start()
     if forwarder is not None:
         await forwarder.start()

@@ -3,7 +3,8 @@
 The command line is a contract `weft up` and the Helm chart build against: `--listen`
 (OTLP/gRPC and weft.v1.TraceService on one port), `--store` (the SQLite file),
 `--etcd-endpoints` and `--etcd-root` (for run timelines; optional), the retention and
-queue limits, and `--forward` (an OTLP endpoint such as Jaeger's). Without `--forward`,
+queue limits, `--forward` (an OTLP endpoint such as Jaeger's), and the security flags
+every weft service shares (`weft_core.config.SECURITY_FLAGS`: token auth, TLS, etcd TLS). Without `--forward`,
 the standard `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`/`OTEL_EXPORTER_OTLP_ENDPOINT` of the
 tracer's own environment are *not* used: they point at the tracer itself under
 `weft up`, and forwarding into itself would loop. Nothing here contacts anything.
@@ -12,10 +13,19 @@ tracer's own environment are *not* used: they point at the tracer itself under
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from weft_core.config import ETCD_FLAGS, Flag, etcd_endpoints, listen_address, parse_flags
+from weft_core.config import (
+    ETCD_FLAGS,
+    SECURITY_FLAGS,
+    ConfigError,
+    Flag,
+    check_security,
+    etcd_endpoints,
+    listen_address,
+    parse_flags,
+)
 from weft_core.keyspace import DEFAULT_ROOT
 
 
@@ -77,6 +87,8 @@ class TracerConfig:
         forward: OTLP/gRPC endpoint every span is forwarded to ("" for none).
         forward_queue_spans: Most spans waiting to be forwarded; more are forward-dropped.
         forward_retry_seconds: How long one forward batch is retried before it is dropped.
+        auth_tokens_file .. etcd_client_key: see `weft_core.config.SECURITY_FLAGS` (the
+            peer settings are accepted for uniformity; the tracer calls no weft service).
     """
 
     listen: str = "127.0.0.1:4317"
@@ -90,6 +102,20 @@ class TracerConfig:
     forward: str = ""
     forward_queue_spans: int = 50_000
     forward_retry_seconds: float = 30.0
+    # Security (SECURITY_FLAGS): all off by default, as on every weft service.
+    auth_tokens_file: Path | None = None
+    auth_kube_roles_file: Path | None = None
+    auth_kubeconfig: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    peer_token: str = field(default="", metadata={"secret": True})
+    peer_ca_cert: Path | None = None
+    peer_client_cert: Path | None = None
+    peer_client_key: Path | None = None
+    etcd_ca_cert: Path | None = None
+    etcd_client_cert: Path | None = None
+    etcd_client_key: Path | None = None
 
     FLAGS = (
         Flag(
@@ -157,7 +183,11 @@ class TracerConfig:
             default="30",
             convert=non_negative_float,
         ),
+        *SECURITY_FLAGS,
     )
+
+    def __post_init__(self) -> None:
+        check_security(self)
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> TracerConfig:
@@ -169,16 +199,21 @@ class TracerConfig:
             argv,
             environ,
         )
-        return cls(
-            listen=values["listen"],
-            store=values["store"],
-            etcd_endpoints=values["etcd_endpoints"],
-            etcd_root=values["etcd_root"],
-            retention_seconds=values["retention"],
-            retention_bytes=values["retention_bytes"],
-            prune_interval=values["prune_interval"],
-            queue_spans=values["queue_spans"],
-            forward=values["forward"],
-            forward_queue_spans=values["forward_queue_spans"],
-            forward_retry_seconds=values["forward_retry"],
-        )
+        security = {flag.dest: values[flag.dest] for flag in SECURITY_FLAGS}
+        try:
+            return cls(
+                **security,
+                listen=values["listen"],
+                store=values["store"],
+                etcd_endpoints=values["etcd_endpoints"],
+                etcd_root=values["etcd_root"],
+                retention_seconds=values["retention"],
+                retention_bytes=values["retention_bytes"],
+                prune_interval=values["prune_interval"],
+                queue_spans=values["queue_spans"],
+                forward=values["forward"],
+                forward_queue_spans=values["forward_queue_spans"],
+                forward_retry_seconds=values["forward_retry"],
+            )
+        except ConfigError as error:
+            raise SystemExit(f"weft-tracer: {error}") from None

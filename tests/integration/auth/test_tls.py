@@ -1,9 +1,11 @@
 """TLS on real servers: the right CA connects, a wrong CA or plaintext does not, mTLS needs
-a client certificate, a rotated certificate is served without a restart, and an executor
+a client certificate, a rotated certificate is served (and a rotated client certificate
+presented) without a restart, and an executor
 and the api talk TLS (mTLS) both ways through a whole run."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -18,11 +20,15 @@ from tests.integration.auth.conftest import Pki, Tokens
 from tests.integration.conftest import InProcessApi, running_api
 from tests.integration.executor.support import Harness, states
 from tests.support import assert_eventually_async
+from weft._auth import RotatingChannel, channel_credentials, open_channel
 from weft._pki import LocalCA
 from weft.localstack import EtcdProcess
 from weft.v1 import pipeline_pb2, run_pb2
+from weft_api.app import create_api_server
+from weft_core.config import ApiConfig
 from weft_core.keyspace import Keyspace
 from weft_core.store import Store
+from weft_core.tls import ClientTls, Peer
 
 pytestmark = pytest.mark.timeout(90)
 LIST = run_pb2.ListRunsRequest(parent="namespaces/team-a")
@@ -147,3 +153,81 @@ async def test_an_executor_and_the_api_talk_mtls_both_ways_through_a_run(
         finally:
             await h.close()
             await store.close()
+
+
+def replace_file(source: Path, target: Path) -> None:
+    """Replaces `target` by a copy of `source` at once, as a rotated Secret does."""
+    spool = target.with_suffix(".new")
+    shutil.copy(source, spool)
+    os.replace(spool, target)
+
+
+async def test_a_client_certificate_rotates_without_reopening_the_channel(
+    etcd: EtcdProcess, keyspace: Keyspace, tmp_path: Path, tokens: Tokens, pki: Pki
+) -> None:
+    """The SDK's channel and a peer's (the executor's to the api) re-read their client
+    certificate when its files change: after the server starts trusting only the new CA,
+    the same channel objects still work, while a channel holding the old certificate
+    in memory is refused."""
+    serving, held = tmp_path / "serving", tmp_path / "client"
+    serving.mkdir()
+    held.mkdir()
+    replace_file(pki.ca.cert, serving / "clients-ca.crt")
+    replace_file(pki.client.cert, held / "tls.crt")
+    replace_file(pki.client.key, held / "tls.key")
+    config = ApiConfig(
+        etcd_endpoints=etcd.endpoint,
+        listen="127.0.0.1:0",
+        blob_dir=tmp_path / "blobs",
+        etcd_root=keyspace.root,
+        auth_tokens_file=tokens.path,
+        tls_cert=pki.server.cert,
+        tls_key=pki.server.key,
+        tls_client_ca=serving / "clients-ca.crt",
+    )
+    server, port = create_api_server(config)
+    await server.start()
+    address = f"127.0.0.1:{port}"
+    client: dict[str, Any] = {"ca_cert": pki.ca.cert, "client_cert": held / "tls.crt", "client_key": held / "tls.key"}
+    sdk = open_channel(address, token=tokens.tokens["viewer-a"], **client)
+    peer = Peer(tokens.tokens["viewer-a"], ClientTls(**client)).open_channel(address)
+    frozen = open_channel(address, token=tokens.tokens["viewer-a"], credentials=channel_credentials(**client))
+    stubs = {"sdk": Clients.of(sdk).runs, "peer": Clients.of(peer).runs, "frozen": Clients.of(frozen).runs}
+
+    async def codes() -> dict[str, grpc.StatusCode]:
+        found = {}
+        for name, stub in stubs.items():
+            try:
+                await stub.ListRuns(LIST, timeout=5)
+                found[name] = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as error:
+                found[name] = error.code()
+        return found
+
+    try:
+        assert await codes() == dict.fromkeys(stubs, grpc.StatusCode.OK)
+        # Rotation: a client certificate from a new CA, which the server now trusts alone.
+        renewed_ca = LocalCA.create(tmp_path / "renewed")
+        renewed = renewed_ca.issue("client", (), client=True)
+        replace_file(renewed.key, held / "tls.key")
+        replace_file(renewed.cert, held / "tls.crt")
+        replace_file(renewed_ca.cert, serving / "clients-ca.crt")
+        # A restart of the server drops every connection, so each channel handshakes again.
+        await server.stop(0)
+        server, _ = create_api_server(dataclasses.replace(config, listen=address))
+        await server.start()
+
+        async def rotated() -> bool:
+            return await codes() == {
+                "sdk": grpc.StatusCode.OK,
+                "peer": grpc.StatusCode.OK,
+                "frozen": grpc.StatusCode.UNAVAILABLE,
+            }
+
+        await assert_eventually_async(rotated, timeout=20, what="the channels present the new certificate")
+        assert isinstance(sdk, RotatingChannel)
+        assert sdk.generation == 1
+    finally:
+        for channel in (sdk, peer, frozen):
+            await channel.close(None)
+        await server.stop(0)

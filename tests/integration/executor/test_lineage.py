@@ -8,13 +8,23 @@ graph and the DNAs the runs recorded, and compared with what GetLineage answers.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+from collections.abc import Mapping
 
 import grpc
 import pytest
 
+from tests.integration.api.support import Clients
+from tests.integration.conftest import running_api
 from tests.integration.executor.support import Harness, steps_by_name
 from weft.v1 import pipeline_pb2, run_pb2
+from weft_api.lineage_sweep import LineageSweep
+from weft_core import lineage as lineage_index
+from weft_core.blobs import DirectoryBlobStore
+from weft_core.keyspace import Keyspace
+from weft_core.store import Store
+from weft_executor import steps as steps_module
 
 LAYERS, WIDTH = 4, 6
 Direction = run_pb2.LineageDirection
@@ -167,3 +177,115 @@ async def test_get_lineage_refuses_two_starts_and_a_bad_digest(harness: Harness)
         await lineage(h, parent="namespaces/default", blob="md5:abc")
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "blob" in (bad.value.details() or "")
+
+
+def _chain(h: Harness) -> list[pipeline_pb2.Step]:
+    return [
+        h.step("generate", 'echo "seed $(cat "$WEFT_INPUTS/seed")" > "$WEFT_OUTPUTS/out"', parameters={"seed": "seed"}),
+        h.step("middle", 'tr a-z A-Z < "$WEFT_INPUTS/in" > "$WEFT_OUTPUTS/out"', reads={"in": ("generate", "out")}),
+        h.step("report", 'cat "$WEFT_INPUTS/in" > "$WEFT_OUTPUTS/out"', reads={"in": ("middle", "out")}),
+    ]
+
+
+def _skip_indexing(monkeypatch: pytest.MonkeyPatch, step: str) -> list[str]:
+    """Fault injection: the executor commits `step`'s outcome and then writes no lineage
+    index for it, as if it stopped between the two (a real crash cannot be timed there).
+    Returns the names of the runs whose index was skipped."""
+    real = lineage_index.index_outcome
+    skipped: list[str] = []
+
+    async def index_all_but_one(
+        store: Store, keyspace: Keyspace, namespace: str, outcome: run_pb2.Outcome, digests: Mapping[str, str]
+    ) -> int:
+        if outcome.step == step:
+            skipped.append(outcome.run)
+            return 0
+        return await real(store, keyspace, namespace, outcome, digests)
+
+    monkeypatch.setattr(steps_module, "index_outcome", index_all_but_one)
+    return skipped
+
+
+async def test_an_outcome_left_unindexed_is_found_meanwhile_and_indexed_by_the_api_sweep(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An executor that committed `middle` but never indexed it: GetLineage still walks
+    through it (from the outcome cache, or from its consumer's run when the run kept no
+    outcome cache) and marks it unindexed, while downstream from `generate` misses it;
+    an api started afterwards sweeps it into the index and the walk is whole."""
+    h = harness
+    skipped = _skip_indexing(monkeypatch, "middle")
+    await h.start_executor()
+    pipeline = await h.apply("unindexed", _chain(h), {"seed": "1"})
+    cached = await h.wait((await h.run(pipeline.name)).name)
+    uncached = await h.wait((await h.run(pipeline.name, {"seed": "2"}, cache_mode=run_pb2.CACHE_MODE_OFF)).name)
+    assert skipped == [cached.name, uncached.name]
+    up = Direction.LINEAGE_DIRECTION_UPSTREAM
+
+    for run in (cached, uncached):
+        dna = {s: r.outcome.dna for s, r in steps_by_name(run).items()}
+        walked = await lineage(h, run=run.name, step="report", direction=up, depth=2)
+        assert {n.step: (n.dna, n.run, n.unindexed) for n in walked.nodes} == {
+            "report": (dna["report"], run.name, False),
+            "middle": (dna["middle"], run.name, True),
+            "generate": (dna["generate"], run.name, False),
+        }
+        started_there = await lineage(h, run=run.name, step="middle", direction=up, depth=1)
+        assert [(n.step, n.unindexed) for n in started_there.nodes if n.distance == 0] == [("middle", True)]
+        missing = await lineage(
+            h, parent="namespaces/default", outcome=dna["generate"], direction=Direction.LINEAGE_DIRECTION_DOWNSTREAM
+        )
+        assert [n.step for n in missing.nodes] == ["generate"]  # the gap the sweep closes
+
+    swept_api = running_api(h.etcd_endpoint, h.keyspace, h.blob_dir, lineage_sweep_interval=3600)
+    async with swept_api as swept, grpc.aio.insecure_channel(swept.address) as channel:
+        runs = Clients.of(channel).runs
+        for run in (cached, uncached):
+            dna = {s: r.outcome.dna for s, r in steps_by_name(run).items()}
+            request = run_pb2.GetLineageRequest(
+                parent="namespaces/default",
+                outcome=dna["generate"],
+                direction=Direction.LINEAGE_DIRECTION_DOWNSTREAM,
+            )
+            deadline = asyncio.get_running_loop().time() + 20
+            while True:
+                down = await runs.GetLineage(request)
+                if len(down.nodes) == 3 or asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            assert {n.step: (n.dna, n.unindexed) for n in down.nodes} == {
+                "generate": (dna["generate"], False),
+                "middle": (dna["middle"], False),
+                "report": (dna["report"], False),
+            }
+
+
+async def test_the_sweep_is_bounded_per_tick_and_resumes_from_its_cursor_in_etcd(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = harness
+    _skip_indexing(monkeypatch, "generate")
+    await h.start_executor()
+    pipeline = await h.apply("resumable", _chain(h), {"seed": "1"})
+    runs = [await h.wait((await h.run(pipeline.name, {"seed": str(i)})).name) for i in range(3)]
+    ids = sorted(r.name.rsplit("/", 1)[-1] for r in runs)
+    blobs = DirectoryBlobStore(h.blob_dir)
+
+    first = await LineageSweep(h.store, h.keyspace, blobs, runs_per_tick=2).tick()
+    # A new sweep (a restarted api) goes on from the cursor the first one saved.
+    second = LineageSweep(h.store, h.keyspace, blobs, runs_per_tick=2)
+    assert await second.cursor() == f"default/{ids[1]}"
+    rest = await second.tick()
+    again = await second.sweep_pass()
+
+    assert (first.runs, first.outcomes, first.indexed, first.finished) == (2, 6, 2, False)
+    assert (rest.runs, rest.outcomes, rest.indexed, rest.finished) == (1, 3, 1, True)
+    assert await second.cursor() == ""
+    assert (again.runs, again.indexed) == (3, 0)  # nothing left to index
+    for run in runs:
+        generate = steps_by_name(run)["generate"].outcome.dna
+        down = await lineage(
+            h, parent="namespaces/default", outcome=generate, direction=Direction.LINEAGE_DIRECTION_DOWNSTREAM
+        )
+        assert [n.step for n in down.nodes] == ["generate", "middle", "report"]
+        assert not any(n.unindexed for n in down.nodes)

@@ -7,15 +7,21 @@ test builds its runs and asserts the changes it made itself.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import pytest
 
 from tests.integration.executor.support import Harness, steps_by_name
+from weft import AsyncClient
 from weft.v1 import pipeline_pb2, run_pb2
 
 Explanation = run_pb2.StepExplanation
+WEFT = str(Path(sys.executable).parent / "weft")
 StepDiff = run_pb2.StepDiff
 
 
@@ -236,3 +242,188 @@ async def test_a_running_run_cannot_be_replayed(harness: Harness) -> None:
         await h.clients.runs.ReplayRun(run_pb2.ReplayRunRequest(name=pending.name))
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "only a finished run can be replayed" in (refused.value.details() or "")
+
+
+def _replay_steps(h: Harness) -> list[pipeline_pb2.Step]:
+    """seeded → dice (nondeterministic) → count."""
+    return [
+        h.step("seeded", 'echo "$(cat "$WEFT_INPUTS/n")" > "$WEFT_OUTPUTS/out"', parameters={"n": "n"}),
+        h.step(
+            "dice",
+            'cat "$WEFT_INPUTS/in" > "$WEFT_OUTPUTS/out"; head -c 8 /dev/urandom >> "$WEFT_OUTPUTS/out"',
+            reads={"in": ("seeded", "out")},
+        ),
+        h.step("count", 'wc -c < "$WEFT_INPUTS/in" > "$WEFT_OUTPUTS/out"', reads={"in": ("dice", "out")}),
+    ]
+
+
+async def test_a_step_replay_launches_only_that_step_on_its_recorded_inputs(harness: Harness) -> None:
+    """ReplayRun with steps: the upstream steps are resumed from the original (their
+    recorded outcomes, no launch), the step launches with the cache off, the downstream
+    steps are not part of the replay, and the diff flags the step as nondeterministic."""
+    h = harness
+    await h.start_executor()
+    pipeline = await h.apply("step-replayed", _replay_steps(h), {"n": "1"})
+    original = await h.wait((await h.run(pipeline.name, {"n": "5"})).name)
+    h.clear_launches()
+
+    started = await h.clients.runs.ReplayRun(run_pb2.ReplayRunRequest(name=original.name, steps=["dice"]))
+    replay = await h.wait(started.name)
+
+    assert replay.state == run_pb2.Run.STATE_SUCCEEDED, replay.message
+    assert (replay.replay_of, replay.resumed_from) == (original.name, original.name)
+    assert list(replay.options.only_steps) == ["dice"]
+    assert h.launches() == {"dice": 1}
+    states = {s.step: run_pb2.StepRun.State.Name(s.state) for s in replay.steps}
+    assert states == {"seeded": "STATE_CACHED", "dice": "STATE_SUCCEEDED"}
+    seeded = steps_by_name(replay)["seeded"]
+    assert seeded.outcome.dna == steps_by_name(original)["seeded"].outcome.dna
+    dice = await h.explain(replay.name, "dice")
+    assert dice.decision == Explanation.DECISION_MISS
+    assert "resumed" not in dice.reason
+    diffs = await diff(h, original.name, replay.name)
+    assert set(diffs) == {"seeded", "dice"}  # count is not part of the replay, not "removed"
+    assert diffs["dice"].kind == StepDiff.KIND_NONDETERMINISTIC
+    assert diffs["seeded"].kind == StepDiff.KIND_SAME
+
+
+async def test_a_step_replay_with_upstream_launches_the_step_and_its_upstream(harness: Harness) -> None:
+    h = harness
+    await h.start_executor()
+    pipeline = await h.apply("upstream-replayed", _replay_steps(h), {"n": "1"})
+    original = await h.wait((await h.run(pipeline.name)).name)
+    h.clear_launches()
+
+    started = await h.clients.runs.ReplayRun(
+        run_pb2.ReplayRunRequest(name=original.name, steps=["dice"], with_upstream=True)
+    )
+    replay = await h.wait(started.name)
+
+    assert replay.state == run_pb2.Run.STATE_SUCCEEDED, replay.message
+    assert replay.resumed_from == ""
+    assert h.launches() == {"seeded": 1, "dice": 1}
+    diffs = await diff(h, original.name, replay.name)
+    assert [s for s, d in diffs.items() if d.kind == StepDiff.KIND_NONDETERMINISTIC] == ["dice"]
+
+
+async def test_a_step_replay_naming_an_unknown_step_is_refused_naming_the_field(harness: Harness) -> None:
+    h = harness
+    await h.start_executor()
+    pipeline = await h.apply("unknown-replayed", _replay_steps(h), {"n": "1"})
+    original = await h.wait((await h.run(pipeline.name)).name)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await h.clients.runs.ReplayRun(run_pb2.ReplayRunRequest(name=original.name, steps=["dice", "nope"]))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (refused.value.details() or "").startswith('steps[1]: run "')
+    assert 'has no step "nope"' in (refused.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as alone:
+        await h.clients.runs.ReplayRun(run_pb2.ReplayRunRequest(name=original.name, with_upstream=True))
+    assert alone.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (alone.value.details() or "").startswith("with_upstream:")
+
+
+def _wide_join(h: Harness, join_script: str, width: int) -> list[pipeline_pb2.Step]:
+    """One step with `width` outputs and a join reading them all: wide enough that the
+    join's DNA components and input outcomes spill to blobs (past INLINE_RECORD_BYTES)."""
+    outputs = [f"o{i}" for i in range(width)]
+    return [
+        h.step("fan", "".join(f'echo {i} > "$WEFT_OUTPUTS/o{i}"; ' for i in range(width)), outputs=outputs),
+        h.step("join", join_script, reads={f"i{i}": ("fan", f"o{i}") for i in range(width)}),
+    ]
+
+
+async def test_a_wide_join_whose_components_spilled_is_explained_diffed_and_walked_like_a_narrow_one(
+    harness: Harness,
+) -> None:
+    """The join's records keep only blob digests of its components and input outcomes;
+    ExplainStep and DiffRuns still name exactly the edited command, and lineage still walks
+    from the join up to the step that produced its inputs."""
+    h = harness
+    await h.start_executor()
+    width = 120
+    before = _wide_join(h, 'ls "$WEFT_INPUTS" | wc -l > "$WEFT_OUTPUTS/out"', width)
+    pipeline = await h.apply("wide-explained", before)
+    first = await h.wait((await h.run(pipeline.name)).name, timeout=60)
+    after = _wide_join(h, 'ls "$WEFT_INPUTS" | wc -l > "$WEFT_OUTPUTS/out"; true', width)
+    edited = await h.apply("wide-explained", after)
+    second = await h.wait((await h.run(edited.name)).name, timeout=60)
+    assert second.state == run_pb2.Run.STATE_SUCCEEDED, second.message
+    record, _ = (await h.done_records(first.name))["join"]
+    assert record.explanation.components_digest
+    assert not record.explanation.components
+    assert record.outcome.input_outcomes_digest
+    assert not record.outcome.input_outcomes
+
+    explained = await h.explain(second.name, "join")
+    diffs = await diff(h, first.name, second.name)
+    lineage = await h.clients.runs.GetLineage(
+        run_pb2.GetLineageRequest(run=second.name, step="join", direction=run_pb2.LINEAGE_DIRECTION_UPSTREAM, depth=1)
+    )
+
+    expected = [("command", _command(before[1]), _command(after[1]))]
+    assert explained.compared_run == first.name
+    assert [(c.name, c.old_value, c.new_value) for c in explained.changes] == expected
+    assert explained.reason.startswith("miss: command changed (was ")
+    assert diffs["join"].kind == StepDiff.KIND_ROOT_CAUSE
+    assert [(c.name, c.old_value, c.new_value) for c in diffs["join"].changes] == expected
+    assert diffs["fan"].kind == StepDiff.KIND_SAME
+    fan_dna = steps_by_name(second)["fan"].outcome.dna
+    assert {n.step for n in lineage.nodes} == {"join", "fan"}
+    assert {(e.producer, e.input) for e in lineage.edges} == {(fan_dna, f"i{i}") for i in range(width)}
+    join_node = next(n for n in lineage.nodes if n.step == "join")
+    assert sum(1 for c in join_node.components if c.name.startswith("input:")) == width
+    # `weft provenance` reads the spilled components back: every input is a dependency.
+    exported = await asyncio.to_thread(
+        subprocess.run,
+        [WEFT, "--server", h.api_address, "provenance", second.name, "--step", "join"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert exported.returncode == 0, exported.stderr
+    dependencies = json.loads(exported.stdout)["predicate"]["buildDefinition"]["resolvedDependencies"]
+    assert sum(1 for d in dependencies if d["name"].startswith("join/inputs/")) == width
+
+
+async def test_diff_runs_pages_follow_one_order_and_a_bad_token_names_the_field(harness: Harness) -> None:
+    """page_size/page_token per AIP-158: the pages put together are the unpaged answer,
+    the SDK follows them, and a foreign or garbled token is INVALID_ARGUMENT naming it."""
+    h = harness
+    await h.start_executor()
+    pipeline = await h.apply("paged", chain(h), {"seed": "1"})
+    first = await h.wait((await h.run(pipeline.name)).name)
+    second = await h.wait((await h.run(pipeline.name, {"seed": "2"})).name)
+    runs = h.clients.runs
+
+    whole = await runs.DiffRuns(run_pb2.DiffRunsRequest(run_a=first.name, run_b=second.name))
+    pages, token = [], ""
+    while True:
+        page = await runs.DiffRuns(
+            run_pb2.DiffRunsRequest(run_a=first.name, run_b=second.name, page_size=1, page_token=token)
+        )
+        pages.append(list(page.steps))
+        token = page.next_page_token
+        if not token:
+            break
+    async with await AsyncClient.connect(h.api_address) as client:
+        followed = await client.diff_runs(first.name, second.name, page_size=1)
+
+    assert not whole.next_page_token
+    assert [len(p) for p in pages] == [1, 1, 1]
+    assert [d for p in pages for d in p] == list(whole.steps)
+    assert list(followed.steps) == list(whole.steps)
+    assert [d.step for d in whole.steps] == ["generate", "middle", "report"]
+    one = await runs.DiffRuns(run_pb2.DiffRunsRequest(run_a=first.name, run_b=second.name, page_size=1))
+    for request, message in (
+        (run_pb2.DiffRunsRequest(run_a=first.name, run_b=second.name, page_token="garbage"), "page_token: not a token"),
+        (
+            run_pb2.DiffRunsRequest(run_a=second.name, run_b=first.name, page_token=one.next_page_token),
+            "page_token: it pages through another pair of runs",
+        ),
+        (run_pb2.DiffRunsRequest(run_a=first.name, run_b=second.name, page_size=-1), "page_size: must be 0"),
+        (run_pb2.DiffRunsRequest(run_a=first.name, run_b=second.name, page_size=1001), "page_size: must be 0"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await runs.DiffRuns(request)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (refused.value.details() or "").startswith(message)

@@ -99,3 +99,26 @@ def test_the_steps_table_detail_shows_the_last_log_line_not_a_dangling_label() -
     assert detail("exit code 4; last log lines:\nreading\nbad row 17\n") == "exit code 4: bad row 17"
     assert detail("exit code 1; last stderr lines:\nbad password") == "exit code 1: bad password"
     assert detail("timed out after 2s") == "timed out after 2s"
+
+
+def test_lineage_marks_an_outcome_found_without_its_index() -> None:
+    from rich.console import Console
+
+    from weft.cli._output import lineage_view
+    from weft.v1 import run_pb2
+
+    lineage = run_pb2.Lineage(
+        nodes=[
+            run_pb2.LineageNode(dna="sha256:" + "1" * 64, run="namespaces/default/runs/r1", step="report"),
+            run_pb2.LineageNode(
+                dna="sha256:" + "2" * 64, run="namespaces/default/runs/r1", step="middle", distance=-1, unindexed=True
+            ),
+        ],
+        edges=[run_pb2.LineageEdge(producer="sha256:" + "2" * 64, consumer="sha256:" + "1" * 64, input="in")],
+    )
+    console = Console(width=200, record=True)
+    console.print(lineage_view(lineage))
+    drawn = console.export_text()
+    assert "middle  run r1" in drawn
+    assert drawn.count("(not indexed yet)") == 1
+    assert "(not indexed yet)" in next(line for line in drawn.splitlines() if "middle" in line)

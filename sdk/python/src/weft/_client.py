@@ -212,6 +212,9 @@ class AsyncClient:
         tracer: str = "",
         channel_options: Sequence[tuple[str, Any]] = (),
         credentials: grpc.ChannelCredentials | None = None,
+        token: str = "",
+        tls: bool = False,
+        ca_cert: Path | None = None,
     ) -> None:
         self._channel = channel
         self.target = target
@@ -221,6 +224,8 @@ class AsyncClient:
         self.tracer = tracer or os.environ.get("WEFT_TRACER", "") or DEFAULT_TRACER_TARGET
         self._channel_options = list(channel_options)
         self._credentials = credentials
+        # weft-tracer is reached with the same token and TLS settings as weft-api.
+        self._token, self._tls, self._ca_cert = token, tls, ca_cert
         self._tracer_channel: grpc.aio.Channel | None = None
 
     @classmethod
@@ -285,6 +290,9 @@ class AsyncClient:
             tracer=tracer,
             channel_options=channel_options,
             credentials=credentials,
+            token=token,
+            tls=tls,
+            ca_cert=Path(ca_cert) if ca_cert is not None else None,
         )
 
     async def close(self) -> None:
@@ -659,7 +667,15 @@ class AsyncClient:
         )
         return AsyncRun(await self._unary(_RESUME_RUN, request, run_pb2.Run, retry=True), self)
 
-    async def replay_run(self, name: str, *, run_id: str | None = None, request_id: str | None = None) -> AsyncRun:
+    async def replay_run(
+        self,
+        name: str,
+        *,
+        run_id: str | None = None,
+        request_id: str | None = None,
+        steps: Sequence[str] = (),
+        with_upstream: bool = False,
+    ) -> AsyncRun:
         """Starts a run of exactly the same pipeline version and parameters as `name`, cache off.
 
         When it ends, `diff_runs(name, replay)` names the nondeterministic steps: those whose
@@ -669,9 +685,16 @@ class AsyncClient:
             name: The finished run to replay.
             run_id: Id of the new run; generated when None.
             request_id: Makes retries safe; generated when None.
+            steps: Replay only these steps, on their recorded inputs: their upstream steps
+                are resumed from `name` and their downstream steps are not part of the replay.
+            with_upstream: With `steps`, replay their upstream steps too instead of resuming them.
         """
         request = run_pb2.ReplayRunRequest(
-            name=self._run(name), run_id=run_id or "", request_id=request_id or _request_id()
+            name=self._run(name),
+            run_id=run_id or "",
+            request_id=request_id or _request_id(),
+            steps=list(steps),
+            with_upstream=with_upstream,
         )
         return AsyncRun(await self._unary(_REPLAY_RUN, request, run_pb2.Run, retry=True), self)
 
@@ -680,20 +703,33 @@ class AsyncClient:
         request = run_pb2.ExplainStepRequest(run=self._run(run, "run"), step=step)
         return Explanation(await self._unary(_EXPLAIN_STEP, request, run_pb2.StepExplanation, retry=True))
 
-    async def diff_runs(self, run_a: str, run_b: str) -> run_pb2.DiffRunsResponse:
-        """Two runs compared step by step by DNA (`weft.v1.DiffRunsResponse`).
+    async def diff_runs(self, run_a: str, run_b: str, *, page_size: int = 0) -> run_pb2.DiffRunsResponse:
+        """Two runs compared step by step by DNA (`weft.v1.DiffRunsResponse`), every page.
 
         Args:
             run_a: The first run, by id or full name.
             run_b: The second run, by id or full name.
+            page_size: Steps asked for per call (0: the server's default); the answer
+                holds them all either way.
 
         Returns:
             Every step with its kind of difference, root causes first, then steps changed
             only through an input (naming the upstream), then nondeterministic steps,
             added, removed, incomparable and same steps.
         """
-        request = run_pb2.DiffRunsRequest(run_a=self._run(run_a), run_b=self._run(run_b))
-        return await self._unary(_DIFF_RUNS, request, run_pb2.DiffRunsResponse, retry=True)
+        request = run_pb2.DiffRunsRequest(run_a=self._run(run_a), run_b=self._run(run_b), page_size=page_size)
+        whole = run_pb2.DiffRunsResponse()
+        seen_tokens: set[str] = set()
+        while True:  # every page, in the server's order
+            page = await self._unary(_DIFF_RUNS, request, run_pb2.DiffRunsResponse, retry=True)
+            whole.run_a, whole.run_b = page.run_a, page.run_b
+            whole.steps.extend(page.steps)
+            if not page.next_page_token:
+                return whole
+            if page.next_page_token in seen_tokens:
+                raise Internal(f"weft-api repeated page token {page.next_page_token!r} in DiffRuns")
+            seen_tokens.add(page.next_page_token)
+            request.page_token = page.next_page_token
 
     async def get_lineage(
         self,
@@ -786,12 +822,14 @@ class AsyncClient:
 
     def _tracer(self) -> grpc.aio.Channel:
         if self._tracer_channel is None:
-            if self._credentials is None:
-                self._tracer_channel = grpc.aio.insecure_channel(self.tracer, options=self._channel_options)
-            else:
-                self._tracer_channel = grpc.aio.secure_channel(
-                    self.tracer, self._credentials, options=self._channel_options
-                )
+            self._tracer_channel = open_channel(
+                self.tracer,
+                token=self._token,
+                tls=self._tls,
+                ca_cert=self._ca_cert,
+                credentials=self._credentials,
+                options=self._channel_options,
+            )
         return self._tracer_channel
 
     async def get_run_trace(self, run: str) -> trace_pb2.RunTrace:
@@ -1265,17 +1303,31 @@ class Client:
             )
         )
 
-    def replay_run(self, name: str, *, run_id: str | None = None, request_id: str | None = None) -> Run:
+    def replay_run(
+        self,
+        name: str,
+        *,
+        run_id: str | None = None,
+        request_id: str | None = None,
+        steps: Sequence[str] = (),
+        with_upstream: bool = False,
+    ) -> Run:
         """Starts a cache-off replay of a finished run (see `AsyncClient.replay_run`)."""
-        return self._wrap(self._bridge.run(self._aio.replay_run(name, run_id=run_id, request_id=request_id)))
+        return self._wrap(
+            self._bridge.run(
+                self._aio.replay_run(
+                    name, run_id=run_id, request_id=request_id, steps=steps, with_upstream=with_upstream
+                )
+            )
+        )
 
     def explain_step(self, run: str, step: str) -> Explanation:
         """A step's DNA and cache decision (see `AsyncClient.explain_step`)."""
         return self._bridge.run(self._aio.explain_step(run, step))
 
-    def diff_runs(self, run_a: str, run_b: str) -> run_pb2.DiffRunsResponse:
-        """Two runs compared step by step by DNA (see `AsyncClient.diff_runs`)."""
-        return self._bridge.run(self._aio.diff_runs(run_a, run_b))
+    def diff_runs(self, run_a: str, run_b: str, *, page_size: int = 0) -> run_pb2.DiffRunsResponse:
+        """Two runs compared step by step by DNA, every page (see `AsyncClient.diff_runs`)."""
+        return self._bridge.run(self._aio.diff_runs(run_a, run_b, page_size=page_size))
 
     def get_lineage(
         self,

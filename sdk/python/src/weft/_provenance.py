@@ -7,10 +7,20 @@ The statement is built from what GetRun returns, so it says exactly what weft re
 - `buildDefinition`: `buildType` weft's step build type; `externalParameters` the pipeline,
   its version and the run's parameters; `internalParameters` each step's DNA and DNA
   components (a secret appears only as its reference `secret:<name>/<key>`, never a
-  value: the DNA never holds one); `resolvedDependencies` every input's digest;
+  value: the DNA never holds one); `resolvedDependencies` the pipeline version (its spec
+  digest), every input's digest, and each step's image as a package URL with the digest
+  it ran as where known (pinned in the reference, or the runtime's resolved `imageID`,
+  which Kubernetes reports and the local runtime does not);
 - `runDetails`: the builder (the executor that produced each outcome), the invocation
   (run, step, attempt), start and end of the producing attempt, and the logs as
-  byproducts.
+  byproducts (their annotations named `weft_…`, the extension-field convention).
+
+Checked against the in-toto Statement v1 and SLSA Provenance v1 texts: every
+ResourceDescriptor has a `uri` or a `digest`, every subject a digest, timestamps are RFC
+3339 in UTC, unset values are left out rather than null. A wide join's record keeps its
+DNA components in a blob (`components_digest`) that GetRun does not read back: give
+`slsa_statement` a run whose such records were filled from ExplainStep (`weft
+provenance` does), or its input dependencies are missing.
 
 Signing follows DSSE v1: the signature is over PAE("application/vnd.in-toto+json",
 statement), and `verify_envelope` checks it with the signer's public key. This module
@@ -71,6 +81,39 @@ def _step_definition(record: run_pb2.StepRun) -> dict[str, Any]:
     }
 
 
+def image_digest(image_id: str) -> str:
+    """The `sha256:…` repo digest in a container runtime's `imageID`
+    (`docker.io/library/busybox@sha256:…`, `docker-pullable://busybox@sha256:…`), or ""."""
+    _, at, digest = image_id.rpartition("@")
+    if at and digest.startswith("sha256:"):
+        return digest
+    return ""
+
+
+def image_purl(reference: str) -> str:
+    """A container image reference as a package URL (`pkg:docker/…`), the ResourceURI of
+    an image dependency: `busybox:1.36` → `pkg:docker/busybox@1.36`,
+    `registry:5000/team/app@sha256:…` → `pkg:docker/team/app@sha256:…?repository_url=registry:5000`."""
+    name, _, pinned = reference.partition("@")
+    first, slash, rest = name.partition("/")
+    registry = first if slash and ("." in first or ":" in first or first == "localhost") else ""
+    path = rest if registry else name
+    repo, colon, tag = path.rpartition(":") if ":" in path.rsplit("/", 1)[-1] else (path, "", "")
+    version = pinned or (tag if colon else "latest")
+    purl = f"pkg:docker/{repo}@{version}"
+    return purl + (f"?repository_url={registry}" if registry else "")
+
+
+def _image_dependency(record: run_pb2.StepRun, image: str) -> dict[str, Any]:
+    """The step's image: its reference as a package URL and, where known, the digest it
+    ran as (the reference's own pin, else what the runtime reported it resolved to)."""
+    entry: dict[str, Any] = {"name": f"{record.step}/image", "uri": image_purl(image)}
+    digest = image_digest(image) or image_digest(record.outcome.image_id)
+    if digest:
+        entry["digest"] = _sha256(digest)
+    return entry
+
+
 def _inputs(record: run_pb2.StepRun) -> list[tuple[str, str]]:
     return [
         (c.name.removeprefix("input:"), c.value) for c in record.explanation.components if c.name.startswith("input:")
@@ -93,12 +136,21 @@ def slsa_statement(run: run_pb2.Run, step: str | None = None) -> dict[str, Any]:
         for record in records
         for output, digest in sorted(record.outcome.outputs.items())
     ]
-    dependencies: dict[tuple[str, str], dict[str, Any]] = {}
+    dependencies: dict[tuple[str, str], dict[str, Any]] = {
+        ("", "pipeline"): {
+            "name": "pipeline",
+            "uri": f"urn:weft:{run.pipeline}",
+            "digest": _sha256(run.pipeline_version),
+        }
+    }
     for record in records:
         for name, digest in _inputs(record):
             dependencies.setdefault(
                 (record.step, name), {"name": f"{record.step}/inputs/{name}", "digest": _sha256(digest)}
             )
+        image = next((c.value for c in record.explanation.components if c.name == "image"), "")
+        if image:
+            dependencies[(record.step, "image")] = _image_dependency(record, image)
     executors = sorted({r.outcome.executor for r in records if r.outcome.executor})
     builder_id = f"urn:weft:executor:{executors[0]}" if len(executors) == 1 else "urn:weft:executors"
     first = records[0].outcome
@@ -114,15 +166,18 @@ def slsa_statement(run: run_pb2.Run, step: str | None = None) -> dict[str, Any]:
     byproducts = []
     for record in records:
         outcome = record.outcome
+        # Annotation names follow the extension-field convention, `<vendor>_<name>`.
         annotations = {
-            "step": record.step,
-            "state": run_pb2.StepRun.State.Name(record.state).removeprefix("STATE_"),
-            "producedBy": f"{outcome.run}/steps/{outcome.step}/attempts/{outcome.attempt}",
-            "executor": outcome.executor,
-            "attempt": outcome.attempt,
-            "startedOn": _time(outcome.start_time),
-            "finishedOn": _time(outcome.end_time),
+            "weft_step": record.step,
+            "weft_state": run_pb2.StepRun.State.Name(record.state).removeprefix("STATE_"),
+            "weft_producedBy": f"{outcome.run}/steps/{outcome.step}/attempts/{outcome.attempt}",
+            "weft_executor": outcome.executor,
+            "weft_attempt": outcome.attempt,
+            "weft_startedOn": _time(outcome.start_time),
+            "weft_finishedOn": _time(outcome.end_time),
+            "weft_imageId": outcome.image_id or None,
         }
+        annotations = {k: v for k, v in annotations.items() if v is not None}
         producing = next((a for a in record.attempts if a.number == outcome.attempt), None)
         log = producing.stdout_digest if producing is not None else ""
         entry: dict[str, Any] = {"name": f"{record.step}/attempt", "annotations": annotations}

@@ -514,6 +514,7 @@ def tracer_process(
     health: bool = False,
     env: dict[str, str] | None = None,
     die_with_parent: bool = False,
+    health_ca: Path | None = None,
 ) -> ServiceProcess:
     """A `weft-tracer` child process (not started): what `weft up`, the benches and the tests run.
 
@@ -524,7 +525,8 @@ def tracer_process(
         etcd_endpoint: etcd for run timelines ("" serves spans only).
         etcd_root: Key prefix of weft in etcd ("" for the default).
         forward: OTLP/gRPC endpoint to forward every span to (e.g. Jaeger's), or "".
-        extra_args: More `weft-tracer` flags (queue sizes, retention).
+        extra_args: More `weft-tracer` flags (queue sizes, retention, security).
+        health_ca: CA of the tracer's certificate, when it serves TLS (for the health probe).
 
     Raises:
         FileNotFoundError: The weft-tracer console script is not installed.
@@ -541,16 +543,35 @@ def tracer_process(
         argv += ["--forward", forward]
     argv += list(extra_args)
     return ServiceProcess(
-        "weft-tracer", argv, log_path, announce=TRACER_ANNOUNCE, health=health, env=env, die_with_parent=die_with_parent
+        "weft-tracer",
+        argv,
+        log_path,
+        announce=TRACER_ANNOUNCE,
+        health=health,
+        env=env,
+        die_with_parent=die_with_parent,
+        health_ca=health_ca,
     )
 
 
-def otlp_env(tracer_address: str) -> dict[str, str]:
-    """The standard OpenTelemetry variables that make a service export its spans to `tracer_address`."""
-    return {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{tracer_address}",
-        "OTEL_EXPORTER_OTLP_INSECURE": "true",
-    }
+def otlp_env(tracer_address: str, *, ca_cert: Path | None = None, token: str = "") -> dict[str, str]:
+    """The standard OpenTelemetry variables that make a service export its spans to `tracer_address`.
+
+    With `ca_cert` the exporter talks TLS and trusts that CA; with `token` it sends it as
+    `authorization: Bearer` (what a tracer with auth on needs: a cluster-wide runner).
+    """
+    if ca_cert is None:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{tracer_address}", "OTEL_EXPORTER_OTLP_INSECURE": "true"}
+    else:
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"https://{tracer_address}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "false",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE": str(ca_cert),
+        }
+    if token:
+        # The header list is URL-encoded: the space of "Bearer <token>" is %20.
+        env["OTEL_EXPORTER_OTLP_HEADERS"] = f"authorization=Bearer%20{token}"
+    return env
 
 
 @dataclass
@@ -689,7 +710,11 @@ class LocalStack:
             # drop it, or a user's setting would route the services around the tracer
             # (which forwards there instead: see `weft up --jaeger`).
             env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
-            env.update(otlp_env(self.tracer.address))
+            if self.security is not None:
+                token = self.security.service_token()
+                env.update(otlp_env(self.tracer.address, ca_cert=self.security.ca_cert, token=token))
+            else:
+                env.update(otlp_env(self.tracer.address))
         if self.security is not None:
             # In the environment, not on the command line, which `ps` shows everyone.
             env["WEFT_PEER_TOKEN"] = self.security.service_token()
@@ -816,6 +841,8 @@ class LocalStack:
                 health=True,
                 env=env,
                 die_with_parent=self.die_with_parent,
+                extra_args=self._security_args(),
+                health_ca=self.security.ca_cert if self.security is not None else None,
             )
         except FileNotFoundError as error:
             self.warnings.append(StackWarning("weft-tracer", f"{error}; runs are not traced"))

@@ -130,6 +130,8 @@ class AttemptResult:
         stdout_digest: Digest of the stdout log blob ("" when the log is empty).
         stderr_digest: Digest of the stderr log blob ("" when the log is empty).
         end_time: When it ended.
+        image_id: The image as the runtime resolved it (Kubernetes' container `imageID`,
+            e.g. `docker.io/library/busybox@sha256:…`); "" when it does not report one.
     """
 
     state: run_pb2.Attempt.State
@@ -139,6 +141,7 @@ class AttemptResult:
     stdout_digest: str
     stderr_digest: str
     end_time: datetime
+    image_id: str = ""
 
 
 class Runtime(Protocol):

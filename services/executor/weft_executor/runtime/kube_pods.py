@@ -392,6 +392,9 @@ class ContainerReading:
     message: str = ""
     exit_code: int = 0
     finished_at: str = ""
+    #: The image the container runs as the node resolved it (`imageID`): a repo digest
+    #: such as `docker.io/library/busybox@sha256:…`, or "" before the pull.
+    image_id: str = ""
 
     @property
     def terminated(self) -> bool:
@@ -463,8 +466,9 @@ def _container(statuses: Sequence[JSON] | None, name: str) -> ContainerReading |
                     message=str(detail.get("message") or ""),
                     exit_code=int(detail.get("exitCode") or 0),
                     finished_at=str(detail.get("finishedAt") or ""),
+                    image_id=str(status.get("imageID") or ""),
                 )
-        return ContainerReading(name=name, state="unknown")
+        return ContainerReading(name=name, state="unknown", image_id=str(status.get("imageID") or ""))
     return None
 
 

@@ -629,6 +629,9 @@ class KubernetesRuntime:
             stdout_digest=stdout_digest,
             stderr_digest="",
             end_time=end_time,
+            # What the tag resolved to on the node: recorded on the attempt and outcome
+            # (provenance, explain); the DNA cannot use it, it is known only after the pull.
+            image_id=main.image_id if main is not None else "",
         )
 
     async def _outlives_its_step(self, attempt: KubeAttempt, subscription: PodSubscription) -> bool:

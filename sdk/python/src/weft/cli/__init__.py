@@ -10,6 +10,7 @@
     weft diff RUN_A RUN_B                     which steps differ between two runs, and why
     weft lineage RUN STEP [--up|--down]       what an output was built from / what consumed it
     weft replay RUN                           run it again, cache off, and name nondeterministic steps
+    weft replay RUN --step S [--with-upstream] replay one step on its recorded inputs
     weft provenance RUN [--sign-key K]        SLSA provenance (in-toto Statement v1, DSSE-signed)
     weft provenance verify FILE --key K       check a signed statement
     weft outputs RUN [STEP] [--dir D]         what the steps produced
@@ -263,6 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("run")
     replay.add_argument("--run-id", help="the replay's id (default: generated)")
+    replay.add_argument(
+        "--step",
+        action="append",
+        metavar="STEP",
+        help="replay only this step (repeatable) on its recorded inputs: its upstream steps are resumed "
+        "from RUN, its downstream steps are left out",
+    )
+    replay.add_argument(
+        "--with-upstream", action="store_true", help="with --step: replay its upstream steps too (cache off)"
+    )
     replay.add_argument(
         "--timeout", type=float, default=None, help="seconds to wait for the replay (default: no limit)"
     )

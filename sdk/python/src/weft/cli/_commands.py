@@ -313,8 +313,11 @@ async def lineage(args: argparse.Namespace, client: AsyncClient) -> int:
 
 
 async def replay(args: argparse.Namespace, client: AsyncClient) -> int:
-    """`weft replay RUN`: replays the run, waits, and reports divergent steps; exit 1 if any."""
-    replayed = await client.replay_run(args.run, run_id=args.run_id)
+    """`weft replay RUN [--step S]... [--with-upstream]`: replays the run (or those steps on
+    their recorded inputs), waits, and reports divergent steps; exit 1 if any."""
+    replayed = await client.replay_run(
+        args.run, run_id=args.run_id, steps=args.step or (), with_upstream=args.with_upstream
+    )
     out.err_console.print(f"replaying {args.run.rsplit('/', 1)[-1]} as {replayed.name}")
     await replayed.wait(timeout=args.timeout)
     report = await client.diff_runs(args.run, replayed.full_name)
@@ -347,6 +350,11 @@ async def provenance(args: argparse.Namespace, client: AsyncClient) -> int:
                 raise NotFound(f"run {run.name} has no step {args.step!r}")
             out.emit_messages(records, "json")
             return 0
+        for record in run.steps:
+            if record.explanation.components_digest and not record.explanation.components:
+                # A wide join's DNA components live in a blob; ExplainStep reads them back.
+                explained = await client.explain_step(run.name, record.step)
+                record.explanation.components.extend(explained.pb.components)
         document = slsa.slsa_statement(run, args.step)
         if args.sign_key:
             document = slsa.sign_with_file(document, Path(args.sign_key))

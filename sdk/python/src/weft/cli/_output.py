@@ -459,10 +459,13 @@ def _short_digest(digest: str) -> str:
 
 
 def _lineage_label(node: run_pb2.LineageNode) -> Text:
-    label = Text.assemble((node.step or "(unindexed outcome)", "bold"))
+    label = Text.assemble((node.step or "(unknown outcome)", "bold"))
     if node.run:
         label.append(f"  run {node.run.rsplit('/', 1)[-1]}", style="cyan")
     label.append(f"  {_short_digest(node.dna)}", style="dim")
+    if node.unindexed:
+        # Found without its lineage index: its consumers may not all be shown until swept.
+        label.append("  (not indexed yet)", style="yellow")
     outputs = ", ".join(f"{name}={_short_digest(d)}" for name, d in sorted(node.outputs.items()))
     if outputs:
         label.append(f"  → {outputs}")

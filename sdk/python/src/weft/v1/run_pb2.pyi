@@ -132,10 +132,14 @@ class Run(_message.Message):
     def __init__(self, name: _Optional[str] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., parameter_digests: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[Run.State, str]] = ..., options: _Optional[_Union[RunOptions, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., failed_step: _Optional[str] = ..., traceparent: _Optional[str] = ..., resumed_from: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepRun, _Mapping]]] = ..., step_counts: _Optional[_Mapping[str, int]] = ..., labels: _Optional[_Mapping[str, str]] = ..., etag: _Optional[str] = ..., replay_of: _Optional[str] = ..., created_by: _Optional[str] = ..., cancelled_by: _Optional[str] = ...) -> None: ...
 
 class RunOptions(_message.Message):
-    __slots__ = ("cache_mode",)
+    __slots__ = ("cache_mode", "only_steps", "rerun_steps")
     CACHE_MODE_FIELD_NUMBER: _ClassVar[int]
+    ONLY_STEPS_FIELD_NUMBER: _ClassVar[int]
+    RERUN_STEPS_FIELD_NUMBER: _ClassVar[int]
     cache_mode: CacheMode
-    def __init__(self, cache_mode: _Optional[_Union[CacheMode, str]] = ...) -> None: ...
+    only_steps: _containers.RepeatedScalarFieldContainer[str]
+    rerun_steps: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, cache_mode: _Optional[_Union[CacheMode, str]] = ..., only_steps: _Optional[_Iterable[str]] = ..., rerun_steps: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StepRun(_message.Message):
     __slots__ = ("step", "state", "attempts", "dna", "outcome", "message", "ready_time", "end_time", "executor", "explanation", "reused_from_run")
@@ -184,7 +188,7 @@ class StepRun(_message.Message):
     def __init__(self, step: _Optional[str] = ..., state: _Optional[_Union[StepRun.State, str]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., dna: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., message: _Optional[str] = ..., ready_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., executor: _Optional[str] = ..., explanation: _Optional[_Union[StepExplanation, _Mapping]] = ..., reused_from_run: _Optional[str] = ...) -> None: ...
 
 class Attempt(_message.Message):
-    __slots__ = ("number", "state", "executor", "handle", "start_time", "end_time", "exit_code", "message", "stdout_digest", "stderr_digest", "replica", "output_digests")
+    __slots__ = ("number", "state", "executor", "handle", "start_time", "end_time", "exit_code", "message", "stdout_digest", "stderr_digest", "replica", "output_digests", "image_id")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Attempt.State]
@@ -220,6 +224,7 @@ class Attempt(_message.Message):
     STDERR_DIGEST_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     number: int
     state: Attempt.State
     executor: str
@@ -232,7 +237,8 @@ class Attempt(_message.Message):
     stderr_digest: str
     replica: int
     output_digests: _containers.ScalarMap[str, str]
-    def __init__(self, number: _Optional[int] = ..., state: _Optional[_Union[Attempt.State, str]] = ..., executor: _Optional[str] = ..., handle: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., stdout_digest: _Optional[str] = ..., stderr_digest: _Optional[str] = ..., replica: _Optional[int] = ..., output_digests: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    image_id: str
+    def __init__(self, number: _Optional[int] = ..., state: _Optional[_Union[Attempt.State, str]] = ..., executor: _Optional[str] = ..., handle: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., stdout_digest: _Optional[str] = ..., stderr_digest: _Optional[str] = ..., replica: _Optional[int] = ..., output_digests: _Optional[_Mapping[str, str]] = ..., image_id: _Optional[str] = ...) -> None: ...
 
 class Outcome(_message.Message):
     __slots__ = ("dna", "outputs", "run", "step", "attempt", "executor", "handle", "start_time", "end_time", "input_outcomes", "commit_time", "input_outcomes_digest", "image_id")
@@ -373,14 +379,18 @@ class ResumeRunRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., latest_version: _Optional[bool] = ..., run_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ReplayRunRequest(_message.Message):
-    __slots__ = ("name", "run_id", "request_id")
+    __slots__ = ("name", "run_id", "request_id", "steps", "with_upstream")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    WITH_UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     name: str
     run_id: str
     request_id: str
-    def __init__(self, name: _Optional[str] = ..., run_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    steps: _containers.RepeatedScalarFieldContainer[str]
+    with_upstream: bool
+    def __init__(self, name: _Optional[str] = ..., run_id: _Optional[str] = ..., request_id: _Optional[str] = ..., steps: _Optional[_Iterable[str]] = ..., with_upstream: _Optional[bool] = ...) -> None: ...
 
 class ExplainStepRequest(_message.Message):
     __slots__ = ("run", "step")
@@ -441,12 +451,16 @@ class ComponentChange(_message.Message):
     def __init__(self, name: _Optional[str] = ..., old_value: _Optional[str] = ..., new_value: _Optional[str] = ..., cause: _Optional[str] = ..., upstream_step: _Optional[str] = ...) -> None: ...
 
 class DiffRunsRequest(_message.Message):
-    __slots__ = ("run_a", "run_b")
+    __slots__ = ("run_a", "run_b", "page_size", "page_token")
     RUN_A_FIELD_NUMBER: _ClassVar[int]
     RUN_B_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     run_a: str
     run_b: str
-    def __init__(self, run_a: _Optional[str] = ..., run_b: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, run_a: _Optional[str] = ..., run_b: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class StepDiff(_message.Message):
     __slots__ = ("step", "kind", "dna_a", "dna_b", "changes", "outputs_differ", "caused_by", "message")
@@ -487,14 +501,16 @@ class StepDiff(_message.Message):
     def __init__(self, step: _Optional[str] = ..., kind: _Optional[_Union[StepDiff.Kind, str]] = ..., dna_a: _Optional[str] = ..., dna_b: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[ComponentChange, _Mapping]]] = ..., outputs_differ: _Optional[bool] = ..., caused_by: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class DiffRunsResponse(_message.Message):
-    __slots__ = ("run_a", "run_b", "steps")
+    __slots__ = ("run_a", "run_b", "steps", "next_page_token")
     RUN_A_FIELD_NUMBER: _ClassVar[int]
     RUN_B_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     run_a: str
     run_b: str
     steps: _containers.RepeatedCompositeFieldContainer[StepDiff]
-    def __init__(self, run_a: _Optional[str] = ..., run_b: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepDiff, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, run_a: _Optional[str] = ..., run_b: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepDiff, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ReadLogsRequest(_message.Message):
     __slots__ = ("run", "step", "attempt", "follow")
@@ -549,7 +565,7 @@ class GetLineageRequest(_message.Message):
     def __init__(self, parent: _Optional[str] = ..., run: _Optional[str] = ..., step: _Optional[str] = ..., outcome: _Optional[str] = ..., blob: _Optional[str] = ..., direction: _Optional[_Union[LineageDirection, str]] = ..., depth: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class LineageNode(_message.Message):
-    __slots__ = ("dna", "run", "step", "outputs", "inputs", "input_outcomes", "components", "distance", "end_time")
+    __slots__ = ("dna", "run", "step", "outputs", "inputs", "input_outcomes", "components", "distance", "end_time", "unindexed")
     class OutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -580,6 +596,7 @@ class LineageNode(_message.Message):
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    UNINDEXED_FIELD_NUMBER: _ClassVar[int]
     dna: str
     run: str
     step: str
@@ -589,7 +606,8 @@ class LineageNode(_message.Message):
     components: _containers.RepeatedCompositeFieldContainer[DnaComponent]
     distance: int
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, dna: _Optional[str] = ..., run: _Optional[str] = ..., step: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., inputs: _Optional[_Mapping[str, str]] = ..., input_outcomes: _Optional[_Mapping[str, str]] = ..., components: _Optional[_Iterable[_Union[DnaComponent, _Mapping]]] = ..., distance: _Optional[int] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    unindexed: bool
+    def __init__(self, dna: _Optional[str] = ..., run: _Optional[str] = ..., step: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., inputs: _Optional[_Mapping[str, str]] = ..., input_outcomes: _Optional[_Mapping[str, str]] = ..., components: _Optional[_Iterable[_Union[DnaComponent, _Mapping]]] = ..., distance: _Optional[int] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unindexed: _Optional[bool] = ...) -> None: ...
 
 class LineageEdge(_message.Message):
     __slots__ = ("producer", "consumer", "input")
