@@ -22,19 +22,19 @@
 
 Not a test: it asserts only that the runs succeeded and every span was stored.
 
-Measured on 2026-12-01, 2 cores shared with other work (load average 11–36):
+Measured on 2026-12-01, 2 cores shared with other work (load average 11-36):
 
 - The SDK's encoder (`encode_spans`, the same for its gRPC and HTTP exporters) takes
-  33–34 µs CPU per span in batches of 512 (~29,000 spans/s per busy core), 49–64 µs in
-  batches of 8192. The OTLPSpanExporter as a whole: 36.5 µs per span (512), 41–42 µs
-  (2048, 8192), 47.7 µs with gzip. weft-tracer: 19–22 µs per span from the exporter,
-  29.5 µs fed pre-encoded batches (~34,000–52,000 spans/s per busy core).
+  33-34 µs CPU per span in batches of 512 (~29,000 spans/s per busy core), 49-64 µs in
+  batches of 8192. The OTLPSpanExporter as a whole: 36.5 µs per span (512), 41-42 µs
+  (2048, 8192), 47.7 µs with gzip. weft-tracer: 19-22 µs per span from the exporter,
+  29.5 µs fed pre-encoded batches (~34,000-52,000 spans/s per busy core).
 - So the exporter's settings are not the bottleneck: larger batches and gzip cost more
   CPU per span, not less; the schedule delay changes only latency; an HTTP exporter
   would run the same Python encoder (and weft-tracer receives OTLP/gRPC only). One
   exporting process is bounded by its encoder, ~27,000 spans/s on a core of its own;
   senders and tracer on the same two cores need ~55 µs per span together, a ceiling of
-  ~36,000 spans/s. Wall-clock rates measured in the same runs: 3,700–5,400 spans/s
+  ~36,000 spans/s. Wall-clock rates measured in the same runs: 3,700-5,400 spans/s
   through the exporter, 4,700 spans/s pre-encoded: each process got a fraction of a core.
 - A 2,000-wide fan-out, 3 runs per mode: median 38.4 s off, 56.8 s on (+48 %); fastest
   runs 30.8 s off, 35.8 s on (+16 %). The executor's own CPU: 5.52 ms per step off,
