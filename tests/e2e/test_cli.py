@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import weft
 from tests.support import assert_eventually, assert_eventually_async
-from weft.localstack import EtcdProcess, ServiceProcess, find_service, free_port
+from weft.localstack import EtcdProcess, ServiceProcess, find_etcd, find_service, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "etl" / "pipeline.yaml"
@@ -434,6 +436,44 @@ def test_up_killed_by_sigkill_still_leaves_no_orphans(tmp_path: Path) -> None:
     )
 
 
+def _etcd_put(endpoint: str, key: bytes, value: bytes) -> None:
+    body = json.dumps({"key": base64.b64encode(key).decode(), "value": base64.b64encode(value).decode()})
+    request = urllib.request.Request(f"{endpoint}/v3/kv/put", data=body.encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+def test_up_recovers_its_etcd_when_the_quota_fills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # etcd with an 8 MiB quota (a wrapper adds the flag), so superseded values fill it in seconds.
+    wrapper = tmp_path / "etcd"
+    wrapper.write_text(f'#!/bin/sh\nexec {find_etcd()} "$@" --quota-backend-bytes={8 * 1024 * 1024}\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("WEFT_ETCD", str(wrapper))
+    up = start_up(tmp_path / "state", "--no-executor")
+    try:
+        found = re.search(r"etcd\s+(http://127\.0\.0\.1:\d+)", up.output.read_text())
+        assert found, up.output.read_text()
+        endpoint = found.group(1)
+        refused = b""
+        for _ in range(200):
+            try:
+                _etcd_put(endpoint, b"/filler", b"x" * 100_000)
+            except urllib.error.HTTPError as error:
+                refused = error.read()
+                break
+        assert b"database space exceeded" in refused, refused
+
+        # weft up's supervisor looks at etcd's alarms every 10 s and recovers it.
+        assert_eventually(
+            lambda: "cleared its NOSPACE alarm" in up.output.read_text(), timeout=40, what="weft up recovered etcd"
+        )
+        _etcd_put(endpoint, b"/filler", b"small")
+        with weft.Client.connect(up.api, namespace="quota") as client:
+            assert client.apply(weft.load_pipeline(EXAMPLE)).change == "created"
+    finally:
+        assert stop_up(up) == 0
+
+
 def test_up_refuses_a_state_dir_in_use(stack: Up) -> None:
     second = subprocess.run(
         [WEFT, "up", "--state-dir", str(stack.state_dir), "--port", "0", "--no-executor"],
@@ -718,6 +758,28 @@ def test_failed_run_exits_1_shows_logs_and_resumes_only_the_failed_part(executor
     assert states["finish"] == "STATE_SUCCEEDED"
     assert cli.ok("outputs", "flaky-2", "finish").strip().endswith("MADE")
     shutil.rmtree(shared)
+
+
+@pytest.mark.slow
+@needs_executor
+def test_a_raising_function_shows_its_exception_and_traceback_in_run_and_get(executor_stack: Up) -> None:
+    from tests.integration.authoring import functions_module as fm
+
+    with weft.Pipeline("raises") as p:
+        fm.fails(depth=2)
+    cli = Cli(executor_stack.api, "functions")
+    with weft.Client.connect(executor_stack.api, namespace="functions") as client:
+        client.apply(p)
+    failed = cli("run", "raises", "--run-id", "raises-1", "--watch", timeout=120)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    # What `weft run --watch` ends with and what `weft runs get` shows: the exception's
+    # type and message on the first line, then the traceback's last frames.
+    for shown in (failed.stderr, cli.ok("runs", "get", "raises-1")):
+        assert "step fails failed: exit code 1: ValueError: no data for shard 2" in shown, shown
+        assert "Traceback (most recent call last):" in shown
+        assert "in dive" in shown
+        assert "raise ValueError(f'no data for shard {depth}')" in shown
+    assert "weft logs raises-1 fails" in failed.stderr
 
 
 def _follow_chatty(cli: Cli, tmp_path: Path, run_id: str) -> subprocess.CompletedProcess[str]:

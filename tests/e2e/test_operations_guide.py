@@ -47,5 +47,18 @@ def test_the_guide_lists_every_metric_weft_defines() -> None:
         assert name in text, f"{name} is not in docs/operations.md"
 
 
+def test_every_metric_in_the_guides_table_exists() -> None:
+    text = GUIDE.read_text()
+    section = text[text.index("## Metrics") : text.index("### Alerts worth having")]
+    # The first column of each row: `name`, or several `name`s separated by commas.
+    rows = re.findall(r"^\| (`[^|]*`) \|", section, re.MULTILINE)
+    documented = {name for row in rows for name in re.findall(r"`([a-z_]+)`", row)}
+    # Counters are collected under their name without the _total suffix.
+    defined = {family.name for family in REGISTRY.collect()}
+    assert len(documented) > 15
+    for name in sorted(documented):
+        assert name.removesuffix("_total") in defined, f"docs/operations.md lists {name}, which weft does not define"
+
+
 def test_the_readme_links_the_guide() -> None:
     assert "(docs/operations.md)" in (REPO / "README.md").read_text()

@@ -61,13 +61,62 @@ def now() -> Timestamp:
 
 
 _LOG_TAIL_SUFFIX = re.compile(r"; last (?:stderr|log) lines:$")
+_TRACEBACK_HEADER = "Traceback (most recent call last):"
+_RUNNER_RAISED = re.compile(r"^weft: \S+ raised \S")
+_FRAME = re.compile(r'^\s+File ".*", line \d+')
+_CARETS = re.compile(r"^\s*[\^~]+\s*$")
+#: Bounds on the traceback a run's message quotes: the run record is rewritten with every
+#: change of the run and read by every list, so it stays small whatever a step printed.
+SUMMARY_TRACEBACK_LINES = 16
+SUMMARY_MAX_CHARS = 2000
+_SUMMARY_LINE_CHARS = 240
 
 
 def summary(message: str) -> str:
-    """The first line of a step's failure message, without the log lines that follow it."""
-    first = message.split("\n", 1)[0] if message else "failed"
+    """What a run's message says of its failed step's failure message.
+
+    The first line (the runtime's reason, e.g. "exit code 1"), without the log lines that
+    follow it; but when those log lines end with a Python traceback (a function step
+    that raised, or any Python program), the exception's type and message and the
+    traceback's last frames follow, at most SUMMARY_TRACEBACK_LINES lines and
+    SUMMARY_MAX_CHARS characters in all: that is what the user needs to see first.
+    """
+    first, _, tail = message.partition("\n") if message else ("failed", "", "")
     # "; last stderr lines:" (local runtime) and "; last log lines:" (kubernetes).
-    return _LOG_TAIL_SUFFIX.sub("", first.removesuffix(";"))
+    head = _LOG_TAIL_SUFFIX.sub("", first.removesuffix(";"))
+    if head == first:
+        return head[:SUMMARY_MAX_CHARS]
+    # Python 3.11's markers under the failing expression (^^^^) line up only in a terminal.
+    lines = [line.rstrip() for line in tail.splitlines() if line.strip() and not _CARETS.match(line)]
+    # The last traceback is the one that ended the program (a chained one prints last).
+    starts = [i for i, line in enumerate(lines) if line.strip() == _TRACEBACK_HEADER]
+    if starts:
+        quoted = lines[starts[-1] :]
+    else:
+        # The quoted lines began inside the traceback: from its first frame that is left.
+        frame = next((i for i, line in enumerate(lines) if _FRAME.match(line)), None)
+        quoted = [_TRACEBACK_HEADER, "  ...", *lines[frame:]] if frame is not None else []
+    if len(quoted) < 3:
+        # No frame is left: the runner's last line still names the exception
+        # ("weft: NAME raised TYPE: TEXT").
+        raised = next((line for line in reversed(lines) if _RUNNER_RAISED.match(line)), "")
+        return f"{head}: {raised.removeprefix('weft: ')}"[:SUMMARY_MAX_CHARS] if raised else head[:SUMMARY_MAX_CHARS]
+    # weft's function runner ends with "weft: NAME raised TYPE: TEXT", which repeats the
+    # exception's own last line: said once is enough.
+    if len(quoted) > 2 and quoted[-1].startswith("weft: ") and quoted[-1].endswith(quoted[-2]):
+        quoted.pop()
+    quoted = [line if len(line) <= _SUMMARY_LINE_CHARS else line[: _SUMMARY_LINE_CHARS - 4] + " ..." for line in quoted]
+    header, frames, exception = quoted[0], quoted[1:-1], quoted[-1]
+
+    def render(kept: list[str]) -> list[str]:
+        elided = ["  ..."] if len(kept) < len(frames) and kept[:1] != ["  ..."] else []
+        return [f"{head}: {exception}"[:_SUMMARY_LINE_CHARS], header, *elided, *kept, exception]
+
+    # Drop the outermost frames first: the innermost, where it was raised, matter most.
+    kept = frames
+    while kept and (len(render(kept)) > SUMMARY_TRACEBACK_LINES or len("\n".join(render(kept))) > SUMMARY_MAX_CHARS):
+        kept = kept[1:]
+    return "\n".join(render(kept))[:SUMMARY_MAX_CHARS]
 
 
 def parse_run(kv: KeyValue) -> Run:

@@ -84,9 +84,15 @@ async def test_a_raising_function_fails_its_step_with_the_traceback(harness: Har
     assert "ValueError: no data for shard 2" in failed.message
     assert "in dive" in failed.message  # the traceback's last frames
     assert "raise ValueError(f'no data for shard {depth}')" in failed.message
-    # The run's message is the failed step's first line (the executor's rule); the step's
-    # message above carries the exception.
-    assert run.message.startswith("step fails failed")
+    # The run's message names the exception on its first line and quotes the traceback's
+    # last frames, bounded, without the runner's repetition of the exception.
+    first, *frames = run.message.splitlines()
+    assert first == "step fails failed: exit code 1: ValueError: no data for shard 2"
+    assert frames[0] == "Traceback (most recent call last):"
+    assert any(line.strip().endswith("in dive") for line in frames)
+    assert "    raise ValueError(f'no data for shard {depth}')" in frames
+    assert frames[-1] == "ValueError: no data for shard 2"
+    assert len(run.message) <= 2000
     log = (await h.blob(failed.attempts[-1].stderr_digest)).decode()
     assert "Traceback (most recent call last)" in log
     assert "weft: fails raised ValueError" in log

@@ -70,3 +70,8 @@ async def test_function_steps_round_trip_their_types_and_report_exceptions_in_po
     message = steps_by_name(failed_run)["fails"].message
     assert "ValueError: no data for shard 1" in message
     assert "in dive" in message
+    # The run's message says it too, from the pod's log (stdout and stderr interleaved).
+    first, *frames = failed_run.message.splitlines()
+    assert first == "step fails failed: exit code 1: ValueError: no data for shard 1"
+    assert any(line.strip().endswith("in dive") for line in frames)
+    assert frames[-1] == "ValueError: no data for shard 1"

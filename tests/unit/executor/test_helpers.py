@@ -7,7 +7,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from weft.v1 import pipeline_pb2
 from weft_executor.config import ExecutorConfig
-from weft_executor.progress import summary
+from weft_executor.progress import SUMMARY_MAX_CHARS, SUMMARY_TRACEBACK_LINES, summary
 from weft_executor.runtime.local import Redactor, human_bytes, human_seconds, secret_variable
 from weft_executor.steps import backoff_seconds, env_suffix
 
@@ -64,6 +64,86 @@ def test_failure_summary_keeps_the_first_line_only() -> None:
     assert summary("exit code 4; last log lines:\nreading\nbad row 17") == "exit code 4"
     assert summary("timed out after 2s") == "timed out after 2s"
     assert summary("") == "failed"
+
+
+FUNCTION_FAILURE = """exit code 1; last stderr lines:
+reading shard 2
+Traceback (most recent call last):
+  File "fails", line 7, in fails
+    return dive(depth)
+  File "fails", line 5, in dive
+    raise ValueError(f'no data for shard {depth}')
+ValueError: no data for shard 2
+weft: fails raised ValueError: no data for shard 2"""
+
+
+def test_failure_summary_quotes_a_python_traceback_once() -> None:
+    assert summary(FUNCTION_FAILURE) == "\n".join(
+        [
+            "exit code 1: ValueError: no data for shard 2",
+            "Traceback (most recent call last):",
+            '  File "fails", line 7, in fails',
+            "    return dive(depth)",
+            '  File "fails", line 5, in dive',
+            "    raise ValueError(f'no data for shard {depth}')",
+            "ValueError: no data for shard 2",
+        ]
+    )
+    # The kubernetes runtime quotes the same lines.
+    assert summary(FUNCTION_FAILURE.replace("last stderr lines", "last log lines")) == summary(FUNCTION_FAILURE)
+
+
+def test_failure_summary_of_a_chained_exception_quotes_the_last_traceback() -> None:
+    chained = (
+        'exit code 1; last stderr lines:\nTraceback (most recent call last):\n  File "a", line 1, in a\n'
+        "KeyError: 'x'\n\nDuring handling of the above exception, another exception occurred:\n\n"
+        'Traceback (most recent call last):\n  File "b", line 2, in b\nRuntimeError: lookup failed'
+    )
+    assert summary(chained).splitlines() == [
+        "exit code 1: RuntimeError: lookup failed",
+        "Traceback (most recent call last):",
+        '  File "b", line 2, in b',
+        "RuntimeError: lookup failed",
+    ]
+
+
+def test_failure_summary_is_bounded_and_keeps_the_innermost_frames() -> None:
+    frames = [f'  File "deep", line {i}, in level_{i}\n    ' + "x" * 300 for i in range(40)]
+    message = "exit code 1; last stderr lines:\nTraceback (most recent call last):\n" + "\n".join(frames)
+    text = summary(message + "\nRecursionError: too deep")
+    lines = text.splitlines()
+    assert len(text) <= SUMMARY_MAX_CHARS
+    assert len(lines) <= SUMMARY_TRACEBACK_LINES
+    assert lines[0] == "exit code 1: RecursionError: too deep"
+    assert lines[1:3] == ["Traceback (most recent call last):", "  ..."]
+    assert lines[-1] == "RecursionError: too deep"
+    assert "in level_39" in lines[-3]  # the innermost frame survives
+    assert all(len(line) <= 240 for line in lines)
+
+
+def test_failure_summary_of_a_traceback_whose_start_was_cut_off_keeps_the_frames_left() -> None:
+    # Ten quoted lines of Python 3.11's output, whose ^^^^ markers took the header's place.
+    cut = (
+        "exit code 1; last stderr lines:\n"
+        '  File "<weft.function fails>", line 6, in dive\n    return dive(level - 1)\n           ^^^^^^^^^^^^^^^\n'
+        '  File "<weft.function fails>", line 5, in dive\n    raise ValueError("no data")\n'
+        "ValueError: no data\nweft: fails raised ValueError: no data"
+    )
+    assert summary(cut).splitlines() == [
+        "exit code 1: ValueError: no data",
+        "Traceback (most recent call last):",
+        "  ...",
+        '  File "<weft.function fails>", line 6, in dive',
+        "    return dive(level - 1)",
+        '  File "<weft.function fails>", line 5, in dive',
+        '    raise ValueError("no data")',
+        "ValueError: no data",
+    ]
+
+
+def test_failure_summary_names_the_exception_when_no_frame_is_left() -> None:
+    cut = "exit code 1; last stderr lines:\n    raise OSError(5)\nOSError: 5\nweft: load raised OSError: 5"
+    assert summary(cut) == "exit code 1: load raised OSError: 5"
 
 
 def test_config_from_flags_and_environment() -> None:

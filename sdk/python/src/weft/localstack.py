@@ -5,9 +5,10 @@ through this module, so what the tests exercise is what a user runs. Every child
 its own process group and is stopped with SIGTERM then SIGKILL, so nothing outlives its
 owner; `LocalStack` starts the whole stack (etcd, weft-tracer, weft-api, weft-executors)
 and stops it in reverse order, the tracer just before etcd so it stores what the others
-flush on their way out. This module starts and watches processes only: it never reads or
-writes weft's records, and never imports server code (it finds the services' console
-scripts instead).
+flush on their way out; `EtcdMaintenance` keeps the local etcd's database compact. This
+module starts and watches processes and etcd's storage only: it never reads or writes
+weft's records, and never imports server code (it finds the services' console scripts
+instead).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -33,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 
@@ -169,6 +172,11 @@ class EtcdTls:
     ca: Path
 
 
+#: How much history the local etcd keeps: enough for any watch to resume after a pause
+#: (a compacted resume point makes the services re-list, which is correct but slower).
+COMPACTION_RETENTION = "1h"
+
+
 class EtcdProcess:
     """An etcd server on loopback with its data under `data_dir`.
 
@@ -185,6 +193,8 @@ class EtcdProcess:
         log_path: Path | None = None,
         die_with_parent: bool = False,
         tls: EtcdTls | None = None,
+        compaction_retention: str = COMPACTION_RETENTION,
+        quota_backend_bytes: int = 0,
     ) -> None:
         self.data_dir = data_dir
         self.client_port = client_port or free_port()
@@ -205,6 +215,9 @@ class EtcdProcess:
             "--initial-cluster-state", "new",
             # Plain HTTP on its own port, so health is polled without client certificates.
             "--listen-metrics-urls", f"http://127.0.0.1:{self.metrics_port}",
+            # Without it etcd keeps every revision of every key forever: a local stack that
+            # runs for weeks would fill its quota with superseded run and step records.
+            "--auto-compaction-mode", "periodic", "--auto-compaction-retention", compaction_retention,
         ]  # fmt: skip
         if tls is not None:
             # Clients and peers alike must present a certificate of the CA (etcd's own docs'
@@ -215,6 +228,8 @@ class EtcdProcess:
                 "--peer-cert-file", str(tls.cert), "--peer-key-file", str(tls.key),
                 "--peer-trusted-ca-file", str(tls.ca), "--peer-client-cert-auth",
             ]  # fmt: skip
+        if quota_backend_bytes:
+            argv += ["--quota-backend-bytes", str(quota_backend_bytes)]
         if fast:
             # A one-member cluster elects itself in ~0.1 s with these (RECIPES.md).
             argv += ["--heartbeat-interval", "10", "--election-timeout", "100"]
@@ -245,6 +260,127 @@ class EtcdProcess:
 
     def kill(self) -> None:
         self.child.kill()
+
+    def call(self, path: str, body: dict[str, object], timeout: float = 30.0) -> dict[str, Any]:
+        """POSTs `body` to etcd's gRPC gateway (the JSON face of its API) at `/v3/{path}`.
+
+        The gateway needs no client library (this module must stay importable without
+        the services' dependencies). Over TLS, the server's certificate (which carries the
+        client-auth usage, for peers) is the client certificate etcd requires.
+
+        Raises:
+            OSError: etcd did not answer (urllib's errors are OSErrors), or answered an error.
+        """
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            context.load_cert_chain(str(self.tls.cert), str(self.tls.key))
+        request = urllib.request.Request(f"{self.endpoint}/v3/{path}", data=json.dumps(body).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            answer: dict[str, Any] = json.loads(response.read() or b"{}")
+        return answer
+
+    def alarms(self) -> tuple[str, ...]:
+        """The alarms raised in the cluster (NOSPACE, CORRUPT), once each."""
+        raised = self.call("maintenance/alarm", {"action": "GET"}).get("alarms", [])
+        return tuple(sorted({str(alarm.get("alarm", "")) for alarm in raised}))
+
+    def status(self) -> EtcdStatus:
+        """The member's database size, its part in use, its revision and its alarms."""
+        status = self.call("maintenance/status", {})
+        return EtcdStatus(
+            db_size=int(status.get("dbSize", 0)),
+            db_size_in_use=int(status.get("dbSizeInUse", 0)),
+            revision=int(status.get("header", {}).get("revision", 0)),
+            alarms=self.alarms(),
+        )
+
+    def disarm(self, alarm: str) -> None:
+        """Deactivates an alarm on every member that raised it (what `etcdctl alarm disarm` does)."""
+        for raised in self.call("maintenance/alarm", {"action": "GET"}).get("alarms", []):
+            if raised.get("alarm") == alarm:
+                self.call("maintenance/alarm", {"action": "DEACTIVATE", "memberID": raised["memberID"], "alarm": alarm})
+
+
+@dataclass(frozen=True)
+class EtcdStatus:
+    """What etcd's Maintenance.Status (and Alarm) say of a member's storage."""
+
+    db_size: int
+    db_size_in_use: int
+    revision: int
+    alarms: tuple[str, ...] = ()
+
+    @property
+    def free_bytes(self) -> int:
+        """Space in the database file that compaction freed and a defragmentation would return."""
+        return max(0, self.db_size - self.db_size_in_use)
+
+
+@dataclass
+class EtcdMaintenance:
+    """Keeps a local etcd's database file small: defragments it when compaction freed enough.
+
+    etcd compacts by itself (`--auto-compaction-*`, see EtcdProcess), but compaction only
+    marks pages free inside the database file; the file, and what counts against etcd's
+    quota, shrinks only when the member is defragmented. `weft up` calls `tick()` from its
+    supervisor loop; every `every` seconds it asks etcd for its status and defragments
+    when at least `min_free_bytes` and `free_ratio` of the file are free. A defragmentation
+    blocks the member for its duration (milliseconds for a small database, seconds per
+    GiB), hence the thresholds rather than a fixed schedule.
+
+    If etcd has raised its NOSPACE alarm (the quota is full; writes fail), tick() applies
+    etcd's documented recovery at once: compact to the current revision, defragment,
+    disarm the alarm. The alarm is looked at every `alarm_every` seconds (one cheap call),
+    since weft can write nothing until it is cleared. Watches of the services that were
+    behind the compaction re-list.
+    """
+
+    etcd: EtcdProcess
+    every: float = 300.0
+    alarm_every: float = 10.0
+    min_free_bytes: int = 64 * 1024 * 1024
+    free_ratio: float = 0.5
+    #: Called with a line saying what was done (the supervisor prints it).
+    report: Callable[[str], None] = lambda _: None
+    _due: float = field(default=0.0, init=False)
+    _alarm_due: float = field(default=0.0, init=False)
+
+    def tick(self, now: float | None = None) -> EtcdStatus | None:
+        """Defragments if due and worth it; returns the status after, or None if nothing was done.
+
+        Errors reaching etcd are not raised: the supervisor notices a dead etcd by itself,
+        and a busy one is asked again next time.
+        """
+        now = time.monotonic() if now is None else now
+        full = now >= self._due
+        if not full and now < self._alarm_due:
+            return None
+        self._alarm_due = now + self.alarm_every
+        if full:
+            self._due = now + self.every
+        try:
+            if not full and "NOSPACE" not in self.etcd.alarms():
+                return None
+            before = self.etcd.status()
+            if "NOSPACE" in before.alarms:
+                self.etcd.call("kv/compaction", {"revision": before.revision, "physical": True})
+            elif before.free_bytes < max(self.min_free_bytes, self.free_ratio * before.db_size):
+                return None
+            self.etcd.call("maintenance/defragment", {}, timeout=300.0)
+            if "NOSPACE" in before.alarms:
+                self.etcd.disarm("NOSPACE")
+            after = self.etcd.status()
+        except (OSError, ValueError) as error:
+            self.report(f"etcd maintenance skipped: {error}")
+            return None
+        recovered = " and cleared its NOSPACE alarm" if "NOSPACE" in before.alarms else ""
+        self.report(f"etcd defragmented{recovered}: database {_mib(before.db_size)} -> {_mib(after.db_size)}")
+        return after
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024 / 1024:.1f} MiB"
 
 
 def find_service(command: str) -> str | None:
@@ -655,6 +791,8 @@ class LocalStack:
         self.etcd_root = etcd_root
         self.die_with_parent = die_with_parent
         self.etcd: EtcdProcess | None = None
+        #: Defragments etcd when compaction freed enough; the owner's loop calls its tick().
+        self.etcd_maintenance: EtcdMaintenance | None = None
         self.api: ServiceProcess | None = None
         self.executors: list[ServiceProcess] = []
         self.warnings: list[StackWarning] = []
@@ -760,6 +898,7 @@ class LocalStack:
             tls=self.security.etcd_tls() if self.security is not None else None,
         )
         self.etcd.start()
+        self.etcd_maintenance = EtcdMaintenance(self.etcd)
         if self.serve_metrics:
             self.metrics["etcd"] = f"127.0.0.1:{self.etcd.metrics_port}"
 

@@ -5,8 +5,9 @@ service exports to it, and it forwards to `--jaeger`, or to the OTEL_EXPORTER_OT
 this shell had set, when given), weft-api and the weft-executors through
 `weft.localstack.LocalStack` (the same code the demo and the tests use), plaintext on
 loopback without auth unless `--secure` (TLS everywhere, token auth, a local CA and an
-admin token under the state dir), prints where everything is, watches the children, and
-on Ctrl-C/SIGTERM stops them in reverse order.
+admin token under the state dir), prints where everything is, watches the children,
+defragments etcd when its auto-compaction freed enough (`EtcdMaintenance`), and on
+Ctrl-C/SIGTERM stops them in reverse order.
 Children run in their own process groups (so a terminal's Ctrl-C reaches only `weft up`,
 which stops them in order) and are tied to this process with PR_SET_PDEATHSIG (so even
 a SIGKILLed `weft up` leaves no orphans). Only one `weft up` may use a state dir at a
@@ -177,8 +178,12 @@ def up(args: argparse.Namespace) -> int:
 
 
 def _watch_children(stack: LocalStack) -> int:
+    if stack.etcd_maintenance is not None:
+        stack.etcd_maintenance.report = lambda line: out.console.print(f"weft up: {line}", highlight=False)
     while True:
         time.sleep(0.5)
+        if stack.etcd_maintenance is not None:
+            stack.etcd_maintenance.tick()
         dead = stack.dead()
         if dead is not None:
             name, child = dead
