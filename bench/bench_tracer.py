@@ -7,17 +7,43 @@
    GetTracerStatus says every span is stored; the span generation is not timed. The
    SDK's Python encoder is slow, so the same batches are then sent again, encoded by the
    SDK's own encoder ahead of time (the same bytes on the wire): that second figure is
-   the tracer's capacity. Target: >= 20,000 spans/s.
+   the tracer's capacity. Target: >= 20,000 spans/s. Each case also prints the CPU time
+   per span of each side (senders: `process_time`; weft-tracer: /proc): on a shared
+   machine the wall clock measures the other processes' load, CPU time does not.
+   `--exporter-configs` adds the exporter's other settings (batches of 2048 and 8192,
+   gzip); the SDK's encoder alone is timed first.
 2. Per-step overhead: the same fan-out of `true` steps is run by a `weft-executor`
    process that exports its spans to that weft-tracer, and by one that exports nothing,
    alternately, `--repeats` times each, in one invocation (same etcd, same api, cache off
-   so every step launches). Printed: the median time per step of each and their ratio.
+   so every step launches). Printed: the median time per step of each and their ratio,
+   the executor process's CPU time per step (with the exporter's backlog) and the spans
+   stored per step (a full BatchSpanProcessor queue would drop some).
    Target: tracing costs under 10 %.
 
 Not a test: it asserts only that the runs succeeded and every span was stored.
 
+Measured on 2026-12-01, 2 cores shared with other work (load average 11-36):
+
+- The SDK's encoder (`encode_spans`, the same for its gRPC and HTTP exporters) takes
+  33-34 µs CPU per span in batches of 512 (~29,000 spans/s per busy core), 49-64 µs in
+  batches of 8192. The OTLPSpanExporter as a whole: 36.5 µs per span (512), 41-42 µs
+  (2048, 8192), 47.7 µs with gzip. weft-tracer: 19-22 µs per span from the exporter,
+  29.5 µs fed pre-encoded batches (~34,000-52,000 spans/s per busy core).
+- So the exporter's settings are not the bottleneck: larger batches and gzip cost more
+  CPU per span, not less; the schedule delay changes only latency; an HTTP exporter
+  would run the same Python encoder (and weft-tracer receives OTLP/gRPC only). One
+  exporting process is bounded by its encoder, ~27,000 spans/s on a core of its own;
+  senders and tracer on the same two cores need ~55 µs per span together, a ceiling of
+  ~36,000 spans/s. Wall-clock rates measured in the same runs: 3,700-5,400 spans/s
+  through the exporter, 4,700 spans/s pre-encoded: each process got a fraction of a core.
+- A 2,000-wide fan-out, 3 runs per mode: median 38.4 s off, 56.8 s on (+48 %); fastest
+  runs 30.8 s off, 35.8 s on (+16 %). The executor's own CPU: 5.52 ms per step off,
+  7.50 ms on (+36 %, about 2 ms for its 7 spans); every span stored (7.00 per step).
+  In a loop, making 7 spans costs 0.35 ms of CPU and encoding them 0.4 ms: the SDK's
+  Python cost per span, not the export settings, is what a `true` step pays.
+
     .venv/bin/python bench/bench_tracer.py [--spans 100000] [--exporters 2] [--width 200] [--repeats 3]
-        [--only ingestion|overhead]
+        [--only ingestion|overhead] [--exporter-configs]
 """
 
 from __future__ import annotations
@@ -47,31 +73,25 @@ from weft.localstack import (
 from weft.v1 import pipeline_pb2, pipeline_pb2_grpc, run_pb2, run_pb2_grpc, trace_pb2, trace_pb2_grpc
 
 BATCH = 512  # the BatchSpanProcessor's max_export_batch_size default
+SPANS_PER_STEP = 8  # spans shaped like an executor's (see `_make_spans`)
 
 
 # Ingestion -----------------------------------------------------------------------------
 
 
-def _exporter_main(target: str, spans: int, index: int, ready: Any, go: Any, results: Any, encoded: bool) -> None:
-    """One exporting process: makes `spans` finished spans, then exports them in batches.
-
-    With `encoded`, each batch is turned into its ExportTraceServiceRequest by the SDK's
-    own encoder before the clock starts and sent by a plain stub: the same bytes the
-    OTLPSpanExporter sends, without its Python encoding (which, at ~8,000 spans/s per
-    process here, would be what is measured instead of the tracer).
-    """
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+def _make_spans(spans: int, index: int) -> list[Any]:
+    """`spans` finished SDK spans shaped like an executor's: a step span with children
+    carrying weft's attributes."""
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": f"bench-{index}"}))
+    provider = TracerProvider(resource=Resource.create({"service.name": f"bench-{index}", "host.name": "bench"}))
     provider.add_span_processor(SimpleSpanProcessor(memory))
     tracer = provider.get_tracer("bench")
-    # Spans shaped like an executor's: a step span with children carrying weft's attributes.
-    for n in range(spans // 8):
+    for n in range(spans // SPANS_PER_STEP):
         run = f"namespaces/bench/runs/r{index}-{n // 100}"
         with tracer.start_as_current_span("weft.step", attributes={"weft.run": run, "weft.step": f"s{n}"}):
             for child in ("weft.cache_lookup", "weft.attempt", "weft.input_fetch", "weft.launch"):
@@ -80,8 +100,36 @@ def _exporter_main(target: str, spans: int, index: int, ready: Any, go: Any, res
             for child in ("weft.output_upload", "weft.commit", "user.work"):
                 with tracer.start_as_current_span(child, attributes={"weft.state": "SUCCEEDED"}):
                     pass
-    finished = list(memory.get_finished_spans())
-    batches = [finished[i : i + BATCH] for i in range(0, len(finished), BATCH)]
+    return list(memory.get_finished_spans())
+
+
+def encoder_cpu(spans: int, batch: int) -> float:
+    """CPU seconds per span the SDK's OTLP encoder (`encode_spans`, shared by its gRPC and
+    HTTP exporters) takes to turn spans into serialized requests: no network, one thread."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    finished = _make_spans(spans, 0)
+    batches = [finished[i : i + batch] for i in range(0, len(finished), batch)]
+    started = time.process_time()
+    for chunk in batches:
+        encode_spans(chunk).SerializeToString()
+    return (time.process_time() - started) / len(finished)
+
+
+def _exporter_main(
+    target: str, spans: int, index: int, ready: Any, go: Any, results: Any, encoded: bool, batch: int, gzip: bool
+) -> None:
+    """One exporting process: makes `spans` finished spans, then exports them in batches.
+
+    With `encoded`, each batch is turned into its ExportTraceServiceRequest by the SDK's
+    own encoder before the clock starts and sent by a plain stub: the same bytes the
+    OTLPSpanExporter sends, without its Python encoding (which, at ~8,000 spans/s per
+    process here, would be what is measured instead of the tracer).
+    """
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    finished = _make_spans(spans, index)
+    batches = [finished[i : i + batch] for i in range(0, len(finished), batch)]
     if encoded:
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
@@ -91,20 +139,27 @@ def _exporter_main(target: str, spans: int, index: int, ready: Any, go: Any, res
         stub = trace_service_pb2_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]
         ready.wait()
         go.wait()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for request in requests:
             stub.Export(request, timeout=30)
-        results.put((len(finished), time.perf_counter() - started))
+        results.put((len(finished), time.perf_counter() - started, time.process_time() - cpu))
         channel.close()
         return
-    exporter = OTLPSpanExporter(endpoint=f"http://{target}", insecure=True)
+    compression = grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression
+    exporter = OTLPSpanExporter(endpoint=f"http://{target}", insecure=True, compression=compression)
     ready.wait()
     go.wait()
-    started = time.perf_counter()
-    for batch in batches:
-        exporter.export(batch)
-    results.put((len(finished), time.perf_counter() - started))
+    started, cpu = time.perf_counter(), time.process_time()
+    for chunk in batches:
+        exporter.export(chunk)
+    results.put((len(finished), time.perf_counter() - started, time.process_time() - cpu))
     exporter.shutdown()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def tracer_status(target: str) -> trace_pb2.TracerStatus:
@@ -114,40 +169,51 @@ def tracer_status(target: str) -> trace_pb2.TracerStatus:
         return status
 
 
-def ingestion(tracer: str, spans: int, exporters: int, encoded: bool) -> None:
+def ingestion(
+    tracer: str, tracer_pid: int, spans: int, exporters: int, encoded: bool, batch: int = BATCH, gzip: bool = False
+) -> float:
+    """Spans/s stored by weft-tracer from `exporters` processes (see the module docstring)."""
     context = multiprocessing.get_context("spawn")
     ready = context.Barrier(exporters + 1)
     go = context.Event()
     results = context.Queue()
     per_exporter = spans // exporters
     workers = [
-        context.Process(target=_exporter_main, args=(tracer, per_exporter, i, ready, go, results, encoded))
+        context.Process(target=_exporter_main, args=(tracer, per_exporter, i, ready, go, results, encoded, batch, gzip))
         for i in range(exporters)
     ]
     for worker in workers:
         worker.start()
     ready.wait()  # every exporter has made its spans
     before = tracer_status(tracer).stored
-    started = time.perf_counter()
+    started, tracer_cpu = time.perf_counter(), cpu_seconds(tracer_pid)
     go.set()
     sent = [results.get(timeout=600) for _ in workers]
-    total = sum(count for count, _ in sent)
+    total = sum(count for count, _, _ in sent)
     while True:
         status = tracer_status(tracer)
         if status.stored + status.duplicates + status.dropped - before >= total:
             break
         time.sleep(0.01)
-    elapsed = time.perf_counter() - started
+    elapsed, tracer_cpu = time.perf_counter() - started, cpu_seconds(tracer_pid) - tracer_cpu
     for worker in workers:
         worker.join()
     if status.dropped or status.duplicates:
         raise RuntimeError(f"spans dropped ({status.dropped}) or duplicated ({status.duplicates})")
-    send_rate = sum(count / seconds for count, seconds in sent)
+    send_rate = sum(count / seconds for count, seconds, _ in sent)
+    sender_cpu = sum(cpu for _, _, cpu in sent)
     how = "SDK-encoded requests, sent by a stub" if encoded else "the SDK's OTLPSpanExporter"
-    print(f"\ningestion: {total} spans from {exporters} processes, batches of {BATCH}, {how}")
+    how += ", gzip" if gzip else ""
+    print(f"\ningestion: {total} spans from {exporters} processes, batches of {batch}, {how}")
     print(f"  stored by weft-tracer            {total / elapsed:>10.0f} spans/s   ({elapsed:.2f} s; target >= 20000)")
     print(f"  the senders' own rate            {send_rate:>10.0f} spans/s   (summed; includes waiting for answers)")
     print(f"  store                            {status.store_bytes / 1e6:>10.1f} MB for {status.stored_spans} spans")
+    # CPU time per span: what a loaded, shared machine's wall clock cannot say. A core
+    # busy only with one side would move 1e6 / (µs per span) spans/s.
+    for side, cpu in (("senders", sender_cpu), ("weft-tracer", tracer_cpu)):
+        micros = cpu / total * 1e6
+        print(f"  CPU per span, {side:<18} {micros:>10.1f} µs        ({1e6 / micros:,.0f} spans/s per busy core)")
+    return float(total / elapsed)
 
 
 # Per-step overhead ---------------------------------------------------------------------
@@ -162,6 +228,25 @@ def executor(name: str, etcd: str, api: str, work: Path, env: dict[str, str]) ->
         "--work-dir", str(work / name), "--listen", "127.0.0.1:0", "--etcd-root", "/bench", "--executor-id", name,
     ]  # fmt: skip
     return ServiceProcess(name, argv, work / f"{name}.log", announce=EXECUTOR_ANNOUNCE, env=env)
+
+
+#: Spans an executor makes per launched step: weft.step, weft.cache_lookup, weft.attempt,
+#: weft.input_fetch, weft.launch, weft.output_upload, weft.commit.
+SPANS_PER_ATTEMPT = 7
+
+
+def settled(tracer: str, stored: int, quiet: float = 1.0, timeout: float = 120.0) -> None:
+    """Waits until weft-tracer stored `stored` spans, or stored none more for `quiet` s."""
+    deadline, last, since = time.monotonic() + timeout, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now = tracer_status(tracer).stored
+        if now >= stored:
+            return
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.05)
 
 
 def timed_run(runs: Any, pipeline: str) -> float:
@@ -182,6 +267,8 @@ def timed_run(runs: Any, pipeline: str) -> float:
 
 
 def overhead(work: Path, etcd: str, api: str, tracer: str, width: int, repeats: int) -> None:
+    # A root executor runs steps as nobody, who must be able to reach the work directory.
+    os.chmod(work, 0o755)
     base = {**os.environ, "PYTHONUNBUFFERED": "1"}
     base = {k: v for k, v in base.items() if not k.startswith("OTEL_")}
     settings = {"off": base, "on": {**base, **otlp_env(tracer)}}
@@ -197,14 +284,26 @@ def overhead(work: Path, etcd: str, api: str, tracer: str, width: int, repeats: 
             pipeline_pb2.CreatePipelineRequest(pipeline=pipeline_pb2.Pipeline(name="fan", spec=spec))
         )
         seconds: dict[str, list[float]] = {"off": [], "on": []}
+        cpu: dict[str, list[float]] = {"off": [], "on": []}
+        stored_per_run: list[int] = []
         for repeat in range(repeats):
             for mode in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
+                before = tracer_status(tracer).stored
                 process = executor(f"exec-{mode}-{repeat}", etcd, api, work, settings[mode])
                 process.start()
                 try:
+                    started_cpu = cpu_seconds(process.child.pid)
                     seconds[mode].append(timed_run(runs, "namespaces/default/pipelines/fan"))
+                    if mode == "on":
+                        # The exporter's backlog is part of what tracing costs the executor.
+                        settled(tracer, before + SPANS_PER_ATTEMPT * width)
+                    cpu[mode].append(cpu_seconds(process.child.pid) - started_cpu)
                 finally:
                     process.stop()  # flushes its exporter before the next one starts
+                if mode == "on":
+                    while (status := tracer_status(tracer)).queued:
+                        time.sleep(0.05)
+                    stored_per_run.append(status.stored - before)
     off, on = statistics.median(seconds["off"]), statistics.median(seconds["on"])
     print(f"\nper-step overhead: {width} `true` steps, cache off, 8 at a time, {repeats} runs each (median)")
     print(f"  tracing off                      {off / width * 1000:>8.2f} ms/step   ({off:.2f} s per run)")
@@ -215,10 +314,20 @@ def overhead(work: Path, etcd: str, api: str, tracer: str, width: int, repeats: 
     print(f"  fastest runs (least disturbed)   {fastest_off:.2f} s off, {fastest_on:.2f} s on: {fastest:+.1f} %")
     for mode in ("off", "on"):
         print(f"  every run, tracing {mode:<3}          {' '.join(f'{s:.2f}' for s in seconds[mode])} s")
+    cpu_off, cpu_on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+    print(f"  executor CPU, tracing off        {cpu_off / width * 1000:>8.2f} ms/step   (median; its own process)")
+    print(f"  executor CPU, tracing on         {cpu_on / width * 1000:>8.2f} ms/step   (with its exporter's backlog)")
+    print(f"  CPU cost of tracing              {(cpu_on / cpu_off - 1) * 100:>+8.1f} %")
+    for mode in ("off", "on"):
+        print(f"  executor CPU, tracing {mode:<3}       {' '.join(f'{s:.2f}' for s in cpu[mode])} s")
+    # The executor's BatchSpanProcessor drops spans when its queue is full: fewer stored
+    # spans per step than it makes would make tracing look cheaper than it is.
+    per_step = " ".join(f"{stored / width:.2f}" for stored in stored_per_run)
+    print(f"  spans stored per step, each run  {per_step}  ({SPANS_PER_ATTEMPT} made)")
 
 
 @contextmanager
-def services(work: Path) -> Iterator[tuple[str, str, str]]:
+def services(work: Path) -> Iterator[tuple[str, str, str, int]]:
     etcd = EtcdProcess(work)
     etcd.start()
     tracer = tracer_process(work / "spans.db", work / "tracer.log", extra_args=["--queue-spans", "2000000"])
@@ -226,7 +335,7 @@ def services(work: Path) -> Iterator[tuple[str, str, str]]:
     try:
         tracer_address = tracer.start()
         api_address = api.start()
-        yield etcd.endpoint, api_address, tracer_address
+        yield etcd.endpoint, api_address, tracer_address, tracer.child.pid
     finally:
         api.stop()
         tracer.stop()
@@ -240,12 +349,29 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=200, help="steps of the overhead run (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode (default %(default)s)")
     parser.add_argument("--only", choices=("ingestion", "overhead"), help="run one part only")
+    parser.add_argument(
+        "--exporter-configs",
+        action="store_true",
+        help="also ingest with the exporter's other settings: batches of 2048 and 8192, gzip",
+    )
     args = parser.parse_args()
     print(f"weft-tracer benchmark: {os.cpu_count()} CPUs")
-    with tempfile.TemporaryDirectory(prefix="weft-bench-tracer-") as tmp, services(Path(tmp)) as (etcd, api, tracer):
+    with (
+        tempfile.TemporaryDirectory(prefix="weft-bench-tracer-") as tmp,
+        services(Path(tmp)) as (etcd, api, tracer, pid),
+    ):
         if args.only != "overhead":
-            ingestion(tracer, args.spans, args.exporters, encoded=False)
-            ingestion(tracer, args.spans, args.exporters, encoded=True)
+            for batch in (BATCH, 8192):
+                micros = encoder_cpu(min(args.spans, 16384), batch) * 1e6
+                print(
+                    f"\nthe SDK's OTLP encoder alone, batches of {batch}: {micros:.1f} µs CPU per span "
+                    f"({1e6 / micros:,.0f} spans/s per busy core)"
+                )
+            ingestion(tracer, pid, args.spans, args.exporters, encoded=False)
+            if args.exporter_configs:
+                for batch, gzip in ((2048, False), (8192, False), (BATCH, True)):
+                    ingestion(tracer, pid, args.spans, args.exporters, encoded=False, batch=batch, gzip=gzip)
+            ingestion(tracer, pid, args.spans, args.exporters, encoded=True)
         if args.only != "ingestion":
             overhead(Path(tmp), etcd, api, tracer, args.width, args.repeats)
 

@@ -232,11 +232,13 @@ def test_services_dial_the_etcd_client_service() -> None:
     ("values", "expected"),
     [
         ((), None),
-        (("--set", "tracer.enabled=true"), "http://rel-weft-tracer:4317"),
+        # TLS is on by default, so the chart's own tracer is reached over https.
+        (("--set", "tracer.enabled=true"), "https://rel-weft-tracer:4317"),
+        (("--set", "tracer.enabled=true", "--set", "tls.enabled=false"), "http://rel-weft-tracer:4317"),
         (("--set", "tracer.enabled=true", "--set", "otlp.endpoint=http://jaeger:4317"), "http://jaeger:4317"),
         (("--set", "otlp.endpoint=http://jaeger:4317"), "http://jaeger:4317"),
     ],
-    ids=["none", "tracer", "explicit-wins", "explicit"],
+    ids=["none", "tracer", "tracer-plaintext", "explicit-wins", "explicit"],
 )
 def test_otlp_endpoint_reaches_every_service(values: tuple[str, ...], expected: str | None) -> None:
     objects = _objects(*values)

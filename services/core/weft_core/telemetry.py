@@ -15,8 +15,10 @@ Attribute values must never hold a secret (invariant 8): only names, digests and
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
+import socket
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -31,6 +33,14 @@ ATTR_RUN = "weft.run"
 ATTR_STEP = "weft.step"
 ATTR_ATTEMPT = "weft.attempt"
 ATTR_DNA = "weft.dna"
+ATTR_EXECUTOR = "weft.executor"  # the executor id working on a step or attempt
+ATTR_CACHE = "weft.cache"  # the cache decision: hit, miss or resumed
+#: OpenTelemetry semantic-convention attribute names weft sets on its spans.
+ATTR_HOST_NAME = "host.name"
+ATTR_K8S_NODE_NAME = "k8s.node.name"
+ATTR_K8S_POD_NAME = "k8s.pod.name"
+ATTR_K8S_NAMESPACE_NAME = "k8s.namespace.name"
+ATTR_CONTAINER_IMAGE_NAME = "container.image.name"
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _ids = RandomIdGenerator()
@@ -38,10 +48,45 @@ _propagator = TraceContextTextMapPropagator()
 _provider: Any = None
 
 
+@functools.cache
+def host_name() -> str:
+    """This machine's name, as `host.name` on spans (looked up once: it does not change)."""
+    return socket.gethostname()
+
+
 def otlp_endpoint(environ: Mapping[str, str] | None = None) -> str:
     """The OTLP endpoint traces go to, or "" when export is off."""
     environ = os.environ if environ is None else environ
     return environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or ""
+
+
+#: The OpenTelemetry exporter variables a step inherits from its executor, so its own code
+#: (any OpenTelemetry SDK, configured by the environment) exports to where weft's spans go
+#: and its spans join the run's trace through TRACEPARENT. Never the headers: they may
+#: carry a credential, which a step must not see.
+STEP_TELEMETRY_ENV = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_INSECURE",
+    "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+)
+
+
+def step_telemetry_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The exporter variables of `environ` (an executor's) for a step's environment.
+
+    With an endpoint set and no protocol named, the protocol is named: weft's services
+    export OTLP/gRPC (`setup_tracing`), so the endpoint speaks gRPC, while an SDK left to
+    its own default might speak http/protobuf to it.
+    """
+    env = {name: environ[name] for name in STEP_TELEMETRY_ENV if environ.get(name)}
+    if otlp_endpoint(env) and "OTEL_EXPORTER_OTLP_PROTOCOL" not in env:
+        env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "grpc"
+    return env
 
 
 def setup_tracing(service_name: str, environ: Mapping[str, str] | None = None) -> bool:
@@ -68,7 +113,7 @@ def setup_tracing(service_name: str, environ: Mapping[str, str] | None = None) -
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name, ATTR_HOST_NAME: host_name()}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     _provider = provider

@@ -35,6 +35,14 @@ digest, a note that nothing was uploaded because the step failed, or the error t
 them (also printed to stderr, i.e. the container's log). Exit codes: 0 when the handover
 worked (or there was nothing to hand over), 1 when it failed.
 
+Both join the run's trace when the pod names a parent (`TRACEPARENT`, the attempt's span)
+and an OTLP endpoint (the standard `OTEL_EXPORTER_OTLP_*` variables): `fetch` records a
+`weft.input_fetch` span and `upload` a `weft.output_upload` span, children of the
+attempt's span, with the pod's and node's names (`WEFT_POD_NAME`, `WEFT_NODE_NAME`, from
+the downward API). Spans are flushed after the termination message is written, within a
+short export timeout: a tracer that is away costs the pod a second or two, never its
+handover.
+
 This program must stay small and self-contained: no etcd, no Kubernetes API, no secrets
 (it never sees the step's environment), and it never prints file contents.
 """
@@ -43,18 +51,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from opentelemetry.trace import INVALID_SPAN, Status, StatusCode
 
 from weft_core.units import human_bytes
 
@@ -90,6 +101,11 @@ MARKER_POLL_SECONDS = 0.1
 #: rolling upgrade) before the handover fails: a pod that cannot deliver must end with a
 #: clear failure, but an api restart must not cost the step (the `--patience` flag).
 DEFAULT_PATIENCE = 120.0
+
+#: Seconds a helper's span export may take (the SDK's default is 10 s per try).
+EXPORT_TIMEOUT = "2"
+#: Span names of the two helpers, as the local runtime names the same phases.
+SPAN_NAMES = {"fetch": "weft.input_fetch", "upload": "weft.output_upload"}
 
 T = TypeVar("T")
 
@@ -380,6 +396,40 @@ async def _handed_over(what: str, call: Callable[[], Awaitable[T]]) -> T:
         raise HandoverError(f"{what}: {error.message}") from None
 
 
+# tracing ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def handover_span(command: str, environ: MutableMapping[str, str] = os.environ) -> Iterator[Any]:
+    """The helper's span, a child of the attempt's (`TRACEPARENT`), when an OTLP endpoint is
+    set; else a span that records nothing. Exporting is set up lazily: its imports cost a
+    helper without a tracer nothing. An exception raised inside marks the span failed."""
+    from weft_core.telemetry import (
+        ATTR_K8S_NAMESPACE_NAME,
+        ATTR_K8S_NODE_NAME,
+        ATTR_K8S_POD_NAME,
+        otlp_endpoint,
+        parse_traceparent,
+        setup_tracing,
+        span_in_run_trace,
+    )
+
+    traceparent = environ.get("TRACEPARENT", "")
+    if not parse_traceparent(traceparent) or not otlp_endpoint(environ):
+        yield INVALID_SPAN
+        return
+    environ.setdefault("OTEL_EXPORTER_OTLP_TIMEOUT", EXPORT_TIMEOUT)
+    setup_tracing("weft-podio", environ)
+    attributes = {
+        ATTR_K8S_POD_NAME: environ.get("WEFT_POD_NAME", ""),
+        ATTR_K8S_NODE_NAME: environ.get("WEFT_NODE_NAME", ""),
+        ATTR_K8S_NAMESPACE_NAME: environ.get("WEFT_POD_NAMESPACE", ""),
+        "k8s.container.name": command,
+    }
+    with span_in_run_trace(SPAN_NAMES[command], traceparent, {k: v for k, v in attributes.items() if v}) as span:
+        yield span
+
+
 # fetch ------------------------------------------------------------------------------------
 
 
@@ -455,15 +505,18 @@ async def fetch(
         The bytes read straight from object storage (0 through weft-api).
     """
     prepare_dirs(root)
-    store: BlobReader = SignedBlobs(signed_access()) if signed else open_store(api, blob_store)
-    moved = 0
-    try:
-        for name, digest in inputs:
-            size = await fetch_input(store, name, digest, root / INPUTS / name)
-            moved += size
-            print(f"weft: fetched input {name} ({human_bytes(size)})", flush=True)
-    finally:
-        await store.close()
+    with handover_span("fetch") as span:
+        span.set_attribute("weft.inputs", len(inputs))
+        store: BlobReader = SignedBlobs(signed_access()) if signed else open_store(api, blob_store)
+        moved = 0
+        try:
+            for name, digest in inputs:
+                size = await fetch_input(store, name, digest, root / INPUTS / name)
+                moved += size
+                print(f"weft: fetched input {name} ({human_bytes(size)})", flush=True)
+        finally:
+            await store.close()
+        span.set_attribute("weft.bytes", moved)
     return moved if (signed or blob_store) else 0
 
 
@@ -512,48 +565,55 @@ async def upload(
         The termination message to write and whether the handover succeeded.
     """
     exit_code = await wait_for_exit_code(root / STATUS / EXIT_CODE_FILE)
-    if exit_code != 0:
-        print(f"weft: the step exited with code {exit_code}; no outputs uploaded", flush=True)
-        return TerminationMessage(skipped=f"step exited with code {exit_code}"), True
-    staging = SignedBlobs(signed_access()) if signed else None
-    store = open_store(api, blob_store) if staging is None else None
-    moved = 0
+    # The span starts when the step has ended: waiting for it is the attempt's time.
+    with handover_span("upload") as span:
+        span.set_attribute("weft.outputs", len(names))
+        if exit_code != 0:
+            print(f"weft: the step exited with code {exit_code}; no outputs uploaded", flush=True)
+            span.set_attribute("weft.skipped", f"step exited with code {exit_code}")
+            return TerminationMessage(skipped=f"step exited with code {exit_code}"), True
+        staging = SignedBlobs(signed_access()) if signed else None
+        store = open_store(api, blob_store) if staging is None else None
+        moved = 0
 
-    async def store_output(name: str, path: Path) -> BlobInfo:
-        if staging is not None:
-            return await staging.put_output(name, path)
-        assert store is not None
-        return await store.put_file(path)
+        async def store_output(name: str, path: Path) -> BlobInfo:
+            if staging is not None:
+                return await staging.put_output(name, path)
+            assert store is not None
+            return await store.put_file(path)
 
-    async def store_manifest(data: bytes) -> BlobInfo:
-        if staging is not None:
-            return await staging.put_manifest(data)
-        assert store is not None
-        return await store.put(data)
+        async def store_manifest(data: bytes) -> BlobInfo:
+            if staging is not None:
+                return await staging.put_manifest(data)
+            assert store is not None
+            return await store.put(data)
 
-    try:
-        problem = check_outputs(root / OUTPUTS, names, max_bytes)
-        manifest = Manifest(succeeded=False, message=problem)
-        if not problem:
-            outputs: dict[str, str] = {}
-            sizes: dict[str, int] = {}
-            for name in names:
-                path = root / OUTPUTS / name
-                info = await _handed_over(f"uploading output '{name}'", partial(store_output, name, path))
-                outputs[name], sizes[name] = info.digest, info.size
-                moved += info.size
-                print(f"weft: stored output {name} ({human_bytes(info.size)}) as {info.digest}", flush=True)
-            manifest = Manifest(succeeded=True, outputs=outputs, sizes=sizes)
-        else:
-            print(f"weft: {problem}", file=sys.stderr, flush=True)
-        data = manifest.encode()
-        stored = await _handed_over("storing the output manifest", partial(store_manifest, data))
-        moved += stored.size
-        counted = moved if (staging or blob_store) else 0
-        return TerminationMessage(manifest=stored.digest, moved=counted), manifest.succeeded
-    finally:
-        if store is not None:
-            await store.close()
+        try:
+            problem = check_outputs(root / OUTPUTS, names, max_bytes)
+            manifest = Manifest(succeeded=False, message=problem)
+            if not problem:
+                outputs: dict[str, str] = {}
+                sizes: dict[str, int] = {}
+                for name in names:
+                    path = root / OUTPUTS / name
+                    info = await _handed_over(f"uploading output '{name}'", partial(store_output, name, path))
+                    outputs[name], sizes[name] = info.digest, info.size
+                    moved += info.size
+                    print(f"weft: stored output {name} ({human_bytes(info.size)}) as {info.digest}", flush=True)
+                manifest = Manifest(succeeded=True, outputs=outputs, sizes=sizes)
+                span.set_attribute("weft.bytes", sum(sizes.values()))
+            else:
+                print(f"weft: {problem}", file=sys.stderr, flush=True)
+                span.set_status(Status(StatusCode.ERROR, problem))
+            data = manifest.encode()
+            stored = await _handed_over("storing the output manifest", partial(store_manifest, data))
+            span.set_attribute("weft.manifest", stored.digest)
+            moved += stored.size
+            counted = moved if (staging or blob_store) else 0
+            return TerminationMessage(manifest=stored.digest, moved=counted), manifest.succeeded
+        finally:
+            if store is not None:
+                await store.close()
 
 
 # command line -----------------------------------------------------------------------------
@@ -627,6 +687,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"weft: {text}", file=sys.stderr, flush=True)
         message, ok = TerminationMessage(error=text), False
     write_termination_message(args.termination_log, message)
+    # The span ended with the handover: export it now (a no-op without an endpoint).
+    from weft_core.telemetry import shutdown_tracing
+
+    shutdown_tracing()
     print(f"weft: {args.command} {'done' if ok else 'failed'} in {time.monotonic() - started:.2f}s", flush=True)
     return 0 if ok else 1
 

@@ -79,10 +79,14 @@ from weft_core.store import (
 )
 from weft_core.telemetry import (
     ATTR_ATTEMPT,
+    ATTR_CACHE,
     ATTR_DNA,
+    ATTR_EXECUTOR,
+    ATTR_HOST_NAME,
     ATTR_RUN,
     ATTR_STEP,
     child_traceparent,
+    host_name,
     span_in_run_trace,
     traceparent_of,
     tracer,
@@ -478,7 +482,7 @@ class StepRunner:
             await self._commit_cancelled(ref, record, claim, run.message)
             return
         step = ref.step(claim.step)
-        attributes = {ATTR_RUN: ref.name, ATTR_STEP: claim.step}
+        attributes = {ATTR_RUN: ref.name, ATTR_STEP: claim.step, ATTR_EXECUTOR: self.executor_id}
         with (
             span_in_run_trace("weft.step", run.traceparent, attributes) as span,
             log_context(run=ref.name, step=claim.step, trace_id=trace_id_of(run.traceparent)),
@@ -531,6 +535,9 @@ class StepRunner:
             decision = await self.cache.decide(ref, run, step, dna)
             metrics.cache_decision(Explanation.Decision.Name(decision.explanation.decision))
             lookup.set_attribute("weft.cache.decision", Explanation.Decision.Name(decision.explanation.decision))
+            cache = Explanation.Decision.Name(decision.explanation.decision).removeprefix("DECISION_").lower()
+            lookup.set_attribute(ATTR_CACHE, cache)  # hit, miss or resumed
+            span.set_attribute(ATTR_CACHE, cache)
         spilled = spill_components(decision.explanation)
         if spilled is not None:
             await self.blobs.put(spilled)
@@ -1076,6 +1083,8 @@ class StepRunner:
             ATTR_STEP: step.name,
             ATTR_ATTEMPT: number,
             ATTR_DNA: dna.digest,
+            ATTR_EXECUTOR: self.executor_id,
+            ATTR_HOST_NAME: host_name(),  # where the executor runs (a pod's node is the runtime's)
         }
         # Every line logged during the attempt names it (weft_core.logs).
         with (

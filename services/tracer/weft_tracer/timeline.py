@@ -21,7 +21,7 @@ This module only reads: it never writes etcd or the span store.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -123,16 +123,19 @@ async def read_run_history(store: Store, keyspace: Keyspace, ns: str, run_id: st
             latest[keyspace.tail(kv.key, steps_prefix)] = _parse_step(kv.value, kv.key)
 
     # Every revision of the step records, from the run's creation to now: a watch from a
-    # past revision replays etcd's history (until compaction). It ends once the newest
-    # step record listed above went by.
-    newest = max((kv.mod_revision for kv in listed.kvs if kv.key.startswith(steps_prefix)), default=0)
-    if newest:
+    # past revision replays etcd's history (until compaction). A commit deletes the step
+    # record in the transaction that writes the done record, so a finished run lists no
+    # step record at all: the watch covers the whole run prefix and ends once the newest
+    # key listed above went by (a put of a key still present, so it is in the history;
+    # any step record write after it would itself have been listed).
+    newest = max((kv.mod_revision for kv in listed.kvs), default=0)
+    if newest > run_kv.create_revision:
         try:
-            watch = store.watch(steps_prefix, run_kv.create_revision)
+            watch = store.watch(prefix, run_kv.create_revision)
             async with contextlib.aclosing(watch) as batches:
                 async for batch in batches:
                     for event in batch:
-                        if event.deleted:
+                        if event.deleted or not event.key.startswith(steps_prefix):
                             continue
                         step = keyspace.tail(event.key, steps_prefix)
                         history.revisions.setdefault(step, []).append(_parse_step(event.value, event.key))
@@ -214,9 +217,14 @@ class _SpanIndex:
         return ""
 
 
-def _where(attempt: Attempt, launch: trace_pb2.Span | None) -> str:
-    """Where an attempt ran, from its launch span's semantic-convention attributes and its handle."""
-    attrs: Mapping[str, str] = launch.attributes if launch is not None else {}
+def _where(attempt: Attempt, attempt_span: trace_pb2.Span | None, launch: trace_pb2.Span | None) -> str:
+    """Where an attempt ran, from the semantic-convention attributes of its span and its
+    launch span (the pod's node is known only after the launch, on the attempt's span),
+    else from its handle."""
+    attrs: dict[str, str] = {}
+    for span in (attempt_span, launch):
+        if span is not None:
+            attrs.update((key, value) for key, value in span.attributes.items() if value)
     pod = attrs.get("k8s.pod.name", "")
     if pod:
         node = attrs.get("k8s.node.name", "")
@@ -381,7 +389,7 @@ def _step_events(step: str, history: RunHistory, spans: _SpanIndex) -> list[Even
             Source.SOURCE_BOTH if launch is not None else Source.SOURCE_ETCD,
             attempt=attempt.number,
             executor=attempt.executor,
-            where=_where(attempt, launch),
+            where=_where(attempt, attempt_span, launch),
             span=launch,
         )
         ended = _nanos(attempt.end_time)
@@ -435,17 +443,21 @@ def _step_events(step: str, history: RunHistory, spans: _SpanIndex) -> list[Even
         message = record.message or state
         if record.reused_from_run:
             message = f"{state}, reused from {record.reused_from_run}"
-        # The commit's own span says when the transaction happened (the record's end time
-        # is when the attempt ended).
+        # A commit is placed when its transaction was sent: its commit span's start, else
+        # the commit time the executor wrote into the outcome, else the record's end (when
+        # the attempt ended). Not the span's end: the same transaction creates the
+        # successors' ready marks, stamped just before it is sent, and a successor must
+        # never look ready before the commit that made it so.
         commits = [
             commit
             for span in spans.step_spans.get(step, [])
             if (commit := spans.child(span, "weft.commit")) is not None and commit.attributes.get("weft.state") == state
         ]
         commit_span = commits[-1] if commits else None
+        committed = _nanos(record.outcome.commit_time) if record.state == StepRun.STATE_SUCCEEDED else 0
         out.add(
             end_kind,
-            _nanos(commit_span.end_time) if commit_span is not None else _nanos(record.end_time),
+            _nanos(commit_span.start_time) if commit_span is not None else committed or _nanos(record.end_time),
             Source.SOURCE_BOTH if commit_span is not None else Source.SOURCE_ETCD,
             span=commit_span,
             executor=record.outcome.executor if record.state == StepRun.STATE_SUCCEEDED else record.executor,

@@ -322,9 +322,10 @@ def kube_executor_settings(cluster: KubeCluster, namespace: str, **overrides: An
 
 
 def start_kube_executor_process(
-    harness: Harness, cluster: KubeCluster, namespace: str, *, lease_ttl: int = 2
+    harness: Harness, cluster: KubeCluster, namespace: str, *, lease_ttl: int = 2, env: dict[str, str] | None = None
 ) -> ExecutorProcess:
-    """`weft-executor --runtime kubernetes ...` as a child process a test may SIGKILL."""
+    """`weft-executor --runtime kubernetes ...` as a child process a test may SIGKILL
+    (`env`: added to its environment)."""
     config = harness.executor_config(lease_ttl=lease_ttl)
     argv = [
         executor_command(),
@@ -340,7 +341,7 @@ def start_kube_executor_process(
         "--executor-id", config.executor_id,
         "--lease-ttl", str(config.lease_ttl),
     ]  # fmt: skip
-    process = ExecutorProcess(argv, harness.tmp / f"{config.executor_id}.log")
+    process = ExecutorProcess(argv, harness.tmp / f"{config.executor_id}.log", env=env)
     process.start()
     harness.processes.append(process)
     return process

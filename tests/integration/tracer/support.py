@@ -24,8 +24,8 @@ from weft_tracer.app import Tracer, create_tracer
 from weft_tracer.config import TracerConfig
 
 #: A step's own code: continues $TRACEPARENT with the OpenTelemetry SDK and exports one
-#: span named `user.work` (with a child `user.inner`) to $STEP_OTLP_ENDPOINT, then
-#: writes its output.
+#: span named `user.work` (with a child `user.inner`) to $STEP_OTLP_ENDPOINT (unset: to
+#: where the standard OTEL_EXPORTER_OTLP_* variables say), then writes its output.
 USER_STEP = """
 import os, time
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -36,7 +36,11 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 provider = TracerProvider(resource=Resource.create({"service.name": "user-code"}))
 provider.add_span_processor(
-    SimpleSpanProcessor(OTLPSpanExporter(endpoint=os.environ["STEP_OTLP_ENDPOINT"], insecure=True))
+    SimpleSpanProcessor(
+        OTLPSpanExporter(endpoint=os.environ["STEP_OTLP_ENDPOINT"], insecure=True)
+        if "STEP_OTLP_ENDPOINT" in os.environ
+        else OTLPSpanExporter()
+    )
 )
 parent = TraceContextTextMapPropagator().extract({"traceparent": os.environ["TRACEPARENT"]})
 tracer = provider.get_tracer("user")
@@ -145,10 +149,12 @@ class TraceClient:
 def user_step(
     h: Harness, name: str, tracer_address: str, *, wait_for: Path | None = None, **kwargs: Any
 ) -> pipeline_pb2.Step:
-    """A step whose own Python code emits `user.work` through the OpenTelemetry SDK."""
+    """A step whose own Python code emits `user.work` through the OpenTelemetry SDK (to
+    `tracer_address`; "": to the endpoint its environment names)."""
     script = h.tmp / "user_step.py"
     script.write_text(USER_STEP)
-    env = {"STEP_OTLP_ENDPOINT": f"http://{tracer_address}", **kwargs.pop("env", {})}
+    env = {"STEP_OTLP_ENDPOINT": f"http://{tracer_address}"} if tracer_address else {}
+    env.update(kwargs.pop("env", {}))
     if wait_for is not None:
         env.update({"WAIT_FOR": str(wait_for), "STARTED": str(h.tmp / f"started-{name}")})
     return h.step(name, command=[sys.executable, str(script)], env=env, **kwargs)

@@ -8,6 +8,7 @@ the TRACEPARENT the executor gave it.
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import grpc
@@ -65,6 +66,43 @@ async def test_a_steps_own_span_hangs_under_the_runs_create_run_span(traced: Tra
             assert position[span.parent_span_id] < position[span.span_id], span.name
             assert span.depth == trace.spans[position[span.parent_span_id]].depth + 1
     assert not any(s.placeholder for s in trace.spans)
+
+
+async def test_a_step_configured_by_its_environment_alone_exports_into_the_runs_trace(traced: Traced) -> None:
+    """The step names no endpoint: the local runtime passes the executor's OTLP variables
+    (and TRACEPARENT), so an SDK configured by the environment joins the run's trace.
+    weft's own spans say who worked on the step, where, and what the cache decided."""
+    h = traced.harness
+    executor = h.start_process(env=traced.executor_env)
+    pipeline = await h.apply("from-env", [user_step(h, "work", "")])
+    first = await h.wait((await h.run(pipeline.name)).name)
+    assert first.state == Run.STATE_SUCCEEDED, first.message
+    second = await h.wait((await h.run(pipeline.name)).name)
+    assert second.steps[0].state == run_pb2.StepRun.STATE_CACHED, second.steps[0].message
+
+    async def complete(run: str, wanted: set[str]) -> trace_pb2.RunTrace:
+        trace = await traced.client.trace(run)
+        assert wanted <= set(by_name(trace)), sorted(by_name(trace))
+        return trace
+
+    trace = await assert_eventually_async(
+        lambda: complete(first.name, {"user.inner", "weft.attempt", "weft.cache_lookup"}),
+        timeout=15,
+        what="the step's own spans, exported to the endpoint its environment named",
+    )
+    assert_connected(trace)
+    names = by_name(trace)
+    assert ancestry(trace, names["user.work"][0])[:3] == ["user.work", "weft.attempt", "weft.step"]
+    step, attempt = names["weft.step"][0].attributes, names["weft.attempt"][0].attributes
+    assert step["weft.executor"] == attempt["weft.executor"] == executor.executor_id
+    assert attempt["host.name"] == socket.gethostname()
+    assert step["weft.cache"] == names["weft.cache_lookup"][0].attributes["weft.cache"] == "miss"
+
+    hit = await assert_eventually_async(
+        lambda: complete(second.name, {"weft.step", "weft.commit"}), timeout=15, what="the cache hit's spans"
+    )
+    assert by_name(hit)["weft.step"][0].attributes["weft.cache"] == "hit"
+    assert "weft.attempt" not in by_name(hit)  # nothing was launched
 
 
 async def test_after_an_executor_sigkill_the_tree_stays_connected(traced: Traced) -> None:

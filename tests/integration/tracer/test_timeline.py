@@ -38,11 +38,6 @@ def find_in_order(events: Sequence[Event], wanted: Sequence[tuple[str, str, int]
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known regression (issue 10): since the hot path's claim records its first attempt in the "
-    "same write, the timeline finds one claim where a failover made two",
-)
 @pytest.mark.parametrize("exported", [True, False], ids=["with-spans", "etcd-only"])
 async def test_a_retry_a_cache_hit_and_a_failover_are_listed_in_order_with_their_executors(
     traced: Traced, exported: bool

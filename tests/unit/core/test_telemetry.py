@@ -12,6 +12,7 @@ from weft_core.telemetry import (
     parse_traceparent,
     run_root_span,
     setup_tracing,
+    step_telemetry_env,
 )
 
 
@@ -45,3 +46,21 @@ def test_malformed_traceparents_start_a_new_trace_instead_of_failing() -> None:
     for bad in ("", "garbage", "00-" + "0" * 32 + "-" + "1" * 16 + "-01"):
         assert parse_traceparent(bad) is None
         assert not trace.get_current_span(context_from_traceparent(bad)).get_span_context().is_valid
+
+
+def test_a_step_gets_the_exporter_variables_but_never_the_headers() -> None:
+    executor = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://tracer:4317",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer secret",
+        "OTEL_SERVICE_NAME": "weft-executor",
+        "PATH": "/bin",
+    }
+    assert step_telemetry_env(executor) == {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://tracer:4317",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",  # what weft's endpoint speaks
+    }
+    named = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+    assert step_telemetry_env(named) == named
+    assert step_telemetry_env({"PATH": "/bin"}) == {}

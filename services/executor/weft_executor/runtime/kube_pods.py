@@ -17,7 +17,7 @@ import json
 import math
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -165,8 +165,10 @@ def step_wrapper(working_dir: str) -> str:
     return "\n".join(lines)
 
 
-def _env(spec: AttemptSpec) -> list[JSON]:
-    env: list[JSON] = [{"name": name, "value": escape_expansion(value)} for name, value in spec.env.items()]
+def _env(spec: AttemptSpec, telemetry: Mapping[str, str]) -> list[JSON]:
+    # The exporter variables first: a step's own env may redirect its own spans.
+    values = {**telemetry, **spec.env}
+    env: list[JSON] = [{"name": name, "value": escape_expansion(value)} for name, value in values.items()]
     env.append({"name": "WEFT_INPUTS", "value": f"{podio.SHARED_DIR}/{podio.INPUTS}"})
     env.append({"name": "WEFT_OUTPUTS", "value": f"{podio.SHARED_DIR}/{podio.OUTPUTS}"})
     for name, (secret, key) in spec.secret_env.items():
@@ -243,7 +245,29 @@ def _signed_env(signed: podio.SignedAccess | None) -> list[JSON]:
     return [{"name": name, "value": escape_expansion(value)} for name, value in signed.environment().items()]
 
 
-def build_pod(spec: AttemptSpec, config: ExecutorConfig, signed: podio.SignedAccess | None = None) -> JSON:
+def helper_tracing_env(spec: AttemptSpec, telemetry: Mapping[str, str]) -> list[JSON]:
+    """What lets the helpers' spans join the run's trace under the attempt's span: the
+    attempt's TRACEPARENT, the executor's exporter variables, and where the pod runs."""
+    traceparent = spec.env.get("TRACEPARENT", "")
+    if not traceparent or not telemetry:
+        return []
+    env: list[JSON] = [{"name": name, "value": escape_expansion(value)} for name, value in telemetry.items()]
+    env.append({"name": "TRACEPARENT", "value": traceparent})
+    for name, path in (
+        ("WEFT_POD_NAME", "metadata.name"),
+        ("WEFT_POD_NAMESPACE", "metadata.namespace"),
+        ("WEFT_NODE_NAME", "spec.nodeName"),
+    ):
+        env.append({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
+    return env
+
+
+def build_pod(
+    spec: AttemptSpec,
+    config: ExecutorConfig,
+    signed: podio.SignedAccess | None = None,
+    telemetry: Mapping[str, str] | None = None,
+) -> JSON:
     """The pod manifest of one attempt (see the runtime's module docstring for its layout),
     with what the executor's configuration adds to every step pod.
 
@@ -251,11 +275,14 @@ def build_pod(spec: AttemptSpec, config: ExecutorConfig, signed: podio.SignedAcc
         signed: The attempt's presigned URLs, when its helpers use them instead of
             credentials; the input container gets the reads only, the output container
             the writes only.
+        telemetry: The exporter variables the pod's containers get
+            (`weft_core.telemetry.step_telemetry_env`).
     """
     settings = config.kube
     name = pod_name(*spec.key)
     mount = [{"name": SHARED_VOLUME, "mountPath": podio.SHARED_DIR}]
     helper_env, helper_mounts, helper_volumes = helper_credentials(spec, config)
+    helper_env = helper_env + helper_tracing_env(spec, telemetry or {})
     main: JSON = {
         "name": MAIN_CONTAINER,
         "image": spec.image,
@@ -266,7 +293,7 @@ def build_pod(spec: AttemptSpec, config: ExecutorConfig, signed: podio.SignedAcc
             "weft-step",
             *(escape_expansion(arg) for arg in spec.command),
         ],
-        "env": _env(spec),
+        "env": _env(spec, telemetry or {}),
         "volumeMounts": mount,
         "securityContext": container_security_context(spec.security),
     }

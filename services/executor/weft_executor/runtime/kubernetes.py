@@ -99,6 +99,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.trace import get_current_span
+
 from weft.v1 import run_pb2
 from weft_core import metrics
 from weft_core.blobs import BlobStore, digest_of, missing_blobs
@@ -106,7 +108,14 @@ from weft_core.errors import NotFound, ServiceError, Unavailable
 from weft_core.keyspace import Keyspace
 from weft_core.objectstore import MAX_SIGNED_SECONDS, ObjectBlobStore, staging_key
 from weft_core.store import Store
-from weft_core.telemetry import tracer
+from weft_core.telemetry import (
+    ATTR_CONTAINER_IMAGE_NAME,
+    ATTR_K8S_NAMESPACE_NAME,
+    ATTR_K8S_NODE_NAME,
+    ATTR_K8S_POD_NAME,
+    step_telemetry_env,
+    tracer,
+)
 from weft_core.units import human_seconds
 from weft_executor import podio
 from weft_executor.config import ExecutorConfig
@@ -268,6 +277,8 @@ class KubernetesRuntime:
         self._attempts: dict[str, KubeAttempt] = {}
         #: Pods this runtime created (not adopted), for tests and the benchmark.
         self.created = 0
+        #: The exporter variables step pods get: their spans go where this executor's go.
+        self.telemetry_env = step_telemetry_env(os.environ)
 
     # Plumbing -------------------------------------------------------------------------
 
@@ -410,13 +421,14 @@ class KubernetesRuntime:
                 "sign? give the pods' helpers the store's credentials instead: --pod-blob-store-secret, "
                 "chart value blobStore.podAccess=credentials)"
             ) from None
-        manifest = build_pod(spec, self.config, signed)
+        manifest = build_pod(spec, self.config, signed, self.telemetry_env)
         name = manifest["metadata"]["name"]
         attributes = {
-            "k8s.namespace.name": self.namespace,
-            "k8s.pod.name": name,
-            "container.image.name": spec.image,
+            ATTR_K8S_NAMESPACE_NAME: self.namespace,
+            ATTR_K8S_POD_NAME: name,
+            ATTR_CONTAINER_IMAGE_NAME: spec.image,
         }
+        get_current_span().set_attributes(attributes)  # the attempt's span: where it runs
         with tracer().start_as_current_span("weft.launch", attributes=attributes) as span:
             pod, adopted = await self._create_or_adopt(spec, manifest)
             span.set_attribute("weft.adopted", adopted)
@@ -525,9 +537,15 @@ class KubernetesRuntime:
         assert isinstance(attempt, KubeAttempt)
         subscription = attempt.subscription
         assert subscription is not None, "wait on a released attempt"
+        node = ""
         try:
             while True:
                 subscription.changed.clear()
+                scheduled = str(((subscription.pod or {}).get("spec") or {}).get("nodeName") or "")
+                if scheduled and scheduled != node:
+                    # Known once the pod is bound; wait runs in the attempt's span.
+                    node = scheduled
+                    get_current_span().set_attribute(ATTR_K8S_NODE_NAME, node)
                 verdict, wake_at = self._judge(attempt, subscription)
                 if verdict is not None:
                     break

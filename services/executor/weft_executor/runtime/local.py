@@ -76,7 +76,7 @@ from opentelemetry.trace import Status, StatusCode
 from weft.v1 import run_pb2
 from weft_core.blobs import BlobStore
 from weft_core.errors import NotFound, ServiceError, Unavailable
-from weft_core.telemetry import tracer
+from weft_core.telemetry import step_telemetry_env, tracer
 from weft_core.units import human_bytes, human_seconds
 from weft_executor.runtime import (
     STDERR,
@@ -505,6 +505,7 @@ class LocalRuntime:
         env.setdefault("PATH", os.defpath)
         if self.step_user is not None:
             env["HOME"] = str(root / "work")  # the executor's home is not the step user's
+        env.update(step_telemetry_env(self.environ))  # its own spans go where the executor's go
         env.update(spec.env)
         env.update(secrets)
         env["WEFT_INPUTS"] = str(root / "inputs")
