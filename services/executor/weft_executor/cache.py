@@ -21,7 +21,7 @@ from weft_core.dna import StepDNA, image_for_dna
 from weft_core.errors import ServiceError
 from weft_core.keyspace import Keyspace
 from weft_core.spec import parse_run_name
-from weft_core.store import KeyValue, Store, absent, op_delete, op_get, op_put, unchanged_since
+from weft_core.store import KeyValue, Store, TxnResult, absent, op_delete, op_get, op_put, unchanged_since
 from weft_executor.progress import COMMITTED_STEP_STATES, RunRef, parse_step_run
 
 Run = run_pb2.Run
@@ -50,6 +50,16 @@ def shares_in_flight(run: Run, step: pipeline_pb2.Step) -> bool:
     return not cache.HasField("share_in_flight") or cache.share_in_flight
 
 
+class HeldElsewhere(Exception):
+    """Another step holds the DNA's in-flight record: the write that would have taken it
+    (a launch's RUNNING record, see `SingleFlight.take_ops`) wrote nothing."""
+
+    def __init__(self, held: KeyValue, revision: int) -> None:
+        super().__init__(f"in flight in {held.value.decode()}")
+        self.held = held
+        self.revision = revision
+
+
 class SingleFlight:
     """Who computes each namespace's DNA right now (see the module docstring)."""
 
@@ -68,6 +78,24 @@ class SingleFlight:
         if not found or (found[0].value == holder.encode() and found[0].lease == lease):
             return None, result.revision  # ours, from an earlier try whose answer was lost
         return found[0], result.revision
+
+    def take_ops(self, namespace: str, dna_hex: str, holder: str, lease: int) -> tuple[object, object, object]:
+        """(compare, put, get) that take the DNA for `holder` inside another transaction:
+        the compare (the record is absent) joins its compares, the put (bound to `lease`)
+        its success branch, the get its failure branch, where `held_in` reads it. Folded
+        into a launch's RUNNING record, single flight costs no etcd write of its own."""
+        key = self.keyspace.in_flight(namespace, dna_hex)
+        return absent(key), op_put(key, holder.encode(), lease), op_get(key)
+
+    @staticmethod
+    def held_in(result: TxnResult, index: int, holder: str, lease: int) -> KeyValue | None:
+        """The record another step holds, read by `take_ops`'s get at `index` of a failed
+        transaction; None when it is absent or `holder`'s own (an earlier try of the same
+        write landed and its answer was lost)."""
+        found = result.range_kvs(index)
+        if not found or (found[0].value == holder.encode() and found[0].lease == lease):
+            return None
+        return found[0]
 
     async def gone(self, namespace: str, dna_hex: str, after: int) -> None:
         """Returns once the DNA's in-flight record is deleted after revision `after`."""

@@ -91,7 +91,14 @@ from weft_core.telemetry import (
     traceparent_of,
     tracer,
 )
-from weft_executor.cache import CacheDecider, CacheDecision, SingleFlight, duration_seconds, shares_in_flight
+from weft_executor.cache import (
+    CacheDecider,
+    CacheDecision,
+    HeldElsewhere,
+    SingleFlight,
+    duration_seconds,
+    shares_in_flight,
+)
 from weft_executor.progress import (
     COMMITTED_STEP_STATES,
     TERMINAL_RUN_STATES,
@@ -186,6 +193,9 @@ class StepTask:
         lost_race: Why the replica running now was stopped: another replica won.
         in_flight: The DNA (hex) this task computes for every run of the namespace
             (`cache.SingleFlight`), while it holds that record.
+        takes_in_flight: The step shares its work in flight and takes the DNA's record
+            with its next launch's RUNNING record, in the same transaction (no write of
+            its own), unless it holds it already.
     """
 
     claim: Claim
@@ -196,6 +206,7 @@ class StepTask:
     parked: bool = False
     lost_race: str = ""
     in_flight: str = ""
+    takes_in_flight: bool = False
 
 
 @dataclass(frozen=True)
@@ -546,14 +557,26 @@ class StepRunner:
             await self._stop_orphan(ref, step, orphan, f"step reused ({decision.explanation.reason})")
             await self._commit_reuse(work, decision)
             return
-        if shares_in_flight(run, step) and await self._reuse_in_flight(work):
+        redundant = Redundancy.of(step) is not None
+        # A plain launch takes the DNA with its RUNNING record (`_put_step_record`); replicas
+        # and a re-attached orphan take it first, in a transaction of their own.
+        task.takes_in_flight = shares_in_flight(run, step) and not redundant and orphan is None
+        if shares_in_flight(run, step) and not task.takes_in_flight and await self._reuse_in_flight(work):
             await self._stop_orphan(ref, step, orphan, "step reused (its DNA was computed by another run)")
             return
         try:
-            if Redundancy.of(step) is not None:
-                await self.races.run_attempts(work, decision.explanation)
-            else:
-                await self._run_attempts(work, decision.explanation, orphan)
+            while True:
+                try:
+                    if redundant:
+                        await self.races.run_attempts(work, decision.explanation)
+                    else:
+                        await self._run_attempts(work, decision.explanation, orphan)
+                    break
+                except HeldElsewhere as elsewhere:
+                    # Another run's attempt computes this DNA: the launch was not recorded
+                    # (its held process never ran); wait for that attempt and reuse it.
+                    if await self._wait_in_flight(work, elsewhere.held, elsewhere.revision):
+                        return
         finally:
             if task.in_flight:
                 # Best effort: should etcd be away, a waiter finds the record stale (its step
@@ -580,38 +603,48 @@ class StepRunner:
             if held is None:
                 task.in_flight = dna.hex
                 return False
-            if task.cancel_reason:
-                return False  # the attempt loop commits the cancel
-            log.info(
-                "step %s of %s: waiting for %s, which computes the same DNA",
-                work.step.name,
-                ref.name,
-                held.value.decode(),
-            )
-            task.parked = True
-            self.on_slot_freed()
-            gone = asyncio.ensure_future(self.single_flight.gone(ref.namespace, dna.hex, revision))
-            cancelled = asyncio.ensure_future(task.cancelled.wait())
-            try:
-                while not (gone.done() or cancelled.done()):
-                    await asyncio.wait(
-                        {gone, cancelled}, timeout=IN_FLIGHT_RECHECK_SECONDS, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if not (gone.done() or cancelled.done()) and await self.single_flight.clear_if_stale(
-                        ref.namespace, dna.hex, held
-                    ):
-                        break
-            finally:
-                task.parked = False
-                for waiter in (gone, cancelled):
-                    waiter.cancel()
-                await asyncio.gather(gone, cancelled, return_exceptions=True)
-            decision = await self.cache.decide(ref, work.run, work.step, dna)
-            if decision.outcome is not None:
-                source = f"{decision.outcome.run} step {decision.outcome.step}"
-                decision.explanation.reason = f"hit: computed once, by the attempt of {source} that was in flight"
-                await self._commit_reuse(work, decision)
+            if await self._wait_in_flight(work, held, revision):
                 return True
+
+    async def _wait_in_flight(self, work: StepWork, held: KeyValue, revision: int) -> bool:
+        """Waits, its slot parked, until the in-flight record `held` (read at `revision`)
+        goes, then reuses the outcome of the attempt it named (True), or returns False:
+        that attempt ended without one (failed, or its executor died), or the run is
+        being cancelled; the caller then takes the DNA and launches, or commits the cancel."""
+        task, ref, dna = work.task, work.ref, work.dna
+        if task.cancel_reason:
+            return False  # the attempt loop commits the cancel
+        log.info(
+            "step %s of %s: waiting for %s, which computes the same DNA",
+            work.step.name,
+            ref.name,
+            held.value.decode(),
+        )
+        task.parked = True
+        self.on_slot_freed()
+        gone = asyncio.ensure_future(self.single_flight.gone(ref.namespace, dna.hex, revision))
+        cancelled = asyncio.ensure_future(task.cancelled.wait())
+        try:
+            while not (gone.done() or cancelled.done()):
+                await asyncio.wait(
+                    {gone, cancelled}, timeout=IN_FLIGHT_RECHECK_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not (gone.done() or cancelled.done()) and await self.single_flight.clear_if_stale(
+                    ref.namespace, dna.hex, held
+                ):
+                    break
+        finally:
+            task.parked = False
+            for waiter in (gone, cancelled):
+                waiter.cancel()
+            await asyncio.gather(gone, cancelled, return_exceptions=True)
+        decision = await self.cache.decide(ref, work.run, work.step, dna)
+        if decision.outcome is not None:
+            source = f"{decision.outcome.run} step {decision.outcome.step}"
+            decision.explanation.reason = f"hit: computed once, by the attempt of {source} that was in flight"
+            await self._commit_reuse(work, decision)
+            return True
+        return False
 
     async def stop_orphan(self, ref: RunRef, step: str, orphan: Attempt, reason: str) -> None:
         """Asks the runtime to stop an attempt another executor left running (a pod whose
@@ -831,17 +864,42 @@ class StepRunner:
         await self.progress.release(ref.namespace, ref.run_id, claim.step, claim.lease)
         await self.progress.finalize_cancel(ref)
 
-    async def _put_step_record(self, ref: RunRef, record: StepRun, claim: Claim) -> None:
-        """Writes the step record if this executor still holds the claim, else ClaimLost."""
+    async def _put_step_record(self, ref: RunRef, record: StepRun, claim: Claim, work: StepWork | None = None) -> None:
+        """Writes the step record if this executor still holds the claim, else ClaimLost.
+
+        With `work` (a launch whose task takes the DNA in flight), the same transaction
+        takes the DNA's in-flight record (create-if-absent, bound to the claim's lease);
+        when another step holds it, nothing is written and HeldElsewhere says who."""
         key = self.keyspace.step(ref.namespace, ref.run_id, record.step)
         claim_key = self.keyspace.claim(ref.namespace, ref.run_id, record.step)
         data = record.SerializeToString()
+        compares, success, failure = [lease_is(claim_key, claim.lease)], [op_put(key, data)], []
+        holder = ""
+        if work is not None:
+            holder = self._in_flight_holder(work)
+            take, put, get = self.single_flight.take_ops(ref.namespace, work.dna.hex, holder, claim.lease)
+            compares.append(take)
+            success.append(put)
+            failure = [op_get(claim_key), get]
         result = await until_written(
-            lambda: self.store.txn([lease_is(claim_key, claim.lease)], [op_put(key, data)]),
+            lambda: self.store.txn(compares, success, failure),
             f"recording step {record.step} of {ref.name}",
         )
-        if not result.succeeded:
-            raise ClaimLost(f"lost the claim of step {record.step} of {ref.name}")
+        if result.succeeded:
+            if work is not None:
+                work.task.in_flight = work.dna.hex
+            return
+        if work is not None:
+            claimed = result.range_kvs(0)
+            if claimed and claimed[0].lease == claim.lease:
+                held = self.single_flight.held_in(result, 1, holder, claim.lease)
+                if held is not None:
+                    raise HeldElsewhere(held, result.revision)
+                # Ours: an earlier try took it and its answer was lost. Write the record again.
+                work.task.in_flight = work.dna.hex
+                await self._put_step_record(ref, record, claim)
+                return
+        raise ClaimLost(f"lost the claim of step {record.step} of {ref.name}")
 
     async def after_commit(self, ref: RunRef, done: StepRun, claim: Claim, commit: Commit) -> None:
         """What follows a commit attempt, with the done count the commit read if it won.
@@ -1118,10 +1176,18 @@ class StepRunner:
                 # only at `start`, after the record with its handle landed; if the write
                 # fails or this executor dies first, it exits without running anything.
                 planned = bool(attempt.handle)
+                # Single flight rides on this write (`_put_step_record`): no write of its own.
+                taking = work if task.takes_in_flight and not task.in_flight else None
+                state_before = record.state
                 if planned:
                     attempt.state = Attempt.STATE_RUNNING
                     record.state = StepRun.STATE_RUNNING
-                    await self._put_step_record(ref, record, task.claim)
+                    try:
+                        await self._put_step_record(ref, record, task.claim, taking)
+                    except HeldElsewhere:
+                        del record.attempts[-1]  # never launched
+                        record.state = state_before
+                        raise
                 try:
                     launched = await self.runtime.launch(spec)
                 except AttemptSetupError as error:
@@ -1136,9 +1202,12 @@ class StepRunner:
                     attempt.handle = launched.handle
                     record.state = StepRun.STATE_RUNNING
                     try:
-                        await self._put_step_record(ref, record, task.claim)
-                    except BaseException:
+                        await self._put_step_record(ref, record, task.claim, taking)
+                    except BaseException as error:
                         self.runtime.abandon(launched)  # held: its command never runs
+                        if isinstance(error, HeldElsewhere):
+                            del record.attempts[-1]  # it never ran: not an attempt
+                            record.state = state_before
                         raise
                 launched.start()
                 self.launches += 1

@@ -18,7 +18,7 @@ from tests.integration.executor.support import Harness, state_name, states, step
 from weft.v1 import artifact_pb2, pipeline_pb2, run_pb2
 from weft_core.dna import INLINE_RECORD_BYTES, content_digest, step_dna
 from weft_core.spec import MAX_STEPS, Dag, parse_run_name
-from weft_core.store import TxnResult, op_delete, op_put
+from weft_core.store import TxnResult, op_delete, op_put, txn_request
 from weft_executor.progress import RunProgress, RunRef
 from weft_executor.runtime import AttemptSpec, LaunchedAttempt
 
@@ -120,6 +120,58 @@ async def test_a_local_launch_is_one_write_of_the_step_record_with_its_pid(harne
     (attempt,) = written[0].attempts
     assert state_name(attempt.state, Attempt.State) == "RUNNING"
     assert attempt.handle.isdigit()
+
+
+def written_keys(request: Any) -> list[bytes]:
+    """The keys a TxnRequest writes in its success branch, nested transactions included."""
+    keys: list[bytes] = []
+    for op in request.success:
+        kind = op.WhichOneof("request")
+        if kind == "request_put":
+            keys.append(op.request_put.key)
+        elif kind == "request_delete_range":
+            keys.append(op.request_delete_range.key)
+        elif kind == "request_txn":
+            keys.extend(written_keys(op.request_txn))
+    return keys
+
+
+async def test_a_plain_launched_step_writes_claim_running_record_and_commit_only(harness: Harness) -> None:
+    """Single flight rides on the launch's RUNNING record: a step that shares its work in
+    flight (the default) pays no etcd write of its own for it. From its claim to its
+    commit a plain step sends three writing transactions, and the one that takes the
+    DNA's in-flight record is the one that records the attempt RUNNING."""
+    h = harness
+    executor = await h.start_executor()
+    store = executor.store
+    real_txn = store.txn
+    sent: list[Any] = []
+
+    async def counted(compares: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()) -> TxnResult:
+        sent.append(txn_request(compares, success, failure))
+        return await real_txn(compares, success, failure)
+
+    store.txn = counted  # type: ignore[method-assign,assignment]
+    pipeline = await h.apply("plain", [h.step("only")])
+    run = await h.run(pipeline.name)
+    ended = await h.wait(run.name, timeout=30)
+    assert ended.state == Run.STATE_SUCCEEDED, ended.message
+    store.txn = real_txn  # type: ignore[method-assign]
+
+    ns, run_id = parse_run_name(run.name)
+    claim_key = h.keyspace.claim(ns, run_id, "only")
+    step_key = h.keyspace.step(ns, run_id, "only")
+    done_key = h.keyspace.done(ns, run_id, "only")
+    in_flight = h.keyspace.in_flight(ns, step_dna(pipeline.spec.steps[0], {}).hex)
+    # The run's own transitions (RUNNING, then SUCCEEDED) are the run's, not the step's.
+    run_keys = {h.keyspace.run(ns, run_id), h.keyspace.run_index(ns, run_id)}
+    writes = [keys for keys in map(written_keys, sent) if keys and not set(keys) <= run_keys]
+    first = next(i for i, keys in enumerate(writes) if claim_key in keys)
+    last = next(i for i, keys in enumerate(writes) if done_key in keys)
+    launch = writes[first : last + 1]
+    assert len(launch) == 3, launch  # claim, RUNNING record, commit
+    assert [in_flight in keys for keys in launch] == [False, True, True]  # taken, then deleted
+    assert step_key in launch[1]
 
 
 async def test_readiness_derived_again_does_not_mark_a_done_step(harness: Harness) -> None:
