@@ -1144,18 +1144,21 @@ class StepRunner:
             ATTR_EXECUTOR: self.executor_id,
             ATTR_HOST_NAME: host_name(),  # where the executor runs (a pod's node is the runtime's)
         }
-        # Every line logged during the attempt names it (weft_core.logs).
+        # Every line logged during the attempt names it (weft_core.logs): the adopted one's
+        # own number once it is re-attached, else the one launched.
         with (
             tracer().start_as_current_span("weft.attempt", attributes=attributes) as span,
-            log_context(attempt=number),
+            contextlib.ExitStack() as named,
         ):
             traceparent = traceparent_of(span) if span.is_recording() else child_traceparent(run.traceparent)
             launched: LaunchedAttempt | None = None
             if orphan is not None:
                 spec = self._attempt_spec(work, orphan.number, traceparent)
-                launched = await self.runtime.adopt(spec, orphan.handle)
+                with log_context(attempt=orphan.number):
+                    launched = await self.runtime.adopt(spec, orphan.handle)
             if orphan is not None and launched is not None:
                 number, attempt = orphan.number, orphan
+                named.enter_context(log_context(attempt=number))
                 span.set_attribute(ATTR_ATTEMPT, number)
                 span.set_attribute("weft.adopted", True)
                 attempt.ClearField("message")
@@ -1163,6 +1166,7 @@ class StepRunner:
                 attempt.executor = self.executor_id  # its live logs are served here now
                 log.info("step %s of %s: re-attached to attempt %d (%s)", step.name, ref.name, number, orphan.handle)
             else:
+                named.enter_context(log_context(attempt=number))
                 if adopt_only:
                     raise _NotAdopted
                 spec = self._attempt_spec(work, number, traceparent)

@@ -8,6 +8,7 @@ upstream steps to finish at the same moment on different executors.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -22,8 +23,11 @@ from tests.integration.executor.support import (
 )
 from tests.support import assert_eventually_async
 from weft.v1 import pipeline_pb2, run_pb2
+from weft_core.logs import ContextFilter
 from weft_core.spec import Dag, parse_run_name
 from weft_executor.progress import RunProgress, RunRef
+from weft_executor.runtime import AttemptSpec
+from weft_executor.runtime.local import LocalAttempt, LocalRuntime
 
 Attempt = run_pb2.Attempt
 Run = run_pb2.Run
@@ -346,3 +350,36 @@ async def test_a_later_finisher_is_recorded_as_a_loser_and_never_overwrites(harn
         "lost the commit: step racer was already committed (SUCCEEDED by attempt 1 on executor another-executor); "
         "this attempt's outputs were not used"
     )
+
+
+async def test_a_re_attached_attempt_logs_under_its_own_number(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An adopted attempt keeps its number in the step record and in its executor's log
+    lines (attempt 1, not the next attempt's 2). A local process dies with its executor, so
+    the runtime's adopt is played by launching the attempt again (a pod is found again)."""
+    h = harness
+    pipeline = await h.apply("adopted", [h.step("only")])
+    run = await h.run(pipeline.name)
+    ns, run_id = parse_run_name(run.name)
+    left = StepRun(step="only", state=StepRun.STATE_RUNNING, executor="a-dead-executor")
+    left.attempts.add(number=1, state=Attempt.STATE_RUNNING, executor="a-dead-executor", handle="its-pod")
+    await h.store.put(h.keyspace.step(ns, run_id, "only"), left.SerializeToString())
+
+    async def re_attach(runtime: LocalRuntime, spec: AttemptSpec, handle: str) -> LocalAttempt:
+        assert (handle, spec.attempt) == ("its-pod", 1)
+        launched = await runtime.launch(spec)
+        launched.start()
+        return launched
+
+    monkeypatch.setattr(LocalRuntime, "adopt", re_attach)
+    caplog.handler.addFilter(ContextFilter())
+    caplog.set_level(logging.INFO, logger="weft_executor")
+    await h.start_executor()
+    ended = await h.wait(run.name, timeout=30)
+
+    assert ended.state == Run.STATE_SUCCEEDED, ended.message
+    attempts = steps_by_name(ended)["only"].attempts
+    assert [(a.number, state_name(a.state, Attempt.State)) for a in attempts] == [(1, "SUCCEEDED")]
+    re_attached = [r for r in caplog.records if "re-attached to attempt 1" in r.getMessage()]
+    assert [getattr(r, "attempt", None) for r in re_attached] == [1]
