@@ -33,8 +33,6 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from weft.v1 import pipeline_pb2, run_pb2
 from weft_core import metrics
 from weft_core.dna import spill_input_outcomes, step_dna
@@ -63,6 +61,9 @@ from weft_executor.steps import (
     StepTask,
     StepWork,
     backoff_seconds,
+    outcome_of,
+    record_result,
+    timestamp_of,
 )
 
 log = logging.getLogger(__name__)
@@ -426,13 +427,7 @@ class ReplicaRaces:
                 result = await self._wait_replica(
                     work, number, replica, claim_key, claim, attempt, launched, written.revision, hedge
                 )
-            attempt.state = result.state
-            attempt.message = result.message
-            attempt.exit_code = result.exit_code
-            attempt.stdout_digest = result.stdout_digest
-            attempt.stderr_digest = result.stderr_digest
-            attempt.output_digests.update(result.output_digests)
-            attempt.end_time.CopyFrom(_stamp(result.end_time))
+            record_result(attempt, result)
             if launched is not None and not task.lost_race and result.state == Attempt.STATE_CANCELLED:
                 # Stopped before the decision's watch event arrived (the run ended first):
                 # the decision, if any, says why.
@@ -479,7 +474,7 @@ class ReplicaRaces:
         started = time.monotonic()
         attempt.state = Attempt.STATE_RUNNING
         attempt.handle = launched.handle
-        attempt.start_time.CopyFrom(_stamp(launched.start_time))
+        attempt.start_time.CopyFrom(timestamp_of(launched.start_time))
         running_key = runner.keyspace.replica_running(ns, run_id, step.name, number, replica)
         # A held local launch runs its command only once the replica is recorded with its
         # process id (`Runtime.launch`): never a process that its record does not name.
@@ -562,22 +557,11 @@ class ReplicaRaces:
         if not holder:
             kv = await runner.store.get(ks.step(ns, run_id, name))
             record = parse_step_run(kv) if kv is not None else StepRun(step=name, dna=work.dna.digest)
-        outcome = run_pb2.Outcome(
-            dna=work.dna.digest,
-            outputs=dict(winner.output_digests),
-            run=ref.name,
-            step=name,
-            attempt=winner.number,
-            executor=winner.executor,
-            handle=winner.handle,
-            input_outcomes=dict(work.inputs.input_outcomes),
-            replica=winner.replica,
-            replicas=list(decision.table),
-            replica_decision=decision.reason,
-        )
-        outcome.start_time.CopyFrom(winner.start_time)
-        outcome.end_time.CopyFrom(winner.end_time)
-        outcome.commit_time.CopyFrom(now())
+        # A Kubernetes winner's image digest travels too (the plain commit's rule).
+        outcome = outcome_of(work, winner, executor=winner.executor)
+        outcome.replica = winner.replica
+        outcome.replicas.extend(decision.table)
+        outcome.replica_decision = decision.reason
         spilled = spill_input_outcomes(outcome)
         if spilled is not None:
             await runner.blobs.put(spilled)
@@ -608,9 +592,3 @@ class ReplicaRaces:
                 await runner.progress.derive_successors(ref, name)
         if holder:
             await runner.after_commit(ref, done, claim, commit)
-
-
-def _stamp(moment: datetime) -> Timestamp:
-    stamp = now()
-    stamp.FromDatetime(moment)
-    return stamp

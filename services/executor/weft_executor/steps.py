@@ -302,10 +302,22 @@ async def until_written(write: Callable[[], Awaitable[T]], what: str) -> T:
             delay = min(delay * 2, 5.0)
 
 
-def _timestamp(moment: datetime) -> Timestamp:
+def timestamp_of(moment: datetime) -> Timestamp:
     stamp = now()
     stamp.FromDatetime(moment)
     return stamp
+
+
+def record_result(attempt: run_pb2.Attempt, result: AttemptResult) -> None:
+    """Writes what the runtime reported of an ended attempt (or replica) onto its record."""
+    attempt.state = result.state
+    attempt.message = result.message
+    attempt.exit_code = result.exit_code
+    attempt.stdout_digest = result.stdout_digest
+    attempt.stderr_digest = result.stderr_digest
+    attempt.output_digests.update(result.output_digests)
+    attempt.image_id = result.image_id
+    attempt.end_time.CopyFrom(timestamp_of(result.end_time))
 
 
 def _child_span(name: str, attributes: Mapping[str, str]) -> contextlib.AbstractContextManager[Span]:
@@ -314,6 +326,26 @@ def _child_span(name: str, attributes: Mapping[str, str]) -> contextlib.Abstract
     if not get_current_span().is_recording():
         return contextlib.nullcontext(INVALID_SPAN)
     return tracer().start_as_current_span(name, attributes=dict(attributes))
+
+
+def outcome_of(work: StepWork, attempt: run_pb2.Attempt, *, executor: str) -> run_pb2.Outcome:
+    """The outcome a successful attempt commits: by a plain commit, or by a replica
+    decision (`weft_executor.races`, which adds the replicas and the reason)."""
+    outcome = run_pb2.Outcome(
+        dna=work.dna.digest,
+        outputs=dict(attempt.output_digests),
+        run=work.ref.name,
+        step=work.step.name,
+        attempt=attempt.number,
+        executor=executor,
+        handle=attempt.handle,
+        input_outcomes=dict(work.inputs.input_outcomes),
+        image_id=attempt.image_id,
+    )
+    outcome.start_time.CopyFrom(attempt.start_time)
+    outcome.end_time.CopyFrom(attempt.end_time)
+    outcome.commit_time.CopyFrom(now())
+    return outcome
 
 
 def claim_parts(claim: Claim) -> tuple[str, str, str]:
@@ -996,7 +1028,7 @@ class StepRunner:
             attempt.exit_code = result.exit_code
             attempt.stdout_digest = result.stdout_digest
             attempt.stderr_digest = result.stderr_digest
-            attempt.end_time.CopyFrom(_timestamp(result.end_time))
+            attempt.end_time.CopyFrom(timestamp_of(result.end_time))
             log.info("step %s of %s: stopped attempt %d left by a dead executor", step.name, ref.name, attempt.number)
 
     def _abandon_running_attempts(self, record: StepRun) -> None:
@@ -1222,7 +1254,7 @@ class StepRunner:
             rerecord = orphan is not None or attempt.handle != launched.handle
             attempt.state = Attempt.STATE_RUNNING
             attempt.handle = launched.handle
-            attempt.start_time.CopyFrom(_timestamp(launched.start_time))
+            attempt.start_time.CopyFrom(timestamp_of(launched.start_time))
             record.state = StepRun.STATE_RUNNING
             metrics.attempt_started(self.runtime.name)
             attempt_started = time.monotonic()
@@ -1247,14 +1279,7 @@ class StepRunner:
                 Attempt.State.Name(result.state).removeprefix("STATE_"),
                 time.monotonic() - attempt_started,
             )
-            attempt.state = result.state
-            attempt.message = result.message
-            attempt.exit_code = result.exit_code
-            attempt.stdout_digest = result.stdout_digest
-            attempt.stderr_digest = result.stderr_digest
-            attempt.output_digests.update(result.output_digests)
-            attempt.image_id = result.image_id
-            attempt.end_time.CopyFrom(_timestamp(result.end_time))
+            record_result(attempt, result)
             if result.state != Attempt.STATE_SUCCEEDED:
                 span.set_status(Status(StatusCode.ERROR, result.message.splitlines()[0] if result.message else ""))
             return attempt, result, launched
@@ -1287,20 +1312,7 @@ class StepRunner:
 
     async def _commit_success(self, work: StepWork, attempt: Attempt) -> None:
         ref, run, record, dna, claim = work.ref, work.run, work.record, work.dna, work.claim
-        outcome = run_pb2.Outcome(
-            dna=dna.digest,
-            outputs=dict(attempt.output_digests),
-            run=ref.name,
-            step=record.step,
-            attempt=attempt.number,
-            executor=self.executor_id,
-            handle=attempt.handle,
-            input_outcomes=dict(work.inputs.input_outcomes),
-            image_id=attempt.image_id,
-        )
-        outcome.start_time.CopyFrom(attempt.start_time)
-        outcome.end_time.CopyFrom(attempt.end_time)
-        outcome.commit_time.CopyFrom(now())
+        outcome = outcome_of(work, attempt, executor=self.executor_id)
         spilled = spill_input_outcomes(outcome)
         if spilled is not None:
             await self.blobs.put(spilled)

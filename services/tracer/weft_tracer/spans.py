@@ -118,7 +118,8 @@ def _plain(value: common_pb2.AnyValue) -> Any:
     return getattr(value, kind) if kind else None
 
 
-def _timestamp(nanos: int) -> Timestamp:
+def timestamp_at(nanos: int) -> Timestamp:
+    """Nanoseconds since the epoch as a protobuf Timestamp."""
     stamp = Timestamp()
     stamp.FromNanoseconds(nanos)
     return stamp
@@ -136,8 +137,8 @@ def span_message(body: bytes, service: str) -> trace_pb2.Span:
         service=service,
         # OTLP's SpanKind numbers are those of weft.v1.Span.Kind.
         kind=span.kind,  # type: ignore[arg-type]
-        start_time=_timestamp(span.start_time_unix_nano),
-        end_time=_timestamp(span.end_time_unix_nano),
+        start_time=timestamp_at(span.start_time_unix_nano),
+        end_time=timestamp_at(span.end_time_unix_nano),
         attributes={item.key: value_text(item.value) for item in span.attributes},
         status_code=span.status.code,  # type: ignore[arg-type]
         status_message=span.status.message,
@@ -145,7 +146,7 @@ def span_message(body: bytes, service: str) -> trace_pb2.Span:
     for event in span.events:
         message.events.add(
             name=event.name,
-            time=_timestamp(event.time_unix_nano),
+            time=timestamp_at(event.time_unix_nano),
             attributes={item.key: value_text(item.value) for item in event.attributes},
         )
     return message

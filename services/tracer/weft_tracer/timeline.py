@@ -33,6 +33,7 @@ from weft_core.keyspace import Keyspace
 from weft_core.spec import run_name
 from weft_core.store import Compacted, Store
 from weft_core.telemetry import ATTR_ATTEMPT, ATTR_STEP
+from weft_tracer.spans import timestamp_at
 
 Event = trace_pb2.TimelineEvent
 Kind = trace_pb2.TimelineEvent.Kind
@@ -167,12 +168,6 @@ def _nanos(stamp: Timestamp) -> int:
     return stamp.ToNanoseconds() if stamp.seconds or stamp.nanos else 0
 
 
-def _stamp(nanos: int) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(nanos)
-    return stamp
-
-
 @dataclass
 class _SpanIndex:
     """The spans of a run's trace, found by what they stand for."""
@@ -264,7 +259,7 @@ class _StepEvents:
             return  # a transition whose time nobody recorded cannot be placed
         self.events.append(
             Event(
-                time=_stamp(nanos),
+                time=timestamp_at(nanos),
                 kind=kind,  # type: ignore[arg-type]
                 step=self.step,
                 attempt=attempt,

@@ -52,6 +52,10 @@ async def test_replicas_run_in_pods_apart_and_the_losers_pods_are_deleted(
     assert ended.state == Run.STATE_SUCCEEDED, ended.message
     outcome = steps_by_name(ended)["race"].outcome
     assert outcome.replica == 2
+    # The winner's resolved image digest is the outcome's, as for a plain commit.
+    winner = next(a for a in outcome.replicas if a.replica == 2)
+    assert winner.image_id
+    assert outcome.image_id == winner.image_id
     assert h.launches() == {"race": 3}
     loser_pods = {a.handle for a in outcome.replicas if a.replica != 2}
     assert len(loser_pods) == 2
