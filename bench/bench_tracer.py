@@ -230,8 +230,9 @@ def executor(name: str, etcd: str, api: str, work: Path, env: dict[str, str]) ->
     return ServiceProcess(name, argv, work / f"{name}.log", announce=EXECUTOR_ANNOUNCE, env=env)
 
 
-#: Spans an executor makes per launched step: weft.step, weft.cache_lookup, weft.attempt,
-#: weft.input_fetch, weft.launch, weft.output_upload, weft.commit.
+#: Spans an executor makes per launched step without inputs: weft.step, weft.cache_lookup,
+#: weft.attempt, weft.launch, weft.wait, weft.output_upload, weft.commit (a step with
+#: inputs adds weft.input_fetch).
 SPANS_PER_ATTEMPT = 7
 
 

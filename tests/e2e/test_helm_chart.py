@@ -233,8 +233,12 @@ def test_services_dial_the_etcd_client_service() -> None:
     [
         ((), None),
         # TLS is on by default, so the chart's own tracer is reached over https.
-        (("--set", "tracer.enabled=true"), "https://rel-weft-tracer:4317"),
-        (("--set", "tracer.enabled=true", "--set", "tls.enabled=false"), "http://rel-weft-tracer:4317"),
+        # By its full name: step pods inherit it and may run in another namespace.
+        (("--set", "tracer.enabled=true"), "https://rel-weft-tracer.weft.svc.cluster.local:4317"),
+        (
+            ("--set", "tracer.enabled=true", "--set", "tls.enabled=false"),
+            "http://rel-weft-tracer.weft.svc.cluster.local:4317",
+        ),
         (("--set", "tracer.enabled=true", "--set", "otlp.endpoint=http://jaeger:4317"), "http://jaeger:4317"),
         (("--set", "otlp.endpoint=http://jaeger:4317"), "http://jaeger:4317"),
     ],

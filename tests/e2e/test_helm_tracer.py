@@ -92,7 +92,7 @@ def test_with_auth_and_tls_the_tracer_is_secured_and_the_services_export_to_it_w
     for name in ("rel-weft-api/api", "rel-weft-executor/executor"):
         env = [e["name"] for e in containers[name]["env"]]
         values = {e["name"]: e.get("value") for e in containers[name]["env"]}
-        assert values["OTEL_EXPORTER_OTLP_ENDPOINT"] == "https://rel-weft-tracer:4317"
+        assert values["OTEL_EXPORTER_OTLP_ENDPOINT"] == "https://rel-weft-tracer.weft.svc.cluster.local:4317"
         assert values["OTEL_EXPORTER_OTLP_CERTIFICATE"] == "/etc/weft/tls/ca.crt"
         assert values["OTEL_EXPORTER_OTLP_HEADERS"] == "authorization=Bearer%20$(WEFT_PEER_TOKEN)"
         # Kubernetes expands $(VAR) only from variables defined before it.

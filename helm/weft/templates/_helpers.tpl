@@ -124,12 +124,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-blobs" (include "weft.fullname" .)) .Values.blobStore.persistence.existingClaim }}
 {{- end }}
 
-{{/* OTLP endpoint of every service: the explicit one, else the chart's tracer, else none. */}}
+{{/* OTLP endpoint of every service: the explicit one, else the chart's tracer, else none.
+The tracer by its full DNS name: step pods inherit the endpoint and may run in another
+namespace (executor.kube.namespace), where the short Service name does not resolve. */}}
 {{- define "weft.otlpEndpoint" -}}
 {{- if .Values.otlp.endpoint }}
 {{- .Values.otlp.endpoint }}
 {{- else if .Values.tracer.enabled }}
-{{- printf "%s://%s:%d" (ternary "https" "http" .Values.tls.enabled) (include "weft.tracer.fullname" .) (int .Values.tracer.otlpPort) }}
+{{- printf "%s://%s.%s.svc.%s:%d" (ternary "https" "http" .Values.tls.enabled) (include "weft.tracer.fullname" .) .Release.Namespace .Values.clusterDomain (int .Values.tracer.otlpPort) }}
 {{- end }}
 {{- end }}
 

@@ -3,7 +3,10 @@
 `setup_tracing` installs an SDK TracerProvider with a batching OTLP/gRPC exporter only
 when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set; otherwise the
 OpenTelemetry API stays a no-op and this module costs nothing per call. The exporter is
-imported lazily because its import alone takes ~200 ms.
+imported lazily because its import alone takes ~200 ms. weft's own spans are made by
+`weft_core.tracing.WeftTracer` and encoded by `weft_core.otlp` (both for the executor's
+hot path: together a quarter of the SDK's cost per span); libraries and user code in the
+process get the SDK's provider, and both end in the same batch processor and exporter.
 
 `CreateRun` starts each run's root span with `run_root_span` and stores its W3C
 traceparent with the run; executors continue that trace with `span_in_run_trace`, so a
@@ -46,6 +49,7 @@ _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _ids = RandomIdGenerator()
 _propagator = TraceContextTextMapPropagator()
 _provider: Any = None
+_tracer: trace.Tracer = trace.get_tracer("weft")
 
 
 @functools.cache
@@ -108,29 +112,42 @@ def setup_tracing(service_name: str, environ: Mapping[str, str] | None = None) -
     if _provider is not None:
         return True
     # Imported here: the SDK's exporter pulls in ~200 ms of imports a CLI must not pay.
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    from weft_core.otlp import SpanExporter
+    from weft_core.tracing import WeftTracer
+
+    global _tracer
     provider = TracerProvider(resource=Resource.create({"service.name": service_name, ATTR_HOST_NAME: host_name()}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    processor = BatchSpanProcessor(SpanExporter())
+    provider.add_span_processor(processor)
+    # The provider serves libraries and a user's own spans; weft's go through WeftTracer
+    # (a fraction of the SDK's cost per span) to the same processor and exporter.
     trace.set_tracer_provider(provider)
     _provider = provider
+    _tracer = WeftTracer(provider.resource, provider.sampler, processor)
     return True
 
 
 def shutdown_tracing() -> None:
     """Flushes and stops the exporter installed by `setup_tracing` (no-op otherwise)."""
-    global _provider
+    global _provider, _tracer
     if _provider is not None:
         _provider.shutdown()
         _provider = None
+        _tracer = trace.get_tracer("weft")
 
 
 def tracer() -> trace.Tracer:
-    """weft's tracer (a no-op one until `setup_tracing` enabled export)."""
-    return trace.get_tracer("weft")
+    """weft's tracer: a `weft_core.tracing.WeftTracer` once `setup_tracing` enabled export,
+    else the API's (a no-op until a provider is set, whoever sets it).
+
+    One for the process: `get_tracer` builds a new Tracer (its instrumentation scope, a
+    deprecation filter) on every call, which cost a quarter of what a span does.
+    """
+    return _tracer
 
 
 def format_traceparent(trace_id: int, span_id: int, sampled: bool = True) -> str:

@@ -81,6 +81,9 @@ class SpanStore:
         # it is whatever that file was created with.
         connection.execute("PRAGMA auto_vacuum = INCREMENTAL")
         connection.executescript(_SCHEMA)
+        # Counted once, then kept by `write` and `prune` (the only writers): a count(*)
+        # reads the whole index, and GetTracerStatus asks for it at every poll.
+        self._spans = int(connection.execute("SELECT count(*) FROM spans").fetchone()[0])
 
     def _connection(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
@@ -114,7 +117,10 @@ class SpanStore:
             connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
-        return connection.total_changes - before
+        new = connection.total_changes - before
+        with self._lock:
+            self._spans += new
+        return new
 
     def trace_rows(self, trace_ids: Sequence[bytes]) -> list[StoredSpan]:
         """Every stored span of the given traces."""
@@ -132,8 +138,8 @@ class SpanStore:
         return [row[0] for row in cursor]
 
     def count(self) -> int:
-        """Spans in the store."""
-        return int(self._connection().execute("SELECT count(*) FROM spans").fetchone()[0])
+        """Spans in the store (written or pruned through this object since it opened the file)."""
+        return self._spans
 
     def used_bytes(self) -> int:
         """Bytes of the database holding data (its pages minus the free ones)."""
@@ -162,14 +168,16 @@ class SpanStore:
             removed += connection.execute("DELETE FROM spans WHERE start_ns < ?", (cutoff,)).rowcount
         if max_bytes > 0:
             while self.used_bytes() > max_bytes:
-                total = self.count()
-                if total == 0:
+                total = self.count() - removed
+                if total <= 0:
                     break
                 # A tenth at a time: few passes, and never much more than needed.
                 batch = max(1, total // 10)
                 removed += connection.execute(
                     "DELETE FROM spans WHERE id IN (SELECT id FROM spans ORDER BY id LIMIT ?)", (batch,)
                 ).rowcount
+        with self._lock:
+            self._spans -= removed
         if removed:
             connection.execute("PRAGMA incremental_vacuum")
             # Copy the WAL back and cut it: otherwise the file on disk keeps what was removed.

@@ -91,6 +91,7 @@ async def test_attempt_spans_continue_the_run_trace(harness: Harness, receiver: 
         "weft.attempt",
         "weft.input_fetch",
         "weft.launch",
+        "weft.wait",
         "weft.output_upload",
         "weft.commit",
     }
@@ -102,8 +103,14 @@ async def test_attempt_spans_continue_the_run_trace(harness: Harness, receiver: 
     assert attempt.parent_span_id == step_span.span_id
     assert by_name["weft.cache_lookup"].parent_span_id == step_span.span_id
     assert by_name["weft.commit"].parent_span_id == step_span.span_id
-    for child in ("weft.input_fetch", "weft.launch", "weft.output_upload"):
+    for child in ("weft.input_fetch", "weft.launch", "weft.wait", "weft.output_upload"):
         assert by_name[child].parent_span_id == attempt.span_id, child
+    # The wait is the process's life: after its launch, before its outputs are stored.
+    wait = by_name["weft.wait"]
+    assert attributes(wait)["process.exit_code"] == 0
+    assert attributes(wait)["process.pid"] == attributes(by_name["weft.launch"])["process.pid"]
+    assert by_name["weft.launch"].end_time_unix_nano <= wait.start_time_unix_nano
+    assert wait.end_time_unix_nano <= by_name["weft.output_upload"].start_time_unix_nano
     assert (
         attributes(attempt).items()
         >= {

@@ -87,6 +87,11 @@ async def test_the_helpers_spans_hang_under_the_attempt_with_the_pod_and_its_nod
         # In order on the time axis: fetched, then (the step ran, then) uploaded.
         assert fetch.end_time.ToNanoseconds() <= upload.start_time.ToNanoseconds()
         assert spans[attempt.parent_span_id].name == "weft.step"
+        # The executor's wait on the pod, a child of the attempt, on the pod's node.
+        (wait,) = [s for s in by_name(trace)["weft.wait"] if s.parent_span_id == attempt.span_id]
+        assert wait.attributes["k8s.pod.name"] == pod
+        assert wait.attributes["k8s.node.name"] == kubelet.node_name
+        assert wait.attributes["weft.verdict"] == "succeeded"
 
 
 def test_a_helper_whose_tracer_is_away_still_ends_in_time(tmp_path: Path) -> None:

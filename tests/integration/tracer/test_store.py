@@ -61,6 +61,11 @@ def test_retention_removes_old_spans_then_the_oldest_until_under_the_size(tmp_pa
     # Oldest arrivals went first: what is left is the newest part of trace 2.
     left = store.trace_rows([(2).to_bytes(16, "big")])
     assert len(left) == 3000 - removed
+    # The count the store keeps (GetTracerStatus's stored_spans) is the file's.
+    assert store.count() == 3000 - removed
+    reopened = SpanStore(tmp_path / "spans.db")
+    assert reopened.count() == 3000 - removed
+    reopened.close()
     assert store.file_bytes() < used + 4 * 1024**2  # the freed pages went back (incremental vacuum)
     store.close()
 

@@ -538,20 +538,24 @@ class KubernetesRuntime:
         subscription = attempt.subscription
         assert subscription is not None, "wait on a released attempt"
         node = ""
+        # wait runs in the attempt's span; the node is the attempt's, known once bound.
+        attempt_span = get_current_span()
         try:
-            while True:
-                subscription.changed.clear()
-                scheduled = str(((subscription.pod or {}).get("spec") or {}).get("nodeName") or "")
-                if scheduled and scheduled != node:
-                    # Known once the pod is bound; wait runs in the attempt's span.
-                    node = scheduled
-                    get_current_span().set_attribute(ATTR_K8S_NODE_NAME, node)
-                verdict, wake_at = self._judge(attempt, subscription)
-                if verdict is not None:
-                    break
-                timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(subscription.changed.wait(), timeout)
+            with tracer().start_as_current_span("weft.wait", attributes={ATTR_K8S_POD_NAME: attempt.pod_name}) as span:
+                while True:
+                    subscription.changed.clear()
+                    scheduled = str(((subscription.pod or {}).get("spec") or {}).get("nodeName") or "")
+                    if scheduled and scheduled != node:
+                        node = scheduled
+                        attempt_span.set_attribute(ATTR_K8S_NODE_NAME, node)
+                        span.set_attribute(ATTR_K8S_NODE_NAME, node)
+                    verdict, wake_at = self._judge(attempt, subscription)
+                    if verdict is not None:
+                        break
+                    timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(subscription.changed.wait(), timeout)
+                span.set_attribute("weft.verdict", Attempt.State.Name(verdict.state).removeprefix("STATE_").lower())
             return await self._conclude(attempt, subscription, verdict)
         except asyncio.CancelledError:
             self.abandon(attempt)

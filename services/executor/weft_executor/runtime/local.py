@@ -604,7 +604,9 @@ class LocalRuntime:
     async def wait(self, attempt: LaunchedAttempt) -> AttemptResult:
         assert isinstance(attempt, LocalAttempt)
         try:
-            exit_code = await self._wait_for_exit(attempt)
+            with tracer().start_as_current_span("weft.wait", attributes={"process.pid": attempt.pid}) as span:
+                exit_code = await self._wait_for_exit(attempt)
+                span.set_attribute("process.exit_code", exit_code)
         except asyncio.CancelledError:
             self.abandon(attempt)
             raise
