@@ -152,6 +152,39 @@ After weft.security.env, whose WEFT_PEER_TOKEN the header expands. */}}
 {{- end }}
 {{- end }}
 
+{{/* Per-attempt span tokens (weft_core.span_tokens): with auth on and the chart's own
+tracer, the executor mints each step pod a token for its run's trace only, and the tracer
+verifies it, both with the auth Secret's span-token-key. Never towards an explicit
+otlp.endpoint: the token means nothing to other collectors. */}}
+{{- define "weft.spanTokens.enabled" -}}
+{{- if and .Values.auth.enabled .Values.tracer.enabled (not .Values.otlp.endpoint) }}true{{ end }}
+{{- end }}
+
+{{- define "weft.spanTokens.args" -}}
+{{- if include "weft.spanTokens.enabled" . }}
+- --span-token-key-file=/etc/weft/span-token/span-token.key
+{{- end }}
+{{- end }}
+
+{{- define "weft.spanTokens.mounts" -}}
+{{- if include "weft.spanTokens.enabled" . }}
+- name: span-token
+  mountPath: /etc/weft/span-token
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "weft.spanTokens.volumes" -}}
+{{- if include "weft.spanTokens.enabled" . }}
+- name: span-token
+  secret:
+    secretName: {{ include "weft.auth.secretName" . }}
+    items:
+      - key: span-token-key
+        path: span-token.key
+{{- end }}
+{{- end }}
+
 {{/* Environment shared by every weft service; call with (dict "root" $ "service" "weft-api"). */}}
 {{- define "weft.commonEnv" -}}
 - name: POD_NAME
@@ -306,6 +339,7 @@ the commands stay the same with and without TLS. */}}
 {{- if .Values.auth.enabled }}
 - --pod-api-token-secret={{ printf "%s-pods-token" (include "weft.fullname" .) }}
 {{- end }}
+{{- include "weft.spanTokens.args" . }}
 {{- if .Values.tls.enabled }}
 - --pod-api-ca-secret={{ printf "%s-pods-ca" (include "weft.fullname" .) }}
 {{- end }}
@@ -349,6 +383,7 @@ the commands stay the same with and without TLS. */}}
 - --forward={{ . }}
 {{- end }}
 {{- include "weft.security.args" . }}
+{{- include "weft.spanTokens.args" . }}
 {{- range .Values.tracer.extraArgs }}
 - {{ . | quote }}
 {{- end }}

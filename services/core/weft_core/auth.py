@@ -36,6 +36,12 @@ TokenReview API and mapped to roles by user name or group:
       - group: system:serviceaccounts:weft
         roles: {"*": admin}
 
+Span tokens (`--span-token-key-file`, weft-tracer only; `weft_core.span_tokens`): a token
+an executor minted for one step attempt authenticates as a principal with no namespace
+role and a `span_grant` (one run's trace). Only a `Rule` with `span_tokens=True` admits
+it (the tracer's OTLP Export); every other method refuses it with PERMISSION_DENIED, and
+a service without the key refuses it as UNAUTHENTICATED without asking TokenReview.
+
 This module never stores, logs or returns a token in clear: only its sha256 is kept
 (the TokenReview cache is keyed by it too), and error messages name subjects, never tokens.
 """
@@ -57,6 +63,7 @@ from typing import Any
 
 import yaml
 
+from weft_core import span_tokens
 from weft_core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from weft_core.spec import DEFAULT_NAMESPACE, check_dns_label
 
@@ -98,12 +105,14 @@ class Principal:
     Attributes:
         subject: Who it is (a token file subject, or a Kubernetes user name).
         roles: Role by namespace; `*` holds in every namespace.
-        via: How it was authenticated ("token", "kubernetes").
+        via: How it was authenticated ("token", "kubernetes", "span-token").
+        span_grant: For a span token, the one trace it may export spans of (and no roles).
     """
 
     subject: str
     roles: Mapping[str, Role]
     via: str = "token"
+    span_grant: span_tokens.SpanGrant | None = None
 
     def role_in(self, namespace: str) -> Role | None:
         """The highest role the caller holds in `namespace` (a `*` binding included)."""
@@ -376,14 +385,51 @@ class TokenReview:
         return Principal(user, roles, "kubernetes") if roles else None
 
 
-class Authenticator:
-    """Turns a call's metadata into a Principal: the token file first, then TokenReview."""
+class SpanTokenKey:
+    """The key(s) span tokens are minted and verified with (`weft_core.span_tokens`), from a
+    file re-read whenever it changes, like the token file."""
 
-    def __init__(self, tokens: TokenFile | None = None, token_review: TokenReview | None = None) -> None:
+    def __init__(self, path: Path) -> None:
+        """Reads `path`.
+
+        Raises:
+            ValueError: The file is missing or holds no valid key (the message says where).
+        """
+        self._file = _WatchedFile(path, span_tokens.parse_keys)
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        """Every key that verifies; the first one mints."""
+        self._file.reload()
+        keys: tuple[bytes, ...] = self._file.value
+        return keys
+
+    def mint(self, run: str, trace_id: int, expires_at: int) -> str:
+        return span_tokens.mint(self.keys[0], run, trace_id, expires_at)
+
+    def lookup(self, token: str, now: float | None = None) -> Principal | None:
+        """The principal of a valid span token (no roles, its grant), or None."""
+        grant = span_tokens.verify(self.keys, token, time.time() if now is None else now)
+        if grant is None:
+            return None
+        return Principal(f"span token of {grant.run}", {}, "span-token", grant)
+
+
+class Authenticator:
+    """Turns a call's metadata into a Principal: a span token by its key, else the token
+    file first, then TokenReview."""
+
+    def __init__(
+        self,
+        tokens: TokenFile | None = None,
+        token_review: TokenReview | None = None,
+        span_key: SpanTokenKey | None = None,
+    ) -> None:
         if tokens is None and token_review is None:
             raise ValueError("an Authenticator needs a token file, a TokenReview, or both")
         self.tokens = tokens
         self.token_review = token_review
+        self.span_key = span_key
 
     async def authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Principal:
         """The caller of a call with this metadata.
@@ -402,6 +448,20 @@ class Authenticator:
         token = token.strip()
         if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_CHARS:
             raise Unauthenticated('malformed authorization metadata: expected "Bearer <token>"')
+        if span_tokens.looks_like_span_token(token):
+            # Never sent to TokenReview: the apiserver has no business seeing it.
+            if self.span_key is None:
+                raise Unauthenticated(
+                    "a span token is accepted only by weft-tracer's OTLP Export (the tracer that shares the "
+                    "executor's span token key); use a weft token here"
+                )
+            principal = self.span_key.lookup(token)
+            if principal is None:
+                raise Unauthenticated(
+                    "the span token is not valid (forged, altered, minted with another key, or expired); "
+                    "each attempt gets a fresh one from its executor"
+                )
+            return principal
         if self.tokens is not None:
             principal = self.tokens.lookup(token)
             if principal is not None:
@@ -422,11 +482,13 @@ class Rule:
     """What one RPC needs: a role, in the namespace `namespace_of` finds in the request.
 
     `namespace_of=None` means the role is needed in every namespace (`*`). For a method
-    with a request stream, `namespace_of` reads the first message.
+    with a request stream, `namespace_of` reads the first message. `span_tokens=True`
+    admits a span token too (its service must then confine it to its grant's trace).
     """
 
     role: Role
     namespace_of: NamespaceOf | None = None
+    span_tokens: bool = False
 
 
 @dataclass(frozen=True)
@@ -460,6 +522,13 @@ class Auth:
         rule = self.rules.get(method)
         if rule is None:  # create_server refuses this; kept closed should a rule go missing
             raise PermissionDenied(f"{method} has no access rule; nobody may call it")
+        if principal.span_grant is not None:
+            if rule.span_tokens:
+                return
+            raise PermissionDenied(
+                f"a span token may only export spans of its run's trace ({principal.span_grant.run}); "
+                f"it cannot call {method.lstrip('/')}: use a weft token with a role"
+            )
         namespace = rule.namespace_of(request) if rule.namespace_of is not None else EVERY_NAMESPACE
         if principal.may(rule.role, namespace):
             return
@@ -490,8 +559,14 @@ def require_namespace_field(value: str, field_name: str) -> str:
     return check_dns_label(value, field_name)
 
 
-def load_auth(tokens_file: Path | None, kube_roles_file: Path | None, kubeconfig: Path | None = None) -> Auth | None:
-    """The Auth of a service's settings, or None when neither source is configured.
+def load_auth(
+    tokens_file: Path | None,
+    kube_roles_file: Path | None,
+    kubeconfig: Path | None = None,
+    span_token_key_file: Path | None = None,
+) -> Auth | None:
+    """The Auth of a service's settings, or None when neither token source is configured
+    (a span token key alone authenticates nobody: without auth every caller is served).
 
     Raises:
         ValueError: A configured file is missing or malformed.
@@ -500,4 +575,5 @@ def load_auth(tokens_file: Path | None, kube_roles_file: Path | None, kubeconfig
         return None
     tokens = TokenFile(tokens_file) if tokens_file is not None else None
     review = TokenReview(kube_roles_file, kubeconfig) if kube_roles_file is not None else None
-    return Auth(Authenticator(tokens, review))
+    span_key = SpanTokenKey(span_token_key_file) if span_token_key_file is not None else None
+    return Auth(Authenticator(tokens, review, span_key))

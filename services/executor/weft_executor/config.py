@@ -214,6 +214,10 @@ class ExecutorConfig:
             `file:///dir`) that this executor (and, for object storage, its step pods)
             read and write directly; "" sends every blob through weft-api (`api`).
         auth_tokens_file .. etcd_client_key: see `weft_core.config.SECURITY_FLAGS`.
+        span_token_key_file: The key(s) each attempt's span token is minted with
+            (`weft_core.span_tokens`; weft-tracer verifies with the same file). None
+            gives steps no token: their exporters send none (fine when the tracer has no
+            auth; with auth on, their spans are refused).
     """
 
     etcd_endpoints: str
@@ -250,6 +254,7 @@ class ExecutorConfig:
     etcd_ca_cert: Path | None = None
     etcd_client_cert: Path | None = None
     etcd_client_key: Path | None = None
+    span_token_key_file: Path | None = None
 
     FLAGS = (
         ETCD_FLAGS[0],
@@ -329,6 +334,13 @@ class ExecutorConfig:
             convert=optional_blob_store_url,
         ),
         *SECURITY_FLAGS,
+        Flag(
+            "--span-token-key-file",
+            "WEFT_SPAN_TOKEN_KEY_FILE",
+            "file of the key each attempt's span token is minted with (weft-tracer's); re-read when it changes",
+            default="",
+            convert=optional_path,
+        ),
         *OPERATION_FLAGS,
     )
     #: The flags of the kubernetes runtime: their dests are the fields of KubeSettings.

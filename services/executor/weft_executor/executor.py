@@ -41,7 +41,7 @@ from weft_core.tls import etcd_tls_of, peer_of, server_tls_of
 from weft_executor.config import ExecutorConfig, default_executor_id
 from weft_executor.progress import TERMINAL_RUN_STATES, RunProgress, RunRef, RunRefs
 from weft_executor.registration import Registration, registration_record
-from weft_executor.runtime import Runtime
+from weft_executor.runtime import Runtime, load_span_token_key
 from weft_executor.runtime.local import LocalRuntime
 from weft_executor.scheduler import ReadyQueue, StepKey, follow_prefix
 from weft_executor.service import EXECUTOR_RULES, ExecutorServicer, LiveAttempts
@@ -167,6 +167,7 @@ class Executor:
                 kill_grace=self.config.kill_grace,
                 environ=self.environ,
                 step_user=self.config.step_user,
+                span_key=load_span_token_key(self.config.span_token_key_file),
             )
         # Imported by name: the Kubernetes runtime (and its client) loads only when asked for.
         try:

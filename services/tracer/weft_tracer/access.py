@@ -10,7 +10,9 @@ later cannot be left open.
 - The tracer's counters span every namespace: viewer in every namespace (`*`).
 - Exporting spans writes into every namespace's traces (a span names any run), so Export
   needs runner in every namespace: the services' peer token (a cluster-wide binding),
-  never a namespace's user.
+  never a namespace's user. A step's span token (weft_core.span_tokens) is admitted too,
+  and the receiver keeps only the spans of the one trace it grants; every other method
+  refuses a span token.
 
 This module never reads etcd or the span store.
 """
@@ -37,5 +39,5 @@ TRACER_RULES: dict[str, Rule] = {
     _TRACES + "ListRunEvents": Rule(Role.VIEWER, _run),
     _TRACES + "ReplayRunEvents": Rule(Role.VIEWER, _run),
     _TRACES + "GetTracerStatus": Rule(Role.VIEWER),
-    f"/{OTLP_TRACE_SERVICE}/Export": Rule(Role.RUNNER),
+    f"/{OTLP_TRACE_SERVICE}/Export": Rule(Role.RUNNER, span_tokens=True),
 }

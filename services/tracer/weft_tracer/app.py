@@ -73,11 +73,18 @@ async def _report_forever(counters: Counters, forwarder: Forwarder | None, every
     while True:
         await asyncio.sleep(every)
         with counters.lock:
-            now = (counters.received, counters.stored, counters.duplicates, counters.dropped, counters.queued)
+            now = (
+                counters.received,
+                counters.stored,
+                counters.duplicates,
+                counters.dropped,
+                counters.queued,
+                counters.refused,
+            )
         forwarded = forwarder.status() if forwarder is not None else {}
         if (now, forwarded) != last:
             log.info(
-                "received=%d stored=%d duplicates=%d dropped=%d queued=%d %s",
+                "received=%d stored=%d duplicates=%d dropped=%d queued=%d refused=%d %s",
                 *now,
                 " ".join(f"{k}={v}" for k, v in forwarded.items()),
             )
@@ -94,7 +101,9 @@ async def create_tracer(config: TracerConfig) -> Tracer:
         ValueError: A token, roles or TLS file of the config is missing or malformed.
     """
     # Security first: a bad token or certificate file must stop the start, not the first call.
-    auth = load_auth(config.auth_tokens_file, config.auth_kube_roles_file, config.auth_kubeconfig)
+    auth = load_auth(
+        config.auth_tokens_file, config.auth_kube_roles_file, config.auth_kubeconfig, config.span_token_key_file
+    )
     tls = server_tls_of(config)
     store = await asyncio.to_thread(SpanStore, config.store)
     counters = Counters()

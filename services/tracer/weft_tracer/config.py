@@ -4,7 +4,9 @@ The command line is a contract `weft up` and the Helm chart build against: `--li
 (OTLP/gRPC and weft.v1.TraceService on one port), `--store` (the SQLite file),
 `--etcd-endpoints` and `--etcd-root` (for run timelines; optional), the retention and
 queue limits, `--forward` (an OTLP endpoint such as Jaeger's), and the security flags
-every weft service shares (`weft_core.config.SECURITY_FLAGS`: token auth, TLS, etcd TLS). Without `--forward`,
+every weft service shares (`weft_core.config.SECURITY_FLAGS`: token auth, TLS, etcd TLS),
+and `--span-token-key-file` (the key steps' span tokens are verified with; the executors'
+key). Without `--forward`,
 the standard `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`/`OTEL_EXPORTER_OTLP_ENDPOINT` of the
 tracer's own environment are *not* used: they point at the tracer itself under
 `weft up`, and forwarding into itself would loop. Nothing here contacts anything.
@@ -24,6 +26,7 @@ from weft_core.config import (
     check_security,
     etcd_endpoints,
     listen_address,
+    optional_path,
     parse_flags,
 )
 from weft_core.keyspace import DEFAULT_ROOT
@@ -89,6 +92,9 @@ class TracerConfig:
         forward_retry_seconds: How long one forward batch is retried before it is dropped.
         auth_tokens_file .. etcd_client_key: see `weft_core.config.SECURITY_FLAGS` (the
             peer settings are accepted for uniformity; the tracer calls no weft service).
+        span_token_key_file: The key(s) of the executors' span tokens
+            (`weft_core.span_tokens`); with auth on, a step exporting with its attempt's
+            token may store spans of its run's trace. None refuses span tokens.
     """
 
     listen: str = "127.0.0.1:4317"
@@ -116,6 +122,7 @@ class TracerConfig:
     etcd_ca_cert: Path | None = None
     etcd_client_cert: Path | None = None
     etcd_client_key: Path | None = None
+    span_token_key_file: Path | None = None
 
     FLAGS = (
         Flag(
@@ -184,6 +191,13 @@ class TracerConfig:
             convert=non_negative_float,
         ),
         *SECURITY_FLAGS,
+        Flag(
+            "--span-token-key-file",
+            "WEFT_SPAN_TOKEN_KEY_FILE",
+            "file of the key steps' span tokens are verified with (the executors'); re-read when it changes",
+            default="",
+            convert=optional_path,
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -214,6 +228,7 @@ class TracerConfig:
                 forward=values["forward"],
                 forward_queue_spans=values["forward_queue_spans"],
                 forward_retry_seconds=values["forward_retry"],
+                span_token_key_file=values["span_token_key_file"],
             )
         except ConfigError as error:
             raise SystemExit(f"weft-tracer: {error}") from None

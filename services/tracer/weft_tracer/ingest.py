@@ -13,8 +13,13 @@ whole, counted as dropped, and the exporter is told through OTLP's partial succe
 (`rejected_spans`). One thread writes the queue to the store in batches of up to
 `batch_spans`, so a burst becomes a few large transactions.
 
+An export authenticated by a step's span token (`weft_core.span_tokens`) keeps only the
+spans of the trace the token grants; the others are refused through partial success and
+counted as refused (never stored, never forwarded). Refused is not dropped: dropped means
+the tracer lost spans it was allowed to keep, refused that a caller sent spans it may not.
+
 The counters are exact: every span received is, at any moment, exactly one of stored,
-duplicate, dropped or queued (a batch being written counts as queued until its commit).
+duplicate, dropped, refused or queued (a batch being written counts as queued until its commit).
 The writer must never raise out of its loop: a failing batch is logged and counted as
 dropped, and the loop goes on.
 """
@@ -30,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from weft_core.auth import current_principal
+from weft_core.span_tokens import SpanGrant
 from weft_tracer.spans import count_spans, rows_of_request
 from weft_tracer.store import SpanStore
 
@@ -51,6 +58,7 @@ class Counters:
     dropped: int = 0
     queued: int = 0
     pruned: int = 0
+    refused: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -106,6 +114,12 @@ class Ingestor:
             self._queue.append((resource_spans, count))
             self._wakeup.notify()
         return True
+
+    def refuse(self, count: int) -> None:
+        """Counts spans received and refused (outside the caller's grant)."""
+        with self.counters.lock:
+            self.counters.received += count
+            self.counters.refused += count
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Blocks until everything queued so far is written (for tests and shutdown)."""
@@ -177,14 +191,61 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         response = trace_service_pb2.ExportTraceServiceResponse()
         if count == 0:
             return response
+        principal = current_principal()
+        grant = principal.span_grant if principal is not None else None
+        refused = 0
+        if grant is not None:
+            request, kept = spans_of_trace(request, grant)
+            refused, count = count - kept, kept
+            if refused:
+                self.ingestor.refuse(refused)
+                response.partial_success.rejected_spans = refused
+                response.partial_success.error_message = (
+                    f"{refused} spans refused: this exporter's span token allows only spans of the trace "
+                    f"{grant.trace_id:032x} of {grant.run}"
+                )
+            if count == 0:
+                return response
         if self.forwarder is not None:
             # Forwarding does not depend on the store: a span the store's queue refused is
             # still forwarded if the forward queue has room, and the other way round.
             self.forwarder.offer(request, count)
         if not self.ingestor.offer(request.resource_spans, count):
-            response.partial_success.rejected_spans = count
-            response.partial_success.error_message = (
-                f"weft-tracer's queue is full ({self.ingestor.queue_spans} spans); "
-                "spans are dropped until the store catches up"
+            response.partial_success.rejected_spans = refused + count
+            response.partial_success.error_message = "; ".join(
+                filter(
+                    None,
+                    [
+                        response.partial_success.error_message,
+                        f"weft-tracer's queue is full ({self.ingestor.queue_spans} spans); "
+                        "spans are dropped until the store catches up",
+                    ],
+                )
             )
         return response
+
+
+def spans_of_trace(
+    request: trace_service_pb2.ExportTraceServiceRequest, grant: SpanGrant
+) -> tuple[trace_service_pb2.ExportTraceServiceRequest, int]:
+    """The request with only the spans of the grant's trace, and how many those are.
+
+    The request itself when every span is of that trace (the usual case: a step's exporter
+    sends only its own spans); otherwise a copy without the others, so that neither the
+    store nor the forward target ever sees a span outside the grant.
+    """
+    trace_id = grant.trace_id_bytes
+    spans = [span for rs in request.resource_spans for scope in rs.scope_spans for span in scope.spans]
+    kept = sum(1 for span in spans if span.trace_id == trace_id)
+    if kept == len(spans):
+        return request, kept
+    filtered = trace_service_pb2.ExportTraceServiceRequest()
+    for rs in request.resource_spans:
+        scopes = [(scope, [s for s in scope.spans if s.trace_id == trace_id]) for scope in rs.scope_spans]
+        if not any(mine for _, mine in scopes):
+            continue
+        out = filtered.resource_spans.add(resource=rs.resource, schema_url=rs.schema_url)
+        for scope, mine in scopes:
+            if mine:
+                out.scope_spans.add(scope=scope.scope, schema_url=scope.schema_url).spans.extend(mine)
+    return filtered, kept

@@ -198,6 +198,7 @@ async def status_of(spans: SpanStore, counters: Counters, forwarder: Forwarder |
             dropped=counters.dropped,
             queued=counters.queued,
             pruned=counters.pruned,
+            refused=counters.refused,
         )
     status.stored_spans = stored_spans
     status.store_bytes = store_bytes

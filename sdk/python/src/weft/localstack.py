@@ -552,7 +552,9 @@ class LocalSecurity:
     their token across restarts); the certificates are issued again at every start.
     Token files are mode 0600: `admin.token` is the caller's credential, `service.token`
     what the services present to each other; `tokens.yaml`, which the services read,
-    holds only their sha256.
+    holds only their sha256; `span-token.key` is the key the executors mint each step
+    attempt's span token with and weft-tracer verifies them with (`weft_core.span_tokens`),
+    so a step's own spans are accepted into its run's trace and nowhere else.
     """
 
     directory: Path
@@ -585,6 +587,14 @@ class LocalSecurity:
     def tokens_file(self) -> Path:
         return self.directory / "tokens.yaml"
 
+    @property
+    def span_token_key_file(self) -> Path:
+        return self.directory / "span-token.key"
+
+    def span_token_args(self) -> list[str]:
+        """The flag of the executors (which mint step span tokens) and weft-tracer (which verifies them)."""
+        return ["--span-token-key-file", str(self.span_token_key_file)]
+
     def admin_token(self) -> str:
         return self.admin_token_file.read_text().strip()
 
@@ -612,6 +622,10 @@ class LocalSecurity:
                 with os.fdopen(fd, "w") as out:
                     out.write(secrets.token_urlsafe(32) + "\n")
             tokens[subject] = path.read_text().strip()
+        if not security.span_token_key_file.exists():
+            fd = os.open(security.span_token_key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(32) + "\n")
         # JSON is YAML: the services read this with their YAML token file parser.
         entries = [
             {"subject": subject, "sha256": hashlib.sha256(token.encode()).hexdigest(), "roles": {"*": "admin"}}
@@ -861,6 +875,9 @@ class LocalStack:
     def _security_args(self) -> list[str]:
         return self.security.service_args() if self.security is not None else []
 
+    def _span_token_args(self) -> list[str]:
+        return self.security.span_token_args() if self.security is not None else []
+
     def _root_args(self) -> list[str]:
         return ["--etcd-root", self.etcd_root] if self.etcd_root else []
 
@@ -948,6 +965,7 @@ class LocalStack:
                     "--listen", "127.0.0.1:0",
                     *self._root_args(),
                     *self._security_args(),
+                    *self._span_token_args(),
                     *(["--blob-store", self.blob_store] if self.blob_store else []),
                     *(["--metrics-port", str(metrics_port)] if metrics_port is not None else []),
                 ],
@@ -980,7 +998,7 @@ class LocalStack:
                 health=True,
                 env=env,
                 die_with_parent=self.die_with_parent,
-                extra_args=self._security_args(),
+                extra_args=[*self._security_args(), *self._span_token_args()],
                 health_ca=self.security.ca_cert if self.security is not None else None,
             )
         except FileNotFoundError as error:

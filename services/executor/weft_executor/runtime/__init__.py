@@ -34,17 +34,25 @@ Contract every runtime keeps:
   attempt cannot be continued (a local process dies with its executor).
 - `read_logs` streams what a running attempt wrote, for ExecutorService.ReadAttemptLogs.
 - Secret values reach only the attempt's environment: never a record, span, log line or
-  exception message (invariant 8).
+  exception message (invariant 8). So does the attempt's span token (`span_token_env`),
+  which is not part of the step's DNA either: the DNA is computed from the step, never
+  from the environment a runtime builds.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 
 from weft.v1 import pipeline_pb2, run_pb2
+from weft_core.auth import SpanTokenKey
+from weft_core.span_tokens import export_headers_env, token_expiry
+from weft_core.spec import run_name
+from weft_core.telemetry import otlp_endpoint, parse_traceparent
 
 #: Stream identifiers of `read_logs`, as in `weft.v1.LogChunk.Stream`.
 STDOUT = run_pb2.LogChunk.STREAM_STDOUT
@@ -204,3 +212,37 @@ class Runtime(Protocol):
     async def close(self) -> None:
         """Stops every attempt still running and frees the runtime's resources."""
         ...
+
+
+def load_span_token_key(path: Path | None) -> SpanTokenKey | None:
+    """The executor's span token key (`--span-token-key-file`), or None when not configured.
+
+    Raises:
+        RuntimeError: The file is missing or holds no valid key (the message says which).
+    """
+    if path is None:
+        return None
+    try:
+        return SpanTokenKey(path)
+    except ValueError as error:
+        raise RuntimeError(f"--span-token-key-file: {error}") from None
+
+
+def span_token_env(
+    spec: AttemptSpec, telemetry: Mapping[str, str], key: SpanTokenKey | None, now: float | None = None
+) -> dict[str, str]:
+    """The variable that lets the attempt's exporters send their spans to weft-tracer with
+    auth on: `OTEL_EXPORTER_OTLP_HEADERS` carrying a span token for the spans of the run's
+    trace, valid for the step's timeout (24 h without one) plus a grace period.
+
+    Empty without a key, without an exporter endpoint in `telemetry`, without a valid
+    TRACEPARENT (nothing to scope the token to), or when the step's own env names an
+    endpoint (its spans go elsewhere: the token must not follow them). The token is minted
+    afresh for each launch and goes only into the attempt's environment, before the
+    step's own env, so a step that sets its own exporter headers keeps them.
+    """
+    parsed = parse_traceparent(spec.env.get("TRACEPARENT", ""))
+    if key is None or parsed is None or not otlp_endpoint(telemetry) or otlp_endpoint(spec.env):
+        return {}
+    expires_at = token_expiry(time.time() if now is None else now, spec.timeout)
+    return export_headers_env(key.mint(run_name(spec.namespace, spec.run), parsed[0], expires_at))

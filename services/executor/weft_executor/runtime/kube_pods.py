@@ -165,6 +165,29 @@ def step_wrapper(working_dir: str) -> str:
     return "\n".join(lines)
 
 
+#: The exporter variables naming the CA file the OTLP endpoint's certificate is checked with.
+OTLP_CERTIFICATE_ENV = ("OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+
+
+def pod_telemetry(telemetry: Mapping[str, str], config: ExecutorConfig) -> tuple[dict[str, str], list[JSON]]:
+    """The exporter variables as the pod's containers see them, and the mounts the main
+    container needs for them.
+
+    The executor's OTLP CA file is a path in the executor's container, which a step pod
+    does not have; with `--pod-api-ca-secret` (the CA of weft's certificates, which the
+    chart's weft-tracer presents too) that Secret is mounted in every container and the
+    variables point at its `ca.crt`. Without it the variables pass unchanged (a pod image
+    that holds the CA at the same path still works).
+    """
+    if not config.kube.pod_api_ca_secret or not any(telemetry.get(name) for name in OTLP_CERTIFICATE_ENV):
+        return dict(telemetry), []
+    pod_env = {
+        name: (f"{API_CA_DIR}/ca.crt" if name in OTLP_CERTIFICATE_ENV and value else value)
+        for name, value in telemetry.items()
+    }
+    return pod_env, [{"name": API_CA_VOLUME, "mountPath": API_CA_DIR, "readOnly": True}]
+
+
 def _env(spec: AttemptSpec, telemetry: Mapping[str, str]) -> list[JSON]:
     # The exporter variables first: a step's own env may redirect its own spans.
     values = {**telemetry, **spec.env}
@@ -276,13 +299,15 @@ def build_pod(
             credentials; the input container gets the reads only, the output container
             the writes only.
         telemetry: The exporter variables the pod's containers get
-            (`weft_core.telemetry.step_telemetry_env`).
+            (`weft_core.telemetry.step_telemetry_env`, and the attempt's span token:
+            `weft_executor.runtime.span_token_env`).
     """
     settings = config.kube
     name = pod_name(*spec.key)
     mount = [{"name": SHARED_VOLUME, "mountPath": podio.SHARED_DIR}]
+    telemetry, ca_mounts = pod_telemetry(telemetry or {}, config)
     helper_env, helper_mounts, helper_volumes = helper_credentials(spec, config)
-    helper_env = helper_env + helper_tracing_env(spec, telemetry or {})
+    helper_env = helper_env + helper_tracing_env(spec, telemetry)
     main: JSON = {
         "name": MAIN_CONTAINER,
         "image": spec.image,
@@ -293,8 +318,8 @@ def build_pod(
             "weft-step",
             *(escape_expansion(arg) for arg in spec.command),
         ],
-        "env": _env(spec, telemetry or {}),
-        "volumeMounts": mount,
+        "env": _env(spec, telemetry),
+        "volumeMounts": mount + ca_mounts,
         "securityContext": container_security_context(spec.security),
     }
     if spec.working_dir.startswith("/"):

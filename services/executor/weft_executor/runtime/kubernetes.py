@@ -119,7 +119,15 @@ from weft_core.telemetry import (
 from weft_core.units import human_seconds
 from weft_executor import podio
 from weft_executor.config import ExecutorConfig
-from weft_executor.runtime import STDOUT, AttemptResult, AttemptSetupError, AttemptSpec, LaunchedAttempt
+from weft_executor.runtime import (
+    STDOUT,
+    AttemptResult,
+    AttemptSetupError,
+    AttemptSpec,
+    LaunchedAttempt,
+    load_span_token_key,
+    span_token_env,
+)
 from weft_executor.runtime.kube_client import (
     JSON,
     KubeApi,
@@ -279,6 +287,8 @@ class KubernetesRuntime:
         self.created = 0
         #: The exporter variables step pods get: their spans go where this executor's go.
         self.telemetry_env = step_telemetry_env(os.environ)
+        #: Mints each pod's span token (its containers' exporters send it to weft-tracer).
+        self.span_key = load_span_token_key(config.span_token_key_file)
 
     # Plumbing -------------------------------------------------------------------------
 
@@ -421,7 +431,8 @@ class KubernetesRuntime:
                 "sign? give the pods' helpers the store's credentials instead: --pod-blob-store-secret, "
                 "chart value blobStore.podAccess=credentials)"
             ) from None
-        manifest = build_pod(spec, self.config, signed, self.telemetry_env)
+        telemetry = {**self.telemetry_env, **span_token_env(spec, self.telemetry_env, self.span_key)}
+        manifest = build_pod(spec, self.config, signed, telemetry)
         name = manifest["metadata"]["name"]
         attributes = {
             ATTR_K8S_NAMESPACE_NAME: self.namespace,

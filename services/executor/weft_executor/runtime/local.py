@@ -74,6 +74,7 @@ from typing import IO, TypeVar
 from opentelemetry.trace import Status, StatusCode
 
 from weft.v1 import run_pb2
+from weft_core.auth import SpanTokenKey
 from weft_core.blobs import BlobStore
 from weft_core.errors import NotFound, ServiceError, Unavailable
 from weft_core.telemetry import step_telemetry_env, tracer
@@ -85,6 +86,7 @@ from weft_executor.runtime import (
     AttemptSetupError,
     AttemptSpec,
     LaunchedAttempt,
+    span_token_env,
 )
 from weft_executor.runtime.spawner import Child, Spawner, SpawnError, SpawnRequest
 
@@ -306,6 +308,7 @@ class LocalRuntime:
         max_output_bytes: Largest output file accepted; larger fails the attempt.
         kill_grace: Seconds between SIGTERM and SIGKILL when stopping an attempt.
         environ: Where PATH/HOME/LANG and secret values are read (default: os.environ).
+        span_key: Mints each attempt's span token (`span_token_env`); None gives none.
         step_user: `--step-user` ("" for the default: nobody when root, else the
             executor's user).
 
@@ -325,12 +328,14 @@ class LocalRuntime:
         kill_grace: float = DEFAULT_KILL_GRACE,
         environ: Mapping[str, str] | None = None,
         step_user: str = "",
+        span_key: SpanTokenKey | None = None,
     ) -> None:
         self.work_dir = Path(work_dir).absolute()
         self.blobs = blobs
         self.max_output_bytes = max_output_bytes
         self.kill_grace = kill_grace
         self.environ = os.environ if environ is None else environ
+        self.span_key = span_key
         try:
             self.step_user = resolve_step_user(step_user)
         except ValueError as error:
@@ -505,7 +510,9 @@ class LocalRuntime:
         env.setdefault("PATH", os.defpath)
         if self.step_user is not None:
             env["HOME"] = str(root / "work")  # the executor's home is not the step user's
-        env.update(step_telemetry_env(self.environ))  # its own spans go where the executor's go
+        telemetry = step_telemetry_env(self.environ)  # its own spans go where the executor's go
+        env.update(telemetry)
+        env.update(span_token_env(spec, telemetry, self.span_key))
         env.update(spec.env)
         env.update(secrets)
         env["WEFT_INPUTS"] = str(root / "inputs")

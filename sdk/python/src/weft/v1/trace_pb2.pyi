@@ -219,7 +219,7 @@ class GetTracerStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TracerStatus(_message.Message):
-    __slots__ = ("received", "stored", "duplicates", "dropped", "queued", "forwarded", "forward_dropped", "forward_queued", "forward_endpoint", "pruned", "stored_spans", "store_bytes")
+    __slots__ = ("received", "stored", "duplicates", "dropped", "queued", "forwarded", "forward_dropped", "forward_queued", "forward_endpoint", "pruned", "stored_spans", "store_bytes", "refused")
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
@@ -232,6 +232,7 @@ class TracerStatus(_message.Message):
     PRUNED_FIELD_NUMBER: _ClassVar[int]
     STORED_SPANS_FIELD_NUMBER: _ClassVar[int]
     STORE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
     received: int
     stored: int
     duplicates: int
@@ -244,4 +245,5 @@ class TracerStatus(_message.Message):
     pruned: int
     stored_spans: int
     store_bytes: int
-    def __init__(self, received: _Optional[int] = ..., stored: _Optional[int] = ..., duplicates: _Optional[int] = ..., dropped: _Optional[int] = ..., queued: _Optional[int] = ..., forwarded: _Optional[int] = ..., forward_dropped: _Optional[int] = ..., forward_queued: _Optional[int] = ..., forward_endpoint: _Optional[str] = ..., pruned: _Optional[int] = ..., stored_spans: _Optional[int] = ..., store_bytes: _Optional[int] = ...) -> None: ...
+    refused: int
+    def __init__(self, received: _Optional[int] = ..., stored: _Optional[int] = ..., duplicates: _Optional[int] = ..., dropped: _Optional[int] = ..., queued: _Optional[int] = ..., forwarded: _Optional[int] = ..., forward_dropped: _Optional[int] = ..., forward_queued: _Optional[int] = ..., forward_endpoint: _Optional[str] = ..., pruned: _Optional[int] = ..., stored_spans: _Optional[int] = ..., store_bytes: _Optional[int] = ..., refused: _Optional[int] = ...) -> None: ...
