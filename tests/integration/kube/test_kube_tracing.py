@@ -10,6 +10,7 @@ helpers reach through the TRACEPARENT and exporter variables the pod gives them.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 import subprocess
 import sys
@@ -21,12 +22,13 @@ import pytest
 
 from tests.integration.executor.support import Harness
 from tests.integration.kube.conftest import start_kube_executor_process
-from tests.integration.tracer.support import TraceClient, ancestry, by_name, running_tracer, tracer_config
+from tests.integration.tracer.support import USER_STEP, TraceClient, ancestry, by_name, running_tracer, tracer_config
 from tests.kube.cluster import KubeCluster
 from tests.kube.kubelet import SimulatedKubelet
 from tests.support import assert_eventually_async
 from weft.localstack import otlp_env
 from weft.v1 import run_pb2, trace_pb2
+from weft_core.auth import render_token_file
 from weft_core.telemetry import format_traceparent
 from weft_executor import podio
 
@@ -121,3 +123,56 @@ def test_a_helper_whose_tracer_is_away_still_ends_in_time(tmp_path: Path) -> Non
         skipped="step exited with code 3"
     )
     assert elapsed < 6, (elapsed, done.stderr)  # unbounded: 8 s here
+
+
+@pytest.mark.kube
+async def test_with_auth_on_every_container_of_a_pod_exports_with_the_attempts_span_token(
+    harness: Harness, cluster: KubeCluster, kubelet: SimulatedKubelet, namespace: str
+) -> None:
+    """The tracer refuses exports without a token; the executor (its own spans: the peer
+    token) gives each pod a span token, with which the helpers' spans and the step's own
+    span (the main container, the OpenTelemetry SDK configured by the environment) land."""
+    h = harness
+    service_token = secrets.token_urlsafe(32)
+    tokens_file = h.tmp / "tokens.yaml"
+    tokens_file.write_text(render_token_file([("weft-services", service_token, {"*": "admin"})]))
+    span_key = h.tmp / "span-token.key"
+    span_key.write_text(secrets.token_hex(32) + "\n")
+    config = tracer_config(
+        h.tmp / "spans.db", h.etcd_endpoint, h.keyspace.root, auth_tokens_file=tokens_file, span_token_key_file=span_key
+    )
+    async with running_tracer(config) as tracer:
+        address = f"127.0.0.1:{tracer.port}"
+        env = {
+            **otlp_env(address, token=service_token),
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+            "WEFT_SPAN_TOKEN_KEY_FILE": str(span_key),
+        }
+        executor = start_kube_executor_process(h, cluster, namespace, env=env)
+        script = h.tmp / "user_step.py"
+        script.write_text(USER_STEP)
+        pipeline = await h.apply("token-pods", [h.step("own", command=[sys.executable, str(script)])])
+        run = await h.wait((await h.run(pipeline.name)).name, timeout=60)
+        assert run.state == Run.STATE_SUCCEEDED, run.message
+        await asyncio.to_thread(executor.stop)
+
+        async with grpc.aio.insecure_channel(address) as channel:
+            client = TraceClient(channel)
+            metadata = [("authorization", f"Bearer {service_token}")]
+
+            async def complete() -> trace_pb2.RunTrace:
+                trace: trace_pb2.RunTrace = await client.stub.GetRunTrace(
+                    trace_pb2.GetRunTraceRequest(run=run.name), metadata=metadata
+                )
+                names = by_name(trace)
+                assert {"weft.attempt", "weft.input_fetch", "weft.output_upload", "user.work"} <= set(names), names
+                return trace
+
+            trace = await assert_eventually_async(complete, timeout=20, what="the pod's spans are stored")
+            status = await client.stub.GetTracerStatus(trace_pb2.GetTracerStatusRequest(), metadata=metadata)
+    (attempt,) = by_name(trace)["weft.attempt"]
+    for name in ("weft.input_fetch", "weft.output_upload", "user.work"):
+        (found,) = by_name(trace)[name]
+        assert found.parent_span_id == attempt.span_id, name
+        assert ancestry(trace, found)[:3] == [name, "weft.attempt", "weft.step"]
+    assert (status.refused, status.dropped) == (0, 0)
