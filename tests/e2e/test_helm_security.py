@@ -22,11 +22,13 @@ from weft.localstack import EtcdProcess
 from weft.v1 import run_pb2
 from weft_core.auth import TokenFile, token_digest
 from weft_core.keyspace import Keyspace
+from weft_core.span_tokens import parse_keys
 
 SECURITY_VALUE_SETS = {
     "secure-defaults": (),
     "insecure": ("--set", "auth.enabled=false", "--set", "tls.enabled=false", "--set", "networkPolicy.enabled=false"),
     "auth-only": ("--set", "tls.enabled=false"),
+    "with-tracer": ("--set", "tracer.enabled=true"),
     "tls-only": ("--set", "auth.enabled=false"),
     "kube-roles-and-tokens": (
         "--set", "auth.kubeRoles[0].group=system:serviceaccounts:ci",
@@ -139,3 +141,48 @@ async def test_the_generated_certificate_and_admin_token_work_with_a_real_api(
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await Clients.of(channel).runs.ListRuns(listing, timeout=10)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def _pod_spec(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = _find(objects, kind, name)["spec"]["template"]["spec"]
+    return spec
+
+
+def test_with_the_tracer_the_executor_and_the_tracer_share_the_generated_span_token_key() -> None:
+    objects = _objects("--set", "tracer.enabled=true")
+    data = secret_data(objects, "rel-weft-auth")
+    assert parse_keys(data["span-token-key"], "span-token-key")
+    assert data["span-token-key"] not in (data["admin-token"], data["service-token"])
+    containers = _containers(objects)
+    flag = "--span-token-key-file=/etc/weft/span-token/span-token.key"
+    for workload, kind, container in (
+        ("rel-weft-executor", "Deployment", "executor"),
+        ("rel-weft-tracer", "Deployment", "tracer"),
+    ):
+        assert flag in containers[f"{workload}/{container}"]["command"], workload
+        mounts = containers[f"{workload}/{container}"]["volumeMounts"]
+        assert {"name": "span-token", "mountPath": "/etc/weft/span-token", "readOnly": True} in mounts
+        volume = next(v for v in _pod_spec(objects, kind, workload)["volumes"] if v["name"] == "span-token")
+        assert volume["secret"] == {
+            "secretName": "rel-weft-auth",
+            "items": [{"key": "span-token-key", "path": "span-token.key"}],
+        }
+    # Only they hold it: not weft-api, and never a step pod's namespace.
+    assert flag not in containers["rel-weft-api/api"]["command"]
+    assert all(v["name"] != "span-token" for v in _pod_spec(objects, "Deployment", "rel-weft-api")["volumes"])
+    assert "span-token-key" not in secret_data(objects, "rel-weft-pods-token")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ("--set", "tracer.enabled=true", "--set", "auth.enabled=false"),
+        ("--set", "tracer.enabled=true", "--set", "otlp.endpoint=http://jaeger.observability:4317"),
+        (),
+    ],
+    ids=["no-auth", "external-collector", "no-tracer"],
+)
+def test_without_auth_or_the_charts_tracer_no_span_token_key_is_passed(values: tuple[str, ...]) -> None:
+    containers = _containers(_objects(*values))
+    for name, container in containers.items():
+        assert not [arg for arg in container.get("command", []) if arg.startswith("--span-token-key-file")], name

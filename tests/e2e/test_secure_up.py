@@ -131,3 +131,77 @@ def test_the_tracer_needs_the_token_and_receives_the_services_spans_over_tls(sec
             break
         time.sleep(1)
     assert '"spans"' in traced.stdout, traced.stdout
+
+
+SPAN_TOKEN_PIPELINE = """
+name: token
+spec:
+  steps:
+    - name: show
+      container:
+        image: "busybox:1.36"
+        command: [sh, -c, 'printf %s "$OTEL_EXPORTER_OTLP_HEADERS" > "$WEFT_OUTPUTS/out"']
+      outputs: [{name: out}]
+"""
+
+
+def test_a_steps_span_token_is_accepted_by_the_tracer_for_its_runs_trace(secure_stack: Up, tmp_path: Path) -> None:
+    """`weft up --secure` gives the executors and the tracer one span token key: the token a
+    step gets (here written to its output, to try it) exports spans into its run's trace."""
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    secure = secure_stack.state_dir / "secure"
+    key = (secure / "span-token.key").read_text().strip()
+    assert (secure / "span-token.key").stat().st_mode & 0o077 == 0
+    token = (secure / "admin.token").read_text().strip()
+    found = re.search(r"weft-tracer\s+(127\.0\.0\.1:\d+)", secure_stack.output.read_text())
+    assert found, secure_stack.output.read_text()
+    tracer = found.group(1)
+    pipeline = tmp_path / "token.yaml"
+    pipeline.write_text(SPAN_TOKEN_PIPELINE)
+    assert weft(secure_stack, "apply", "-f", str(pipeline), token=token).returncode == 0
+    ran = weft(secure_stack, "run", "token", "--watch", token=token)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    match = re.search(r"token-[a-z0-9]{5}", ran.stdout)
+    assert match, ran.stdout
+    run = match.group(0)
+    saved = tmp_path / "outputs"
+    shown = weft(secure_stack, "outputs", run, "show", "--dir", str(saved), token=token)
+    assert shown.returncode == 0, shown.stderr
+    written = "".join(path.read_text() for path in saved.rglob("*") if path.is_file())
+    header = re.fullmatch(r"authorization=Bearer%20(wst1\.[A-Za-z0-9_.-]+)", written)
+    assert header, written
+    span_token = header.group(1)
+
+    traced = weft(secure_stack, "trace", run, "-o", "json", "--tracer", tracer, token=token)
+    assert traced.returncode == 0, traced.stderr
+    trace_id = re.search(r'"(?:trace_id|traceId)":\s*"([0-9a-f]{32})"', traced.stdout)
+    assert trace_id, traced.stdout
+    now = time.time_ns()
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    request.resource_spans.add().scope_spans.add().spans.add(
+        trace_id=bytes.fromhex(trace_id.group(1)),
+        span_id=(0x5EC0).to_bytes(8, "big"),
+        name="step.own-span",
+        start_time_unix_nano=now,
+        end_time_unix_nano=now + 1000,
+    )
+    credentials = grpc.ssl_channel_credentials((secure / "ca.crt").read_bytes())
+    with grpc.secure_channel(tracer, credentials) as channel:
+        export = channel.unary_unary(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            request_serializer=trace_service_pb2.ExportTraceServiceRequest.SerializeToString,
+            response_deserializer=trace_service_pb2.ExportTraceServiceResponse.FromString,
+        )
+        answer = export(request, metadata=[("authorization", f"Bearer {span_token}")], timeout=10)
+    assert answer.partial_success.rejected_spans == 0, answer
+    deadline = time.monotonic() + 30
+    while "step.own-span" not in traced.stdout and time.monotonic() < deadline:
+        time.sleep(0.5)
+        traced = weft(secure_stack, "trace", run, "-o", "json", "--tracer", tracer, token=token)
+    assert "step.own-span" in traced.stdout, traced.stdout
+    for path in (secure_stack.output, *secure_stack.state_dir.glob("logs/*.log")):
+        text = path.read_text(errors="replace")
+        assert key not in text, path
+        assert span_token not in text, path
