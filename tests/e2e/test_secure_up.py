@@ -194,7 +194,7 @@ def test_a_steps_span_token_is_accepted_by_the_tracer_for_its_runs_trace(secure_
             request_serializer=trace_service_pb2.ExportTraceServiceRequest.SerializeToString,
             response_deserializer=trace_service_pb2.ExportTraceServiceResponse.FromString,
         )
-        answer = export(request, metadata=[("authorization", f"Bearer {span_token}")], timeout=10)
+        answer = export(request, metadata=(("authorization", f"Bearer {span_token}"),), timeout=10)
     assert answer.partial_success.rejected_spans == 0, answer
     deadline = time.monotonic() + 30
     while "step.own-span" not in traced.stdout and time.monotonic() < deadline:
