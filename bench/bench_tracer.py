@@ -29,8 +29,9 @@ Measured on 2026-12-01 (2 cores; load average 1.7-4.7 from one other session's t
   OTLPSpanExporter (target 20,000; 32,600 at load 0.5 in an earlier run of the day), and
   29,100 spans/s from pre-encoded requests, 33,200 spans/s from weft's own exporter
   (whose senders need 14.0 µs of CPU per span, against the SDK exporter's 38.3 µs).
-  weft-tracer's CPU: 21.7 µs per span (~46,000 spans/s per busy core). The senders: 36.3 µs per span, 35 µs of it the SDK's Python encoder
-  (`encode_spans`; 51 µs in batches of 8192): the exporter's settings are not the
+  weft-tracer's CPU: 21.7 µs per span (~46,000 spans/s per busy core). Of the SDK
+  exporter's 36-38 µs, 35 µs are its Python encoder (`encode_spans`; 51 µs in batches
+  of 8192): the exporter's settings are not the
   bottleneck (larger batches and gzip cost more CPU per span, not less), and two
   exporting processes and the tracer on two cores need ~58 µs per span together.
 - A 1,000-wide fan-out of `true` steps, 5 runs per mode: median 8.44 s off, 8.46 s on
