@@ -10,8 +10,9 @@
    the tracer's capacity. Target: >= 20,000 spans/s. Each case also prints the CPU time
    per span of each side (senders: `process_time`; weft-tracer: /proc): on a shared
    machine the wall clock measures the other processes' load, CPU time does not.
-   `--exporter-configs` adds the exporter's other settings (batches of 2048 and 8192,
-   gzip); the SDK's encoder alone is timed first.
+   The same spans are also sent by weft's own exporter (`weft_core.otlp.SpanExporter`,
+   what weft's services use). `--exporter-configs` adds the SDK exporter's other
+   settings (batches of 2048 and 8192, gzip); the SDK's encoder alone is timed first.
 2. Per-step overhead: the same fan-out of `true` steps is run by a `weft-executor`
    process that exports its spans to that weft-tracer, and by one that exports nothing,
    alternately, `--repeats` times each, in one invocation (same etcd, same api, cache off
@@ -22,25 +23,25 @@
 
 Not a test: it asserts only that the runs succeeded and every span was stored.
 
-Measured on 2026-12-01, 2 cores shared with other work (load average 11-36):
+Measured on 2026-12-01 (2 cores; load average 1.7-4.7 from one other session's tests):
 
-- The SDK's encoder (`encode_spans`, the same for its gRPC and HTTP exporters) takes
-  33-34 µs CPU per span in batches of 512 (~29,000 spans/s per busy core), 49-64 µs in
-  batches of 8192. The OTLPSpanExporter as a whole: 36.5 µs per span (512), 41-42 µs
-  (2048, 8192), 47.7 µs with gzip. weft-tracer: 19-22 µs per span from the exporter,
-  29.5 µs fed pre-encoded batches (~34,000-52,000 spans/s per busy core).
-- So the exporter's settings are not the bottleneck: larger batches and gzip cost more
-  CPU per span, not less; the schedule delay changes only latency; an HTTP exporter
-  would run the same Python encoder (and weft-tracer receives OTLP/gRPC only). One
-  exporting process is bounded by its encoder, ~27,000 spans/s on a core of its own;
-  senders and tracer on the same two cores need ~55 µs per span together, a ceiling of
-  ~36,000 spans/s. Wall-clock rates measured in the same runs: 3,700-5,400 spans/s
-  through the exporter, 4,700 spans/s pre-encoded: each process got a fraction of a core.
-- A 2,000-wide fan-out, 3 runs per mode: median 38.4 s off, 56.8 s on (+48 %); fastest
-  runs 30.8 s off, 35.8 s on (+16 %). The executor's own CPU: 5.52 ms per step off,
-  7.50 ms on (+36 %, about 2 ms for its 7 spans); every span stored (7.00 per step).
-  In a loop, making 7 spans costs 0.35 ms of CPU and encoding them 0.4 ms: the SDK's
-  Python cost per span, not the export settings, is what a `true` step pays.
+- weft-tracer stored 28,400 spans/s from two processes exporting through the SDK's own
+  OTLPSpanExporter (target 20,000; 32,600 at load 0.5 in an earlier run of the day), and
+  29,100 spans/s from pre-encoded requests, 33,200 spans/s from weft's own exporter
+  (whose senders need 14.0 µs of CPU per span, against the SDK exporter's 38.3 µs).
+  weft-tracer's CPU: 21.7 µs per span (~46,000 spans/s per busy core). Of the SDK
+  exporter's 36-38 µs, 35 µs are its Python encoder (`encode_spans`; 51 µs in batches
+  of 8192): the exporter's settings are not the
+  bottleneck (larger batches and gzip cost more CPU per span, not less), and two
+  exporting processes and the tracer on two cores need ~58 µs per span together.
+- A 1,000-wide fan-out of `true` steps, 5 runs per mode: median 8.44 s off, 8.46 s on
+  (+0.3 %); fastest runs 7.21 s off, 7.42 s on (+2.9 %). The executor's CPU: 5.09 ms per
+  step off, 5.17 ms on (+1.6 %), every one of its 7 spans stored. Before weft's own
+  tracer and encoder (`weft_core.tracing`, `weft_core.otlp`), the same bench gave
+  +12.7 % (median) and +15.9 % CPU on a quiet machine, and +48 % / +36 % under load:
+  the SDK's span cost ~25 µs of the event loop and its encoder ~30 µs per span, where
+  weft's together cost ~15 µs (`tests/unit/core/test_otlp.py` and `test_tracing.py`
+  pin that they send the same spans).
 
     .venv/bin/python bench/bench_tracer.py [--spans 100000] [--exporters 2] [--width 200] [--repeats 3]
         [--only ingestion|overhead] [--exporter-configs]
@@ -117,20 +118,21 @@ def encoder_cpu(spans: int, batch: int) -> float:
 
 
 def _exporter_main(
-    target: str, spans: int, index: int, ready: Any, go: Any, results: Any, encoded: bool, batch: int, gzip: bool
+    target: str, spans: int, index: int, ready: Any, go: Any, results: Any, sender: str, batch: int, gzip: bool
 ) -> None:
     """One exporting process: makes `spans` finished spans, then exports them in batches.
 
-    With `encoded`, each batch is turned into its ExportTraceServiceRequest by the SDK's
-    own encoder before the clock starts and sent by a plain stub: the same bytes the
-    OTLPSpanExporter sends, without its Python encoding (which, at ~8,000 spans/s per
-    process here, would be what is measured instead of the tracer).
+    `sender` is "sdk" (the SDK's OTLPSpanExporter), "weft" (weft's services' exporter,
+    `weft_core.otlp.SpanExporter`: the SDK's with a faster encoder) or "encoded": each
+    batch is turned into its ExportTraceServiceRequest by the SDK's own encoder before
+    the clock starts and sent by a plain stub: the same bytes the OTLPSpanExporter sends,
+    without its Python encoding (which would be what is measured instead of the tracer).
     """
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
     finished = _make_spans(spans, index)
     batches = [finished[i : i + batch] for i in range(0, len(finished), batch)]
-    if encoded:
+    if sender == "encoded":
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
@@ -146,7 +148,10 @@ def _exporter_main(
         channel.close()
         return
     compression = grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression
-    exporter = OTLPSpanExporter(endpoint=f"http://{target}", insecure=True, compression=compression)
+    from weft_core.otlp import SpanExporter
+
+    kind = SpanExporter if sender == "weft" else OTLPSpanExporter
+    exporter = kind(endpoint=f"http://{target}", insecure=True, compression=compression)
     ready.wait()
     go.wait()
     started, cpu = time.perf_counter(), time.process_time()
@@ -170,7 +175,7 @@ def tracer_status(target: str) -> trace_pb2.TracerStatus:
 
 
 def ingestion(
-    tracer: str, tracer_pid: int, spans: int, exporters: int, encoded: bool, batch: int = BATCH, gzip: bool = False
+    tracer: str, tracer_pid: int, spans: int, exporters: int, sender: str, batch: int = BATCH, gzip: bool = False
 ) -> float:
     """Spans/s stored by weft-tracer from `exporters` processes (see the module docstring)."""
     context = multiprocessing.get_context("spawn")
@@ -179,7 +184,7 @@ def ingestion(
     results = context.Queue()
     per_exporter = spans // exporters
     workers = [
-        context.Process(target=_exporter_main, args=(tracer, per_exporter, i, ready, go, results, encoded, batch, gzip))
+        context.Process(target=_exporter_main, args=(tracer, per_exporter, i, ready, go, results, sender, batch, gzip))
         for i in range(exporters)
     ]
     for worker in workers:
@@ -202,7 +207,11 @@ def ingestion(
         raise RuntimeError(f"spans dropped ({status.dropped}) or duplicated ({status.duplicates})")
     send_rate = sum(count / seconds for count, seconds, _ in sent)
     sender_cpu = sum(cpu for _, _, cpu in sent)
-    how = "SDK-encoded requests, sent by a stub" if encoded else "the SDK's OTLPSpanExporter"
+    how = {
+        "sdk": "the SDK's OTLPSpanExporter",
+        "weft": "weft's exporter (weft_core.otlp.SpanExporter)",
+        "encoded": "SDK-encoded requests, sent by a stub",
+    }[sender]
     how += ", gzip" if gzip else ""
     print(f"\ningestion: {total} spans from {exporters} processes, batches of {batch}, {how}")
     print(f"  stored by weft-tracer            {total / elapsed:>10.0f} spans/s   ({elapsed:.2f} s; target >= 20000)")
@@ -368,11 +377,12 @@ def main() -> None:
                     f"\nthe SDK's OTLP encoder alone, batches of {batch}: {micros:.1f} µs CPU per span "
                     f"({1e6 / micros:,.0f} spans/s per busy core)"
                 )
-            ingestion(tracer, pid, args.spans, args.exporters, encoded=False)
+            ingestion(tracer, pid, args.spans, args.exporters, sender="sdk")
+            ingestion(tracer, pid, args.spans, args.exporters, sender="weft")
             if args.exporter_configs:
                 for batch, gzip in ((2048, False), (8192, False), (BATCH, True)):
-                    ingestion(tracer, pid, args.spans, args.exporters, encoded=False, batch=batch, gzip=gzip)
-            ingestion(tracer, pid, args.spans, args.exporters, encoded=True)
+                    ingestion(tracer, pid, args.spans, args.exporters, sender="sdk", batch=batch, gzip=gzip)
+            ingestion(tracer, pid, args.spans, args.exporters, sender="encoded")
         if args.only != "ingestion":
             overhead(Path(tmp), etcd, api, tracer, args.width, args.repeats)
 

@@ -34,6 +34,7 @@ from typing import IO, Any, Protocol
 import grpc
 
 from weft.v1 import artifact_pb2, artifact_pb2_grpc
+from weft_core.digests import file_digest
 from weft_core.errors import (
     Internal,
     InvalidArgument,
@@ -428,16 +429,6 @@ def _flush_and_sync(temp: IO[bytes]) -> None:
     os.fsync(temp.fileno())
 
 
-def _file_digest(path: Path) -> tuple[str, int]:
-    hasher = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as source:
-        while chunk := source.read(CHUNK_BYTES):
-            hasher.update(chunk)
-            size += len(chunk)
-    return "sha256:" + hasher.hexdigest(), size
-
-
 def _file_chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as source:
         while chunk := source.read(CHUNK_BYTES):
@@ -659,13 +650,13 @@ class RemoteBlobStore:
             async for chunk in chunks:
                 await asyncio.to_thread(spool.write, chunk)
             await asyncio.to_thread(spool.flush)
-            actual, written = await asyncio.to_thread(_file_digest, Path(spool.name))
+            actual, written = await asyncio.to_thread(file_digest, Path(spool.name))
             if (digest is not None and actual != digest) or (size is not None and written != size):
                 raise InvalidArgument(_mismatch(digest, size, actual, written))
             return await self.put_file(Path(spool.name))
 
     async def put_file(self, path: Path) -> BlobInfo:
-        digest, size = await asyncio.to_thread(_file_digest, path)
+        digest, size = await asyncio.to_thread(file_digest, path)
         existing = await self.stat(digest)
         if existing is not None:
             return existing

@@ -75,6 +75,7 @@ from weft_core.blobs import (
     digest_of,
     mismatch_message,
 )
+from weft_core.digests import file_digest
 from weft_core.errors import InvalidArgument, NotFound, ServiceError, Unavailable
 
 if TYPE_CHECKING:
@@ -263,7 +264,7 @@ class ObjectBlobStore:
         return await self._put_small(actual, data)
 
     async def put_file(self, path: Path) -> BlobInfo:
-        digest, size = await asyncio.to_thread(_file_digest, path)
+        digest, size = await asyncio.to_thread(file_digest, path)
 
         async def chunks() -> AsyncIterator[bytes]:
             with open(path, "rb") as source:  # noqa: ASYNC230  (chunks are read in a thread below)
@@ -703,13 +704,3 @@ async def _drain(chunks: AsyncIterable[bytes], size: int | None) -> tuple[str, i
         if size is not None and written > size:
             break
     return "sha256:" + hasher.hexdigest(), written
-
-
-def _file_digest(path: Path) -> tuple[str, int]:
-    hasher = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as source:
-        while chunk := source.read(CHUNK_BYTES):
-            hasher.update(chunk)
-            size += len(chunk)
-    return "sha256:" + hasher.hexdigest(), size

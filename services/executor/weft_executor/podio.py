@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from opentelemetry.trace import INVALID_SPAN, Status, StatusCode
 
+from weft_core.digests import file_digest
 from weft_core.units import human_bytes
 
 if TYPE_CHECKING:
@@ -346,7 +347,7 @@ class SignedBlobs:
         url = self.access.writes.get(name)
         if url is None:
             raise HandoverError(f"the executor gave no URL to store output '{name}'")
-        digest, size = await asyncio.to_thread(_file_digest, path)
+        digest, size = await asyncio.to_thread(file_digest, path)
         return await self._put(f"storing output '{name}'", url, lambda: open(path, "rb"), digest, size)
 
     async def put_manifest(self, data: bytes) -> BlobInfo:
@@ -361,16 +362,6 @@ class SignedBlobs:
 
     async def close(self) -> None:
         """Nothing to release (one connection per request)."""
-
-
-def _file_digest(path: Path) -> tuple[str, int]:
-    hasher = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as source:
-        while chunk := source.read(1024 * 1024):
-            hasher.update(chunk)
-            size += len(chunk)
-    return "sha256:" + hasher.hexdigest(), size
 
 
 def write_termination_message(path: Path, message: TerminationMessage) -> None:
