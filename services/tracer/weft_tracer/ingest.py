@@ -211,17 +211,13 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
             # still forwarded if the forward queue has room, and the other way round.
             self.forwarder.offer(request, count)
         if not self.ingestor.offer(request.resource_spans, count):
-            response.partial_success.rejected_spans = refused + count
-            response.partial_success.error_message = "; ".join(
-                filter(
-                    None,
-                    [
-                        response.partial_success.error_message,
-                        f"weft-tracer's queue is full ({self.ingestor.queue_spans} spans); "
-                        "spans are dropped until the store catches up",
-                    ],
-                )
+            full = (
+                f"weft-tracer's queue is full ({self.ingestor.queue_spans} spans); "
+                "spans are dropped until the store catches up"
             )
+            partial = response.partial_success
+            partial.error_message = f"{partial.error_message}; {full}" if refused else full
+            partial.rejected_spans = refused + count
         return response
 
 
