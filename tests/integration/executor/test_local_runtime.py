@@ -526,3 +526,25 @@ async def test_logs_read_after_the_end_are_the_stored_redacted_ones(runtime: Loc
     assert result.state == Attempt.STATE_SUCCEEDED
     read = [(stream, data) async for stream, data in runtime.read_logs(attempt, follow=False)]
     assert read == [(STDOUT, b"***** is here\n")]
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root")
+async def test_a_step_user_reads_the_executors_otlp_ca_through_a_copy(shared_dir: Path, tmp_path: Path) -> None:
+    """`weft up --secure`'s CA is in a private directory nobody cannot enter: the step gets
+    a readable copy, so its exporter can check the tracer's certificate."""
+    private = tmp_path / "secure"
+    private.mkdir(mode=0o700)
+    (private / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n")
+    environ = {
+        "PATH": os.environ["PATH"],
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "https://127.0.0.1:1",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": str(private / "ca.crt"),
+    }
+    local = LocalRuntime(shared_dir / "work", DirectoryBlobStore(shared_dir / "blobs"), environ=environ)
+    try:
+        script = 'cat "$OTEL_EXPORTER_OTLP_CERTIFICATE" > "$WEFT_OUTPUTS/out"'
+        result = await local.wait(await started(local, spec(script, outputs=("out",))))
+        assert result.state == Attempt.STATE_SUCCEEDED, result.message
+        assert await local.blobs.get(result.output_digests["out"]) == (private / "ca.crt").read_bytes()
+    finally:
+        await local.close()

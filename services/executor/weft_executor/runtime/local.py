@@ -35,7 +35,10 @@ Who a step runs as (`--step-user`): when the executor runs as root, steps run as
 unprivileged user (default `nobody`, uid 65534) with no supplementary groups and
 no_new_privs; otherwise as the executor's own user, with no_new_privs. A step's work,
 inputs and outputs directories belong to that user, and `$HOME` is its work directory
-when it runs as another user than the executor.
+when it runs as another user than the executor. Such a step could not read the
+executor's OTLP CA file either (`weft up --secure` keeps it in a private directory): it
+is copied, world-readable (a CA certificate is public), into the work directory once at
+start, and the step's certificate variable names the copy.
 
 Secrets: values come from the executor's environment (`WEFT_SECRET_<NAME>_<KEY>`,
 upper-cased, other characters as '_'), which `weft-executor` reads once and then re-execs
@@ -100,6 +103,8 @@ Attempt = run_pb2.Attempt
 INHERITED_ENV = ("PATH", "HOME", "LANG")
 #: Prefix of the executor environment variables that hold secret values.
 SECRET_ENV_PREFIX = "WEFT_SECRET_"
+#: The exporter variables naming a CA file (copied for a step user, see the module docstring).
+OTLP_CERTIFICATE_ENV = ("OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
 #: What a secret value is replaced with in logs.
 REDACTED = b"*****"
 #: Default largest output: bigger files fail the attempt rather than fill the store.
@@ -349,6 +354,8 @@ class LocalRuntime:
                     f"directory {self.work_dir}: use a --work-dir they can reach (e.g. under {tempfile.gettempdir()}) "
                     "or choose another --step-user"
                 )
+        #: The exporter variables every step gets: its spans go where the executor's go.
+        self.telemetry_env = self._readable_ca(step_telemetry_env(self.environ))
         #: Every secret value the executor holds: redacted from every log, granted or not.
         self.secrets = tuple(
             value.encode() for key, value in self.environ.items() if key.startswith(SECRET_ENV_PREFIX) and value
@@ -510,14 +517,38 @@ class LocalRuntime:
         env.setdefault("PATH", os.defpath)
         if self.step_user is not None:
             env["HOME"] = str(root / "work")  # the executor's home is not the step user's
-        telemetry = step_telemetry_env(self.environ)  # its own spans go where the executor's go
-        env.update(telemetry)
-        env.update(span_token_env(spec, telemetry, self.span_key))
+        env.update(self.telemetry_env)
+        env.update(span_token_env(spec, self.telemetry_env, self.span_key))
         env.update(spec.env)
         env.update(secrets)
         env["WEFT_INPUTS"] = str(root / "inputs")
         env["WEFT_OUTPUTS"] = str(root / "outputs")
         return env
+
+    def _readable_ca(self, telemetry: dict[str, str]) -> dict[str, str]:
+        """`telemetry` with its CA files copied where a step user can read them (when steps
+        run as another user); a CA that cannot be copied is left as it is, with a warning."""
+        if self.step_user is None:
+            return telemetry
+        readable = dict(telemetry)
+        for name in OTLP_CERTIFICATE_ENV:
+            source = telemetry.get(name)
+            if not source:
+                continue
+            target = self.work_dir / f".{name.lower()}.pem"
+            try:
+                self.work_dir.mkdir(parents=True, exist_ok=True)
+                spool = target.with_suffix(".tmp")
+                spool.write_bytes(Path(source).read_bytes())
+                spool.chmod(0o644)
+                os.replace(spool, target)
+            except OSError as error:
+                log.warning(
+                    "%s %s cannot be copied for the steps (%s): they may not trust the tracer", name, source, error
+                )
+                continue
+            readable[name] = str(target)
+        return readable
 
     def _working_dir(self, spec: AttemptSpec, root: Path) -> Path:
         """`work/` for an empty working_dir (fresh for every attempt), else the relative
