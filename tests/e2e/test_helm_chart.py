@@ -584,6 +584,16 @@ def test_install_test_and_uninstall_on_a_cluster(kube: tuple[KubeCluster, Simula
         assert "weft-test-api-health" in tested.stdout
         assert "weft-test-pipeline" in tested.stdout
 
+        # An upgrade keeps the generated credentials (looked up, never regenerated): callers'
+        # tokens and the span token key the executor and the tracer share.
+        def auth_secret() -> dict[str, str]:
+            return dict(core.read_namespaced_secret("weft-auth", namespace).data)
+
+        before = auth_secret()
+        assert {"admin-token", "service-token", "span-token-key"} <= set(before)
+        _helm("upgrade", "weft", str(CHART), "--namespace", namespace, "--wait", "--timeout", "90s", env=env)
+        assert auth_secret() == before
+
         # The installed etcd has one member: an upgrade to three is refused, saying how to grow.
         grown = _helm(
             "upgrade", "weft", str(CHART), "--namespace", namespace, "--set", "etcd.replicas=3", env=env, check=False
