@@ -61,7 +61,7 @@ def process_alive(pid: int) -> bool:
     """Whether `pid` runs (a zombie, dead but not yet reaped by its new parent, does not)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between open and read
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
 
