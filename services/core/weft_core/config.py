@@ -256,51 +256,16 @@ def namespace_set(value: str) -> frozenset[str]:
     return names
 
 
-def check_security(config: Any) -> None:
-    """Raises ConfigError for settings that only make sense together.
+@dataclass(frozen=True, kw_only=True)
+class SecuritySettings:
+    """The security settings every weft service takes (`SECURITY_FLAGS`): token and
+    TokenReview authentication, TLS (and client certificates) for its server, how it
+    reaches other weft services, and TLS to etcd. All off by default.
 
-    Expects the fields of `SECURITY_FLAGS` on `config`.
-    """
-    pairs = (
-        ("--tls-cert", "--tls-key", config.tls_cert, config.tls_key),
-        ("--peer-client-cert", "--peer-client-key", config.peer_client_cert, config.peer_client_key),
-        ("--etcd-client-cert", "--etcd-client-key", config.etcd_client_cert, config.etcd_client_key),
-    )
-    for first, second, a, b in pairs:
-        if (a is None) != (b is None):
-            raise ConfigError(f"{first} and {second} go together: give both or neither")
-    if config.tls_client_ca is not None and config.tls_cert is None:
-        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key: client certificates need TLS")
-    if config.peer_token and any(c.isspace() for c in config.peer_token):
-        raise ConfigError("--peer-token (WEFT_PEER_TOKEN) must not contain spaces")
-
-
-@dataclass(frozen=True)
-class ApiConfig:
-    """Settings of weft-api.
-
-    Attributes:
-        etcd_endpoints: Comma-separated etcd client URLs.
-        listen: `HOST:PORT` the gRPC server binds; port 0 picks a free one.
-        blob_dir: Directory of the artifact store's default backend.
-        etcd_root: Root of weft's keys in etcd (several installations may share an etcd).
-        blob_store: URL of the artifact store (`s3://bucket/prefix`, `gs://…`, `az://…`,
-            `file:///dir`); "" means the directory `blob_dir`.
-        auth_tokens_file .. etcd_client_key: see `SECURITY_FLAGS`.
-        relaxed_security_namespaces: Namespaces whose steps may relax the hardened pod
-            defaults (`Container.security`); `*` allows it everywhere.
-        lineage_sweep_interval: Seconds between passes of the lineage sweep
-            (`weft_api.lineage_sweep`), which also runs once at start; 0 turns it off.
-        metrics_port: Port of /metrics on the listen host; None serves no metrics.
-        log_level: Lowest level logged.
-        log_format: "text" or "json".
+    The services' configs inherit these fields (keyword-only, so they may follow fields
+    without defaults), and `check_security` validates them the same way for all three.
     """
 
-    etcd_endpoints: str
-    listen: str
-    blob_dir: Path | None
-    etcd_root: str = DEFAULT_ROOT
-    # Security (SECURITY_FLAGS): all off by default.
     auth_tokens_file: Path | None = None
     auth_kube_roles_file: Path | None = None
     auth_kubeconfig: Path | None = None
@@ -314,6 +279,48 @@ class ApiConfig:
     etcd_ca_cert: Path | None = None
     etcd_client_cert: Path | None = None
     etcd_client_key: Path | None = None
+
+    def check_security(self) -> None:
+        """Raises ConfigError for settings that only make sense together."""
+        pairs = (
+            ("--tls-cert", "--tls-key", self.tls_cert, self.tls_key),
+            ("--peer-client-cert", "--peer-client-key", self.peer_client_cert, self.peer_client_key),
+            ("--etcd-client-cert", "--etcd-client-key", self.etcd_client_cert, self.etcd_client_key),
+        )
+        for first, second, a, b in pairs:
+            if (a is None) != (b is None):
+                raise ConfigError(f"{first} and {second} go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key: client certificates need TLS")
+        if self.peer_token and any(c.isspace() for c in self.peer_token):
+            raise ConfigError("--peer-token (WEFT_PEER_TOKEN) must not contain spaces")
+
+
+@dataclass(frozen=True)
+class ApiConfig(SecuritySettings):
+    """Settings of weft-api.
+
+    Attributes:
+        etcd_endpoints: Comma-separated etcd client URLs.
+        listen: `HOST:PORT` the gRPC server binds; port 0 picks a free one.
+        blob_dir: Directory of the artifact store's default backend.
+        etcd_root: Root of weft's keys in etcd (several installations may share an etcd).
+        blob_store: URL of the artifact store (`s3://bucket/prefix`, `gs://…`, `az://…`,
+            `file:///dir`); "" means the directory `blob_dir`.
+        auth_tokens_file .. etcd_client_key: inherited from `SecuritySettings`.
+        relaxed_security_namespaces: Namespaces whose steps may relax the hardened pod
+            defaults (`Container.security`); `*` allows it everywhere.
+        lineage_sweep_interval: Seconds between passes of the lineage sweep
+            (`weft_api.lineage_sweep`), which also runs once at start; 0 turns it off.
+        metrics_port: Port of /metrics on the listen host; None serves no metrics.
+        log_level: Lowest level logged.
+        log_format: "text" or "json".
+    """
+
+    etcd_endpoints: str
+    listen: str
+    blob_dir: Path | None
+    etcd_root: str = DEFAULT_ROOT
     relaxed_security_namespaces: frozenset[str] = frozenset()
     blob_store: str = ""
     lineage_sweep_interval: float = 600.0
@@ -366,7 +373,7 @@ class ApiConfig:
     )
 
     def __post_init__(self) -> None:
-        check_security(self)
+        self.check_security()
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ApiConfig:

@@ -29,7 +29,7 @@ from weft_core.config import (
     SECURITY_FLAGS,
     ConfigError,
     Flag,
-    check_security,
+    SecuritySettings,
     listen_address,
     optional_blob_store_url,
     parse_flags,
@@ -185,7 +185,7 @@ def _kube_default(name: str) -> str:
 
 
 @dataclass(frozen=True)
-class ExecutorConfig:
+class ExecutorConfig(SecuritySettings):
     """Settings of weft-executor.
 
     Attributes:
@@ -213,7 +213,7 @@ class ExecutorConfig:
         blob_store: URL of the artifact store (`s3://bucket/prefix`, `gs://…`, `az://…`,
             `file:///dir`) that this executor (and, for object storage, its step pods)
             read and write directly; "" sends every blob through weft-api (`api`).
-        auth_tokens_file .. etcd_client_key: see `weft_core.config.SECURITY_FLAGS`.
+        auth_tokens_file .. etcd_client_key: inherited from `weft_core.config.SecuritySettings`.
         span_token_key_file: The key(s) each attempt's span token is minted with
             (`weft_core.span_tokens`; weft-tracer verifies with the same file). None
             gives steps no token: their exporters send none (fine when the tracer has no
@@ -239,21 +239,6 @@ class ExecutorConfig:
     log_format: str = "text"
     kube: KubeSettings = field(default_factory=KubeSettings)
     blob_store: str = ""
-    # Security (weft_core.config.SECURITY_FLAGS): all off by default. The peer settings are
-    # how this executor reaches weft-api; the auth and TLS settings guard its ExecutorService.
-    auth_tokens_file: Path | None = None
-    auth_kube_roles_file: Path | None = None
-    auth_kubeconfig: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    peer_token: str = field(default="", metadata={"secret": True})
-    peer_ca_cert: Path | None = None
-    peer_client_cert: Path | None = None
-    peer_client_key: Path | None = None
-    etcd_ca_cert: Path | None = None
-    etcd_client_cert: Path | None = None
-    etcd_client_key: Path | None = None
     span_token_key_file: Path | None = None
 
     FLAGS = (
@@ -426,7 +411,7 @@ class ExecutorConfig:
     )
 
     def __post_init__(self) -> None:
-        check_security(self)
+        self.check_security()
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ExecutorConfig:

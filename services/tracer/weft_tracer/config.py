@@ -15,7 +15,7 @@ tracer's own environment are *not* used: they point at the tracer itself under
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from weft_core.config import (
@@ -23,7 +23,7 @@ from weft_core.config import (
     SECURITY_FLAGS,
     ConfigError,
     Flag,
-    check_security,
+    SecuritySettings,
     etcd_endpoints,
     listen_address,
     optional_path,
@@ -75,7 +75,7 @@ def forward_endpoint(value: str) -> str:
 
 
 @dataclass(frozen=True)
-class TracerConfig:
+class TracerConfig(SecuritySettings):
     """Settings of weft-tracer.
 
     Attributes:
@@ -90,8 +90,8 @@ class TracerConfig:
         forward: OTLP/gRPC endpoint every span is forwarded to ("" for none).
         forward_queue_spans: Most spans waiting to be forwarded; more are forward-dropped.
         forward_retry_seconds: How long one forward batch is retried before it is dropped.
-        auth_tokens_file .. etcd_client_key: see `weft_core.config.SECURITY_FLAGS` (the
-            peer settings are accepted for uniformity; the tracer calls no weft service).
+        auth_tokens_file .. etcd_client_key: inherited from `weft_core.config.SecuritySettings`
+            (the peer settings are accepted for uniformity; the tracer calls no weft service).
         span_token_key_file: The key(s) of the executors' span tokens
             (`weft_core.span_tokens`); with auth on, a step exporting with its attempt's
             token may store spans of its run's trace. None refuses span tokens.
@@ -108,20 +108,6 @@ class TracerConfig:
     forward: str = ""
     forward_queue_spans: int = 50_000
     forward_retry_seconds: float = 30.0
-    # Security (SECURITY_FLAGS): all off by default, as on every weft service.
-    auth_tokens_file: Path | None = None
-    auth_kube_roles_file: Path | None = None
-    auth_kubeconfig: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    peer_token: str = field(default="", metadata={"secret": True})
-    peer_ca_cert: Path | None = None
-    peer_client_cert: Path | None = None
-    peer_client_key: Path | None = None
-    etcd_ca_cert: Path | None = None
-    etcd_client_cert: Path | None = None
-    etcd_client_key: Path | None = None
     span_token_key_file: Path | None = None
 
     FLAGS = (
@@ -201,7 +187,7 @@ class TracerConfig:
     )
 
     def __post_init__(self) -> None:
-        check_security(self)
+        self.check_security()
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> TracerConfig:
