@@ -112,7 +112,9 @@ def describe_config(config: Any) -> str:
     empty); every other value has URL passwords masked.
     """
     parts = []
-    for item in dataclasses.fields(config):
+    # A service's own settings first, then the keyword-only ones it inherits (the shared
+    # SecuritySettings), which dataclasses list first.
+    for item in sorted(dataclasses.fields(config), key=lambda f: f.kw_only is True):
         value = getattr(config, item.name)
         secret = bool(item.metadata.get("secret"))
         shown = (_MASK if value else "<unset>") if secret else mask_url_passwords(str(value))
