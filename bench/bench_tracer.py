@@ -36,12 +36,14 @@ Measured on 2026-12-01 (2 cores; load average 1.7-4.7 from one other session's t
   exporting processes and the tracer on two cores need ~58 µs per span together.
 - A 1,000-wide fan-out of `true` steps, 5 runs per mode: median 8.44 s off, 8.46 s on
   (+0.3 %); fastest runs 7.21 s off, 7.42 s on (+2.9 %). The executor's CPU: 5.09 ms per
-  step off, 5.17 ms on (+1.6 %), every one of its 7 spans stored. Before weft's own
-  tracer and encoder (`weft_core.tracing`, `weft_core.otlp`), the same bench gave
-  +12.7 % (median) and +15.9 % CPU on a quiet machine, and +48 % / +36 % under load:
-  the SDK's span cost ~25 µs of the event loop and its encoder ~30 µs per span, where
-  weft's together cost ~15 µs (`tests/unit/core/test_otlp.py` and `test_tracing.py`
-  pin that they send the same spans).
+  step off, 5.17 ms on (+1.6 %), every one of its 7 spans stored. With the SDK's
+  tracer and encoder the same bench gave +15.0 % (median) and +26.7 % CPU (200 steps,
+  3 runs, load 0.5; +48 % / +36 % under load earlier), and with weft's encoder but the
+  SDK's spans +12.7 % and +15.9 % (1,000 steps, 5 runs): the SDK's span costs ~25 µs of
+  the event loop and its encoder ~30 µs per span, where weft's tracer and encoder
+  (`weft_core.tracing`, `weft_core.otlp`) together cost ~15 µs
+  (`tests/unit/core/test_otlp.py` and `test_tracing.py` pin that they send the same
+  spans).
 
     .venv/bin/python bench/bench_tracer.py [--spans 100000] [--exporters 2] [--width 200] [--repeats 3]
         [--only ingestion|overhead] [--exporter-configs]

@@ -154,23 +154,32 @@ def api_process(etcd: EtcdProcess, keyspace: Keyspace, tmp_path: Path) -> Iterat
     process.stop()
 
 
+@contextlib.asynccontextmanager
+async def harness_on(
+    etcd: EtcdProcess, api: InProcessApi, tmp_path: Path, channel: grpc.aio.Channel
+) -> AsyncIterator[Harness]:
+    """The executor tests' harness on `api`, calling it through `channel` (which may carry a
+    principal's token); its executors and etcd store are closed at the end."""
+    store = Store(etcd.endpoint)
+    harness = Harness(
+        etcd_endpoint=etcd.endpoint,
+        api_address=api.address,
+        keyspace=api.keyspace,
+        blob_dir=api.blob_dir,
+        tmp=tmp_path,
+        channel=channel,
+        store=store,
+    )
+    try:
+        yield harness
+    finally:
+        await harness.close()
+        await store.close()
+
+
 @pytest.fixture
 async def harness(etcd: EtcdProcess, api: InProcessApi, tmp_path: Path) -> AsyncIterator[Harness]:
     """An api on port 0 with its own keyspace, and no executor yet (start them in the test):
     the executor tests' harness, for executors of either runtime."""
-    store = Store(etcd.endpoint)
-    async with grpc.aio.insecure_channel(api.address) as channel:
-        harness = Harness(
-            etcd_endpoint=etcd.endpoint,
-            api_address=api.address,
-            keyspace=api.keyspace,
-            blob_dir=api.blob_dir,
-            tmp=tmp_path,
-            channel=channel,
-            store=store,
-        )
-        try:
-            yield harness
-        finally:
-            await harness.close()
-            await store.close()
+    async with grpc.aio.insecure_channel(api.address) as channel, harness_on(etcd, api, tmp_path, channel) as harness:
+        yield harness

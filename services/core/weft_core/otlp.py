@@ -17,6 +17,7 @@ know is encoded by the SDK's own `_encode_value`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,8 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.trace import ReadableSpan
+
+log = logging.getLogger(__name__)
 
 # OTLP's SpanFlags: the parent's is-remote bit is known (always, for SDK spans), and set.
 _HAS_IS_REMOTE = trace_pb2.SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
@@ -49,7 +52,12 @@ def _put_attributes(target: Any, attributes: Mapping[str, Any] | None) -> None:
         elif kind is float:
             item.value.double_value = value
         else:
-            item.value.CopyFrom(_encode_value(value))
+            try:
+                item.value.CopyFrom(_encode_value(value))
+            except Exception:
+                # As the SDK's encoder: a value it cannot encode is left out, not the batch.
+                log.exception("span attribute %s has a value OTLP cannot carry; it is left out", key)
+                del target[-1]
 
 
 def _flags(parent: Any) -> int:
@@ -129,6 +137,7 @@ def encode_request(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
             scope_spans = scopes.get(scope)
             if scope_spans is None:
                 scope_spans = scopes[scope] = resource_spans.scope_spans.add()
+                scope_spans.scope.SetInParent()  # present even when empty, as the SDK's
                 if scope is not None:
                     scope_spans.scope.name = scope.name
                     if scope.version:

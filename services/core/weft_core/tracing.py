@@ -202,15 +202,22 @@ class WeftSpan(trace.Span):
         self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
     ) -> None:
         # `with tracer.start_span(...) as span:` records what escapes it, as the SDK's does.
-        if exc_val is not None and self.is_recording():
-            if self._record_exception:
-                self.record_exception(exc_val, escaped=True)
-            if self._set_status_on_exception:
-                self.set_status(Status(StatusCode.ERROR, f"{type(exc_val).__name__}: {exc_val}"))
+        if exc_val is not None:
+            _record_escape(self, exc_val, self._record_exception, self._set_status_on_exception, escaped=True)
         self.end()
 
     def __repr__(self) -> str:
         return f'WeftSpan(name="{self._name}", context={self._context})'
+
+
+def _record_escape(span: trace.Span, error: BaseException, record: bool, set_status: bool, *, escaped: bool) -> None:
+    """What an exception leaving a span's `with` does to a recording span (the SDK's rules)."""
+    if not span.is_recording():
+        return
+    if record:
+        span.record_exception(error, escaped=escaped)
+    if set_status:
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
 
 class _CurrentSpan:
@@ -237,11 +244,8 @@ class _CurrentSpan:
         try:
             context_api.detach(self._token)  # type: ignore[arg-type]
             # Only Exception: BaseExceptions such as GeneratorExit are not errors (use_span).
-            if isinstance(exc_val, Exception) and span.is_recording():
-                if self._record_exception:
-                    span.record_exception(exc_val)
-                if self._set_status_on_exception:
-                    span.set_status(Status(StatusCode.ERROR, f"{type(exc_val).__name__}: {exc_val}"))
+            if isinstance(exc_val, Exception):
+                _record_escape(span, exc_val, self._record_exception, self._set_status_on_exception, escaped=False)
         finally:
             if self._end_on_exit:
                 span.end()
@@ -280,9 +284,8 @@ class WeftTracer(trace.Tracer):
         span_id = _random_id(64)
         links = links or ()
         if isinstance(parent_span, WeftSpan):
-            # A local child: the parent was sampled (it records), and so is this one.
-            if not parent_span.is_recording():
-                return trace.NonRecordingSpan(SpanContext(parent.trace_id, span_id, False, _NOT_SAMPLED))
+            # A local child follows its parent (ParentBased), and a WeftSpan exists only
+            # when sampled: recorded, even if the parent has ended since (as the SDK does).
             span_context = SpanContext(parent.trace_id, span_id, False, _SAMPLED, parent.trace_state)
             values = _cleaned(attributes) if attributes else {}
         else:

@@ -343,21 +343,8 @@ class ReplicaRaces:
         lost = Attempt()
         lost.CopyFrom(running)
         if running.handle and running.executor != runner.executor_id:
-            spec = AttemptSpec(
-                namespace=work.ref.namespace,
-                run=work.ref.run_id,
-                step=work.step.name,
-                attempt=number,
-                image=work.step.container.image,
-                command=(),
-                working_dir="",
-                env={},
-                secret_env={},
-                inputs={},
-                outputs=(),
-                timeout=None,
-                dna="",
-                replica=running.replica,
+            spec = AttemptSpec.to_stop(
+                work.ref.namespace, work.ref.run_id, work.step.name, number, work.step.container.image, running.replica
             )
             with contextlib.suppress(Exception):
                 await runner.runtime.stop_orphan(spec, running.handle, "its replica was taken over")

@@ -686,21 +686,7 @@ class StepRunner:
     async def _stop_orphan(self, ref: RunRef, step: pipeline_pb2.Step, orphan: Attempt | None, reason: str) -> None:
         if orphan is None or not orphan.handle or orphan.executor == self.executor_id:
             return  # our own attempts are stopped through the task that runs them
-        spec = AttemptSpec(
-            namespace=ref.namespace,
-            run=ref.run_id,
-            step=step.name,
-            attempt=orphan.number,
-            image=step.container.image,
-            command=(),
-            working_dir="",
-            env={},
-            secret_env={},
-            inputs={},
-            outputs=(),
-            timeout=None,
-            dna="",
-        )
+        spec = AttemptSpec.to_stop(ref.namespace, ref.run_id, step.name, orphan.number, step.container.image)
         try:
             if await self.runtime.stop_orphan(spec, orphan.handle, reason):
                 orphan.message = f"stopped: {reason}"

@@ -12,14 +12,13 @@ import pytest
 
 from tests.integration.api.support import Clients
 from tests.integration.auth.conftest import Tokens
-from tests.integration.conftest import InProcessApi
+from tests.integration.conftest import InProcessApi, harness_on
 from tests.integration.executor.support import Harness, states
 from tests.support import assert_eventually_async
 from weft.localstack import EtcdProcess
 from weft.v1 import artifact_pb2, pipeline_pb2, run_pb2
 from weft_core.blobs import RemoteBlobStore, blob_namespace
 from weft_core.errors import PermissionDenied, Unauthenticated
-from weft_core.store import Store
 from weft_core.tls import Peer
 
 pytestmark = pytest.mark.timeout(90)
@@ -31,22 +30,11 @@ async def secure_harness(
     etcd: EtcdProcess, secure_api: InProcessApi, tokens: Tokens, tmp_path: Path
 ) -> AsyncIterator[Harness]:
     """The executor tests' harness on the secure api, calling it as admin-a."""
-    store = Store(etcd.endpoint)
-    async with tokens.channel(secure_api.address, "admin-a") as channel:
-        harness = Harness(
-            etcd_endpoint=etcd.endpoint,
-            api_address=secure_api.address,
-            keyspace=secure_api.keyspace,
-            blob_dir=secure_api.blob_dir,
-            tmp=tmp_path,
-            channel=channel,
-            store=store,
-        )
-        try:
-            yield harness
-        finally:
-            await harness.close()
-            await store.close()
+    async with (
+        tokens.channel(secure_api.address, "admin-a") as channel,
+        harness_on(etcd, secure_api, tmp_path, channel) as harness,
+    ):
+        yield harness
 
 
 async def test_a_run_with_auth_on_from_create_to_outputs(secure_harness: Harness, tokens: Tokens) -> None:

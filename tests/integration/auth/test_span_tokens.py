@@ -26,14 +26,13 @@ from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace_pb2
 
 from tests.integration.auth.conftest import Tokens
 from tests.integration.auth.test_auth import OTLP_DESCRIPTOR, call, contract_methods, path_of, requests_in
-from tests.integration.conftest import InProcessApi
+from tests.integration.conftest import InProcessApi, harness_on
 from tests.integration.executor.support import Harness, steps_by_name
 from tests.integration.tracer.support import USER_STEP, TraceClient
 from weft.localstack import EtcdProcess
 from weft.v1 import run_pb2, trace_pb2
 from weft_core import span_tokens
 from weft_core.auth import SpanTokenKey
-from weft_core.store import Store
 from weft_core.telemetry import parse_traceparent
 from weft_tracer.app import Tracer, create_tracer
 from weft_tracer.config import TracerConfig
@@ -74,22 +73,11 @@ async def keyed_tracer(
 async def harness(
     etcd: EtcdProcess, secure_api: InProcessApi, tokens: Tokens, tmp_path: Path
 ) -> AsyncIterator[Harness]:
-    store = Store(etcd.endpoint)
-    async with tokens.channel(secure_api.address, "cluster-admin") as channel:
-        harness = Harness(
-            etcd_endpoint=etcd.endpoint,
-            api_address=secure_api.address,
-            keyspace=secure_api.keyspace,
-            blob_dir=secure_api.blob_dir,
-            tmp=tmp_path,
-            channel=channel,
-            store=store,
-        )
-        try:
-            yield harness
-        finally:
-            await harness.close()
-            await store.close()
+    async with (
+        tokens.channel(secure_api.address, "cluster-admin") as channel,
+        harness_on(etcd, secure_api, tmp_path, channel) as harness,
+    ):
+        yield harness
 
 
 def exporting_env(tracer: Tracer) -> dict[str, str]:

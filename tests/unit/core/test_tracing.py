@@ -10,6 +10,8 @@ replaced by their order of appearance.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -126,6 +128,9 @@ def _step(tracer: trace.Tracer) -> None:
         ended.end()
         ended.set_attribute("late", "ignored")  # after end: not recorded
         ended.end()  # twice: one span
+        # A child of a span that has ended (a task outliving its step) is still recorded.
+        with tracer.start_as_current_span("weft.late", context=trace.set_span_in_context(ended)) as late:
+            assert late.is_recording()
     fresh = telemetry.context_from_traceparent("")  # a malformed one: a new trace
     with tracer.start_as_current_span("weft.root", kind=SpanKind.SERVER, context=fresh):
         pass
@@ -133,7 +138,7 @@ def _step(tracer: trace.Tracer) -> None:
 
 def test_a_step_traced_by_weft_matches_the_sdk() -> None:
     sdk, weft = _both(_step)
-    assert len(sdk) == 9
+    assert len(sdk) == 10
     assert weft == sdk
 
 
@@ -183,3 +188,23 @@ def test_invalid_attribute_values_are_dropped_as_the_sdk_drops_them() -> None:
 
 def test_with_export_off_spans_are_the_apis_no_ops() -> None:
     assert not isinstance(telemetry.tracer().start_span("x"), WeftSpan)  # export off: the API's
+
+
+def test_setup_tracing_makes_weft_spans_and_exports_them_with_weft_s_encoder() -> None:
+    # In a process of its own: the global tracer provider can be set once per process.
+    program = """
+from opentelemetry import trace
+from weft_core import otlp, telemetry, tracing
+assert telemetry.setup_tracing("weft-test", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"})
+span = telemetry.tracer().start_span("weft.step")
+assert isinstance(span, tracing.WeftSpan), type(span)
+exporter = telemetry.tracer().processor.span_exporter
+assert type(exporter) is otlp.SpanExporter, type(exporter)
+assert type(exporter)._translate_data is not otlp.OTLPSpanExporter._translate_data
+# Libraries and user code in the process keep the SDK's own tracer.
+assert type(trace.get_tracer("lib").start_span("x")).__module__ == "opentelemetry.sdk.trace"
+span.end()
+telemetry.shutdown_tracing()
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -114,6 +114,27 @@ class AttemptSpec:
     replica: int = 0
     spread: bool = False
 
+    @classmethod
+    def to_stop(cls, namespace: str, run: str, step: str, attempt: int, image: str, replica: int = 0) -> AttemptSpec:
+        """The spec of an attempt known only from its record (another executor's, or one
+        left behind), enough for a runtime to find and stop it: no command, env or inputs."""
+        return cls(
+            namespace=namespace,
+            run=run,
+            step=step,
+            attempt=attempt,
+            image=image,
+            command=(),
+            working_dir="",
+            env={},
+            secret_env={},
+            inputs={},
+            outputs=(),
+            timeout=None,
+            dna="",
+            replica=replica,
+        )
+
     @property
     def key(self) -> tuple[str, str, str, int]:
         """(namespace, run, step, attempt): what names the attempt everywhere. A replica's
