@@ -62,6 +62,7 @@ def test_many_writes_are_compacted_and_the_database_defragmented(compacting_etcd
     # etcd's periodic compactor catches up with the last write within a few periods.
     last = etcd.status().revision
     assert_eventually(lambda: compacted_at(etcd, last - 1), timeout=30, what="etcd compacted all but the newest")
+
     # The compaction revision is visible at once; the old revisions' pages show as free
     # only later: bbolt keeps the pages a commit freed pending while a read transaction
     # opened since may use them, and releases them when a later write transaction begins.
